@@ -1,0 +1,38 @@
+"""soft_niggli: unit-cell-invariant losses for crystal structure prediction.
+
+Row convention throughout: lattices are ``(..., 3, 3)`` tensors whose rows are the lattice vectors,
+Cartesian positions are ``X = F @ L``, and a change of basis is ``L' = M @ L``, ``F' = wrap(F @ M^{-1})``.
+"""
+
+from .lattice import (
+    apply_basis_change,
+    g6,
+    gram,
+    integer_inverse,
+    lattice_from_parameters,
+    lattice_parameters,
+    to_cartesian,
+    to_fractional,
+    volume,
+    wrap,
+)
+from .unimodular import enumerate_unimodular, is_unimodular, random_unimodular, signed_permutations
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "apply_basis_change",
+    "enumerate_unimodular",
+    "g6",
+    "gram",
+    "integer_inverse",
+    "is_unimodular",
+    "lattice_from_parameters",
+    "lattice_parameters",
+    "random_unimodular",
+    "signed_permutations",
+    "to_cartesian",
+    "to_fractional",
+    "volume",
+    "wrap",
+]

@@ -1,0 +1,178 @@
+"""Lattice geometry: metric, volume, parameters, fractional coordinates and changes of basis.
+
+Row convention (used everywhere in soft_niggli): a lattice is a ``(..., 3, 3)`` tensor whose *rows*
+are the lattice vectors a, b, c; Cartesian positions are ``X = F @ L`` for fractional coordinates
+``F`` of shape ``(..., N, 3)``. A change of basis by an integer matrix ``M`` with ``det M = ±1`` is
+``L' = M @ L`` and ``F' = wrap(F @ M^{-1})``; it leaves every Cartesian position (modulo the lattice)
+unchanged.
+
+All functions broadcast over leading dimensions, keep the input's dtype and device, and are
+differentiable where that makes sense (everything except :func:`wrap`'s integer part).
+"""
+
+from __future__ import annotations
+
+import torch
+
+from ._checks import as_float_tensor, check_last_dim, check_matrix_shape
+
+__all__ = [
+    "gram",
+    "volume",
+    "g6",
+    "wrap",
+    "to_cartesian",
+    "to_fractional",
+    "lattice_from_parameters",
+    "lattice_parameters",
+    "integer_inverse",
+    "apply_basis_change",
+]
+
+
+def gram(L: torch.Tensor) -> torch.Tensor:
+    """Metric tensor ``G = L L^T`` of shape ``(..., 3, 3)``; invariant to rotations ``L Q^T``."""
+    L = as_float_tensor(L, "L")
+    check_matrix_shape(L, "L")
+    return L @ L.transpose(-1, -2)
+
+
+def volume(L: torch.Tensor, signed: bool = False) -> torch.Tensor:
+    """Cell volume ``det L`` (``signed=True``) or ``|det L|``, shape ``(...)``."""
+    L = as_float_tensor(L, "L")
+    check_matrix_shape(L, "L")
+    det = torch.linalg.det(L)
+    return det if signed else det.abs()
+
+
+def g6(L: torch.Tensor) -> torch.Tensor:
+    """Niggli's G6 vector ``(A, B, C, ξ, η, ζ)`` with ``A = a·a``, ``ξ = 2 b·c``, ``η = 2 a·c``, ``ζ = 2 a·b``.
+
+    Shape ``(..., 6)``.
+    """
+    G = gram(L)
+    return torch.stack(
+        [G[..., 0, 0], G[..., 1, 1], G[..., 2, 2], 2 * G[..., 1, 2], 2 * G[..., 0, 2], 2 * G[..., 0, 1]],
+        dim=-1,
+    )
+
+
+def wrap(F: torch.Tensor) -> torch.Tensor:
+    """Fractional coordinates wrapped into ``[0, 1)``.
+
+    ``F - floor(F)`` can round to exactly 1.0 for tiny negative inputs; those are mapped to 0.0 so the
+    result always lies in the half-open interval. The gradient is the identity (floor is piecewise
+    constant).
+    """
+    F = as_float_tensor(F, "F")
+    out = F - torch.floor(F).detach()
+    return torch.where(out >= 1.0, out - 1.0, out)
+
+
+def to_cartesian(F: torch.Tensor, L: torch.Tensor) -> torch.Tensor:
+    """Cartesian positions ``X = F @ L``; ``F (..., N, 3)``, ``L (..., 3, 3)`` → ``(..., N, 3)``."""
+    F = as_float_tensor(F, "F")
+    L = as_float_tensor(L, "L")
+    check_last_dim(F, "F")
+    check_matrix_shape(L, "L")
+    return F @ L
+
+
+def to_fractional(X: torch.Tensor, L: torch.Tensor) -> torch.Tensor:
+    """Fractional coordinates ``F = X @ L^{-1}`` (not wrapped); ``X (..., N, 3)``, ``L (..., 3, 3)``."""
+    X = as_float_tensor(X, "X")
+    L = as_float_tensor(L, "L")
+    check_last_dim(X, "X")
+    check_matrix_shape(L, "L")
+    # Solve X = F L  <=>  L^T F^T = X^T, avoiding an explicit inverse.
+    return torch.linalg.solve(L.transpose(-1, -2), X.transpose(-1, -2)).transpose(-1, -2)
+
+
+def _as_tensor_like(values, ref: torch.Tensor | None):
+    tensors = [v for v in values if isinstance(v, torch.Tensor)]
+    dtype = ref.dtype if ref is not None else (tensors[0].dtype if tensors else torch.get_default_dtype())
+    device = tensors[0].device if tensors else None
+    if not dtype.is_floating_point:
+        dtype = torch.get_default_dtype()
+    return [torch.as_tensor(v, dtype=dtype, device=device) for v in values]
+
+
+def lattice_from_parameters(a, b, c, alpha, beta, gamma) -> torch.Tensor:
+    """Lattice ``(..., 3, 3)`` from lengths and angles in degrees (tensors or floats, broadcast).
+
+    Orientation follows the usual crystallographic setting: ``a`` along x, ``b`` in the xy plane,
+    ``c`` completing a right-handed cell. Impossible angle triples give NaN in the third row.
+    """
+    a, b, c, alpha, beta, gamma = torch.broadcast_tensors(*_as_tensor_like([a, b, c, alpha, beta, gamma], None))
+    ca, cb, cg = torch.cos(torch.deg2rad(alpha)), torch.cos(torch.deg2rad(beta)), torch.cos(torch.deg2rad(gamma))
+    sg = torch.sin(torch.deg2rad(gamma))
+    zero = torch.zeros_like(a)
+    cx = cb
+    cy = (ca - cb * cg) / sg
+    cz = torch.sqrt(1.0 - cx**2 - cy**2)
+    rows = [
+        torch.stack([a, zero, zero], dim=-1),
+        torch.stack([b * cg, b * sg, zero], dim=-1),
+        torch.stack([c * cx, c * cy, c * cz], dim=-1),
+    ]
+    return torch.stack(rows, dim=-2)
+
+
+def lattice_parameters(L: torch.Tensor) -> torch.Tensor:
+    """Lengths and angles ``(a, b, c, α, β, γ)`` of shape ``(..., 6)``, angles in degrees.
+
+    α is the angle between b and c, β between a and c, γ between a and b.
+    """
+    G = gram(L)
+    lengths = torch.sqrt(torch.diagonal(G, dim1=-2, dim2=-1))
+    a, b, c = lengths.unbind(-1)
+
+    def angle(dot, n1, n2):
+        return torch.rad2deg(torch.acos(torch.clamp(dot / (n1 * n2), -1.0, 1.0)))
+
+    alpha = angle(G[..., 1, 2], b, c)
+    beta = angle(G[..., 0, 2], a, c)
+    gamma = angle(G[..., 0, 1], a, b)
+    return torch.stack([a, b, c, alpha, beta, gamma], dim=-1)
+
+
+def integer_inverse(M: torch.Tensor) -> torch.Tensor:
+    """Exact inverse of integer matrices with ``det = ±1``, as int64 ``(..., 3, 3)``.
+
+    ``M`` may be an integer tensor or a float tensor holding integers (it is rounded). The inverse
+    is the adjugate divided by the determinant, computed in integer arithmetic, so it is exact as long
+    as the entries stay well inside int64. Raises ``ValueError`` if some ``M`` is not unimodular.
+    """
+    if not isinstance(M, torch.Tensor):
+        M = torch.as_tensor(M)
+    check_matrix_shape(M, "M")
+    Mi = torch.round(M).to(torch.int64) if M.is_floating_point() else M.to(torch.int64)
+    c = [[Mi[..., i, j] for j in range(3)] for i in range(3)]
+    # Cofactors C_ij = (-1)^(i+j) * minor_ij; with cyclic indices the sign is built in.
+    cof = [
+        [c[(i + 1) % 3][(j + 1) % 3] * c[(i + 2) % 3][(j + 2) % 3] - c[(i + 1) % 3][(j + 2) % 3] * c[(i + 2) % 3][(j + 1) % 3]
+         for j in range(3)]
+        for i in range(3)
+    ]
+    det = c[0][0] * cof[0][0] + c[0][1] * cof[0][1] + c[0][2] * cof[0][2]
+    if not bool(((det == 1) | (det == -1)).all()):
+        raise ValueError("M: expected integer matrices with determinant ±1 (unimodular), got other determinants")
+    adjugate = torch.stack([torch.stack([cof[j][i] for j in range(3)], dim=-1) for i in range(3)], dim=-2)
+    return adjugate * det[..., None, None]  # 1/det == det for det = ±1
+
+
+def apply_basis_change(L: torch.Tensor, F: torch.Tensor, M: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Re-express a crystal in the basis ``M L``: returns ``(M @ L, wrap(F @ M^{-1}))``.
+
+    ``L (..., 3, 3)``, ``F (..., N, 3)`` and unimodular ``M (..., 3, 3)`` (integer or integral float).
+    ``M^{-1}`` is computed exactly in integers (:func:`integer_inverse`). Cartesian positions modulo
+    the lattice are unchanged: ``F' @ L' = F @ L`` up to lattice translations.
+    """
+    L = as_float_tensor(L, "L")
+    F = as_float_tensor(F, "F")
+    check_matrix_shape(L, "L")
+    check_last_dim(F, "F")
+    M = torch.as_tensor(M, device=L.device)
+    Minv = integer_inverse(M)
+    Mf = (torch.round(M) if M.is_floating_point() else M).to(dtype=L.dtype)
+    return Mf @ L, wrap(F @ Minv.to(dtype=F.dtype, device=F.device))
