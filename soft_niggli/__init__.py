@@ -4,6 +4,7 @@ Row convention throughout: lattices are ``(..., 3, 3)`` tensors whose rows are t
 Cartesian positions are ``X = F @ L``, and a change of basis is ``L' = M @ L``, ``F' = wrap(F @ M^{-1})``.
 """
 
+from .crystal import CrystalBatch
 from .lattice import (
     apply_basis_change,
     g6,
@@ -16,11 +17,17 @@ from .lattice import (
     volume,
     wrap,
 )
+from .niggli import NiggliResult, Status, is_niggli_reduced, niggli_reduce
 from .unimodular import enumerate_unimodular, is_unimodular, random_unimodular, signed_permutations
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "CrystalBatch",
+    "NiggliResult",
+    "Status",
+    "is_niggli_reduced",
+    "niggli_reduce",
     "apply_basis_change",
     "enumerate_unimodular",
     "g6",

@@ -28,6 +28,7 @@ original, differentiable ``L`` when you need one: ``transform.to(L.dtype) @ L``)
 from __future__ import annotations
 
 import enum
+import itertools
 from dataclasses import dataclass
 
 import numpy as np
@@ -45,7 +46,7 @@ class Status(enum.IntEnum):
     OK = 0  #: reduced and verified against the Niggli conditions
     NOT_CONVERGED = 1  #: iteration cap reached; best basis so far, valid unimodular transform
     DEGENERATE = 2  #: rank-deficient relative to the cell's own scale; input and identity returned
-    NONFINITE = 3  #: NaN or inf in the input; input and identity returned
+    NONFINITE = 3  #: NaN or inf in the input (or a reduced cell overflowing float64); input and identity returned
 
 
 @dataclass
@@ -81,6 +82,14 @@ _MAX_TRANSFORM_ENTRY = 2.0**44
 _PLAIN_PRODUCT_LIMIT = 2.0**10
 
 
+def _times_power_of_two(x: torch.Tensor, exponent: torch.Tensor) -> torch.Tensor:
+    """``x * 2**exponent`` per item, exactly; in two halves since 2**±1074 itself over/underflows."""
+    half = torch.div(exponent, 2, rounding_mode="floor")
+    e1 = half[:, None, None].to(x.dtype)
+    e2 = (exponent - half)[:, None, None].to(x.dtype)
+    return torch.ldexp(torch.ldexp(x, e1), e2)
+
+
 def _basis(T: torch.Tensor, L: torch.Tensor) -> torch.Tensor:
     """``T @ L`` for integer-valued float64 ``T``, error-free where ``T`` has large entries."""
     out = T @ L
@@ -107,13 +116,19 @@ def _size_reduction_step(G: torch.Tensor, rel_eps: float) -> tuple[torch.Tensor,
     operation (det +1) and whether it changed anything.
     """
     diag = torch.diagonal(G, dim1=-2, dim2=-1)
-    perm = diag.argsort(dim=1, stable=True)
-    P = torch.nn.functional.one_hot(perm, 3).to(G.dtype) * _permutation_sign(perm)[:, None, None]
+    # Sort only where lengths differ beyond the tolerance: re-sorting lengths equal up to rounding
+    # would flip the order back and forth forever.
+    A, B, C = diag.unbind(1)
+    unsorted = (A > B * (1 + rel_eps)) | (B > C * (1 + rel_eps)) | (A > C * (1 + rel_eps))
+    perm = torch.where(unsorted[:, None], diag.argsort(dim=1, stable=True), _IDENTITY_PERM.to(G.device))
+    P = _sorting_matrix(perm)
     G = P @ G @ P.transpose(-1, -2)
-    unsorted = (perm != torch.arange(3, device=G.device)).any(dim=1)
     g00, g01, g02, g11, g12, g22 = G[:, 0, 0], G[:, 0, 1], G[:, 0, 2], G[:, 1, 1], G[:, 1, 2], G[:, 2, 2]
     usable = g00 > 0
     mu = torch.where(usable, torch.round(g01 / torch.where(usable, g00, 1.0)), 0.0)
+    new_g11 = g11 - 2 * mu * g01 + mu * mu * g00
+    # Likewise keep only moves that shorten b by more than the tolerance (ties at |μ| = 1/2 do not).
+    mu = torch.where(new_g11 < g11 * (1 - rel_eps), mu, 0.0)
     g11 = g11 - 2 * mu * g01 + mu * mu * g00
     g12 = g12 - mu * g02
     g01 = g01 - mu * g00
@@ -191,8 +206,7 @@ def _krivy_gruber_step(G: torch.Tensor, rel_eps: float) -> tuple[torch.Tensor, t
     out = _STEP_TABLE.to(G.device)[code]  # fixed matrices for codes 1, 2, 8 and the identity
     # Sort: permutation by length, negated if needed so that det = +1 (det(-P) = -det(P) in 3-D).
     perm = diag.argsort(dim=1, stable=True)
-    P = torch.nn.functional.one_hot(perm, 3).to(G.dtype)
-    P = P * _permutation_sign(perm)[:, None, None]
+    P = _sorting_matrix(perm)
     out = torch.where((code == 0)[:, None, None], P, out)
     # Steps 3 and 4: diagonal sign changes.
     d3 = cls.to(G.dtype)
@@ -215,12 +229,24 @@ def _krivy_gruber_step(G: torch.Tensor, rel_eps: float) -> tuple[torch.Tensor, t
     return out, chosen
 
 
-def _permutation_sign(perm: torch.Tensor) -> torch.Tensor:
-    # Parity of a permutation of 3: count inversions.
-    inv = (perm[:, 0] > perm[:, 1]).long() + (perm[:, 0] > perm[:, 2]).long() + (perm[:, 1] > perm[:, 2]).long()
-    return 1.0 - 2.0 * (inv % 2).to(torch.float64)
+def _sorting_matrix(perm: torch.Tensor) -> torch.Tensor:
+    """Signed permutation matrices (det +1) taking rows into the order ``perm`` (a permutation of 3)."""
+    # perm[0] * 3 + perm[1] identifies a permutation of three; the table is indexed by it.
+    return _SORT_TABLE.to(perm.device)[perm[:, 0] * 3 + perm[:, 1]]
 
 
+def _build_sort_table() -> torch.Tensor:
+    table = torch.zeros(9, 3, 3, dtype=torch.float64)
+    for perm in itertools.permutations(range(3)):
+        P = torch.zeros(3, 3, dtype=torch.float64)
+        P[torch.arange(3), torch.tensor(perm)] = 1.0
+        # det(-P) = -det(P) in 3-D: negate odd permutations so every sort keeps det +1.
+        table[perm[0] * 3 + perm[1]] = P * torch.linalg.det(P)
+    return table
+
+
+_SORT_TABLE = _build_sort_table()
+_IDENTITY_PERM = torch.arange(3)
 _STEP_TABLE = torch.eye(3, dtype=torch.float64).repeat(10, 1, 1)
 _STEP_TABLE[1] = torch.tensor([[0.0, -1, 0], [-1, 0, 0], [0, 0, -1]])  # swap a, b (det +1)
 _STEP_TABLE[2] = torch.tensor([[-1.0, 0, 0], [0, 0, -1], [0, -1, 0]])  # swap b, c (det +1)
@@ -238,25 +264,31 @@ def _iterate(step_fn, T, Xn, input_scale, iters, degenerate, work, rel_eps: floa
     """
     capped = torch.zeros_like(degenerate)
     Tw, Lw, scale_w, count = T[work], Xn[work], input_scale[work], iters[work]
+    bad = torch.zeros_like(count, dtype=torch.bool)
+    chosen = torch.ones_like(bad)
     for _ in range(max_iter):
         if work.numel() == 0:
             break
         G = _metric(Tw, Lw)
         step, chosen = step_fn(G, rel_eps)
-        Tw = step @ Tw
-        count = count + chosen.long()
         # A vanishing vector or a runaway transform: the lattice is numerically rank-deficient.
         shortest = torch.diagonal(G, dim1=-2, dim2=-1).amin(dim=1)
-        bad = (shortest <= (_DEGENERATE_LENGTH_RATIO * scale_w) ** 2) | (Tw.abs().amax(dim=(1, 2)) > _MAX_TRANSFORM_ENTRY)
-        done = ~chosen | bad
-        if bool(done.any()):
+        bad |= (shortest <= (_DEGENERATE_LENGTH_RATIO * scale_w) ** 2) | (Tw.abs().amax(dim=(1, 2)) > _MAX_TRANSFORM_ENTRY)
+        chosen &= ~bad
+        Tw = torch.where(chosen[:, None, None], step @ Tw, Tw)
+        count = count + chosen.long()
+        done = ~chosen
+        n_done = int(done.sum())
+        if n_done == done.numel() or n_done * 4 >= done.numel() > 512:
+            # Compact only when a good share has finished: each compaction costs a dozen small ops.
             fin = work[done]
             T[fin], iters[fin] = Tw[done], count[done]
             degenerate[fin] |= bad[done]
             keep = ~done
-            work, Tw, Lw, scale_w, count = work[keep], Tw[keep], Lw[keep], scale_w[keep], count[keep]
+            work, Tw, Lw, scale_w, count, bad = work[keep], Tw[keep], Lw[keep], scale_w[keep], count[keep], bad[keep]
     T[work], iters[work] = Tw, count
-    capped[work] = True
+    degenerate[work] |= bad
+    capped[work] = chosen if work.numel() else capped[work]
     return capped
 
 
@@ -278,7 +310,7 @@ def is_niggli_reduced(L, rel_eps: float = 1e-5):
     finite = torch.isfinite(X).all(dim=(1, 2))
     X = torch.where(finite[:, None, None], X, torch.eye(3, dtype=X.dtype, device=X.device))
     _, exponent = torch.frexp(X.abs().amax(dim=(1, 2)))
-    X = torch.ldexp(X, -exponent[:, None, None].to(X.dtype))
+    X = _times_power_of_two(X, -exponent)
     G = X @ X.transpose(-1, -2)
     A, B, C, xi, eta, zeta = _g6_parts(G)
     e = rel_eps
@@ -346,7 +378,7 @@ def niggli_reduce(L, *, rel_eps: float = 1e-5, max_iter: int = 1000) -> NiggliRe
     max_abs = X_safe.abs().amax(dim=(1, 2))
     degenerate = (max_abs == 0) & ~nonfinite
     _, exponent = torch.frexp(torch.where(degenerate, torch.ones_like(max_abs), max_abs))
-    Xn = torch.ldexp(torch.where(degenerate[:, None, None], eye, X_safe), -exponent[:, None, None].to(X.dtype))
+    Xn = _times_power_of_two(torch.where(degenerate[:, None, None], eye, X_safe), -exponent)
     input_scale = torch.linalg.vector_norm(Xn, dim=-1).amax(dim=-1)
 
     T = eye.expand(n, 3, 3).clone()
@@ -363,7 +395,8 @@ def niggli_reduce(L, *, rel_eps: float = 1e-5, max_iter: int = 1000) -> NiggliRe
     lengths = torch.sqrt(torch.diagonal(G, dim1=-2, dim2=-1).clamp_min(0))
     rel_volume = torch.linalg.det(reduced_n).abs() / lengths.prod(dim=-1).clamp_min(torch.finfo(torch.float64).tiny)
     tiny = (lengths.amin(dim=-1) <= _DEGENERATE_LENGTH_RATIO * input_scale) | (rel_volume <= _DEGENERATE_VOLUME_RATIO)
-    degenerate |= tiny & ~nonfinite
+    # Only a converged basis is short enough to judge; a capped one may still be skewed.
+    degenerate |= tiny & ~nonfinite & ~not_converged
     verified = is_niggli_reduced(reduced_n, rel_eps)
 
     status = torch.full((n,), int(Status.OK), dtype=torch.int64, device=device)
@@ -373,7 +406,12 @@ def niggli_reduce(L, *, rel_eps: float = 1e-5, max_iter: int = 1000) -> NiggliRe
 
     give_back_input = degenerate | nonfinite
     T = torch.where(give_back_input[:, None, None], eye, T)
-    reduced = torch.ldexp(reduced_n, exponent[:, None, None].to(X.dtype))
+    reduced = _times_power_of_two(reduced_n, exponent)
+    # A cell near the float64 limit may overflow once reduced (sums of rows): report, don't return inf.
+    overflow = ~torch.isfinite(reduced).all(dim=(1, 2)) & ~give_back_input
+    status[overflow] = int(Status.NONFINITE)
+    T = torch.where(overflow[:, None, None], eye, T)
+    give_back_input |= overflow
     reduced = torch.where(give_back_input[:, None, None], X, reduced)
 
     result = NiggliResult(

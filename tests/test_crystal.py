@@ -2,23 +2,17 @@
 
 from __future__ import annotations
 
-import csv
-import gzip
-import warnings
-from pathlib import Path
-
 import numpy as np
 import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from conftest import load_shared_structures
 from soft_niggli.crystal import CrystalBatch
 from soft_niggli.lattice import integer_inverse, to_fractional
 from soft_niggli.unimodular import random_unimodular
 
-DATA_DIR = Path(__file__).resolve().parents[1].parent / "shared" / "data"
-MP20_VAL = DATA_DIR / "mp_20" / "val.csv.gz"
 
 SETTINGS = settings(max_examples=40, deadline=None)
 
@@ -65,17 +59,7 @@ def assert_same_batch(x: CrystalBatch, y: CrystalBatch, atol=0.0):
 
 
 def load_mp20(n=5):
-    if not MP20_VAL.exists():
-        pytest.skip(f"MP-20 data not found at {MP20_VAL}")
-    from pymatgen.core import Structure
-
-    csv.field_size_limit(1 << 30)
-    with gzip.open(MP20_VAL, "rt", newline="") as f:
-        rows = [row for _, row in zip(range(n), csv.DictReader(f))]
-    with warnings.catch_warnings():
-        # pymatgen notes that it snapped near-ideal coordinates; harmless for these checks.
-        warnings.simplefilter("ignore", UserWarning)
-        return [Structure.from_str(row["cif"], fmt="cif") for row in rows]
+    return load_shared_structures("mp_20", "val", limit=n)
 
 
 def rocksalt():

@@ -1,0 +1,132 @@
+"""Properties of the lattice toolkit: basis changes, metric, volume, parameters, wrapping."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from hypothesis import given
+from hypothesis import strategies as st
+
+from soft_niggli import (
+    apply_basis_change,
+    g6,
+    gram,
+    integer_inverse,
+    lattice_from_parameters,
+    lattice_parameters,
+    to_cartesian,
+    to_fractional,
+    volume,
+    wrap,
+)
+from soft_niggli.testing import lattices, rotations, unimodular_matrices
+
+fracs = st.integers(1, 6).flatmap(
+    lambda n: st.lists(st.tuples(*[st.floats(-3.0, 3.0)] * 3), min_size=n, max_size=n)).map(
+    lambda v: torch.tensor(v, dtype=torch.float64))
+
+
+def periodic_distance(F1, F2):
+    d = F1 - F2
+    return (d - torch.round(d)).abs().max()
+
+
+@given(lattices("realistic"), fracs, unimodular_matrices(2))
+def test_basis_change_round_trips(L, F, M):
+    L2, F2 = apply_basis_change(L, F, M)
+    L3, F3 = apply_basis_change(L2, F2, integer_inverse(M))
+    torch.testing.assert_close(L3, L, rtol=1e-12, atol=1e-12)
+    assert periodic_distance(F3, F) < 1e-9
+
+
+@given(lattices("realistic"), fracs, unimodular_matrices(1, depth=3))
+def test_basis_change_preserves_cartesian_positions_modulo_lattice(L, F, M):
+    L2, F2 = apply_basis_change(L, F, M)
+    # The new Cartesian positions, expressed in the old basis, are the old atoms up to lattice vectors.
+    back = to_fractional(to_cartesian(F2, L2), L)
+    assert periodic_distance(back, F) < 1e-8
+
+
+@given(lattices("realistic"), unimodular_matrices(1, depth=3))
+def test_volume_and_metric_transform_under_basis_change(L, M):
+    L2 = M.to(L.dtype) @ L
+    torch.testing.assert_close(volume(L2), volume(L), rtol=1e-9, atol=0)
+    Mf = M.to(L.dtype)
+    torch.testing.assert_close(gram(L2), Mf @ gram(L) @ Mf.T, rtol=1e-9, atol=1e-9)
+
+
+@given(lattices("realistic"), rotations())
+def test_metric_and_volume_are_rotation_invariant(L, Q):
+    torch.testing.assert_close(gram(L @ Q.T), gram(L), rtol=1e-10, atol=1e-10)
+    torch.testing.assert_close(volume(L @ Q.T), volume(L), rtol=1e-10, atol=0)
+
+
+@given(lattices("realistic"))
+def test_parameters_round_trip_through_matrix(L):
+    params = lattice_parameters(L)
+    L2 = lattice_from_parameters(*params.unbind(-1))
+    torch.testing.assert_close(gram(L2), gram(L), rtol=1e-9, atol=1e-9)
+    torch.testing.assert_close(lattice_parameters(L2), params, rtol=1e-9, atol=1e-7)
+
+
+def test_parameters_of_known_cells():
+    L = lattice_from_parameters(3.0, 4.0, 5.0, 90.0, 90.0, 120.0)
+    torch.testing.assert_close(lattice_parameters(L), torch.tensor([3.0, 4.0, 5.0, 90.0, 90.0, 120.0]))
+    torch.testing.assert_close(volume(L), torch.tensor(60.0 * 3**0.5 / 2))
+
+
+@given(lattices("realistic"))
+def test_g6_matches_metric(L):
+    G = gram(L)
+    A, B, C, xi, eta, zeta = g6(L)
+    torch.testing.assert_close(torch.stack([A, B, C]), torch.diagonal(G))
+    torch.testing.assert_close(torch.stack([xi, eta, zeta]), 2 * torch.stack([G[1, 2], G[0, 2], G[0, 1]]))
+
+
+@given(st.lists(st.floats(-1e6, 1e6), min_size=1, max_size=20))
+def test_wrap_lands_in_half_open_unit_interval_and_keeps_residue(values):
+    F = torch.tensor(values, dtype=torch.float64).reshape(-1, 1).expand(-1, 3).contiguous()
+    W = wrap(F)
+    assert bool(((W >= 0) & (W < 1)).all())
+    assert periodic_distance(W, F) < 1e-9
+
+
+def test_wrap_of_tiny_negative_is_zero_not_one():
+    assert wrap(torch.tensor([[-1e-20, 0.0, 1.0]])).tolist() == [[0.0, 0.0, 0.0]]
+
+
+@given(unimodular_matrices(2))
+def test_integer_inverse_is_exact(M):
+    assert torch.equal(integer_inverse(M) @ M, torch.eye(3, dtype=torch.int64))
+
+
+def test_functions_broadcast_and_keep_dtype():
+    L = torch.randn(4, 5, 3, 3, dtype=torch.float32)
+    F = torch.rand(4, 5, 7, 3, dtype=torch.float32)
+    assert gram(L).shape == (4, 5, 3, 3) and gram(L).dtype == torch.float32
+    assert volume(L, signed=True).shape == (4, 5)
+    assert g6(L).shape == (4, 5, 6)
+    assert to_cartesian(F, L).shape == (4, 5, 7, 3)
+    assert lattice_parameters(L).shape == (4, 5, 6)
+
+
+def test_gram_is_differentiable():
+    L = torch.randn(2, 3, 3, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(lambda x: gram(x), (L,))
+    assert torch.autograd.gradcheck(lambda x: volume(x + 3 * torch.eye(3, dtype=x.dtype)), (L,))
+
+
+@pytest.mark.parametrize("bad", [torch.zeros(3, 4), torch.zeros(3), torch.zeros(2, 2, 2)])
+def test_bad_shapes_raise_value_error_naming_shape(bad):
+    with pytest.raises(ValueError, match=r"expected shape \(\.\.\., 3, 3\)"):
+        gram(bad)
+
+
+def test_integer_dtype_lattice_raises_value_error():
+    with pytest.raises(ValueError, match="floating dtype"):
+        volume(torch.eye(3, dtype=torch.int64))
+
+
+def test_non_unimodular_basis_change_raises():
+    with pytest.raises(ValueError, match="unimodular"):
+        apply_basis_change(torch.eye(3), torch.zeros(1, 3), 2 * torch.eye(3, dtype=torch.int64))

@@ -1,0 +1,231 @@
+"""Properties of the guarded Niggli reducer: agreement with spglib, validity, invariances, robustness."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import spglib
+import torch
+from hypothesis import assume, given, settings
+from hypothesis import strategies as st
+
+from conftest import load_shared_cells
+from soft_niggli import Status, g6, is_niggli_reduced, is_unimodular, niggli_reduce
+from soft_niggli.testing import lattices, rotations, unimodular_matrices
+
+
+def relative_g6_distance(L1, L2):
+    """max |G6(L1) - G6(L2)| relative to the largest diagonal entry (scale-free)."""
+    a, b = g6(torch.as_tensor(L1)), g6(torch.as_tensor(L2))
+    return ((a - b).abs().amax(-1) / a[..., :3].abs().amax(-1)).max().item()
+
+
+def boundary_margin(L):
+    """Relative distance of a reduced cell from the nearest boundary of the Niggli cone.
+
+    Cells within a tolerance of a boundary have several valid reduced forms within that tolerance, so
+    two reducers with different tolerance rules may legitimately disagree there.
+    """
+    A, B, C, xi, eta, zeta = g6(torch.as_tensor(L)).tolist()
+    distances = [B - A, C - B, xi, eta, zeta, B - abs(xi), A - abs(eta), A - abs(zeta), A + B + xi + eta + zeta]
+    return min(abs(d) for d in distances) / C
+
+
+def spglib_reduce(L):
+    return np.stack([spglib.niggli_reduce(np.asarray(x), eps=1e-5) for x in np.asarray(L)])
+
+
+def assert_valid_result(L, res):
+    """Transform integral and unimodular, lattice = transform @ L, statuses consistent."""
+    assert res.transform.dtype == torch.int64
+    assert bool(is_unimodular(res.transform).all())
+    expected = res.transform.to(torch.float64) @ L.to(torch.float64)
+    ok = torch.isfinite(L).flatten(-2).all(-1)
+    scale = L.abs().amax(dim=(-1, -2), keepdim=True).clamp_min(1e-300)
+    err = ((res.lattice.to(torch.float64) - expected).abs() / scale).amax(dim=(-1, -2))
+    assert bool((err[ok & (res.status != Status.DEGENERATE)] < 1e-6).all())
+
+
+@given(lattices("realistic"))
+def test_agrees_with_spglib_on_realistic_cells(L):
+    res = niggli_reduce(L)
+    assert res.status.item() == Status.OK
+    margin = boundary_margin(res.lattice)
+    assume(margin > 1e-4 or margin < 1e-12)  # clearly inside, or exactly on a boundary
+    assert relative_g6_distance(res.lattice, torch.from_numpy(spglib_reduce(L[None])[0])) < 1e-6
+
+
+@pytest.mark.parametrize("dataset", ["mp_20", "perov_5", "carbon_24", "mpts_52"])
+def test_agrees_with_spglib_on_every_shared_structure(dataset):
+    L = load_shared_cells(dataset)
+    res = niggli_reduce(L)
+    assert bool((res.status == Status.OK).all())
+    assert bool(is_niggli_reduced(res.lattice).all())
+    assert_valid_result(L, res)
+    ref = torch.from_numpy(spglib_reduce(L))
+    a, b = g6(res.lattice), g6(ref)
+    rel = (a - b).abs().amax(-1) / a[:, :3].amax(-1)
+    # Real cells often sit within the tolerance of a cone boundary (angles of 90.0001°, lengths equal to
+    # 1e-6): there several reduced forms are valid, and spglib's absolute eps and our relative one may
+    # pick different ones. Everywhere else the metrics must agree.
+    near_boundary = torch.tensor([boundary_margin(x) < 1e-4 for x in res.lattice])
+    disagree = rel >= 1e-6
+    assert not bool((disagree & ~near_boundary).any()), f"{int((disagree & ~near_boundary).sum())} cells disagree"
+    assert int(disagree.sum()) <= 0.01 * len(L)
+
+
+@given(lattices("realistic"))
+def test_transform_is_unimodular_and_reproduces_lattice(L):
+    res = niggli_reduce(L)
+    assert_valid_result(L, res)
+    assert bool(is_niggli_reduced(res.lattice))
+
+
+@given(lattices("realistic"))
+def test_reduction_is_idempotent(L):
+    once = niggli_reduce(L)
+    twice = niggli_reduce(once.lattice)
+    assert twice.status.item() == Status.OK
+    assert relative_g6_distance(twice.lattice, once.lattice) < 1e-12
+
+
+@given(lattices("realistic"), st.floats(-100.0, 100.0))
+def test_reduction_is_scale_free(L, log_scale):
+    c = 10.0**log_scale
+    base, scaled = niggli_reduce(L), niggli_reduce(L * c)
+    assert scaled.status.item() == Status.OK
+    assert torch.equal(scaled.transform, base.transform)
+    torch.testing.assert_close(scaled.lattice / c, base.lattice, rtol=1e-12, atol=1e-12 * L.abs().max().item())
+
+
+@given(lattices("realistic"), rotations())
+def test_transform_is_rotation_and_reflection_invariant(L, Q):
+    base, turned = niggli_reduce(L), niggli_reduce(L @ Q.T)
+    assert turned.status.item() == Status.OK
+    assert relative_g6_distance(turned.lattice, base.lattice) < 1e-9
+    # Away from the cone's boundaries the transform is unique up to sign.
+    if boundary_margin(base.lattice) > 1e-4:
+        assert torch.equal(turned.transform, base.transform) or torch.equal(turned.transform, -base.transform)
+
+
+@given(lattices("realistic"), unimodular_matrices(1, depth=4))
+def test_rebased_copies_reduce_to_the_same_metric(L, M):
+    a, b = niggli_reduce(L), niggli_reduce(M.to(L.dtype) @ L)
+    assert b.status.item() == Status.OK
+    assert relative_g6_distance(a.lattice, b.lattice) < 1e-9
+
+
+@settings(max_examples=300)
+@given(lattices("any_float"))
+def test_never_raises_on_arbitrary_floats(L):
+    res = niggli_reduce(L)
+    status = Status(res.status.item())
+    assert status in Status
+    if not bool(torch.isfinite(L).all()):
+        assert status == Status.NONFINITE
+        assert torch.equal(res.transform, torch.eye(3, dtype=torch.int64))
+    assert bool(is_unimodular(res.transform))
+    if status == Status.OK:
+        assert bool(is_niggli_reduced(res.lattice))
+        assert bool(torch.isfinite(res.lattice).all())
+
+
+@settings(max_examples=300)
+@given(lattices("pathological"))
+def test_pathological_cells_are_reduced_or_flagged(L):
+    res = niggli_reduce(L)
+    assert_valid_result(L, res)
+    status = Status(res.status.item())
+    assert status in (Status.OK, Status.DEGENERATE)
+    if status == Status.OK:
+        assert bool(is_niggli_reduced(res.lattice))
+        assert bool(torch.isfinite(res.lattice).all())
+    else:
+        assert torch.equal(res.lattice, L)
+        assert torch.equal(res.transform, torch.eye(3, dtype=torch.int64))
+
+
+def test_statuses_of_bad_values():
+    L = torch.stack([
+        torch.eye(3),
+        torch.full((3, 3), float("nan")),
+        torch.tensor([[1.0, 0, 0], [0, 1, 0], [2, 3, 0]]),  # rank 2
+        torch.zeros(3, 3),
+        torch.tensor([[1.0, 0, 0], [0, float("inf"), 0], [0, 0, 1]]),
+    ]).double()
+    res = niggli_reduce(L)
+    assert res.status.tolist() == [Status.OK, Status.NONFINITE, Status.DEGENERATE, Status.DEGENERATE,
+                                   Status.NONFINITE]
+    assert torch.equal(res.lattice[2:4], L[2:4])
+    assert torch.equal(res.transform[1:], torch.eye(3, dtype=torch.int64).expand(4, 3, 3))
+
+
+def test_iteration_cap_gives_not_converged_with_valid_transform():
+    M = torch.tensor([[1, 0, 0], [0, 1, 0], [0, 0, 1]])
+    for _ in range(12):
+        M = torch.tensor([[1, 1, 0], [0, 1, 0], [0, 0, 1]]) @ torch.tensor([[1, 0, 0], [1, 1, 0], [0, 1, 1]]) @ M
+    L = M.double() @ (4 * torch.eye(3, dtype=torch.float64))
+    res = niggli_reduce(L, max_iter=1)
+    assert res.status.item() == Status.NOT_CONVERGED
+    assert_valid_result(L, res)
+    full = niggli_reduce(L)
+    assert full.status.item() == Status.OK
+    torch.testing.assert_close(g6(full.lattice), torch.tensor([16.0, 16, 16, 0, 0, 0], dtype=torch.float64))
+
+
+def test_skewed_cubic_cell_is_recovered_exactly():
+    """A cubic cell times a transform with entries ~1e5 loses digits in a plain float product."""
+    gen = torch.Generator().manual_seed(3)
+    from soft_niggli import random_unimodular
+
+    M = random_unimodular((200,), max_entry=10**5, num_operations=60, generator=gen)
+    L = M.double() @ (4 * torch.eye(3, dtype=torch.float64))
+    res = niggli_reduce(L)
+    assert bool((res.status == Status.OK).all())
+    expected = torch.tensor([16.0, 16, 16, 0, 0, 0], dtype=torch.float64).expand(200, 6)
+    torch.testing.assert_close(g6(res.lattice), expected, rtol=0, atol=1e-9)
+
+
+def test_numpy_in_numpy_out_and_dtype_preserved():
+    L = np.random.default_rng(0).normal(size=(5, 2, 3, 3))
+    res = niggli_reduce(L)
+    assert isinstance(res.lattice, np.ndarray) and res.lattice.shape == (5, 2, 3, 3)
+    assert res.transform.dtype == np.int64 and res.status.shape == (5, 2)
+    res32 = niggli_reduce(torch.from_numpy(L).float())
+    assert res32.lattice.dtype == torch.float32
+    assert bool((res32.status == 0).all())
+
+
+def test_works_on_detached_values_only():
+    L = torch.randn(4, 3, 3, dtype=torch.float64, requires_grad=True)
+    res = niggli_reduce(L)
+    assert not res.lattice.requires_grad
+    # The differentiable reduced cell is the transform applied to the original.
+    reduced = res.transform.to(L.dtype) @ L
+    reduced.sum().backward()
+    assert L.grad is not None
+
+
+@pytest.mark.parametrize("bad, match", [
+    (torch.zeros(3, 4), r"\(\.\.\., 3, 3\)"),
+    (torch.zeros(3, 3, dtype=torch.int64), "floating dtype"),
+    ([[1.0, 0, 0]], "torch.Tensor or numpy.ndarray"),
+])
+def test_bad_arguments_raise_value_error(bad, match):
+    with pytest.raises(ValueError, match=match):
+        niggli_reduce(bad)
+
+
+def test_bad_options_raise_value_error():
+    with pytest.raises(ValueError, match="rel_eps"):
+        niggli_reduce(torch.eye(3), rel_eps=-1.0)
+    with pytest.raises(ValueError, match="max_iter"):
+        niggli_reduce(torch.eye(3), max_iter=0)
+
+
+def test_is_niggli_reduced_detects_unreduced_cells():
+    good = torch.tensor([[4.0, 0, 0], [0, 4, 0], [0, 0, 5]])
+    assert bool(is_niggli_reduced(good))
+    assert not bool(is_niggli_reduced(torch.tensor([[4.0, 0, 0], [4, 4, 0], [0, 0, 5]])))
+    assert not bool(is_niggli_reduced(torch.tensor([[5.0, 0, 0], [0, 4, 0], [0, 0, 4]])))  # unsorted
+    assert not bool(is_niggli_reduced(torch.full((3, 3), float("nan"))))
