@@ -90,206 +90,222 @@ def _times_power_of_two(x: torch.Tensor, exponent: torch.Tensor) -> torch.Tensor
     return torch.ldexp(torch.ldexp(x, e1), e2)
 
 
-def _basis(T: torch.Tensor, L: torch.Tensor) -> torch.Tensor:
+def _basis(T: torch.Tensor, L: torch.Tensor, t_max: torch.Tensor | None = None) -> torch.Tensor:
     """``T @ L`` for integer-valued float64 ``T``, error-free where ``T`` has large entries."""
     out = T @ L
-    big = T.abs().amax(dim=(-1, -2)) > _PLAIN_PRODUCT_LIMIT
+    if t_max is None:
+        t_max = T.abs().amax(dim=(-1, -2))
+    big = t_max > _PLAIN_PRODUCT_LIMIT
     if bool(big.any()):
         out[big] = exact_int_matmul(T[big], L[big])
     return out
 
 
-def _metric(T: torch.Tensor, L: torch.Tensor) -> torch.Tensor:
-    B = _basis(T, L)
-    return B @ B.transpose(-1, -2)
+def _metric(T: torch.Tensor, L: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Metric ``(T L)(T L)ᵀ`` recomputed from the original cell, and the largest entry of each ``T``."""
+    t_max = T.abs().amax(dim=(-1, -2))
+    B = _basis(T, L, t_max)
+    return B @ B.transpose(-1, -2), t_max
 
 
 def _g6_parts(G: torch.Tensor):
     return (G[:, 0, 0], G[:, 1, 1], G[:, 2, 2], 2 * G[:, 1, 2], 2 * G[:, 0, 2], 2 * G[:, 0, 1])
 
 
-def _size_reduction_step(G: torch.Tensor, rel_eps: float) -> tuple[torch.Tensor, torch.Tensor]:
-    """One greedy rounding sweep: sort by length, Gauss-reduce b against a, round c onto span(a, b).
+def _reduction_step(G: torch.Tensor, rel_eps: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """One iteration: a greedy size-reduction sweep, then one Křivý–Gruber step on the swept metric.
 
-    Every accepted move shortens a vector, so repeating the sweep terminates; like Gauss/LLL reduction
-    its number of sweeps grows with the logarithm of the skew. Returns the sweep's unimodular row
-    operation (det +1) and whether it changed anything.
+    The sweep sorts the vectors by length (only where they are out of order beyond the tolerance: lengths
+    equal up to rounding would otherwise be re-sorted forever), Gauss-reduces b against a and rounds c
+    onto span(a, b) (Babai), keeping only moves that shorten a vector, so repeated sweeps terminate and
+    need a number of iterations logarithmic in the skew. The Křivý–Gruber step then applies the first
+    of steps 1–8 that applies to the swept metric, with two accelerations that keep its fixed point:
+    out-of-order lengths are sorted in one move, and steps 5–7 subtract the rounded multiple
+    (``c -= round(ξ / 2B) b`` ...) instead of one unit.
+
+    Args:
+        G: ``(n, 3, 3)`` float64 metric of the current basis.
+    Returns:
+        ``(C, changed)``: the ``(n, 3, 3)`` unimodular row operation (det +1) to apply to the basis, and
+        a bool ``(n,)`` that is False exactly where the basis is already Niggli-reduced.
     """
-    diag = torch.diagonal(G, dim1=-2, dim2=-1)
-    # Sort only where lengths differ beyond the tolerance: re-sorting lengths equal up to rounding
-    # would flip the order back and forth forever.
-    A, B, C = diag.unbind(1)
-    unsorted = (A > B * (1 + rel_eps)) | (B > C * (1 + rel_eps)) | (A > C * (1 + rel_eps))
-    perm = torch.where(unsorted[:, None], diag.argsort(dim=1, stable=True), _IDENTITY_PERM.to(G.device))
-    P = _sorting_matrix(perm)
-    G = P @ G @ P.transpose(-1, -2)
-    g00, g01, g02, g11, g12, g22 = G[:, 0, 0], G[:, 0, 1], G[:, 0, 2], G[:, 1, 1], G[:, 1, 2], G[:, 2, 2]
+    e = rel_eps
+    n = G.shape[0]
+    # --- size-reduction sweep, on the entries of G as vectors ---
+    code = _sort_code(G, e)
+    P = _SORT_TABLE.to(G.device)[code]
+    # P is a permutation times ±1, so P G Pᵀ is a plain gather of G's entries.
+    g00, g01, g02, _, g11, g12, _, _, g22 = G.reshape(n, 9).gather(1, _SORT_GATHER.to(G.device)[code]).unbind(1)
     usable = g00 > 0
-    mu = torch.where(usable, torch.round(g01 / torch.where(usable, g00, 1.0)), 0.0)
+    mu = torch.round(g01 / torch.where(usable, g00, 1.0))
     new_g11 = g11 - 2 * mu * g01 + mu * mu * g00
-    # Likewise keep only moves that shorten b by more than the tolerance (ties at |μ| = 1/2 do not).
-    mu = torch.where(new_g11 < g11 * (1 - rel_eps), mu, 0.0)
+    # Keep only moves that shorten b by more than the tolerance (ties at |μ| = 1/2 do not).
+    mu = torch.where(usable & (new_g11 < g11 * (1 - e)), mu, 0.0)
     g11 = g11 - 2 * mu * g01 + mu * mu * g00
     g12 = g12 - mu * g02
     g01 = g01 - mu * g00
     det2 = g00 * g11 - g01 * g01
-    usable &= det2 > 0
+    usable = usable & (det2 > 0)
     safe = torch.where(usable, det2, 1.0)
     x = torch.round((g11 * g02 - g01 * g12) / safe)
     y = torch.round((g00 * g12 - g01 * g02) / safe)
     new_g22 = g22 + x * x * g00 + y * y * g11 + 2 * x * y * g01 - 2 * x * g02 - 2 * y * g12
     # Babai rounding on a skewed plane basis can lengthen c; keep only moves that shorten it.
-    accept = usable & (new_g22 < g22 * (1 - rel_eps)) & ((x != 0) | (y != 0))
+    accept = usable & (new_g22 < g22 * (1 - e)) & ((x != 0) | (y != 0))
     x = torch.where(accept, x, 0.0)
     y = torch.where(accept, y, 0.0)
-    # Rows of the sweep: a = P0; b = P1 - mu P0; c = P2 - x a - y b.
-    C = P.clone()
-    C[:, 1] = P[:, 1] - mu[:, None] * P[:, 0]
-    C[:, 2] = P[:, 2] - (x - y * mu)[:, None] * P[:, 0] - y[:, None] * P[:, 1]
-    return C, unsorted | (mu != 0) | accept
+    g22 = torch.where(accept, new_g22, g22)
+    g02, g12 = g02 - x * g00 - y * g01, g12 - x * g01 - y * g11
+    swept = (code != 0) | (mu != 0) | accept
+    p0, p1, p2 = P.unbind(1)
+    sweep = torch.stack([p0, p1 - mu[:, None] * p0, p2 - (x - y * mu)[:, None] * p0 - y[:, None] * p1], dim=1)
 
-
-def _krivy_gruber_step(G: torch.Tensor, rel_eps: float) -> tuple[torch.Tensor, torch.Tensor]:
-    """The unimodular row operation of the first applicable reduction step, and whether one applies.
-
-    The steps are Křivý–Gruber's, in their order, with two accelerations that keep its fixed point:
-    a cell out of length order is sorted in one step (a signed permutation with det +1), and steps
-    5–7 subtract the *rounded* multiple (``c -= round(ξ / 2B) b`` and so on, Gauss-style) rather than
-    one unit, so a skewed cell needs a number of steps logarithmic in its skew.
-
-    Tolerances are relative: length comparisons scale with the lengths involved, sign tests on ξ, η, ζ
-    with the product of the two lengths (tests on cosines).
-    """
-    n = G.shape[0]
-    e = rel_eps
-    diag = torch.diagonal(G, dim1=-2, dim2=-1)  # (n, 3): A, B, C
-    # Off-diagonal pairs in the order (ξ, η, ζ) = 2 (b·c, a·c, a·b).
-    off = 2 * torch.stack([G[:, 1, 2], G[:, 0, 2], G[:, 0, 1]], dim=1)
-    A, B, C = diag.unbind(1)
-    xi, eta, zeta = off.unbind(1)
-    root = torch.sqrt(diag)
-    scale = torch.stack([root[:, 1] * root[:, 2], root[:, 0] * root[:, 2], root[:, 0] * root[:, 1]], dim=1)
-    tol_off = e * scale  # cosine tolerance on ξ, η, ζ
-    cls = torch.where(off > tol_off, 1, torch.where(off < -tol_off, -1, 0))
-    l, m, k = cls.unbind(1)
-    prod = l * m * k
-
+    # --- one Křivý–Gruber step on the swept metric (A, B, C, ξ, η, ζ) ---
+    A, B, C = g00, g11, g22
+    xi, eta, zeta = 2 * g12, 2 * g02, 2 * g01
+    off = torch.stack([xi, eta, zeta], dim=1)
+    rA, rB, rC = torch.sqrt(A.clamp_min(0)), torch.sqrt(B.clamp_min(0)), torch.sqrt(C.clamp_min(0))
+    tol = e * torch.stack([rB * rC, rA * rC, rA * rB], dim=1)  # sign tests on ξ, η, ζ are tests on cosines
+    t_xi, t_eta, t_zeta = tol.unbind(1)
+    pos, neg = off > tol, off < -tol
+    l_pos, m_pos, k_pos = pos.unbind(1)
+    l_zero, m_zero, k_zero = (~pos & ~neg).unbind(1)
+    n_neg = neg.sum(1)
+    all_nonzero = ~(l_zero | m_zero | k_zero)
     eAB, eBC = e * (A + B) / 2, e * (B + C) / 2
     unsorted = (A > B + eAB) | (B > C + eBC)
-    step1 = ((A - B).abs() <= eAB) & (xi.abs() > eta.abs() + tol_off[:, 0])
-    step2 = ((B - C).abs() <= eBC) & (eta.abs() > zeta.abs() + tol_off[:, 1])
-    step3 = (prod == 1) & ~((l == 1) & (m == 1) & (k == 1))
-    step4 = (prod != 1) & ((l == 1) | (m == 1) | (k == 1))
-    # Steps 5, 6, 7 side by side: ξ against B, η against A, ζ against A.
-    partner = torch.stack([B, A, A], dim=1)
+    step1 = ((A - B).abs() <= eAB) & (xi.abs() > eta.abs() + t_xi)
+    step2 = ((B - C).abs() <= eBC) & (eta.abs() > zeta.abs() + t_eta)
+    # Step 3: all three nonzero with an even number negative (product > 0) but not all positive.
+    step3 = all_nonzero & ((n_neg == 2))
+    # Step 4: otherwise some positive entry remains; make all non-positive.
+    step4 = ~step3 & ~(all_nonzero & (n_neg == 0)) & (l_pos | m_pos | k_pos)
+    partner = torch.stack([B, A, A], dim=1)  # steps 5, 6, 7: ξ against B, η against A, ζ against A
     e_p = e * partner
     over = off.abs() > partner + e_p
     # Boundary cases (ξ = B and 2η < ζ, ...; ξ = -B and ζ < 0, ...), each reduced by one unit.
     other1 = torch.stack([zeta - 2 * eta, zeta - 2 * xi, eta - 2 * xi], dim=1)
-    tol1 = torch.stack([tol_off[:, 1], tol_off[:, 0], tol_off[:, 0]], dim=1)
+    tol1 = torch.stack([t_eta, t_xi, t_xi], dim=1)
     other2 = torch.stack([zeta, zeta, eta], dim=1)
-    tol2 = torch.stack([tol_off[:, 2], tol_off[:, 2], tol_off[:, 1]], dim=1)
-    at_plus = ((off - partner).abs() <= e_p) & (other1 > tol1)
-    at_minus = ((off + partner).abs() <= e_p) & (other2 < -tol2)
-    steps567 = over | at_plus | at_minus
+    tol2 = torch.stack([t_zeta, t_zeta, t_eta], dim=1)
+    steps567 = over | (((off - partner).abs() <= e_p) & (other1 > tol1)) | (
+        ((off + partner).abs() <= e_p) & (other2 < -tol2))
     mult = torch.where(over, torch.round(off / (2 * partner)), torch.sign(off))
     S = xi + eta + zeta + A + B
     e8 = e * (A + B) / 2
     step8 = (S < -e8) | ((S.abs() <= e8) & (2 * (A + eta) + zeta > e8))
+    conds = torch.stack([unsorted, step1, step2, step3, step4, steps567[:, 0], steps567[:, 1], steps567[:, 2],
+                         step8, torch.ones_like(step8)], dim=1)
+    first = conds.to(torch.int8).argmax(dim=1)
 
-    # Step codes in priority order: 0 sort, 1, 2, 3, 4, 5, 6, 7, 8; 9 means reduced.
-    conds = torch.stack([unsorted, step1, step2, step3, step4, steps567[:, 0], steps567[:, 1],
-                         steps567[:, 2], step8, torch.ones_like(step8)], dim=1)
-    code = conds.to(torch.int8).argmax(dim=1)
-    chosen = code < 9
-
-    out = _STEP_TABLE.to(G.device)[code]  # fixed matrices for codes 1, 2, 8 and the identity
-    # Sort: permutation by length, negated if needed so that det = +1 (det(-P) = -det(P) in 3-D).
-    perm = diag.argsort(dim=1, stable=True)
-    P = _sorting_matrix(perm)
-    out = torch.where((code == 0)[:, None, None], P, out)
-    # Steps 3 and 4: diagonal sign changes.
-    d3 = cls.to(G.dtype)
-    flip = torch.where(cls == 1, -1.0, 1.0).to(G.dtype)
-    odd = flip.prod(dim=1) < 0
-    first_zero = torch.nn.functional.one_hot((cls == 0).to(torch.int8).argmax(dim=1), 3).bool()
-    d4 = torch.where(odd[:, None] & first_zero, -flip, flip)
-    d = torch.where((code == 3)[:, None], d3, d4)
-    out = torch.where(((code == 3) | (code == 4))[:, None, None], torch.diag_embed(d), out)
-    # Steps 5-7: c -= q b, c -= q a, b -= q a at rows/cols (2, 1), (2, 0), (1, 0).
-    is567 = (code >= 5) & (code <= 7)
-    if bool(is567.any()):
-        which = (code - 5).clamp(0, 2)
-        q = mult.gather(1, which[:, None]).squeeze(1)
-        rows = _STEP_ROWS.to(G.device)[which]
-        cols = _STEP_COLS.to(G.device)[which]
-        ar = torch.arange(n, device=G.device)
-        vals = torch.where(is567, -q, out[ar, rows, cols])
-        out[ar, rows, cols] = vals
-    return out, chosen
+    # Sign patterns of steps 3 and 4 as 3-bit codes (bit set = negate that vector).
+    l_neg, m_neg, k_neg = neg.unbind(1)
+    bits3 = l_neg.long() * 4 + m_neg.long() * 2 + k_neg.long()
+    odd = l_pos ^ m_pos ^ k_pos  # an odd number of negations would make det -1 ...
+    fix_i = odd & l_zero  # ... so also negate a vector whose entry is zero (either sign is fine there)
+    fix_j = odd & ~fix_i & m_zero
+    fix_k = odd & ~fix_i & ~fix_j & k_zero
+    bits4 = (l_pos ^ fix_i).long() * 4 + (m_pos ^ fix_j).long() * 2 + (k_pos ^ fix_k).long()
+    sort_exact = _sort_code_of(A, B, C, 0.0)
+    index = _KG_BASE.to(G.device)[first] + torch.where(first == 0, sort_exact, 0) + torch.where(
+        first == 3, bits3, 0) + torch.where(first == 4, bits4, 0)
+    q = torch.where((first >= 5) & (first <= 7), mult.gather(1, (first - 5).clamp(0, 2)[:, None]).squeeze(1), 0.0)
+    kg = _KG_TABLE.to(G.device)[index] + q[:, None, None] * _KG_UNIT.to(G.device)[index]
+    return kg @ sweep, swept | (first != 9)
 
 
-def _sorting_matrix(perm: torch.Tensor) -> torch.Tensor:
-    """Signed permutation matrices (det +1) taking rows into the order ``perm`` (a permutation of 3)."""
-    # perm[0] * 3 + perm[1] identifies a permutation of three; the table is indexed by it.
-    return _SORT_TABLE.to(perm.device)[perm[:, 0] * 3 + perm[:, 1]]
+def _sort_code(G: torch.Tensor, rel_eps: float) -> torch.Tensor:
+    return _sort_code_of(G[:, 0, 0], G[:, 1, 1], G[:, 2, 2], rel_eps)
 
 
-def _build_sort_table() -> torch.Tensor:
-    table = torch.zeros(9, 3, 3, dtype=torch.float64)
-    for perm in itertools.permutations(range(3)):
+def _sort_code_of(A: torch.Tensor, B: torch.Tensor, C: torch.Tensor, rel_eps: float) -> torch.Tensor:
+    """Index into the sort tables (0 = keep) of the permutation sorting ``(A, B, C)`` ascending.
+
+    Sorts only where some pair is out of order beyond ``rel_eps``, and then sorts exactly (equal keys
+    keep their order). Comparisons instead of argsort: for three keys they are a handful of vector ops.
+    """
+    f = 1 + rel_eps
+    unsorted = (A > B * f) | (A > C * f) | (B > C * f)
+    rank_a = (A > B).long() + (A > C).long()
+    rank_b = (B >= A).long() + (B > C).long()
+    code = _RANK_TO_CODE.to(A.device)[rank_a * 3 + rank_b]
+    return torch.where(unsorted, code, 0)
+
+
+def _build_tables():
+    perms = list(itertools.permutations(range(3)))  # perms[0] is the identity
+    sort_table = torch.zeros(6, 3, 3, dtype=torch.float64)
+    sort_gather = torch.zeros(6, 9, dtype=torch.int64)
+    rank_to_code = torch.zeros(9, dtype=torch.int64)
+    for code, perm in enumerate(perms):
         P = torch.zeros(3, 3, dtype=torch.float64)
         P[torch.arange(3), torch.tensor(perm)] = 1.0
         # det(-P) = -det(P) in 3-D: negate odd permutations so every sort keeps det +1.
-        table[perm[0] * 3 + perm[1]] = P * torch.linalg.det(P)
-    return table
+        sort_table[code] = P * torch.linalg.det(P)
+        sort_gather[code] = torch.tensor([perm[i] * 3 + perm[j] for i in range(3) for j in range(3)])
+        # Row perm[k] goes to position k, so original row r ends at rank perm.index(r).
+        rank_to_code[perm.index(0) * 3 + perm.index(1)] = code
+    # Křivý–Gruber moves: 0-5 sorts, 6 step 1, 7 step 2, 8-15 sign changes (steps 3, 4), 16-18 steps
+    # 5-7 (identity plus q times the unit move), 19 step 8, 20 nothing.
+    eye = torch.eye(3, dtype=torch.float64)
+    kg = eye.repeat(21, 1, 1)
+    unit = torch.zeros(21, 3, 3, dtype=torch.float64)
+    kg[:6] = sort_table
+    kg[6] = torch.tensor([[0.0, -1, 0], [-1, 0, 0], [0, 0, -1]])  # swap a, b (det +1)
+    kg[7] = torch.tensor([[-1.0, 0, 0], [0, 0, -1], [0, -1, 0]])  # swap b, c (det +1)
+    for bits in range(8):
+        kg[8 + bits] = torch.diag(torch.tensor([1.0 - 2 * ((bits >> s) & 1) for s in (2, 1, 0)]))
+    unit[16, 2, 1] = -1.0  # step 5: c -= q b
+    unit[17, 2, 0] = -1.0  # step 6: c -= q a
+    unit[18, 1, 0] = -1.0  # step 7: b -= q a
+    kg[19] = torch.tensor([[1.0, 0, 0], [0, 1, 0], [1, 1, 1]])  # step 8: c <- a + b + c
+    base = torch.tensor([0, 6, 7, 8, 8, 16, 17, 18, 19, 20])  # by first applicable condition
+    return sort_table, sort_gather, rank_to_code, kg, unit, base
 
 
-_SORT_TABLE = _build_sort_table()
-_IDENTITY_PERM = torch.arange(3)
-_STEP_TABLE = torch.eye(3, dtype=torch.float64).repeat(10, 1, 1)
-_STEP_TABLE[1] = torch.tensor([[0.0, -1, 0], [-1, 0, 0], [0, 0, -1]])  # swap a, b (det +1)
-_STEP_TABLE[2] = torch.tensor([[-1.0, 0, 0], [0, 0, -1], [0, -1, 0]])  # swap b, c (det +1)
-_STEP_TABLE[8] = torch.tensor([[1.0, 0, 0], [0, 1, 0], [1, 1, 1]])  # c <- a + b + c
-_STEP_ROWS = torch.tensor([2, 2, 1])
-_STEP_COLS = torch.tensor([1, 0, 0])
+_SORT_TABLE, _SORT_GATHER, _RANK_TO_CODE, _KG_TABLE, _KG_UNIT, _KG_BASE = _build_tables()
 
 
-def _iterate(step_fn, T, Xn, input_scale, iters, degenerate, work, rel_eps: float, max_iter: int) -> torch.Tensor:
-    """Apply ``step_fn`` to the items ``work`` until none changes; returns a mask of those capped.
+def _iterate(T, Xn, input_scale, degenerate, work, rel_eps: float, max_iter: int):
+    """Apply :func:`_reduction_step` to the items ``work`` until none changes.
 
-    Updates ``T``, ``iters`` and ``degenerate`` in place. The loop runs on a compacted copy of the
-    unfinished items (written back as they finish), so late iterations cost only what is left, and
-    the metric is recomputed from the original cell each time rather than updated (no drift).
+    Updates ``T`` and ``degenerate`` in place; returns ``(iterations, capped)``. The loop runs on a
+    compacted copy of the unfinished items (written back as they finish), so late iterations cost only
+    what is left, and the metric is recomputed from the original cell every time (no drift).
     """
-    capped = torch.zeros_like(degenerate)
-    Tw, Lw, scale_w, count = T[work], Xn[work], input_scale[work], iters[work]
-    bad = torch.zeros_like(count, dtype=torch.bool)
-    chosen = torch.ones_like(bad)
+    n = T.shape[0]
+    iters = torch.zeros(n, dtype=torch.int64, device=T.device)
+    capped = torch.zeros(n, dtype=torch.bool, device=T.device)
+    Tw, Lw, scale_w = T[work], Xn[work], input_scale[work]
+    count = torch.zeros(work.numel(), dtype=torch.int64, device=T.device)
+    changed = torch.ones(work.numel(), dtype=torch.bool, device=T.device)
+    bad = torch.zeros_like(changed)
     for _ in range(max_iter):
         if work.numel() == 0:
             break
-        G = _metric(Tw, Lw)
-        step, chosen = step_fn(G, rel_eps)
+        G, t_max = _metric(Tw, Lw)
+        step, changed = _reduction_step(G, rel_eps)
         # A vanishing vector or a runaway transform: the lattice is numerically rank-deficient.
         shortest = torch.diagonal(G, dim1=-2, dim2=-1).amin(dim=1)
-        bad |= (shortest <= (_DEGENERATE_LENGTH_RATIO * scale_w) ** 2) | (Tw.abs().amax(dim=(1, 2)) > _MAX_TRANSFORM_ENTRY)
-        chosen &= ~bad
-        Tw = torch.where(chosen[:, None, None], step @ Tw, Tw)
-        count = count + chosen.long()
-        done = ~chosen
+        bad = (shortest <= (_DEGENERATE_LENGTH_RATIO * scale_w) ** 2) | (t_max > _MAX_TRANSFORM_ENTRY)
+        changed = changed & ~bad
+        Tw = step @ Tw
+        count = count + changed.long()
+        done = ~changed
         n_done = int(done.sum())
-        if n_done == done.numel() or n_done * 4 >= done.numel() > 512:
-            # Compact only when a good share has finished: each compaction costs a dozen small ops.
+        # Compact when all are done, when a degenerate item must be frozen, or when a good share has
+        # finished (each compaction costs a dozen small ops, worth it only on large batches).
+        if n_done == done.numel() or bool(bad.any()) or n_done * 4 >= done.numel() > 512:
             fin = work[done]
-            T[fin], iters[fin] = Tw[done], count[done]
+            # Degenerate items keep their last good transform (this step is discarded for them).
+            T[fin] = torch.where(bad[done, None, None], T[fin], Tw[done])
+            iters[fin] = count[done]
             degenerate[fin] |= bad[done]
             keep = ~done
-            work, Tw, Lw, scale_w, count, bad = work[keep], Tw[keep], Lw[keep], scale_w[keep], count[keep], bad[keep]
+            work, Tw, Lw, scale_w, count, changed = work[keep], Tw[keep], Lw[keep], scale_w[keep], count[keep], changed[keep]
     T[work], iters[work] = Tw, count
-    degenerate[work] |= bad
-    capped[work] = chosen if work.numel() else capped[work]
-    return capped
+    capped[work] = changed
+    return iters, capped
 
 
 def is_niggli_reduced(L, rel_eps: float = 1e-5):
@@ -346,7 +362,7 @@ def niggli_reduce(L, *, rel_eps: float = 1e-5, max_iter: int = 1000) -> NiggliRe
         L: torch tensor (any device) or NumPy array of floating dtype. Gradients are not tracked: the
             computation runs on ``L.detach()`` in float64.
         rel_eps: relative tolerance of every comparison (lengths against each other, cosines).
-        max_iter: cap on the iterations of each of the two phases (size reduction, Křivý–Gruber).
+        max_iter: cap on the iterations (each a size-reduction sweep plus one Křivý–Gruber step).
 
     Returns:
         :class:`NiggliResult` with ``lattice``, ``transform`` (int64), ``status`` and ``iterations``;
@@ -382,11 +398,8 @@ def niggli_reduce(L, *, rel_eps: float = 1e-5, max_iter: int = 1000) -> NiggliRe
     input_scale = torch.linalg.vector_norm(Xn, dim=-1).amax(dim=-1)
 
     T = eye.expand(n, 3, 3).clone()
-    iters = torch.zeros(n, dtype=torch.int64, device=device)
-    not_converged = torch.zeros(n, dtype=torch.bool, device=device)
-    for step_fn in (_size_reduction_step, _krivy_gruber_step):
-        work = (~(nonfinite | degenerate)).nonzero().squeeze(1)
-        not_converged |= _iterate(step_fn, T, Xn, input_scale, iters, degenerate, work, rel_eps, max_iter)
+    work = (~(nonfinite | degenerate)).nonzero().squeeze(1)
+    iters, not_converged = _iterate(T, Xn, input_scale, degenerate, work, rel_eps, max_iter)
 
     # Final verification on the accurately recomputed basis; it also catches lattices whose reduced
     # form is below float64's resolution (vanishing vectors or volume relative to the cell's scale).

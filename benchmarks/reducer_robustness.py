@@ -1,0 +1,248 @@
+"""Robustness of Niggli reducers on the lattices an untrained model emits, and on re-based real cells.
+
+For each suite and tool, every lattice is counted as one of
+  reduced  the tool returned a cell that the independent checker (benchmarks/reduction_check.py)
+           accepts: same lattice (exact transform, volume kept), Niggli conditions, and no {-1,0,1}
+           change of basis shortens a+b+c;
+  flagged  the tool said it failed (None, an exception, or a non-OK status);
+  wrong    the tool returned a cell that is not a reduced equivalent cell, without saying so;
+  hung     the call ran past the per-call budget and was killed.
+A degenerate lattice (suite ``rank2``) has no reduced cell: there the right answer is ``flagged``.
+Rows of a lattice are its vectors a, b, c.
+
+    python benchmarks/reducer_robustness.py                 # 500 per suite, every tool, writes results/
+    python benchmarks/reducer_robustness.py --quick         # 100 per suite, prints the table only
+
+Writes ``benchmarks/results/reducer_robustness.{md,json}``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import gzip
+import json
+import platform
+import re
+import sys
+import time
+import warnings
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from soft_niggli import Status, lattice_from_parameters, niggli_reduce, random_unimodular
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE.parent))  # run from a checkout: benchmarks/ and baselines/ are siblings
+from baselines.reducers import PEER_REDUCERS, reduce_with, shutdown_workers  # noqa: E402
+from benchmarks.reduction_check import classify  # noqa: E402
+
+RESULTS = HERE / "results"
+SHARED_DATA = HERE.parent.parent / "shared" / "data"
+COMMAND = "python benchmarks/reducer_robustness.py"
+TOOLS = ("soft_niggli",) + PEER_REDUCERS
+DEGENERATE_SUITES = {"rank2"}
+
+
+# ----------------------------------------------------------------------------------------- suites
+
+def gaussian(rng, n):
+    """N(0, 1) entries: what a freshly initialised network's lattice head emits."""
+    return rng.normal(size=(n, 3, 3))
+
+
+def near_singular(rng, n):
+    """A Gaussian cell with one random direction squeezed to 1e-6 of its size."""
+    L = rng.normal(size=(n, 3, 3))
+    v = rng.normal(size=(n, 3))
+    v /= np.linalg.norm(v, axis=1, keepdims=True)
+    squeeze = np.eye(3) - (1 - 1e-6) * v[:, :, None] * v[:, None, :]
+    return L @ squeeze
+
+
+def rank2(rng, n):
+    """Exactly singular: c = p a + q b with small integers p, q (entries on a 2^-10 grid, so exact)."""
+    L = np.round(rng.normal(size=(n, 3, 3)) * 2**10) / 2**10
+    p = rng.integers(-3, 4, size=(n, 2)).astype(float)
+    L[:, 2] = p[:, :1] * L[:, 0] + p[:, 1:] * L[:, 1]
+    return L
+
+
+def skew_unimodular(rng, n):
+    """A 4 Å cubic cell times a product of 30 random elementary operations with multipliers in [-3, 3]."""
+    out = np.empty((n, 3, 3))
+    for t in range(n):
+        M = np.eye(3, dtype=np.int64)
+        for _ in range(30):
+            i, j = rng.choice(3, 2, replace=False)
+            M[i] += rng.integers(-3, 4) * M[j]
+        out[t] = 4.0 * M
+    return out
+
+
+def mixed_scale(rng, n):
+    """Gaussian rows scaled by 1e-4, 1 and 1e4."""
+    return rng.normal(size=(n, 3, 3)) * np.array([1e-4, 1.0, 1e4])[None, :, None]
+
+
+def real_rebased(rng, n):
+    """Cells from ../shared/data (all four datasets), rotated and re-based by random unimodular matrices."""
+    cells = []
+    for dataset in ("mp_20", "perov_5", "carbon_24", "mpts_52"):
+        path = SHARED_DATA / dataset / "val.csv.gz"
+        if path.exists():
+            cells.append(read_cells(path, limit=n))
+    if not cells:
+        return None
+    pool = np.concatenate(cells)
+    L = pool[rng.choice(len(pool), size=n, replace=False)]
+    q, r = np.linalg.qr(rng.normal(size=(n, 3, 3)))
+    Q = q * np.sign(np.diagonal(r, axis1=1, axis2=2))[:, None, :]
+    M = random_unimodular((n,), max_entry=5, num_operations=20,
+                          generator=torch.Generator().manual_seed(int(rng.integers(2**31)))).numpy()
+    return M.astype(float) @ L @ np.swapaxes(Q, 1, 2)
+
+
+_CELL_KEYS = ["_cell_length_a", "_cell_length_b", "_cell_length_c", "_cell_angle_alpha", "_cell_angle_beta",
+              "_cell_angle_gamma"]
+_CELL_PATTERN = re.compile(r"^(" + "|".join(_CELL_KEYS) + r")\s+([-+0-9.eE]+)", re.M)
+
+
+def read_cells(path: Path, limit: int) -> np.ndarray:
+    """Lattices of the first ``limit`` CIFs of a CDVAE-format CSV, from their cell parameters."""
+    params = []
+    csv.field_size_limit(1 << 30)
+    with gzip.open(path, "rt", newline="") as fh:
+        for row in csv.DictReader(fh):
+            found = dict(_CELL_PATTERN.findall(row["cif"]))
+            params.append([float(found[k]) for k in _CELL_KEYS])
+            if len(params) >= limit:
+                break
+    p = torch.tensor(params, dtype=torch.float64)
+    return lattice_from_parameters(*p.unbind(1)).numpy()
+
+
+SUITES = {
+    "gaussian": gaussian, "near_singular": near_singular, "rank2": rank2, "skew_unimodular": skew_unimodular,
+    "mixed_scale": mixed_scale, "real_rebased": real_rebased,
+}
+
+
+# -------------------------------------------------------------------------------------- scoring
+
+def score(L_in: np.ndarray, L_out, failed: bool, hung: bool, degenerate: bool) -> str:
+    if hung:
+        return "hung"
+    if failed:
+        return "flagged"
+    if degenerate:
+        return "wrong"  # a degenerate lattice has no reduced cell: returning one is silently wrong
+    return classify(L_in, L_out)  # "reduced" or "wrong"
+
+
+def run_ours(L: np.ndarray, degenerate: bool):
+    start = time.perf_counter()
+    res = niggli_reduce(torch.from_numpy(L))
+    seconds = time.perf_counter() - start
+    verdicts = []
+    for k in range(len(L)):
+        failed = int(res.status[k]) != Status.OK
+        verdicts.append(score(L[k], res.lattice[k].numpy(), failed, False, degenerate))
+    statuses = {Status(s).name: int((res.status == s).sum()) for s in res.status.unique().tolist()}
+    return verdicts, seconds, statuses
+
+
+def run_peer(tool: str, L: np.ndarray, degenerate: bool, timeout: float):
+    start = time.perf_counter()
+    results = reduce_with(tool, L, timeout=timeout)
+    seconds = time.perf_counter() - start
+    verdicts = [score(L[k], r.lattice, r.outcome in ("none", "error"), r.outcome == "timeout", degenerate)
+                for k, r in enumerate(results)]
+    outcomes = {}
+    for r in results:
+        outcomes[r.outcome] = outcomes.get(r.outcome, 0) + 1
+    return verdicts, seconds, outcomes
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--n", type=int, default=500, help="lattices per suite (default 500)")
+    parser.add_argument("--timeout", type=float, default=1.0, help="per-call budget of the peer tools, s")
+    parser.add_argument("--tools", default=",".join(TOOLS), help=f"comma-separated subset of {TOOLS}")
+    parser.add_argument("--suites", default=",".join(SUITES), help=f"comma-separated subset of {tuple(SUITES)}")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--quick", action="store_true", help="100 per suite, 0.3 s budget, print only")
+    args = parser.parse_args(argv)
+    if args.quick:
+        args.n, args.timeout = 100, 0.3
+    tools = [t.strip() for t in args.tools.split(",") if t.strip()]
+    suites = [s.strip() for s in args.suites.split(",") if s.strip()]
+    for t in tools:
+        if t not in TOOLS:
+            parser.error(f"unknown tool {t!r}; valid: {', '.join(TOOLS)}")
+    for s in suites:
+        if s not in SUITES:
+            parser.error(f"unknown suite {s!r}; valid: {', '.join(SUITES)}")
+    warnings.filterwarnings("ignore")  # spglib's deprecation notice, pymatgen's CIF notes
+
+    rows = []
+    try:
+        for suite in suites:
+            rng = np.random.default_rng([args.seed, list(SUITES).index(suite)])
+            L = SUITES[suite](rng, args.n)
+            if L is None:
+                print(f"{suite}: skipped (../shared/data not present)")
+                continue
+            degenerate = suite in DEGENERATE_SUITES
+            for tool in tools:
+                if tool == "soft_niggli":
+                    verdicts, seconds, detail = run_ours(L, degenerate)
+                else:
+                    verdicts, seconds, detail = run_peer(tool, L, degenerate, args.timeout)
+                counts = {k: verdicts.count(k) for k in ("reduced", "flagged", "wrong", "hung")}
+                rows.append({"suite": suite, "tool": tool, "n": len(L), "degenerate": degenerate, **counts,
+                             "seconds": seconds, "detail": detail})
+                print(f"{suite:>16} {tool:>11}: " + "  ".join(f"{k} {v:>4}" for k, v in counts.items())
+                      + f"  ({seconds:.1f} s)", flush=True)
+    finally:
+        shutdown_workers()
+
+    table = markdown(rows, args)
+    print()
+    print(table)
+    if not args.quick:
+        RESULTS.mkdir(parents=True, exist_ok=True)
+        (RESULTS / "reducer_robustness.md").write_text(table)
+        (RESULTS / "reducer_robustness.json").write_text(json.dumps(
+            {"command": command(args), "n_per_suite": args.n, "timeout_s": args.timeout, "rows": rows}, indent=2))
+        print(f"wrote {RESULTS / 'reducer_robustness.md'}")
+    return 0
+
+
+def command(args) -> str:
+    extra = "" if (args.n, args.timeout, args.seed) == (500, 1.0, 0) else \
+        f" --n {args.n} --timeout {args.timeout} --seed {args.seed}"
+    return COMMAND + extra
+
+
+def markdown(rows, args) -> str:
+    lines = [
+        "# Niggli reducer robustness", "",
+        f"Command: `{command(args)}`  ", f"{args.n} lattices per suite; per-call budget {args.timeout} s for the "
+        f"peer tools (each runs in a worker process that is killed past it); Python {platform.python_version()}.",
+        "", "Verdicts from the independent checker `benchmarks/reduction_check.py`. `rank2` cells are exactly "
+        "singular: there `flagged` is the right answer and a returned cell counts as wrong.", "",
+        "| suite | tool | reduced | flagged | wrong | hung | time (s) | raw outcomes |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        detail = ", ".join(f"{k}: {v}" for k, v in sorted(r["detail"].items()))
+        lines.append(f"| {r['suite']} | {r['tool']} | {r['reduced']} | {r['flagged']} | {r['wrong']} | "
+                     f"{r['hung']} | {r['seconds']:.2f} | {detail} |")
+    return "\n".join(lines) + "\n"
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,213 @@
+"""Speed of the guarded reducer against spglib's per-lattice loop, and iterations against skew.
+
+Both tools reduce the same lattices in the same process, so the ratios are robust to machine noise;
+each timing is the best of ``--repeats`` runs. Rows of a lattice are its vectors a, b, c.
+
+    python benchmarks/reducer_speed.py            # full run (batch 256 and 65536), writes results/
+    python benchmarks/reducer_speed.py --quick    # small smoke run, prints only
+
+Writes ``benchmarks/results/reducer_speed.{md,json,png}``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import sys
+import time
+import warnings
+from pathlib import Path
+
+import numpy as np
+import spglib
+import torch
+
+from soft_niggli import Status, lattice_from_parameters, niggli_reduce, random_unimodular
+
+RESULTS = Path(__file__).resolve().parent / "results"
+COMMAND = "python benchmarks/reducer_speed.py"
+
+
+def realistic_cells(n: int, seed: int) -> np.ndarray:
+    """Cells like real crystals (lengths 3–15 Å, angles 60–120°) re-based by a bound-2 unimodular matrix."""
+    rng = np.random.default_rng(seed)
+    lengths = rng.uniform(3, 15, size=(n, 3))
+    angles = rng.uniform(60, 120, size=(n, 3))
+    L = lattice_from_parameters(*torch.from_numpy(np.concatenate([lengths, angles], 1)).unbind(1))
+    ok = torch.isfinite(L).all(dim=(1, 2)) & (torch.linalg.det(L).abs() > 0.3 * torch.from_numpy(lengths.prod(1)))
+    L = L[ok]
+    while len(L) < n:  # replace rejected angle triples
+        L = torch.cat([L, torch.from_numpy(realistic_cells(n - len(L), seed + 1))])
+    M = random_unimodular((n,), max_entry=2, generator=torch.Generator().manual_seed(seed))
+    return (M.double() @ L[:n]).numpy()
+
+
+def gaussian_cells(n: int, seed: int) -> np.ndarray:
+    return np.random.default_rng(seed).normal(scale=4.0, size=(n, 3, 3))
+
+
+def skewed_cells(n: int, max_entry: int, seed: int) -> np.ndarray:
+    """A 4 Å cubic cell times random unimodular matrices whose entries reach about ``max_entry``."""
+    gen = torch.Generator().manual_seed(seed)
+    ops = int(8 + 3 * np.log2(max_entry + 1))  # enough elementary operations to reach the cap
+    M = random_unimodular((n,), max_entry=max_entry, num_operations=ops, generator=gen)
+    return (M.double() @ (4.0 * torch.eye(3, dtype=torch.float64))).numpy()
+
+
+def time_spglib(L: np.ndarray) -> tuple[float, int]:
+    failures = 0
+    start = time.perf_counter()
+    for cell in L:
+        if spglib.niggli_reduce(cell, eps=1e-5) is None:
+            failures += 1
+    return time.perf_counter() - start, failures
+
+
+def time_ours(L: torch.Tensor):
+    start = time.perf_counter()
+    res = niggli_reduce(L)
+    return time.perf_counter() - start, res
+
+
+def best_of(fn, repeats: int):
+    best, out = float("inf"), None
+    for _ in range(repeats):
+        t, o = fn()
+        if t < best:
+            best, out = t, o
+    return best, out
+
+
+def batch_rows(sizes, families, repeats, seed):
+    rows = []
+    for family, make in families.items():
+        for n in sizes:
+            L = make(n, seed)
+            Lt = torch.from_numpy(L)
+            niggli_reduce(Lt[:8])  # warm-up
+            t_spg, failures = best_of(lambda: time_spglib(L), repeats)
+            t_ours, res = best_of(lambda: time_ours(Lt), repeats)
+            rows.append({
+                "family": family, "batch": n,
+                "spglib_us_per_lattice": 1e6 * t_spg / n, "ours_us_per_lattice": 1e6 * t_ours / n,
+                "speedup": t_spg / t_ours, "spglib_failures": failures,
+                "ours_ok": int((res.status == Status.OK).sum()),
+                "ours_iterations_mean": float(res.iterations.double().mean()),
+                "ours_iterations_max": int(res.iterations.max()),
+            })
+            print(f"{family:>10} batch {n:>6}: spglib {rows[-1]['spglib_us_per_lattice']:.2f} us, "
+                  f"ours {rows[-1]['ours_us_per_lattice']:.2f} us, speedup x{rows[-1]['speedup']:.2f}", flush=True)
+    return rows
+
+
+def skew_rows(levels, n, repeats, seed):
+    rows = []
+    for level in levels:
+        L = skewed_cells(n, level, seed)
+        Lt = torch.from_numpy(L)
+        t_spg, failures = best_of(lambda: time_spglib(L), repeats)
+        t_ours, res = best_of(lambda: time_ours(Lt), repeats)
+        input_skew = int(np.abs(np.round(L / 4.0)).max())
+        rows.append({
+            "max_entry_cap": level, "input_max_entry": input_skew,
+            "transform_max_entry": int(res.transform.abs().max()),
+            "ours_iterations_mean": float(res.iterations.double().mean()),
+            "ours_iterations_max": int(res.iterations.max()),
+            "ours_ok": int((res.status == Status.OK).sum()), "batch": n,
+            "ours_us_per_lattice": 1e6 * t_ours / n, "spglib_us_per_lattice": 1e6 * t_spg / n,
+            "spglib_failures": failures,
+        })
+        print(f"skew {level:>7}: iterations mean {rows[-1]['ours_iterations_mean']:.1f} max "
+              f"{rows[-1]['ours_iterations_max']}, ours {rows[-1]['ours_us_per_lattice']:.1f} us, spglib "
+              f"{rows[-1]['spglib_us_per_lattice']:.1f} us ({failures} failed)", flush=True)
+    return rows
+
+
+def hardware() -> str:
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in open("/proc/cpuinfo"):
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return (f"{cpu}, {os.cpu_count()} cores, torch {torch.__version__} ({torch.get_num_threads()} threads), "
+            f"spglib {spglib.__version__}, Python {platform.python_version()}")
+
+
+def write_results(batch, skew):
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    lines = [
+        "# Reducer speed: soft_niggli (batched) vs spglib (per-lattice Python loop)",
+        "", f"Command: `{COMMAND}`", "", f"Hardware: {hardware()}", "",
+        "Same lattices, same process, best of the repeats; microseconds per lattice.", "",
+        "| lattices | batch | spglib loop (µs) | ours (µs) | speed-up | ours OK | ours iterations mean / max |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for r in batch:
+        lines.append(f"| {r['family']} | {r['batch']} | {r['spglib_us_per_lattice']:.2f} | "
+                     f"{r['ours_us_per_lattice']:.2f} | {r['speedup']:.2f}× | {r['ours_ok']}/{r['batch']} | "
+                     f"{r['ours_iterations_mean']:.2f} / {r['ours_iterations_max']} |")
+    lines += [
+        "", "## Iterations against skew", "",
+        "A 4 Å cubic cell times random unimodular matrices with entries up to the cap; the transform that "
+        "reduces it back has entries of the same size.", "",
+        "| cap | input max entry | transform max entry | ours iterations mean / max | ours OK | ours (µs) "
+        "| spglib (µs) | spglib failures |", "|---|---|---|---|---|---|---|---|",
+    ]
+    for r in skew:
+        lines.append(f"| {r['max_entry_cap']} | {r['input_max_entry']} | {r['transform_max_entry']} | "
+                     f"{r['ours_iterations_mean']:.1f} / {r['ours_iterations_max']} | {r['ours_ok']}/{r['batch']} | "
+                     f"{r['ours_us_per_lattice']:.1f} | {r['spglib_us_per_lattice']:.1f} | "
+                     f"{r['spglib_failures']}/{r['batch']} |")
+    (RESULTS / "reducer_speed.md").write_text("\n".join(lines) + "\n")
+    (RESULTS / "reducer_speed.json").write_text(json.dumps(
+        {"command": COMMAND, "hardware": hardware(), "batch": batch, "skew": skew}, indent=2))
+    plot(skew)
+
+
+def plot(skew):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    x = [r["transform_max_entry"] for r in skew]
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4))
+    axes[0].plot(x, [r["ours_iterations_mean"] for r in skew], "o-", label="mean")
+    axes[0].plot(x, [r["ours_iterations_max"] for r in skew], "s--", label="max")
+    axes[0].set(xscale="log", xlabel="max |transform entry|", ylabel="iterations",
+                title="soft_niggli iterations vs skew")
+    axes[0].legend()
+    axes[1].plot(x, [r["ours_us_per_lattice"] for r in skew], "o-", label="soft_niggli (batched)")
+    axes[1].plot(x, [r["spglib_us_per_lattice"] for r in skew], "s-", label="spglib (loop)")
+    axes[1].set(xscale="log", yscale="log", xlabel="max |transform entry|", ylabel="µs per lattice",
+                title=f"time per lattice, batch {skew[0]['batch']}")
+    axes[1].legend()
+    fig.tight_layout()
+    fig.savefig(RESULTS / "reducer_speed.png", dpi=120)
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--quick", action="store_true", help="small batches, print only")
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args(argv)
+    warnings.filterwarnings("ignore", category=DeprecationWarning)  # spglib's error-handling notice
+    families = {"realistic": realistic_cells, "gaussian": gaussian_cells}
+    sizes = [256, 2048] if args.quick else [256, 65536]
+    levels = [1, 10, 100] if args.quick else [1, 10, 100, 1000, 10000, 100000]
+    batch = batch_rows(sizes, families, 1 if args.quick else args.repeats, args.seed)
+    skew = skew_rows(levels, 256 if args.quick else 4096, 1 if args.quick else args.repeats, args.seed)
+    if not args.quick:
+        write_results(batch, skew)
+        print(f"wrote {RESULTS / 'reducer_speed.md'}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
