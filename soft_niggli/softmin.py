@@ -1,0 +1,119 @@
+"""Softmin over a bounded set of unimodular matrices: the continuous answer to the basis ambiguity.
+
+Row convention: lattices ``(B, 3, 3)`` have the lattice vectors as rows; a candidate ``M`` re-bases a
+reference lattice as ``M @ L_ref`` and its metric as ``M G_ref Mᵀ``.
+
+For a prediction and a reference (the label, usually in its Niggli basis) the softmin over the
+candidates ``U = {M}`` of a distance ``d_M``,
+
+    softmin_τ(d) = -τ log Σ_M exp(-d_M / τ)        (optionally + τ log |U|),
+
+is smooth in the prediction, bounded below by ``min_M d_M - τ log |U|`` and tends to ``min_M d_M`` as
+τ → 0. The distances are computed in inner-product form, so no ``(B, K, 3, 3)`` tensor is built:
+
+    ||L_p - M L_r||² = ||L_p||² - 2 <M, L_p L_rᵀ> + <Mᵀ M, L_r L_rᵀ>
+
+is two ``(B, 9) @ (9, K)`` products, and for metrics
+
+    ||G_p - M G_r Mᵀ||² = ||G_p||² - 2 <M ⊗ M, G_p ⊗ G_r> + <(M ⊗ M)ᵀ(M ⊗ M), G_r ⊗ G_r>
+
+uses the Kronecker square of each candidate, precomputed once per candidate set (cached per dtype and
+device like the candidate set itself).
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+
+import torch
+
+from .unimodular import enumerate_unimodular
+
+__all__ = [
+    "candidate_set",
+    "lattice_distances",
+    "lattice_distances_naive",
+    "metric_distances",
+    "metric_distances_naive",
+    "softmin",
+]
+
+
+def candidate_set(bound: int = 1, proper: bool = False, dtype: torch.dtype = torch.float32,
+                  device: torch.device | str | None = None) -> torch.Tensor:
+    """The candidate matrices ``(K, 3, 3)`` (entries in ``[-bound, bound]``, det ±1), cached per dtype/device."""
+    return enumerate_unimodular(bound, proper=proper, dtype=dtype, device=device)
+
+
+@functools.lru_cache(maxsize=32)
+def _gram_of_candidates(bound: int, proper: bool, dtype: torch.dtype, device: str) -> torch.Tensor:
+    # <Mᵀ M, Y> for all M at once: the flattened Mᵀ M, (9, K).
+    U = candidate_set(bound, proper, dtype, device)
+    return (U.transpose(1, 2) @ U).reshape(-1, 9).T.contiguous()
+
+
+@functools.lru_cache(maxsize=32)
+def _kron_of_candidates(bound: int, proper: bool, dtype: torch.dtype, device: str):
+    """Flattened ``M ⊗ M`` ``(81, K)`` and the quartic form ``(M⊗M)ᵀ(M⊗M)`` ``(81·81, K)`` in float64-safe dtype."""
+    U = candidate_set(bound, proper, dtype, device)
+    kron = torch.einsum("kai,kbj->kabij", U, U).reshape(len(U), 9, 9)  # (M ⊗ M)[(a,b),(i,j)] = M_ai M_bj
+    quartic = (kron.transpose(1, 2) @ kron).reshape(len(U), 81)
+    return kron.reshape(len(U), 81).T.contiguous(), quartic.T.contiguous()
+
+
+def _device_key(t: torch.Tensor) -> str:
+    return str(t.device)
+
+
+def lattice_distances(L_pred: torch.Tensor, L_ref: torch.Tensor, bound: int = 1, proper: bool = False) -> torch.Tensor:
+    """Mean squared entry difference ``||L_pred - M L_ref||² / 9`` for every candidate, ``(B, K)``.
+
+    Inner-product form (two small matrix products); differentiable in both lattices.
+    """
+    U = candidate_set(bound, proper, L_pred.dtype, L_pred.device)
+    UtU = _gram_of_candidates(bound, proper, L_pred.dtype, _device_key(L_pred))
+    B = L_pred.shape[0]
+    cross = (L_pred @ L_ref.transpose(1, 2)).reshape(B, 9) @ U.reshape(-1, 9).T
+    quad = (L_ref @ L_ref.transpose(1, 2)).reshape(B, 9) @ UtU
+    sq = L_pred.pow(2).sum(dim=(1, 2))[:, None] - 2 * cross + quad
+    return sq.clamp_min(0) / 9
+
+
+def lattice_distances_naive(L_pred: torch.Tensor, L_ref: torch.Tensor, bound: int = 1, proper: bool = False) -> torch.Tensor:
+    """Same as :func:`lattice_distances` through the explicit ``(B, K, 3, 3)`` tensor (reference, slow)."""
+    U = candidate_set(bound, proper, L_pred.dtype, L_pred.device)
+    targets = torch.einsum("kij,bjl->bkil", U, L_ref)
+    return (L_pred[:, None] - targets).pow(2).mean(dim=(2, 3))
+
+
+def metric_distances(G_pred: torch.Tensor, G_ref: torch.Tensor, bound: int = 1, proper: bool = False) -> torch.Tensor:
+    """Mean squared entry difference ``||G_pred - M G_ref Mᵀ||² / 9`` for every candidate, ``(B, K)``.
+
+    ``G = L Lᵀ`` is rotation-invariant, so this distance needs no alignment of prediction and label.
+    """
+    kron, quartic = _kron_of_candidates(bound, proper, G_pred.dtype, _device_key(G_pred))
+    B = G_pred.shape[0]
+    gp, gr = G_pred.reshape(B, 9), G_ref.reshape(B, 9)
+    cross = (gp[:, :, None] * gr[:, None, :]).reshape(B, 81) @ kron
+    quad = (gr[:, :, None] * gr[:, None, :]).reshape(B, 81) @ quartic
+    sq = gp.pow(2).sum(1)[:, None] - 2 * cross + quad
+    return sq.clamp_min(0) / 9
+
+
+def metric_distances_naive(G_pred: torch.Tensor, G_ref: torch.Tensor, bound: int = 1, proper: bool = False) -> torch.Tensor:
+    """Same as :func:`metric_distances` through the explicit ``(B, K, 3, 3)`` tensor (reference, slow)."""
+    U = candidate_set(bound, proper, G_pred.dtype, G_pred.device)
+    targets = torch.einsum("kai,bij,kcj->bkac", U, G_ref, U)
+    return (G_pred[:, None] - targets).pow(2).mean(dim=(2, 3))
+
+
+def softmin(d: torch.Tensor, tau: float, normalize: bool = False, dim: int = -1) -> torch.Tensor:
+    """``-τ log Σ exp(-d / τ)`` along ``dim`` (``+ τ log K`` when ``normalize``), stable for any τ > 0.
+
+    Entries of ``d`` that are ``+inf`` (pruned candidates) contribute nothing.
+    """
+    out = -tau * torch.logsumexp(-d / tau, dim=dim)
+    if normalize:
+        out = out + tau * math.log(d.shape[dim])
+    return out

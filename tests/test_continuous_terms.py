@@ -1,0 +1,117 @@
+"""Properties of the continuous building blocks: softmin distances, theta series, volume, Sinkhorn."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from soft_niggli import random_unimodular
+from soft_niggli.invariants import theta_series, theta_term, volume_term
+from soft_niggli.softmin import (
+    lattice_distances,
+    lattice_distances_naive,
+    metric_distances,
+    metric_distances_naive,
+    softmin,
+)
+from soft_niggli.testing import lattices, rotations, unimodular_matrices
+from soft_niggli.transport import sinkhorn_coordinate_loss
+
+pairs = st.lists(st.tuples(lattices("realistic"), lattices("realistic")), min_size=1, max_size=4).map(
+    lambda p: (torch.stack([a for a, _ in p]), torch.stack([b for _, b in p])))
+
+
+@settings(max_examples=20)
+@given(pairs, st.sampled_from([1, 2]))
+def test_inner_product_distances_equal_the_naive_form(pair, bound):
+    Lp, Lr = pair
+    torch.testing.assert_close(lattice_distances(Lp, Lr, bound), lattice_distances_naive(Lp, Lr, bound),
+                               rtol=1e-9, atol=1e-9)
+    if bound == 1:  # the metric form at bound 2 builds a (81*81, 135408) table: too big for a unit test
+        Gp, Gr = Lp @ Lp.transpose(1, 2), Lr @ Lr.transpose(1, 2)
+        torch.testing.assert_close(metric_distances(Gp, Gr), metric_distances_naive(Gp, Gr), rtol=1e-9, atol=1e-6)
+
+
+@given(st.lists(st.floats(0.0, 100.0), min_size=2, max_size=50), st.floats(1e-3, 10.0))
+def test_softmin_is_bounded_by_the_minimum(values, tau):
+    d = torch.tensor(values, dtype=torch.float64)
+    s = softmin(d, tau)
+    assert float(s) <= float(d.min()) + 1e-12
+    assert float(s) >= float(d.min()) - tau * math.log(len(values)) - 1e-9
+    normalized = softmin(d, tau, normalize=True)
+    assert float(normalized) >= float(d.min()) - 1e-9
+
+
+def test_softmin_tends_to_the_minimum_as_tau_vanishes():
+    d = torch.tensor([3.0, 1.0, 1.5, 7.0], dtype=torch.float64)
+    gaps = [float(d.min() - softmin(d, tau)) for tau in (1.0, 0.1, 0.01, 0.001)]
+    assert gaps == sorted(gaps, reverse=True) and gaps[-1] < 1e-6
+
+
+@given(lattices("realistic"), unimodular_matrices(1, depth=3), rotations())
+def test_theta_series_is_basis_and_rotation_invariant(L, M, Q):
+    a = theta_series(L[None])
+    b = theta_series((M.double() @ L @ Q.T)[None])
+    torch.testing.assert_close(a, b, rtol=1e-7, atol=1e-9)
+
+
+@given(lattices("realistic"), lattices("realistic"), unimodular_matrices(1, depth=3), rotations())
+def test_volume_and_theta_terms_are_invariant_in_both_arguments(Lp, Lt, M, Q):
+    moved = (M.double() @ Lt @ Q.T)[None]
+    torch.testing.assert_close(volume_term(Lp[None], moved), volume_term(Lp[None], Lt[None]), rtol=1e-7, atol=1e-9)
+    torch.testing.assert_close(theta_term(Lp[None], moved), theta_term(Lp[None], Lt[None]), rtol=1e-6, atol=1e-9)
+
+
+@settings(max_examples=100)
+@given(lattices("pathological"))
+def test_invariant_terms_have_finite_values_and_gradients_on_pathological_cells(L):
+    target = torch.diag(torch.tensor([4.0, 5.0, 6.0], dtype=torch.float64))[None]
+    Lp = L[None].clone().requires_grad_()
+    total = (theta_term(Lp, target) + volume_term(Lp, target)).sum()
+    total.backward()
+    assert math.isfinite(float(total.detach())) and bool(torch.isfinite(Lp.grad).all())
+
+
+def crystals_for_ot(seed, B=3, N=6):
+    g = torch.Generator().manual_seed(seed)
+    frac = torch.rand(B, N, 3, generator=g, dtype=torch.float64)
+    species = torch.randint(1, 4, (B, N), generator=g)
+    lattice = torch.diag(torch.tensor([4.0, 5.0, 6.0], dtype=torch.float64)).expand(B, 3, 3).clone()
+    return frac, species, lattice, torch.ones(B, N, dtype=torch.bool)
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_sinkhorn_term_is_invariant_to_atom_order_and_wrapping(seed):
+    frac, species, lattice, mask = crystals_for_ot(seed)
+    pred = frac + 0.03 * torch.randn(frac.shape, generator=torch.Generator().manual_seed(seed + 10), dtype=frac.dtype)
+    base = sinkhorn_coordinate_loss(pred, frac, mask, lattice, species, species)
+    perm = torch.randperm(frac.shape[1], generator=torch.Generator().manual_seed(seed))
+    permuted = sinkhorn_coordinate_loss(pred[:, perm], frac, mask, lattice, species[:, perm], species)
+    wrapped = sinkhorn_coordinate_loss(pred + torch.tensor([1.0, -2.0, 3.0], dtype=pred.dtype), frac, mask, lattice,
+                                       species, species)
+    torch.testing.assert_close(permuted, base, rtol=1e-6, atol=1e-8)
+    torch.testing.assert_close(wrapped, base, rtol=1e-6, atol=1e-8)
+    assert bool((base > 0).all())
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_sinkhorn_term_is_translation_invariant_and_zero_on_the_label(seed):
+    frac, species, lattice, mask = crystals_for_ot(seed)
+    zero = sinkhorn_coordinate_loss(frac, frac, mask, lattice, species, species)
+    assert float(zero.abs().max()) < 1e-8
+    shifted = torch.remainder(frac + torch.tensor([0.3, 0.55, -0.2], dtype=frac.dtype), 1.0)
+    torch.testing.assert_close(sinkhorn_coordinate_loss(shifted, frac, mask, lattice, species, species), zero,
+                               rtol=0, atol=1e-6)
+
+
+def test_sinkhorn_term_has_finite_gradients_and_rejects_bad_shapes():
+    frac, species, lattice, mask = crystals_for_ot(0)
+    pred = frac.clone().requires_grad_()
+    sinkhorn_coordinate_loss(pred, torch.rand_like(frac), mask, lattice, species, species).sum().backward()
+    assert bool(torch.isfinite(pred.grad).all())
+    with pytest.raises(ValueError, match=r"\(B, N, 3\)"):
+        sinkhorn_coordinate_loss(frac[..., :2], frac, mask, lattice)
