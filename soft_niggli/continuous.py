@@ -235,7 +235,7 @@ class GramLoss(_CandidateSoftmin):
     def __init__(self, *, tau: float = 0.1, bound: int = 1, proper: bool = False, normalize: bool = False,
                  metric_weight: float = 1.0, coord_weight: float = 1.0, volume_weight: float = 1.0,
                  theta_weight: float = 1.0, theta_scales: tuple = (1.0, 2.0, 4.0), coords: str = "periodic",
-                 center: str = "both", top_k: int = 8, labels_canonical: bool = False, blur: float = 0.1):
+                 center: str = "label", top_k: int = 8, labels_canonical: bool = False, blur: float = 0.1):
         super().__init__()
         self._common_options(tau, bound, proper, normalize, "gram", coords, center, top_k, labels_canonical,
                              coord_weight, blur)
