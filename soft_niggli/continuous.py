@@ -90,10 +90,13 @@ class _CandidateSoftmin(CrystalLoss):
         self.lattice_metric = _choice("lattice_metric", lattice_metric, LATTICE_METRICS)
         self.coords = _choice("coords", coords, COORDINATE_TERMS)
         self.center = _choice("center", center, CENTERS)
-        self.top_k = _int_in("top_k", top_k, 1, 1024)
+        # Sinkhorn costs ~1000× a periodic MSE per candidate: give fewer candidates a coordinate term.
+        self.top_k = (2 if coords == "sinkhorn" else 8) if top_k is None else _int_in("top_k", top_k, 1, 135408)
         self.labels_canonical = _flag("labels_canonical", labels_canonical)
         self.coord_weight = _weight("coord_weight", coord_weight)
         self.blur = _positive("blur", blur)
+        # Optimal transport matches atoms itself: only compositions must agree, not atom order.
+        self.atoms_matched_by_order = self.coords != "sinkhorn"
 
     def _frames(self, pred: CrystalBatch, L: torch.Tensor, F: torch.Tensor, scorable: torch.Tensor):
         """Prediction frames to compare: ``[(L, F)]``, plus its Niggli form for ``center="both"``."""
@@ -119,9 +122,10 @@ class _CandidateSoftmin(CrystalLoss):
         norm = (L_cmp.square().sum(dim=(1, 2)) + L_ref.square().sum(dim=(1, 2))).clamp_min(1e-30)
         return metric_distances(G_cmp, G_ref, self.bound, self.proper) / norm[:, None]
 
-    def _coordinate_candidates(self, pred: CrystalBatch, F_cmp, F_ref, L_ref, choice) -> torch.Tensor:
+    def _coordinate_candidates(self, pred: CrystalBatch, F_cmp, labels: CrystalBatch, L_ref, choice) -> torch.Tensor:
         """``(B, k)`` coordinate term of the label moved by each chosen candidate ``M^{-1}``."""
         B, k = choice.shape
+        F_ref = labels.frac.detach()
         U_inv = _candidate_inverses(self.bound, self.proper, F_cmp.dtype, str(F_cmp.device))
         Minv = U_inv[choice]  # (B, k, 3, 3)
         # Targets for every atom and candidate: (k, N, 3), then as k*B "crystals" in one call.
@@ -134,14 +138,18 @@ class _CandidateSoftmin(CrystalLoss):
         # measured in the candidate's lattice M L_ref (detached).
         U = candidate_set(self.bound, self.proper, F_cmp.dtype, F_cmp.device)
         lat = (U[choice] @ L_ref[:, None]).transpose(0, 1).reshape(k * B, 3, 3).detach()
-        rep = CrystalBatch(lat, P, pred.num_atoms.repeat(k), None if pred.species is None else pred.species.repeat(k))
-        fp, mask, zs = rep.to_padded()
-        ft = CrystalBatch(lat, T.reshape(-1, 3), rep.num_atoms, rep.species).to_padded()[0]
-        return sinkhorn_coordinate_loss(fp, ft, mask, lat, zs, zs, blur=self.blur).reshape(k, B).T
+        def repeated(species):
+            return None if species is None else species.repeat(k)
+
+        fp, mask, zp = CrystalBatch(lat, P, pred.num_atoms.repeat(k), repeated(pred.species)).to_padded()
+        ft, _, zt = CrystalBatch(lat, T.reshape(-1, 3), pred.num_atoms.repeat(k), repeated(labels.species)).to_padded()
+        if zp is None or zt is None:  # species unknown on one side: match on positions only
+            zp = zt = None
+        return sinkhorn_coordinate_loss(fp, ft, mask, lat, zp, zt, blur=self.blur, scaling=0.5).reshape(k, B).T
 
     def _softmin_terms(self, pred, L, F, scorable, labels, lattice_weight):
         """``(value, lattice, coords, status)``, each ``(B,)``: the softmin and its soft-assigned parts."""
-        L_ref, F_ref = labels.lattice.detach(), labels.frac.detach()
+        L_ref = labels.lattice.detach()
         frames, status = self._frames(pred, L, F, scorable)
         values, lats, coords = [], [], []
         for L_cmp, F_cmp in frames:
@@ -149,7 +157,7 @@ class _CandidateSoftmin(CrystalLoss):
             k = min(self.top_k, d_lat.shape[1])
             choice = torch.topk(d_lat.detach(), k, dim=1, largest=False).indices
             lat = d_lat.gather(1, choice)
-            crd = self._coordinate_candidates(pred, F_cmp, F_ref, L_ref, choice)
+            crd = self._coordinate_candidates(pred, F_cmp, labels, L_ref, choice)
             values.append(lattice_weight * lat + self.coord_weight * crd)
             lats.append(lat)
             coords.append(crd)
@@ -186,14 +194,15 @@ class SoftminLoss(_CandidateSoftmin):
         tau: temperature > 0, in the units of ``d`` (Å²). bound: 1 or 2. proper: det +1 only.
         normalize: see above. lattice_metric: ``"cartesian"`` or ``"gram"``.
         lattice_weight, coord_weight: weights >= 0. coords: ``"periodic"`` or ``"sinkhorn"``.
-        center: ``"label"`` or ``"both"``. top_k: candidates given a coordinate term (1..1024).
+        center: ``"label"`` or ``"both"``. top_k: candidates given a coordinate term (1..135408;
+            default 8 with periodic coordinates, 2 with Sinkhorn).
         labels_canonical: targets already Niggli-reduced (:func:`canonicalize_labels`).
         blur: Sinkhorn blur in Å (``coords="sinkhorn"`` only).
     """
 
     def __init__(self, *, tau: float = 0.1, bound: int = 1, proper: bool = False, normalize: bool = False,
                  lattice_metric: str = "cartesian", lattice_weight: float = 1.0, coord_weight: float = 1.0,
-                 coords: str = "periodic", center: str = "label", top_k: int = 8, labels_canonical: bool = False,
+                 coords: str = "periodic", center: str = "label", top_k: int | None = None, labels_canonical: bool = False,
                  blur: float = 0.1):
         super().__init__()
         self._common_options(tau, bound, proper, normalize, lattice_metric, coords, center, top_k,
@@ -235,7 +244,7 @@ class GramLoss(_CandidateSoftmin):
     def __init__(self, *, tau: float = 0.1, bound: int = 1, proper: bool = False, normalize: bool = False,
                  metric_weight: float = 1.0, coord_weight: float = 1.0, volume_weight: float = 1.0,
                  theta_weight: float = 1.0, theta_scales: tuple = (1.0, 2.0, 4.0), coords: str = "periodic",
-                 center: str = "label", top_k: int = 8, labels_canonical: bool = False, blur: float = 0.1):
+                 center: str = "label", top_k: int | None = None, labels_canonical: bool = False, blur: float = 0.1):
         super().__init__()
         self._common_options(tau, bound, proper, normalize, "gram", coords, center, top_k, labels_canonical,
                              coord_weight, blur)

@@ -1,0 +1,157 @@
+"""Forward + backward cost of every registered loss on one batch, as ratios in one process.
+
+B = 256 crystals of up to 20 atoms, float32, CPU. Labels are real MP-20 cells when ../shared/data is
+present (else pymatgen's bundled AFLOW prototypes), re-based by random unimodular matrices; predictions
+are the labels plus noise. Each loss is timed as the best of ``--repeats`` forward+backward passes and
+reported as a ratio to ``"mse"`` and to the naive softmin: the same function as ``"softmin"``
+computed through the explicit ``(B, K, 3, 3)`` candidate tensor with a coordinate term for every one
+of the K = 6960 candidates (no inner-product form, no pruning). Rows of a lattice are its vectors.
+
+    python benchmarks/loss_cost.py
+
+Writes ``benchmarks/results/loss_cost.{md,json}``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import sys
+import time
+import warnings
+from pathlib import Path
+
+import torch
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE.parent))
+
+from soft_niggli import CrystalBatch, available_losses, canonicalize_labels, get_loss, random_unimodular  # noqa: E402
+from soft_niggli.lattice import integer_inverse  # noqa: E402
+from soft_niggli.periodic import periodic_coordinate_loss  # noqa: E402
+from soft_niggli.softmin import candidate_set, lattice_distances_naive, softmin  # noqa: E402
+
+RESULTS = HERE / "results"
+COMMAND = "python benchmarks/loss_cost.py"
+
+
+def load_structures(n: int):
+    from soft_niggli.datasets import load_dataset
+
+    try:
+        structures = load_dataset("mp_20", split="val")
+        source = "MP-20 val (../shared/data)"
+    except Exception:  # noqa: BLE001 - fall back to the dataset every install has
+        structures = load_dataset("aflow")
+        source = "AFLOW prototypes bundled with pymatgen"
+    structures = [s for s in structures if len(s) <= 20]
+    while len(structures) < n:
+        structures = structures + structures
+    return structures[:n], source
+
+
+def make_batch(n: int, seed: int, dtype):
+    structures, source = load_structures(n)
+    labels = CrystalBatch.from_structures(structures, dtype=torch.float64)
+    g = torch.Generator().manual_seed(seed)
+    M = random_unimodular((n,), max_entry=2, generator=g)
+    labels = labels.apply_basis_change(M)
+    noise_l = 0.1 * torch.randn(labels.lattice.shape, generator=g, dtype=torch.float64)
+    noise_f = 0.02 * torch.randn(labels.frac.shape, generator=g, dtype=torch.float64)
+    pred = CrystalBatch(labels.lattice + noise_l, labels.frac + noise_f, labels.num_atoms, labels.species)
+    return pred.to(dtype=dtype), labels.to(dtype=dtype), source
+
+
+def naive_softmin(pred: CrystalBatch, target: CrystalBatch, tau: float = 0.1) -> torch.Tensor:
+    """``"softmin"`` (centre "label", periodic coordinates) the naive way: every candidate in full."""
+    labels = canonicalize_labels(target)[0]
+    L_ref, F_ref = labels.lattice.detach(), labels.frac.detach()
+    B = len(pred)
+    d_lat = lattice_distances_naive(pred.lattice, L_ref)  # builds (B, K, 3, 3)
+    U = candidate_set(1, False, torch.int64, pred.device)
+    U_inv = integer_inverse(U).to(pred.dtype)
+    K = len(U)
+    coords = []
+    for start in range(0, K, 512):  # chunks keep the (K, N, 3) tensor in memory
+        chunk = U_inv[start:start + 512]
+        k = len(chunk)
+        T = torch.einsum("ni,kij->knj", F_ref, chunk).reshape(-1, 3)
+        P = pred.frac[None].expand(k, -1, -1).reshape(-1, 3)
+        batch = (pred.batch[None] + B * torch.arange(k)[:, None]).reshape(-1)
+        coords.append(periodic_coordinate_loss(P, T, batch, k * B).reshape(k, B).T)
+    d = d_lat + torch.cat(coords, 1)
+    return softmin(d, tau).mean()
+
+
+def time_fb(fn, pred: CrystalBatch, target: CrystalBatch, repeats: int) -> float:
+    best = float("inf")
+    for _ in range(repeats):
+        L = pred.lattice.detach().clone().requires_grad_()
+        F = pred.frac.detach().clone().requires_grad_()
+        p = CrystalBatch(L, F, pred.num_atoms, pred.species)
+        start = time.perf_counter()
+        value = fn(p, target)
+        value.backward()
+        best = min(best, time.perf_counter() - start)
+    return best
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--batch", type=int, default=256)
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--no-write", action="store_true")
+    args = parser.parse_args(argv)
+    warnings.filterwarnings("ignore")
+    torch.manual_seed(args.seed)
+    pred, target, source = make_batch(args.batch, args.seed, torch.float32)
+
+    variants = {name: {} for name in available_losses()}
+    variants["softmin (coords=sinkhorn)"] = ("softmin", {"coords": "sinkhorn"})
+    variants["softmin (center=both)"] = ("softmin", {"center": "both"})
+    variants["gram (coords=sinkhorn)"] = ("gram", {"coords": "sinkhorn"})
+    rows = []
+    for label, spec in variants.items():
+        name, options = (label, spec) if isinstance(spec, dict) else spec
+        loss = get_loss(name, **options)
+        try:
+            seconds = time_fb(lambda p, t: loss(p, t).loss, pred, target, args.repeats)
+            rows.append({"loss": label, "ms": 1e3 * seconds})
+        except Exception as err:  # noqa: BLE001 - proxy-spglib raises where spglib fails: report it
+            rows.append({"loss": label, "ms": float("nan"), "error": f"{type(err).__name__}: {err}"[:200]})
+        print(f"{label:>28}: {rows[-1]['ms']:.1f} ms", flush=True)
+    naive = time_fb(naive_softmin, pred, target, max(1, args.repeats // 2))
+    rows.append({"loss": "softmin, naive form", "ms": 1e3 * naive})
+    print(f"{'softmin, naive form':>28}: {1e3 * naive:.1f} ms")
+    mse = next(r["ms"] for r in rows if r["loss"] == "mse")
+    for r in rows:
+        r["vs_mse"] = r["ms"] / mse
+        r["naive_over_this"] = 1e3 * naive / r["ms"]
+
+    hardware = f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__} " \
+               f"({torch.get_num_threads()} threads)"
+    lines = [
+        "# Loss cost: forward + backward per batch", "", f"Command: `{COMMAND}`  ",
+        f"B = {args.batch} crystals ({source}, at most 20 atoms, {int(pred.num_atoms.sum())} atoms in all), float32, "
+        f"CPU: {hardware}. Best of {args.repeats} runs.", "",
+        "| loss | ms per batch | × mse | naive softmin ÷ this |", "|---|---|---|---|",
+    ]
+    for r in rows:
+        err = f" ({r['error']})" if "error" in r else ""
+        lines.append(f"| {r['loss']}{err} | {r['ms']:.1f} | {r['vs_mse']:.1f} | {r['naive_over_this']:.1f} |")
+    table = "\n".join(lines) + "\n"
+    print()
+    print(table)
+    if not args.no_write:
+        RESULTS.mkdir(parents=True, exist_ok=True)
+        (RESULTS / "loss_cost.md").write_text(table)
+        (RESULTS / "loss_cost.json").write_text(json.dumps({"command": COMMAND, "batch": args.batch,
+                                                            "source": source, "rows": rows}, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

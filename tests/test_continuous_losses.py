@@ -1,0 +1,133 @@
+"""Properties of the continuous strategies "softmin" and "gram" through the loss interface."""
+
+from __future__ import annotations
+
+import math
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from soft_niggli import CrystalBatch, canonicalize_labels, get_loss, random_unimodular
+from soft_niggli.testing import assert_gl3z_invariant, crystals, lattices, rotations
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from benchmarks.continuity import run as continuity_path  # noqa: E402
+
+CONTINUOUS = [("softmin", {}), ("softmin", {"lattice_metric": "gram"}), ("softmin", {"center": "both"}),
+              ("gram", {}), ("softmin", {"coords": "sinkhorn"})]
+
+
+def noisy_copy(batch: CrystalBatch, seed: int, scale: float = 0.05) -> CrystalBatch:
+    g = torch.Generator().manual_seed(seed)
+    return CrystalBatch(batch.lattice + scale * torch.randn(batch.lattice.shape, generator=g, dtype=batch.dtype),
+                        batch.frac + 0.2 * scale * torch.randn(batch.frac.shape, generator=g, dtype=batch.dtype),
+                        batch.num_atoms, batch.species)
+
+
+@pytest.mark.parametrize("name, options", CONTINUOUS)
+@settings(max_examples=8)
+@given(label=crystals(max_atoms=4), seed=st.integers(0, 1000))
+def test_loss_is_invariant_to_label_basis(name, options, label, seed):
+    loss = get_loss(name, **options)
+    pred = noisy_copy(label, seed)
+    assert_gl3z_invariant(lambda lab: loss(pred, lab).per_crystal, label, trials=2, atol=1e-8, rtol=1e-6)
+
+
+@pytest.mark.parametrize("name, options", [("softmin", {"lattice_metric": "gram"}), ("gram", {})])
+@settings(max_examples=8)
+@given(label=crystals(max_atoms=4), seed=st.integers(0, 1000), q1=rotations(), q2=rotations())
+def test_metric_losses_are_invariant_to_rotating_prediction_and_label(name, options, label, seed, q1, q2):
+    loss = get_loss(name, **options)
+    pred = noisy_copy(label, seed)
+    base = loss(pred, label).per_crystal
+    turned = loss(CrystalBatch(pred.lattice @ q1.T, pred.frac, pred.num_atoms, pred.species),
+                  CrystalBatch(label.lattice @ q2.T, label.frac, label.num_atoms, label.species)).per_crystal
+    torch.testing.assert_close(turned, base, rtol=1e-6, atol=1e-8)
+
+
+@pytest.mark.parametrize("name, options", CONTINUOUS[:4])
+@settings(max_examples=8)
+@given(label=crystals(max_atoms=4), seed=st.integers(0, 1000),
+       shift=st.tuples(*[st.floats(-2.0, 2.0)] * 3))
+def test_loss_is_invariant_to_translations_and_wraps(name, options, label, seed, shift):
+    loss = get_loss(name, **options)
+    pred = noisy_copy(label, seed)
+    t = torch.tensor(shift, dtype=pred.dtype)
+    moved = CrystalBatch(pred.lattice, pred.frac + t, pred.num_atoms, pred.species)
+    torch.testing.assert_close(loss(moved, label).per_crystal, loss(pred, label).per_crystal, rtol=1e-6, atol=1e-8)
+
+
+@settings(max_examples=4)
+@given(label=crystals(max_atoms=4, max_crystals=2), seed=st.integers(0, 1000))
+def test_sinkhorn_softmin_is_invariant_to_atom_order(label, seed):
+    loss = get_loss("softmin", coords="sinkhorn")
+    pred = noisy_copy(label, seed)
+    g = torch.Generator().manual_seed(seed)
+    # Permute atoms within each crystal, species along with coordinates.
+    order = torch.cat([torch.randperm(int(n), generator=g) + int(s) for n, s in
+                       zip(label.num_atoms, torch.cumsum(label.num_atoms, 0) - label.num_atoms)])
+    shuffled = CrystalBatch(pred.lattice, pred.frac[order], pred.num_atoms, pred.species[order])
+    torch.testing.assert_close(loss(shuffled, label).per_crystal, loss(pred, label).per_crystal, rtol=1e-4, atol=1e-6)
+
+
+@pytest.mark.parametrize("name, options", CONTINUOUS[:4])
+def test_loss_is_about_zero_on_a_rebased_copy_of_the_label(name, options):
+    label = CrystalBatch(torch.diag(torch.tensor([4.0, 5.0, 6.5], dtype=torch.float64)).repeat(3, 1, 1)
+                         + torch.tensor([[0.0, 0, 0], [1.1, 0, 0], [0.3, 0.7, 0]], dtype=torch.float64),
+                         torch.rand(9, 3, dtype=torch.float64), torch.tensor([2, 3, 4]), torch.randint(1, 9, (9,)))
+    label = canonicalize_labels(label)[0]
+    # Centred on the label only, the set covers bases within one bound-1 step of its Niggli basis;
+    # centred on both, any re-basing of the prediction is covered.
+    max_entry = 3 if options.get("center") == "both" else 1
+    M = random_unimodular((3,), max_entry=max_entry, generator=torch.Generator().manual_seed(5))
+    value = get_loss(name, normalize=False, **options)(label.apply_basis_change(M), label).per_crystal
+    # -τ log(number of exact matches) <= value <= 0 (a handful of exact matches at most).
+    assert bool((value <= 1e-9).all()) and bool((value >= -0.1 * math.log(96)).all())
+
+
+def test_softmin_tends_to_the_minimum_over_candidates_as_tau_vanishes():
+    label = CrystalBatch(torch.diag(torch.tensor([4.0, 5.0, 6.5], dtype=torch.float64))[None],
+                         torch.tensor([[0.0, 0, 0], [0.3, 0.4, 0.5]], dtype=torch.float64), torch.tensor([2]),
+                         torch.tensor([3, 8]))
+    pred = noisy_copy(label, 0, scale=0.3)
+    values = [float(get_loss("softmin", tau=tau, top_k=6960)(pred, label).loss) for tau in (1.0, 0.1, 0.01, 1e-4)]
+    hard = float(get_loss("softmin", tau=1e-8, top_k=6960)(pred, label).loss)
+    gaps = [hard - v for v in values]
+    assert all(g >= -1e-9 for g in gaps) and gaps == sorted(gaps, reverse=True) and gaps[-1] < 1e-3
+
+
+@pytest.mark.parametrize("name, options", CONTINUOUS[:4])
+@settings(max_examples=25)
+@given(lattice=lattices("pathological"))
+def test_losses_and_gradients_are_finite_for_pathological_predictions(name, options, lattice):
+    label = CrystalBatch(torch.diag(torch.tensor([4.0, 5.0, 6.5], dtype=torch.float64))[None],
+                         torch.tensor([[0.0, 0, 0], [0.3, 0.4, 0.5]], dtype=torch.float64), torch.tensor([2]))
+    L = lattice[None].clone().requires_grad_()
+    F = label.frac.clone().requires_grad_()
+    result = get_loss(name, **options)(CrystalBatch(L, F, label.num_atoms), label)
+    result.loss.backward()
+    assert math.isfinite(float(result.loss.detach()))
+    assert bool(torch.isfinite(L.grad).all()) and bool(torch.isfinite(F.grad).all())
+
+
+def test_bad_options_raise_at_construction():
+    with pytest.raises(ValueError, match="tau"):
+        get_loss("softmin", tau=0.0)
+    with pytest.raises(ValueError, match="bound"):
+        get_loss("softmin", bound=3)
+    with pytest.raises(ValueError, match="coords"):
+        get_loss("gram", coords="chamfer")
+    with pytest.raises(ValueError, match="unknown option"):
+        get_loss("gram", lattice_metric="cartesian")
+
+
+def test_proxy_jumps_across_a_niggli_boundary_where_continuous_losses_do_not():
+    ts, curves, rows = continuity_path(num_points=201)
+    steps = {r["loss"]: r["max_step"] for r in rows}
+    assert steps["proxy"] > 1.0  # the target switches basis at t = 0.5
+    for name in ("softmin", "gram", "softmin (center=both)"):
+        assert steps[name] < 1e-2, (name, steps[name])
