@@ -30,6 +30,8 @@ imported by ``baselines/__init__.py``, which must stay free of torch (see :mod:`
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 import spglib
 import torch
@@ -54,6 +56,9 @@ from soft_niggli.periodic import periodic_coordinate_loss
 __all__ = ["SpglibProxyError", "SpglibProxyLoss", "spglib_reduce_with_transform"]
 
 
+_SPGLIB_ERRORS = tuple(e for e in (getattr(getattr(spglib, "error", None), "SpglibError", None),) if e is not None)
+
+
 class SpglibProxyError(RuntimeError):
     """spglib could not reduce a cell, or its result is not a change of basis of the input."""
 
@@ -66,7 +71,13 @@ def spglib_reduce_with_transform(lattice: np.ndarray, eps: float = 1e-5, *, what
     integral (within 1e-3) with determinant ±1.
     """
     lattice = np.ascontiguousarray(lattice, dtype=np.float64)
-    reduced = spglib.niggli_reduce(lattice, eps=eps)
+    try:
+        with warnings.catch_warnings():
+            # spglib 2.7+ warns that its None-on-failure API is deprecated; both behaviours are handled.
+            warnings.simplefilter("ignore", DeprecationWarning)
+            reduced = spglib.niggli_reduce(lattice, eps=eps)
+    except _SPGLIB_ERRORS as err:  # spglib >= 3 (or OLD_ERROR_HANDLING off) raises instead of returning None
+        raise SpglibProxyError(f"spglib.niggli_reduce failed for {what} {lattice.tolist()}: {err}") from err
     if reduced is None:
         raise SpglibProxyError(f"spglib.niggli_reduce returned None for {what} {lattice.tolist()}")
     try:
