@@ -112,7 +112,9 @@ def test_transform_is_rotation_and_reflection_invariant(L, Q):
 def test_rebased_copies_reduce_to_the_same_metric(L, M):
     a, b = niggli_reduce(L), niggli_reduce(M.to(L.dtype) @ L)
     assert b.status.item() == Status.OK
-    assert relative_g6_distance(a.lattice, b.lattice) < 1e-9
+    # Within the tolerance of a cone boundary two valid reduced forms may differ by about rel_eps.
+    bound = 1e-9 if boundary_margin(a.lattice) > 1e-4 else 1e-4
+    assert relative_g6_distance(a.lattice, b.lattice) < bound
 
 
 @settings(max_examples=300)
