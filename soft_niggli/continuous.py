@@ -38,6 +38,7 @@ from .crystal import CrystalBatch
 from .invariants import theta_term, volume_term
 from .lattice import integer_inverse
 from .losses import (
+    COORDINATE_TERMS,
     LATTICE_METRICS,
     CrystalLoss,
     LossResult,
@@ -48,16 +49,14 @@ from .losses import (
     _scorable,
     _weight,
     canonicalize_labels,
+    coordinate_term,
     register_loss,
 )
 from .niggli import Status, niggli_reduce
-from .periodic import periodic_coordinate_loss
 from .softmin import candidate_set, lattice_distances, metric_distances, softmin
-from .transport import sinkhorn_coordinate_loss
 
-__all__ = ["SoftminLoss", "GramLoss", "COORDINATE_TERMS", "CENTERS"]
+__all__ = ["SoftminLoss", "GramLoss", "CENTERS"]
 
-COORDINATE_TERMS = ("periodic", "sinkhorn")
 CENTERS = ("label", "both")
 
 
@@ -132,20 +131,19 @@ class _CandidateSoftmin(CrystalLoss):
         T = torch.einsum("ni,nkij->knj", F_ref, Minv[pred.batch])
         batch_rep = (pred.batch[None, :] + B * torch.arange(k, device=pred.device)[:, None]).reshape(-1)
         P = F_cmp[None].expand(k, -1, -1).reshape(-1, 3)
-        if self.coords == "periodic":
-            return periodic_coordinate_loss(P, T.reshape(-1, 3), batch_rep, k * B).reshape(k, B).T
-        # Sinkhorn on padded atoms, every (candidate, crystal) pair as one batch item; the cost is
-        # measured in the candidate's lattice M L_ref (detached).
+        # Every (candidate, crystal) pair as one crystal of a k·B batch; Sinkhorn measures the cost in the
+        # candidate's lattice M L_ref.
         U = candidate_set(self.bound, self.proper, F_cmp.dtype, F_cmp.device)
-        lat = (U[choice] @ L_ref[:, None]).transpose(0, 1).reshape(k * B, 3, 3).detach()
+        lat = (U[choice] @ L_ref[:, None]).transpose(0, 1).reshape(k * B, 3, 3)
+
         def repeated(species):
             return None if species is None else species.repeat(k)
 
-        fp, mask, zp = CrystalBatch(lat, P, pred.num_atoms.repeat(k), repeated(pred.species)).to_padded()
-        ft, _, zt = CrystalBatch(lat, T.reshape(-1, 3), pred.num_atoms.repeat(k), repeated(labels.species)).to_padded()
-        if zp is None or zt is None:  # species unknown on one side: match on positions only
-            zp = zt = None
-        return sinkhorn_coordinate_loss(fp, ft, mask, lat, zp, zt, blur=self.blur, scaling=0.5).reshape(k, B).T
+        species_ok = pred.species is not None and labels.species is not None
+        values = coordinate_term(self.coords, P, T.reshape(-1, 3), batch_rep, lat,
+                                 repeated(pred.species) if species_ok else None,
+                                 repeated(labels.species) if species_ok else None, self.blur)
+        return values.reshape(k, B).T
 
     def _softmin_terms(self, pred, L, F, scorable, labels, lattice_weight):
         """``(value, lattice, coords, status)``, each ``(B,)``: the softmin and its soft-assigned parts."""

@@ -46,6 +46,7 @@ from .crystal import CrystalBatch
 from .lattice import integer_inverse
 from .niggli import Status, niggli_reduce
 from .periodic import periodic_coordinate_loss
+from .transport import sinkhorn_coordinate_loss_flat
 
 __all__ = [
     "LossResult",
@@ -59,11 +60,14 @@ __all__ = [
     "MSELoss",
     "NiggliProxyLoss",
     "LATTICE_METRICS",
+    "COORDINATE_TERMS",
+    "coordinate_term",
     "FALLBACKS",
     "FRAMES",
 ]
 
 LATTICE_METRICS = ("cartesian", "gram")
+COORDINATE_TERMS = ("periodic", "sinkhorn")
 FALLBACKS = ("identity", "skip")
 FRAMES = ("reduced", "prediction")
 
@@ -339,6 +343,22 @@ def lattice_term(pred_lattice: torch.Tensor, target_lattice: torch.Tensor, metri
     return dG.square().mean(dim=(-1, -2)) / norm * up * up
 
 
+def coordinate_term(kind: str, frac_pred: torch.Tensor, frac_target: torch.Tensor, batch: torch.Tensor,
+                    lattice: torch.Tensor, species_pred=None, species_target=None, blur: float = 0.1) -> torch.Tensor:
+    """The coordinate term every strategy uses, ``(B,)``, with ``B = lattice.shape[0]``.
+
+    ``"periodic"``: :func:`~soft_niggli.periodic.periodic_coordinate_loss`, atoms matched by order,
+    fractional² (at most 1/4). ``"sinkhorn"``:
+    :func:`~soft_niggli.transport.sinkhorn_coordinate_loss_flat` in ``lattice`` (detached), atom order
+    free, species-aware, Å². Both ignore translations and wraps.
+    """
+    _choice("coords", kind, COORDINATE_TERMS)
+    if kind == "periodic":
+        return periodic_coordinate_loss(frac_pred, frac_target, batch, lattice.shape[0])
+    return sinkhorn_coordinate_loss_flat(frac_pred, frac_target, batch, lattice.detach(), species_pred,
+                                         species_target, blur=blur, scaling=0.5)
+
+
 # ----------------------------------------------------------------------------------- plain "mse"
 
 
@@ -354,13 +374,18 @@ class MSELoss(CrystalLoss):
     Args:
         lattice_weight, coord_weight: finite weights >= 0.
         lattice_metric: ``"cartesian"`` or ``"gram"`` (see :func:`lattice_term`).
+        coords: ``"periodic"`` or ``"sinkhorn"`` (see :func:`coordinate_term`); blur: Sinkhorn blur, Å.
     """
 
-    def __init__(self, *, lattice_weight: float = 1.0, coord_weight: float = 1.0, lattice_metric: str = "cartesian"):
+    def __init__(self, *, lattice_weight: float = 1.0, coord_weight: float = 1.0, lattice_metric: str = "cartesian",
+                 coords: str = "periodic", blur: float = 0.1):
         super().__init__()
         self.lattice_weight = _weight("lattice_weight", lattice_weight)
         self.coord_weight = _weight("coord_weight", coord_weight)
         self.lattice_metric = _choice("lattice_metric", lattice_metric, LATTICE_METRICS)
+        self.coords = _choice("coords", coords, COORDINATE_TERMS)
+        self.blur = _tolerance("blur", blur, high=10.0)
+        self.atoms_matched_by_order = self.coords != "sinkhorn"
 
     def compute(self, pred: CrystalBatch, target: CrystalBatch) -> LossResult:
         B = len(pred)
@@ -368,7 +393,8 @@ class MSELoss(CrystalLoss):
         L, F = _sanitized(pred, target, included)
         terms = {
             "lattice": lattice_term(L, target.lattice.detach(), self.lattice_metric),
-            "coords": periodic_coordinate_loss(F, target.frac.detach(), pred.batch, B),
+            "coords": coordinate_term(self.coords, F, target.frac.detach(), pred.batch, target.lattice,
+                                      pred.species, target.species, self.blur),
         }
         status = torch.zeros(B, dtype=torch.int64, device=pred.device)
         return _assemble(terms, {"lattice": self.lattice_weight, "coords": self.coord_weight}, included, status,
@@ -557,6 +583,8 @@ class NiggliProxyLoss(CrystalLoss):
         automorphism_tol: relative tolerance of :func:`lattice_automorphisms`, in (0, 0.1); keep it
             above ``rel_eps`` so near-ties the reducer may break either way are covered.
         rel_eps: the reducer's relative tolerance, in (0, 0.1).
+        coords: ``"periodic"`` or ``"sinkhorn"`` (:func:`coordinate_term`; with Sinkhorn, atom order is
+            free and the lattice term alone picks the automorphism). blur: Sinkhorn blur, Å.
 
     Example: a re-based, translated copy of the label scores zero, in any basis of the label.
 
@@ -575,8 +603,12 @@ class NiggliProxyLoss(CrystalLoss):
 
     def __init__(self, *, lattice_weight: float = 1.0, coord_weight: float = 1.0, lattice_metric: str = "cartesian",
                  fallback: str = "identity", frame: str = "reduced", labels_canonical: bool = False,
-                 skew_weight: float = 0.0, automorphism_tol: float = 1e-4, rel_eps: float = 1e-5):
+                 skew_weight: float = 0.0, automorphism_tol: float = 1e-4, rel_eps: float = 1e-5,
+                 coords: str = "periodic", blur: float = 0.1):
         super().__init__()
+        self.coords = _choice("coords", coords, COORDINATE_TERMS)
+        self.blur = _tolerance("blur", blur, high=10.0)
+        self.atoms_matched_by_order = self.coords != "sinkhorn"
         self.lattice_weight = _weight("lattice_weight", lattice_weight)
         self.coord_weight = _weight("coord_weight", coord_weight)
         self.skew_weight = _weight("skew_weight", skew_weight)
@@ -622,7 +654,8 @@ class NiggliProxyLoss(CrystalLoss):
         skew = ((L_p.square().sum(dim=(1, 2)) - reduced.square().sum(dim=(1, 2))) / 9).clamp_min(0)
         terms = {
             "lattice": lattice_term(P_lat, T_lat, self.lattice_metric),
-            "coords": periodic_coordinate_loss(P_frac, T_frac, pred.batch, B),
+            "coords": coordinate_term(self.coords, P_frac, T_frac, pred.batch, T_lat, pred.species, labels.species,
+                                      self.blur),
             "skew": skew,
         }
         weights = {"lattice": self.lattice_weight, "coords": self.coord_weight, "skew": self.skew_weight}
@@ -649,8 +682,13 @@ class NiggliProxyLoss(CrystalLoss):
             ptr = torch.cumsum(labels.num_atoms, 0) - labels.num_atoms
             atom = ptr[owner][pair_of_atom] + torch.arange(pair_of_atom.numel(), device=device) - first[pair_of_atom]
             T_frac = (F_n[atom][:, None, :] @ (A_inv_f @ right[owner])[pair_of_atom]).squeeze(1)
-            coords = periodic_coordinate_loss(P_frac[atom], T_frac, pair_of_atom, P)
-            total = self.lattice_weight * lat + self.coord_weight * coords
+            if self.coords == "periodic":
+                coords = periodic_coordinate_loss(P_frac[atom], T_frac, pair_of_atom, P)
+                total = self.lattice_weight * lat + self.coord_weight * coords
+            else:
+                # One optimal-transport problem per (crystal, automorphism) pair would dominate the
+                # cost; with Sinkhorn coordinates the lattice term alone picks the automorphism.
+                total = lat
             best = torch.full((B,), math.inf, dtype=total.dtype, device=device).scatter_reduce(
                 0, owner, total, "amin")
             # First pair attaining the minimum (ties, e.g. exact symmetries of the whole crystal, score

@@ -26,7 +26,7 @@ import math
 
 import torch
 
-__all__ = ["sinkhorn_coordinate_loss"]
+__all__ = ["sinkhorn_coordinate_loss", "sinkhorn_coordinate_loss_flat"]
 
 _TWO_PI = 2.0 * math.pi
 
@@ -90,3 +90,30 @@ def sinkhorn_coordinate_loss(frac_pred: torch.Tensor, frac_target: torch.Tensor,
     loss = SamplesLoss("sinkhorn", p=2, blur=blur, scaling=scaling, cost=cost, backend="tensorized",
                        diameter=diameter, debias=True)
     return loss(weights, x, weights, y)
+
+
+def sinkhorn_coordinate_loss_flat(frac_pred: torch.Tensor, frac_target: torch.Tensor, batch: torch.Tensor,
+                                  lattice: torch.Tensor, species_pred: torch.Tensor | None = None,
+                                  species_target: torch.Tensor | None = None, **options) -> torch.Tensor:
+    """:func:`sinkhorn_coordinate_loss` on flat ``(N_total, 3)`` coordinates with a ``batch`` vector.
+
+    Both structures have the same atom count per crystal (``batch`` is shared); atoms are padded per
+    crystal internally. ``species_*`` are ``(N_total,)`` or None. Returns ``(B,)`` with
+    ``B = lattice.shape[0]``.
+    """
+    B = lattice.shape[0]
+    counts = torch.bincount(batch, minlength=B)
+    n_max = int(counts.max()) if counts.numel() else 0
+    start = torch.cumsum(counts, 0) - counts
+    slot = torch.arange(batch.numel(), device=batch.device) - start[batch]
+    mask = torch.zeros(B, max(n_max, 1), dtype=torch.bool, device=batch.device)
+    mask[batch, slot] = True
+
+    def padded(values, fill=0.0):
+        if values is None:
+            return None
+        out = torch.full((B, max(n_max, 1)) + tuple(values.shape[1:]), fill, dtype=values.dtype, device=values.device)
+        return out.index_put((batch, slot), values)
+
+    return sinkhorn_coordinate_loss(padded(frac_pred), padded(frac_target), mask, lattice,
+                                    padded(species_pred, 0), padded(species_target, 0), **options)
