@@ -1,0 +1,335 @@
+"""Crystal datasets: the CDVAE/DiffCSP CSV format, and a default set that ships with pymatgen.
+
+Row convention: every structure's lattice matrix (``structure.lattice.matrix``) has the lattice
+vectors a, b, c as rows, as in pymatgen and the rest of soft_niggli; Cartesian positions are
+``X = F @ L``. Cells are returned *as stored* (not Niggli-reduced): choosing a basis is the caller's
+business (see ``benchmarks/ablation.py``).
+
+Two sources:
+
+* :func:`read_cdvae_csv` reads the CSV files published with CDVAE and DiffCSP (one CIF per row in
+  the ``cif`` column, gzipped or not). Parsing CIFs is slow (about 10 ms a row for MP-20), so the
+  parsed structures are cached, in compact JSON (lattice, atomic numbers, fractional coordinates,
+  ``material_id``), under ``$SOFT_NIGGLI_CACHE`` or else ``$XDG_CACHE_HOME/soft_niggli`` or else
+  ``~/.cache/soft_niggli``, keyed by the file's absolute path, size and modification time, never in
+  the repository.
+* ``"aflow"``: the 288 AFLOW prototype structures bundled with pymatgen
+  (``pymatgen/analysis/prototypes/aflow_prototypes.json.gz``), of which the 250 ordered ones with at
+  most 20 atoms are kept. It needs nothing but an installed pymatgen, so it is the default data of
+  the examples and of the ablation benchmark.
+
+:func:`load_dataset` resolves a name to structures and a split; :func:`train_val_split` is the
+deterministic split used where a benchmark ships a single file.
+
+pymatgen is an optional dependency of soft_niggli: it is imported inside the functions that need it.
+
+>>> train = load_dataset("aflow", split="train")      # doctest: +SKIP
+>>> len(train), len(load_dataset("aflow", split="val"))  # doctest: +SKIP
+(200, 50)
+"""
+
+from __future__ import annotations
+
+import csv
+import gzip
+import hashlib
+import io
+import json
+import os
+import warnings
+from pathlib import Path
+from typing import Sequence, TypeVar
+
+import numpy as np
+
+__all__ = [
+    "DATASETS",
+    "SPLITS",
+    "cache_dir",
+    "resolve_data_dir",
+    "read_cdvae_csv",
+    "read_aflow_prototypes",
+    "train_val_split",
+    "load_dataset",
+]
+
+#: Names accepted by :func:`load_dataset`; all but ``"aflow"`` are folders of CDVAE/DiffCSP CSV files.
+DATASETS = ("aflow", "mp_20", "perov_5", "carbon_24", "mpts_52")
+#: Splits accepted by :func:`load_dataset`.
+SPLITS = ("train", "val", "all")
+
+_CACHE_VERSION = 1
+_T = TypeVar("_T")
+
+
+# ----------------------------------------------------------------------------------------- places
+
+
+def cache_dir() -> Path:
+    """Where parsed datasets are cached: ``$SOFT_NIGGLI_CACHE``, else ``$XDG_CACHE_HOME/soft_niggli``,
+    else ``~/.cache/soft_niggli``. Created on first use."""
+    env = os.environ.get("SOFT_NIGGLI_CACHE")
+    if env:
+        return Path(env).expanduser()
+    xdg = os.environ.get("XDG_CACHE_HOME")
+    base = Path(xdg).expanduser() if xdg else Path.home() / ".cache"
+    return base / "soft_niggli"
+
+
+def resolve_data_dir(path: str | os.PathLike | None = None) -> Path:
+    """The folder holding ``<name>/<split>.csv.gz``: ``path`` if given, else ``$SOFT_NIGGLI_DATA``,
+    else ``../shared/data`` next to a source checkout of this repository.
+
+    Raises ``FileNotFoundError`` naming every place it looked when none exists.
+    """
+    tried = []
+    if path is not None:
+        candidates = [Path(path).expanduser()]
+    else:
+        candidates = []
+        env = os.environ.get("SOFT_NIGGLI_DATA")
+        if env:
+            candidates.append(Path(env).expanduser())
+        # <repo>/soft_niggli/datasets.py -> <repo>/../shared/data
+        candidates.append(Path(__file__).resolve().parents[2] / "shared" / "data")
+    for c in candidates:
+        if c.is_dir():
+            return c
+        tried.append(str(c))
+    raise FileNotFoundError(
+        "benchmark data folder not found; looked in: " + ", ".join(tried)
+        + ". Pass data_dir=..., or set SOFT_NIGGLI_DATA to a folder holding <name>/<split>.csv.gz "
+        "(the CDVAE/DiffCSP CSV files), or use the bundled dataset 'aflow'")
+
+
+# --------------------------------------------------------------------------------- serialisation
+
+
+def _to_record(structure) -> dict:
+    return {
+        "lattice": np.asarray(structure.lattice.matrix, dtype=float).tolist(),
+        "species": [int(z) for z in structure.atomic_numbers],
+        "frac": np.asarray(structure.frac_coords, dtype=float).tolist(),
+        "material_id": structure.properties.get("material_id") if hasattr(structure, "properties") else None,
+    }
+
+
+def _from_record(rec: dict):
+    from pymatgen.core import Lattice, Structure
+
+    s = Structure(Lattice(rec["lattice"]), rec["species"], rec["frac"], coords_are_cartesian=False)
+    if rec.get("material_id") is not None:
+        s.properties["material_id"] = rec["material_id"]
+    return s
+
+
+def _cache_path(path: Path, limit: int | None) -> Path:
+    st = path.stat()
+    key = f"v{_CACHE_VERSION}|{path.resolve()}|{st.st_size}|{st.st_mtime_ns}"
+    digest = hashlib.sha256(key.encode()).hexdigest()[:24]
+    suffix = "all" if limit is None else f"first{limit}"
+    return cache_dir() / f"{path.name.split('.')[0]}-{digest}-{suffix}.json.gz"
+
+
+def _read_cache(p: Path) -> list[dict] | None:
+    try:
+        with gzip.open(p, "rt") as fh:
+            data = json.load(fh)
+        if data.get("version") == _CACHE_VERSION:
+            return data["records"]
+    except (OSError, ValueError, KeyError, EOFError):
+        pass  # a missing or corrupt cache is simply rebuilt
+    return None
+
+
+def _write_cache(p: Path, records: list[dict]) -> None:
+    try:
+        p.parent.mkdir(parents=True, exist_ok=True)
+        tmp = p.with_suffix(f".tmp{os.getpid()}")
+        with gzip.open(tmp, "wt") as fh:
+            json.dump({"version": _CACHE_VERSION, "records": records}, fh)
+        os.replace(tmp, p)  # atomic: concurrent readers never see half a file
+    except OSError as err:
+        warnings.warn(f"soft_niggli: could not write the dataset cache {p} ({err}); parsing again next time")
+
+
+def _parse_csv(path: Path, limit: int | None) -> list[dict]:
+    from pymatgen.core import Structure
+
+    opener = gzip.open if path.read_bytes()[:2] == b"\x1f\x8b" else open
+    csv.field_size_limit(1 << 30)
+    records = []
+    with opener(path, "rt", newline="") as fh:
+        reader = csv.DictReader(fh)
+        if reader.fieldnames is None or "cif" not in reader.fieldnames:
+            raise ValueError(f"{path}: expected a CSV with a 'cif' column (CDVAE/DiffCSP format), "
+                             f"got columns {reader.fieldnames}")
+        for row in reader:
+            if limit is not None and len(records) >= limit:
+                break
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # CIF parser chatter (rounded occupancies, etc.)
+                s = Structure.from_str(row["cif"], fmt="cif")
+            rec = _to_record(s)
+            rec["material_id"] = row.get("material_id")
+            rec["ordered"] = bool(s.is_ordered)
+            records.append(rec)
+    return records
+
+
+# ---------------------------------------------------------------------------------------- readers
+
+
+def read_cdvae_csv(path: str | os.PathLike, limit: int | None = None, max_atoms: int | None = None,
+                   use_cache: bool = True) -> list:
+    """pymatgen ``Structure`` objects from a CDVAE/DiffCSP CSV file (gzipped or plain).
+
+    Args:
+        path: the CSV file; its ``cif`` column is parsed with ``Structure.from_str(cif, fmt="cif")``.
+        limit: read only the first ``limit`` rows (before filtering by ``max_atoms``).
+        max_atoms: drop structures with more atoms than this.
+        use_cache: read/write the parsed rows from/to :func:`cache_dir` (a full-file cache also serves
+            any ``limit``).
+
+    Returns:
+        Structures in file order, cells as stored, each with ``properties["material_id"]``.
+        Disordered structures (partial occupancies) are dropped.
+    """
+    path = Path(path).expanduser()
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no such CSV file")
+    if limit is not None and (not isinstance(limit, int) or limit < 0):
+        raise ValueError(f"limit: expected None or an int >= 0, got {limit!r}")
+    records = None
+    if use_cache:
+        full = _read_cache(_cache_path(path, None))
+        if full is not None:
+            records = full if limit is None else full[:limit]
+        elif limit is not None:
+            # Any cached prefix at least as long serves this limit.
+            exact = _cache_path(path, limit)
+            stem = exact.name.rsplit("-first", 1)[0]
+            for p in sorted(exact.parent.glob(f"{stem}-first*.json.gz")):
+                try:
+                    k = int(p.name[len(stem) + len("-first"):].split(".")[0])
+                except ValueError:
+                    continue
+                if k >= limit and (cached := _read_cache(p)) is not None:
+                    records = cached[:limit]
+                    break
+    if records is None:
+        records = _parse_csv(path, limit)
+        if use_cache:
+            _write_cache(_cache_path(path, limit), records)
+    out = []
+    for rec in records:
+        if not rec.get("ordered", True):
+            continue
+        if max_atoms is not None and len(rec["species"]) > max_atoms:
+            continue
+        out.append(_from_record(rec))
+    return out
+
+
+def read_aflow_prototypes(max_atoms: int | None = 20) -> list:
+    """The ordered AFLOW prototype structures bundled with pymatgen (288 in all, 250 with <= 20 atoms).
+
+    Each structure carries ``properties["material_id"]``: its AFLOW prototype label and its index in
+    the bundled file, ``"<label>#<index>"`` (the labels alone are not unique).
+    """
+    import importlib.resources
+
+    from pymatgen.core import Structure
+
+    try:
+        # Resolve the file from the top-level package: importing pymatgen.analysis.prototypes itself
+        # would pull in most of pymatgen (seconds).
+        # (pymatgen is a namespace package: join one part at a time.)
+        resource = importlib.resources.files("pymatgen")
+        for part in ("analysis", "prototypes", "aflow_prototypes.json.gz"):
+            resource = resource.joinpath(part)
+        raw = resource.read_bytes()
+    except (ModuleNotFoundError, FileNotFoundError) as err:
+        raise FileNotFoundError("the AFLOW prototypes bundled with pymatgen "
+                                "(pymatgen/analysis/prototypes/aflow_prototypes.json.gz) were not found; "
+                                f"is pymatgen installed? ({err})") from err
+    entries = json.load(io.TextIOWrapper(gzip.GzipFile(fileobj=io.BytesIO(raw)), encoding="utf-8"))
+    out = []
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        for i, e in enumerate(entries):
+            # The entries are StructureNL dicts; Structure.from_dict reads their lattice and sites
+            # directly, skipping StructureNL's slow parsing of the provenance (BibTeX) fields.
+            s = Structure.from_dict(e["snl"])
+            if not s.is_ordered or (max_atoms is not None and len(s) > max_atoms):
+                continue
+            # AFLOW labels repeat (15 are shared by two entries): the file index makes the id unique.
+            s.properties["material_id"] = f"{(e.get('tags') or {}).get('aflow')}#{i}"
+            out.append(s)
+    return out
+
+
+# ------------------------------------------------------------------------------------------ split
+
+
+def train_val_split(items: Sequence[_T], val_fraction: float = 0.2, seed: int = 0) -> tuple[list[_T], list[_T]]:
+    """Deterministic split by a seeded permutation: ``(train, val)``, ``val`` holding
+    ``round(val_fraction · n)`` items (at least one when ``n >= 2``). Same input, same seed, same split.
+    """
+    if not 0 < val_fraction < 1:
+        raise ValueError(f"val_fraction: expected a float in (0, 1), got {val_fraction!r}")
+    n = len(items)
+    perm = np.random.default_rng(seed).permutation(n)
+    n_val = int(round(val_fraction * n))
+    if n >= 2:
+        n_val = min(max(n_val, 1), n - 1)
+    val_idx, train_idx = np.sort(perm[:n_val]), np.sort(perm[n_val:])
+    return [items[i] for i in train_idx], [items[i] for i in val_idx]
+
+
+def load_dataset(name: str, split: str = "train", data_dir: str | os.PathLike | None = None, *,
+                 limit: int | None = None, max_atoms: int | None = None, val_fraction: float = 0.2,
+                 seed: int = 0) -> list:
+    """Structures of a named dataset and split.
+
+    Args:
+        name: one of :data:`DATASETS`. ``"aflow"`` is bundled with pymatgen; the others are read from
+            ``<data_dir>/<name>/{train,val}.csv.gz`` (see :func:`resolve_data_dir` for the default folder).
+        split: ``"train"``, ``"val"`` or ``"all"``. Where both ``train.csv.gz`` and ``val.csv.gz``
+            exist they are used as they are; where only one file exists (and for ``"aflow"``) it is
+            split by :func:`train_val_split` with ``val_fraction`` and ``seed``.
+        limit: keep at most this many structures of the split (the first ones, in file order).
+        max_atoms: drop structures with more atoms (``"aflow"`` always keeps <= 20).
+
+    Raises:
+        ValueError: unknown name or split (listing the valid ones).
+        FileNotFoundError: the data folder or the dataset's files are absent.
+    """
+    if name not in DATASETS:
+        raise ValueError(f"unknown dataset {name!r}; valid names: {', '.join(DATASETS)}")
+    if split not in SPLITS:
+        raise ValueError(f"split: expected one of {SPLITS}, got {split!r}")
+    if name == "aflow":
+        structures = read_aflow_prototypes(max_atoms=20 if max_atoms is None else min(max_atoms, 20))
+        if split == "all":
+            return structures[:limit]
+        train, val = train_val_split(structures, val_fraction, seed)
+        return (train if split == "train" else val)[:limit]
+
+    folder = resolve_data_dir(data_dir) / name
+    files = {s: folder / f"{s}.csv.gz" for s in ("train", "val")}
+    present = {s: p for s, p in files.items() if p.is_file()}
+    if not present:
+        raise FileNotFoundError(f"dataset {name!r}: neither {files['train']} nor {files['val']} exists")
+    if split == "all":
+        out = []
+        for p in present.values():
+            out += read_cdvae_csv(p, max_atoms=max_atoms)
+        return out[:limit]
+    if len(present) == 2:
+        # Both files: without a filter there is no need to parse more rows than asked for.
+        rows = limit if max_atoms is None else None
+        return read_cdvae_csv(present[split], limit=rows, max_atoms=max_atoms)[:limit]
+    (only,) = present.values()
+    train, val = train_val_split(read_cdvae_csv(only, max_atoms=max_atoms), val_fraction, seed)
+    return (train if split == "train" else val)[:limit]
