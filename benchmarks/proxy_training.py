@@ -42,14 +42,11 @@ writes ``benchmarks/results/proxy_training.md`` and ``.json``.
 from __future__ import annotations
 
 import argparse
-import csv
-import gzip
 import json
 import platform
 import shlex
 import sys
 import time
-import warnings
 from pathlib import Path
 
 import numpy as np
@@ -77,22 +74,11 @@ STRATEGIES = [
 
 
 def load_structures(path: Path, limit: int) -> list:
-    from pymatgen.core import Structure
+    from soft_niggli.datasets import read_cdvae_csv
 
     if not path.exists():
         raise SystemExit(f"{path} not found: this benchmark needs ../shared/data (see its README)")
-    out = []
-    csv.field_size_limit(1 << 30)
-    with gzip.open(path, "rt", newline="") as fh:
-        for row in csv.DictReader(fh):
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")
-                s = Structure.from_str(row["cif"], fmt="cif")
-            if len(s) <= MAX_ATOMS:
-                out.append(s)
-            if len(out) >= limit:
-                break
-    return out
+    return read_cdvae_csv(path, limit=limit, max_atoms=MAX_ATOMS)
 
 
 class Data:

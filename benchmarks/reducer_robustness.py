@@ -19,11 +19,8 @@ Writes ``benchmarks/results/reducer_robustness.{md,json}``.
 from __future__ import annotations
 
 import argparse
-import csv
-import gzip
 import json
 import platform
-import re
 import sys
 import time
 import warnings
@@ -32,7 +29,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from soft_niggli import Status, lattice_from_parameters, niggli_reduce, random_unimodular
+from soft_niggli import Status, niggli_reduce, random_unimodular
+from soft_niggli.datasets import read_cdvae_cells
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))  # run from a checkout: benchmarks/ and baselines/ are siblings
@@ -93,7 +91,7 @@ def real_rebased(rng, n):
     for dataset in ("mp_20", "perov_5", "carbon_24", "mpts_52"):
         path = SHARED_DATA / dataset / "val.csv.gz"
         if path.exists():
-            cells.append(read_cells(path, limit=n))
+            cells.append(read_cdvae_cells(path, limit=n).numpy())
     if not cells:
         return None
     pool = np.concatenate(cells)
@@ -103,25 +101,6 @@ def real_rebased(rng, n):
     M = random_unimodular((n,), max_entry=5, num_operations=20,
                           generator=torch.Generator().manual_seed(int(rng.integers(2**31)))).numpy()
     return M.astype(float) @ L @ np.swapaxes(Q, 1, 2)
-
-
-_CELL_KEYS = ["_cell_length_a", "_cell_length_b", "_cell_length_c", "_cell_angle_alpha", "_cell_angle_beta",
-              "_cell_angle_gamma"]
-_CELL_PATTERN = re.compile(r"^(" + "|".join(_CELL_KEYS) + r")\s+([-+0-9.eE]+)", re.M)
-
-
-def read_cells(path: Path, limit: int) -> np.ndarray:
-    """Lattices of the first ``limit`` CIFs of a CDVAE-format CSV, from their cell parameters."""
-    params = []
-    csv.field_size_limit(1 << 30)
-    with gzip.open(path, "rt", newline="") as fh:
-        for row in csv.DictReader(fh):
-            found = dict(_CELL_PATTERN.findall(row["cif"]))
-            params.append([float(found[k]) for k in _CELL_KEYS])
-            if len(params) >= limit:
-                break
-    p = torch.tensor(params, dtype=torch.float64)
-    return lattice_from_parameters(*p.unbind(1)).numpy()
 
 
 SUITES = {

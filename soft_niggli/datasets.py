@@ -36,6 +36,7 @@ import hashlib
 import io
 import json
 import os
+import re
 import warnings
 from pathlib import Path
 from typing import Sequence, TypeVar
@@ -48,6 +49,7 @@ __all__ = [
     "cache_dir",
     "resolve_data_dir",
     "read_cdvae_csv",
+    "read_cdvae_cells",
     "read_aflow_prototypes",
     "train_val_split",
     "load_dataset",
@@ -229,6 +231,38 @@ def read_cdvae_csv(path: str | os.PathLike, limit: int | None = None, max_atoms:
             continue
         out.append(_from_record(rec))
     return out
+
+
+_CELL_KEYS = ("_cell_length_a", "_cell_length_b", "_cell_length_c", "_cell_angle_alpha", "_cell_angle_beta",
+              "_cell_angle_gamma")
+_CELL_PATTERN = re.compile(r"^(" + "|".join(_CELL_KEYS) + r")\s+([-+0-9.eE]+)", re.M)
+
+
+def read_cdvae_cells(path: str | os.PathLike, limit: int | None = None):
+    """Just the lattices of a CDVAE/DiffCSP CSV file, fast: float64 tensor ``(n, 3, 3)``.
+
+    Reads each CIF's six cell parameters (no pymatgen, no cache) and builds the lattice in the
+    standard setting (a along x, b in the xy plane; rows are lattice vectors). Enough for anything
+    that depends on the metric only, such as reducer tests and benchmarks.
+    """
+    import torch
+
+    from .lattice import lattice_from_parameters
+
+    path = Path(path).expanduser()
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no such CSV file")
+    opener = gzip.open if path.suffix == ".gz" else open
+    params = []
+    csv.field_size_limit(1 << 30)
+    with opener(path, "rt", newline="") as fh:
+        for row in csv.DictReader(fh):
+            if limit is not None and len(params) >= limit:
+                break
+            found = dict(_CELL_PATTERN.findall(row["cif"]))
+            params.append([float(found[k]) for k in _CELL_KEYS])
+    p = torch.tensor(params, dtype=torch.float64).reshape(-1, 6)
+    return lattice_from_parameters(*p.unbind(1))
 
 
 def read_aflow_prototypes(max_atoms: int | None = 20) -> list:

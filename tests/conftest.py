@@ -50,28 +50,10 @@ def load_shared_structures(dataset: str, split: str = "val", limit: int | None =
 
 
 def load_shared_cells(dataset: str, split: str = "val"):
-    """All cells of a shared data file as float64 ``(n, 3, 3)`` (from the CIF cell parameters, fast).
-
-    Skips the test when the file is absent. Orientation is the standard setting, which is enough for
-    anything that depends on the metric only.
-    """
+    """All cells of a shared data file as float64 ``(n, 3, 3)``; skips the test when the file is absent."""
     path = SHARED_DATA / dataset / f"{split}.csv.gz"
     if not path.exists():
         pytest.skip(f"{path} not present")
-    import csv
-    import gzip
-    import re
+    from soft_niggli.datasets import read_cdvae_cells
 
-    from soft_niggli import lattice_from_parameters
-
-    keys = ["_cell_length_a", "_cell_length_b", "_cell_length_c", "_cell_angle_alpha", "_cell_angle_beta",
-            "_cell_angle_gamma"]
-    pattern = re.compile(r"^(" + "|".join(keys) + r")\s+([-+0-9.eE]+)", re.M)
-    params = []
-    csv.field_size_limit(1 << 30)
-    with gzip.open(path, "rt", newline="") as fh:
-        for row in csv.DictReader(fh):
-            found = dict(pattern.findall(row["cif"]))
-            params.append([float(found[k]) for k in keys])
-    p = torch.tensor(params, dtype=torch.float64)
-    return lattice_from_parameters(*p.unbind(1))
+    return read_cdvae_cells(path)
