@@ -89,7 +89,7 @@ class _CandidateSoftmin(CrystalLoss):
         self.lattice_metric = _choice("lattice_metric", lattice_metric, LATTICE_METRICS)
         self.coords = _choice("coords", coords, COORDINATE_TERMS)
         self.center = _choice("center", center, CENTERS)
-        # Sinkhorn costs ~1000× a periodic MSE per candidate: give fewer candidates a coordinate term.
+        # A Sinkhorn problem costs far more than a periodic MSE: give fewer candidates a coordinate term.
         self.top_k = (2 if coords == "sinkhorn" else 8) if top_k is None else _int_in("top_k", top_k, 1, 135408)
         self.labels_canonical = _flag("labels_canonical", labels_canonical)
         self.coord_weight = _weight("coord_weight", coord_weight)

@@ -55,7 +55,7 @@ def _gram_of_candidates(bound: int, proper: bool, dtype: torch.dtype, device: st
 
 @functools.lru_cache(maxsize=32)
 def _kron_of_candidates(bound: int, proper: bool, dtype: torch.dtype, device: str):
-    """Flattened ``M ⊗ M`` ``(81, K)`` and the quartic form ``(M⊗M)ᵀ(M⊗M)`` ``(81·81, K)`` in float64-safe dtype."""
+    """Flattened ``M ⊗ M`` as ``(81, K)`` and the quartic form ``(M⊗M)ᵀ(M⊗M)`` as ``(81, K)``."""
     U = candidate_set(bound, proper, dtype, device)
     kron = torch.einsum("kai,kbj->kabij", U, U).reshape(len(U), 9, 9)  # (M ⊗ M)[(a,b),(i,j)] = M_ai M_bj
     quartic = (kron.transpose(1, 2) @ kron).reshape(len(U), 81)
