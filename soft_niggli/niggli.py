@@ -13,16 +13,23 @@ What makes it safe to call on whatever a model emits:
   valid unimodular transform.
 * It is scale-free: the cell is first scaled by a power of two (exact), and every tolerance is
   relative: lengths are compared with each other, angles through their cosines.
-* It is fast on skewed cells: a rounding-based size reduction (Gauss/LLL style, iterations
-  logarithmic in the skew) comes before the one-unit-per-step Křivý–Gruber steps.
+* It is fast on skewed cells: each round size-reduces by rounding (Gauss/LLL style, so the number of
+  rounds is logarithmic in the skew) before the Křivý–Gruber steps.
 * It does not drift: the transform is tracked exactly in integers and the metric is recomputed from
-  the original cell each iteration, with an error-free product where the transform has large entries.
+  the original cell every round, with an error-free product where the transform has large entries.
 * It verifies: the result is checked against the full Niggli conditions, special boundary conditions
-  included, by :func:`is_niggli_reduced`.
+  included (the conditions of :func:`is_niggli_reduced`).
 
 The reduction works on detached values in float64 whatever the input dtype; the returned lattice is
 cast back to the input's dtype and device. It carries no gradient (use ``transform`` with the
 original, differentiable ``L`` when you need one: ``transform.to(L.dtype) @ L``).
+
+Where it runs: the reduction is a data-dependent loop over 3×3 matrices, whose speed is set by the
+number of array operations, not by arithmetic. It therefore runs in NumPy on the host (a NumPy call
+costs a fraction of a torch call on small arrays), on component-major arrays: a batch of matrices is
+an array ``X (3, 3, n)`` whose entry ``X[i, j]`` is a contiguous vector over the batch, so every
+formula below is a handful of vector operations. Tensors on another device are copied to the host
+and the results copied back (72 bytes per cell each way).
 """
 
 from __future__ import annotations
@@ -57,7 +64,7 @@ class NiggliResult:
         lattice: ``(..., 3, 3)`` reduced lattice (input dtype and device; detached).
         transform: ``(..., 3, 3)`` int64, unimodular, ``lattice == transform @ L`` up to rounding.
         status: ``(...)`` int64 holding :class:`Status` values.
-        iterations: ``(...)`` int64, reduction steps taken per item.
+        iterations: ``(...)`` int64, reduction rounds that changed the basis, per item.
     """
 
     lattice: torch.Tensor | np.ndarray
@@ -80,232 +87,283 @@ _MAX_TRANSFORM_ENTRY = 2.0**44
 # Transforms with entries up to this make the plain float product accurate enough (cancellation costs
 # at most ~log10(2**10) digits); beyond it the error-free product is used.
 _PLAIN_PRODUCT_LIMIT = 2.0**10
+# Finished items are dropped from the working arrays when this share of them is done (or when all
+# are, or a degenerate one must be frozen): dropping costs a few full-size copies, so it pays only
+# when many have finished.
+_COMPACT_SHARE = 0.25
+
+# Rank vectors of the permutations the reducer uses: row r of the basis moves to position rank[r].
+_KEEP = np.array([[0], [1], [2]])
+_SWAP_AB = np.array([[1], [0], [2]])
+_SWAP_BC = np.array([[0], [2], [1]])
+_POSITIONS = np.arange(3)[:, None, None]
 
 
-def _times_power_of_two(x: torch.Tensor, exponent: torch.Tensor) -> torch.Tensor:
-    """``x * 2**exponent`` per item, exactly; in two halves since 2**±1074 itself over/underflows."""
-    half = torch.div(exponent, 2, rounding_mode="floor")
-    e1 = half[:, None, None].to(x.dtype)
-    e2 = (exponent - half)[:, None, None].to(x.dtype)
-    return torch.ldexp(torch.ldexp(x, e1), e2)
-
-
-def _basis(T: torch.Tensor, L: torch.Tensor, t_max: torch.Tensor | None = None) -> torch.Tensor:
-    """``T @ L`` for integer-valued float64 ``T``, error-free where ``T`` has large entries."""
-    out = T @ L
-    if t_max is None:
-        t_max = T.abs().amax(dim=(-1, -2))
-    big = t_max > _PLAIN_PRODUCT_LIMIT
-    if bool(big.any()):
-        out[big] = exact_int_matmul(T[big], L[big])
+def _eye(n: int) -> np.ndarray:
+    out = np.zeros((3, 3, n))
+    out[0, 0] = out[1, 1] = out[2, 2] = 1.0
     return out
 
 
-def _metric(T: torch.Tensor, L: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Metric ``(T L)(T L)ᵀ`` recomputed from the original cell, and the largest entry of each ``T``."""
-    t_max = T.abs().amax(dim=(-1, -2))
-    B = _basis(T, L, t_max)
-    return B @ B.transpose(-1, -2), t_max
+def _times_power_of_two(x: np.ndarray, exponent: np.ndarray) -> np.ndarray:
+    """``x * 2**exponent`` per item (last axis), exactly; in two halves since 2**±1074 over/underflows."""
+    half = exponent // 2
+    return np.ldexp(np.ldexp(x, half), exponent - half)
 
 
-def _g6_parts(G: torch.Tensor):
-    return (G[:, 0, 0], G[:, 1, 1], G[:, 2, 2], 2 * G[:, 1, 2], 2 * G[:, 0, 2], 2 * G[:, 0, 1])
+def _matmul(T: np.ndarray, L: np.ndarray) -> np.ndarray:
+    return np.einsum("ijn,jkn->ikn", T, L)
 
 
-def _reduction_step(G: torch.Tensor, rel_eps: float) -> tuple[torch.Tensor, torch.Tensor]:
-    """One iteration: a greedy size-reduction sweep, then one Křivý–Gruber step on the swept metric.
-
-    The sweep sorts the vectors by length (only where they are out of order beyond the tolerance: lengths
-    equal up to rounding would otherwise be re-sorted forever), Gauss-reduces b against a and rounds c
-    onto span(a, b) (Babai), keeping only moves that shorten a vector, so repeated sweeps terminate and
-    need a number of iterations logarithmic in the skew. The Křivý–Gruber step then applies the first
-    of steps 1–8 that applies to the swept metric, with two accelerations that keep its fixed point:
-    out-of-order lengths are sorted in one move, and steps 5–7 subtract the rounded multiple
-    (``c -= round(ξ / 2B) b`` ...) instead of one unit.
-
-    Args:
-        G: ``(n, 3, 3)`` float64 metric of the current basis.
-    Returns:
-        ``(C, changed)``: the ``(n, 3, 3)`` unimodular row operation (det +1) to apply to the basis, and
-        a bool ``(n,)`` that is False exactly where the basis is already Niggli-reduced.
-    """
-    e = rel_eps
-    n = G.shape[0]
-    # --- size-reduction sweep, on the entries of G as vectors ---
-    code = _sort_code(G, e)
-    P = _SORT_TABLE.to(G.device)[code]
-    # P is a permutation times ±1, so P G Pᵀ is a plain gather of G's entries.
-    g00, g01, g02, _, g11, g12, _, _, g22 = G.reshape(n, 9).gather(1, _SORT_GATHER.to(G.device)[code]).unbind(1)
-    usable = g00 > 0
-    mu = torch.round(g01 / torch.where(usable, g00, 1.0))
-    new_g11 = g11 - 2 * mu * g01 + mu * mu * g00
-    # Keep only moves that shorten b by more than the tolerance (ties at |μ| = 1/2 do not).
-    mu = torch.where(usable & (new_g11 < g11 * (1 - e)), mu, 0.0)
-    g11 = g11 - 2 * mu * g01 + mu * mu * g00
-    g12 = g12 - mu * g02
-    g01 = g01 - mu * g00
-    det2 = g00 * g11 - g01 * g01
-    usable = usable & (det2 > 0)
-    safe = torch.where(usable, det2, 1.0)
-    x = torch.round((g11 * g02 - g01 * g12) / safe)
-    y = torch.round((g00 * g12 - g01 * g02) / safe)
-    new_g22 = g22 + x * x * g00 + y * y * g11 + 2 * x * y * g01 - 2 * x * g02 - 2 * y * g12
-    # Babai rounding on a skewed plane basis can lengthen c; keep only moves that shorten it.
-    accept = usable & (new_g22 < g22 * (1 - e)) & ((x != 0) | (y != 0))
-    x = torch.where(accept, x, 0.0)
-    y = torch.where(accept, y, 0.0)
-    g22 = torch.where(accept, new_g22, g22)
-    g02, g12 = g02 - x * g00 - y * g01, g12 - x * g01 - y * g11
-    swept = (code != 0) | (mu != 0) | accept
-    p0, p1, p2 = P.unbind(1)
-    sweep = torch.stack([p0, p1 - mu[:, None] * p0, p2 - (x - y * mu)[:, None] * p0 - y[:, None] * p1], dim=1)
-
-    # --- one Křivý–Gruber step on the swept metric (A, B, C, ξ, η, ζ) ---
-    A, B, C = g00, g11, g22
-    xi, eta, zeta = 2 * g12, 2 * g02, 2 * g01
-    off = torch.stack([xi, eta, zeta], dim=1)
-    rA, rB, rC = torch.sqrt(A.clamp_min(0)), torch.sqrt(B.clamp_min(0)), torch.sqrt(C.clamp_min(0))
-    tol = e * torch.stack([rB * rC, rA * rC, rA * rB], dim=1)  # sign tests on ξ, η, ζ are tests on cosines
-    t_xi, t_eta, t_zeta = tol.unbind(1)
-    pos, neg = off > tol, off < -tol
-    l_pos, m_pos, k_pos = pos.unbind(1)
-    l_zero, m_zero, k_zero = (~pos & ~neg).unbind(1)
-    n_neg = neg.sum(1)
-    all_nonzero = ~(l_zero | m_zero | k_zero)
-    eAB, eBC = e * (A + B) / 2, e * (B + C) / 2
-    unsorted = (A > B + eAB) | (B > C + eBC)
-    step1 = ((A - B).abs() <= eAB) & (xi.abs() > eta.abs() + t_xi)
-    step2 = ((B - C).abs() <= eBC) & (eta.abs() > zeta.abs() + t_eta)
-    # Step 3: all three nonzero with an even number negative (product > 0) but not all positive.
-    step3 = all_nonzero & ((n_neg == 2))
-    # Step 4: otherwise some positive entry remains; make all non-positive.
-    step4 = ~step3 & ~(all_nonzero & (n_neg == 0)) & (l_pos | m_pos | k_pos)
-    partner = torch.stack([B, A, A], dim=1)  # steps 5, 6, 7: ξ against B, η against A, ζ against A
-    e_p = e * partner
-    over = off.abs() > partner + e_p
-    # Boundary cases (ξ = B and 2η < ζ, ...; ξ = -B and ζ < 0, ...), each reduced by one unit.
-    other1 = torch.stack([zeta - 2 * eta, zeta - 2 * xi, eta - 2 * xi], dim=1)
-    tol1 = torch.stack([t_eta, t_xi, t_xi], dim=1)
-    other2 = torch.stack([zeta, zeta, eta], dim=1)
-    tol2 = torch.stack([t_zeta, t_zeta, t_eta], dim=1)
-    steps567 = over | (((off - partner).abs() <= e_p) & (other1 > tol1)) | (
-        ((off + partner).abs() <= e_p) & (other2 < -tol2))
-    mult = torch.where(over, torch.round(off / (2 * partner)), torch.sign(off))
-    S = xi + eta + zeta + A + B
-    e8 = e * (A + B) / 2
-    step8 = (S < -e8) | ((S.abs() <= e8) & (2 * (A + eta) + zeta > e8))
-    conds = torch.stack([unsorted, step1, step2, step3, step4, steps567[:, 0], steps567[:, 1], steps567[:, 2],
-                         step8, torch.ones_like(step8)], dim=1)
-    first = conds.to(torch.int8).argmax(dim=1)
-
-    # Sign patterns of steps 3 and 4 as 3-bit codes (bit set = negate that vector).
-    l_neg, m_neg, k_neg = neg.unbind(1)
-    bits3 = l_neg.long() * 4 + m_neg.long() * 2 + k_neg.long()
-    odd = l_pos ^ m_pos ^ k_pos  # an odd number of negations would make det -1 ...
-    fix_i = odd & l_zero  # ... so also negate a vector whose entry is zero (either sign is fine there)
-    fix_j = odd & ~fix_i & m_zero
-    fix_k = odd & ~fix_i & ~fix_j & k_zero
-    bits4 = (l_pos ^ fix_i).long() * 4 + (m_pos ^ fix_j).long() * 2 + (k_pos ^ fix_k).long()
-    sort_exact = _sort_code_of(A, B, C, 0.0)
-    index = _KG_BASE.to(G.device)[first] + torch.where(first == 0, sort_exact, 0) + torch.where(
-        first == 3, bits3, 0) + torch.where(first == 4, bits4, 0)
-    q = torch.where((first >= 5) & (first <= 7), mult.gather(1, (first - 5).clamp(0, 2)[:, None]).squeeze(1), 0.0)
-    kg = _KG_TABLE.to(G.device)[index] + q[:, None, None] * _KG_UNIT.to(G.device)[index]
-    return kg @ sweep, swept | (first != 9)
+def _basis(T: np.ndarray, L: np.ndarray, t_max: np.ndarray) -> np.ndarray:
+    """``T @ L`` per item for integer-valued float64 ``T``, error-free where ``T`` has large entries."""
+    out = _matmul(T, L)
+    big = t_max > _PLAIN_PRODUCT_LIMIT
+    if big.any():
+        out[..., big] = exact_int_matmul(T[..., big], L[..., big])
+    return out
 
 
-def _sort_code(G: torch.Tensor, rel_eps: float) -> torch.Tensor:
-    return _sort_code_of(G[:, 0, 0], G[:, 1, 1], G[:, 2, 2], rel_eps)
+def _metric_of(B: np.ndarray) -> np.ndarray:
+    return np.einsum("ijn,kjn->ikn", B, B)
 
 
-def _sort_code_of(A: torch.Tensor, B: torch.Tensor, C: torch.Tensor, rel_eps: float) -> torch.Tensor:
-    """Index into the sort tables (0 = keep) of the permutation sorting ``(A, B, C)`` ascending.
-
-    Sorts only where some pair is out of order beyond ``rel_eps``, and then sorts exactly (equal keys
-    keep their order). Comparisons instead of argsort: for three keys they are a handful of vector ops.
-    """
+def _sort_ranks(A, B, C, rel_eps: float):
+    """Ranks ``(3, n)`` sorting ``(A, B, C)`` ascending where some pair is out of order beyond ``rel_eps``
+    (exactly sorted there, equal keys keeping their order), ``_KEEP`` elsewhere; and that mask."""
     f = 1 + rel_eps
     unsorted = (A > B * f) | (A > C * f) | (B > C * f)
-    rank_a = (A > B).long() + (A > C).long()
-    rank_b = (B >= A).long() + (B > C).long()
-    code = _RANK_TO_CODE.to(A.device)[rank_a * 3 + rank_b]
-    return torch.where(unsorted, code, 0)
+    a_over_b, a_over_c, b_over_c = A > B, A > C, B > C
+    rank_a = a_over_b.astype(np.int8) + a_over_c
+    rank_b = b_over_c.astype(np.int8) + ~a_over_b
+    return np.where(unsorted, np.stack([rank_a, rank_b, 3 - rank_a - rank_b]), _KEEP), unsorted
 
 
-def _build_tables():
-    perms = list(itertools.permutations(range(3)))  # perms[0] is the identity
-    sort_table = torch.zeros(6, 3, 3, dtype=torch.float64)
-    sort_gather = torch.zeros(6, 9, dtype=torch.int64)
-    rank_to_code = torch.zeros(9, dtype=torch.int64)
-    for code, perm in enumerate(perms):
-        P = torch.zeros(3, 3, dtype=torch.float64)
-        P[torch.arange(3), torch.tensor(perm)] = 1.0
-        # det(-P) = -det(P) in 3-D: negate odd permutations so every sort keeps det +1.
-        sort_table[code] = P * torch.linalg.det(P)
-        sort_gather[code] = torch.tensor([perm[i] * 3 + perm[j] for i in range(3) for j in range(3)])
-        # Row perm[k] goes to position k, so original row r ends at rank perm.index(r).
-        rank_to_code[perm.index(0) * 3 + perm.index(1)] = code
-    # Křivý–Gruber moves: 0-5 sorts, 6 step 1, 7 step 2, 8-15 sign changes (steps 3, 4), 16-18 steps
-    # 5-7 (identity plus q times the unit move), 19 step 8, 20 nothing.
-    eye = torch.eye(3, dtype=torch.float64)
-    kg = eye.repeat(21, 1, 1)
-    unit = torch.zeros(21, 3, 3, dtype=torch.float64)
-    kg[:6] = sort_table
-    kg[6] = torch.tensor([[0.0, -1, 0], [-1, 0, 0], [0, 0, -1]])  # swap a, b (det +1)
-    kg[7] = torch.tensor([[-1.0, 0, 0], [0, 0, -1], [0, -1, 0]])  # swap b, c (det +1)
-    for bits in range(8):
-        kg[8 + bits] = torch.diag(torch.tensor([1.0 - 2 * ((bits >> s) & 1) for s in (2, 1, 0)]))
-    unit[16, 2, 1] = -1.0  # step 5: c -= q b
-    unit[17, 2, 0] = -1.0  # step 6: c -= q a
-    unit[18, 1, 0] = -1.0  # step 7: b -= q a
-    kg[19] = torch.tensor([[1.0, 0, 0], [0, 1, 0], [1, 1, 1]])  # step 8: c <- a + b + c
-    base = torch.tensor([0, 6, 7, 8, 8, 16, 17, 18, 19, 20])  # by first applicable condition
-    return sort_table, sort_gather, rank_to_code, kg, unit, base
+def _permute(T: np.ndarray, metric: np.ndarray, ranks: np.ndarray):
+    """Move row r of every basis to position ``ranks[r]``: returns ``(P T, permuted metric)``.
 
-
-_SORT_TABLE, _SORT_GATHER, _RANK_TO_CODE, _KG_TABLE, _KG_UNIT, _KG_BASE = _build_tables()
-
-
-def _iterate(T, Xn, input_scale, degenerate, work, rel_eps: float, max_iter: int):
-    """Apply :func:`_reduction_step` to the items ``work`` until none changes.
-
-    Updates ``T`` and ``degenerate`` in place; returns ``(iterations, capped)``. The loop runs on a
-    compacted copy of the unfinished items (written back as they finish), so late iterations cost only
-    what is left, and the metric is recomputed from the original cell every time (no drift).
+    ``metric (3, 2, n)`` holds, per vector r, its squared length and the product of the other two
+    vectors (``[[A, g12], [B, g02], [C, g01]]``): both move with the vector. In 3-D det(-P) = -det(P),
+    so odd permutations also negate every row: no move flips the handedness (det T stays +1), and the
+    metric does not see the sign. Built as a one-hot matrix so that it is one product, not a gather.
     """
-    n = T.shape[0]
-    iters = torch.zeros(n, dtype=torch.int64, device=T.device)
-    capped = torch.zeros(n, dtype=torch.bool, device=T.device)
-    Tw, Lw, scale_w = T[work], Xn[work], input_scale[work]
-    count = torch.zeros(work.numel(), dtype=torch.int64, device=T.device)
-    changed = torch.ones(work.numel(), dtype=torch.bool, device=T.device)
-    bad = torch.zeros_like(changed)
+    inversions = (ranks[0] > ranks[1]).astype(np.int8) + (ranks[0] > ranks[2]) + (ranks[1] > ranks[2])
+    one_hot = (ranks[None] == _POSITIONS).astype(np.float64)  # [k, r] = row r goes to position k
+    T = np.einsum("krn,rjn->kjn", one_hot * (1.0 - 2.0 * (inversions & 1)), T)
+    return T, np.einsum("krn,rmn->kmn", one_hot, metric)
+
+
+def _round(T: np.ndarray, G: np.ndarray, e: float) -> tuple[np.ndarray, np.ndarray]:
+    """One reduction round on bases ``T @ L`` with metric ``G (3, 3, n)``; returns ``(T, changed)``.
+
+    First a greedy size-reduction sweep: sort the vectors by length (only where out of order beyond
+    the tolerance: lengths equal up to rounding would otherwise be re-sorted forever), Gauss-reduce b
+    against a, round c onto span(a, b) (Babai), keeping only moves that shorten a vector, so that
+    rounds terminate and their number is logarithmic in the skew. Then one Křivý–Gruber pass on the
+    updated metric (A, B, C, ξ, η, ζ), in the algorithm's order: steps 1–2 (sort; ties by |ξ|, |η|),
+    steps 3–4 (signs), then the first of steps 5–7 that applies, or else step 8. Steps 5–7 subtract the
+    rounded multiple (``c -= round(ξ / 2B) b`` ...) instead of one unit, which keeps the fixed point.
+    ``changed`` is False exactly where no move applies: the basis is Niggli-reduced.
+    """
+    T = T.copy()
+    g00, g11, g22, g12, g02, g01 = G[0, 0], G[1, 1], G[2, 2], G[1, 2], G[0, 2], G[0, 1]
+
+    # --- size-reduction sweep ---
+    ranks, changed = _sort_ranks(g00, g11, g22, e)
+    if changed.any():
+        T, ((g00, g12), (g11, g02), (g22, g01)) = _permute(
+            T, np.stack([[g00, g12], [g11, g02], [g22, g01]]), ranks)
+    usable = g00 > 0
+    mu = np.rint(g01 / np.where(usable, g00, 1.0))
+    new_g11 = g11 - mu * (2 * g01 - mu * g00)
+    # Keep only moves that shorten b by more than the tolerance (ties at |μ| = 1/2 do not).
+    move_b = usable & (new_g11 < g11 * (1 - e))
+    if move_b.any():
+        mu = np.where(move_b, mu, 0.0)
+        g11 = np.where(move_b, new_g11, g11)
+        g12 = g12 - mu * g02
+        g01 = g01 - mu * g00
+        T[1] -= mu * T[0]
+        changed |= move_b
+    det2 = g00 * g11 - g01 * g01
+    usable &= det2 > 0
+    safe = np.where(usable, det2, 1.0)
+    x = np.rint((g11 * g02 - g01 * g12) / safe)
+    y = np.rint((g00 * g12 - g01 * g02) / safe)
+    new_g22 = g22 + x * (x * g00 + 2 * y * g01 - 2 * g02) + y * (y * g11 - 2 * g12)
+    # Babai rounding on a skewed plane basis can lengthen c; keep only moves that shorten it.
+    move_c = usable & (new_g22 < g22 * (1 - e)) & ((x != 0) | (y != 0))
+    if move_c.any():
+        x = np.where(move_c, x, 0.0)
+        y = np.where(move_c, y, 0.0)
+        g22 = np.where(move_c, new_g22, g22)
+        g02, g12 = g02 - x * g00 - y * g01, g12 - x * g01 - y * g11
+        T[2] -= x * T[0] + y * T[1]
+        changed |= move_c
+
+    # --- Křivý–Gruber steps 1-2: sort, and break length ties by |ξ| (A = B) or |η| (B = C) ---
+    A, B, C = g00, g11, g22
+    xi, eta, zeta = 2 * g12, 2 * g02, 2 * g01
+    eAB, eBC = e * (A + B) / 2, e * (B + C) / 2
+    # Sign tests on ξ, η, ζ are tests on cosines: the tolerance scales with the two lengths.
+    t_xi, t_eta, t_zeta = e * np.sqrt(np.abs(B * C)), e * np.sqrt(np.abs(A * C)), e * np.sqrt(np.abs(A * B))
+    unsorted = (A > B + eAB) | (B > C + eBC)
+    step1 = (np.abs(A - B) <= eAB) & (np.abs(xi) > np.abs(eta) + t_xi)
+    step2 = (np.abs(B - C) <= eBC) & (np.abs(eta) > np.abs(zeta) + t_eta)
+    sorted_now = unsorted | step1 | step2
+    if sorted_now.any():
+        ranks = np.where(unsorted, _sort_ranks(A, B, C, 0.0)[0], np.where(step1, _SWAP_AB, np.where(step2, _SWAP_BC, _KEEP)))
+        T, ((A, xi), (B, eta), (C, zeta)) = _permute(T, np.stack([[A, xi], [B, eta], [C, zeta]]), ranks)
+        eAB, eBC = e * (A + B) / 2, e * (B + C) / 2
+        t_xi, t_eta, t_zeta = e * np.sqrt(np.abs(B * C)), e * np.sqrt(np.abs(A * C)), e * np.sqrt(np.abs(A * B))
+        changed |= sorted_now
+
+    # --- steps 3-4: ξ, η, ζ all positive, or all non-positive ---
+    pos_l, pos_m, pos_k = xi > t_xi, eta > t_eta, zeta > t_zeta
+    neg_l, neg_m, neg_k = xi < -t_xi, eta < -t_eta, zeta < -t_zeta
+    zero_l, zero_m, zero_k = ~(pos_l | neg_l), ~(pos_m | neg_m), ~(pos_k | neg_k)
+    n_neg = neg_l.astype(np.int8) + neg_m + neg_k
+    all_nonzero = ~(zero_l | zero_m | zero_k)
+    step3 = all_nonzero & (n_neg == 2)  # product > 0 but not all positive: make all positive
+    step4 = ~step3 & ~(all_nonzero & (n_neg == 0)) & (pos_l | pos_m | pos_k)  # else: all non-positive
+    flip = step3 | step4
+    if flip.any():
+        # Negating vector a flips η and ζ, and so on; a pair of negations keeps det +1. Step 3 negates
+        # (a, b, c) where (ξ, η, ζ) < 0. Step 4 negates where > 0, plus, when that count is odd, a
+        # vector whose entry is zero (either sign is fine there).
+        odd = pos_l ^ pos_m ^ pos_k
+        fix_a = odd & zero_l
+        fix_b = odd & ~fix_a & zero_m
+        fix_c = odd & ~fix_a & ~fix_b & zero_k
+        neg_a = np.where(step3, neg_l, step4 & (pos_l ^ fix_a))
+        neg_b = np.where(step3, neg_m, step4 & (pos_m ^ fix_b))
+        neg_c = np.where(step3, neg_k, step4 & (pos_k ^ fix_c))
+        s = 1.0 - 2.0 * np.stack([neg_a, neg_b, neg_c])
+        T *= s[:, None, :]
+        xi, eta, zeta = xi * (s[1] * s[2]), eta * (s[0] * s[2]), zeta * (s[0] * s[1])
+        changed |= flip
+
+    # --- steps 5-7: |ξ| <= B, |η| <= A, |ζ| <= A, with the boundary cases reduced by one unit ---
+    def needs(off, partner, other1, tol1, other2, tol2):
+        e_p = e * partner
+        over = np.abs(off) > partner + e_p
+        apply = over | ((np.abs(off - partner) <= e_p) & (other1 > tol1)) | (
+            (np.abs(off + partner) <= e_p) & (other2 < -tol2))
+        return apply, np.where(over, np.rint(off / (2 * partner)), np.sign(off))
+
+    step5, q5 = needs(xi, B, zeta - 2 * eta, t_eta, zeta, t_zeta)  # c -= q b
+    step6, q6 = needs(eta, A, zeta - 2 * xi, t_xi, zeta, t_zeta)  # c -= q a
+    step7, q7 = needs(zeta, A, eta - 2 * xi, t_xi, eta, t_eta)  # b -= q a
+    step6 &= ~step5
+    step7 &= ~(step5 | step6)
+    steps567 = step5 | step6 | step7
+    if steps567.any():
+        T[2] -= (q5 * step5) * T[1] + (q6 * step6) * T[0]
+        T[1] -= (q7 * step7) * T[0]
+        changed |= steps567
+
+    # --- step 8: A + B + ξ + η + ζ >= 0 (boundary: 2A + 2η + ζ <= 0), else c <- a + b + c ---
+    S = xi + eta + zeta + A + B
+    step8 = ~steps567 & ((S < -eAB) | ((np.abs(S) <= eAB) & (2 * (A + eta) + zeta > eAB)))
+    if step8.any():
+        T[2] += step8 * (T[0] + T[1])
+        changed |= step8
+    return T, changed
+
+
+def _iterate(L: np.ndarray, scale: np.ndarray, rel_eps: float, max_iter: int):
+    """Reduce the finite, non-zero cells ``L (3, 3, n)`` (largest entry in [0.5, 1)) round by round.
+
+    Returns ``(T, iterations, capped, degenerate)``. The loop runs on a compacted copy of the unfinished
+    items (written back as they finish), so late rounds cost only what is left, and the metric is
+    recomputed from the original cell every round (no drift).
+    """
+    n = L.shape[2]
+    T = _eye(n)
+    iters = np.zeros(n, dtype=np.int64)
+    capped = np.zeros(n, dtype=bool)
+    degenerate = np.zeros(n, dtype=bool)
+    work, Tw, Lw, scale_w = np.arange(n), T.copy(), L, scale
+    count = np.zeros(n, dtype=np.int64)
+    changed = np.ones(n, dtype=bool)
     for _ in range(max_iter):
-        if work.numel() == 0:
+        if work.size == 0:
             break
-        G, t_max = _metric(Tw, Lw)
-        step, changed = _reduction_step(G, rel_eps)
+        t_max = np.abs(Tw).max(axis=(0, 1))
+        G = _metric_of(_basis(Tw, Lw, t_max))
+        shortest = np.minimum(np.minimum(G[0, 0], G[1, 1]), G[2, 2])
         # A vanishing vector or a runaway transform: the lattice is numerically rank-deficient.
-        shortest = torch.diagonal(G, dim1=-2, dim2=-1).amin(dim=1)
-        bad = (shortest <= (_DEGENERATE_LENGTH_RATIO * scale_w) ** 2) | (t_max > _MAX_TRANSFORM_ENTRY)
-        changed = changed & ~bad
-        Tw = step @ Tw
-        count = count + changed.long()
-        done = ~changed
-        n_done = int(done.sum())
-        # Compact when all are done, when a degenerate item must be frozen, or when a good share has
-        # finished (each compaction costs a dozen small ops, worth it only on large batches).
-        if n_done == done.numel() or bool(bad.any()) or n_done * 4 >= done.numel() > 512:
+        # (Written so that NaN counts as bad.)
+        bad = ~(shortest > (_DEGENERATE_LENGTH_RATIO * scale_w) ** 2) | ~(t_max <= _MAX_TRANSFORM_ENTRY)
+        Tw, changed = _round(Tw, G, rel_eps)
+        changed &= ~bad
+        count += changed
+        n_done = work.size - np.count_nonzero(changed)
+        any_bad = bad.any()
+        if n_done == work.size or any_bad or (n_done >= _COMPACT_SHARE * work.size and work.size > 512):
+            done = ~changed
             fin = work[done]
-            # Degenerate items keep their last good transform (this step is discarded for them).
-            T[fin] = torch.where(bad[done, None, None], T[fin], Tw[done])
+            T[..., fin] = Tw[..., done]
             iters[fin] = count[done]
-            degenerate[fin] |= bad[done]
-            keep = ~done
-            work, Tw, Lw, scale_w, count, changed = work[keep], Tw[keep], Lw[keep], scale_w[keep], count[keep], changed[keep]
-    T[work], iters[work] = Tw, count
+            if any_bad:
+                degenerate[fin] = bad[done]
+            # compress, not fancy indexing: that would leave the batch axis strided, and einsum slow.
+            work, Tw, Lw, scale_w, count = (work[changed], Tw.compress(changed, axis=2), Lw.compress(changed, axis=2),
+                                            scale_w[changed], count[changed])
+            changed = changed[changed]
+    T[..., work] = Tw
+    iters[work] = count
     capped[work] = changed
-    return iters, capped
+    T[..., degenerate] = 1.0 * np.eye(3)[..., None]  # their last step is not trusted
+    return T, iters, capped, degenerate
+
+
+def _niggli_conditions(G: np.ndarray, e: float) -> np.ndarray:
+    """Whether each metric ``G (3, 3, n)`` satisfies the Niggli conditions with relative tolerance ``e``."""
+    A, B, C = G[0, 0], G[1, 1], G[2, 2]
+    xi, eta, zeta = 2 * G[1, 2], 2 * G[0, 2], 2 * G[0, 1]
+    s_xi, s_eta, s_zeta = np.sqrt(np.abs(B * C)), np.sqrt(np.abs(A * C)), np.sqrt(np.abs(A * B))
+    eAB, eBC = e * (A + B) / 2, e * (B + C) / 2
+    ok = (A <= B + eAB) & (B <= C + eBC)
+    ok &= (np.abs(xi) <= B + e * B) & (np.abs(eta) <= A + e * A) & (np.abs(zeta) <= A + e * A)
+    pos = (xi > e * s_xi) & (eta > e * s_eta) & (zeta > e * s_zeta)
+    nonpos = (xi <= e * s_xi) & (eta <= e * s_eta) & (zeta <= e * s_zeta)
+    ok &= pos | nonpos
+    S = A + B + xi + eta + zeta
+    ok &= S >= -eAB
+    # Special conditions on the boundaries of the Niggli cone.
+    ok &= ~(np.abs(A - B) <= eAB) | (np.abs(xi) <= np.abs(eta) + e * s_xi)
+    ok &= ~(np.abs(B - C) <= eBC) | (np.abs(eta) <= np.abs(zeta) + e * s_eta)
+    ok &= ~(np.abs(xi - B) <= e * B) | (zeta <= 2 * eta + e * s_eta)
+    ok &= ~(np.abs(eta - A) <= e * A) | (zeta <= 2 * xi + e * s_xi)
+    ok &= ~(np.abs(zeta - A) <= e * A) | (eta <= 2 * xi + e * s_xi)
+    ok &= ~(np.abs(xi + B) <= e * B) | (np.abs(zeta) <= e * s_zeta)
+    ok &= ~(np.abs(eta + A) <= e * A) | (np.abs(zeta) <= e * s_zeta)
+    ok &= ~(np.abs(zeta + A) <= e * A) | (np.abs(eta) <= e * s_eta)
+    ok &= ~(np.abs(S) <= eAB) | (2 * A + 2 * eta + zeta <= eAB)
+    return ok
+
+
+def _host_components(L, name: str):
+    """Validate ``L`` and return ``(X (3, 3, n) float64 on the host, lead, dtype, device, is_numpy)``."""
+    is_numpy = isinstance(L, np.ndarray)
+    L = as_float_tensor(L, name)
+    check_matrix_shape(L, name)
+    X = L.detach().to("cpu", torch.float64).reshape(-1, 3, 3).numpy()
+    return np.ascontiguousarray(X.transpose(1, 2, 0)), L.shape[:-2], L.dtype, L.device, is_numpy
+
+
+def _normalized(X: np.ndarray):
+    """Non-finite items replaced by the identity, then each item scaled by a power of two so that its
+    largest entry is in [0.5, 1) (exact, so ``c L`` reduces like ``L``). Returns ``(Xn, exponent,
+    nonfinite, zero)``."""
+    nonfinite = ~np.isfinite(X).all(axis=(0, 1))
+    max_abs = np.abs(X).max(axis=(0, 1))
+    zero = (max_abs == 0) & ~nonfinite
+    replace = nonfinite | zero
+    X = np.where(replace, np.eye(3)[..., None], X)
+    _, exponent = np.frexp(np.where(replace, 1.0, max_abs))
+    return _times_power_of_two(X, -exponent), exponent, nonfinite, zero
 
 
 def is_niggli_reduced(L, rel_eps: float = 1e-5):
@@ -318,41 +376,11 @@ def is_niggli_reduced(L, rel_eps: float = 1e-5):
     the same relative tolerances as :func:`niggli_reduce` uses. Non-finite cells are not reduced.
     Returns a bool tensor (or array, for NumPy input) of shape ``(...)``.
     """
-    is_numpy = isinstance(L, np.ndarray)
-    L = as_float_tensor(L, "L")
-    check_matrix_shape(L, "L")
-    lead = L.shape[:-2]
-    X = L.detach().reshape(-1, 3, 3).to(torch.float64)
-    finite = torch.isfinite(X).all(dim=(1, 2))
-    X = torch.where(finite[:, None, None], X, torch.eye(3, dtype=X.dtype, device=X.device))
-    _, exponent = torch.frexp(X.abs().amax(dim=(1, 2)))
-    X = _times_power_of_two(X, -exponent)
-    G = X @ X.transpose(-1, -2)
-    A, B, C, xi, eta, zeta = _g6_parts(G)
-    e = rel_eps
-    s_xi, s_eta, s_zeta = torch.sqrt(B * C), torch.sqrt(A * C), torch.sqrt(A * B)
-    eAB, eBC = e * (A + B) / 2, e * (B + C) / 2
-    ok = (A <= B + eAB) & (B <= C + eBC)
-    ok &= (xi.abs() <= B + e * B) & (eta.abs() <= A + e * A) & (zeta.abs() <= A + e * A)
-    pos = (xi > e * s_xi) & (eta > e * s_eta) & (zeta > e * s_zeta)
-    nonpos = (xi <= e * s_xi) & (eta <= e * s_eta) & (zeta <= e * s_zeta)
-    ok &= pos | nonpos
-    S = A + B + xi + eta + zeta
-    e8 = e * (A + B) / 2
-    ok &= S >= -e8
-    # Special conditions on the boundaries of the Niggli cone.
-    ok &= ~((A - B).abs() <= eAB) | (xi.abs() <= eta.abs() + e * s_xi)
-    ok &= ~((B - C).abs() <= eBC) | (eta.abs() <= zeta.abs() + e * s_eta)
-    ok &= ~((xi - B).abs() <= e * B) | (zeta <= 2 * eta + e * s_eta)
-    ok &= ~((eta - A).abs() <= e * A) | (zeta <= 2 * xi + e * s_xi)
-    ok &= ~((zeta - A).abs() <= e * A) | (eta <= 2 * xi + e * s_xi)
-    ok &= ~((xi + B).abs() <= e * B) | (zeta.abs() <= e * s_zeta)
-    ok &= ~((eta + A).abs() <= e * A) | (zeta.abs() <= e * s_zeta)
-    ok &= ~((zeta + A).abs() <= e * A) | (eta.abs() <= e * s_eta)
-    ok &= ~(S.abs() <= e8) | (2 * A + 2 * eta + zeta <= e8)
-    ok &= finite
-    ok = ok.reshape(lead)
-    return ok.cpu().numpy() if is_numpy else ok
+    X, lead, _, device, is_numpy = _host_components(L, "L")
+    with np.errstate(all="ignore"):
+        Xn, _, nonfinite, _ = _normalized(X)
+        ok = (_niggli_conditions(_metric_of(Xn), rel_eps) & ~nonfinite).reshape(lead)
+    return ok if is_numpy else torch.from_numpy(ok).to(device)
 
 
 def niggli_reduce(L, *, rel_eps: float = 1e-5, max_iter: int = 1000) -> NiggliResult:
@@ -362,7 +390,7 @@ def niggli_reduce(L, *, rel_eps: float = 1e-5, max_iter: int = 1000) -> NiggliRe
         L: torch tensor (any device) or NumPy array of floating dtype. Gradients are not tracked: the
             computation runs on ``L.detach()`` in float64.
         rel_eps: relative tolerance of every comparison (lengths against each other, cosines).
-        max_iter: cap on the iterations (each a size-reduction sweep plus one Křivý–Gruber step).
+        max_iter: cap on the rounds (each a size-reduction sweep plus one Křivý–Gruber pass).
 
     Returns:
         :class:`NiggliResult` with ``lattice``, ``transform`` (int64), ``status`` and ``iterations``;
@@ -376,64 +404,53 @@ def niggli_reduce(L, *, rel_eps: float = 1e-5, max_iter: int = 1000) -> NiggliRe
         >>> res.lattice.tolist(), Status(int(res.status))
         ([[4.0, 0.0, 0.0], [0.0, 4.0, 0.0], [0.0, 0.0, 5.0]], <Status.OK: 0>)
     """
-    is_numpy = isinstance(L, np.ndarray)
-    L = as_float_tensor(L, "L")
-    check_matrix_shape(L, "L")
+    X, lead, dtype, device, is_numpy = _host_components(L, "L")
     if not (isinstance(rel_eps, (float, int)) and 0 < rel_eps < 0.1):
         raise ValueError(f"rel_eps: expected a float in (0, 0.1), got {rel_eps!r}")
     if not (isinstance(max_iter, int) and max_iter >= 1):
         raise ValueError(f"max_iter: expected an int >= 1, got {max_iter!r}")
-    lead, dtype, device = L.shape[:-2], L.dtype, L.device
-    X = L.detach().reshape(-1, 3, 3).to(torch.float64)
-    n = X.shape[0]
-    eye = torch.eye(3, dtype=torch.float64, device=device)
+    n = X.shape[2]
+    with np.errstate(all="ignore"):  # inf/NaN arithmetic of bad items is expected; they get a status
+        Xn, exponent, nonfinite, degenerate = _normalized(X)
+        input_scale = np.sqrt((Xn * Xn).sum(axis=1)).max(axis=0)
+        work = np.flatnonzero(~(nonfinite | degenerate))
+        T = _eye(n)
+        iters = np.zeros(n, dtype=np.int64)
+        not_converged = np.zeros(n, dtype=bool)
+        T[..., work], iters[work], not_converged[work], bad = _iterate(
+            Xn.take(work, axis=2), input_scale[work], rel_eps, max_iter)
+        degenerate[work] |= bad
 
-    nonfinite = ~torch.isfinite(X).all(dim=(1, 2))
-    X_safe = torch.where(nonfinite[:, None, None], eye, X)
-    # Scale by a power of two so the largest entry is in [0.5, 1): exact, so c*L reduces like L.
-    max_abs = X_safe.abs().amax(dim=(1, 2))
-    degenerate = (max_abs == 0) & ~nonfinite
-    _, exponent = torch.frexp(torch.where(degenerate, torch.ones_like(max_abs), max_abs))
-    Xn = _times_power_of_two(torch.where(degenerate[:, None, None], eye, X_safe), -exponent)
-    input_scale = torch.linalg.vector_norm(Xn, dim=-1).amax(dim=-1)
+        # Final verification on the accurately recomputed basis; it also catches lattices whose reduced
+        # form is below float64's resolution (vanishing vectors or volume relative to the cell's scale).
+        reduced_n = _basis(T, Xn, np.abs(T).max(axis=(0, 1)))
+        G = _metric_of(reduced_n)
+        lengths = np.sqrt(np.stack([G[0, 0], G[1, 1], G[2, 2]]))
+        a, b, c = reduced_n
+        volume = np.abs((a * (b[[1, 2, 0]] * c[[2, 0, 1]] - b[[2, 0, 1]] * c[[1, 2, 0]])).sum(axis=0))
+        rel_volume = volume / np.maximum(lengths.prod(axis=0), np.finfo(np.float64).tiny)
+        tiny = ~(lengths.min(axis=0) > _DEGENERATE_LENGTH_RATIO * input_scale) | ~(rel_volume > _DEGENERATE_VOLUME_RATIO)
+        # Only a converged basis is short enough to judge; a capped one may still be skewed.
+        degenerate |= tiny & ~nonfinite & ~not_converged
+        verified = _niggli_conditions(G, rel_eps)
 
-    T = eye.expand(n, 3, 3).clone()
-    work = (~(nonfinite | degenerate)).nonzero().squeeze(1)
-    iters, not_converged = _iterate(T, Xn, input_scale, degenerate, work, rel_eps, max_iter)
+        status = np.full(n, int(Status.OK), dtype=np.int64)
+        status[~verified | not_converged] = int(Status.NOT_CONVERGED)
+        status[degenerate] = int(Status.DEGENERATE)
+        status[nonfinite] = int(Status.NONFINITE)
+        reduced = _times_power_of_two(reduced_n, exponent)
+        # A cell near the float64 limit may overflow once reduced (sums of rows): report, don't return inf.
+        overflow = ~np.isfinite(reduced).all(axis=(0, 1)) & ~(degenerate | nonfinite)
+        status[overflow] = int(Status.NONFINITE)
+        give_back_input = degenerate | nonfinite | overflow
+        T[..., give_back_input] = np.eye(3)[..., None]
+        reduced[..., give_back_input] = X[..., give_back_input]
 
-    # Final verification on the accurately recomputed basis; it also catches lattices whose reduced
-    # form is below float64's resolution (vanishing vectors or volume relative to the cell's scale).
-    reduced_n = _basis(T, Xn)
-    G = reduced_n @ reduced_n.transpose(-1, -2)
-    lengths = torch.sqrt(torch.diagonal(G, dim1=-2, dim2=-1).clamp_min(0))
-    rel_volume = torch.linalg.det(reduced_n).abs() / lengths.prod(dim=-1).clamp_min(torch.finfo(torch.float64).tiny)
-    tiny = (lengths.amin(dim=-1) <= _DEGENERATE_LENGTH_RATIO * input_scale) | (rel_volume <= _DEGENERATE_VOLUME_RATIO)
-    # Only a converged basis is short enough to judge; a capped one may still be skewed.
-    degenerate |= tiny & ~nonfinite & ~not_converged
-    verified = is_niggli_reduced(reduced_n, rel_eps)
-
-    status = torch.full((n,), int(Status.OK), dtype=torch.int64, device=device)
-    status[~verified | not_converged] = int(Status.NOT_CONVERGED)
-    status[degenerate] = int(Status.DEGENERATE)
-    status[nonfinite] = int(Status.NONFINITE)
-
-    give_back_input = degenerate | nonfinite
-    T = torch.where(give_back_input[:, None, None], eye, T)
-    reduced = _times_power_of_two(reduced_n, exponent)
-    # A cell near the float64 limit may overflow once reduced (sums of rows): report, don't return inf.
-    overflow = ~torch.isfinite(reduced).all(dim=(1, 2)) & ~give_back_input
-    status[overflow] = int(Status.NONFINITE)
-    T = torch.where(overflow[:, None, None], eye, T)
-    give_back_input |= overflow
-    reduced = torch.where(give_back_input[:, None, None], X, reduced)
-
-    result = NiggliResult(
-        lattice=reduced.to(dtype).reshape(*lead, 3, 3),
-        transform=T.to(torch.int64).reshape(*lead, 3, 3),
-        status=status.reshape(lead),
-        iterations=iters.reshape(lead),
-    )
+    lattice = reduced.transpose(2, 0, 1).reshape(*lead, 3, 3)
+    transform = T.transpose(2, 0, 1).astype(np.int64).reshape(*lead, 3, 3)
+    status, iters = status.reshape(lead), iters.reshape(lead)
     if is_numpy:
-        result = NiggliResult(*(t.cpu().numpy() for t in (result.lattice, result.transform, result.status,
-                                                          result.iterations)))
-    return result
+        return NiggliResult(lattice.astype(torch.empty((), dtype=dtype).numpy().dtype), transform, status, iters)
+    return NiggliResult(torch.from_numpy(np.ascontiguousarray(lattice)).to(device=device, dtype=dtype),
+                        torch.from_numpy(np.ascontiguousarray(transform)).to(device),
+                        torch.from_numpy(status).to(device), torch.from_numpy(iters).to(device))
