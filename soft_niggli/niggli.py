@@ -35,7 +35,7 @@ and the results copied back (72 bytes per cell each way).
 from __future__ import annotations
 
 import enum
-import itertools
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import numpy as np
@@ -91,6 +91,8 @@ _PLAIN_PRODUCT_LIMIT = 2.0**10
 # are, or a degenerate one must be frozen): dropping costs a few full-size copies, so it pays only
 # when many have finished.
 _COMPACT_SHARE = 0.25
+# Items per chunk of work (see _iterate_in_chunks).
+_CHUNK = 8192
 
 # Rank vectors of the permutations the reducer uses: row r of the basis moves to position rank[r].
 _KEEP = np.array([[0], [1], [2]])
@@ -274,48 +276,78 @@ def _round(T: np.ndarray, G: np.ndarray, e: float) -> tuple[np.ndarray, np.ndarr
 def _iterate(L: np.ndarray, scale: np.ndarray, rel_eps: float, max_iter: int):
     """Reduce the finite, non-zero cells ``L (3, 3, n)`` (largest entry in [0.5, 1)) round by round.
 
-    Returns ``(T, iterations, capped, degenerate)``. The loop runs on a compacted copy of the unfinished
-    items (written back as they finish), so late rounds cost only what is left, and the metric is
-    recomputed from the original cell every round (no drift).
+    Each round recomputes the metric of ``T @ L`` from the original cell (no drift) and checks it
+    against the full Niggli conditions: the items that pass are done (this check is the reducer's
+    final verification), the others get one more :func:`_round`. Returns ``(T, iterations, status)``.
+    The rounds run on a compacted copy of the unfinished items when enough have finished, so that late
+    rounds cost only what is left.
     """
     n = L.shape[2]
     T = _eye(n)
     iters = np.zeros(n, dtype=np.int64)
-    capped = np.zeros(n, dtype=bool)
-    degenerate = np.zeros(n, dtype=bool)
+    status = np.full(n, int(Status.NOT_CONVERGED), dtype=np.int64)
     work, Tw, Lw, scale_w = np.arange(n), T.copy(), L, scale
-    count = np.zeros(n, dtype=np.int64)
+    active = np.ones(n, dtype=bool)
     changed = np.ones(n, dtype=bool)
-    for _ in range(max_iter):
-        if work.size == 0:
-            break
+    for it in range(max_iter + 1 if n else 0):
         t_max = np.abs(Tw).max(axis=(0, 1))
         G = _metric_of(_basis(Tw, Lw, t_max))
         shortest = np.minimum(np.minimum(G[0, 0], G[1, 1]), G[2, 2])
         # A vanishing vector or a runaway transform: the lattice is numerically rank-deficient.
         # (Written so that NaN counts as bad.)
         bad = ~(shortest > (_DEGENERATE_LENGTH_RATIO * scale_w) ** 2) | ~(t_max <= _MAX_TRANSFORM_ENTRY)
+        ok = _niggli_conditions(G, rel_eps) & ~bad
+        # Items a round left unchanged but that fail the check cannot progress: NOT_CONVERGED.
+        finished = active & (ok | bad | ~changed)
+        if finished.any():
+            fin = work[finished]
+            T[..., fin] = Tw.compress(finished, axis=2)
+            iters[fin] = it
+            status[fin] = np.where(bad[finished], int(Status.DEGENERATE),
+                                   np.where(ok[finished], int(Status.OK), int(Status.NOT_CONVERGED)))
+            active &= ~finished
+            n_active = np.count_nonzero(active)
+            if n_active == 0:
+                break
+            if work.size > 512 and n_active <= (1 - _COMPACT_SHARE) * work.size:
+                # compress, not fancy indexing: that would leave the batch axis strided (slow einsum).
+                work, Tw, Lw, scale_w, G = (work[active], Tw.compress(active, axis=2), Lw.compress(active, axis=2),
+                                            scale_w[active], G.compress(active, axis=2))
+                active = np.ones(n_active, dtype=bool)
+        if it == max_iter:
+            break
         Tw, changed = _round(Tw, G, rel_eps)
-        changed &= ~bad
-        count += changed
-        n_done = work.size - np.count_nonzero(changed)
-        any_bad = bad.any()
-        if n_done == work.size or any_bad or (n_done >= _COMPACT_SHARE * work.size and work.size > 512):
-            done = ~changed
-            fin = work[done]
-            T[..., fin] = Tw[..., done]
-            iters[fin] = count[done]
-            if any_bad:
-                degenerate[fin] = bad[done]
-            # compress, not fancy indexing: that would leave the batch axis strided, and einsum slow.
-            work, Tw, Lw, scale_w, count = (work[changed], Tw.compress(changed, axis=2), Lw.compress(changed, axis=2),
-                                            scale_w[changed], count[changed])
-            changed = changed[changed]
-    T[..., work] = Tw
-    iters[work] = count
-    capped[work] = changed
-    T[..., degenerate] = 1.0 * np.eye(3)[..., None]  # their last step is not trusted
-    return T, iters, capped, degenerate
+    # Items still active hit the cap: their best basis so far, NOT_CONVERGED.
+    T[..., work[active]] = Tw.compress(active, axis=2)
+    iters[work[active]] = max_iter
+    T[..., status == int(Status.DEGENERATE)] = 1.0 * np.eye(3)[..., None]  # their last step is not trusted
+    return T, iters, status
+
+
+def _iterate_in_chunks(L: np.ndarray, scale: np.ndarray, rel_eps: float, max_iter: int):
+    """:func:`_iterate` on chunks of at most ``_CHUNK`` items, on ``torch.get_num_threads()`` threads.
+
+    Chunks keep every temporary small (large ones are fresh memory from the OS on every allocation,
+    and page faults then cost more than the arithmetic); NumPy releases the GIL inside its loops, so
+    chunks on threads run in parallel.
+    """
+    n = L.shape[2]
+    if n <= _CHUNK:
+        return _iterate(L, scale, rel_eps, max_iter)
+    starts = range(0, n, _CHUNK)
+    parts = [(L[..., i:i + _CHUNK], scale[i:i + _CHUNK]) for i in starts]
+
+    def run(part):
+        with np.errstate(all="ignore"):  # NumPy's error state is per thread
+            return _iterate(*part, rel_eps, max_iter)
+
+    workers = min(torch.get_num_threads(), len(parts))
+    if workers > 1:
+        with ThreadPoolExecutor(workers) as pool:
+            results = list(pool.map(run, parts))
+    else:
+        results = [run(part) for part in parts]
+    return tuple(np.concatenate(pieces, axis=-1) for pieces in zip(*results))
 
 
 def _niggli_conditions(G: np.ndarray, e: float) -> np.ndarray:
@@ -416,28 +448,23 @@ def niggli_reduce(L, *, rel_eps: float = 1e-5, max_iter: int = 1000) -> NiggliRe
         work = np.flatnonzero(~(nonfinite | degenerate))
         T = _eye(n)
         iters = np.zeros(n, dtype=np.int64)
-        not_converged = np.zeros(n, dtype=bool)
-        T[..., work], iters[work], not_converged[work], bad = _iterate(
-            Xn.take(work, axis=2), input_scale[work], rel_eps, max_iter)
-        degenerate[work] |= bad
+        status = np.full(n, int(Status.DEGENERATE), dtype=np.int64)
+        status[nonfinite] = int(Status.NONFINITE)
+        T[..., work], iters[work], status[work] = _iterate_in_chunks(Xn.take(work, axis=2), input_scale[work],
+                                                                     rel_eps, max_iter)
 
-        # Final verification on the accurately recomputed basis; it also catches lattices whose reduced
-        # form is below float64's resolution (vanishing vectors or volume relative to the cell's scale).
+        # The loop verified the Niggli conditions on the metric recomputed from the original cell; left
+        # to check: lattices whose reduced form is below float64's resolution (vanishing vectors or
+        # volume relative to the cell's scale). Only a converged basis is short enough to judge.
         reduced_n = _basis(T, Xn, np.abs(T).max(axis=(0, 1)))
-        G = _metric_of(reduced_n)
-        lengths = np.sqrt(np.stack([G[0, 0], G[1, 1], G[2, 2]]))
+        lengths = np.sqrt((reduced_n * reduced_n).sum(axis=1))
         a, b, c = reduced_n
         volume = np.abs((a * (b[[1, 2, 0]] * c[[2, 0, 1]] - b[[2, 0, 1]] * c[[1, 2, 0]])).sum(axis=0))
         rel_volume = volume / np.maximum(lengths.prod(axis=0), np.finfo(np.float64).tiny)
         tiny = ~(lengths.min(axis=0) > _DEGENERATE_LENGTH_RATIO * input_scale) | ~(rel_volume > _DEGENERATE_VOLUME_RATIO)
-        # Only a converged basis is short enough to judge; a capped one may still be skewed.
-        degenerate |= tiny & ~nonfinite & ~not_converged
-        verified = _niggli_conditions(G, rel_eps)
-
-        status = np.full(n, int(Status.OK), dtype=np.int64)
-        status[~verified | not_converged] = int(Status.NOT_CONVERGED)
-        status[degenerate] = int(Status.DEGENERATE)
-        status[nonfinite] = int(Status.NONFINITE)
+        judged = (status == int(Status.OK)) | ((status == int(Status.NOT_CONVERGED)) & (iters < max_iter))
+        status[tiny & judged] = int(Status.DEGENERATE)
+        degenerate = status == int(Status.DEGENERATE)
         reduced = _times_power_of_two(reduced_n, exponent)
         # A cell near the float64 limit may overflow once reduced (sums of rows): report, don't return inf.
         overflow = ~np.isfinite(reduced).all(axis=(0, 1)) & ~(degenerate | nonfinite)
