@@ -35,7 +35,6 @@ and the results copied back (72 bytes per cell each way).
 from __future__ import annotations
 
 import enum
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import numpy as np
@@ -94,11 +93,9 @@ _COMPACT_SHARE = 0.25
 # Items per chunk of work (see _iterate_in_chunks).
 _CHUNK = 8192
 
-# Rank vectors of the permutations the reducer uses: row r of the basis moves to position rank[r].
-_KEEP = np.array([[0], [1], [2]])
-_SWAP_AB = np.array([[1], [0], [2]])
-_SWAP_BC = np.array([[0], [2], [1]])
-_POSITIONS = np.arange(3)[:, None, None]
+# Size-reduction sweeps per round: two bring most cells to a Buerger-reduced basis in the first round,
+# so that only the Křivý–Gruber sign and boundary steps remain.
+_SWEEPS = 2
 
 
 def _eye(n: int) -> np.ndarray:
@@ -130,146 +127,164 @@ def _metric_of(B: np.ndarray) -> np.ndarray:
     return np.einsum("ijn,kjn->ikn", B, B)
 
 
-def _sort_ranks(A, B, C, rel_eps: float):
-    """Ranks ``(3, n)`` sorting ``(A, B, C)`` ascending where some pair is out of order beyond ``rel_eps``
-    (exactly sorted there, equal keys keeping their order), ``_KEEP`` elsewhere; and that mask."""
-    f = 1 + rel_eps
-    unsorted = (A > B * f) | (A > C * f) | (B > C * f)
-    a_over_b, a_over_c, b_over_c = A > B, A > C, B > C
-    rank_a = a_over_b.astype(np.int8) + a_over_c
-    rank_b = b_over_c.astype(np.int8) + ~a_over_b
-    return np.where(unsorted, np.stack([rank_a, rank_b, 3 - rank_a - rank_b]), _KEEP), unsorted
+def _swap(rows: list, i: int, j: int, where: np.ndarray) -> None:
+    """Swap vectors ``i`` and ``j`` of the items ``where`` (rows of the round's state, see :func:`_round`)."""
+    rows[i], rows[j] = np.where(where, rows[j], rows[i]), np.where(where, rows[i], rows[j])
 
 
-def _permute(T: np.ndarray, metric: np.ndarray, ranks: np.ndarray):
-    """Move row r of every basis to position ``ranks[r]``: returns ``(P T, permuted metric)``.
-
-    ``metric (3, 2, n)`` holds, per vector r, its squared length and the product of the other two
-    vectors (``[[A, g12], [B, g02], [C, g01]]``): both move with the vector. In 3-D det(-P) = -det(P),
-    so odd permutations also negate every row: no move flips the handedness (det T stays +1), and the
-    metric does not see the sign. Built as a one-hot matrix so that it is one product, not a gather.
-    """
-    inversions = (ranks[0] > ranks[1]).astype(np.int8) + (ranks[0] > ranks[2]) + (ranks[1] > ranks[2])
-    one_hot = (ranks[None] == _POSITIONS).astype(np.float64)  # [k, r] = row r goes to position k
-    T = np.einsum("krn,rjn->kjn", one_hot * (1.0 - 2.0 * (inversions & 1)), T)
-    return T, np.einsum("krn,rmn->kmn", one_hot, metric)
+def _sort(rows: list, where: np.ndarray) -> np.ndarray:
+    """Sort the vectors of the items ``where`` by length, exactly (ties keep their order); returns the
+    parity of the permutation applied to each item."""
+    parity = np.zeros(where.shape, dtype=bool)
+    for i, j in ((0, 1), (1, 2), (0, 1)):
+        swap = where & (rows[i][3] > rows[j][3])
+        if swap.any():
+            _swap(rows, i, j, swap)
+            parity ^= swap
+    return parity
 
 
 def _round(T: np.ndarray, G: np.ndarray, e: float) -> tuple[np.ndarray, np.ndarray]:
     """One reduction round on bases ``T @ L`` with metric ``G (3, 3, n)``; returns ``(T, changed)``.
 
-    First a greedy size-reduction sweep: sort the vectors by length (only where out of order beyond
-    the tolerance: lengths equal up to rounding would otherwise be re-sorted forever), Gauss-reduce b
-    against a, round c onto span(a, b) (Babai), keeping only moves that shorten a vector, so that
-    rounds terminate and their number is logarithmic in the skew. Then one Křivý–Gruber pass on the
-    updated metric (A, B, C, ξ, η, ζ), in the algorithm's order: steps 1–2 (sort; ties by |ξ|, |η|),
+    First ``_SWEEPS`` greedy size-reduction sweeps: sort the vectors by length (only where out of order
+    beyond the tolerance: lengths equal up to rounding would otherwise be re-sorted forever),
+    Gauss-reduce b against a, round c onto span(a, b) (Babai), keeping only moves that shorten a vector,
+    so that rounds terminate and their number is logarithmic in the skew. Then one Křivý–Gruber pass on
+    the updated metric (A, B, C, ξ, η, ζ), in the algorithm's order: steps 1–2 (sort; ties by |ξ|, |η|),
     steps 3–4 (signs), then the first of steps 5–7 that applies, or else step 8. Steps 5–7 subtract the
     rounded multiple (``c -= round(ξ / 2B) b`` ...) instead of one unit, which keeps the fixed point.
-    ``changed`` is False exactly where no move applies: the basis is Niggli-reduced.
-    """
-    T = T.copy()
-    g00, g11, g22, g12, g02, g01 = G[0, 0], G[1, 1], G[2, 2], G[1, 2], G[0, 2], G[0, 1]
+    ``changed`` is False where no move applied.
 
-    # --- size-reduction sweep ---
-    ranks, changed = _sort_ranks(g00, g11, g22, e)
-    if changed.any():
-        T, ((g00, g12), (g11, g02), (g22, g01)) = _permute(
-            T, np.stack([[g00, g12], [g11, g02], [g22, g01]]), ranks)
-    usable = g00 > 0
-    mu = np.rint(g01 / np.where(usable, g00, 1.0))
-    new_g11 = g11 - mu * (2 * g01 - mu * g00)
-    # Keep only moves that shorten b by more than the tolerance (ties at |μ| = 1/2 do not).
-    move_b = usable & (new_g11 < g11 * (1 - e))
-    if move_b.any():
-        mu = np.where(move_b, mu, 0.0)
-        g11 = np.where(move_b, new_g11, g11)
-        g12 = g12 - mu * g02
-        g01 = g01 - mu * g00
-        T[1] -= mu * T[0]
-        changed |= move_b
-    det2 = g00 * g11 - g01 * g01
-    usable &= det2 > 0
-    safe = np.where(usable, det2, 1.0)
-    x = np.rint((g11 * g02 - g01 * g12) / safe)
-    y = np.rint((g00 * g12 - g01 * g02) / safe)
-    new_g22 = g22 + x * (x * g00 + 2 * y * g01 - 2 * g02) + y * (y * g11 - 2 * g12)
-    # Babai rounding on a skewed plane basis can lengthen c; keep only moves that shorten it.
-    move_c = usable & (new_g22 < g22 * (1 - e)) & ((x != 0) | (y != 0))
-    if move_c.any():
-        x = np.where(move_c, x, 0.0)
-        y = np.where(move_c, y, 0.0)
-        g22 = np.where(move_c, new_g22, g22)
-        g02, g12 = g02 - x * g00 - y * g01, g12 - x * g01 - y * g11
-        T[2] -= x * T[0] + y * T[1]
-        changed |= move_c
+    The state of vector r is one array ``rows[r] (5, n)``: its row of T, its squared length, and the
+    product of the other two vectors (for a: b·c = ξ/2), so that a swap moves one array. In 3-D
+    det(-P) = -det(P): items sorted by an odd permutation get all rows negated at the end, so that
+    det T stays +1 (the metric does not see the sign).
+    """
+    n = T.shape[2]
+    state = np.empty((3, 5, n))
+    state[:, :3] = T
+    state[:, 3] = G[[0, 1, 2], [0, 1, 2]]
+    state[:, 4] = G[[1, 0, 0], [2, 2, 1]]
+    rows = list(state)
+    changed = np.zeros(n, dtype=bool)
+    parity = np.zeros(n, dtype=bool)
+
+    # --- size-reduction sweeps ---
+    for _ in range(_SWEEPS):
+        f = 1 + e
+        A, B, C = rows[0][3], rows[1][3], rows[2][3]
+        unsorted = (A > B * f) | (A > C * f) | (B > C * f)
+        if unsorted.any():
+            parity ^= _sort(rows, unsorted)
+            changed |= unsorted
+        a, b, c = rows
+        A, B, g01 = a[3], b[3], c[4]
+        usable = A > 0
+        mu = np.rint(g01 / np.where(usable, A, 1.0))
+        new_B = B - mu * (2 * g01 - mu * A)
+        # Keep only moves that shorten b by more than the tolerance (ties at |μ| = 1/2 do not).
+        move = usable & (new_B < B * (1 - e))
+        if move.any():
+            mu = np.where(move, mu, 0.0)
+            b[:3] -= mu * a[:3]
+            a[4] -= mu * b[4]  # b·c -= μ a·c
+            c[4] -= mu * A  # a·b -= μ a·a
+            b[3] = np.where(move, new_B, B)
+            changed |= move
+        A, B, C, g12, g02, g01 = a[3], b[3], c[3], a[4], b[4], c[4]
+        det2 = A * B - g01 * g01
+        usable &= det2 > 0
+        safe = np.where(usable, det2, 1.0)
+        x = np.rint((B * g02 - g01 * g12) / safe)
+        y = np.rint((A * g12 - g01 * g02) / safe)
+        new_C = C + x * (x * A + 2 * y * g01 - 2 * g02) + y * (y * B - 2 * g12)
+        # Babai rounding on a skewed plane basis can lengthen c; keep only moves that shorten it.
+        move = usable & (new_C < C * (1 - e)) & ((x != 0) | (y != 0))
+        if move.any():
+            x = np.where(move, x, 0.0)
+            y = np.where(move, y, 0.0)
+            c[:3] -= x * a[:3] + y * b[:3]
+            new_g02, new_g12 = g02 - x * A - y * g01, g12 - x * g01 - y * B
+            b[4], a[4] = new_g02, new_g12
+            c[3] = np.where(move, new_C, C)
+            changed |= move
 
     # --- Křivý–Gruber steps 1-2: sort, and break length ties by |ξ| (A = B) or |η| (B = C) ---
-    A, B, C = g00, g11, g22
-    xi, eta, zeta = 2 * g12, 2 * g02, 2 * g01
+    def lengths_and_tolerances():
+        D = np.stack([rows[0][3], rows[1][3], rows[2][3]])
+        # Sign tests on ξ, η, ζ are tests on cosines: the tolerance scales with the two lengths.
+        return D, e * np.sqrt(np.abs(D[[1, 0, 0]] * D[[2, 2, 1]]))
+
+    D, t = lengths_and_tolerances()
+    O = 2 * np.stack([rows[0][4], rows[1][4], rows[2][4]])  # ξ, η, ζ
+    A, B, C = D
     eAB, eBC = e * (A + B) / 2, e * (B + C) / 2
-    # Sign tests on ξ, η, ζ are tests on cosines: the tolerance scales with the two lengths.
-    t_xi, t_eta, t_zeta = e * np.sqrt(np.abs(B * C)), e * np.sqrt(np.abs(A * C)), e * np.sqrt(np.abs(A * B))
     unsorted = (A > B + eAB) | (B > C + eBC)
-    step1 = (np.abs(A - B) <= eAB) & (np.abs(xi) > np.abs(eta) + t_xi)
-    step2 = (np.abs(B - C) <= eBC) & (np.abs(eta) > np.abs(zeta) + t_eta)
-    sorted_now = unsorted | step1 | step2
-    if sorted_now.any():
-        ranks = np.where(unsorted, _sort_ranks(A, B, C, 0.0)[0], np.where(step1, _SWAP_AB, np.where(step2, _SWAP_BC, _KEEP)))
-        T, ((A, xi), (B, eta), (C, zeta)) = _permute(T, np.stack([[A, xi], [B, eta], [C, zeta]]), ranks)
-        eAB, eBC = e * (A + B) / 2, e * (B + C) / 2
-        t_xi, t_eta, t_zeta = e * np.sqrt(np.abs(B * C)), e * np.sqrt(np.abs(A * C)), e * np.sqrt(np.abs(A * B))
-        changed |= sorted_now
+    absO = np.abs(O)
+    step1 = ~unsorted & (np.abs(A - B) <= eAB) & (absO[0] > absO[1] + t[0])
+    step2 = ~unsorted & ~step1 & (np.abs(B - C) <= eBC) & (absO[1] > absO[2] + t[1])
+    moved = unsorted | step1 | step2
+    if moved.any():
+        if unsorted.any():
+            parity ^= _sort(rows, unsorted)
+        if step1.any():
+            _swap(rows, 0, 1, step1)
+            parity ^= step1
+        if step2.any():
+            _swap(rows, 1, 2, step2)
+            parity ^= step2
+        D, t = lengths_and_tolerances()
+        O = 2 * np.stack([rows[0][4], rows[1][4], rows[2][4]])
+        A, B, C = D
+        eAB = e * (A + B) / 2
+        changed |= moved
+    a, b, c = rows
 
     # --- steps 3-4: ξ, η, ζ all positive, or all non-positive ---
-    pos_l, pos_m, pos_k = xi > t_xi, eta > t_eta, zeta > t_zeta
-    neg_l, neg_m, neg_k = xi < -t_xi, eta < -t_eta, zeta < -t_zeta
-    zero_l, zero_m, zero_k = ~(pos_l | neg_l), ~(pos_m | neg_m), ~(pos_k | neg_k)
-    n_neg = neg_l.astype(np.int8) + neg_m + neg_k
-    all_nonzero = ~(zero_l | zero_m | zero_k)
-    step3 = all_nonzero & (n_neg == 2)  # product > 0 but not all positive: make all positive
-    step4 = ~step3 & ~(all_nonzero & (n_neg == 0)) & (pos_l | pos_m | pos_k)  # else: all non-positive
+    pos, neg = O > t, O < -t
+    zero = ~(pos | neg)
+    step3 = ~zero.any(axis=0) & (neg.sum(axis=0) == 2)  # product > 0 but not all positive: all positive
+    step4 = ~step3 & pos.any(axis=0) & ~pos.all(axis=0)  # otherwise: all non-positive
     flip = step3 | step4
     if flip.any():
         # Negating vector a flips η and ζ, and so on; a pair of negations keeps det +1. Step 3 negates
-        # (a, b, c) where (ξ, η, ζ) < 0. Step 4 negates where > 0, plus, when that count is odd, a
-        # vector whose entry is zero (either sign is fine there).
-        odd = pos_l ^ pos_m ^ pos_k
-        fix_a = odd & zero_l
-        fix_b = odd & ~fix_a & zero_m
-        fix_c = odd & ~fix_a & ~fix_b & zero_k
-        neg_a = np.where(step3, neg_l, step4 & (pos_l ^ fix_a))
-        neg_b = np.where(step3, neg_m, step4 & (pos_m ^ fix_b))
-        neg_c = np.where(step3, neg_k, step4 & (pos_k ^ fix_c))
-        s = 1.0 - 2.0 * np.stack([neg_a, neg_b, neg_c])
-        T *= s[:, None, :]
-        xi, eta, zeta = xi * (s[1] * s[2]), eta * (s[0] * s[2]), zeta * (s[0] * s[1])
+        # (a, b, c) where (ξ, η, ζ) < 0. Step 4 negates where > 0, plus, when that count is odd, the
+        # first vector whose entry is zero (either sign is fine there).
+        fix = zero & (pos[0] ^ pos[1] ^ pos[2])
+        fix[1] &= ~fix[0]
+        fix[2] &= ~(fix[0] | fix[1])
+        s = 1.0 - 2.0 * np.where(step3, neg, step4 & (pos ^ fix))
+        for r in range(3):
+            rows[r][:3] *= s[r]
+        O = O * (s[[1, 0, 0]] * s[[2, 2, 1]])
         changed |= flip
 
     # --- steps 5-7: |ξ| <= B, |η| <= A, |ζ| <= A, with the boundary cases reduced by one unit ---
-    def needs(off, partner, other1, tol1, other2, tol2):
-        e_p = e * partner
-        over = np.abs(off) > partner + e_p
-        apply = over | ((np.abs(off - partner) <= e_p) & (other1 > tol1)) | (
-            (np.abs(off + partner) <= e_p) & (other2 < -tol2))
-        return apply, np.where(over, np.rint(off / (2 * partner)), np.sign(off))
-
-    step5, q5 = needs(xi, B, zeta - 2 * eta, t_eta, zeta, t_zeta)  # c -= q b
-    step6, q6 = needs(eta, A, zeta - 2 * xi, t_xi, zeta, t_zeta)  # c -= q a
-    step7, q7 = needs(zeta, A, eta - 2 * xi, t_xi, eta, t_eta)  # b -= q a
-    step6 &= ~step5
-    step7 &= ~(step5 | step6)
-    steps567 = step5 | step6 | step7
+    P = np.stack([B, A, A])  # partners of ξ, η, ζ
+    e_p = e * P
+    over = np.abs(O) > P + e_p
+    other = O[[2, 2, 1]]  # ζ, ζ, η
+    apply = over | ((np.abs(O - P) <= e_p) & (other - 2 * O[[1, 0, 0]] > t[[1, 0, 0]])) | (
+        (np.abs(O + P) <= e_p) & (other < -t[[2, 2, 1]]))
+    apply[1] &= ~apply[0]  # only the first that applies
+    apply[2] &= ~(apply[0] | apply[1])
+    steps567 = apply.any(axis=0)
     if steps567.any():
-        T[2] -= (q5 * step5) * T[1] + (q6 * step6) * T[0]
-        T[1] -= (q7 * step7) * T[0]
+        q = np.where(over, np.rint(O / (2 * P)), np.sign(O)) * apply
+        c[:3] -= q[0] * b[:3] + q[1] * a[:3]  # step 5: c -= q b; step 6: c -= q a
+        b[:3] -= q[2] * a[:3]  # step 7: b -= q a
         changed |= steps567
 
     # --- step 8: A + B + ξ + η + ζ >= 0 (boundary: 2A + 2η + ζ <= 0), else c <- a + b + c ---
-    S = xi + eta + zeta + A + B
-    step8 = ~steps567 & ((S < -eAB) | ((np.abs(S) <= eAB) & (2 * (A + eta) + zeta > eAB)))
+    S = O.sum(axis=0) + A + B
+    step8 = ~steps567 & ((S < -eAB) | ((np.abs(S) <= eAB) & (2 * (A + O[1]) + O[2] > eAB)))
     if step8.any():
-        T[2] += step8 * (T[0] + T[1])
+        c[:3] += step8 * (a[:3] + b[:3])
         changed |= step8
+    T = np.stack([a[:3], b[:3], c[:3]])
+    if parity.any():
+        T *= 1.0 - 2.0 * parity
     return T, changed
 
 
@@ -325,54 +340,42 @@ def _iterate(L: np.ndarray, scale: np.ndarray, rel_eps: float, max_iter: int):
 
 
 def _iterate_in_chunks(L: np.ndarray, scale: np.ndarray, rel_eps: float, max_iter: int):
-    """:func:`_iterate` on chunks of at most ``_CHUNK`` items, on ``torch.get_num_threads()`` threads.
+    """:func:`_iterate` on chunks of at most ``_CHUNK`` items.
 
-    Chunks keep every temporary small (large ones are fresh memory from the OS on every allocation,
-    and page faults then cost more than the arithmetic); NumPy releases the GIL inside its loops, so
-    chunks on threads run in parallel.
+    Chunks keep the temporaries small: large ones come as fresh pages from the OS on every
+    allocation, and the page faults then cost more than the arithmetic. (Threads do not help: the
+    per-call overhead, which holds the GIL, is a large share of each operation at these sizes.)
     """
     n = L.shape[2]
     if n <= _CHUNK:
         return _iterate(L, scale, rel_eps, max_iter)
-    starts = range(0, n, _CHUNK)
-    parts = [(L[..., i:i + _CHUNK], scale[i:i + _CHUNK]) for i in starts]
-
-    def run(part):
-        with np.errstate(all="ignore"):  # NumPy's error state is per thread
-            return _iterate(*part, rel_eps, max_iter)
-
-    workers = min(torch.get_num_threads(), len(parts))
-    if workers > 1:
-        with ThreadPoolExecutor(workers) as pool:
-            results = list(pool.map(run, parts))
-    else:
-        results = [run(part) for part in parts]
+    results = [_iterate(L[..., i:i + _CHUNK], scale[i:i + _CHUNK], rel_eps, max_iter) for i in range(0, n, _CHUNK)]
     return tuple(np.concatenate(pieces, axis=-1) for pieces in zip(*results))
 
 
 def _niggli_conditions(G: np.ndarray, e: float) -> np.ndarray:
     """Whether each metric ``G (3, 3, n)`` satisfies the Niggli conditions with relative tolerance ``e``."""
-    A, B, C = G[0, 0], G[1, 1], G[2, 2]
-    xi, eta, zeta = 2 * G[1, 2], 2 * G[0, 2], 2 * G[0, 1]
-    s_xi, s_eta, s_zeta = np.sqrt(np.abs(B * C)), np.sqrt(np.abs(A * C)), np.sqrt(np.abs(A * B))
+    D = G[[0, 1, 2], [0, 1, 2]]  # A, B, C
+    O = 2 * G[[1, 0, 0], [2, 2, 1]]  # ξ, η, ζ
+    A, B, C = D
+    P = D[[1, 0, 0]]  # the bounds of |ξ|, |η|, |ζ|: B, A, A
+    e_p = e * P
+    s = e * np.sqrt(np.abs(P * D[[2, 2, 1]]))  # cosine tolerances of ξ, η, ζ: e √(BC), e √(AC), e √(AB)
     eAB, eBC = e * (A + B) / 2, e * (B + C) / 2
-    ok = (A <= B + eAB) & (B <= C + eBC)
-    ok &= (np.abs(xi) <= B + e * B) & (np.abs(eta) <= A + e * A) & (np.abs(zeta) <= A + e * A)
-    pos = (xi > e * s_xi) & (eta > e * s_eta) & (zeta > e * s_zeta)
-    nonpos = (xi <= e * s_xi) & (eta <= e * s_eta) & (zeta <= e * s_zeta)
-    ok &= pos | nonpos
-    S = A + B + xi + eta + zeta
+    absO = np.abs(O)
+    S = A + B + O.sum(axis=0)
+    ok = (A <= B + eAB) & (B <= C + eBC) & (absO <= P + e_p).all(axis=0)
+    ok &= (O > s).all(axis=0) | (O <= s).all(axis=0)
     ok &= S >= -eAB
     # Special conditions on the boundaries of the Niggli cone.
-    ok &= ~(np.abs(A - B) <= eAB) | (np.abs(xi) <= np.abs(eta) + e * s_xi)
-    ok &= ~(np.abs(B - C) <= eBC) | (np.abs(eta) <= np.abs(zeta) + e * s_eta)
-    ok &= ~(np.abs(xi - B) <= e * B) | (zeta <= 2 * eta + e * s_eta)
-    ok &= ~(np.abs(eta - A) <= e * A) | (zeta <= 2 * xi + e * s_xi)
-    ok &= ~(np.abs(zeta - A) <= e * A) | (eta <= 2 * xi + e * s_xi)
-    ok &= ~(np.abs(xi + B) <= e * B) | (np.abs(zeta) <= e * s_zeta)
-    ok &= ~(np.abs(eta + A) <= e * A) | (np.abs(zeta) <= e * s_zeta)
-    ok &= ~(np.abs(zeta + A) <= e * A) | (np.abs(eta) <= e * s_eta)
-    ok &= ~(np.abs(S) <= eAB) | (2 * A + 2 * eta + zeta <= eAB)
+    ok &= ~(np.abs(A - B) <= eAB) | (absO[0] <= absO[1] + s[0])  # A = B ⇒ |ξ| ≤ |η|
+    ok &= ~(np.abs(B - C) <= eBC) | (absO[1] <= absO[2] + s[1])  # B = C ⇒ |η| ≤ |ζ|
+    other = O[[2, 2, 1]]
+    # ξ = B ⇒ ζ ≤ 2η; η = A ⇒ ζ ≤ 2ξ; ζ = A ⇒ η ≤ 2ξ
+    ok &= ~((np.abs(O - P) <= e_p) & (other > 2 * O[[1, 0, 0]] + s[[1, 0, 0]])).any(axis=0)
+    # ξ = −B ⇒ ζ = 0; η = −A ⇒ ζ = 0; ζ = −A ⇒ η = 0
+    ok &= ~((np.abs(O + P) <= e_p) & (np.abs(other) > s[[2, 2, 1]])).any(axis=0)
+    ok &= ~(np.abs(S) <= eAB) | (2 * A + 2 * O[1] + O[2] <= eAB)  # S = 0 ⇒ 2A + 2η + ζ ≤ 0
     return ok
 
 
