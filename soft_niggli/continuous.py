@@ -116,10 +116,14 @@ class _CandidateSoftmin(CrystalLoss):
         if self.lattice_metric == "cartesian":
             return lattice_distances(L_cmp, L_ref, self.bound, self.proper)
         # Same scaling as lattice_term(..., "gram"): the quartic metric difference over the squared size.
-        G_cmp = L_cmp @ L_cmp.transpose(1, 2)
-        G_ref = L_ref @ L_ref.transpose(1, 2)
         norm = (L_cmp.square().sum(dim=(1, 2)) + L_ref.square().sum(dim=(1, 2))).clamp_min(1e-30)
-        return metric_distances(G_cmp, G_ref, self.bound, self.proper) / norm[:, None]
+        # The quartic difference overflows float64 for cells beyond ~1e77: compute it on the cells scaled
+        # by a constant s (it is homogeneous of degree 4) and scale back by s⁴ / norm, as two finite factors.
+        s2 = norm.detach()
+        s = s2.sqrt()[:, None, None]
+        G_cmp = (L_cmp / s) @ (L_cmp / s).transpose(1, 2)
+        G_ref = (L_ref / s) @ (L_ref / s).transpose(1, 2)
+        return metric_distances(G_cmp, G_ref, self.bound, self.proper) * (s2 * (s2 / norm))[:, None]
 
     def _coordinate_candidates(self, pred: CrystalBatch, F_cmp, labels: CrystalBatch, L_ref, choice) -> torch.Tensor:
         """``(B, k)`` coordinate term of the label moved by each chosen candidate ``M^{-1}``."""

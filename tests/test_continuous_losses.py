@@ -132,3 +132,15 @@ def test_proxy_jumps_across_a_niggli_boundary_where_continuous_losses_do_not():
     assert steps["proxy"] > 1.0  # the target switches basis at t = 0.5
     for name in ("softmin", "gram", "softmin (center=both)"):
         assert steps[name] < 1e-2, (name, steps[name])
+
+
+@pytest.mark.parametrize("scale", [1e-100, 1e77, 1e100])
+def test_gram_softmin_is_finite_at_extreme_scales(scale):
+    # The quartic metric difference overflowed float64 beyond ~1e77 before it was computed on scaled cells.
+    label = CrystalBatch(torch.diag(torch.tensor([4.0, 5.0, 6.5], dtype=torch.float64))[None],
+                         torch.tensor([[0.0, 0, 0], [0.3, 0.4, 0.5]], dtype=torch.float64), torch.tensor([2]))
+    L = (scale * torch.tensor([[-2.0, 0, 0], [-1.7321, -1.0, 0], [-1.7321, -0.46410, 0.88578]],
+                              dtype=torch.float64))[None].requires_grad_()
+    result = get_loss("softmin", lattice_metric="gram")(CrystalBatch(L, label.frac, label.num_atoms), label)
+    result.loss.backward()
+    assert math.isfinite(float(result.loss.detach())) and bool(torch.isfinite(L.grad).all())
