@@ -134,8 +134,8 @@ def hardware() -> str:
                 break
     except OSError:
         pass
-    return (f"{cpu}, {os.cpu_count()} cores, torch {torch.__version__} ({torch.get_num_threads()} threads), "
-            f"spglib {spglib.__version__}, Python {platform.python_version()}")
+    return (f"{cpu}, {os.cpu_count()} cores, numpy {np.__version__} (the reducer's core, one thread), "
+            f"torch {torch.__version__}, spglib {spglib.__version__}, Python {platform.python_version()}")
 
 
 def write_results(batch, skew):
@@ -196,12 +196,7 @@ def main(argv=None) -> int:
     parser.add_argument("--quick", action="store_true", help="small batches, print only")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
     args = parser.parse_args(argv)
-    if args.threads:
-        torch.set_num_threads(args.threads)
-        global COMMAND
-        COMMAND = f"{COMMAND} --threads {args.threads}"
     warnings.filterwarnings("ignore", category=DeprecationWarning)  # spglib's error-handling notice
     families = {"realistic": realistic_cells, "gaussian": gaussian_cells}
     sizes = [256, 2048] if args.quick else [256, 65536]

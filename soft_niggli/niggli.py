@@ -63,7 +63,7 @@ class NiggliResult:
         lattice: ``(..., 3, 3)`` reduced lattice (input dtype and device; detached).
         transform: ``(..., 3, 3)`` int64, unimodular, ``lattice == transform @ L`` up to rounding.
         status: ``(...)`` int64 holding :class:`Status` values.
-        iterations: ``(...)`` int64, reduction rounds that changed the basis, per item.
+        iterations: ``(...)`` int64, reduction rounds each item took before it passed the check.
     """
 
     lattice: torch.Tensor | np.ndarray
