@@ -86,10 +86,11 @@ _MAX_TRANSFORM_ENTRY = 2.0**44
 # Transforms with entries up to this make the plain float product accurate enough (cancellation costs
 # at most ~log10(2**10) digits); beyond it the error-free product is used.
 _PLAIN_PRODUCT_LIMIT = 2.0**10
-# Finished items are dropped from the working arrays when this share of them is done (or when all
-# are, or a degenerate one must be frozen): dropping costs a few full-size copies, so it pays only
-# when many have finished.
+# Finished items are dropped from working arrays of more than _COMPACT_MIN items once this share of
+# them is done: dropping costs a few copies of everything, so it pays only when many have finished
+# (and below a few hundred items every operation costs its call overhead whatever its size).
 _COMPACT_SHARE = 0.25
+_COMPACT_MIN = 512
 # Items per chunk of work (see _iterate_in_chunks).
 _CHUNK = 8192
 
@@ -324,7 +325,7 @@ def _iterate(L: np.ndarray, scale: np.ndarray, rel_eps: float, max_iter: int):
             n_active = np.count_nonzero(active)
             if n_active == 0:
                 break
-            if work.size > 512 and n_active <= (1 - _COMPACT_SHARE) * work.size:
+            if work.size > _COMPACT_MIN and n_active <= (1 - _COMPACT_SHARE) * work.size:
                 # compress, not fancy indexing: that would leave the batch axis strided (slow einsum).
                 work, Tw, Lw, scale_w, G = (work[active], Tw.compress(active, axis=2), Lw.compress(active, axis=2),
                                             scale_w[active], G.compress(active, axis=2))

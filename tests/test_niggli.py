@@ -231,3 +231,26 @@ def test_is_niggli_reduced_detects_unreduced_cells():
     assert not bool(is_niggli_reduced(torch.tensor([[4.0, 0, 0], [4, 4, 0], [0, 0, 5]])))
     assert not bool(is_niggli_reduced(torch.tensor([[5.0, 0, 0], [0, 4, 0], [0, 0, 4]])))  # unsorted
     assert not bool(is_niggli_reduced(torch.full((3, 3), float("nan"))))
+
+
+def test_result_does_not_depend_on_chunking_or_batch_neighbours(monkeypatch):
+    """Large batches run in chunks with compaction; each cell must come out as it does on its own."""
+    import soft_niggli.niggli as niggli_module
+    from soft_niggli import random_unimodular
+
+    rng = np.random.default_rng(5)
+    good = torch.from_numpy(rng.normal(size=(1500, 3, 3)))
+    skewed = random_unimodular((300,), max_entry=1000, num_operations=30,
+                               generator=torch.Generator().manual_seed(5)).double() @ good[:300]
+    bad = torch.stack([torch.full((3, 3), float("nan")), torch.zeros(3, 3),
+                       torch.tensor([[1.0, 0, 0], [0, 1, 0], [2, 3, 0]])]).double()
+    L = torch.cat([good, skewed, bad.repeat(20, 1, 1)])[torch.from_numpy(rng.permutation(1860))]
+    whole = niggli_reduce(L)
+    monkeypatch.setattr(niggli_module, "_CHUNK", 256)
+    chunked = niggli_reduce(L)
+    torch.testing.assert_close(whole.lattice, chunked.lattice, rtol=0, atol=0, equal_nan=True)
+    for field in ("transform", "status", "iterations"):
+        assert torch.equal(getattr(whole, field), getattr(chunked, field)), field
+    for k in rng.choice(1860, size=30, replace=False).tolist():
+        alone = niggli_reduce(L[k:k + 1])
+        assert torch.equal(alone.transform[0], whole.transform[k]) and alone.status[0] == whole.status[k]
