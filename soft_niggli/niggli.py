@@ -43,6 +43,14 @@ import torch
 from ._checks import as_float_tensor, check_matrix_shape
 from ._exact import exact_int_matmul
 
+try:  # the compiled per-cell loop (soft_niggli/_niggli_kernel.c); optional, see _reduce_finite
+    from . import _niggli_kernel as _kernel
+except ImportError:  # not built (no C compiler at install time): the NumPy core does the same work
+    _kernel = None
+
+#: Whether the compiled reduction loop is in use (False: the NumPy core runs instead; same results).
+COMPILED_KERNEL = _kernel is not None
+
 __all__ = ["Status", "NiggliResult", "niggli_reduce", "is_niggli_reduced"]
 
 
@@ -380,13 +388,14 @@ def _niggli_conditions(G: np.ndarray, e: float) -> np.ndarray:
     return ok
 
 
-def _host_components(L, name: str):
-    """Validate ``L`` and return ``(X (3, 3, n) float64 on the host, lead, dtype, device, is_numpy)``."""
+def _host_items(L, name: str):
+    """Validate ``L`` and return ``(X (n, 3, 3) float64 C-contiguous on the host, lead, dtype, device,
+    is_numpy)``. ``X`` may share memory with ``L``: read only."""
     is_numpy = isinstance(L, np.ndarray)
     L = as_float_tensor(L, name)
     check_matrix_shape(L, name)
-    X = L.detach().to("cpu", torch.float64).reshape(-1, 3, 3).numpy()
-    return np.ascontiguousarray(X.transpose(1, 2, 0)), L.shape[:-2], L.dtype, L.device, is_numpy
+    X = np.ascontiguousarray(L.detach().to("cpu", torch.float64).reshape(-1, 3, 3).numpy())
+    return X, L.shape[:-2], L.dtype, L.device, is_numpy
 
 
 def _normalized(X: np.ndarray):
@@ -412,9 +421,9 @@ def is_niggli_reduced(L, rel_eps: float = 1e-5):
     the same relative tolerances as :func:`niggli_reduce` uses. Non-finite cells are not reduced.
     Returns a bool tensor (or array, for NumPy input) of shape ``(...)``.
     """
-    X, lead, _, device, is_numpy = _host_components(L, "L")
+    X, lead, _, device, is_numpy = _host_items(L, "L")
     with np.errstate(all="ignore"):
-        Xn, _, nonfinite, _ = _normalized(X)
+        Xn, _, nonfinite, _ = _normalized(np.ascontiguousarray(X.transpose(1, 2, 0)))
         ok = (_niggli_conditions(_metric_of(Xn), rel_eps) & ~nonfinite).reshape(lead)
     return ok if is_numpy else torch.from_numpy(ok).to(device)
 
@@ -440,11 +449,33 @@ def niggli_reduce(L, *, rel_eps: float = 1e-5, max_iter: int = 1000) -> NiggliRe
         >>> res.lattice.tolist(), Status(int(res.status))
         ([[4.0, 0.0, 0.0], [0.0, 4.0, 0.0], [0.0, 0.0, 5.0]], <Status.OK: 0>)
     """
-    X, lead, dtype, device, is_numpy = _host_components(L, "L")
+    X, lead, dtype, device, is_numpy = _host_items(L, "L")
     if not (isinstance(rel_eps, (float, int)) and 0 < rel_eps < 0.1):
         raise ValueError(f"rel_eps: expected a float in (0, 0.1), got {rel_eps!r}")
     if not (isinstance(max_iter, int) and max_iter >= 1):
         raise ValueError(f"max_iter: expected an int >= 1, got {max_iter!r}")
+    if _kernel is not None:
+        lattice, transform = np.empty_like(X), np.empty(X.shape, dtype=np.int64)
+        status, iters = np.empty(len(X), dtype=np.int64), np.empty(len(X), dtype=np.int64)
+        _kernel.reduce(X, lattice, transform, iters, status, float(rel_eps), min(max_iter, 2**62))
+    else:
+        lattice, transform, status, iters = _reduce_numpy(X, float(rel_eps), max_iter)
+
+    lattice, transform = lattice.reshape(*lead, 3, 3), transform.reshape(*lead, 3, 3)
+    status, iters = status.reshape(lead), iters.reshape(lead)
+    if is_numpy:
+        return NiggliResult(lattice.astype(torch.empty((), dtype=dtype).numpy().dtype), transform, status, iters)
+    return NiggliResult(torch.from_numpy(lattice).to(device=device, dtype=dtype), torch.from_numpy(transform).to(device),
+                        torch.from_numpy(status).to(device), torch.from_numpy(iters).to(device))
+
+
+def _reduce_numpy(X_items: np.ndarray, rel_eps: float, max_iter: int):
+    """The reduction of :func:`niggli_reduce` on ``X_items (n, 3, 3)``, in NumPy on component-major
+    arrays; returns item-major ``(lattice, transform (int64), status, iterations)``.
+
+    ``_niggli_kernel.reduce`` (C) does the same, cell by cell, with the same arithmetic.
+    """
+    X = np.ascontiguousarray(X_items.transpose(1, 2, 0))
     n = X.shape[2]
     with np.errstate(all="ignore"):  # inf/NaN arithmetic of bad items is expected; they get a status
         Xn, exponent, nonfinite, degenerate = _normalized(X)
@@ -476,12 +507,6 @@ def niggli_reduce(L, *, rel_eps: float = 1e-5, max_iter: int = 1000) -> NiggliRe
         give_back_input = degenerate | nonfinite | overflow
         T[..., give_back_input] = np.eye(3)[..., None]
         reduced[..., give_back_input] = X[..., give_back_input]
-
-    lattice = reduced.transpose(2, 0, 1).reshape(*lead, 3, 3)
-    transform = T.transpose(2, 0, 1).astype(np.int64).reshape(*lead, 3, 3)
-    status, iters = status.reshape(lead), iters.reshape(lead)
-    if is_numpy:
-        return NiggliResult(lattice.astype(torch.empty((), dtype=dtype).numpy().dtype), transform, status, iters)
-    return NiggliResult(torch.from_numpy(np.ascontiguousarray(lattice)).to(device=device, dtype=dtype),
-                        torch.from_numpy(np.ascontiguousarray(transform)).to(device),
-                        torch.from_numpy(status).to(device), torch.from_numpy(iters).to(device))
+    lattice = np.ascontiguousarray(reduced.transpose(2, 0, 1))
+    transform = np.ascontiguousarray(T.transpose(2, 0, 1)).astype(np.int64)
+    return lattice, transform, status, iters

@@ -10,8 +10,21 @@ from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
 from conftest import load_shared_cells
+import soft_niggli.niggli as niggli_module
 from soft_niggli import Status, g6, is_niggli_reduced, is_unimodular, niggli_reduce
 from soft_niggli.testing import lattices, rotations, unimodular_matrices
+
+
+@pytest.fixture(autouse=True, scope="module", params=["compiled", "numpy"])
+def reducer_core(request):
+    """Every test here runs on both cores of the reducer: the compiled loop and the NumPy fallback."""
+    saved = niggli_module._kernel
+    if request.param == "compiled" and saved is None:
+        pytest.skip("the compiled kernel was not built")
+    if request.param == "numpy":
+        niggli_module._kernel = None
+    yield request.param
+    niggli_module._kernel = saved
 
 
 def relative_g6_distance(L1, L2):
@@ -234,8 +247,8 @@ def test_is_niggli_reduced_detects_unreduced_cells():
 
 
 def test_result_does_not_depend_on_chunking_or_batch_neighbours(monkeypatch):
-    """Large batches run in chunks with compaction; each cell must come out as it does on its own."""
-    import soft_niggli.niggli as niggli_module
+    """Each cell comes out as it does on its own, whatever its neighbours, and as the NumPy core gives it
+    when that runs in small chunks with compaction."""
     from soft_niggli import random_unimodular
 
     rng = np.random.default_rng(5)
@@ -246,11 +259,13 @@ def test_result_does_not_depend_on_chunking_or_batch_neighbours(monkeypatch):
                        torch.tensor([[1.0, 0, 0], [0, 1, 0], [2, 3, 0]])]).double()
     L = torch.cat([good, skewed, bad.repeat(20, 1, 1)])[torch.from_numpy(rng.permutation(1860))]
     whole = niggli_reduce(L)
+    monkeypatch.setattr(niggli_module, "_kernel", None)
     monkeypatch.setattr(niggli_module, "_CHUNK", 256)
     chunked = niggli_reduce(L)
     torch.testing.assert_close(whole.lattice, chunked.lattice, rtol=0, atol=0, equal_nan=True)
     for field in ("transform", "status", "iterations"):
         assert torch.equal(getattr(whole, field), getattr(chunked, field)), field
+    monkeypatch.undo()
     for k in rng.choice(1860, size=30, replace=False).tolist():
         alone = niggli_reduce(L[k:k + 1])
         assert torch.equal(alone.transform[0], whole.transform[k]) and alone.status[0] == whole.status[k]
