@@ -24,12 +24,14 @@ The reduction works on detached values in float64 whatever the input dtype; the 
 cast back to the input's dtype and device. It carries no gradient (use ``transform`` with the
 original, differentiable ``L`` when you need one: ``transform.to(L.dtype) @ L``).
 
-Where it runs: the reduction is a data-dependent loop over 3×3 matrices, whose speed is set by the
-number of array operations, not by arithmetic. It therefore runs in NumPy on the host (a NumPy call
-costs a fraction of a torch call on small arrays), on component-major arrays: a batch of matrices is
-an array ``X (3, 3, n)`` whose entry ``X[i, j]`` is a contiguous vector over the batch, so every
-formula below is a handful of vector operations. Tensors on another device are copied to the host
-and the results copied back (72 bytes per cell each way).
+Where it runs: the reduction is a data-dependent loop over 3×3 matrices. Its main core is compiled C
+(``soft_niggli/_niggli_kernel.c``, built at install time), which reduces the cells one by one on the
+host. Where that extension could not be built (no C compiler), the NumPy core below does the same
+work, with the same arithmetic in the same order and therefore bit-identical results, only slower
+(:data:`COMPILED_KERNEL` says which one runs). The NumPy core works on component-major arrays: a batch
+of matrices is an array ``X (3, 3, n)`` whose entry ``X[i, j]`` is a contiguous vector over the batch,
+so every formula below is a handful of vector operations. Tensors on another device are copied to
+the host and the results copied back (72 bytes per cell each way).
 """
 
 from __future__ import annotations
