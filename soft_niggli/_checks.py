@@ -9,6 +9,11 @@ import torch
 def as_float_tensor(x, name: str) -> torch.Tensor:
     """Return ``x`` as a floating torch tensor, accepting NumPy arrays and floating tensors only."""
     if isinstance(x, np.ndarray):
+        if x.dtype.kind != "f" or x.dtype.itemsize > 8:
+            raise ValueError(f"{name}: expected a floating dtype (float16/float32/float64), got numpy {x.dtype}")
+        if not x.dtype.isnative or any(stride < 0 for stride in x.strides):
+            # torch.from_numpy takes neither byte-swapped data nor negative strides (x[::-1]): copy those.
+            x = np.ascontiguousarray(x, dtype=x.dtype.newbyteorder("="))
         x = torch.from_numpy(x)
     if not isinstance(x, torch.Tensor):
         raise ValueError(f"{name}: expected a torch.Tensor or numpy.ndarray, got {type(x).__name__}")

@@ -211,6 +211,22 @@ def test_numpy_in_numpy_out_and_dtype_preserved():
     assert bool((res32.status == 0).all())
 
 
+def test_numpy_views_and_byte_orders_reduce_like_a_plain_copy():
+    rng = np.random.default_rng(2)
+    base = rng.normal(size=(6, 3, 3))
+    expected = niggli_reduce(base[::-1].copy())
+    views = (base[::-1], base[::-1].astype(">f8"), np.asfortranarray(base[::-1]),
+             base.transpose(0, 2, 1)[::-1].copy().transpose(0, 2, 1))
+    for L in views:
+        res = niggli_reduce(L)
+        np.testing.assert_array_equal(res.transform, expected.transform)
+        np.testing.assert_array_equal(res.lattice, expected.lattice)
+    with pytest.raises(ValueError, match="floating dtype"):
+        niggli_reduce(np.eye(3, dtype=np.int64))
+    with pytest.raises(ValueError, match="floating dtype"):
+        niggli_reduce(np.eye(3).astype(object))
+
+
 def test_works_on_detached_values_only():
     L = torch.randn(4, 3, 3, dtype=torch.float64, requires_grad=True)
     res = niggli_reduce(L)
