@@ -1,12 +1,13 @@
 /*
- * Compiled core of soft_niggli's reducer: the per-cell loop of soft_niggli/niggli.py's `_iterate`,
- * `_round`, `_niggli_conditions` and `_basis` (with soft_niggli/_exact.py's error-free product),
- * written once per cell instead of once per array operation.
+ * Compiled core of soft_niggli's reducer: what soft_niggli/niggli.py's `_reduce_numpy` does for a
+ * batch (normalize, `_iterate` with `_round`, `_niggli_conditions` and `_basis`, soft_niggli/_exact.py's
+ * error-free product, then the final degeneracy and overflow checks), written once per cell instead
+ * of once per array operation.
  *
  * It is a line-by-line port: the same comparisons, tolerances and order of floating-point operations,
- * so that it returns the same transforms and statuses as the NumPy core (tests/test_niggli.py checks
- * this on hypothesis cells). The NumPy core stays the reference and the fallback where this module
- * was not built; the comments on *why* live there.
+ * so that it returns bit for bit the same lattices, transforms, statuses and iteration counts as the
+ * NumPy core (tests/test_niggli_kernel.py checks this on hypothesis cells). The NumPy core stays the
+ * reference and the fallback where this module was not built; the comments on *why* live there.
  *
  * Row convention: a cell is 9 doubles, row-major, rows are the lattice vectors a, b, c; the basis
  * after a round is T @ L with T an integer-valued 3x3 matrix of determinant +1.
@@ -21,7 +22,7 @@
 #include <stdint.h>
 #include <string.h>
 
-/* Must match soft_niggli/niggli.py. */
+/* Must match soft_niggli/niggli.py (exported as module attributes; tests/test_niggli_kernel.py compares). */
 #define DEGENERATE_LENGTH_RATIO 1e-12
 #define DEGENERATE_VOLUME_RATIO 1e-12
 #define MAX_TRANSFORM_ENTRY 17592186044416.0 /* 2**44 */
@@ -485,4 +486,16 @@ static PyMethodDef methods[] = {
 
 static struct PyModuleDef module = {PyModuleDef_HEAD_INIT, "_niggli_kernel", NULL, -1, methods};
 
-PyMODINIT_FUNC PyInit__niggli_kernel(void) { return PyModule_Create(&module); }
+PyMODINIT_FUNC PyInit__niggli_kernel(void) {
+    PyObject *m = PyModule_Create(&module);
+    if (m == NULL) return NULL;
+    if (PyModule_AddObject(m, "DEGENERATE_LENGTH_RATIO", PyFloat_FromDouble(DEGENERATE_LENGTH_RATIO)) < 0 ||
+        PyModule_AddObject(m, "DEGENERATE_VOLUME_RATIO", PyFloat_FromDouble(DEGENERATE_VOLUME_RATIO)) < 0 ||
+        PyModule_AddObject(m, "MAX_TRANSFORM_ENTRY", PyFloat_FromDouble(MAX_TRANSFORM_ENTRY)) < 0 ||
+        PyModule_AddObject(m, "PLAIN_PRODUCT_LIMIT", PyFloat_FromDouble(PLAIN_PRODUCT_LIMIT)) < 0 ||
+        PyModule_AddObject(m, "SWEEPS", PyLong_FromLong(SWEEPS)) < 0) {
+        Py_DECREF(m);
+        return NULL;
+    }
+    return m;
+}

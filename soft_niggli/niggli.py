@@ -45,7 +45,7 @@ import torch
 from ._checks import as_float_tensor, check_matrix_shape
 from ._exact import exact_int_matmul
 
-try:  # the compiled per-cell loop (soft_niggli/_niggli_kernel.c); optional, see _reduce_finite
+try:  # the compiled per-cell loop (soft_niggli/_niggli_kernel.c); optional, see niggli_reduce
     from . import _niggli_kernel as _kernel
 except ImportError:  # not built (no C compiler at install time): the NumPy core does the same work
     _kernel = None

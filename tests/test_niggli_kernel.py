@@ -55,6 +55,14 @@ def test_compiled_core_matches_on_skewed_cells_and_iteration_caps(max_iter):
     assert_same_results(L, max_iter=max_iter, rel_eps=1e-3)
 
 
+@needs_kernel
+def test_compiled_core_uses_the_numpy_cores_constants():
+    kernel = niggli_module._kernel
+    for name in ("DEGENERATE_LENGTH_RATIO", "DEGENERATE_VOLUME_RATIO", "MAX_TRANSFORM_ENTRY", "PLAIN_PRODUCT_LIMIT",
+                 "SWEEPS"):
+        assert getattr(kernel, name) == getattr(niggli_module, "_" + name), name
+
+
 def test_compiled_core_is_built_in_ci():
     # CI installs with a C compiler; a silent fallback to the NumPy core there would hide a build break.
     if os.environ.get("CI") != "true":
