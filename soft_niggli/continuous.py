@@ -31,6 +31,7 @@ match), and where the prediction is already reduced the two sets coincide, lower
 from __future__ import annotations
 
 import functools
+import math
 
 import torch
 
@@ -43,17 +44,23 @@ from .losses import (
     CrystalLoss,
     LossResult,
     _assemble,
+    _blur,
     _choice,
     _flag,
+    _positive,
     _sanitized,
     _scorable,
+    _tolerance,
     _weight,
     canonicalize_labels,
+    closest_automorphism,
     coordinate_term,
+    lattice_term,
+    reduce_or_identity,
     register_loss,
+    tie_tolerance,
 )
-from .niggli import Status, niggli_reduce
-from .softmin import candidate_set, lattice_distances, metric_distances, softmin
+from .softmin import candidate_set, lattice_distances, metric_distances
 
 __all__ = ["SoftminLoss", "GramLoss", "CENTERS"]
 
@@ -65,12 +72,6 @@ def _candidate_inverses(bound: int, proper: bool, dtype: torch.dtype, device: st
     return integer_inverse(candidate_set(bound, proper, torch.int64, device)).to(dtype)
 
 
-def _positive(name: str, value) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
-        raise ValueError(f"{name}: expected a float > 0, got {value!r}")
-    return float(value)
-
-
 def _int_in(name: str, value, low: int, high: int) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
         raise ValueError(f"{name}: expected an int in [{low}, {high}], got {value!r}")
@@ -78,14 +79,15 @@ def _int_in(name: str, value, low: int, high: int) -> int:
 
 
 class _CandidateSoftmin(CrystalLoss):
-    """Shared machinery: frames, candidate distances, pruning, coordinate terms, softmin."""
+    """Shared machinery: label frame, candidate selection with ties, distances, offset, softmin."""
 
     def _common_options(self, tau, bound, proper, normalize, lattice_metric, coords, center, top_k,
-                        labels_canonical, coord_weight, blur):
+                        labels_canonical, coord_weight, blur, zero_at_match, automorphism_tol):
         self.tau = _positive("tau", tau)
         self.bound = _int_in("bound", bound, 1, 2)
         self.proper = _flag("proper", proper)
         self.normalize = _flag("normalize", normalize)
+        self.zero_at_match = _flag("zero_at_match", zero_at_match)
         self.lattice_metric = _choice("lattice_metric", lattice_metric, LATTICE_METRICS)
         self.coords = _choice("coords", coords, COORDINATE_TERMS)
         self.center = _choice("center", center, CENTERS)
@@ -93,80 +95,194 @@ class _CandidateSoftmin(CrystalLoss):
         self.top_k = (2 if coords == "sinkhorn" else 8) if top_k is None else _int_in("top_k", top_k, 1, 135408)
         self.labels_canonical = _flag("labels_canonical", labels_canonical)
         self.coord_weight = _weight("coord_weight", coord_weight)
-        self.blur = _positive("blur", blur)
+        self.blur = _blur(blur)
+        self.automorphism_tol = _tolerance("automorphism_tol", automorphism_tol)
         # Optimal transport matches atoms itself: only compositions must agree, not atom order.
         self.atoms_matched_by_order = self.coords != "sinkhorn"
 
-    def _frames(self, pred: CrystalBatch, L: torch.Tensor, F: torch.Tensor, scorable: torch.Tensor):
+    # -- frames ------------------------------------------------------------------------------------
+
+    def _label_frame(self, L: torch.Tensor, F: torch.Tensor, labels: CrystalBatch, species, lattice_weight: float):
+        """The reduced label re-based by its automorphism closest to the prediction, and the group.
+
+        The candidate set ``U`` is not closed under the label's automorphisms (``U A ≠ U`` when ``A`` is
+        not a signed permutation, e.g. hexagonal or fcc cells), so the basis the reducer happened to
+        return would decide which candidates exist. Centring on the automorphic basis nearest the
+        prediction (:func:`~soft_niggli.losses.closest_automorphism`) makes the candidate set a
+        function of the label's lattice, not of the basis it came in. Returns ``(centred, owner, group)``
+        with the automorphisms expressed in the centred basis (``C A C⁻¹``).
+        """
+        eye = torch.eye(3, dtype=L.dtype, device=L.device).expand(len(labels), 3, 3)
+        C, owner, group = closest_automorphism(
+            L.detach(), F.detach(), labels, eye, eye, lattice_metric=self.lattice_metric, coords=self.coords,
+            lattice_weight=lattice_weight, coord_weight=self.coord_weight, blur=self.blur,
+            rel_tol=self.automorphism_tol, species=species, with_group=True)
+        group = C[owner] @ group @ integer_inverse(C)[owner]
+        return labels.apply_basis_change(C), owner, group
+
+    def _frames(self, L: torch.Tensor, F: torch.Tensor, batch: torch.Tensor, scorable: torch.Tensor):
         """Prediction frames to compare: ``[(L, F)]``, plus its Niggli form for ``center="both"``."""
-        B = len(pred)
-        status = torch.zeros(B, dtype=torch.int64, device=pred.device)
-        frames = [(L, F)]
+        B = L.shape[0]
+        status = torch.zeros(B, dtype=torch.int64, device=L.device)
+        frames = [(L, F, None)]
         if self.center == "both":
-            res = niggli_reduce(L.detach())
-            status = res.status.to(pred.device)
-            ok = (status == int(Status.OK)) & scorable
-            eye = torch.eye(3, dtype=torch.int64, device=pred.device)
-            N = torch.where(ok[:, None, None], res.transform.to(pred.device), eye)
+            N, status = reduce_or_identity(L.detach(), scorable)
             N_inv = integer_inverse(N).to(L.dtype)
-            frames.append((N.to(L.dtype) @ L, (F[:, None, :] @ N_inv[pred.batch]).squeeze(1)))
+            frames.append((N.to(L.dtype) @ L, (F[:, None, :] @ N_inv[batch]).squeeze(1), N))
         return frames, status
 
-    def _lattice_candidates(self, L_cmp: torch.Tensor, L_ref: torch.Tensor) -> torch.Tensor:
+    # -- candidates --------------------------------------------------------------------------------
+
+    def _approximate_distances(self, L_cmp: torch.Tensor, L_ref: torch.Tensor) -> torch.Tensor:
+        """``(B, K)`` lattice term of every candidate, inner-product form, for choosing candidates only."""
         if self.lattice_metric == "cartesian":
             return lattice_distances(L_cmp, L_ref, self.bound, self.proper)
-        # Same scaling as lattice_term(..., "gram"): the quartic metric difference over the squared size.
-        norm = (L_cmp.square().sum(dim=(1, 2)) + L_ref.square().sum(dim=(1, 2))).clamp_min(1e-30)
-        # The quartic difference overflows float64 for cells beyond ~1e77: compute it on the cells scaled
-        # by a constant s (it is homogeneous of degree 4) and scale back by s⁴ / norm, as two finite factors.
-        s2 = norm.detach()
+        # lattice_term's scaling: the quartic metric difference over ‖L_p‖² + ‖M L_r‖². Computed on the
+        # cells divided by a common s (it is homogeneous) so that it cannot overflow for huge cells.
+        s2 = (L_cmp.square().sum(dim=(1, 2)) + L_ref.square().sum(dim=(1, 2))).clamp_min(torch.finfo(L_cmp.dtype).tiny)
         s = s2.sqrt()[:, None, None]
-        G_cmp = (L_cmp / s) @ (L_cmp / s).transpose(1, 2)
-        G_ref = (L_ref / s) @ (L_ref / s).transpose(1, 2)
-        return metric_distances(G_cmp, G_ref, self.bound, self.proper) * (s2 * (s2 / norm))[:, None]
+        P, R = L_cmp / s, L_ref / s
+        quartic = metric_distances(P @ P.transpose(1, 2), R @ R.transpose(1, 2), self.bound, self.proper) * 9
+        norm = P.square().sum(dim=(1, 2))[:, None] + 9 * lattice_distances(torch.zeros_like(R), R, self.bound,
+                                                                           self.proper)
+        return quartic / (9 * norm.clamp_min(torch.finfo(L_cmp.dtype).tiny)) * s2[:, None]
 
-    def _coordinate_candidates(self, pred: CrystalBatch, F_cmp, labels: CrystalBatch, L_ref, choice) -> torch.Tensor:
-        """``(B, k)`` coordinate term of the label moved by each chosen candidate ``M^{-1}``."""
-        B, k = choice.shape
-        F_ref = labels.frac.detach()
-        U_inv = _candidate_inverses(self.bound, self.proper, F_cmp.dtype, str(F_cmp.device))
-        Minv = U_inv[choice]  # (B, k, 3, 3)
-        # Targets for every atom and candidate: (k, N, 3), then as k*B "crystals" in one call.
-        T = torch.einsum("ni,nkij->knj", F_ref, Minv[pred.batch])
-        batch_rep = (pred.batch[None, :] + B * torch.arange(k, device=pred.device)[:, None]).reshape(-1)
-        P = F_cmp[None].expand(k, -1, -1).reshape(-1, 3)
-        # Every (candidate, crystal) pair as one crystal of a k·B batch; Sinkhorn measures the cost in the
-        # candidate's lattice M L_ref.
-        U = candidate_set(self.bound, self.proper, F_cmp.dtype, F_cmp.device)
-        lat = (U[choice] @ L_ref[:, None]).transpose(0, 1).reshape(k * B, 3, 3)
+    def _select(self, L_cmp: torch.Tensor, L_ref: torch.Tensor):
+        """Candidates to score exactly: packed ``(owner (Q,), candidate (Q,))``, per crystal its
+        ``top_k`` nearest on the lattice term *plus every candidate tied with the k-th*.
 
-        def repeated(species):
-            return None if species is None else species.repeat(k)
+        Ties are the rule, not the exception, on symmetric crystals: with ``lattice_metric="gram"``
+        every automorphism of the label scores the same, and keeping an arbitrary subset of them
+        would make the value depend on the order in which the label's basis lists them.
+        """
+        with torch.no_grad():
+            d = self._approximate_distances(L_cmp.detach(), L_ref)
+            B, K = d.shape
+            k = min(self.top_k, K)
+            kth = torch.topk(d, k, dim=1, largest=False).values[:, -1]
+            # Near the k-th candidate the summands of the inner-product form are of the size of
+            # ‖L_p‖² + ‖L_ref‖² (both metrics, after the Gram form's division by the squared size).
+            size = (L_cmp.detach().square().sum(dim=(1, 2)) + L_ref.square().sum(dim=(1, 2))) / 9
+            within = d <= (kth + tie_tolerance(size))[:, None]
+            owner, candidate = within.nonzero(as_tuple=True)
+        return owner, candidate
 
-        species_ok = pred.species is not None and labels.species is not None
-        values = coordinate_term(self.coords, P, T.reshape(-1, 3), batch_rep, lat,
-                                 repeated(pred.species) if species_ok else None,
-                                 repeated(labels.species) if species_ok else None, self.blur)
-        return values.reshape(k, B).T
+    def _distances(self, L_cmp, F_cmp, L_ref, F_ref, batch, species_cmp, species_ref, owner, X):
+        """Exact ``(lattice, coords)`` terms ``(Q,)`` of packed pairs: crystal ``owner`` against its
+        reference re-based by the integer matrix ``X (Q, 3, 3)``, ``(X L_ref, F_ref X⁻¹)``."""
+        dtype, device = L_cmp.dtype, L_cmp.device
+        T_lat = X.to(dtype) @ L_ref[owner]
+        lat = lattice_term(L_cmp[owner], T_lat, self.lattice_metric)
+        if not self.coord_weight:
+            return lat, torch.zeros_like(lat)
+        # Atoms pair by pair: pair q repeats the atoms of crystal owner[q].
+        counts = torch.bincount(batch, minlength=L_cmp.shape[0])
+        ptr = torch.cumsum(counts, 0) - counts
+        pair_counts = counts[owner]
+        pair_of_atom = torch.repeat_interleave(torch.arange(owner.numel(), device=device), pair_counts)
+        first = torch.cumsum(pair_counts, 0) - pair_counts
+        atom = ptr[owner][pair_of_atom] + torch.arange(pair_of_atom.numel(), device=device) - first[pair_of_atom]
+        T_frac = (F_ref[atom][:, None, :] @ integer_inverse(X).to(dtype)[pair_of_atom]).squeeze(1)
+        crd = coordinate_term(self.coords, F_cmp[atom], T_frac, pair_of_atom, T_lat,
+                              None if species_cmp is None else species_cmp[atom],
+                              None if species_ref is None else species_ref[atom], self.blur)
+        return lat, crd
 
-    def _softmin_terms(self, pred, L, F, scorable, labels, lattice_weight):
-        """``(value, lattice, coords, status)``, each ``(B,)``: the softmin and its soft-assigned parts."""
-        L_ref = labels.lattice.detach()
-        frames, status = self._frames(pred, L, F, scorable)
-        values, lats, coords = [], [], []
-        for L_cmp, F_cmp in frames:
-            d_lat = self._lattice_candidates(L_cmp, L_ref)
-            k = min(self.top_k, d_lat.shape[1])
-            choice = torch.topk(d_lat.detach(), k, dim=1, largest=False).indices
-            lat = d_lat.gather(1, choice)
-            crd = self._coordinate_candidates(pred, F_cmp, labels, L_ref, choice)
-            values.append(lattice_weight * lat + self.coord_weight * crd)
+    def _candidates(self, L, F, batch, scorable, L_ref):
+        """Packed ``(owner, X)`` of every frame, each X a matrix acting on ``L_ref``, and the status.
+
+        Frame 2 (``center="both"``) compares ``N L_p`` with ``M L_ref``, i.e. ``L_p`` with
+        ``N⁻¹ M L_ref``: its pairs are stored in frame 1's terms, ``X = N⁻¹ M``, and a candidate lattice
+        reached from both frames counts once (measured in the reduced frame): otherwise a prediction
+        emitted already reduced would count every candidate twice.
+        """
+        frames, status = self._frames(L, F, batch, scorable)
+        U = candidate_set(self.bound, self.proper, torch.int64, L.device)
+        picked = []
+        for L_cmp, F_cmp, N in frames:
+            owner, candidate = self._select(L_cmp, L_ref)
+            picked.append((L_cmp, F_cmp, owner, U[candidate]))
+        if len(frames) == 2:
+            (L1, F1, o1, X1), (L2, F2, o2, M2) = picked
+            X2 = integer_inverse(frames[1][2])[o2] @ M2
+            single = ~_rows_in(o1, X1, o2, X2)
+            picked = [(L1, F1, o1[single], X1[single]), (L2, F2, o2, X2)]
+        return picked, frames, status
+
+    def _softmin(self, pred: CrystalBatch, L, F, scorable, centred: CrystalBatch, aut_owner, aut, lattice_weight):
+        """``(value, lattice, coords, status)``, each ``(B,)``: the softmin over every frame's kept
+        candidates, minus the offset of ``zero_at_match``, and the softmin-weighted parts."""
+        B = L.shape[0]
+        L_ref, F_ref = centred.lattice.detach(), centred.frac.detach()
+        picked, frames, status = self._candidates(L, F, pred.batch, scorable, L_ref)
+        owners, lats, crds = [], [], []
+        for (L_cmp, F_cmp, owner, X), (_, _, N) in zip(picked, frames):
+            # Frame 2 scores (N L_p, M L_ref) with M = N X.
+            M = X if N is None else N[owner] @ X
+            lat, crd = self._distances(L_cmp, F_cmp, L_ref, F_ref, pred.batch, pred.species, centred.species,
+                                       owner, M)
+            owners.append(owner)
             lats.append(lat)
-            coords.append(crd)
-        d, lat, crd = torch.cat(values, 1), torch.cat(lats, 1), torch.cat(coords, 1)
-        value = softmin(d, self.tau, self.normalize)
-        weight = torch.softmax(-d / self.tau, dim=1)  # the candidates' shares of the softmin
-        return value, (weight * lat).sum(1), (weight * crd).sum(1), status
+            crds.append(crd)
+        owner, lat, crd = torch.cat(owners), torch.cat(lats), torch.cat(crds)
+        d = lattice_weight * lat + self.coord_weight * crd
+        value = packed_softmin(d, owner, B, self.tau, self.normalize)
+        # The candidates' shares of the softmin (their softmax weights), for the reported parts.
+        weight = torch.exp(-(d - value[owner]) / self.tau)
+        if self.normalize:
+            weight = weight / torch.bincount(owner, minlength=B).clamp_min(1).to(d.dtype)[owner]
+        parts = [torch.zeros(B, dtype=d.dtype, device=d.device).index_add(0, owner, weight * x) for x in (lat, crd)]
+        if self.zero_at_match:
+            value = value - self._offset(picked, centred, aut_owner, aut, lattice_weight, B)
+        return value, parts[0], parts[1], status
+
+    def _offset(self, picked, centred: CrystalBatch, aut_owner, aut, lattice_weight, B):
+        """``(B,)`` the softmin of the centred label against itself over the candidates kept for the
+        prediction plus the label's automorphisms (detached): the value of a perfect prediction.
+
+        A perfect prediction keeps the automorphisms tied at the minimum, so the two sets then agree
+        and the difference is exactly 0, whatever the label's symmetry; far from a match the
+        automorphisms dominate the offset, so a prediction in a skewed basis is not rewarded.
+        """
+        with torch.no_grad():
+            owner = torch.cat([o for _, _, o, _ in picked] + [aut_owner])
+            X = torch.cat([x for _, _, _, x in picked] + [aut])
+            key = torch.cat([owner[:, None], X.flatten(1)], 1)
+            key = torch.unique(key, dim=0)
+            owner, X = key[:, 0].contiguous(), key[:, 1:].reshape(-1, 3, 3)
+            L_ref, F_ref = centred.lattice.detach(), centred.frac.detach()
+            lat, crd = self._distances(L_ref, F_ref, L_ref, F_ref, centred.batch, centred.species, centred.species,
+                                       owner, X)
+            return packed_softmin(lattice_weight * lat + self.coord_weight * crd, owner, B, self.tau, self.normalize)
+
+    def _softmin_terms(self, pred: CrystalBatch, L, F, scorable, labels: CrystalBatch, lattice_weight):
+        centred, aut_owner, aut = self._label_frame(L, F, labels, pred.species, lattice_weight)
+        return self._softmin(pred, L, F, scorable, centred, aut_owner, aut, lattice_weight)
+
+
+def _rows_in(owner1, X1, owner2, X2) -> torch.Tensor:
+    """``(Q1,)`` bool: pair ``(owner1, X1)`` also occurs among the pairs ``(owner2, X2)``."""
+    a = torch.cat([owner1[:, None], X1.flatten(1)], 1)
+    b = torch.cat([owner2[:, None], X2.flatten(1)], 1)
+    both = torch.cat([b, a])
+    _, inverse = torch.unique(both, dim=0, return_inverse=True)
+    return torch.isin(inverse[len(b):], inverse[:len(b)])
+
+
+def packed_softmin(d: torch.Tensor, owner: torch.Tensor, B: int, tau: float, normalize: bool = False) -> torch.Tensor:
+    """``(B,)`` softmin ``-τ log Σ exp(-d/τ)`` of packed values ``d (Q,)`` grouped by ``owner (Q,)``.
+
+    Shifted by each group's minimum before exponentiating, so it is finite for any finite ``d`` and
+    any τ > 0 (``-d/τ`` alone overflows for a tiny τ); groups with no entry score 0.
+    """
+    low = torch.full((B,), math.inf, dtype=d.dtype, device=d.device).scatter_reduce(0, owner, d.detach(), "amin")
+    low = torch.where(torch.isfinite(low), low, torch.zeros_like(low))
+    total = torch.zeros(B, dtype=d.dtype, device=d.device).index_add(0, owner, torch.exp(-(d - low[owner]) / tau))
+    count = torch.bincount(owner, minlength=B)
+    value = low - tau * torch.log(total.clamp_min(torch.finfo(d.dtype).tiny))
+    if normalize:
+        value = value + tau * torch.log(count.clamp_min(1).to(d.dtype))
+    return torch.where(count > 0, value, torch.zeros_like(value))
 
 
 @register_loss("softmin")
@@ -205,10 +321,10 @@ class SoftminLoss(_CandidateSoftmin):
     def __init__(self, *, tau: float = 0.1, bound: int = 1, proper: bool = False, normalize: bool = False,
                  lattice_metric: str = "cartesian", lattice_weight: float = 1.0, coord_weight: float = 1.0,
                  coords: str = "periodic", center: str = "label", top_k: int | None = None, labels_canonical: bool = False,
-                 blur: float = 0.1):
+                 blur: float = 0.1, zero_at_match: bool = True, automorphism_tol: float = 1e-4):
         super().__init__()
         self._common_options(tau, bound, proper, normalize, lattice_metric, coords, center, top_k,
-                             labels_canonical, coord_weight, blur)
+                             labels_canonical, coord_weight, blur, zero_at_match, automorphism_tol)
         self.lattice_weight = _weight("lattice_weight", lattice_weight)
 
     def compute(self, pred: CrystalBatch, target: CrystalBatch) -> LossResult:
@@ -246,17 +362,19 @@ class GramLoss(_CandidateSoftmin):
     def __init__(self, *, tau: float = 0.1, bound: int = 1, proper: bool = False, normalize: bool = False,
                  metric_weight: float = 1.0, coord_weight: float = 1.0, volume_weight: float = 1.0,
                  theta_weight: float = 1.0, theta_scales: tuple = (1.0, 2.0, 4.0), coords: str = "periodic",
-                 center: str = "label", top_k: int | None = None, labels_canonical: bool = False, blur: float = 0.1):
+                 center: str = "label", top_k: int | None = None, labels_canonical: bool = False, blur: float = 0.1,
+                 zero_at_match: bool = True, automorphism_tol: float = 1e-4):
         super().__init__()
         self._common_options(tau, bound, proper, normalize, "gram", coords, center, top_k, labels_canonical,
-                             coord_weight, blur)
+                             coord_weight, blur, zero_at_match, automorphism_tol)
         self.metric_weight = _weight("metric_weight", metric_weight)
         self.volume_weight = _weight("volume_weight", volume_weight)
         self.theta_weight = _weight("theta_weight", theta_weight)
-        scales = tuple(float(s) for s in theta_scales) if isinstance(theta_scales, (tuple, list)) else ()
-        if not scales or any(not s > 0 for s in scales):
-            raise ValueError(f"theta_scales: expected a non-empty tuple of floats > 0, got {theta_scales!r}")
-        self.theta_scales = scales
+        ok = isinstance(theta_scales, (tuple, list)) and len(theta_scales) > 0 and all(
+            isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x) and x > 0 for x in theta_scales)
+        if not ok:
+            raise ValueError(f"theta_scales: expected a non-empty tuple of finite floats > 0, got {theta_scales!r}")
+        self.theta_scales = tuple(float(x) for x in theta_scales)
 
     def compute(self, pred: CrystalBatch, target: CrystalBatch) -> LossResult:
         included = _scorable(pred)

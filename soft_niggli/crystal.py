@@ -33,11 +33,18 @@ def _shape(x) -> tuple:
 
 
 def _as_index_tensor(x, name: str, device: torch.device) -> torch.Tensor:
-    """Integer tensor as int64 on ``device``; index metadata follows the lattice's device silently."""
+    """Integer tensor as int64 on ``device``; index metadata follows the lattice's device silently.
+
+    An empty input is accepted whatever its dtype: ``[]``, ``np.array([])`` and ``torch.tensor([])``
+    come out floating by default, yet hold no value that could fail to be an integer (zero crystals,
+    or zero atoms).
+    """
     if isinstance(x, np.ndarray):
         x = torch.from_numpy(x)
     elif not isinstance(x, torch.Tensor):
         x = torch.as_tensor(x)
+    if x.numel() == 0:
+        return torch.zeros(x.shape, dtype=torch.int64, device=device)
     if x.is_floating_point() or x.is_complex() or x.dtype == torch.bool:
         raise ValueError(f"{name}: expected an integer dtype, got {x.dtype}")
     return x.to(device=device, dtype=torch.int64)
@@ -54,6 +61,9 @@ class CrystalBatch:
     - ``num_atoms`` ``(B,)`` int64, zero allowed;
     - ``species`` ``(N_total,)`` int64 atomic numbers, or ``None``;
     - ``batch`` ``(N_total,)`` int64 crystal index of each atom, sorted.
+
+    An empty batch (``B = 0``: lattice ``(0, 3, 3)``, frac ``(0, 3)``, ``num_atoms=[]``) is allowed and
+    goes through every method, as does a crystal with no atoms.
 
     Bad arguments (shapes, counts, dtypes) raise ``ValueError``; non-finite values are accepted, since
     they are a per-crystal matter for whoever consumes the batch.

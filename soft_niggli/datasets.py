@@ -38,6 +38,7 @@ import json
 import os
 import re
 import warnings
+import zlib
 from pathlib import Path
 from typing import Sequence, TypeVar
 
@@ -139,7 +140,7 @@ def _read_cache(p: Path) -> list[dict] | None:
             data = json.load(fh)
         if data.get("version") == _CACHE_VERSION:
             return data["records"]
-    except (OSError, ValueError, KeyError, EOFError):
+    except (OSError, ValueError, KeyError, EOFError, zlib.error):
         pass  # a missing or corrupt cache is simply rebuilt
     return None
 
@@ -155,27 +156,76 @@ def _write_cache(p: Path, records: list[dict]) -> None:
         warnings.warn(f"soft_niggli: could not write the dataset cache {p} ({err}); parsing again next time")
 
 
+def _check_count(value, name: str) -> int | None:
+    """``value`` as an int, for arguments that must be ``None`` or an int >= 0 (``limit``, ``max_atoms``).
+
+    A negative count would slice from the end (``limit=-1`` drops the last structure), and ``True``
+    would read as 1: both are refused rather than given a meaning. NumPy integers are accepted.
+    """
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 0:
+        raise ValueError(f"{name}: expected None or an int >= 0, got {value!r}")
+    return int(value)
+
+
+# Errors of decompressing or decoding a damaged file; they name neither the file nor the problem.
+_READ_ERRORS = (EOFError, gzip.BadGzipFile, zlib.error, UnicodeDecodeError, csv.Error)
+
+
+def _csv_rows(path: Path, required: tuple[str, ...] = ("cif",)):
+    """``(row number, row)`` of a CSV file, gzipped (recognised by its magic bytes) or plain.
+
+    Rows are numbered from 1, the header not counted. A missing column or a damaged file raises
+    ``ValueError`` naming the file; errors raised by the caller's loop body are not touched.
+    """
+    with open(path, "rb") as fh:
+        gzipped = fh.read(2) == b"\x1f\x8b"
+    csv.field_size_limit(1 << 30)  # a CIF per field: far past csv's 128 KiB default for large cells
+    done = 0  # rows read whole, for the message should the file end early
+    try:
+        with (gzip.open if gzipped else open)(path, "rt", newline="") as fh:
+            reader = csv.DictReader(fh)
+            columns = list(reader.fieldnames or [])
+            missing = [c for c in required if c not in columns]
+            if missing:
+                raise ValueError(f"{path}: expected a CSV with the columns {list(required)} (CDVAE/DiffCSP "
+                                 f"format: one CIF per row in 'cif'), missing {missing}; columns present: {columns}")
+            for done, row in enumerate(reader, start=1):
+                yield done, row
+    except _READ_ERRORS as err:
+        raise ValueError(f"{path}: the file is truncated or corrupt: reading failed after row {done} "
+                         f"({'gzip' if gzipped else 'text'}: {type(err).__name__}: {err})") from err
+
+
+def _where(path: Path, i: int, row: dict) -> str:
+    mid = row.get("material_id")
+    return f"{path}: row {i}" + (f" (material_id {mid!r})" if mid else "")
+
+
 def _parse_csv(path: Path, limit: int | None) -> list[dict]:
     from pymatgen.core import Structure
 
-    opener = gzip.open if path.read_bytes()[:2] == b"\x1f\x8b" else open
-    csv.field_size_limit(1 << 30)
     records = []
-    with opener(path, "rt", newline="") as fh:
-        reader = csv.DictReader(fh)
-        if reader.fieldnames is None or "cif" not in reader.fieldnames:
-            raise ValueError(f"{path}: expected a CSV with a 'cif' column (CDVAE/DiffCSP format), "
-                             f"got columns {reader.fieldnames}")
-        for row in reader:
-            if limit is not None and len(records) >= limit:
-                break
+    for i, row in _csv_rows(path):
+        if limit is not None and len(records) >= limit:
+            break
+        try:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")  # CIF parser chatter (rounded occupancies, etc.)
                 s = Structure.from_str(row["cif"], fmt="cif")
-            rec = _to_record(s)
-            rec["material_id"] = row.get("material_id")
-            rec["ordered"] = bool(s.is_ordered)
-            records.append(rec)
+        except Exception as err:  # pymatgen raises many types (ValueError, KeyError, IndexError, ...)
+            raise ValueError(f"{_where(path, i, row)}: could not parse the CIF "
+                             f"({type(err).__name__}: {err})") from err
+        if not s.is_ordered:
+            # A disordered structure has no atomic numbers (pymatgen raises on them): keep just enough to
+            # drop and count it, so the cache holds the same rows as the file and `limit` counts rows.
+            records.append({"material_id": row.get("material_id"), "ordered": False})
+            continue
+        rec = _to_record(s)
+        rec["material_id"] = row.get("material_id")
+        rec["ordered"] = True
+        records.append(rec)
     return records
 
 
@@ -195,13 +245,20 @@ def read_cdvae_csv(path: str | os.PathLike, limit: int | None = None, max_atoms:
 
     Returns:
         Structures in file order, cells as stored, each with ``properties["material_id"]``.
-        Disordered structures (partial occupancies) are dropped.
+        Disordered structures (partial occupancies) are dropped, and one ``UserWarning`` says how many
+        of the rows read were dropped and names the first few.
+
+    Raises:
+        ValueError: ``limit`` or ``max_atoms`` not None or an int >= 0; no ``cif`` column (the message
+            lists the columns present); a CIF that does not parse (naming the file, the row and its
+            ``material_id``); a truncated or corrupt file.
+        FileNotFoundError: no such file.
     """
+    limit = _check_count(limit, "limit")
+    max_atoms = _check_count(max_atoms, "max_atoms")
     path = Path(path).expanduser()
     if not path.is_file():
         raise FileNotFoundError(f"{path}: no such CSV file")
-    if limit is not None and (not isinstance(limit, int) or limit < 0):
-        raise ValueError(f"limit: expected None or an int >= 0, got {limit!r}")
     records = None
     if use_cache:
         full = _read_cache(_cache_path(path, None))
@@ -223,13 +280,19 @@ def read_cdvae_csv(path: str | os.PathLike, limit: int | None = None, max_atoms:
         records = _parse_csv(path, limit)
         if use_cache:
             _write_cache(_cache_path(path, limit), records)
-    out = []
+    out, disordered = [], []
     for rec in records:
         if not rec.get("ordered", True):
+            disordered.append(rec.get("material_id"))
             continue
         if max_atoms is not None and len(rec["species"]) > max_atoms:
             continue
         out.append(_from_record(rec))
+    if disordered:
+        # Said on every call, cached or not: the caller gets fewer structures than rows either way.
+        warnings.warn(f"{path}: dropped {len(disordered)} of {len(records)} rows read: disordered structures "
+                      f"(partial occupancies), material_id {disordered[:5]}"
+                      + (" ..." if len(disordered) > 5 else ""), UserWarning, stacklevel=2)
     return out
 
 
@@ -243,24 +306,36 @@ def read_cdvae_cells(path: str | os.PathLike, limit: int | None = None):
 
     Reads each CIF's six cell parameters (no pymatgen, no cache) and builds the lattice in the
     standard setting (a along x, b in the xy plane; rows are lattice vectors). Enough for anything
-    that depends on the metric only, such as reducer tests and benchmarks.
+    that depends on the metric only, such as reducer tests and benchmarks. Disordered rows are kept:
+    their cells are as good as any.
+
+    Raises:
+        ValueError: ``limit`` not None or an int >= 0; no ``cif`` column (listing the columns present);
+            a CIF without the six cell parameters (naming the file, the row and its ``material_id``);
+            a truncated or corrupt file.
+        FileNotFoundError: no such file.
     """
     import torch
 
     from .lattice import lattice_from_parameters
 
+    limit = _check_count(limit, "limit")
     path = Path(path).expanduser()
     if not path.is_file():
         raise FileNotFoundError(f"{path}: no such CSV file")
-    opener = gzip.open if path.suffix == ".gz" else open
     params = []
-    csv.field_size_limit(1 << 30)
-    with opener(path, "rt", newline="") as fh:
-        for row in csv.DictReader(fh):
-            if limit is not None and len(params) >= limit:
-                break
-            found = dict(_CELL_PATTERN.findall(row["cif"]))
+    for i, row in _csv_rows(path):
+        if limit is not None and len(params) >= limit:
+            break
+        found = dict(_CELL_PATTERN.findall(row["cif"] or ""))
+        missing = [k for k in _CELL_KEYS if k not in found]
+        try:
+            if missing:
+                raise ValueError(f"missing {', '.join(missing)}")
             params.append([float(found[k]) for k in _CELL_KEYS])
+        except ValueError as err:  # missing keys, or a value such as "1.2.3" that the pattern lets through
+            raise ValueError(f"{_where(path, i, row)}: expected a CIF with the six cell parameters "
+                             f"{', '.join(_CELL_KEYS)}, got one that does not parse ({err})") from err
     p = torch.tensor(params, dtype=torch.float64).reshape(-1, 6)
     return lattice_from_parameters(*p.unbind(1))
 
@@ -269,12 +344,14 @@ def read_aflow_prototypes(max_atoms: int | None = 20) -> list:
     """The ordered AFLOW prototype structures bundled with pymatgen (288 in all, 250 with <= 20 atoms).
 
     Each structure carries ``properties["material_id"]``: its AFLOW prototype label and its index in
-    the bundled file, ``"<label>#<index>"`` (the labels alone are not unique).
+    the bundled file, ``"<label>#<index>"`` (the labels alone are not unique). ``max_atoms`` is None
+    or an int >= 0 (else ``ValueError``).
     """
     import importlib.resources
 
     from pymatgen.core import Structure
 
+    max_atoms = _check_count(max_atoms, "max_atoms")
     try:
         # Resolve the file from the top-level package: importing pymatgen.analysis.prototypes itself
         # would pull in most of pymatgen (seconds).
@@ -336,9 +413,13 @@ def load_dataset(name: str, split: str = "train", data_dir: str | os.PathLike | 
         max_atoms: drop structures with more atoms (``"aflow"`` always keeps <= 20).
 
     Raises:
-        ValueError: unknown name or split (listing the valid ones).
+        ValueError: unknown name or split (listing the valid ones); ``limit`` or ``max_atoms`` not None
+            or an int >= 0; a damaged data file (see :func:`read_cdvae_csv`).
         FileNotFoundError: the data folder or the dataset's files are absent.
     """
+    # Checked here, not only by the readers: the "aflow" branch and the splits slice with `limit`.
+    limit = _check_count(limit, "limit")
+    max_atoms = _check_count(max_atoms, "max_atoms")
     if name not in DATASETS:
         raise ValueError(f"unknown dataset {name!r}; valid names: {', '.join(DATASETS)}")
     if split not in SPLITS:

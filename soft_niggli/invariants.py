@@ -27,13 +27,23 @@ from .niggli import niggli_reduce
 __all__ = ["volume_term", "theta_series", "theta_term"]
 
 
+def _power_of_two_scale(L: torch.Tensor) -> torch.Tensor:
+    """``(...)`` detached power of two near the largest entry of each ``(..., 3, 3)`` cell (1 for a zero
+    or non-finite cell). Dividing by it is exact, so what follows is free of the cell's absolute size."""
+    m = L.detach().abs().amax(dim=(-1, -2))
+    m = torch.where(torch.isfinite(m) & (m > 0), m, torch.ones_like(m))
+    _, exponent = torch.frexp(m)
+    return torch.ldexp(torch.ones_like(m), exponent)
+
+
 def _smooth_cbrt_volume(L: torch.Tensor, rel_floor: float) -> torch.Tensor:
     """``|det L|^(1/3)``, smoothed as ``(V² + f²)^(1/6)`` so degenerate cells keep finite gradients.
 
-    Computed on the cell scaled by its largest entry (detached), so neither the determinant nor its
-    square overflows for huge cells; ``f = rel_floor`` in those scaled units.
+    Computed on the cell divided by a power of two near its largest entry (exact, detached), so neither
+    the determinant nor its square overflows or underflows whatever the cell's size, and the floor
+    ``f = rel_floor`` is relative to that size: the result is exactly proportional to the scale.
     """
-    s = L.detach().abs().amax(dim=(-1, -2)).clamp_min(torch.finfo(L.dtype).tiny ** 0.25)
+    s = _power_of_two_scale(L)
     V = torch.linalg.det(L / s[..., None, None])
     return (V.square() + rel_floor**2).pow(1.0 / 6.0) * s
 
@@ -69,6 +79,8 @@ def theta_series(L: torch.Tensor, scales=(1.0, 2.0, 4.0), radius: int = 3) -> to
         raise ValueError(f"scales: expected a 1-D sequence of positive floats, got {scales!r}")
     N = niggli_reduce(L.detach()).transform.to(L.dtype)
     Lr = N @ L
+    # Shape only: divide by an exact power of two first, so tiny or huge cells neither under- nor overflow.
+    Lr = Lr / _power_of_two_scale(Lr)[:, None, None]
     G = Lr @ Lr.transpose(1, 2)
     norm = _smooth_cbrt_volume(Lr, 1e-9).square()  # ≈ V^{2/3}
     n = _box(radius, L.dtype, str(L.device))

@@ -12,6 +12,8 @@ differentiable where that makes sense (everything except :func:`wrap`'s integer 
 
 from __future__ import annotations
 
+import math
+
 import torch
 
 from ._checks import as_float_tensor, check_last_dim, check_matrix_shape
@@ -136,27 +138,73 @@ def lattice_parameters(L: torch.Tensor) -> torch.Tensor:
     return torch.stack([a, b, c, alpha, beta, gamma], dim=-1)
 
 
-def integer_inverse(M: torch.Tensor) -> torch.Tensor:
-    """Exact inverse of integer matrices with ``det = ±1``, as int64 ``(..., 3, 3)``.
+# int64 arithmetic wraps silently (it is exact modulo 2^64). With every |entry| < 2^20 no value that
+# integer_inverse forms can wrap: a cofactor is at most 2·m² < 2^41 and the determinant at most
+# 6·m³ < 2^63. Larger entries (never seen in practice) are checked exactly, one matrix at a time.
+_EXACT_BOUND = 2**20
+_INT64_MAX = 2**63 - 1
 
-    ``M`` may be an integer tensor or a float tensor holding integers (it is rounded). The inverse
-    is the adjugate divided by the determinant, computed in integer arithmetic, so it is exact as long
-    as the entries stay well inside int64. Raises ``ValueError`` if some ``M`` is not unimodular.
-    """
-    if not isinstance(M, torch.Tensor):
-        M = torch.as_tensor(M)
-    check_matrix_shape(M, "M")
-    Mi = torch.round(M).to(torch.int64) if M.is_floating_point() else M.to(torch.int64)
-    c = [[Mi[..., i, j] for j in range(3)] for i in range(3)]
-    # Cofactors C_ij = (-1)^(i+j) * minor_ij; with cyclic indices the sign is built in.
-    cof = [
+
+def _cofactors(c):
+    # Cofactors C_ij = (-1)^(i+j) * minor_ij; with cyclic indices the sign is built in. Works on
+    # nested lists of Python ints and of tensors alike.
+    return [
         [c[(i + 1) % 3][(j + 1) % 3] * c[(i + 2) % 3][(j + 2) % 3] - c[(i + 1) % 3][(j + 2) % 3] * c[(i + 2) % 3][(j + 1) % 3]
          for j in range(3)]
         for i in range(3)
     ]
+
+
+def integer_inverse(M: torch.Tensor) -> torch.Tensor:
+    """Exact inverse of integer matrices with ``det = ±1``, as int64 ``(..., 3, 3)``.
+
+    ``M`` may be an integer tensor or a float tensor holding integers (it is rounded). The inverse
+    is the adjugate divided by the determinant, computed in integer arithmetic, so it is exact.
+    Raises ``ValueError`` if some ``M`` is not unimodular, or if an entry of ``M`` or of its inverse
+    does not fit in int64 (entries of ``M`` around 2^40 can have an inverse entry of 2^80: it is
+    refused, not returned wrapped).
+    """
+    if not isinstance(M, torch.Tensor):
+        M = torch.as_tensor(M)
+    check_matrix_shape(M, "M")
+    if M.is_floating_point():
+        # Converting NaN, inf or |x| >= 2^63 to int64 is undefined behaviour: refuse before rounding.
+        bad = ~torch.isfinite(M) | (M.abs() >= 2.0**63)
+        if bool(bad.any()):
+            raise ValueError(f"M: expected finite integral entries within int64 (|entry| <= 2^63 - 1), "
+                             f"got {M[bad].flatten()[0].item()!r}")
+        Mi = torch.round(M).to(torch.int64)
+    else:
+        Mi = M.to(torch.int64)
+    c = [[Mi[..., i, j] for j in range(3)] for i in range(3)]
+    cof = _cofactors(c)
     det = c[0][0] * cof[0][0] + c[0][1] * cof[0][1] + c[0][2] * cof[0][2]
-    if not bool(((det == 1) | (det == -1)).all()):
-        raise ValueError("M: expected integer matrices with determinant ±1 (unimodular), got other determinants")
+    unimodular = (det == 1) | (det == -1)
+    # Comparisons, not abs(): abs(-2^63) wraps to itself in int64.
+    large = ((Mi >= _EXACT_BOUND) | (Mi <= -_EXACT_BOUND)).flatten(-2).any(-1)
+    worst = None  # (largest |inverse entry|, batch index) past int64
+    if bool(large.any()):
+        # Exact check in Python ints for these matrices only. Where the true cofactors and det fit
+        # in int64 the wrapped int64 values equal them, so the tensors computed above stay valid.
+        exact = []
+        for index, m in zip(large.nonzero().tolist(), Mi[large].tolist()):
+            cof_m = _cofactors(m)
+            exact.append(abs(sum(m[0][j] * cof_m[0][j] for j in range(3))) == 1)
+            top = max(abs(x) for row in cof_m for x in row)
+            if exact[-1] and top > _INT64_MAX and (worst is None or top > worst[0]):
+                worst = (top, tuple(index))
+        unimodular = unimodular.clone()
+        unimodular[large] = torch.tensor(exact, dtype=torch.bool, device=unimodular.device)
+    if not bool(unimodular.all()):
+        first = tuple((~unimodular).nonzero()[0].tolist())
+        raise ValueError("M: expected integer matrices with determinant ±1 (unimodular), got other determinants"
+                         + (f" (first at batch index {first})" if first else ""))
+    if worst is not None:
+        top, index = worst
+        raise ValueError(f"M: expected unimodular matrices whose inverse fits in int64, got an inverse with "
+                         f"largest entry {top} ≈ 2^{math.log2(top):.1f}"
+                         + (f" at batch index {index}" if index else "")
+                         + f", past the int64 limit 2^63 - 1 = {_INT64_MAX}")
     adjugate = torch.stack([torch.stack([cof[j][i] for j in range(3)], dim=-1) for i in range(3)], dim=-2)
     return adjugate * det[..., None, None]  # 1/det == det for det = ±1
 
@@ -165,7 +213,8 @@ def apply_basis_change(L: torch.Tensor, F: torch.Tensor, M: torch.Tensor) -> tup
     """Re-express a crystal in the basis ``M L``: returns ``(M @ L, wrap(F @ M^{-1}))``.
 
     ``L (..., 3, 3)``, ``F (..., N, 3)`` and unimodular ``M (..., 3, 3)`` (integer or integral float).
-    ``M^{-1}`` is computed exactly in integers (:func:`integer_inverse`). Cartesian positions modulo
+    ``M^{-1}`` is computed exactly in integers (:func:`integer_inverse`), which raises ``ValueError``
+    for a non-unimodular ``M`` or one whose inverse does not fit in int64. Cartesian positions modulo
     the lattice are unchanged: ``F' @ L' = F @ L`` up to lattice translations.
     """
     L = as_float_tensor(L, "L")

@@ -24,8 +24,16 @@ Predictions that cannot be scored (a NaN or inf in the crystal's lattice or coor
 entry beyond ``sqrt(finfo.max) / 4096``, about 3e150 in float64 and 4e15 in float32, where squares
 would overflow) are *excluded*: they get zero weight, zero ``per_crystal`` and terms, a zero (never
 NaN) gradient, and are counted in :attr:`LossResult.skipped`; ``loss`` is the mean over the remaining
-crystals (0 when none remain). Targets must be finite (``ValueError`` otherwise): a bad label is a
-data bug, not a per-item event of training.
+crystals (0 when none remain). Targets must be finite and within the same magnitude bound
+(``ValueError`` otherwise): a bad label is a data bug, not a per-item event of training.
+
+Half precision: float16 and bfloat16 predictions are scored in float32 (their range cannot hold the
+squared terms of a real cell: float16's largest value is 65504) and the result is returned in the
+prediction's dtype; gradients flow back to the half-precision tensors.
+
+Species: losses matching atoms by order (``coords="periodic"``) require equal species where both
+batches carry them and otherwise ignore them; with ``coords="sinkhorn"`` species are part of the cost,
+so pred and target must both carry them or both not (``ValueError`` otherwise), in every loss.
 """
 
 from __future__ import annotations
@@ -56,6 +64,9 @@ __all__ = [
     "available_losses",
     "canonicalize_labels",
     "lattice_automorphisms",
+    "closest_automorphism",
+    "reduce_or_identity",
+    "tie_tolerance",
     "lattice_term",
     "MSELoss",
     "NiggliProxyLoss",
@@ -67,6 +78,7 @@ __all__ = [
 ]
 
 LATTICE_METRICS = ("cartesian", "gram")
+_HALF_DTYPES = (torch.float16, torch.bfloat16)
 COORDINATE_TERMS = ("periodic", "sinkhorn")
 FALLBACKS = ("identity", "skip")
 FRAMES = ("reduced", "prediction")
@@ -103,6 +115,12 @@ class LossResult:
     def skipped(self) -> int:
         """Number of crystals left out of ``loss``."""
         return int(self.excluded.sum())
+
+    def to(self, dtype: torch.dtype) -> "LossResult":
+        """The floating values (``loss``, ``per_crystal``, ``terms``) cast to ``dtype`` (differentiably)."""
+        return LossResult(loss=self.loss.to(dtype), per_crystal=self.per_crystal.to(dtype),
+                          terms={k: v.to(dtype) for k, v in self.terms.items()}, status=self.status,
+                          excluded=self.excluded, fallback=self.fallback)
 
 
 # --------------------------------------------------------------------------------------- registry
@@ -207,6 +225,17 @@ def _tolerance(name: str, value, high: float = 0.1) -> float:
     return float(value)
 
 
+def _positive(name: str, value) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not (math.isfinite(value) and value > 0):
+        raise ValueError(f"{name}: expected a finite float > 0, got {value!r}")
+    return float(value)
+
+
+def _blur(value) -> float:
+    """Sinkhorn blur in Å: the same bounds in every loss (beyond 10 Å the cost says nothing of atoms)."""
+    return _tolerance("blur", value, high=10.0)
+
+
 # ------------------------------------------------------------------------------------- base class
 
 
@@ -236,6 +265,8 @@ class CrystalLoss(nn.Module, abc.ABC):
     atoms_matched_by_order: bool = True
 
     def forward(self, pred: CrystalBatch, target: CrystalBatch) -> LossResult:
+        if isinstance(pred, CrystalBatch) and pred.dtype in _HALF_DTYPES:
+            return self.forward(pred.to(dtype=torch.float32), target).to(pred.dtype)
         target = _check_pair(pred, target, self.atoms_matched_by_order)
         return self.compute(pred, target)
 
@@ -269,6 +300,10 @@ def _check_pair(pred, target, by_order: bool = True) -> CrystalBatch:
                              "got different species")
         if not by_order and not _same_compositions(pred, target):
             raise ValueError("target: expected the same composition as pred in every crystal, got different ones")
+    if not by_order and (pred.species is None) != (target.species is None):
+        raise ValueError("target: with coords='sinkhorn' species are part of the cost, so pred and target must "
+                         f"both carry species or both not; got species on "
+                         f"{'pred' if pred.species is not None else 'target'} only")
     if target.dtype != pred.dtype:
         target = target.to(dtype=pred.dtype)
     if not (bool(torch.isfinite(target.lattice).all()) and bool(torch.isfinite(target.frac).all())):
@@ -276,6 +311,11 @@ def _check_pair(pred, target, by_order: bool = True) -> CrystalBatch:
         bad_lat[target.batch[~torch.isfinite(target.frac).all(1)]] = True
         raise ValueError(f"target: expected finite lattices and coordinates, got non-finite values in crystals "
                          f"{bad_lat.nonzero().flatten()[:8].tolist()}")
+    huge = target.lattice.abs().flatten(1).amax(1) > _max_magnitude(target.dtype)
+    if bool(huge.any()):
+        raise ValueError(f"target: expected lattice entries of magnitude at most {_max_magnitude(target.dtype):.3g} "
+                         f"in {target.dtype} (larger squares overflow), got larger ones in crystals "
+                         f"{huge.nonzero().flatten()[:8].tolist()}")
     return target
 
 
@@ -339,7 +379,10 @@ def lattice_term(pred_lattice: torch.Tensor, target_lattice: torch.Tensor, metri
     up = torch.ldexp(torch.ones_like(m), exponent)
     P, T = pred_lattice * down, target_lattice * down
     dG = P @ P.transpose(-1, -2) - T @ T.transpose(-1, -2)
-    norm = (P.square().sum(dim=(-1, -2)) + T.square().sum(dim=(-1, -2))).clamp_min(torch.finfo(P.dtype).tiny)
+    norm = P.square().sum(dim=(-1, -2)) + T.square().sum(dim=(-1, -2))
+    # After the scaling norm is at least 1/4 unless both cells are zero; 1 there keeps the gradient 0
+    # (a clamp at a tiny floor would give 0 · 1/tiny² = NaN in backward).
+    norm = torch.where(norm > 0, norm, torch.ones_like(norm))
     return dG.square().mean(dim=(-1, -2)) / norm * up * up
 
 
@@ -384,7 +427,7 @@ class MSELoss(CrystalLoss):
         self.coord_weight = _weight("coord_weight", coord_weight)
         self.lattice_metric = _choice("lattice_metric", lattice_metric, LATTICE_METRICS)
         self.coords = _choice("coords", coords, COORDINATE_TERMS)
-        self.blur = _tolerance("blur", blur, high=10.0)
+        self.blur = _blur(blur)
         self.atoms_matched_by_order = self.coords != "sinkhorn"
 
     def compute(self, pred: CrystalBatch, target: CrystalBatch) -> LossResult:
@@ -425,6 +468,26 @@ def canonicalize_labels(batch: CrystalBatch, *, rel_eps: float = 1e-5) -> tuple[
     moved = batch.apply_basis_change(res.transform)
     lattice = res.lattice.to(batch.dtype) + (moved.lattice - moved.lattice.detach())
     return CrystalBatch(lattice, moved.frac, batch.num_atoms, batch.species), res.status
+
+
+def reduce_or_identity(lattice: torch.Tensor, usable: torch.Tensor, *, rel_eps: float = 1e-5,
+                       with_lattice: bool = False):
+    """Reduce detached ``(B, 3, 3)`` lattices; the identity where the reducer is not ``OK`` or the
+    crystal is not ``usable``.
+
+    Returns ``(N (B, 3, 3) int64, status (B,) int64)`` (and the reducer's lattice when
+    ``with_lattice``), all on ``lattice``'s device: what every loss that looks at the prediction's
+    Niggli basis needs, written once.
+    """
+    res = niggli_reduce(lattice.detach(), rel_eps=rel_eps)
+    device = lattice.device
+    status = res.status.to(device)
+    ok = (status == int(Status.OK)) & usable
+    eye = torch.eye(3, dtype=torch.int64, device=device)
+    N = torch.where(ok[:, None, None], res.transform.to(device), eye)
+    if with_lattice:
+        return N, status, res.lattice.to(device)
+    return N, status
 
 
 @functools.lru_cache(maxsize=None)
@@ -607,7 +670,7 @@ class NiggliProxyLoss(CrystalLoss):
                  coords: str = "periodic", blur: float = 0.1):
         super().__init__()
         self.coords = _choice("coords", coords, COORDINATE_TERMS)
-        self.blur = _tolerance("blur", blur, high=10.0)
+        self.blur = _blur(blur)
         self.atoms_matched_by_order = self.coords != "sinkhorn"
         self.lattice_weight = _weight("lattice_weight", lattice_weight)
         self.coord_weight = _weight("coord_weight", coord_weight)
@@ -626,18 +689,17 @@ class NiggliProxyLoss(CrystalLoss):
         labels = target if self.labels_canonical else canonicalize_labels(target, rel_eps=self.rel_eps)[0]
         L_n, F_n = labels.lattice.detach(), labels.frac.detach()
 
-        res = niggli_reduce(pred.lattice.detach(), rel_eps=self.rel_eps)
-        status = res.status.to(device)
+        N, status, reduced_value = reduce_or_identity(pred.lattice.detach(), scorable, rel_eps=self.rel_eps,
+                                                      with_lattice=True)
         ok = (status == int(Status.OK)) & scorable
         fallback = scorable & ~ok
         included = ok | fallback if self.fallback == "identity" else ok
 
         eye = torch.eye(3, dtype=torch.int64, device=device)
-        N = torch.where(ok[:, None, None], res.transform.to(device), eye)
         N_f, N_inv_f = N.to(dtype), integer_inverse(N).to(dtype)
         NL = N_f @ L_p
         # Straight-through: the reducer's accurate value, the gradient of N @ L_pred.
-        reduced = torch.where(ok[:, None, None], res.lattice.to(device=device, dtype=dtype), NL.detach())
+        reduced = torch.where(ok[:, None, None], reduced_value.to(dtype), NL.detach())
         reduced = reduced + (NL - NL.detach())
         if self.frame == "reduced":
             P_lat = reduced
@@ -647,7 +709,10 @@ class NiggliProxyLoss(CrystalLoss):
             P_lat, P_frac = L_p, F_p
             left, right = N_inv_f, N_f
 
-        A = self._closest_automorphism(P_lat.detach(), P_frac.detach(), L_n, F_n, left, right, labels)
+        A = closest_automorphism(P_lat.detach(), P_frac.detach(), labels, left, right,
+                                 lattice_metric=self.lattice_metric, coords=self.coords,
+                                 lattice_weight=self.lattice_weight, coord_weight=self.coord_weight, blur=self.blur,
+                                 rel_tol=self.automorphism_tol, species=pred.species)
         A_f, A_inv_f = A.to(dtype), integer_inverse(A).to(dtype)
         T_lat = left @ A_f @ L_n
         T_frac = (F_n[:, None, :] @ (A_inv_f @ right)[pred.batch]).squeeze(1)
@@ -661,38 +726,67 @@ class NiggliProxyLoss(CrystalLoss):
         weights = {"lattice": self.lattice_weight, "coords": self.coord_weight, "skew": self.skew_weight}
         return _assemble(terms, weights, included, status, fallback)
 
-    def _closest_automorphism(self, P_lat, P_frac, L_n, F_n, left, right, labels: CrystalBatch) -> torch.Tensor:
-        """``(B, 3, 3)`` int64: per crystal, the automorphism of ``L_n`` whose target scores lowest.
 
-        Evaluated without gradient on every (crystal, automorphism) pair at once; the caller then
-        evaluates the chosen one with gradient (same function, so the same value).
-        """
-        B, device = L_n.shape[0], L_n.device
-        owner, A = lattice_automorphisms(L_n, self.automorphism_tol)
-        if owner.numel() == B:  # only identities: nothing to choose
-            return A
-        with torch.no_grad():
-            P = owner.numel()
-            A_f, A_inv_f = A.to(P_lat.dtype), integer_inverse(A).to(P_lat.dtype)
-            lat = lattice_term(P_lat[owner], left[owner] @ A_f @ L_n[owner], self.lattice_metric)
-            # Expand atoms pair by pair: pair p repeats the atoms of crystal owner[p].
-            counts = labels.num_atoms[owner]
-            pair_of_atom = torch.repeat_interleave(torch.arange(P, device=device), counts)
-            first = torch.cumsum(counts, 0) - counts
-            ptr = torch.cumsum(labels.num_atoms, 0) - labels.num_atoms
-            atom = ptr[owner][pair_of_atom] + torch.arange(pair_of_atom.numel(), device=device) - first[pair_of_atom]
-            T_frac = (F_n[atom][:, None, :] @ (A_inv_f @ right[owner])[pair_of_atom]).squeeze(1)
-            if self.coords == "periodic":
-                coords = periodic_coordinate_loss(P_frac[atom], T_frac, pair_of_atom, P)
-                total = self.lattice_weight * lat + self.coord_weight * coords
-            else:
-                # One optimal-transport problem per (crystal, automorphism) pair would dominate the
-                # cost; with Sinkhorn coordinates the lattice term alone picks the automorphism.
-                total = lat
-            best = torch.full((B,), math.inf, dtype=total.dtype, device=device).scatter_reduce(
-                0, owner, total, "amin")
-            # First pair attaining the minimum (ties, e.g. exact symmetries of the whole crystal, score
-            # the same, so which one wins does not change the value).
-            candidate = torch.where(total <= best[owner], torch.arange(P, device=device), P)
-            chosen = torch.full((B,), P, dtype=torch.int64, device=device).scatter_reduce(0, owner, candidate, "amin")
-        return A[chosen]
+def tie_tolerance(scale: torch.Tensor) -> torch.Tensor:
+    """Absolute slack ``(...)`` within which two candidate distances of size ``scale`` count as tied.
+
+    Distances of automorphic candidates of a symmetric crystal are equal in exact arithmetic but come
+    out of different floating-point sums; 1024 ulps of the scale of the summands covers that, and
+    counting a near-tie as a tie only ever keeps a candidate more.
+    """
+    return 64 * torch.finfo(scale.dtype).eps * scale
+
+
+def closest_automorphism(P_lat: torch.Tensor, P_frac: torch.Tensor, labels: CrystalBatch, left: torch.Tensor,
+                         right: torch.Tensor, *, lattice_metric: str, coords: str, lattice_weight: float,
+                         coord_weight: float, blur: float, rel_tol: float, species=None, with_group: bool = False):
+    """``(B, 3, 3)`` int64: per crystal, the automorphism ``A`` of the reduced label whose target
+    ``(left A L_n, F_n A^{-1} right)`` is closest to the prediction ``(P_lat, P_frac)``.
+
+    Every automorphism of a Niggli-reduced label gives an equally canonical target (the group is the
+    same set whichever basis the label came in), so choosing by distance to the prediction makes what
+    follows independent of the label's input basis. "Closest" is measured by the full weighted loss,
+    ``lattice_weight · lattice_term + coord_weight · coordinate_term``. With periodic coordinates every
+    (crystal, automorphism) pair is scored. With Sinkhorn coordinates (one optimal-transport problem
+    per pair would dominate the cost) the pairs are first narrowed to those tied, within
+    :func:`tie_tolerance`, with the nearest on the lattice term, which with ``lattice_metric="gram"``
+    is every automorphism; the coordinates then decide among those. Ties left after that are exact
+    symmetries of the whole crystal, whose targets are the same crystal, so which one wins changes no
+    value. Evaluated without gradient; ``labels`` is the reduced label batch (``L_n``, ``F_n``).
+    With ``with_group=True`` also returns the whole group as :func:`lattice_automorphisms` does,
+    ``(chosen, owner, group)``.
+    """
+    L_n, F_n = labels.lattice.detach(), labels.frac.detach()
+    B, device = L_n.shape[0], L_n.device
+    owner, A = lattice_automorphisms(L_n, rel_tol)
+    if owner.numel() == B:  # only identities: nothing to choose
+        return (A, owner, A) if with_group else A
+    with torch.no_grad():
+        P = owner.numel()
+        A_f, A_inv_f = A.to(P_lat.dtype), integer_inverse(A).to(P_lat.dtype)
+        T_lat = left[owner] @ A_f @ L_n[owner]
+        lat = lattice_term(P_lat[owner], T_lat, lattice_metric)
+        keep = torch.ones(P, dtype=torch.bool, device=device)
+        if coords == "sinkhorn":
+            best_lat = torch.full((B,), math.inf, dtype=lat.dtype, device=device).scatter_reduce(0, owner, lat, "amin")
+            scale = (P_lat.square().sum(dim=(1, 2)) + L_n.square().sum(dim=(1, 2))) / 9
+            keep = lat <= best_lat[owner] + tie_tolerance(scale)[owner]
+        pairs = keep.nonzero().flatten()
+        # Expand atoms pair by pair: pair p repeats the atoms of crystal owner[p].
+        sub = owner[pairs]
+        counts = labels.num_atoms[sub]
+        pair_of_atom = torch.repeat_interleave(torch.arange(pairs.numel(), device=device), counts)
+        first = torch.cumsum(counts, 0) - counts
+        ptr = torch.cumsum(labels.num_atoms, 0) - labels.num_atoms
+        atom = ptr[sub][pair_of_atom] + torch.arange(pair_of_atom.numel(), device=device) - first[pair_of_atom]
+        T_frac = (F_n[atom][:, None, :] @ (A_inv_f[pairs] @ right[sub])[pair_of_atom]).squeeze(1)
+        species_p = None if species is None else species[atom]
+        species_t = None if labels.species is None else labels.species[atom]
+        crd = coordinate_term(coords, P_frac[atom], T_frac, pair_of_atom, T_lat[pairs], species_p, species_t, blur)
+        total = torch.full((P,), math.inf, dtype=lat.dtype, device=device)
+        total[pairs] = lattice_weight * lat[pairs] + coord_weight * crd
+        best = torch.full((B,), math.inf, dtype=total.dtype, device=device).scatter_reduce(0, owner, total, "amin")
+        # First pair attaining the minimum (the automorphisms are listed in a fixed order per crystal).
+        candidate = torch.where(total <= best[owner], torch.arange(P, device=device), P)
+        chosen = torch.full((B,), P, dtype=torch.int64, device=device).scatter_reduce(0, owner, candidate, "amin")
+    return (A[chosen], owner, A) if with_group else A[chosen]

@@ -5,19 +5,29 @@ Row convention: lattices ``(B, 3, 3)`` have the lattice vectors as rows; Cartesi
 
 Where a prediction's atom order is not the label's (generative models, set decoders), the periodic
 MSE of :mod:`soft_niggli.periodic` does not apply. This module compares the two atom sets as measures
-with geomloss' debiased Sinkhorn divergence (``SamplesLoss("sinkhorn", ...)``, tensorized backend)
-under the ground cost
+with geomloss' debiased Sinkhorn divergence ``S`` (``SamplesLoss("sinkhorn", ...)``, tensorized
+backend) under the ground cost
 
     C(i, j) = ½ |minimum_image(f_i - f_j) @ L|²  +  species_penalty · [Z_i ≠ Z_j],
 
 the squared minimum-image Cartesian distance in the reference lattice ``L`` (so the cost is periodic:
 wrapping a coordinate changes nothing), plus a penalty that keeps atoms of different elements from
-being matched. It is invariant to the order of the atoms in either structure. A common translation
-(Type II) is removed by centring each structure on its own circular mean position (per axis,
-``atan2(Σ sin 2πf, Σ cos 2πf) / 2π``), which moves exactly with any translation; where a structure's
-positions are spread evenly round the circle along an axis (a vanishing resultant, e.g. two atoms
-½ apart) no centre exists and that axis is not centred, so translation invariance then holds only up
-to the Sinkhorn blur.
+being matched. It is invariant to the order of the atoms in either structure.
+
+Translations (Type II). No centre of a periodic atom set can be both translation-equivariant and
+continuous (two atoms ½ apart have no preferred centre, and real crystals such as wurtzite sit exactly
+there), so none is used. Instead the term is the minimum over *anchor translations*
+
+    term = min_{i, j} S(pred + t_ij, target),   t_ij = minimum_image(f_target[j] - f_pred[i]),
+
+with ``i`` and ``j`` running over the atoms of the *anchor element*: the element with the fewest
+atoms in the crystal (ties: the smallest atomic number; every atom when species are not given). Each
+``t_ij`` puts one predicted anchor atom exactly on one target anchor atom. The set of candidates moves
+exactly with a translation of either structure and with a permutation of its atoms, so the minimum is
+exactly invariant to both; a minimum of continuous functions is continuous, so nothing jumps. A
+perfect prediction (the label translated and permuted) scores 0. When a crystal has more than
+``max_anchor_pairs`` anchor pairs (e.g. 24 carbon atoms: 576 pairs) its structures are compared as
+given (one candidate, ``t = 0``): still continuous and invariant to atom order, not to translation.
 """
 
 from __future__ import annotations
@@ -26,36 +36,68 @@ import math
 
 import torch
 
-__all__ = ["sinkhorn_coordinate_loss", "sinkhorn_coordinate_loss_flat"]
+__all__ = ["sinkhorn_coordinate_loss", "sinkhorn_coordinate_loss_flat", "MAX_ANCHOR_PAIRS"]
 
-_TWO_PI = 2.0 * math.pi
+#: Default cap on the anchor translations tried per crystal (rarest element with up to 8 atoms).
+MAX_ANCHOR_PAIRS = 64
 
 
-def _circular_centre(frac: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    # frac (B, N, 3), mask (B, N) -> (B, 1, 3) circular mean per axis; 0 where the resultant vanishes.
-    w = mask.to(frac.dtype)[..., None]
-    s = (torch.sin(_TWO_PI * frac) * w).sum(1)
-    c = (torch.cos(_TWO_PI * frac) * w).sum(1)
-    vanishing = s.square() + c.square() <= (1e-6 * w.sum(1).clamp_min(1.0)).square()
-    s = torch.where(vanishing, torch.zeros_like(s), s)
-    c = torch.where(vanishing, torch.ones_like(c), c)
-    return (torch.atan2(s, c) / _TWO_PI)[:, None, :]
+def _check_species(species_pred, species_target):
+    if (species_pred is None) != (species_target is None):
+        raise ValueError("species_pred, species_target: expected both or neither (species are compared between "
+                         f"the two structures), got {'species_pred' if species_pred is not None else 'species_target'}"
+                         " only")
+
+
+def _anchor_translations(frac_pred, frac_target, mask, z_pred, z_target, max_pairs: int):
+    """Anchor pairs, packed: ``owner (Q,)`` crystal of each candidate, atom indices ``i``, ``j`` (Q,)
+    into the padded pred and target, and ``use (Q,)``, False where the candidate is ``t = 0``.
+
+    Crystals with no anchor pair, or more than ``max_pairs``, get one candidate ``t = 0``. Indices only:
+    nothing here is differentiated.
+    """
+    B, N, _ = frac_pred.shape
+    device = frac_pred.device
+    # Count of each atom's element in its crystal (target side), as a key: (count, element).
+    same = (z_target[:, :, None] == z_target[:, None, :]) & mask[:, None, :]
+    count = same.sum(-1)  # (B, N)
+    big = int(z_target.abs().max()) + 1 if z_target.numel() else 1
+    key = torch.where(mask, count * big + z_target, torch.full_like(count, torch.iinfo(torch.int64).max))
+    anchor_key = key.min(1).values  # (B,)
+    anchor_z = torch.where(anchor_key < torch.iinfo(torch.int64).max, anchor_key % big, torch.full_like(anchor_key, -1))
+    anchor_t = mask & (z_target == anchor_z[:, None])
+    anchor_p = mask & (z_pred == anchor_z[:, None])
+    valid = (anchor_p[:, :, None] & anchor_t[:, None, :]).reshape(B, N * N)  # pair (i, j) as i*N + j
+    pairs = valid.sum(1)
+    use = (pairs >= 1) & (pairs <= max_pairs)
+    per_crystal = torch.where(use, pairs, torch.ones_like(pairs))
+    owner = torch.repeat_interleave(torch.arange(B, device=device), per_crystal)
+    position = torch.arange(owner.numel(), device=device) - (torch.cumsum(per_crystal, 0) - per_crystal)[owner]
+    # The valid pairs of each crystal first, in a fixed order (stable sort keeps index order).
+    order = torch.sort((~valid).to(torch.int8), dim=1, stable=True).indices  # (B, N*N)
+    pair = order[owner, position]
+    return owner, pair // N, pair % N, use[owner]
 
 
 def sinkhorn_coordinate_loss(frac_pred: torch.Tensor, frac_target: torch.Tensor, mask: torch.Tensor,
                              lattice: torch.Tensor, species_pred: torch.Tensor | None = None,
                              species_target: torch.Tensor | None = None, *, blur: float = 0.1,
-                             scaling: float = 0.7, species_penalty: float = 100.0) -> torch.Tensor:
+                             scaling: float = 0.7, species_penalty: float = 100.0,
+                             max_anchor_pairs: int = MAX_ANCHOR_PAIRS) -> torch.Tensor:
     """Sinkhorn divergence between predicted and target atom sets, per crystal, ``(B,)`` in Å².
+
+    The minimum over anchor translations (module docstring): exactly invariant to translating either
+    structure and to the order of its atoms, continuous in both.
 
     Args:
         frac_pred, frac_target: ``(B, N, 3)`` padded fractional coordinates in the same basis.
         mask: ``(B, N)`` bool, real atoms (both structures have the same atom count per crystal).
         lattice: ``(B, 3, 3)`` lattice measuring the cost (usually the target's, detached).
-        species_pred, species_target: ``(B, N)`` atomic numbers, or None to ignore species.
+        species_pred, species_target: ``(B, N)`` atomic numbers, both or neither (None: ignore species).
         blur: Sinkhorn blur in Å (the entropic scale ``ε = blur²``).
         scaling: geomloss' ε-scaling ratio (closer to 1 is more accurate and slower).
         species_penalty: cost in Å² added for matching atoms of different elements.
+        max_anchor_pairs: most anchor translations tried per crystal (see the module docstring).
     """
     from geomloss import SamplesLoss  # core dependency; imported here to keep `import soft_niggli` light
 
@@ -67,14 +109,27 @@ def sinkhorn_coordinate_loss(frac_pred: torch.Tensor, frac_target: torch.Tensor,
         raise ValueError(f"mask: expected shape ({B}, {N}), got {tuple(mask.shape)}")
     if tuple(lattice.shape) != (B, 3, 3):
         raise ValueError(f"lattice: expected shape ({B}, 3, 3), got {tuple(lattice.shape)}")
-    fp = frac_pred - _circular_centre(frac_pred, mask)
-    ft = frac_target - _circular_centre(frac_target, mask)
-    zp = (species_pred if species_pred is not None else torch.zeros(B, N)).to(fp.dtype)
-    zt = (species_target if species_target is not None else torch.zeros(B, N)).to(fp.dtype)
-    Lflat = lattice.reshape(B, 1, 9).expand(B, N, 9).to(fp.dtype)
-    # geomloss passes (B, N, D) point features to the cost; pack coordinates, species and the lattice.
-    x = torch.cat([fp, zp[..., None], Lflat], dim=-1)
-    y = torch.cat([ft, zt[..., None], Lflat], dim=-1)
+    _check_species(species_pred, species_target)
+    if B == 0 or N == 0:
+        return frac_pred.new_zeros(B)
+    device = frac_pred.device
+    zeros = torch.zeros(B, N, dtype=torch.int64, device=device)
+    zp = zeros if species_pred is None else species_pred.to(device=device, dtype=torch.int64)
+    zt = zeros if species_target is None else species_target.to(device=device, dtype=torch.int64)
+    mask = mask.to(device=device, dtype=torch.bool)
+
+    owner, i, j, use = _anchor_translations(frac_pred, frac_target, mask, zp, zt, max_anchor_pairs)
+    # t_ij stays in the graph: the value's gradient includes the moving anchor atom's share.
+    t = frac_target[owner, j] - frac_pred[owner, i]
+    t = torch.where(use[:, None], t - torch.round(t).detach(), torch.zeros_like(t))
+    fp = frac_pred[owner] + t[:, None, :]
+    ft = frac_target[owner]
+    m = mask[owner]
+    Q = owner.numel()
+    Lflat = lattice[owner].reshape(Q, 1, 9).expand(Q, N, 9).to(fp.dtype)
+    # geomloss passes (Q, N, D) point features to the cost; pack coordinates, species and the lattice.
+    x = torch.cat([fp, zp[owner][..., None].to(fp.dtype), Lflat], dim=-1)
+    y = torch.cat([ft, zt[owner][..., None].to(fp.dtype), Lflat], dim=-1)
 
     def cost(a, b):
         d = a[:, :, None, :3] - b[:, None, :, :3]
@@ -84,12 +139,17 @@ def sinkhorn_coordinate_loss(frac_pred: torch.Tensor, frac_target: torch.Tensor,
         different = (a[:, :, None, 3] != b[:, None, :, 3]).to(a.dtype)
         return 0.5 * cart.square().sum(-1) + species_penalty * different
 
-    weights = mask.to(fp.dtype)
+    weights = m.to(fp.dtype)
     weights = weights / weights.sum(1, keepdim=True).clamp_min(1.0)
     diameter = float(lattice.detach().abs().sum(dim=(1, 2)).max().clamp_min(1.0)) + math.sqrt(2 * species_penalty)
     loss = SamplesLoss("sinkhorn", p=2, blur=blur, scaling=scaling, cost=cost, backend="tensorized",
                        diameter=diameter, debias=True)
-    return loss(weights, x, weights, y)
+    values = loss(weights, x, weights, y)  # (Q,)
+    # Minimum per crystal over its candidates (padded with +inf).
+    position = torch.arange(Q, device=device) - torch.searchsorted(owner, owner, right=False)
+    table = torch.full((B, int(position.max()) + 1), math.inf, dtype=values.dtype, device=device)
+    table = table.index_put((owner, position), values)
+    return table.min(dim=1).values
 
 
 def sinkhorn_coordinate_loss_flat(frac_pred: torch.Tensor, frac_target: torch.Tensor, batch: torch.Tensor,
@@ -98,9 +158,10 @@ def sinkhorn_coordinate_loss_flat(frac_pred: torch.Tensor, frac_target: torch.Te
     """:func:`sinkhorn_coordinate_loss` on flat ``(N_total, 3)`` coordinates with a ``batch`` vector.
 
     Both structures have the same atom count per crystal (``batch`` is shared); atoms are padded per
-    crystal internally. ``species_*`` are ``(N_total,)`` or None. Returns ``(B,)`` with
+    crystal internally. ``species_*`` are ``(N_total,)``, both or neither. Returns ``(B,)`` with
     ``B = lattice.shape[0]``.
     """
+    _check_species(species_pred, species_target)
     B = lattice.shape[0]
     counts = torch.bincount(batch, minlength=B)
     n_max = int(counts.max()) if counts.numel() else 0

@@ -346,3 +346,20 @@ def test_basis_change_rejects_bad_matrices():
         cb.apply_basis_change(torch.eye(3, dtype=torch.float64) * 1.5)
     with pytest.raises(ValueError, match="dtype: expected a floating dtype"):
         cb.to(dtype=torch.int64)
+
+
+def test_empty_list_of_counts_is_a_batch_of_zero_crystals():
+    lattice, frac = torch.zeros(0, 3, 3, dtype=torch.float64), torch.zeros(0, 3, dtype=torch.float64)
+    for species in (None, []):
+        cb = CrystalBatch(lattice, frac, [], species)
+        assert len(cb) == 0 and cb.num_atoms.dtype == torch.int64 and cb.num_atoms.shape == (0,)
+        assert cb.batch.shape == (0,) and cb.cartesian().shape == (0, 3)
+        padded, mask, sp = cb.to_padded()
+        assert padded.shape == (0, 0, 3) and mask.shape == (0, 0)
+        assert len(cb.apply_basis_change(torch.eye(3, dtype=torch.int64))) == 0
+    assert cb.species.dtype == torch.int64 and cb.to_structures() == []
+    assert len(CrystalBatch.from_flat(lattice, frac, [])) == 0
+    assert len(CrystalBatch.from_padded(lattice, torch.zeros(0, 0, 3, dtype=torch.float64), np.zeros((0, 0), bool))) == 0
+    assert len(CrystalBatch.from_structures([])) == 0
+    with pytest.raises(ValueError, match=r"num_atoms: expected shape \(B,\) = \(2,\) to match lattice, got \(0,\)"):
+        CrystalBatch(_lattice(), frac, [])

@@ -72,3 +72,106 @@ def test_cdvae_reader_matches_pymatgen_and_caches(tmp_path, monkeypatch):
     assert first[0].properties["material_id"]
     small = read_cdvae_csv(path, limit=4, max_atoms=min(len(s) for s in expected))
     assert 1 <= len(small) <= 4 and all(len(s) <= min(len(t) for t in expected) for s in small)
+
+
+# ---------------------------------------------------------------------------- issue #11: bad rows, bad files, bad arguments
+
+
+def _cif(structure) -> str:
+    return structure.to(fmt="cif")
+
+
+def _write_csv(path, rows, columns=("material_id", "cif"), gz=True):
+    """A CDVAE-style CSV (gzipped unless ``gz=False``) with one dict per row."""
+    import csv
+    import gzip
+
+    opener = gzip.open if gz else open
+    with opener(path, "wt", newline="") as fh:
+        writer = csv.DictWriter(fh, fieldnames=list(columns))
+        writer.writeheader()
+        writer.writerows(rows)
+    return path
+
+
+def _ordered(a=4.0):
+    from pymatgen.core import Lattice, Structure
+
+    return Structure(Lattice.cubic(a), ["Na", "Cl"], [[0, 0, 0], [0.5, 0.5, 0.5]])
+
+
+def _disordered():
+    from pymatgen.core import Lattice, Structure
+
+    return Structure(Lattice.cubic(3.0), [{"Fe": 0.5, "Co": 0.5}], [[0, 0, 0]])
+
+
+def test_partially_occupied_rows_are_dropped_and_counted(tmp_path, monkeypatch):
+    monkeypatch.setenv("SOFT_NIGGLI_CACHE", str(tmp_path / "cache"))
+    path = _write_csv(tmp_path / "mixed.csv.gz", [
+        {"material_id": "a", "cif": _cif(_ordered(4.0))},
+        {"material_id": "dis", "cif": _cif(_disordered())},
+        {"material_id": "b", "cif": _cif(_ordered(5.0))},
+    ])
+    for _ in range(2):  # parsed, then from the cache: the same rows and the same report
+        with pytest.warns(UserWarning, match=r"mixed\.csv\.gz: dropped 1 of 3 rows .*partial occupancies"):
+            out = read_cdvae_csv(path)
+        assert _ids(out) == ["a", "b"]
+        assert all(s.is_ordered for s in out)
+    with pytest.warns(UserWarning, match="dropped 1 of 2 rows"):
+        assert _ids(read_cdvae_csv(path, limit=2, use_cache=False)) == ["a"]
+
+
+@pytest.mark.parametrize("bad", [-1, 1.5, "3", True])
+def test_limit_must_be_none_or_a_non_negative_int(tmp_path, bad):
+    from soft_niggli.datasets import read_cdvae_cells
+
+    path = _write_csv(tmp_path / "one.csv.gz", [{"material_id": "a", "cif": _cif(_ordered())}])
+    for call in (lambda: load_dataset("aflow", limit=bad), lambda: load_dataset("aflow", "all", limit=bad),
+                 lambda: read_cdvae_csv(path, limit=bad), lambda: read_cdvae_cells(path, limit=bad),
+                 lambda: read_aflow_prototypes(max_atoms=bad), lambda: read_cdvae_csv(path, max_atoms=bad)):
+        with pytest.raises(ValueError, match=r"expected None or an int >= 0, got " + repr(bad).replace(".", r"\.")):
+            call()
+    assert len(load_dataset("aflow", "all", limit=np.int64(3))) == 3
+    assert len(load_dataset("aflow", "all", limit=0)) == 0
+
+
+def test_missing_cif_column_names_the_file_and_the_columns_present(tmp_path):
+    from soft_niggli.datasets import read_cdvae_cells
+
+    path = _write_csv(tmp_path / "nocif.csv.gz", [{"material_id": "a", "formula": "NaCl"}],
+                      columns=("material_id", "formula"))
+    for reader in (read_cdvae_cells, read_cdvae_csv):
+        with pytest.raises(ValueError, match=r"nocif\.csv\.gz.*'cif'.*\['material_id', 'formula'\]"):
+            reader(path)
+
+
+def test_bad_cif_names_the_file_the_row_and_the_material_id(tmp_path):
+    from soft_niggli.datasets import read_cdvae_cells
+
+    no_cell = "\n".join(line for line in _cif(_ordered()).splitlines() if not line.startswith("_cell_length_b"))
+    path = _write_csv(tmp_path / "badcif.csv", [
+        {"material_id": "good", "cif": _cif(_ordered())},
+        {"material_id": "mp-bad", "cif": no_cell},
+    ], gz=False)
+    with pytest.raises(ValueError, match=r"badcif\.csv: row 2 \(material_id 'mp-bad'\).*_cell_length_b"):
+        read_cdvae_cells(path)
+    garbage = _write_csv(tmp_path / "garbage.csv.gz", [
+        {"material_id": "good", "cif": _cif(_ordered())},
+        {"material_id": "mp-junk", "cif": "not a cif"},
+    ])
+    for reader in (read_cdvae_cells, lambda p: read_cdvae_csv(p, use_cache=False)):
+        with pytest.raises(ValueError, match=r"garbage\.csv\.gz: row 2 \(material_id 'mp-junk'\)"):
+            reader(garbage)
+
+
+def test_truncated_gzip_is_reported_as_truncated_not_eof(tmp_path):
+    from soft_niggli.datasets import read_cdvae_cells
+
+    rows = [{"material_id": f"m{i}", "cif": _cif(_ordered(3.0 + 0.01 * i))} for i in range(200)]
+    whole = _write_csv(tmp_path / "whole.csv.gz", rows).read_bytes()
+    cut = tmp_path / "cut.csv.gz"
+    cut.write_bytes(whole[: len(whole) // 2])
+    for reader in (read_cdvae_cells, lambda p: read_cdvae_csv(p, use_cache=False)):
+        with pytest.raises(ValueError, match=r"cut\.csv\.gz.*truncated or corrupt"):
+            reader(cut)

@@ -130,3 +130,23 @@ def test_integer_dtype_lattice_raises_value_error():
 def test_non_unimodular_basis_change_raises():
     with pytest.raises(ValueError, match="unimodular"):
         apply_basis_change(torch.eye(3), torch.zeros(1, 3), 2 * torch.eye(3, dtype=torch.int64))
+
+
+def test_integer_inverse_refuses_to_overflow_int64():
+    a = 2**40
+    # Unimodular (upper unitriangular), but its inverse holds a * a = 2^80, past int64.
+    M = torch.tensor([[1, a, 0], [0, 1, a], [0, 0, 1]])
+    with pytest.raises(ValueError, match=r"largest entry .*2\^80.* int64 limit 2\^63 - 1"):
+        integer_inverse(M)
+    with pytest.raises(ValueError, match=r"int64 limit"):
+        apply_basis_change(torch.eye(3, dtype=torch.float64), torch.zeros(1, 3, dtype=torch.float64), M)
+    # Products past int64 whose exact inverse still fits: returned, and exact.
+    N = torch.tensor([[[a + 1, a, 0], [a, a - 1, 0], [0, 0, 1]], [[1, 2, 0], [0, 1, 0], [0, 0, 1]]])
+    expected = torch.tensor([[[1 - a, a, 0], [a, -a - 1, 0], [0, 0, 1]], [[1, -2, 0], [0, 1, 0], [0, 0, 1]]])
+    assert torch.equal(integer_inverse(N), expected)
+    # det = 2^64 + 1 wraps to 1 in int64: not unimodular, however the products wrap.
+    b = 2**32
+    with pytest.raises(ValueError, match="unimodular"):
+        integer_inverse(torch.tensor([[b, 1, 0], [-1, b, 0], [0, 0, 1]]))
+    with pytest.raises(ValueError, match=r"int64"):
+        integer_inverse(torch.tensor([[1e30, 0, 0], [0, 1, 0], [0, 0, 1]], dtype=torch.float64))
