@@ -60,7 +60,7 @@ from .losses import (
     register_loss,
     tie_tolerance,
 )
-from .softmin import candidate_set, lattice_distances, metric_distances
+from .softmin import candidate_scores, candidate_set
 
 __all__ = ["SoftminLoss", "GramLoss", "CENTERS"]
 
@@ -133,20 +133,6 @@ class _CandidateSoftmin(CrystalLoss):
 
     # -- candidates --------------------------------------------------------------------------------
 
-    def _approximate_distances(self, L_cmp: torch.Tensor, L_ref: torch.Tensor) -> torch.Tensor:
-        """``(B, K)`` lattice term of every candidate, inner-product form, for choosing candidates only."""
-        if self.lattice_metric == "cartesian":
-            return lattice_distances(L_cmp, L_ref, self.bound, self.proper)
-        # lattice_term's scaling: the quartic metric difference over ‖L_p‖² + ‖M L_r‖². Computed on the
-        # cells divided by a common s (it is homogeneous) so that it cannot overflow for huge cells.
-        s2 = (L_cmp.square().sum(dim=(1, 2)) + L_ref.square().sum(dim=(1, 2))).clamp_min(torch.finfo(L_cmp.dtype).tiny)
-        s = s2.sqrt()[:, None, None]
-        P, R = L_cmp / s, L_ref / s
-        quartic = metric_distances(P @ P.transpose(1, 2), R @ R.transpose(1, 2), self.bound, self.proper) * 9
-        norm = P.square().sum(dim=(1, 2))[:, None] + 9 * lattice_distances(torch.zeros_like(R), R, self.bound,
-                                                                           self.proper)
-        return quartic / (9 * norm.clamp_min(torch.finfo(L_cmp.dtype).tiny)) * s2[:, None]
-
     def _select(self, L_cmp: torch.Tensor, L_ref: torch.Tensor):
         """Candidates to score exactly: packed ``(owner (Q,), candidate (Q,))``, per crystal its
         ``top_k`` nearest on the lattice term *plus every candidate tied with the k-th*.
@@ -156,14 +142,10 @@ class _CandidateSoftmin(CrystalLoss):
         would make the value depend on the order in which the label's basis lists them.
         """
         with torch.no_grad():
-            d = self._approximate_distances(L_cmp.detach(), L_ref)
-            B, K = d.shape
-            k = min(self.top_k, K)
-            kth = torch.topk(d, k, dim=1, largest=False).values[:, -1]
-            # Near the k-th candidate the summands of the inner-product form are of the size of
-            # ‖L_p‖² + ‖L_ref‖² (both metrics, after the Gram form's division by the squared size).
-            size = (L_cmp.detach().square().sum(dim=(1, 2)) + L_ref.square().sum(dim=(1, 2))) / 9
-            within = d <= (kth + tie_tolerance(size))[:, None]
+            score, scale = candidate_scores(L_cmp.detach(), L_ref, self.bound, self.proper, self.lattice_metric)
+            k = min(self.top_k, score.shape[1])
+            kth = torch.topk(score, k, dim=1, largest=False).values[:, -1]
+            within = score <= (kth + tie_tolerance(scale))[:, None]
             owner, candidate = within.nonzero(as_tuple=True)
         return owner, candidate
 
@@ -225,16 +207,19 @@ class _CandidateSoftmin(CrystalLoss):
             lats.append(lat)
             crds.append(crd)
         owner, lat, crd = torch.cat(owners), torch.cat(lats), torch.cat(crds)
-        d = lattice_weight * lat + self.coord_weight * crd
+        # The softmin and the offset below are each about -τ log(number of tied candidates) while their
+        # difference is near 0: combine them in float64 so single precision does not cancel it away.
+        d = (lattice_weight * lat + self.coord_weight * crd).double()
         value = packed_softmin(d, owner, B, self.tau, self.normalize)
         # The candidates' shares of the softmin (their softmax weights), for the reported parts.
         weight = torch.exp(-(d - value[owner]) / self.tau)
         if self.normalize:
             weight = weight / torch.bincount(owner, minlength=B).clamp_min(1).to(d.dtype)[owner]
-        parts = [torch.zeros(B, dtype=d.dtype, device=d.device).index_add(0, owner, weight * x) for x in (lat, crd)]
+        parts = [torch.zeros(B, dtype=lat.dtype, device=d.device).index_add(0, owner, weight.to(lat.dtype) * x)
+                 for x in (lat, crd)]
         if self.zero_at_match:
             value = value - self._offset(picked, centred, aut_owner, aut, lattice_weight, B)
-        return value, parts[0], parts[1], status
+        return value.to(lat.dtype), parts[0], parts[1], status
 
     def _offset(self, picked, centred: CrystalBatch, aut_owner, aut, lattice_weight, B):
         """``(B,)`` the softmin of the centred label against itself over the candidates kept for the
@@ -245,15 +230,22 @@ class _CandidateSoftmin(CrystalLoss):
         automorphisms dominate the offset, so a prediction in a skewed basis is not rewarded.
         """
         with torch.no_grad():
-            owner = torch.cat([o for _, _, o, _ in picked] + [aut_owner])
-            X = torch.cat([x for _, _, _, x in picked] + [aut])
+            L_ref = centred.lattice.detach()
+            # Only the automorphisms tied with the identity on the lattice term (all of them for the
+            # metric, the identity alone for Cartesian entries, where the others are rotated copies).
+            size = 2 * L_ref.square().sum(dim=(1, 2))[aut_owner] / 9
+            tied = lattice_term(L_ref[aut_owner], aut.to(L_ref.dtype) @ L_ref[aut_owner],
+                                self.lattice_metric) <= tie_tolerance(size)
+            owner = torch.cat([o for _, _, o, _ in picked] + [aut_owner[tied]])
+            X = torch.cat([x for _, _, _, x in picked] + [aut[tied]])
             key = torch.cat([owner[:, None], X.flatten(1)], 1)
             key = torch.unique(key, dim=0)
             owner, X = key[:, 0].contiguous(), key[:, 1:].reshape(-1, 3, 3)
-            L_ref, F_ref = centred.lattice.detach(), centred.frac.detach()
+            F_ref = centred.frac.detach()
             lat, crd = self._distances(L_ref, F_ref, L_ref, F_ref, centred.batch, centred.species, centred.species,
                                        owner, X)
-            return packed_softmin(lattice_weight * lat + self.coord_weight * crd, owner, B, self.tau, self.normalize)
+            d = (lattice_weight * lat + self.coord_weight * crd).double()
+            return packed_softmin(d, owner, B, self.tau, self.normalize)
 
     def _softmin_terms(self, pred: CrystalBatch, L, F, scorable, labels: CrystalBatch, lattice_weight):
         centred, aut_owner, aut = self._label_frame(L, F, labels, pred.species, lattice_weight)

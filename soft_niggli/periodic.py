@@ -12,20 +12,17 @@ A crystal's fractional coordinates are defined only up to two symmetries the err
 * a common translation (Type II): ``wrap(F + t)`` for any ``t`` is the same crystal, handled by
   subtracting the best common translation of each crystal before squaring.
 
-The translation is the per-axis *circular* mean of the minimum-image differences,
-``t = atan2(Σ sin 2πd, Σ cos 2πd) / 2π``. The arithmetic mean of minimum-image differences is not used
-because it is not translation-equivariant: shifting every difference by ``t`` moves some of them across
-the ±½ cut where the minimum image jumps by 1, so the arithmetic mean moves by ``t - k/n`` instead of
-``t``. The circular mean rotates exactly with ``t`` (``atan2`` of a rotated resultant), which makes the
-error exactly invariant, up to floating-point rounding, to translating either structure by any ``t``
-and to wrapping any coordinate by an integer. For small differences it coincides with the minimiser
-of the squared error (the arithmetic mean) to second order.
-
-The translation stays in the autograd graph, so the error is a smooth function of the coordinates
-(away from the measure-zero cut points of the minimum image) whose gradient is exactly the derivative
-of the value, as ``torch.autograd.gradcheck`` checks. Where a crystal's mean resultant vanishes
-(differences spread uniformly round the circle, e.g. two atoms differing by exactly ½) no translation
-is preferred: ``t = 0`` is used there, with zero gradient through ``t``.
+The translation removed is the *best* one, exactly: per axis, ``t`` minimises
+``Σ_i minimum_image(d_i - t)²`` over the circle. That minimum is found without iterating: sorted round
+the circle, the images the optimum uses are those of one contiguous arc, so it is the smallest
+variance of the ``n`` unwrapped arcs (one per cut between neighbours), computed from prefix sums. A
+minimum over a finite set of continuous functions is continuous, and the set of arcs moves exactly
+with any translation, so the error is exactly invariant (to rounding) to translating either structure
+by any ``t`` and to wrapping any coordinate, and continuous everywhere: also where the differences are
+spread evenly round the circle (e.g. two atoms ½ apart, common on symmetric crystals), where every
+*centre* of the differences (a circular mean) is undefined and would switch by a threshold. Near a
+match the best translation is the arithmetic mean of the differences. Gradients are those of the
+chosen arc (exact away from the measure-zero set where two arcs tie).
 
 >>> import torch
 >>> pred = torch.tensor([[0.15, 0.0, 0.0], [0.35, 0.0, 0.0]], dtype=torch.float64)
@@ -44,7 +41,6 @@ from ._checks import as_float_tensor, check_last_dim
 
 __all__ = ["minimum_image", "best_translation", "periodic_coordinate_loss"]
 
-_TWO_PI = 2.0 * math.pi
 
 
 def minimum_image(d: torch.Tensor) -> torch.Tensor:
@@ -79,26 +75,59 @@ def _check_batch(batch, n: int, num_crystals: int, device: torch.device) -> torc
 
 
 def best_translation(d: torch.Tensor, batch: torch.Tensor, num_crystals: int) -> torch.Tensor:
-    """Per-crystal circular mean ``(num_crystals, 3)`` of fractional differences ``d (N_total, 3)``.
+    """Per-crystal best common translation ``(num_crystals, 3)`` of fractional differences ``d (N_total, 3)``.
 
-    ``batch (N_total,)`` holds each atom's crystal index in ``[0, num_crystals)``. The result lies in
-    ``(-½, ½]``; crystals without atoms, or whose mean resultant vanishes along an axis, get 0 there.
-    Differentiable, computed with scatter sums (no loop over crystals).
+    Per axis the ``t`` in ``[-½, ½)`` minimising ``Σ_i minimum_image(d_i - t)²`` (module docstring);
+    crystals without atoms get 0. ``batch (N_total,)`` holds each atom's crystal in ``[0, num_crystals)``.
+    Differentiable (through the chosen arc), computed with sorts and scatter sums.
     """
     d = _check_flat(d, "d")
     batch = _check_batch(batch, d.shape[0], num_crystals, d.device)
-    angle = _TWO_PI * d
-    index = batch[:, None].expand(-1, 3)
-    sin_sum = d.new_zeros(num_crystals, 3).scatter_add(0, index, torch.sin(angle))
-    cos_sum = d.new_zeros(num_crystals, 3).scatter_add(0, index, torch.cos(angle))
-    counts = torch.bincount(batch, minlength=num_crystals).to(d.dtype)[:, None]
-    # atan2's gradient is 0/0 at a vanishing resultant: substitute (0, 1) there so both value and
-    # gradient are 0 instead of NaN. The threshold is relative to the atom count (resultant ≤ n).
-    eps = 64 * torch.finfo(d.dtype).eps
-    vanishing = sin_sum.square() + cos_sum.square() <= (eps * counts.clamp_min(1.0)).square()
-    sin_safe = torch.where(vanishing, torch.zeros_like(sin_sum), sin_sum)
-    cos_safe = torch.where(vanishing, torch.ones_like(cos_sum), cos_sum)
-    return torch.atan2(sin_safe, cos_safe) / _TWO_PI
+    t, _ = _best_arcs(d, batch, num_crystals)
+    return t
+
+
+def _best_arcs(d: torch.Tensor, batch: torch.Tensor, B: int):
+    """``(t (B, 3), sq (B, 3))``: the best translation per axis and the smallest sum of squared residuals.
+
+    Computed in float64 whatever ``d``'s dtype: the sums cancel to a small residual near a match.
+    """
+    dtype, device = d.dtype, d.device
+    x = d.double()
+    x = x - torch.floor(x).detach()  # in [0, 1): one image per atom, order round the circle
+    n_atoms = x.shape[0]
+    # Sort within crystals: the crystal index is the major key (x < 1).
+    order = torch.sort(batch.double()[:, None] * 2 + x.detach(), dim=0).indices  # (N, 3)
+    xs = torch.gather(x, 0, order)
+    owner = batch[order[:, 0]]  # batch is sorted the same way on every axis
+    counts = torch.bincount(batch, minlength=B)
+    start = (torch.cumsum(counts, 0) - counts)
+    rank = torch.arange(n_atoms, device=device) - start[owner]  # cut c = rank: the first c atoms move up by 1
+    n = counts[owner].to(x.dtype)[:, None]
+    index = owner[:, None].expand(-1, 3)
+    total = x.new_zeros(B, 3).scatter_add(0, index, xs)[owner]
+    total_sq = x.new_zeros(B, 3).scatter_add(0, index, xs.square())[owner]
+    before = torch.cumsum(xs, 0) - xs  # prefix sums, exclusive, across crystals ...
+    before = before - (torch.cumsum(xs, 0) - xs)[start[owner]]  # ... made per crystal
+    c = rank.to(x.dtype)[:, None]
+    # Arc for cut c: values x_{c+1..n}, x_{1..c} + 1. Sum S + c, sum of squares Q + 2 P_c + c.
+    arc_sum = total + c
+    arc_sq = total_sq + 2 * before + c - arc_sum.square() / n
+    with torch.no_grad():
+        best = x.new_full((B, 3), math.inf).scatter_reduce(0, index, arc_sq, "amin")
+        row = torch.arange(n_atoms, device=device)[:, None].expand(-1, 3)
+        first = torch.where(arc_sq <= best[owner], row, n_atoms)
+        chosen = torch.full((B, 3), n_atoms, dtype=torch.int64, device=device).scatter_reduce(0, index, first, "amin")
+    has_atoms = (counts > 0)[:, None]
+    chosen = torch.where(has_atoms, chosen, torch.zeros_like(chosen))
+    if n_atoms == 0:
+        zero = d.new_zeros(B, 3)
+        return zero, zero
+    sq = torch.gather(arc_sq, 0, chosen).clamp_min(0)
+    t = torch.gather(arc_sum / n, 0, chosen)
+    t = t - torch.round(t).detach()
+    zero = torch.zeros_like(sq)
+    return torch.where(has_atoms, t, zero).to(dtype), torch.where(has_atoms, sq, zero).to(dtype)
 
 
 def periodic_coordinate_loss(frac_pred: torch.Tensor, frac_target: torch.Tensor, batch: torch.Tensor,
@@ -106,8 +135,8 @@ def periodic_coordinate_loss(frac_pred: torch.Tensor, frac_target: torch.Tensor,
     """Periodic mean squared error of fractional coordinates, per crystal, shape ``(num_crystals,)``.
 
     For the atoms of crystal ``b`` (``batch == b``, matched by order):
-    ``d = minimum_image(frac_pred - frac_target)``, ``t_b = best_translation(d)`` (circular mean), and
-    the error is ``mean_atoms mean_axes minimum_image(d - t_b)²`` (dimensionless, fractional units;
+    ``d = frac_pred - frac_target``, ``t_b = best_translation(d)`` (exact minimiser), and the error is
+    ``mean_atoms mean_axes minimum_image(d - t_b)²`` (dimensionless, fractional units;
     at most ``1/4``). Crystals with no atoms score 0. Invariant, to rounding, to wrapping any coordinate
     by an integer and to translating either structure by a common vector.
 
@@ -125,10 +154,6 @@ def periodic_coordinate_loss(frac_pred: torch.Tensor, frac_target: torch.Tensor,
     if frac_target.dtype != frac_pred.dtype:
         raise ValueError(f"frac_target: expected dtype {frac_pred.dtype} (frac_pred's), got {frac_target.dtype}")
     batch = _check_batch(batch, frac_pred.shape[0], num_crystals, frac_pred.device)
-    d = minimum_image(frac_pred - frac_target)
-    t = best_translation(d, batch, num_crystals)
-    residual = minimum_image(d - t[batch])
-    per_atom = residual.square().mean(dim=1)
-    total = per_atom.new_zeros(num_crystals).index_add(0, batch, per_atom)
-    counts = torch.bincount(batch, minlength=num_crystals).to(per_atom.dtype)
-    return total / counts.clamp_min(1.0)
+    _, sq = _best_arcs(frac_pred - frac_target, batch, num_crystals)
+    counts = torch.bincount(batch, minlength=num_crystals).to(sq.dtype)
+    return sq.sum(1) / (3 * counts.clamp_min(1.0))

@@ -32,6 +32,7 @@ from .unimodular import enumerate_unimodular
 
 __all__ = [
     "candidate_set",
+    "candidate_scores",
     "lattice_distances",
     "lattice_distances_naive",
     "metric_distances",
@@ -78,6 +79,44 @@ def lattice_distances(L_pred: torch.Tensor, L_ref: torch.Tensor, bound: int = 1,
     quad = (L_ref @ L_ref.transpose(1, 2)).reshape(B, 9) @ UtU
     sq = L_pred.pow(2).sum(dim=(1, 2))[:, None] - 2 * cross + quad
     return sq.clamp_min(0) / 9
+
+
+@functools.lru_cache(maxsize=32)
+def _score_tables(bound: int, proper: bool, metric: str, dtype: torch.dtype, device: str) -> torch.Tensor:
+    """The fixed right-hand factor of :func:`candidate_scores`: ``(18, K)`` or ``(162, K)``."""
+    if metric == "cartesian":
+        U = candidate_set(bound, proper, dtype, device)
+        return torch.cat([_gram_of_candidates(bound, proper, dtype, device), U.reshape(-1, 9).T]).contiguous()
+    kron, quartic = _kron_of_candidates(bound, proper, dtype, device)
+    return torch.cat([quartic, kron]).contiguous()
+
+
+def candidate_scores(L_pred: torch.Tensor, L_ref: torch.Tensor, bound: int = 1, proper: bool = False,
+                     metric: str = "cartesian") -> tuple[torch.Tensor, torch.Tensor]:
+    """Scores ``(B, K)`` that *rank* the candidates ``M`` by distance, and their scale ``(B,)``.
+
+    One matrix product, for choosing candidates only (not differentiated, not a distance): row ``b``
+    differs from ``‖L_p - M L_r‖²`` (``"cartesian"``) or from ``‖G_p - M G_r Mᵀ‖²`` (``"gram"``, on
+    both cells divided by a common power of two so nothing overflows) by a constant. The scale is the
+    size of the summands, which bounds their rounding error. Candidates tied in exact arithmetic
+    (automorphisms of a symmetric reference) score within a few ulps of the scale of each other.
+    """
+    with torch.no_grad():
+        B = L_pred.shape[0]
+        if metric == "cartesian":
+            left = torch.cat([(L_ref @ L_ref.transpose(1, 2)).reshape(B, 9),
+                              -2 * (L_pred @ L_ref.transpose(1, 2)).reshape(B, 9)], 1)
+            scale = L_pred.square().sum(dim=(1, 2)) + L_ref.square().sum(dim=(1, 2))
+        else:
+            m = torch.maximum(L_pred.abs().amax(dim=(1, 2)), L_ref.abs().amax(dim=(1, 2)))
+            m = torch.where(torch.isfinite(m) & (m > 0), m, torch.ones_like(m))
+            down = torch.ldexp(torch.ones_like(m), -torch.frexp(m)[1])[:, None, None]
+            P, R = L_pred * down, L_ref * down
+            gp, gr = (P @ P.transpose(1, 2)).reshape(B, 9), (R @ R.transpose(1, 2)).reshape(B, 9)
+            left = torch.cat([(gr[:, :, None] * gr[:, None, :]).reshape(B, 81),
+                              -2 * (gp[:, :, None] * gr[:, None, :]).reshape(B, 81)], 1)
+            scale = (P.square().sum(dim=(1, 2)) + R.square().sum(dim=(1, 2))).square()
+        return left @ _score_tables(bound, proper, metric, L_pred.dtype, _device_key(L_pred)), scale
 
 
 def lattice_distances_naive(L_pred: torch.Tensor, L_ref: torch.Tensor, bound: int = 1, proper: bool = False) -> torch.Tensor:

@@ -1,0 +1,196 @@
+"""Every invariance the loss docstrings promise, tested on *symmetric* crystals.
+
+Real cells (cubic perovskites, hexagonal, fcc) sit on Niggli-cone boundaries and have up to 48 lattice
+automorphisms: every argmin, top-k and threshold over candidates meets exact ties there. Labels are
+re-based by random GL(3,Z) matrices (entries up to 5) and, for rotation-invariant lattice terms,
+rotated; loss and gradient must not move (1e-9 relative in float64, 1e-4 in float32). Rows of a
+lattice are its vectors.
+"""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from soft_niggli import CrystalBatch, canonicalize_labels, get_loss, random_unimodular
+from soft_niggli.lattice import lattice_from_parameters
+from soft_niggli.testing import rotations
+
+S3 = 3 ** 0.5
+
+
+def _crystal(lattice, frac, species):
+    L = torch.as_tensor(lattice, dtype=torch.float64)
+    return CrystalBatch(L[None], torch.tensor(frac, dtype=torch.float64), [len(frac)], species)
+
+
+# Symmetric families, each with atoms on symmetric sites (the whole crystal is symmetric).
+FAMILIES = {
+    "cubic perovskite": _crystal(3.9 * torch.eye(3), [[0, 0, 0], [.5, .5, .5], [.5, .5, 0], [.5, 0, .5], [0, .5, .5]],
+                                 [38, 22, 8, 8, 8]),
+    "fcc (primitive, 60°)": _crystal([[0, 2.0, 2.0], [2.0, 0, 2.0], [2.0, 2.0, 0]], [[0, 0, 0]], [29]),
+    "bcc (primitive)": _crystal([[-1.6, 1.6, 1.6], [1.6, -1.6, 1.6], [1.6, 1.6, -1.6]], [[0, 0, 0]], [26]),
+    "hexagonal wurtzite": _crystal([[3.8227, 0, 0], [-3.8227 / 2, 3.8227 * S3 / 2, 0], [0, 0, 6.2607]],
+                                   [[2 / 3, 1 / 3, 0], [1 / 3, 2 / 3, .5], [2 / 3, 1 / 3, .6252], [1 / 3, 2 / 3, .1252]],
+                                   [30, 30, 16, 16]),
+    "tetragonal rutile": _crystal(torch.diag(torch.tensor([4.59, 4.59, 2.96])),
+                                  [[0, 0, 0], [.5, .5, .5], [.305, .305, 0], [.695, .695, 0], [.805, .195, .5],
+                                   [.195, .805, .5]], [22, 22, 8, 8, 8, 8]),
+    "rhombohedral": _crystal(lattice_from_parameters(4.0, 4.0, 4.0, 70.0, 70.0, 70.0).double(),
+                             [[0, 0, 0], [.25, .25, .25], [.75, .75, .75]], [3, 8, 8]),
+}
+# Generic atoms on a symmetric lattice: the lattice's automorphisms tie, the coordinates decide.
+FAMILIES["cubic lattice, generic atoms"] = _crystal(4.0 * torch.eye(3), [[0, 0, 0], [.31, .12, .05], [.6, .7, .2]],
+                                                    [8, 14, 26])
+
+# Every strategy and option combination that promises basis invariance.
+COMBINATIONS = (
+    [("softmin", {"lattice_metric": m, "coords": c, "center": z})
+     for m in ("cartesian", "gram") for c in ("periodic", "sinkhorn") for z in ("label", "both")]
+    + [("gram", {"coords": c, "center": z}) for c in ("periodic", "sinkhorn") for z in ("label", "both")]
+    + [("proxy", {"lattice_metric": m, "coords": c}) for m in ("cartesian", "gram") for c in ("periodic", "sinkhorn")]
+)
+
+
+def _rotation_invariant(name, options) -> bool:
+    return name == "gram" or options.get("lattice_metric") == "gram"
+
+
+def _noisy(batch: CrystalBatch, seed: int, lattice_noise: float, frac_noise: float) -> CrystalBatch:
+    g = torch.Generator().manual_seed(seed)
+    L = batch.lattice + lattice_noise * torch.randn(batch.lattice.shape, generator=g, dtype=batch.lattice.dtype)
+    F = batch.frac + frac_noise * torch.randn(batch.frac.shape, generator=g, dtype=batch.frac.dtype)
+    return CrystalBatch(L, F, batch.num_atoms, batch.species)
+
+
+def _value_and_grad(loss, pred: CrystalBatch, label: CrystalBatch):
+    L = pred.lattice.clone().requires_grad_(True)
+    F = pred.frac.clone().requires_grad_(True)
+    result = loss(CrystalBatch(L, F, pred.num_atoms, pred.species), label)
+    result.loss.backward()
+    return result.loss.detach(), L.grad, F.grad
+
+
+def _assert_same(a, b, dtype):
+    rtol = 1e-9 if dtype == torch.float64 else 1e-4
+    for x, y in zip(a, b):
+        # Relative to the largest entry: gradients have exact zeros that must stay (near) zero.
+        atol = rtol * max(float(x.abs().max()), float(y.abs().max()), 1e-12 if dtype == torch.float64 else 1e-6)
+        torch.testing.assert_close(x, y, rtol=rtol, atol=atol)
+
+
+@pytest.mark.parametrize("name, options", COMBINATIONS, ids=lambda x: x if isinstance(x, str) else
+                         ",".join(f"{k}={v}" for k, v in x.items()))
+@pytest.mark.parametrize("family", list(FAMILIES))
+@settings(max_examples=3, deadline=None, derandomize=True, suppress_health_check=[HealthCheck.too_slow])
+@given(seed=st.integers(0, 2**16), label_noise=st.sampled_from([0.0, 1e-3]), rotation=rotations())
+def test_loss_and_gradient_ignore_the_label_basis_on_symmetric_crystals(name, options, family, seed, label_noise,
+                                                                        rotation):
+    label = _noisy(FAMILIES[family], seed, label_noise, label_noise)
+    pred = _noisy(label, seed + 1, 0.03, 0.02)
+    loss = get_loss(name, **options)
+    M = random_unimodular((1,), max_entry=5, generator=torch.Generator().manual_seed(seed))
+    rebased = label.apply_basis_change(M)
+    if _rotation_invariant(name, options):
+        rebased = CrystalBatch(rebased.lattice @ rotation.T, rebased.frac, rebased.num_atoms, rebased.species)
+    _assert_same(_value_and_grad(loss, pred, label), _value_and_grad(loss, pred, rebased), torch.float64)
+
+
+@pytest.mark.parametrize("name, options", [("softmin", {}), ("softmin", {"lattice_metric": "gram"}), ("gram", {}),
+                                           ("proxy", {"lattice_metric": "gram"})])
+@pytest.mark.parametrize("family", ["cubic perovskite", "hexagonal wurtzite", "fcc (primitive, 60°)"])
+def test_invariance_holds_in_float32(name, options, family):
+    label = FAMILIES[family].to(dtype=torch.float32)
+    pred = _noisy(label, 3, 0.03, 0.02)
+    loss = get_loss(name, **options)
+    for seed in range(3):
+        M = random_unimodular((1,), max_entry=5, generator=torch.Generator().manual_seed(seed))
+        _assert_same(_value_and_grad(loss, pred, label), _value_and_grad(loss, pred, label.apply_basis_change(M)),
+                     torch.float32)
+
+
+def test_issue_reproducer_gram_prints_one_value_for_a_cubic_label_in_six_bases():
+    label = FAMILIES["cubic lattice, generic atoms"]
+    torch.manual_seed(0)
+    pred = CrystalBatch(label.lattice + 0.02 * torch.randn(1, 3, 3, dtype=torch.float64),
+                        label.frac + 0.03 * torch.randn(3, 3, dtype=torch.float64), [3], label.species)
+    for name, options in [("gram", {}), ("softmin", {"lattice_metric": "gram"}), ("gram", {"center": "both"})]:
+        fn = get_loss(name, **options)
+        values = {round(fn(pred, label.apply_basis_change(random_unimodular(
+            (1,), max_entry=2, num_operations=30, generator=torch.Generator().manual_seed(s)))).loss.item(), 12)
+            for s in range(6)}
+        assert len(values) == 1, (name, options, values)
+
+
+@pytest.mark.parametrize("name, options", [("softmin", {}), ("softmin", {"lattice_metric": "gram"}), ("gram", {}),
+                                           ("softmin", {"center": "both"}), ("softmin", {"coords": "sinkhorn"}),
+                                           ("gram", {"coords": "sinkhorn"})])
+@pytest.mark.parametrize("family", list(FAMILIES))
+def test_a_perfect_prediction_scores_zero_whatever_the_label_symmetry(name, options, family):
+    raw = FAMILIES[family]
+    label = canonicalize_labels(raw)[0]
+    loss = get_loss(name, **options)
+    # The label in its Niggli basis, translated: exactly 0, for the label given in any basis.
+    copy = CrystalBatch(label.lattice, label.frac + 0.37, label.num_atoms, label.species)
+    assert abs(float(loss(copy, label).loss)) <= 1e-9
+    assert abs(float(loss(copy, raw).loss)) <= 1e-9
+    # In another basis the prediction keeps other candidates, some of which are near the label too: 0 up
+    # to τ·exp(-d/τ) terms, d the distance between distinct bases (0.33 Å² for rutile's a and c: 4e-3).
+    assert abs(float(loss(raw, label).loss)) <= 1e-2
+    # Two duplicates of one crystal in one batch, each symmetric: 0 too (was -τ log of the tie count).
+    pair = CrystalBatch(label.lattice.repeat(2, 1, 1), label.frac.repeat(2, 1), label.num_atoms.repeat(2),
+                        label.species.repeat(2))
+    assert float(loss(pair, pair).per_crystal.abs().max()) <= 1e-9
+
+
+# ------------------------------------------------------------------------------------------ continuity
+
+
+def _terms(loss, pred, label):
+    with torch.no_grad():
+        return {k: float(v.sum()) for k, v in loss(pred, label).terms.items()}
+
+
+@pytest.mark.parametrize("name, options", [("mse", {"coords": "sinkhorn"}), ("softmin", {"coords": "sinkhorn"}),
+                                           ("gram", {"coords": "sinkhorn"}), ("proxy", {"coords": "sinkhorn"}),
+                                           ("softmin", {}), ("gram", {}),
+                                           ("softmin", {"lattice_metric": "gram", "center": "both"})])
+@pytest.mark.parametrize("move", ["label atom", "label lattice", "pred atom"])
+def test_every_term_moves_at_most_in_proportion_to_a_small_move_on_wurtzite(name, options, move):
+    # Wurtzite sits exactly where a circular centre of the atoms is undefined (resultant 0 along c).
+    label = FAMILIES["hexagonal wurtzite"]
+    pred = _noisy(label, 7, 0.03, 0.02)
+    loss = get_loss(name, **options)
+    base = _terms(loss, pred, label)
+    for step in (1e-6, 2e-6, 1e-5):
+        L, F, Lp, Fp = label.lattice.clone(), label.frac.clone(), pred.lattice, pred.frac.clone()
+        if move == "label atom":
+            F[0, 2] += step
+        elif move == "label lattice":
+            L[0, 2, 2] += step
+        else:
+            Fp[1, 0] += step
+        moved = _terms(loss, CrystalBatch(Lp, Fp, pred.num_atoms, pred.species),
+                       CrystalBatch(L, F, label.num_atoms, label.species))
+        for k in base:
+            # A Lipschitz bound: terms are O(1) functions of O(1) inputs; a threshold-made jump is O(1).
+            assert abs(moved[k] - base[k]) <= 100 * step, (k, step, base[k], moved[k])
+
+
+@settings(max_examples=15, deadline=None)
+@given(seed=st.integers(0, 2**16), which=st.integers(0, len(FAMILIES) - 1))
+def test_sinkhorn_term_is_continuous_and_translation_invariant_on_symmetric_crystals(seed, which):
+    label = list(FAMILIES.values())[which]
+    pred = _noisy(label, seed, 0.02, 0.02)
+    loss = get_loss("mse", coords="sinkhorn")
+    base = float(loss(pred, label).terms["coords"])
+    g = torch.Generator().manual_seed(seed)
+    shift = torch.rand(3, generator=g, dtype=torch.float64)
+    shifted = CrystalBatch(label.lattice, label.frac + shift, label.num_atoms, label.species)
+    assert abs(float(loss(pred, shifted).terms["coords"]) - base) <= 1e-9 * max(1.0, base)
+    nudged = _noisy(label, seed + 1, 0.0, 1e-6)
+    assert abs(float(loss(pred, nudged).terms["coords"]) - base) <= 1e-3
