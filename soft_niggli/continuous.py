@@ -11,21 +11,46 @@ basis, and combine the candidates with a softmin
 
 which is smooth in the prediction and tends to ``min_M d_M`` as τ → 0. No reducer sits in the gradient
 path: the prediction's own basis enters only through the distances. Cost is kept down three ways:
-the lattice distances of all candidates come from two small matrix products (inner-product form, see
-:mod:`soft_niggli.softmin`), only the ``top_k`` candidates nearest on the lattice term get a
-coordinate term (``U'``; the others would carry weight below ``exp(-(d_k - d_1) / τ)``), and the
-candidate set and its derived tables are cached per dtype and device.
+one matrix product scores every candidate's lattice term (inner-product form, see
+:mod:`soft_niggli.softmin`) to choose ``U'``, the ``top_k`` candidates nearest on the lattice term; only
+those get an exact lattice term and a coordinate term (the others would carry weight below
+``exp(-(d_k - d_1) / τ)``); and the candidate set and its tables are cached per dtype and device.
 
-Centre (``center``): ``"label"`` (default) compares the prediction as emitted with ``M L_n`` (``L_n``
-the label's Niggli basis), so the bounded set covers predictions emitted in a near-reduced basis and
-the loss pulls others towards one; it has no reducer of the prediction anywhere and is continuous.
-``"both"`` also compares the prediction's own Niggli form ``N_p L_p`` (``N_p`` from the guarded
-reducer, detached) with ``M L_n`` and takes the softmin over both sets, so a bounded set suffices
-however skewed the emitted basis is and nothing rewards drifting into skewed bases (design notes,
-Carbon-24 pitfall). The price: where the prediction crosses a Niggli-cone boundary ``N_p`` jumps and
-the second set's distances with it, a jump proportional to the residual error (zero at a perfect
-match), and where the prediction is already reduced the two sets coincide, lowering the value by
-``τ log 2``.
+Symmetric labels (the common case in real data) need three rules, so that nothing depends on the basis
+the label came in:
+
+* **Ties are kept.** ``U'`` holds the ``top_k`` nearest *and every candidate tied with the k-th*
+  (within a few ulps of the distances' scale). With ``lattice_metric="gram"`` all automorphisms of a
+  symmetric label tie exactly (48 for a cube); keeping an arbitrary subset of them would make the value
+  depend on the order in which the label's basis happens to list them.
+* **The label is centred on its automorphic basis nearest the prediction.** The reducer returns the
+  label's Niggli basis only up to an automorphism ``A`` of the cell, and ``U`` is not closed under
+  them (``U A ≠ U`` for the non-permutation automorphisms of hexagonal or fcc cells): so the loss
+  re-bases the reduced label by the automorphism whose target is closest to the prediction
+  (:func:`~soft_niggli.losses.closest_automorphism`, as the proxy loss does), a choice that depends on
+  the label's lattice and atoms, not on its input basis.
+* **A perfect prediction scores 0** (``zero_at_match=True``, the default). The softmin of a symmetric
+  label is about ``-τ log n`` at a perfect prediction, ``n`` the number of its symmetries that tie
+  (e.g. −0.07 for two duplicates of one carbon crystal). The loss therefore subtracts the same softmin
+  of the label against itself, over the candidates kept for the prediction plus the label's
+  automorphisms tied with the identity (detached): exactly 0 for the label in its Niggli basis (any
+  translation, and any rotation with the metric), close to 0 in another basis within ``U`` (up to
+  ``τ·exp(-d/τ)`` terms of candidates the two bases keep differently), and never rewarding a skewed
+  basis, since far from a match the label's own automorphisms dominate the subtracted value. Values a
+  little below 0 remain possible near a match. ``zero_at_match=False`` gives the plain softmin.
+
+Centre (``center``): ``"label"`` (default) compares the prediction as emitted with ``M L_n``, so the
+bounded set covers predictions emitted in a near-reduced basis and the loss pulls others towards one;
+it has no reducer of the prediction anywhere. ``"both"`` also compares the prediction's own Niggli form
+``N_p L_p`` (``N_p`` from the guarded reducer, detached) with ``M L_n`` and takes the softmin over both
+sets, so a bounded set suffices however skewed the emitted basis is and nothing rewards drifting into
+skewed bases (design notes, Carbon-24 pitfall). A candidate lattice reached from both frames
+(``M₁ = N_p⁻¹ M₂``) counts once, measured in the reduced frame. The price: where the prediction crosses
+a Niggli-cone boundary ``N_p`` jumps and the second set's distances with it, a jump proportional to
+the residual error (zero at a perfect match).
+
+Half precision and extreme values are handled as for every loss (:mod:`soft_niggli.losses`); the
+softmin itself is evaluated in float64 and shifted by its minimum, so it is finite for any τ > 0.
 """
 
 from __future__ import annotations
@@ -55,6 +80,7 @@ from .losses import (
     canonicalize_labels,
     closest_automorphism,
     coordinate_term,
+    lattice_automorphisms,
     lattice_term,
     reduce_or_identity,
     register_loss,
@@ -109,16 +135,27 @@ class _CandidateSoftmin(CrystalLoss):
         not a signed permutation, e.g. hexagonal or fcc cells), so the basis the reducer happened to
         return would decide which candidates exist. Centring on the automorphic basis nearest the
         prediction (:func:`~soft_niggli.losses.closest_automorphism`) makes the candidate set a
-        function of the label's lattice, not of the basis it came in. Returns ``(centred, owner, group)``
-        with the automorphisms expressed in the centred basis (``C A C⁻¹``).
+        function of the label's lattice, not of the basis it came in.
         """
-        eye = torch.eye(3, dtype=L.dtype, device=L.device).expand(len(labels), 3, 3)
-        C, owner, group = closest_automorphism(
+        B = len(labels)
+        eye = torch.eye(3, dtype=L.dtype, device=L.device).expand(B, 3, 3)
+        owner, group = lattice_automorphisms(labels.lattice.detach(), self.automorphism_tol)
+        keep = torch.ones_like(owner, dtype=torch.bool)
+        if self.lattice_metric == "gram":
+            # Automorphisms that differ by a signed permutation S give the same candidate set (U S = U)
+            # and, compared by the metric, the same distances (S permutes and flips axes): only crystals
+            # with other automorphisms (hexagonal, rhombohedral, fcc, ...) have a choice to make. With
+            # Cartesian entries the copies differ by a rotation, and the lattice term alone decides.
+            signed_permutation = ((group != 0).sum(-1) == 1).all(-1)
+            choosing = torch.bincount(owner[~signed_permutation], minlength=B) > 0
+            first = torch.ones_like(owner, dtype=torch.bool)
+            first[1:] = owner[1:] != owner[:-1]  # each crystal's identity
+            keep = choosing[owner] | first
+        C = closest_automorphism(
             L.detach(), F.detach(), labels, eye, eye, lattice_metric=self.lattice_metric, coords=self.coords,
             lattice_weight=lattice_weight, coord_weight=self.coord_weight, blur=self.blur,
-            rel_tol=self.automorphism_tol, species=species, with_group=True)
-        group = C[owner] @ group @ integer_inverse(C)[owner]
-        return labels.apply_basis_change(C), owner, group
+            rel_tol=self.automorphism_tol, species=species, group=(owner[keep], group[keep]), lattice_first=True)
+        return labels.apply_basis_change(C)
 
     def _frames(self, L: torch.Tensor, F: torch.Tensor, batch: torch.Tensor, scorable: torch.Tensor):
         """Prediction frames to compare: ``[(L, F)]``, plus its Niggli form for ``center="both"``."""
@@ -191,18 +228,15 @@ class _CandidateSoftmin(CrystalLoss):
             picked = [(L1, F1, o1[single], X1[single]), (L2, F2, o2, X2)]
         return picked, frames, status
 
-    def _softmin(self, pred: CrystalBatch, L, F, scorable, centred: CrystalBatch, aut_owner, aut, lattice_weight):
-        """``(value, lattice, coords, status)``, each ``(B,)``: the softmin over every frame's kept
-        candidates, minus the offset of ``zero_at_match``, and the softmin-weighted parts."""
-        B = L.shape[0]
+    def _packed_distances(self, L, F, batch, species, scorable, centred: CrystalBatch, lattice_weight):
+        """``(owner, d, lat, crd, status)`` over every frame's kept candidates, packed."""
         L_ref, F_ref = centred.lattice.detach(), centred.frac.detach()
-        picked, frames, status = self._candidates(L, F, pred.batch, scorable, L_ref)
+        picked, frames, status = self._candidates(L, F, batch, scorable, L_ref)
         owners, lats, crds = [], [], []
         for (L_cmp, F_cmp, owner, X), (_, _, N) in zip(picked, frames):
             # Frame 2 scores (N L_p, M L_ref) with M = N X.
             M = X if N is None else N[owner] @ X
-            lat, crd = self._distances(L_cmp, F_cmp, L_ref, F_ref, pred.batch, pred.species, centred.species,
-                                       owner, M)
+            lat, crd = self._distances(L_cmp, F_cmp, L_ref, F_ref, batch, species, centred.species, owner, M)
             owners.append(owner)
             lats.append(lat)
             crds.append(crd)
@@ -210,6 +244,14 @@ class _CandidateSoftmin(CrystalLoss):
         # The softmin and the offset below are each about -τ log(number of tied candidates) while their
         # difference is near 0: combine them in float64 so single precision does not cancel it away.
         d = (lattice_weight * lat + self.coord_weight * crd).double()
+        return owner, d, lat, crd, status
+
+    def _softmin(self, pred: CrystalBatch, L, F, scorable, centred: CrystalBatch, lattice_weight):
+        """``(value, lattice, coords, status)``, each ``(B,)``: the softmin over every frame's kept
+        candidates, minus the offset of ``zero_at_match``, and the softmin-weighted parts."""
+        B = L.shape[0]
+        owner, d, lat, crd, status = self._packed_distances(L, F, pred.batch, pred.species, scorable, centred,
+                                                            lattice_weight)
         value = packed_softmin(d, owner, B, self.tau, self.normalize)
         # The candidates' shares of the softmin (their softmax weights), for the reported parts.
         weight = torch.exp(-(d - value[owner]) / self.tau)
@@ -218,38 +260,18 @@ class _CandidateSoftmin(CrystalLoss):
         parts = [torch.zeros(B, dtype=lat.dtype, device=d.device).index_add(0, owner, weight.to(lat.dtype) * x)
                  for x in (lat, crd)]
         if self.zero_at_match:
-            value = value - self._offset(picked, centred, aut_owner, aut, lattice_weight, B)
+            with torch.no_grad():
+                # The same softmin for a perfect prediction: the centred label against itself.
+                L_ref, F_ref = centred.lattice.detach(), centred.frac.detach()
+                o, d_self, _, _, _ = self._packed_distances(L_ref, F_ref, centred.batch, centred.species, scorable,
+                                                            centred, lattice_weight)
+                offset = packed_softmin(d_self, o, B, self.tau, self.normalize)
+            value = value - offset
         return value.to(lat.dtype), parts[0], parts[1], status
 
-    def _offset(self, picked, centred: CrystalBatch, aut_owner, aut, lattice_weight, B):
-        """``(B,)`` the softmin of the centred label against itself over the candidates kept for the
-        prediction plus the label's automorphisms (detached): the value of a perfect prediction.
-
-        A perfect prediction keeps the automorphisms tied at the minimum, so the two sets then agree
-        and the difference is exactly 0, whatever the label's symmetry; far from a match the
-        automorphisms dominate the offset, so a prediction in a skewed basis is not rewarded.
-        """
-        with torch.no_grad():
-            L_ref = centred.lattice.detach()
-            # Only the automorphisms tied with the identity on the lattice term (all of them for the
-            # metric, the identity alone for Cartesian entries, where the others are rotated copies).
-            size = 2 * L_ref.square().sum(dim=(1, 2))[aut_owner] / 9
-            tied = lattice_term(L_ref[aut_owner], aut.to(L_ref.dtype) @ L_ref[aut_owner],
-                                self.lattice_metric) <= tie_tolerance(size)
-            owner = torch.cat([o for _, _, o, _ in picked] + [aut_owner[tied]])
-            X = torch.cat([x for _, _, _, x in picked] + [aut[tied]])
-            key = torch.cat([owner[:, None], X.flatten(1)], 1)
-            key = torch.unique(key, dim=0)
-            owner, X = key[:, 0].contiguous(), key[:, 1:].reshape(-1, 3, 3)
-            F_ref = centred.frac.detach()
-            lat, crd = self._distances(L_ref, F_ref, L_ref, F_ref, centred.batch, centred.species, centred.species,
-                                       owner, X)
-            d = (lattice_weight * lat + self.coord_weight * crd).double()
-            return packed_softmin(d, owner, B, self.tau, self.normalize)
-
     def _softmin_terms(self, pred: CrystalBatch, L, F, scorable, labels: CrystalBatch, lattice_weight):
-        centred, aut_owner, aut = self._label_frame(L, F, labels, pred.species, lattice_weight)
-        return self._softmin(pred, L, F, scorable, centred, aut_owner, aut, lattice_weight)
+        centred = self._label_frame(L, F, labels, pred.species, lattice_weight)
+        return self._softmin(pred, L, F, scorable, centred, lattice_weight)
 
 
 def _rows_in(owner1, X1, owner2, X2) -> torch.Tensor:
@@ -289,25 +311,29 @@ class SoftminLoss(_CandidateSoftmin):
     order, translations removed) or the Sinkhorn divergence of
     :func:`~soft_niggli.transport.sinkhorn_coordinate_loss` (``coords="sinkhorn"``, atom order free).
 
-    Invariances: to the label's basis exactly as far as the re-basing moves its Niggli form within
-    ``U`` (always, up to the reducer's tolerance, since the label is reduced first); to translations
-    and wraps of either structure; to rotations with ``lattice_metric="gram"``; to atom order with
-    ``coords="sinkhorn"``. As τ → 0 the value tends to the minimum over the candidates kept.
+    Invariances (tested on symmetric and real crystals, ``tests/test_symmetric_invariance.py``): to the
+    label's basis, exactly (the label is reduced, then centred on its automorphic basis nearest the
+    prediction, and ties are kept); to translations and wraps of either structure; to rotations of
+    the label with ``lattice_metric="gram"``; to atom order with ``coords="sinkhorn"`` (up to its
+    translation rule, :mod:`soft_niggli.transport`). As τ → 0 the value tends to the minimum over the
+    candidates kept.
 
-    ``normalize=True`` adds ``τ log |U'|`` (the log-mean-exp form): the value is then never below
-    ``min_M d_M`` (so never negative), at the price of an offset up to ``τ log |U'|`` at a perfect
-    match; with ``False`` a perfect match scores about 0 (``-τ log`` of the number of exact matches).
-    ``terms`` reports the softmin-weighted lattice and coordinate parts; ``status`` is the reducer's
-    status of the prediction for ``center="both"`` (zeros otherwise).
+    ``zero_at_match=True`` (default) subtracts the label's own softmin, so a perfect prediction scores 0
+    whatever the label's symmetry (module docstring). ``normalize=True`` adds ``τ log |U'|`` (the
+    log-mean-exp form) to both, which cancels where the two keep the same number of candidates; with
+    ``zero_at_match=False`` it makes the value never negative. ``terms`` reports the softmin-weighted
+    lattice and coordinate parts; ``status`` is the reducer's status of the prediction for
+    ``center="both"`` (zeros otherwise).
 
     Args (keyword-only, checked at construction):
-        tau: temperature > 0, in the units of ``d`` (Å²). bound: 1 or 2. proper: det +1 only.
-        normalize: see above. lattice_metric: ``"cartesian"`` or ``"gram"``.
+        tau: finite temperature > 0, in the units of ``d`` (Å²). bound: 1 or 2. proper: det +1 only.
+        normalize, zero_at_match: see above. lattice_metric: ``"cartesian"`` or ``"gram"``.
         lattice_weight, coord_weight: weights >= 0. coords: ``"periodic"`` or ``"sinkhorn"``.
         center: ``"label"`` or ``"both"``. top_k: candidates given a coordinate term (1..135408;
             default 8 with periodic coordinates, 2 with Sinkhorn).
         labels_canonical: targets already Niggli-reduced (:func:`canonicalize_labels`).
-        blur: Sinkhorn blur in Å (``coords="sinkhorn"`` only).
+        blur: Sinkhorn blur in Å, in (0, 10) (``coords="sinkhorn"`` only).
+        automorphism_tol: relative tolerance of the label's automorphisms, in (0, 0.1).
     """
 
     def __init__(self, *, tau: float = 0.1, bound: int = 1, proper: bool = False, normalize: bool = False,
@@ -348,7 +374,8 @@ class GramLoss(_CandidateSoftmin):
 
     ``terms``: ``"lattice"`` (softmin-weighted ``d_G``), ``"coords"``, ``"volume"``, ``"theta"`` and
     ``"softmin"``. Options as for ``"softmin"``, plus ``metric_weight``, ``volume_weight``,
-    ``theta_weight`` (each >= 0; a zero weight switches the term off) and ``theta_scales``.
+    ``theta_weight`` (each >= 0; a zero weight switches the term off) and ``theta_scales`` (finite
+    floats > 0). A perfect prediction scores 0 (``zero_at_match``; volume and theta vanish there too).
     """
 
     def __init__(self, *, tau: float = 0.1, bound: int = 1, proper: bool = False, normalize: bool = False,

@@ -739,7 +739,8 @@ def tie_tolerance(scale: torch.Tensor) -> torch.Tensor:
 
 def closest_automorphism(P_lat: torch.Tensor, P_frac: torch.Tensor, labels: CrystalBatch, left: torch.Tensor,
                          right: torch.Tensor, *, lattice_metric: str, coords: str, lattice_weight: float,
-                         coord_weight: float, blur: float, rel_tol: float, species=None, with_group: bool = False):
+                         coord_weight: float, blur: float, rel_tol: float, species=None, with_group: bool = False,
+                         group=None, lattice_first: bool = False):
     """``(B, 3, 3)`` int64: per crystal, the automorphism ``A`` of the reduced label whose target
     ``(left A L_n, F_n A^{-1} right)`` is closest to the prediction ``(P_lat, P_frac)``.
 
@@ -754,11 +755,13 @@ def closest_automorphism(P_lat: torch.Tensor, P_frac: torch.Tensor, labels: Crys
     symmetries of the whole crystal, whose targets are the same crystal, so which one wins changes no
     value. Evaluated without gradient; ``labels`` is the reduced label batch (``L_n``, ``F_n``).
     With ``with_group=True`` also returns the whole group as :func:`lattice_automorphisms` does,
-    ``(chosen, owner, group)``.
+    ``(chosen, owner, group)``. ``group``: the ``(owner, A)`` to choose from, if already known (each
+    crystal's identity first). ``lattice_first=True`` narrows to the lattice-tied pairs with periodic
+    coordinates too (cheaper; then the coordinates decide only among those).
     """
     L_n, F_n = labels.lattice.detach(), labels.frac.detach()
     B, device = L_n.shape[0], L_n.device
-    owner, A = lattice_automorphisms(L_n, rel_tol)
+    owner, A = lattice_automorphisms(L_n, rel_tol) if group is None else group
     if owner.numel() == B:  # only identities: nothing to choose
         return (A, owner, A) if with_group else A
     with torch.no_grad():
@@ -767,7 +770,7 @@ def closest_automorphism(P_lat: torch.Tensor, P_frac: torch.Tensor, labels: Crys
         T_lat = left[owner] @ A_f @ L_n[owner]
         lat = lattice_term(P_lat[owner], T_lat, lattice_metric)
         keep = torch.ones(P, dtype=torch.bool, device=device)
-        if coords == "sinkhorn":
+        if coords == "sinkhorn" or lattice_first:
             best_lat = torch.full((B,), math.inf, dtype=lat.dtype, device=device).scatter_reduce(0, owner, lat, "amin")
             scale = (P_lat.square().sum(dim=(1, 2)) + L_n.square().sum(dim=(1, 2))) / 9
             keep = lat <= best_lat[owner] + tie_tolerance(scale)[owner]

@@ -90,44 +90,44 @@ def best_translation(d: torch.Tensor, batch: torch.Tensor, num_crystals: int) ->
 def _best_arcs(d: torch.Tensor, batch: torch.Tensor, B: int):
     """``(t (B, 3), sq (B, 3))``: the best translation per axis and the smallest sum of squared residuals.
 
-    Computed in float64 whatever ``d``'s dtype: the sums cancel to a small residual near a match.
+    Atoms are laid out per crystal in a padded ``(B, n_max, 3)`` block and sorted within each crystal
+    (many small sorts, not one large one). Computed in float64 whatever ``d``'s dtype: the sums cancel
+    to a small residual near a match.
     """
     dtype, device = d.dtype, d.device
-    x = d.double()
-    x = x - torch.floor(x).detach()  # in [0, 1): one image per atom, order round the circle
-    n_atoms = x.shape[0]
-    # Sort within crystals: the crystal index is the major key (x < 1).
-    order = torch.sort(batch.double()[:, None] * 2 + x.detach(), dim=0).indices  # (N, 3)
-    xs = torch.gather(x, 0, order)
-    owner = batch[order[:, 0]]  # batch is sorted the same way on every axis
     counts = torch.bincount(batch, minlength=B)
-    start = (torch.cumsum(counts, 0) - counts)
-    rank = torch.arange(n_atoms, device=device) - start[owner]  # cut c = rank: the first c atoms move up by 1
-    n = counts[owner].to(x.dtype)[:, None]
-    index = owner[:, None].expand(-1, 3)
-    total = x.new_zeros(B, 3).scatter_add(0, index, xs)[owner]
-    total_sq = x.new_zeros(B, 3).scatter_add(0, index, xs.square())[owner]
-    before = torch.cumsum(xs, 0) - xs  # prefix sums, exclusive, across crystals ...
-    before = before - (torch.cumsum(xs, 0) - xs)[start[owner]]  # ... made per crystal
-    c = rank.to(x.dtype)[:, None]
-    # Arc for cut c: values x_{c+1..n}, x_{1..c} + 1. Sum S + c, sum of squares Q + 2 P_c + c.
-    arc_sum = total + c
-    arc_sq = total_sq + 2 * before + c - arc_sum.square() / n
-    with torch.no_grad():
-        best = x.new_full((B, 3), math.inf).scatter_reduce(0, index, arc_sq, "amin")
-        row = torch.arange(n_atoms, device=device)[:, None].expand(-1, 3)
-        first = torch.where(arc_sq <= best[owner], row, n_atoms)
-        chosen = torch.full((B, 3), n_atoms, dtype=torch.int64, device=device).scatter_reduce(0, index, first, "amin")
-    has_atoms = (counts > 0)[:, None]
-    chosen = torch.where(has_atoms, chosen, torch.zeros_like(chosen))
+    n_atoms = d.shape[0]
     if n_atoms == 0:
         zero = d.new_zeros(B, 3)
         return zero, zero
-    sq = torch.gather(arc_sq, 0, chosen).clamp_min(0)
-    t = torch.gather(arc_sum / n, 0, chosen)
+    if bool((batch[1:] < batch[:-1]).any()):  # group each crystal's atoms together first
+        order = torch.sort(batch, stable=True).indices
+        d, batch = d[order], batch[order]
+    n_max = int(counts.max())
+    start = torch.cumsum(counts, 0) - counts
+    slot = torch.arange(n_atoms, device=device) - start[batch]
+    x = d.double()
+    x = x - torch.floor(x).detach()  # in [0, 1): one image per atom, order round the circle
+    padded = x.new_full((B, n_max, 3), 2.0).index_put((batch, slot), x)  # padding sorts last
+    xs, _ = torch.sort(padded, dim=1)
+    valid = (torch.arange(n_max, device=device)[None, :] < counts[:, None])[:, :, None]  # (B, n_max, 1)
+    xs = torch.where(valid, xs, torch.zeros_like(xs))
+    n = counts.clamp_min(1).to(x.dtype)[:, None, None]
+    total = xs.sum(1, keepdim=True)
+    total_sq = xs.square().sum(1, keepdim=True)
+    before = torch.cumsum(xs, 1) - xs  # sum of the c smallest, for cut c = 0 .. n-1
+    c = torch.arange(n_max, device=device, dtype=x.dtype)[None, :, None]
+    # Arc for cut c: values x_{c+1..n}, x_{1..c} + 1. Sum S + c, sum of squares Q + 2 P_c + c.
+    arc_sum = total + c
+    arc_sq = total_sq + 2 * before + c - arc_sum.square() / n
+    arc_sq = torch.where(valid, arc_sq, torch.full_like(arc_sq, math.inf))
+    chosen = torch.argmin(arc_sq.detach(), dim=1, keepdim=True)  # (B, 1, 3)
+    has_atoms = (counts > 0)[:, None]
+    sq = torch.gather(arc_sq, 1, chosen).squeeze(1)
+    t = torch.gather(arc_sum, 1, chosen).squeeze(1) / n[:, 0]
     t = t - torch.round(t).detach()
-    zero = torch.zeros_like(sq)
-    return torch.where(has_atoms, t, zero).to(dtype), torch.where(has_atoms, sq, zero).to(dtype)
+    zero = torch.zeros_like(t)
+    return torch.where(has_atoms, t, zero).to(dtype), torch.where(has_atoms, sq.clamp_min(0), zero).to(dtype)
 
 
 def periodic_coordinate_loss(frac_pred: torch.Tensor, frac_target: torch.Tensor, batch: torch.Tensor,
