@@ -1,8 +1,9 @@
 /*
  * Compiled core of soft_niggli's reducer: what soft_niggli/niggli.py's `_reduce_numpy` does for a
- * batch (normalize, `_iterate` with `_round`, `_niggli_conditions` and `_basis`, soft_niggli/_exact.py's
- * error-free product, then the final degeneracy and overflow checks), written once per cell instead
- * of once per array operation.
+ * batch (normalize, `_iterate` with its tolerance levels, `_round`, `_niggli_conditions` with
+ * `_sign_rule`, `_basis_and_metric` with its resolution tests, soft_niggli/_exact.py's error-free
+ * product, then the final flatness and overflow checks), written once per cell instead of once per
+ * array operation.
  *
  * It is a line-by-line port: the same comparisons, tolerances and order of floating-point operations,
  * so that it returns bit for bit the same lattices, transforms, statuses and iteration counts as the
@@ -23,11 +24,21 @@
 #include <string.h>
 
 /* Must match soft_niggli/niggli.py (exported as module attributes; tests/test_niggli_kernel.py compares). */
-#define DEGENERATE_LENGTH_RATIO 1e-12
+#define PLAIN_PRODUCT_ERROR 0x1p-50
+#define EXACT_PRODUCT_ERROR 0x1p-98
+#define SPLIT 67108864.0 /* 2**26, as TWO26 below */
+#define ACCURACY_MARGIN 16.0
+#define CROSS_MARGIN 0.0625 /* 1/16 */
+#define EPS 0x1p-53
+#define MIN_SQUARED_LENGTH 0x1p-968
 #define DEGENERATE_VOLUME_RATIO 1e-12
 #define MAX_TRANSFORM_ENTRY 17592186044416.0 /* 2**44 */
 #define PLAIN_PRODUCT_LIMIT 1024.0           /* 2**10 */
 #define SWEEPS 2
+#define LEVELS 3
+#define LEVEL_FACTOR 8.0
+#define LEVEL_MIN_SCALE 0.015625 /* LEVEL_FACTOR ** (1 - LEVELS) */
+#define STALL_ROUNDS 8
 enum { STATUS_OK = 0, STATUS_NOT_CONVERGED = 1, STATUS_DEGENERATE = 2, STATUS_NONFINITE = 3 };
 
 /* np.rint: round half to even. The libm nearbyint call saves and restores the floating-point
@@ -87,15 +98,13 @@ static void exact_int_matmul(const double T[9], const double L[9], double out[9]
     }
 }
 
-static void basis(const double T[9], const double L[9], double t_max, double out[9]) {
-    if (t_max > PLAIN_PRODUCT_LIMIT) {
-        exact_int_matmul(T, L, out);
-        return;
-    }
+/* The plain product T @ L. Left to right from the first term (no 0.0 start, which would turn a -0.0
+ * sum into +0.0), as niggli.py's _matmul and _metric_of. */
+static void plain_product(const double T[9], const double L[9], double out[9]) {
     for (int i = 0; i < 3; i++)
         for (int k = 0; k < 3; k++) {
-            double s = 0.0;
-            for (int j = 0; j < 3; j++) s += T[3 * i + j] * L[3 * j + k];
+            double s = T[3 * i] * L[k];
+            for (int j = 1; j < 3; j++) s += T[3 * i + j] * L[3 * j + k];
             out[3 * i + k] = s;
         }
 }
@@ -103,13 +112,91 @@ static void basis(const double T[9], const double L[9], double t_max, double out
 static void metric_of(const double B[9], double G[9]) {
     for (int i = 0; i < 3; i++)
         for (int k = 0; k < 3; k++) {
-            double s = 0.0;
-            for (int j = 0; j < 3; j++) s += B[3 * i + j] * B[3 * k + j];
+            double s = B[3 * i] * B[3 * k];
+            for (int j = 1; j < 3; j++) s += B[3 * i + j] * B[3 * k + j];
             G[3 * i + k] = s;
         }
 }
 
+/* niggli.py: _sizes, sum_j W_ij ell_j. */
+static inline double size_of(double w0, double w1, double w2, const double ell[3]) {
+    return w0 * ell[0] + w1 * ell[1] + w2 * ell[2];
+}
+
+static inline double split_size(double t) { /* niggli.py: _split_sizes */
+    double hi = floor(t / SPLIT) * SPLIT;
+    return fabs(hi) + fabs(t - hi);
+}
+
+/* niggli.py: _basis_and_metric. The plain product where it is accurate enough (T entries up to
+ * PLAIN_PRODUCT_LIMIT and every |b_i| >= k_plain r_i), else the error-free one, on whichever sign of each
+ * row of T makes its partial products smaller, whose vectors must have |b_i| > k_exact s_i. Returns
+ * whether every vector is resolved (false where NaN); *products_resolved whether the products of two are. */
+static int basis_and_metric(const double T[9], const double L[9], const double ell[3], double t_max, double k_plain,
+                            double k_exact, double B[9], double G[9], int *products_resolved) {
+    plain_product(T, L, B);
+    metric_of(B, G);
+    int exact = t_max > PLAIN_PRODUCT_LIMIT;
+    double error[3]; /* bound on each vector's error */
+    for (int i = 0; i < 3; i++) {
+        double r = size_of(fabs(T[3 * i]), fabs(T[3 * i + 1]), fabs(T[3 * i + 2]), ell);
+        error[i] = PLAIN_PRODUCT_ERROR * r;
+        double floor_i = k_plain * r;
+        exact |= G[4 * i] < floor_i * floor_i;
+    }
+    double floors[3] = {0.0, 0.0, 0.0};
+    if (exact) {
+        double Ts[9], sign[3], s_used[3];
+        for (int i = 0; i < 3; i++) {
+            const double *t = T + 3 * i;
+            double s_pos = size_of(split_size(t[0]), split_size(t[1]), split_size(t[2]), ell);
+            double s_neg = size_of(split_size(-t[0]), split_size(-t[1]), split_size(-t[2]), ell);
+            int flip = s_neg < s_pos;
+            sign[i] = flip ? -1.0 : 1.0;
+            s_used[i] = flip ? s_neg : s_pos;
+            floors[i] = k_exact * s_used[i];
+            for (int j = 0; j < 3; j++) Ts[3 * i + j] = t[j] * sign[i];
+        }
+        exact_int_matmul(Ts, L, B);
+        for (int m = 0; m < 9; m++) B[m] *= sign[m / 3];
+        metric_of(B, G);
+        for (int i = 0; i < 3; i++) error[i] = EPS * sqrt(G[4 * i]) + EXACT_PRODUCT_ERROR * s_used[i];
+    }
+    int resolved = 1;
+    double length[3];
+    for (int i = 0; i < 3; i++) {
+        resolved &= G[4 * i] > MIN_SQUARED_LENGTH;
+        if (exact) resolved &= G[4 * i] > floors[i] * floors[i];
+        length[i] = sqrt(G[4 * i]);
+    }
+    /* products of two vectors known to CROSS_MARGIN of the smaller squared length */
+    static const int pairs[3][2] = {{0, 1}, {0, 2}, {1, 2}};
+    *products_resolved = 1;
+    for (int p = 0; p < 3; p++) {
+        int i = pairs[p][0], j = pairs[p][1];
+        double cross = (error[i] * length[j] + error[j] * length[i]) + PLAIN_PRODUCT_ERROR * (length[i] * length[j]);
+        double smaller = G[4 * i] < G[4 * j] ? G[4 * i] : G[4 * j];
+        *products_resolved &= cross <= CROSS_MARGIN * smaller;
+    }
+    return resolved;
+}
+
 /* ---- Niggli conditions (niggli.py: _niggli_conditions) ---- */
+
+/* niggli.py: _type2_blocked. O = (xi, eta, zeta), s their tolerances, P their bounds (B, A, A). */
+static int type2_blocked(const double O[3], const double s[3], const double P[3], double e) {
+    static const int partner[3] = {2, 2, 1};
+    for (int i = 0; i < 3; i++) {
+        double absO = fabs(O[i]);
+        if (fabs(absO - P[i]) <= e * P[i] && absO > s[i] && fabs(O[partner[i]]) > s[partner[i]]) return 1;
+    }
+    return 0;
+}
+
+/* niggli.py: _sign_rule. */
+static int sign_rule(const int pos[3], const int neg[3], int blocked) {
+    return (pos[0] && pos[1] && pos[2]) || !(pos[0] || pos[1] || pos[2]) || (!(neg[0] || neg[1] || neg[2]) && blocked);
+}
 
 static int niggli_conditions(const double G[9], double e) {
     double A = G[0], B = G[4], C = G[8];
@@ -127,8 +214,12 @@ static int niggli_conditions(const double G[9], double e) {
     if (!(A <= B + eAB && B <= C + eBC)) return 0;
     for (int i = 0; i < 3; i++)
         if (!(absO[i] <= P[i] + e_p[i])) return 0;
-    if (!((O[0] > s[0] && O[1] > s[1] && O[2] > s[2]) || (O[0] <= s[0] && O[1] <= s[1] && O[2] <= s[2])))
-        return 0;
+    int pos[3], neg[3];
+    for (int i = 0; i < 3; i++) {
+        pos[i] = O[i] > s[i];
+        neg[i] = O[i] < -s[i];
+    }
+    if (!sign_rule(pos, neg, type2_blocked(O, s, P, e))) return 0;
     if (!(S >= -eAB)) return 0;
     if (fabs(A - B) <= eAB && !(absO[0] <= absO[1] + s[0])) return 0;
     if (fabs(B - C) <= eBC && !(absO[1] <= absO[2] + s[1])) return 0;
@@ -263,25 +354,26 @@ static int reduction_round(double T[9], const double G[9], double e) {
 #undef LENGTHS_AND_TOLERANCES
     Vec *a = &r[0], *b = &r[1], *c = &r[2];
 
-    /* steps 3-4 */
-    int pos[3], neg[3], zero[3], n_neg = 0, n_pos = 0, any_zero = 0;
+    /* steps 3-4 (niggli.py: _type2_blocked, _sign_rule) */
+    int pos[3], neg[3], zero[3], any_zero = 0;
     for (int i = 0; i < 3; i++) {
         pos[i] = O[i] > t[i];
         neg[i] = O[i] < -t[i];
         zero[i] = !(pos[i] || neg[i]);
-        n_neg += neg[i];
-        n_pos += pos[i];
         any_zero |= zero[i];
     }
-    int step3 = !any_zero && n_neg == 2;
-    int step4 = !step3 && n_pos > 0 && n_pos < 3;
-    if (step3 || step4) {
-        int fix[3], odd = pos[0] ^ pos[1] ^ pos[2];
+    double P_sign[3] = {B, A, A};
+    int blocked = type2_blocked(O, t, P_sign, e);
+    if (!sign_rule(pos, neg, blocked)) {
+        int step3 = (!any_zero && neg[0] + neg[1] + neg[2] == 2) || (any_zero && blocked);
+        int flipped[3], fix[3];
+        for (int i = 0; i < 3; i++) flipped[i] = step3 ? neg[i] : pos[i];
+        int odd = flipped[0] ^ flipped[1] ^ flipped[2];
         for (int i = 0; i < 3; i++) fix[i] = zero[i] && odd;
         fix[1] = fix[1] && !fix[0];
         fix[2] = fix[2] && !(fix[0] || fix[1]);
         double s[3];
-        for (int i = 0; i < 3; i++) s[i] = 1.0 - 2.0 * (step3 ? neg[i] : (step4 && (pos[i] ^ fix[i])));
+        for (int i = 0; i < 3; i++) s[i] = 1.0 - 2.0 * (flipped[i] ^ fix[i]);
         for (int v = 0; v < 3; v++)
             for (int k = 0; k < 3; k++) r[v].t[k] *= s[v];
         double O0 = O[0] * (s[1] * s[2]), O1 = O[1] * (s[0] * s[2]), O2 = O[2] * (s[0] * s[1]);
@@ -304,6 +396,8 @@ static int reduction_round(double T[9], const double G[9], double e) {
         apply[i] = over[i] || (fabs(O[i] - P[i]) <= e_p && other[i] - 2 * O100[i] > t100[i]) ||
                    (fabs(O[i] + P[i]) <= e_p && other[i] < -t221[i]);
     }
+    if (over[0] || over[1] || over[2]) /* an entry beyond its bound goes first */
+        for (int i = 0; i < 3; i++) apply[i] = apply[i] && over[i];
     apply[1] = apply[1] && !apply[0];
     apply[2] = apply[2] && !(apply[0] || apply[1]);
     int steps567 = apply[0] || apply[1] || apply[2];
@@ -330,24 +424,50 @@ static int reduction_round(double T[9], const double G[9], double e) {
 
 /* ---- the per-cell loop (niggli.py: _iterate) ---- */
 
-static void reduce_cell(const double L[9], double scale, double e, int64_t max_iter, double T[9], double B[9],
+static void reduce_cell(const double L[9], const double ell[3], double e, int64_t max_iter, double T[9], double B[9],
                         int64_t *iters, int64_t *status) {
     static const double eye[9] = {1, 0, 0, 0, 1, 0, 0, 0, 1};
     memcpy(T, eye, sizeof eye);
     int changed = 1;
     double G[9];
+    /* tolerance levels (niggli.py: _LEVELS, _LEVEL_FACTOR, _STALL_ROUNDS, _accuracy_factors) */
+    double e_k = e, best = INFINITY, e_min = e * LEVEL_MIN_SCALE;
+    int level = 0;
+    int64_t stall = 0;
+    double k_plain = PLAIN_PRODUCT_ERROR * ACCURACY_MARGIN / e_min;
+    double k_exact = EXACT_PRODUCT_ERROR * ACCURACY_MARGIN / e_min;
     for (int64_t it = 0;; it++) {
         double t_max = 0.0;
         for (int m = 0; m < 9; m++) t_max = max2(t_max, fabs(T[m]));
-        basis(T, L, t_max, B);
-        metric_of(B, G);
-        double shortest = min2(min2(G[0], G[4]), G[8]);
-        double floor_len = DEGENERATE_LENGTH_RATIO * scale;
-        /* NaN counts as bad (min2 may skip a NaN, so test the entries themselves too). */
-        int bad = !(shortest > floor_len * floor_len) || !(t_max <= MAX_TRANSFORM_ENTRY) || isnan(G[0]) ||
-                  isnan(G[4]) || isnan(G[8]);
-        int ok = !bad && niggli_conditions(G, e);
-        if (ok || bad || !changed) {
+        int products_resolved;
+        int resolved = basis_and_metric(T, L, ell, t_max, k_plain, k_exact, B, G, &products_resolved);
+        /* An unresolved (or vanishing) vector or a runaway transform; NaN counts as bad. */
+        int bad = !resolved || !(t_max <= MAX_TRANSFORM_ENTRY);
+        /* the conditions at e, or, once gone on to finer levels, at any of them */
+        int ok = 0;
+        double e_check = e;
+        for (int k = 0; k <= level && !ok; k++, e_check = e_check / LEVEL_FACTOR) ok = niggli_conditions(G, e_check);
+        ok = ok && !bad;
+        double total = (G[0] + G[4]) + G[8];
+        if (total < best) {
+            best = total;
+            stall = 0;
+        } else {
+            stall++;
+        }
+        int stuck = !(ok || bad) && (!changed || stall >= STALL_ROUNDS);
+        if ((ok || stuck) && !products_resolved) { /* a basis that passes or is stuck needs resolved products */
+            bad = 1;
+            ok = stuck = 0;
+        }
+        int finer = stuck && level < LEVELS - 1;
+        if (finer) {
+            level++;
+            e_k = e_k / LEVEL_FACTOR;
+            stall = 0;
+            changed = 1;
+        }
+        if (ok || bad || !changed || (stuck && !finer)) {
             *iters = it;
             *status = bad ? STATUS_DEGENERATE : (ok ? STATUS_OK : STATUS_NOT_CONVERGED);
             break;
@@ -357,7 +477,7 @@ static void reduce_cell(const double L[9], double scale, double e, int64_t max_i
             *status = STATUS_NOT_CONVERGED;
             break;
         }
-        changed = reduction_round(T, G, e);
+        changed = reduction_round(T, G, e_k);
     }
     if (*status == STATUS_DEGENERATE) { /* its last step is not trusted */
         memcpy(T, eye, sizeof eye);
@@ -405,16 +525,16 @@ static void reduce_item(const double X[9], double e, int64_t max_iter, double la
     frexp(max_abs, &exponent);
     double Xn[9], T[9], B[9];
     for (int m = 0; m < 9; m++) Xn[m] = times_power_of_two(X[m], -exponent);
-    double input_scale = 0.0;
+    double ell[3];
     for (int i = 0; i < 3; i++) {
         double sq = 0.0;
         for (int j = 0; j < 3; j++) sq += Xn[3 * i + j] * Xn[3 * i + j];
-        input_scale = max2(input_scale, sqrt(sq));
+        ell[i] = sqrt(sq);
     }
-    reduce_cell(Xn, input_scale, e, max_iter, T, B, iters, status);
+    reduce_cell(Xn, ell, e, max_iter, T, B, iters, status);
 
-    /* Reduced vectors or volume below float64's resolution relative to the cell's scale: DEGENERATE
-     * (only a converged basis is short enough to judge). */
+    /* A flat basis (volume relative to the product of lengths): DEGENERATE (only a converged basis is
+     * short enough to judge). B is the basis the loop checked last, as niggli.py recomputes it. */
     double lengths[3];
     for (int i = 0; i < 3; i++) {
         double sq = 0.0;
@@ -426,10 +546,9 @@ static void reduce_item(const double X[9], double e, int64_t max_iter, double la
     for (int k = 0; k < 3; k++) volume += a[k] * (b[(k + 1) % 3] * c[(k + 2) % 3] - b[(k + 2) % 3] * c[(k + 1) % 3]);
     volume = fabs(volume);
     double rel_volume = volume / max2(lengths[0] * lengths[1] * lengths[2], DBL_MIN);
-    int tiny = !(min2(min2(lengths[0], lengths[1]), lengths[2]) > DEGENERATE_LENGTH_RATIO * input_scale) ||
-               !(rel_volume > DEGENERATE_VOLUME_RATIO);
+    int flat = !(rel_volume > DEGENERATE_VOLUME_RATIO);
     int judged = *status == STATUS_OK || (*status == STATUS_NOT_CONVERGED && *iters < max_iter);
-    if (tiny && judged) *status = STATUS_DEGENERATE;
+    if (flat && judged) *status = STATUS_DEGENERATE;
     int give_back_input = *status == STATUS_DEGENERATE;
     if (!give_back_input) {
         for (int m = 0; m < 9; m++) {
@@ -489,11 +608,20 @@ static struct PyModuleDef module = {PyModuleDef_HEAD_INIT, "_niggli_kernel", NUL
 PyMODINIT_FUNC PyInit__niggli_kernel(void) {
     PyObject *m = PyModule_Create(&module);
     if (m == NULL) return NULL;
-    if (PyModule_AddObject(m, "DEGENERATE_LENGTH_RATIO", PyFloat_FromDouble(DEGENERATE_LENGTH_RATIO)) < 0 ||
+    if (PyModule_AddObject(m, "PLAIN_PRODUCT_ERROR", PyFloat_FromDouble(PLAIN_PRODUCT_ERROR)) < 0 ||
+        PyModule_AddObject(m, "EXACT_PRODUCT_ERROR", PyFloat_FromDouble(EXACT_PRODUCT_ERROR)) < 0 ||
+        PyModule_AddObject(m, "SPLIT", PyFloat_FromDouble(SPLIT)) < 0 ||
+        PyModule_AddObject(m, "CROSS_MARGIN", PyFloat_FromDouble(CROSS_MARGIN)) < 0 ||
+        PyModule_AddObject(m, "EPS", PyFloat_FromDouble(EPS)) < 0 ||
+        PyModule_AddObject(m, "ACCURACY_MARGIN", PyFloat_FromDouble(ACCURACY_MARGIN)) < 0 ||
+        PyModule_AddObject(m, "MIN_SQUARED_LENGTH", PyFloat_FromDouble(MIN_SQUARED_LENGTH)) < 0 ||
         PyModule_AddObject(m, "DEGENERATE_VOLUME_RATIO", PyFloat_FromDouble(DEGENERATE_VOLUME_RATIO)) < 0 ||
         PyModule_AddObject(m, "MAX_TRANSFORM_ENTRY", PyFloat_FromDouble(MAX_TRANSFORM_ENTRY)) < 0 ||
         PyModule_AddObject(m, "PLAIN_PRODUCT_LIMIT", PyFloat_FromDouble(PLAIN_PRODUCT_LIMIT)) < 0 ||
-        PyModule_AddObject(m, "SWEEPS", PyLong_FromLong(SWEEPS)) < 0) {
+        PyModule_AddObject(m, "SWEEPS", PyLong_FromLong(SWEEPS)) < 0 ||
+        PyModule_AddObject(m, "LEVELS", PyLong_FromLong(LEVELS)) < 0 ||
+        PyModule_AddObject(m, "LEVEL_FACTOR", PyFloat_FromDouble(LEVEL_FACTOR)) < 0 ||
+        PyModule_AddObject(m, "STALL_ROUNDS", PyLong_FromLong(STALL_ROUNDS)) < 0) {
         Py_DECREF(m);
         return NULL;
     }

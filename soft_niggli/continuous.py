@@ -186,88 +186,111 @@ class _CandidateSoftmin(CrystalLoss):
             owner, candidate = within.nonzero(as_tuple=True)
         return owner, candidate
 
-    def _distances(self, L_cmp, F_cmp, L_ref, F_ref, batch, species_cmp, species_ref, owner, X):
-        """Exact ``(lattice, coords)`` terms ``(Q,)`` of packed pairs: crystal ``owner`` against its
-        reference re-based by the integer matrix ``X (Q, 3, 3)``, ``(X L_ref, F_ref X⁻¹)``."""
+    def _distances(self, L_cmp, F_cmp, L_ref, F_ref, batch, species_cmp, species_ref, owner, X, lattice_weight):
+        """Exact ``(lattice, coords, kept)`` terms ``(Q,)`` of packed pairs: crystal ``owner`` against its
+        reference re-based by the integer matrix ``X (Q, 3, 3)``, ``(X L_ref, F_ref X⁻¹)``.
+
+        ``kept`` is False for candidates left out of the softmin without a coordinate term (``coords``
+        0 there): with periodic coordinates, one whose lattice term alone exceeds the best candidate's
+        whole distance (at most its lattice term + ``coord_weight / 4``, the periodic term's maximum)
+        by 40 τ carries a softmin weight below exp(-40) ≈ 4e-18 of the best.
+        """
         dtype, device = L_cmp.dtype, L_cmp.device
         T_lat = X.to(dtype) @ L_ref[owner]
         lat = lattice_term(L_cmp[owner], T_lat, self.lattice_metric)
+        kept = torch.ones_like(owner, dtype=torch.bool)
         if not self.coord_weight:
-            return lat, torch.zeros_like(lat)
+            return lat, torch.zeros_like(lat), kept
+        if self.coords == "periodic":
+            with torch.no_grad():
+                d_lat = lattice_weight * lat.detach()
+                low = torch.full((L_cmp.shape[0],), math.inf, dtype=d_lat.dtype, device=device).scatter_reduce(
+                    0, owner, d_lat, "amin")
+                kept = d_lat <= low[owner] + self.coord_weight / 4 + 40 * self.tau
+        crd = self._coordinates(F_cmp, F_ref, batch, species_cmp, species_ref, owner[kept], X[kept], T_lat[kept],
+                                L_cmp.shape[0])
+        return lat, torch.zeros_like(lat).masked_scatter(kept, crd), kept
+
+    def _coordinates(self, F_cmp, F_ref, batch, species_cmp, species_ref, owner, X, T_lat, B):
+        """``(Q,)`` coordinate term of the packed pairs (see :meth:`_distances`)."""
+        dtype, device = F_cmp.dtype, F_cmp.device
         # Atoms pair by pair: pair q repeats the atoms of crystal owner[q].
-        counts = torch.bincount(batch, minlength=L_cmp.shape[0])
+        counts = torch.bincount(batch, minlength=B)
         ptr = torch.cumsum(counts, 0) - counts
         pair_counts = counts[owner]
         pair_of_atom = torch.repeat_interleave(torch.arange(owner.numel(), device=device), pair_counts)
         first = torch.cumsum(pair_counts, 0) - pair_counts
         atom = ptr[owner][pair_of_atom] + torch.arange(pair_of_atom.numel(), device=device) - first[pair_of_atom]
         T_frac = (F_ref[atom][:, None, :] @ integer_inverse(X).to(dtype)[pair_of_atom]).squeeze(1)
-        crd = coordinate_term(self.coords, F_cmp[atom], T_frac, pair_of_atom, T_lat,
-                              None if species_cmp is None else species_cmp[atom],
-                              None if species_ref is None else species_ref[atom], self.blur)
-        return lat, crd
+        return coordinate_term(self.coords, F_cmp[atom], T_frac, pair_of_atom, T_lat,
+                               None if species_cmp is None else species_cmp[atom],
+                               None if species_ref is None else species_ref[atom], self.blur)
 
-    def _candidates(self, L, F, batch, scorable, L_ref):
-        """Packed ``(owner, X)`` of every frame, each X a matrix acting on ``L_ref``, and the status.
+    def _candidates(self, frames, L_ref):
+        """Per frame, packed ``(owner, X)``: the kept candidates as matrices acting on ``L_ref``.
 
         Frame 2 (``center="both"``) compares ``N L_p`` with ``M L_ref``, i.e. ``L_p`` with
         ``N⁻¹ M L_ref``: its pairs are stored in frame 1's terms, ``X = N⁻¹ M``, and a candidate lattice
         reached from both frames counts once (measured in the reduced frame): otherwise a prediction
         emitted already reduced would count every candidate twice.
         """
-        frames, status = self._frames(L, F, batch, scorable)
-        U = candidate_set(self.bound, self.proper, torch.int64, L.device)
-        picked = []
-        for L_cmp, F_cmp, N in frames:
-            owner, candidate = self._select(L_cmp, L_ref)
-            picked.append((L_cmp, F_cmp, owner, U[candidate]))
+        U = candidate_set(self.bound, self.proper, torch.int64, L_ref.device)
+        owner, candidate = self._select(torch.cat([f[0] for f in frames]), L_ref.repeat(len(frames), 1, 1))
+        n = L_ref.shape[0]
+        picked = [(owner[owner // n == i] - i * n, U[candidate[owner // n == i]]) for i in range(len(frames))]
         if len(frames) == 2:
-            (L1, F1, o1, X1), (L2, F2, o2, M2) = picked
+            (o1, X1), (o2, M2) = picked
             X2 = integer_inverse(frames[1][2])[o2] @ M2
             single = ~_rows_in(o1, X1, o2, X2)
-            picked = [(L1, F1, o1[single], X1[single]), (L2, F2, o2, X2)]
-        return picked, frames, status
-
-    def _packed_distances(self, L, F, batch, species, scorable, centred: CrystalBatch, lattice_weight):
-        """``(owner, d, lat, crd, status)`` over every frame's kept candidates, packed."""
-        L_ref, F_ref = centred.lattice.detach(), centred.frac.detach()
-        picked, frames, status = self._candidates(L, F, batch, scorable, L_ref)
-        owners, lats, crds = [], [], []
-        for (L_cmp, F_cmp, owner, X), (_, _, N) in zip(picked, frames):
-            # Frame 2 scores (N L_p, M L_ref) with M = N X.
-            M = X if N is None else N[owner] @ X
-            lat, crd = self._distances(L_cmp, F_cmp, L_ref, F_ref, batch, species, centred.species, owner, M)
-            owners.append(owner)
-            lats.append(lat)
-            crds.append(crd)
-        owner, lat, crd = torch.cat(owners), torch.cat(lats), torch.cat(crds)
-        # The softmin and the offset below are each about -τ log(number of tied candidates) while their
-        # difference is near 0: combine them in float64 so single precision does not cancel it away.
-        d = (lattice_weight * lat + self.coord_weight * crd).double()
-        return owner, d, lat, crd, status
+            picked = [(o1[single], X1[single]), (o2, X2)]
+        return picked
 
     def _softmin(self, pred: CrystalBatch, L, F, scorable, centred: CrystalBatch, lattice_weight):
         """``(value, lattice, coords, status)``, each ``(B,)``: the softmin over every frame's kept
-        candidates, minus the offset of ``zero_at_match``, and the softmin-weighted parts."""
+        candidates, minus the offset of ``zero_at_match``, and the softmin-weighted parts.
+
+        The offset is the same softmin for a perfect prediction, the centred label against itself; its
+        candidates are chosen in the same call as the prediction's (a doubled batch), and its distances
+        are computed without gradient.
+        """
         B = L.shape[0]
-        owner, d, lat, crd, status = self._packed_distances(L, F, pred.batch, pred.species, scorable, centred,
-                                                            lattice_weight)
-        value = packed_softmin(d, owner, B, self.tau, self.normalize)
-        # The candidates' shares of the softmin (their softmax weights), for the reported parts.
-        weight = torch.exp(-(d - value[owner]) / self.tau)
-        if self.normalize:
-            weight = weight / torch.bincount(owner, minlength=B).clamp_min(1).to(d.dtype)[owner]
-        parts = [torch.zeros(B, dtype=lat.dtype, device=d.device).index_add(0, owner, weight.to(lat.dtype) * x)
-                 for x in (lat, crd)]
-        if self.zero_at_match:
-            with torch.no_grad():
-                # The same softmin for a perfect prediction: the centred label against itself.
-                L_ref, F_ref = centred.lattice.detach(), centred.frac.detach()
-                o, d_self, _, _, _ = self._packed_distances(L_ref, F_ref, centred.batch, centred.species, scorable,
-                                                            centred, lattice_weight)
-                offset = packed_softmin(d_self, o, B, self.tau, self.normalize)
-            value = value - offset
-        return value.to(lat.dtype), parts[0], parts[1], status
+        L_ref, F_ref = centred.lattice.detach(), centred.frac.detach()
+        queries = [(L, F)] + ([(L_ref, F_ref)] if self.zero_at_match else [])
+        frames, status = self._frames(torch.cat([q[0] for q in queries]), torch.cat([q[1] for q in queries]),
+                                      torch.cat([pred.batch + i * B for i in range(len(queries))]),
+                                      scorable.repeat(len(queries)))
+        picked = self._candidates(frames, L_ref.repeat(len(queries), 1, 1))
+        values = []
+        for i, (batch, species) in enumerate([(pred.batch, pred.species), (centred.batch, centred.species)][:len(queries)]):
+            with torch.set_grad_enabled(torch.is_grad_enabled() and i == 0):
+                owners, lats, crds, keeps = [], [], [], []
+                for (L_cmp, F_cmp, N), (owner, X) in zip(frames, picked):
+                    mine = (owner >= i * B) & (owner < (i + 1) * B)
+                    owner, X = owner[mine] - i * B, X[mine]
+                    L_i, F_i = L_cmp[i * B:(i + 1) * B], F_cmp[i * len(batch):(i + 1) * len(batch)]
+                    # Frame 2 scores (N L_p, M L_ref) with M = N X.
+                    M = X if N is None else N[owner + i * B] @ X
+                    lat, crd, kept = self._distances(L_i, F_i, L_ref, F_ref, batch, species, centred.species, owner,
+                                                     M, lattice_weight)
+                    owners.append(owner)
+                    lats.append(lat)
+                    crds.append(crd)
+                    keeps.append(kept)
+                owner, lat, crd, kept = torch.cat(owners), torch.cat(lats), torch.cat(crds), torch.cat(keeps)
+                # The softmin and its offset are each about -τ log(number of tied candidates) while their
+                # difference is near 0: combine them in float64 so single precision does not cancel it.
+                d = (lattice_weight * lat + self.coord_weight * crd).double()
+                d = torch.where(kept, d, torch.full_like(d, math.inf))
+                values.append(packed_softmin(d, owner, B, self.tau, self.normalize))
+                if i == 0:
+                    # The candidates' shares of the softmin (their softmax weights), for the reported parts.
+                    weight = torch.exp(-(d - values[0][owner]) / self.tau)
+                    if self.normalize:
+                        weight = weight / torch.bincount(owner, minlength=B).clamp_min(1).to(d.dtype)[owner]
+                    parts = [torch.zeros(B, dtype=lat.dtype, device=d.device).index_add(
+                        0, owner, weight.to(lat.dtype) * x) for x in (lat, crd)]
+        value = values[0] - values[1] if len(values) == 2 else values[0]
+        return value.to(lat.dtype), parts[0], parts[1], status[:B]
 
     def _softmin_terms(self, pred: CrystalBatch, L, F, scorable, labels: CrystalBatch, lattice_weight):
         centred = self._label_frame(L, F, labels, pred.species, lattice_weight)

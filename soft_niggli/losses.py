@@ -52,7 +52,7 @@ from torch import nn
 
 from .crystal import CrystalBatch
 from .lattice import integer_inverse
-from .niggli import Status, niggli_reduce
+from .niggli import Status, _check_rel_eps, niggli_reduce
 from .periodic import periodic_coordinate_loss
 from .transport import sinkhorn_coordinate_loss_flat
 
@@ -645,7 +645,7 @@ class NiggliProxyLoss(CrystalLoss):
             :func:`canonicalize_labels`); the automorphism search is complete only for reduced labels.
         automorphism_tol: relative tolerance of :func:`lattice_automorphisms`, in (0, 0.1); keep it
             above ``rel_eps`` so near-ties the reducer may break either way are covered.
-        rel_eps: the reducer's relative tolerance, in (0, 0.1).
+        rel_eps: the reducer's relative tolerance, in :data:`~soft_niggli.niggli.REL_EPS_RANGE`.
         coords: ``"periodic"`` or ``"sinkhorn"`` (:func:`coordinate_term`; with Sinkhorn, atom order is
             free and the lattice term alone picks the automorphism). blur: Sinkhorn blur, Å.
 
@@ -680,7 +680,7 @@ class NiggliProxyLoss(CrystalLoss):
         self.frame = _choice("frame", frame, FRAMES)
         self.labels_canonical = _flag("labels_canonical", labels_canonical)
         self.automorphism_tol = _tolerance("automorphism_tol", automorphism_tol)
-        self.rel_eps = _tolerance("rel_eps", rel_eps)
+        self.rel_eps = _check_rel_eps(rel_eps)  # the reducer's own range, checked now rather than at the call
 
     def compute(self, pred: CrystalBatch, target: CrystalBatch) -> LossResult:
         B, dtype, device = len(pred), pred.dtype, pred.device

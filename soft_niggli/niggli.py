@@ -8,9 +8,10 @@ automorphisms) give the same metric.
 What makes it safe to call on whatever a model emits:
 
 * It never raises on values and never loops unbounded. Non-finite input is ``NONFINITE``; a cell that
-  is rank-deficient relative to its own scale is ``DEGENERATE``; both come back unchanged with the
-  identity transform. Hitting ``max_iter`` gives ``NOT_CONVERGED`` with the best basis so far and its
-  valid unimodular transform.
+  float64 cannot resolve (see "Resolution" below: a vanishing or unresolvable reduced vector, a flat
+  reduced basis, a reduction needing transform entries above 2**44) is ``DEGENERATE``; both come back
+  unchanged with the identity transform. Hitting ``max_iter`` gives ``NOT_CONVERGED`` with the best
+  basis so far and its valid unimodular transform.
 * It is scale-free: the cell is first scaled by a power of two (exact), and every tolerance is
   relative: lengths are compared with each other, angles through their cosines.
 * It is fast on skewed cells: each round size-reduces by rounding (Gauss/LLL style, so the number of
@@ -23,6 +24,73 @@ What makes it safe to call on whatever a model emits:
 The reduction works on detached values in float64 whatever the input dtype; the returned lattice is
 cast back to the input's dtype and device. It carries no gradient (use ``transform`` with the
 original, differentiable ``L`` when you need one: ``transform.to(L.dtype) @ L``).
+
+Resolution (what ``DEGENERATE`` means). The cell is taken as exact: its float64 entries define the
+lattice, however skewed or mixed in scale the basis (``diag(1e-6, 1, 1e6)`` is a fine, already reduced
+cell). What float64 limits is how well the reducer knows the basis vectors ``b_i = Σ_j T_ij L_j`` it
+works with, and that is what it tests, every round and on the result (the cell scaled so that its
+largest entry is in [0.5, 1); ``e = rel_eps / 64``, the finest tolerance used, see "Tolerance"):
+
+* the plain float product is off by at most ``2**-50 r_i``, ``r_i = Σ_j |T_ij| ‖L_j‖`` (the vector's size
+  before cancellation); it is used where that is below ``e / 16`` of ``‖b_i‖`` and ``T`` has entries up
+  to ``2**10``. Elsewhere the error-free product (``soft_niggli/_exact.py``) runs, off by at most
+  ``ε‖b_i‖ + 2**-98 s_i``, with ``s_i`` the size of its partial products (``r_i`` plus ``2**27 ‖L_j‖`` for
+  each negative ``T_ij``, its split's cost; it runs on ``±`` the row of ``T``, whichever costs less);
+* a vector that the error-free product does not know to ``e / 16`` (``‖b_i‖ <= 2**-88 s_i / rel_eps``,
+  about ``3e-22 s_i`` at the default rel_eps), or whose squared length is below ``2**-968`` (float64's
+  subnormal range, ~1e-146 of the largest entry), is unresolved: ``DEGENERATE``. An exactly singular
+  cell (rank 2, a zero row) gets there through a vanishing vector;
+* so does a reduction that needs transform entries above ``2**44`` (the error-free product needs them
+  below ``2**52``; that far, the lattice is numerically dense);
+* a basis that passes the Niggli conditions, or that the reduction is stuck on, must also know the
+  products ``b_i · b_j`` (their rounding and the vectors' errors) to 1/16 of the smaller squared length,
+  which the bounds ``|ξ| <= B``, ``|η|, |ζ| <= A`` compare them with: for vectors computed without
+  cancellation, a length ratio up to ~2e13 (so ``diag(1e-6, 1, 1e6)`` is reduced, ``diag(1e-8, 1, 1e8)``,
+  whose products are rounded to more than its shortest squared length, is ``DEGENERATE``);
+* and a result whose volume is below ``1e-12`` of the product of its lengths (a Niggli-reduced basis has
+  more than half) is ``DEGENERATE``.
+
+There is no fixed ratio of the reduced lengths to the input's scale below which a cell counts as
+degenerate (an earlier version flagged reduced vectors shorter than 1e-12 of the largest input row,
+which rejected well-conditioned cells). So a cell re-based by a unimodular ``M`` comes back reduced as
+long as the reducing transform (about ``M⁻¹``) has entries up to ``2**44`` and the bound on ``s_i`` holds:
+a 4 Å cube re-based so that reducing it takes transform entries of 2.9e9 and its rows are 1e13 long is
+reduced exactly at every rel_eps (tests/test_niggli.py), one that takes an entry above ``2**44`` is
+``DEGENERATE``, and one whose transform row puts -1000 next to a 1e10-long row is reduced down to
+rel_eps 1e-5 but ``DEGENERATE`` at 1e-12 (the bound ``2**27 * 1e10`` then exceeds what 1e-12 allows).
+:func:`is_niggli_reduced` applies the same tests to the cell as given (transform = identity), so it says
+False for a zero, rank-deficient or flat cell, and a cell that it accepts at ``rel_eps`` itself comes
+back ``OK`` with the identity transform.
+
+Tolerance. ``rel_eps`` is the relative tolerance of every comparison (lengths with each other, angles
+through cosines, boundaries of the Niggli cone such as ``|ξ| = B`` within ``rel_eps B``), accepted in
+:data:`REL_EPS_RANGE` = [1e-12, 0.1). Tolerant comparisons make the reduced form stable under noise,
+but they can make the conditions inconsistent for a cell whose deviations from boundaries are close to
+``rel_eps`` (a hexagonal or face-centred cell distorted by about rel_eps, as float32 rounding or a model
+easily gives): the Křivý–Gruber steps then cycle between bases that all fail the check. Three rules
+remove that:
+
+* the sign condition accepts type I within tolerance (no entry of ξ, η, ζ clearly negative) where type
+  II is blocked (an entry at its bound, ``|ξ| = B`` say, with its partner clearly non-zero, so that type
+  II would fail ``ξ = −B ⇒ ζ = 0``); see :func:`_sign_rule`;
+* in steps 5–7 an entry beyond its bound is reduced before any boundary case is (two boundary cases can
+  undo each other while another entry stays too large);
+* an item that stops making progress (a round changes nothing, or ``A + B + C`` has not gone down for
+  8 rounds) goes on with the tolerance divided by 8, at most twice (``rel_eps / 64``); it is then
+  accepted when it satisfies the conditions at any of the levels it went through, and
+  :func:`is_niggli_reduced` accepts a cell that satisfies them at ``rel_eps``, ``rel_eps / 8`` or
+  ``rel_eps / 64``. (An item stuck at the finest level is ``NOT_CONVERGED`` without waiting for
+  ``max_iter``.)
+
+Measured with the default ``max_iter`` on about 770 000 cells per tolerance (realistic and Gaussian
+cells, and hexagonal, face-centred, cubic, realistic and Gaussian cells re-based by random unimodular
+matrices with entries up to 1e6, rotated or not) at rel_eps = 1e-12, 1e-11, 1e-10, 1e-9, 1e-7, 1e-5,
+1e-3, 0.01, 0.05 and 0.0999, and on 60 000 hexagonal, face-centred and cubic cells distorted by 0.3 to 3
+rel_eps at 1e-5 and 1e-3: no ``NOT_CONVERGED`` (before: up to 7 % of the distorted hexagonal cells and
+0.7 % of the face-centred ones at the default rel_eps, 1 % of Gaussian cells at 0.0999, 0.4 % of rotated
+re-based hexagonal cells at 1e-12). Needles, plates and mixed-scale Gaussian cells (200 000 each, at
+1e-12, 1e-5 and 0.0999): none either. Below 1e-12 the finest tolerance would approach float64's
+resolution, hence the range.
 
 Where it runs: the reduction is a data-dependent loop over 3×3 matrices. Its main core is compiled C
 (``soft_niggli/_niggli_kernel.c``, built at install time), which reduces the cells one by one on the
@@ -53,15 +121,15 @@ except ImportError:  # not built (no C compiler at install time): the NumPy core
 #: Whether the compiled reduction loop is in use (False: the NumPy core runs instead; same results).
 COMPILED_KERNEL = _kernel is not None
 
-__all__ = ["Status", "NiggliResult", "niggli_reduce", "is_niggli_reduced"]
+__all__ = ["Status", "NiggliResult", "niggli_reduce", "is_niggli_reduced", "REL_EPS_RANGE"]
 
 
 class Status(enum.IntEnum):
     """Per-item outcome of :func:`niggli_reduce`."""
 
-    OK = 0  #: reduced and verified against the Niggli conditions
+    OK = 0  #: reduced and verified against the Niggli conditions (the checks of :func:`is_niggli_reduced`)
     NOT_CONVERGED = 1  #: iteration cap reached; best basis so far, valid unimodular transform
-    DEGENERATE = 2  #: rank-deficient relative to the cell's own scale; input and identity returned
+    DEGENERATE = 2  #: not resolvable in float64 (rank-deficient, see "Resolution"); input and identity returned
     NONFINITE = 3  #: NaN or inf in the input (or a reduced cell overflowing float64); input and identity returned
 
 
@@ -87,20 +155,51 @@ class NiggliResult:
         return self.status == int(Status.OK)
 
 
-# Below this ratio of shortest reduced vector to the cell's largest input row, or of reduced volume to
-# the product of reduced lengths, the lattice is numerically rank-deficient: float64 cannot resolve it.
-_DEGENERATE_LENGTH_RATIO = 1e-12
+# Error bounds of one basis vector b_i = Σ_j T_ij L_j (see "Resolution" in the module docstring). The
+# plain float product is off by at most γ_3 r_i ≤ 2**-50 r_i, with r_i = Σ_j |T_ij| ‖L_j‖ (the vector's size
+# before cancellation). The error-free product (soft_niggli/_exact.py: Sum2 of 12 exact partial products)
+# is off by at most ε‖b_i‖ + γ_11² s_i ≤ ε‖b_i‖ + 2**-98 s_i, with s_i = Σ_j (|hi(T_ij)| + |lo(T_ij)|) ‖L_j‖
+# the size of its partial products (its split T = hi + lo, hi = 2**26 floor(T / 2**26), makes |hi| + |lo|
+# about |T| + 2**27 for a negative entry, |T| otherwise).
+_PLAIN_PRODUCT_ERROR = 2.0**-50
+_EXACT_PRODUCT_ERROR = 2.0**-98
+_SPLIT = 2.0**26
+# Every basis vector must be known to within rel_eps / _ACCURACY_MARGIN of its length: the plain product
+# is replaced by the error-free one where it is not, and a vector the error-free product cannot resolve to
+# that accuracy makes the item DEGENERATE.
+_ACCURACY_MARGIN = 16.0
+# The rounding of a product of two basis vectors (their errors, plus at most 2**-50 |b_i||b_j| for the
+# product itself) must stay below this share of the smaller squared length; otherwise the bounds
+# |ξ| <= B, |η| <= A, |ζ| <= A cannot be decided (for vectors computed without cancellation: a length
+# ratio above ~2e13). Unresolved: DEGENERATE.
+_CROSS_MARGIN = 1.0 / 16.0
+_EPS = 2.0**-53
+# Squared lengths below this (after scaling the cell's largest entry into [0.5, 1)) would leave the metric
+# in float64's subnormal range, where it loses relative precision: DEGENERATE (vectors below ~1e-146 of
+# the cell's largest entry).
+_MIN_SQUARED_LENGTH = 2.0**-968
+# Below this ratio of reduced volume to the product of reduced lengths the basis is flat: DEGENERATE. (A
+# Niggli-reduced basis has a ratio above 0.5, so this only catches exactly singular bases.)
 _DEGENERATE_VOLUME_RATIO = 1e-12
-# Transform entries beyond this are a sign of a (numerically) dense lattice, not of a skewed cell.
+# Transform entries beyond this are a sign of a (numerically) dense lattice, not of a skewed cell (and the
+# error-free product needs entries below 2**52).
 _MAX_TRANSFORM_ENTRY = 2.0**44
-# Transforms with entries up to this make the plain float product accurate enough (cancellation costs
-# at most ~log10(2**10) digits); beyond it the error-free product is used.
+# Transforms with entries beyond this always use the error-free product (they are about to need it anyway).
 _PLAIN_PRODUCT_LIMIT = 2.0**10
+#: Accepted range of ``rel_eps``: ``REL_EPS_RANGE[0] <= rel_eps < REL_EPS_RANGE[1]`` (see "Tolerance" in
+#: the module docstring).
+REL_EPS_RANGE = (1e-12, 0.1)
 # Finished items are dropped from working arrays of more than _COMPACT_MIN items once this share of
 # them is done: dropping costs a few copies of everything, so it pays only when many have finished
 # (and below a few hundred items every operation costs its call overhead whatever its size).
 _COMPACT_SHARE = 0.25
 _COMPACT_MIN = 512
+# Tolerance levels (see "Tolerance" in the module docstring): an item stuck at rel_eps goes on with
+# rel_eps / _LEVEL_FACTOR, and so on, _LEVELS levels in all; it is stuck when a round changes nothing or
+# when A + B + C has not gone down for _STALL_ROUNDS rounds.
+_LEVELS = 3
+_LEVEL_FACTOR = 8.0
+_STALL_ROUNDS = 8
 # Items per chunk of work (see _iterate_in_chunks).
 _CHUNK = 8192
 
@@ -121,21 +220,95 @@ def _times_power_of_two(x: np.ndarray, exponent: np.ndarray) -> np.ndarray:
     return np.ldexp(np.ldexp(x, half), exponent - half)
 
 
+# The two products below sum their three terms left to right, as the compiled core does. (np.einsum does
+# not promise an order: with a single item it sums in another one, which breaks bit-identity.)
 def _matmul(T: np.ndarray, L: np.ndarray) -> np.ndarray:
-    return np.einsum("ijn,jkn->ikn", T, L)
-
-
-def _basis(T: np.ndarray, L: np.ndarray, t_max: np.ndarray) -> np.ndarray:
-    """``T @ L`` per item for integer-valued float64 ``T``, error-free where ``T`` has large entries."""
-    out = _matmul(T, L)
-    big = t_max > _PLAIN_PRODUCT_LIMIT
-    if big.any():
-        out[..., big] = exact_int_matmul(T[..., big], L[..., big])
-    return out
+    return (T[:, 0, None] * L[0] + T[:, 1, None] * L[1]) + T[:, 2, None] * L[2]
 
 
 def _metric_of(B: np.ndarray) -> np.ndarray:
-    return np.einsum("ijn,kjn->ikn", B, B)
+    return (B[:, None, 0] * B[None, :, 0] + B[:, None, 1] * B[None, :, 1]) + B[:, None, 2] * B[None, :, 2]
+
+
+def _sizes(W: np.ndarray, ell: np.ndarray) -> np.ndarray:
+    """``Σ_j W_ij ℓ_j`` per vector ``(3, n)``, with ``ℓ (3, n)`` the lengths of the cell's rows."""
+    return W[:, 0] * ell[0] + W[:, 1] * ell[1] + W[:, 2] * ell[2]
+
+
+def _basis_and_metric(T: np.ndarray, L: np.ndarray, ell: np.ndarray, t_max: np.ndarray, k_plain: float,
+                      k_exact: float):
+    """``(B, G, resolved, products_resolved)``: the basis ``B = T @ L`` per item for integer-valued float64
+    ``T``, its metric, whether every vector of it is resolved, and whether the products of two of them are
+    (known to ``_CROSS_MARGIN`` of the smaller squared length; only a basis that passes the Niggli
+    conditions, or that the reduction is stuck on, needs that: the rounds make progress without it).
+
+    The plain float product is used where it is accurate enough: ``T`` entries up to
+    ``_PLAIN_PRODUCT_LIMIT`` and every ``‖b_i‖ >= k_plain r_i``; elsewhere the error-free product, whose
+    vectors are resolved where ``‖b_i‖ > k_exact s_i`` (``k_plain, k_exact`` from :func:`_accuracy_factors`;
+    ``r_i`` and ``s_i`` as defined with _PLAIN_PRODUCT_ERROR, ``s_i`` for the sign of the row of ``T`` the
+    error-free product runs on). Every vector must also have ``‖b_i‖² > _MIN_SQUARED_LENGTH``. NaN counts
+    as unresolved.
+    """
+    B = _matmul(T, L)
+    G = _metric_of(B)
+    r = _sizes(np.abs(T), ell)
+    error = _PLAIN_PRODUCT_ERROR * r  # bound on each vector's error
+    floor = k_plain * r
+    exact = (t_max > _PLAIN_PRODUCT_LIMIT) | (G[[0, 1, 2], [0, 1, 2]] < floor * floor).any(axis=0)
+    if exact.any():
+        Te, ell_e = T.compress(exact, axis=2), ell.compress(exact, axis=1)
+        # b_i = Σ_j T_ij L_j = Σ_j (−T_ij)(−L_j): the error-free product runs on whichever sign of the row
+        # of T makes its partial products smaller (the split gives a negative entry 2**27 more).
+        s_pos, s_neg = _sizes(_split_sizes(Te), ell_e), _sizes(_split_sizes(-Te), ell_e)
+        flip = s_neg < s_pos
+        sign = np.where(flip, -1.0, 1.0)[:, None]
+        Be = exact_int_matmul(Te * sign, L.compress(exact, axis=2)) * sign
+        B[..., exact] = Be
+        G[..., exact] = _metric_of(Be)
+        s_used = np.where(flip, s_neg, s_pos)
+        floor = k_exact * s_used
+        length_e = np.sqrt(G[[0, 1, 2], [0, 1, 2]].compress(exact, axis=1))
+        error[:, exact] = _EPS * length_e + _EXACT_PRODUCT_ERROR * s_used
+    D = G[[0, 1, 2], [0, 1, 2]]
+    resolved = (D > _MIN_SQUARED_LENGTH).all(axis=0)
+    if exact.any():
+        resolved[exact] &= (D.compress(exact, axis=1) > floor * floor).all(axis=0)
+    # The products of two vectors must be known to a sixteenth of the smaller squared length, which the
+    # bounds |ξ| <= B, |η| <= A, |ζ| <= A compare them with.
+    length = np.sqrt(D)
+    products_resolved = np.ones(D.shape[1], dtype=bool)
+    for i, j in ((0, 1), (0, 2), (1, 2)):
+        cross = (error[i] * length[j] + error[j] * length[i]) + _PLAIN_PRODUCT_ERROR * (length[i] * length[j])
+        products_resolved &= cross <= _CROSS_MARGIN * np.where(D[i] < D[j], D[i], D[j])
+    return B, G, resolved, products_resolved
+
+
+def _split_sizes(T: np.ndarray) -> np.ndarray:
+    """``|hi| + |lo|`` of the error-free product's split of each entry, ``hi = 2**26 floor(T / 2**26)``."""
+    hi = np.floor(T / _SPLIT) * _SPLIT
+    return np.abs(hi) + np.abs(T - hi)
+
+
+def _accuracy_factors(rel_eps: float) -> tuple[float, float]:
+    """``(k_plain, k_exact)`` of :func:`_basis_and_metric` for the finest tolerance level (rel_eps /
+    _LEVEL_FACTOR ** (_LEVELS - 1)): the basis vectors are known to a sixteenth of it."""
+    e_min = rel_eps * _LEVEL_FACTOR ** (1 - _LEVELS)
+    return _PLAIN_PRODUCT_ERROR * _ACCURACY_MARGIN / e_min, _EXACT_PRODUCT_ERROR * _ACCURACY_MARGIN / e_min
+
+
+def _relative_volume(B: np.ndarray) -> np.ndarray:
+    """``|det B| / (‖a‖ ‖b‖ ‖c‖)`` per item (0 for a zero vector)."""
+    lengths = np.sqrt((B * B).sum(axis=1))
+    a, b, c = B
+    volume = np.abs((a * (b[[1, 2, 0]] * c[[2, 0, 1]] - b[[2, 0, 1]] * c[[1, 2, 0]])).sum(axis=0))
+    return volume / np.maximum(lengths.prod(axis=0), np.finfo(np.float64).tiny)
+
+
+def _check_rel_eps(rel_eps) -> float:
+    lo, hi = REL_EPS_RANGE
+    if not (isinstance(rel_eps, (float, int)) and not isinstance(rel_eps, bool) and lo <= rel_eps < hi):
+        raise ValueError(f"rel_eps: expected a float in [{lo:g}, {hi:g}), got {rel_eps!r}")
+    return float(rel_eps)
 
 
 def _swap(rows: list, i: int, j: int, where: np.ndarray) -> None:
@@ -252,20 +425,25 @@ def _round(T: np.ndarray, G: np.ndarray, e: float) -> tuple[np.ndarray, np.ndarr
         changed |= moved
     a, b, c = rows
 
-    # --- steps 3-4: ξ, η, ζ all positive, or all non-positive ---
+    # --- steps 3-4: ξ, η, ζ all positive, or all non-positive (see _sign_rule) ---
     pos, neg = O > t, O < -t
     zero = ~(pos | neg)
-    step3 = ~zero.any(axis=0) & (neg.sum(axis=0) == 2)  # product > 0 but not all positive: all positive
-    step4 = ~step3 & pos.any(axis=0) & ~pos.all(axis=0)  # otherwise: all non-positive
-    flip = step3 | step4
+    blocked = _type2_blocked_where_needed(O, t, np.stack([B, A, A]), e, pos, zero)
+    flip = ~_sign_rule(pos, neg, blocked)
     if flip.any():
-        # Negating vector a flips η and ζ, and so on; a pair of negations keeps det +1. Step 3 negates
-        # (a, b, c) where (ξ, η, ζ) < 0. Step 4 negates where > 0, plus, when that count is odd, the
-        # first vector whose entry is zero (either sign is fine there).
-        fix = zero & (pos[0] ^ pos[1] ^ pos[2])
+        # Step 3 (type I: all positive) where the signs' product is positive, or where a zero is left and
+        # type II is blocked; step 4 (type II: all non-positive) otherwise. Negating vector a flips η and
+        # ζ, and so on; a pair of negations keeps det +1. Step 3 negates (a, b, c) where (ξ, η, ζ) < 0,
+        # step 4 where > 0; either adds, when that count is odd, the first vector whose entry is zero
+        # (either sign is fine there).
+        has_zero = zero.any(axis=0)
+        step3 = flip & ((~has_zero & (neg.sum(axis=0) == 2)) | (has_zero & blocked))
+        step4 = flip & ~step3
+        flipped = np.where(step3, neg, pos)
+        fix = zero & (flipped[0] ^ flipped[1] ^ flipped[2])
         fix[1] &= ~fix[0]
         fix[2] &= ~(fix[0] | fix[1])
-        s = 1.0 - 2.0 * np.where(step3, neg, step4 & (pos ^ fix))
+        s = 1.0 - 2.0 * ((step3 | step4) & (flipped ^ fix))
         for r in range(3):
             rows[r][:3] *= s[r]
         O = O * (s[[1, 0, 0]] * s[[2, 2, 1]])
@@ -278,11 +456,15 @@ def _round(T: np.ndarray, G: np.ndarray, e: float) -> tuple[np.ndarray, np.ndarr
     other = O[[2, 2, 1]]  # ζ, ζ, η
     apply = over | ((np.abs(O - P) <= e_p) & (other - 2 * O[[1, 0, 0]] > t[[1, 0, 0]])) | (
         (np.abs(O + P) <= e_p) & (other < -t[[2, 2, 1]]))
+    # An entry beyond its bound goes first: the boundary cases only pick one of two bases of equal length
+    # (up to the tolerance), and two of them can undo each other while another entry stays too large.
+    apply &= over | ~over.any(axis=0)
     apply[1] &= ~apply[0]  # only the first that applies
     apply[2] &= ~(apply[0] | apply[1])
     steps567 = apply.any(axis=0)
     if steps567.any():
-        q = np.where(over, np.rint(O / (2 * P)), np.sign(O)) * apply
+        # (where, not a product with apply: a vanishing partner P makes O / 2P infinite or NaN)
+        q = np.where(apply, np.where(over, np.rint(O / (2 * P)), np.sign(O)), 0.0)
         c[:3] -= q[0] * b[:3] + q[1] * a[:3]  # step 5: c -= q b; step 6: c -= q a
         b[:3] -= q[2] * a[:3]  # step 7: b -= q a
         changed |= steps567
@@ -299,12 +481,16 @@ def _round(T: np.ndarray, G: np.ndarray, e: float) -> tuple[np.ndarray, np.ndarr
     return T, changed
 
 
-def _iterate(L: np.ndarray, scale: np.ndarray, rel_eps: float, max_iter: int):
-    """Reduce the finite, non-zero cells ``L (3, 3, n)`` (largest entry in [0.5, 1)) round by round.
+def _iterate(L: np.ndarray, ell: np.ndarray, rel_eps: float, max_iter: int):
+    """Reduce the finite, non-zero cells ``L (3, 3, n)`` (largest entry in [0.5, 1); row lengths
+    ``ell (3, n)``) round by round.
 
     Each round recomputes the metric of ``T @ L`` from the original cell (no drift) and checks it
     against the full Niggli conditions: the items that pass are done (this check is the reducer's
-    final verification), the others get one more :func:`_round`. Returns ``(T, iterations, status)``.
+    final verification), the others get one more :func:`_round`, at their tolerance level (items that
+    stop making progress go on at finer levels; see "Tolerance" in the module docstring). Items with an
+    unresolved vector or a runaway transform, or that pass or are stuck with unresolved products of two
+    vectors, are done too, as DEGENERATE (see "Resolution"). Returns ``(T, iterations, status)``.
     The rounds run on a compacted copy of the unfinished items when enough have finished, so that late
     rounds cost only what is left.
     """
@@ -312,19 +498,49 @@ def _iterate(L: np.ndarray, scale: np.ndarray, rel_eps: float, max_iter: int):
     T = _eye(n)
     iters = np.zeros(n, dtype=np.int64)
     status = np.full(n, int(Status.NOT_CONVERGED), dtype=np.int64)
-    work, Tw, Lw, scale_w = np.arange(n), T.copy(), L, scale
+    work, Tw, Lw, ell_w = np.arange(n), T.copy(), L, ell
     active = np.ones(n, dtype=bool)
     changed = np.ones(n, dtype=bool)
+    # Per item: its tolerance (rel_eps, then finer levels), the shortest A + B + C so far and the rounds
+    # since it last went down (see "Tolerance" in the module docstring).
+    e_w = np.full(n, float(rel_eps))
+    level = np.zeros(n, dtype=np.int64)
+    best = np.full(n, np.inf)
+    stall = np.zeros(n, dtype=np.int64)
+    k_plain, k_exact = _accuracy_factors(rel_eps)
     for it in range(max_iter + 1 if n else 0):
         t_max = np.abs(Tw).max(axis=(0, 1))
-        G = _metric_of(_basis(Tw, Lw, t_max))
-        shortest = np.minimum(np.minimum(G[0, 0], G[1, 1]), G[2, 2])
-        # A vanishing vector or a runaway transform: the lattice is numerically rank-deficient.
-        # (Written so that NaN counts as bad.)
-        bad = ~(shortest > (_DEGENERATE_LENGTH_RATIO * scale_w) ** 2) | ~(t_max <= _MAX_TRANSFORM_ENTRY)
-        ok = _niggli_conditions(G, rel_eps) & ~bad
-        # Items a round left unchanged but that fail the check cannot progress: NOT_CONVERGED.
-        finished = active & (ok | bad | ~changed)
+        _, G, resolved, products_resolved = _basis_and_metric(Tw, Lw, ell_w, t_max, k_plain, k_exact)
+        # A vector float64 cannot resolve (a vanishing one included) or a runaway transform: the lattice
+        # is numerically rank-deficient. (Written so that NaN counts as bad.)
+        bad = ~resolved | ~(t_max <= _MAX_TRANSFORM_ENTRY)
+        # The check: the conditions at rel_eps, or, for an item gone on to finer levels, at any of them.
+        ok = _niggli_conditions(G, rel_eps)
+        for k in range(1, _LEVELS):
+            deeper = level >= k
+            if deeper.any():
+                ok |= deeper & _niggli_conditions(G, rel_eps / _LEVEL_FACTOR**k)
+        ok &= ~bad
+        # Items that fail the check but that a round left unchanged, or whose A + B + C has not gone down
+        # for _STALL_ROUNDS rounds, are stuck: they go on with a finer tolerance, or, at the finest one,
+        # are NOT_CONVERGED.
+        total = (G[0, 0] + G[1, 1]) + G[2, 2]
+        lower = total < best
+        best = np.where(lower, total, best)
+        stall = np.where(lower, 0, stall + 1)
+        stuck = ~(ok | bad) & (~changed | (stall >= _STALL_ROUNDS))
+        # A basis that passes, or that the reduction is stuck on, must have resolved products.
+        unresolved = (ok | stuck) & ~products_resolved
+        bad |= unresolved
+        ok &= ~unresolved
+        stuck &= ~unresolved
+        finer = stuck & (level < _LEVELS - 1)
+        if finer.any():
+            level += finer
+            e_w = np.where(finer, e_w / _LEVEL_FACTOR, e_w)
+            stall = np.where(finer, 0, stall)
+            changed |= finer
+        finished = active & (ok | bad | ~changed | (stuck & ~finer))
         if finished.any():
             fin = work[finished]
             T[..., fin] = Tw.compress(finished, axis=2)
@@ -336,13 +552,14 @@ def _iterate(L: np.ndarray, scale: np.ndarray, rel_eps: float, max_iter: int):
             if n_active == 0:
                 break
             if work.size > _COMPACT_MIN and n_active <= (1 - _COMPACT_SHARE) * work.size:
-                # compress, not fancy indexing: that would leave the batch axis strided (slow einsum).
-                work, Tw, Lw, scale_w, G = (work[active], Tw.compress(active, axis=2), Lw.compress(active, axis=2),
-                                            scale_w[active], G.compress(active, axis=2))
+                # compress, not fancy indexing: that would leave the batch axis strided (slow products).
+                work, Tw, Lw, ell_w, G = (work[active], Tw.compress(active, axis=2), Lw.compress(active, axis=2),
+                                          ell_w.compress(active, axis=1), G.compress(active, axis=2))
+                e_w, level, best, stall = e_w[active], level[active], best[active], stall[active]
                 active = np.ones(n_active, dtype=bool)
         if it == max_iter:
             break
-        Tw, changed = _round(Tw, G, rel_eps)
+        Tw, changed = _round(Tw, G, e_w)
     # Items still active hit the cap: their best basis so far, NOT_CONVERGED.
     T[..., work[active]] = Tw.compress(active, axis=2)
     iters[work[active]] = max_iter
@@ -350,7 +567,7 @@ def _iterate(L: np.ndarray, scale: np.ndarray, rel_eps: float, max_iter: int):
     return T, iters, status
 
 
-def _iterate_in_chunks(L: np.ndarray, scale: np.ndarray, rel_eps: float, max_iter: int):
+def _iterate_in_chunks(L: np.ndarray, ell: np.ndarray, rel_eps: float, max_iter: int):
     """:func:`_iterate` on chunks of at most ``_CHUNK`` items.
 
     Chunks keep the temporaries small: large ones come as fresh pages from the OS on every
@@ -359,9 +576,37 @@ def _iterate_in_chunks(L: np.ndarray, scale: np.ndarray, rel_eps: float, max_ite
     """
     n = L.shape[2]
     if n <= _CHUNK:
-        return _iterate(L, scale, rel_eps, max_iter)
-    results = [_iterate(L[..., i:i + _CHUNK], scale[i:i + _CHUNK], rel_eps, max_iter) for i in range(0, n, _CHUNK)]
+        return _iterate(L, ell, rel_eps, max_iter)
+    results = [_iterate(L[..., i:i + _CHUNK], ell[:, i:i + _CHUNK], rel_eps, max_iter) for i in range(0, n, _CHUNK)]
     return tuple(np.concatenate(pieces, axis=-1) for pieces in zip(*results))
+
+
+def _type2_blocked(O: np.ndarray, s: np.ndarray, P: np.ndarray, e: float) -> np.ndarray:
+    """Whether no sign change makes the basis type II: one of ξ, η, ζ is clearly non-zero and at its bound
+    (|ξ| = B, |η| = A or |ζ| = A), and its partner (ζ, ζ, η) is clearly non-zero, so that type II, where it
+    would be −B or −A, fails the special condition (ξ = −B ⇒ ζ = 0, ...)."""
+    absO = np.abs(O)
+    return ((np.abs(absO - P) <= e * P) & (absO > s) & (np.abs(O[[2, 2, 1]]) > s[[2, 2, 1]])).any(axis=0)
+
+
+def _type2_blocked_where_needed(O, s, P, e, pos, zero) -> np.ndarray:
+    """:func:`_type2_blocked`, computed only if some item needs it (mixed signs with a zero); False elsewhere
+    (where it does not change :func:`_sign_rule` nor the choice of step 3)."""
+    if (pos.any(axis=0) & ~pos.all(axis=0) & zero.any(axis=0)).any():
+        return _type2_blocked(O, s, P, e)
+    return np.zeros(O.shape[1:], dtype=bool)
+
+
+def _sign_rule(pos: np.ndarray, neg: np.ndarray, blocked: np.ndarray) -> np.ndarray:
+    """The sign condition with tolerances, from the clearly positive and clearly negative entries of
+    (ξ, η, ζ): type I (all clearly positive), type II (none clearly positive), or, where type II is
+    blocked (:func:`_type2_blocked`), type I within tolerance (none clearly negative).
+
+    The last case is what the exact conditions give when the entries within the tolerance of zero are
+    taken as small positive numbers, the only choice left there; without it no basis of such a cell
+    (a hexagonal cell whose angles are off by about rel_eps, say) satisfies the conditions, and the
+    reduction would cycle between two bases that fail them."""
+    return pos.all(axis=0) | ~pos.any(axis=0) | (~neg.any(axis=0) & blocked)
 
 
 def _niggli_conditions(G: np.ndarray, e: float) -> np.ndarray:
@@ -376,7 +621,8 @@ def _niggli_conditions(G: np.ndarray, e: float) -> np.ndarray:
     absO = np.abs(O)
     S = A + B + O.sum(axis=0)
     ok = (A <= B + eAB) & (B <= C + eBC) & (absO <= P + e_p).all(axis=0)
-    ok &= (O > s).all(axis=0) | (O <= s).all(axis=0)
+    pos, neg = O > s, O < -s
+    ok &= _sign_rule(pos, neg, _type2_blocked_where_needed(O, s, P, e, pos, ~(pos | neg)))
     ok &= S >= -eAB
     # Special conditions on the boundaries of the Niggli cone.
     ok &= ~(np.abs(A - B) <= eAB) | (absO[0] <= absO[1] + s[0])  # A = B ⇒ |ξ| ≤ |η|
@@ -420,13 +666,34 @@ def is_niggli_reduced(L, rel_eps: float = 1e-5):
     all non-positive; A + B + ξ + η + ζ ≥ 0; and the special conditions on the boundaries (A = B ⇒
     |ξ| ≤ |η|; B = C ⇒ |η| ≤ |ζ|; ξ = B ⇒ ζ ≤ 2η; η = A ⇒ ζ ≤ 2ξ; ζ = A ⇒ η ≤ 2ξ; ξ = −B ⇒ ζ = 0;
     η = −A ⇒ ζ = 0; ζ = −A ⇒ η = 0; A + B + ξ + η + ζ = 0 ⇒ 2A + 2η + ζ ≤ 0). Equalities hold within
-    the same relative tolerances as :func:`niggli_reduce` uses. Non-finite cells are not reduced.
+    the same relative tolerances as :func:`niggli_reduce` uses, at ``rel_eps`` or at one of the reducer's
+    finer levels ``rel_eps / 8`` and ``rel_eps / 64``; where type II is blocked, type I holds within the
+    tolerance (see "Tolerance" in the module docstring).
+
+    Non-finite cells are not reduced, and neither are rank-deficient ones (a zero cell, a zero vector,
+    a flat basis): the checker applies the reducer's own degeneracy tests to the cell as given (see
+    "Resolution" in the module docstring). So every ``OK`` result of :func:`niggli_reduce` passes this
+    check, every ``DEGENERATE`` input fails it, and a cell that passes it at ``rel_eps`` itself comes back
+    from :func:`niggli_reduce` (same ``rel_eps``) as ``OK`` with the identity transform.
     Returns a bool tensor (or array, for NumPy input) of shape ``(...)``.
+
+    Raises:
+        ValueError: if ``L`` is not a floating ``(..., 3, 3)`` tensor/array, or ``rel_eps`` is outside
+            :data:`REL_EPS_RANGE`.
     """
     X, lead, _, device, is_numpy = _host_items(L, "L")
+    rel_eps = _check_rel_eps(rel_eps)
     with np.errstate(all="ignore"):
-        Xn, _, nonfinite, _ = _normalized(np.ascontiguousarray(X.transpose(1, 2, 0)))
-        ok = (_niggli_conditions(_metric_of(Xn), rel_eps) & ~nonfinite).reshape(lead)
+        Xn, _, nonfinite, zero = _normalized(np.ascontiguousarray(X.transpose(1, 2, 0)))
+        ell = np.sqrt((Xn * Xn).sum(axis=1))
+        # What the reducer's first round sees (T = I), at each tolerance level, then its final flatness test.
+        B, G, resolved, products_resolved = _basis_and_metric(_eye(Xn.shape[2]), Xn, ell, np.ones(Xn.shape[2]),
+                                                              *_accuracy_factors(rel_eps))
+        ok = np.zeros(Xn.shape[2], dtype=bool)
+        for k in range(_LEVELS):
+            ok |= _niggli_conditions(G, rel_eps / _LEVEL_FACTOR**k)
+        ok &= resolved & products_resolved & (_relative_volume(B) > _DEGENERATE_VOLUME_RATIO)
+        ok = (ok & ~nonfinite & ~zero).reshape(lead)
     return ok if is_numpy else torch.from_numpy(ok).to(device)
 
 
@@ -436,7 +703,8 @@ def niggli_reduce(L, *, rel_eps: float = 1e-5, max_iter: int = 1000) -> NiggliRe
     Args:
         L: torch tensor (any device) or NumPy array of floating dtype. Gradients are not tracked: the
             computation runs on ``L.detach()`` in float64.
-        rel_eps: relative tolerance of every comparison (lengths against each other, cosines).
+        rel_eps: relative tolerance of every comparison (lengths against each other, cosines), in
+            :data:`REL_EPS_RANGE` (the lower end included; see "Tolerance" in the module docstring).
         max_iter: cap on the rounds (each a size-reduction sweep plus one Křivý–Gruber pass).
 
     Returns:
@@ -444,7 +712,8 @@ def niggli_reduce(L, *, rel_eps: float = 1e-5, max_iter: int = 1000) -> NiggliRe
         NumPy arrays for NumPy input, tensors on ``L``'s device otherwise.
 
     Raises:
-        ValueError: if ``L`` is not a floating ``(..., 3, 3)`` tensor/array or the options are invalid.
+        ValueError: if ``L`` is not a floating ``(..., 3, 3)`` tensor/array or the options are invalid
+            (``rel_eps`` outside :data:`REL_EPS_RANGE`, ``max_iter`` not an int >= 1).
 
     Example:
         >>> res = niggli_reduce(torch.tensor([[4.0, 0, 0], [4.0, 4, 0], [0, 0, 5]]))
@@ -452,16 +721,15 @@ def niggli_reduce(L, *, rel_eps: float = 1e-5, max_iter: int = 1000) -> NiggliRe
         ([[4.0, 0.0, 0.0], [0.0, 4.0, 0.0], [0.0, 0.0, 5.0]], <Status.OK: 0>)
     """
     X, lead, dtype, device, is_numpy = _host_items(L, "L")
-    if not (isinstance(rel_eps, (float, int)) and 0 < rel_eps < 0.1):
-        raise ValueError(f"rel_eps: expected a float in (0, 0.1), got {rel_eps!r}")
-    if not (isinstance(max_iter, int) and max_iter >= 1):
+    rel_eps = _check_rel_eps(rel_eps)
+    if not (isinstance(max_iter, int) and not isinstance(max_iter, bool) and max_iter >= 1):
         raise ValueError(f"max_iter: expected an int >= 1, got {max_iter!r}")
     if _kernel is not None:
         lattice, transform = np.empty_like(X), np.empty(X.shape, dtype=np.int64)
         status, iters = np.empty(len(X), dtype=np.int64), np.empty(len(X), dtype=np.int64)
-        _kernel.reduce(X, lattice, transform, iters, status, float(rel_eps), min(max_iter, 2**62))
+        _kernel.reduce(X, lattice, transform, iters, status, rel_eps, min(max_iter, 2**62))
     else:
-        lattice, transform, status, iters = _reduce_numpy(X, float(rel_eps), max_iter)
+        lattice, transform, status, iters = _reduce_numpy(X, rel_eps, max_iter)
 
     lattice, transform = lattice.reshape(*lead, 3, 3), transform.reshape(*lead, 3, 3)
     status, iters = status.reshape(lead), iters.reshape(lead)
@@ -481,26 +749,22 @@ def _reduce_numpy(X_items: np.ndarray, rel_eps: float, max_iter: int):
     n = X.shape[2]
     with np.errstate(all="ignore"):  # inf/NaN arithmetic of bad items is expected; they get a status
         Xn, exponent, nonfinite, degenerate = _normalized(X)
-        input_scale = np.sqrt((Xn * Xn).sum(axis=1)).max(axis=0)
+        ell = np.sqrt((Xn * Xn).sum(axis=1))  # row lengths (3, n)
         work = np.flatnonzero(~(nonfinite | degenerate))
         T = _eye(n)
         iters = np.zeros(n, dtype=np.int64)
         status = np.full(n, int(Status.DEGENERATE), dtype=np.int64)
         status[nonfinite] = int(Status.NONFINITE)
-        T[..., work], iters[work], status[work] = _iterate_in_chunks(Xn.take(work, axis=2), input_scale[work],
+        T[..., work], iters[work], status[work] = _iterate_in_chunks(Xn.take(work, axis=2), ell.take(work, axis=1),
                                                                      rel_eps, max_iter)
 
-        # The loop verified the Niggli conditions on the metric recomputed from the original cell; left
-        # to check: lattices whose reduced form is below float64's resolution (vanishing vectors or
-        # volume relative to the cell's scale). Only a converged basis is short enough to judge.
-        reduced_n = _basis(T, Xn, np.abs(T).max(axis=(0, 1)))
-        lengths = np.sqrt((reduced_n * reduced_n).sum(axis=1))
-        a, b, c = reduced_n
-        volume = np.abs((a * (b[[1, 2, 0]] * c[[2, 0, 1]] - b[[2, 0, 1]] * c[[1, 2, 0]])).sum(axis=0))
-        rel_volume = volume / np.maximum(lengths.prod(axis=0), np.finfo(np.float64).tiny)
-        tiny = ~(lengths.min(axis=0) > _DEGENERATE_LENGTH_RATIO * input_scale) | ~(rel_volume > _DEGENERATE_VOLUME_RATIO)
+        # The loop verified the Niggli conditions and the resolution of every vector on the basis
+        # recomputed from the original cell (the same product as here); left to check: a flat basis
+        # (volume relative to the product of lengths). Only a converged basis is short enough to judge.
+        reduced_n, _, _, _ = _basis_and_metric(T, Xn, ell, np.abs(T).max(axis=(0, 1)), *_accuracy_factors(rel_eps))
+        flat = ~(_relative_volume(reduced_n) > _DEGENERATE_VOLUME_RATIO)
         judged = (status == int(Status.OK)) | ((status == int(Status.NOT_CONVERGED)) & (iters < max_iter))
-        status[tiny & judged] = int(Status.DEGENERATE)
+        status[flat & judged] = int(Status.DEGENERATE)
         degenerate = status == int(Status.DEGENERATE)
         reduced = _times_power_of_two(reduced_n, exponent)
         # A cell near the float64 limit may overflow once reduced (sums of rows): report, don't return inf.

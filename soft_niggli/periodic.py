@@ -90,6 +90,48 @@ def best_translation(d: torch.Tensor, batch: torch.Tensor, num_crystals: int) ->
 def _best_arcs(d: torch.Tensor, batch: torch.Tensor, B: int):
     """``(t (B, 3), sq (B, 3))``: the best translation per axis and the smallest sum of squared residuals.
 
+    Fast path, exact: where a crystal's differences along an axis lie within an arc shorter than ½ (every
+    crystal near a match), the best arc is that one (any other cut splits it and pulls the two parts
+    apart by more than the arc's length), so its mean and variance are the answer, computed relative to
+    one atom of the crystal. Only crystals with a wider spread go through the sorted search.
+    """
+    dtype, device = d.dtype, d.device
+    counts = torch.bincount(batch, minlength=B)
+    n_atoms = d.shape[0]
+    if n_atoms == 0:
+        zero = d.new_zeros(B, 3)
+        return zero, zero
+    index = batch[:, None].expand(-1, 3)
+    first = torch.full((B,), n_atoms, dtype=torch.int64, device=device).scatter_reduce(
+        0, batch, torch.arange(n_atoms, device=device), "amin").clamp_max(n_atoms - 1)
+    r = d - d[first][batch]
+    r = r - torch.round(r).detach()  # in [-½, ½]: exact unwrapping when the spread is below ½
+    n = counts.clamp_min(1).to(dtype)[:, None]
+    mean = d.new_zeros(B, 3).index_add(0, batch, r) / n
+    centred = r - mean[batch]
+    sq = d.new_zeros(B, 3).index_add(0, batch, centred.square())
+    t = d[first] + mean
+    t = t - torch.round(t).detach()
+    with torch.no_grad():
+        spread = (r.new_full((B, 3), -math.inf).scatter_reduce(0, index, r, "amax")
+                  - r.new_full((B, 3), math.inf).scatter_reduce(0, index, r, "amin"))
+        wide = (spread >= 0.5) & (counts > 0)[:, None]
+    if bool(wide.any()):
+        crystals = wide.any(1)
+        atoms = crystals[batch]
+        renumber = torch.cumsum(crystals, 0) - 1
+        t_w, sq_w = _best_arcs_sorted(d[atoms], renumber[batch[atoms]], int(crystals.sum()))
+        rows = crystals.nonzero().flatten()
+        t = t.index_put((rows,), torch.where(wide[rows], t_w, t[rows]))
+        sq = sq.index_put((rows,), torch.where(wide[rows], sq_w, sq[rows]))
+    zero = torch.zeros_like(t)
+    has_atoms = (counts > 0)[:, None]
+    return torch.where(has_atoms, t, zero), torch.where(has_atoms, sq, zero)
+
+
+def _best_arcs_sorted(d: torch.Tensor, batch: torch.Tensor, B: int):
+    """``(t (B, 3), sq (B, 3))``: the best translation per axis and the smallest sum of squared residuals.
+
     Atoms are laid out per crystal in a padded ``(B, n_max, 3)`` block and sorted within each crystal
     (many small sorts, not one large one). Computed in float64 whatever ``d``'s dtype: the sums cancel
     to a small residual near a match.

@@ -87,8 +87,28 @@ def _score_tables(bound: int, proper: bool, metric: str, dtype: torch.dtype, dev
     if metric == "cartesian":
         U = candidate_set(bound, proper, dtype, device)
         return torch.cat([_gram_of_candidates(bound, proper, dtype, device), U.reshape(-1, 9).T]).contiguous()
-    kron, quartic = _kron_of_candidates(bound, proper, dtype, device)
-    return torch.cat([quartic, kron]).contiguous()
+    # On the 6 distinct entries of a symmetric matrix, G ↦ M G Mᵀ is a 6×6 matrix S(M); with weights w
+    # (1 on the diagonal, 2 off it) ‖G_p - M G_r Mᵀ‖² = const - 2 (w∘g_p)ᵀ S g_r + g_rᵀ (Sᵀ W S) g_r:
+    # 72 columns instead of the 162 of the full Kronecker form.
+    U = candidate_set(bound, proper, torch.float64, device)
+    S = torch.stack([_sym_entry(U, a, b, i, j) for a, b in _SYM for i, j in _SYM], 1).reshape(-1, 6, 6)
+    W = torch.tensor([1.0, 1, 1, 2, 2, 2], dtype=torch.float64, device=U.device)
+    quad = S.transpose(1, 2) @ (W[None, :, None] * S)
+    return torch.cat([quad.reshape(-1, 36).T, -2 * S.reshape(-1, 36).T]).to(dtype).contiguous()
+
+
+_SYM = ((0, 0), (1, 1), (2, 2), (0, 1), (0, 2), (1, 2))
+
+
+def _sym_entry(U: torch.Tensor, a: int, b: int, i: int, j: int) -> torch.Tensor:
+    """``(K,)`` coefficient of ``G_ij`` (``i <= j``, both triangles) in ``(M G Mᵀ)_ab``."""
+    if i == j:
+        return U[:, a, i] * U[:, b, i]
+    return U[:, a, i] * U[:, b, j] + U[:, a, j] * U[:, b, i]
+
+
+def _sym6(G: torch.Tensor) -> torch.Tensor:
+    return torch.stack([G[:, i, j] for i, j in _SYM], 1)
 
 
 def candidate_scores(L_pred: torch.Tensor, L_ref: torch.Tensor, bound: int = 1, proper: bool = False,
@@ -112,9 +132,10 @@ def candidate_scores(L_pred: torch.Tensor, L_ref: torch.Tensor, bound: int = 1, 
             m = torch.where(torch.isfinite(m) & (m > 0), m, torch.ones_like(m))
             down = torch.ldexp(torch.ones_like(m), -torch.frexp(m)[1])[:, None, None]
             P, R = L_pred * down, L_ref * down
-            gp, gr = (P @ P.transpose(1, 2)).reshape(B, 9), (R @ R.transpose(1, 2)).reshape(B, 9)
-            left = torch.cat([(gr[:, :, None] * gr[:, None, :]).reshape(B, 81),
-                              -2 * (gp[:, :, None] * gr[:, None, :]).reshape(B, 81)], 1)
+            gp, gr = _sym6(P @ P.transpose(1, 2)), _sym6(R @ R.transpose(1, 2))
+            w = torch.tensor([1.0, 1, 1, 2, 2, 2], dtype=gp.dtype, device=gp.device)
+            left = torch.cat([(gr[:, :, None] * gr[:, None, :]).reshape(B, 36),
+                              ((w * gp)[:, :, None] * gr[:, None, :]).reshape(B, 36)], 1)
             scale = (P.square().sum(dim=(1, 2)) + R.square().sum(dim=(1, 2))).square()
         return left @ _score_tables(bound, proper, metric, L_pred.dtype, _device_key(L_pred)), scale
 

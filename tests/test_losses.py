@@ -138,7 +138,7 @@ def test_unknown_option_raises_at_construction_listing_valid_options(name):
     ("proxy", {"skew_weight": "1"}, "skew_weight: expected a finite number >= 0"),
     ("proxy", {"labels_canonical": 1}, "labels_canonical: expected True or False"),
     ("proxy", {"automorphism_tol": 0.0}, r"automorphism_tol: expected a float in \(0, 0.1\)"),
-    ("proxy", {"rel_eps": 0.5}, r"rel_eps: expected a float in \(0, 0.1\)"),
+    ("proxy", {"rel_eps": 0.5}, r"rel_eps: expected a float in \[1e-12, 0.1\)"),
     ("mse", {"lattice_metric": "G6"}, "lattice_metric: expected one of"),
     ("mse", {"coord_weight": True}, "coord_weight: expected a finite number >= 0"),
     ("proxy-spglib", {"eps": -1e-5}, "eps: expected a number > 0"),

@@ -48,11 +48,23 @@ def spglib_reduce(L):
     return np.stack([spglib.niggli_reduce(np.asarray(x), eps=1e-5) for x in np.asarray(L)])
 
 
+def exact_product(T, L):
+    """``T @ L`` for integer ``T`` without the cancellation a plain float product suffers when ``T`` has
+    large entries (soft_niggli's error-free product)."""
+    from soft_niggli._exact import exact_int_matmul
+
+    Tc = T.to(torch.float64).reshape(-1, 3, 3).permute(1, 2, 0).contiguous().numpy()
+    Lc = L.to(torch.float64).reshape(-1, 3, 3).permute(1, 2, 0).contiguous().numpy()
+    with np.errstate(all="ignore"):
+        out = exact_int_matmul(Tc, Lc)
+    return torch.from_numpy(np.ascontiguousarray(out.transpose(2, 0, 1))).reshape(L.shape)
+
+
 def assert_valid_result(L, res):
     """Transform integral and unimodular, lattice = transform @ L, statuses consistent."""
     assert res.transform.dtype == torch.int64
     assert bool(is_unimodular(res.transform).all())
-    expected = res.transform.to(torch.float64) @ L.to(torch.float64)
+    expected = exact_product(res.transform, L)
     ok = torch.isfinite(L).flatten(-2).all(-1)
     scale = L.abs().amax(dim=(-1, -2), keepdim=True).clamp_min(1e-300)
     err = ((res.lattice.to(torch.float64) - expected).abs() / scale).amax(dim=(-1, -2))
@@ -285,3 +297,172 @@ def test_result_does_not_depend_on_chunking_or_batch_neighbours(monkeypatch):
     for k in rng.choice(1860, size=30, replace=False).tolist():
         alone = niggli_reduce(L[k:k + 1])
         assert torch.equal(alone.transform[0], whole.transform[k]) and alone.status[0] == whole.status[k]
+
+
+# ----------------------------------------------------------------------------- issue #11, defects 10-11
+
+def hexagonal_and_gaussian_cells(rel_eps, n=400, seed=0):
+    """Hexagonal and face-centred cells distorted by 0.3 to 3 rel_eps (where the tolerant conditions are
+    hardest to meet), re-based, rotated; and Gaussian cells, plain and re-based with large entries."""
+    from soft_niggli import random_unimodular
+
+    rng = np.random.default_rng(seed)
+    gen = torch.Generator().manual_seed(seed)
+    hexagonal = torch.tensor([[2.0, 0, 0], [-1.0, 3**0.5, 0], [0, 0, 7.0]], dtype=torch.float64)
+    fcc = torch.tensor([[0, 2.0, 2], [2, 0, 2], [2, 2, 0]], dtype=torch.float64)
+    q, _ = np.linalg.qr(rng.normal(size=(n, 3, 3)))
+    Q = torch.from_numpy(q)
+    cells = []
+    for scale in (0.3, 1.0, 3.0):
+        D = torch.eye(3, dtype=torch.float64) + scale * rel_eps * torch.from_numpy(rng.normal(size=(n, 3, 3)))
+        M = random_unimodular((n,), max_entry=5, num_operations=20, generator=gen).double()
+        cells += [M @ hexagonal @ D, M @ fcc @ D @ Q]
+    M = random_unimodular((n,), max_entry=1000, num_operations=60, generator=gen).double()
+    cells += [M @ hexagonal @ Q, M @ fcc @ Q]
+    gaussian = torch.from_numpy(rng.normal(size=(n, 3, 3)))
+    M = random_unimodular((n,), max_entry=10**5, num_operations=60, generator=gen).double()
+    cells += [gaussian, M @ gaussian]
+    return torch.cat(cells)
+
+
+@pytest.mark.parametrize("end", ["lowest", "highest"])
+def test_hexagonal_and_gaussian_cells_converge_at_both_ends_of_the_rel_eps_range(end):
+    lo, hi = niggli_module.REL_EPS_RANGE
+    rel_eps = lo if end == "lowest" else float(np.nextafter(hi, 0))
+    L = hexagonal_and_gaussian_cells(rel_eps)
+    res = niggli_reduce(L, rel_eps=rel_eps)
+    assert_valid_result(L, res)
+    assert not bool((res.status == Status.NOT_CONVERGED).any()), f"{int((res.status == 1).sum())} not converged"
+    assert bool((res.status == Status.OK).all())
+    assert bool(is_niggli_reduced(res.lattice, rel_eps=rel_eps).all())
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.sampled_from(["lowest", "highest"]), st.floats(-1.0, 1.0), st.integers(0, 2**31 - 1),
+       unimodular_matrices(1, depth=3), rotations())
+def test_distorted_hexagonal_cell_converges_at_both_ends_of_the_rel_eps_range(end, log_scale, seed, M, Q):
+    lo, hi = niggli_module.REL_EPS_RANGE
+    rel_eps = lo if end == "lowest" else float(np.nextafter(hi, 0))
+    distortion = torch.from_numpy(np.random.default_rng(seed).normal(size=(3, 3)))
+    D = torch.eye(3, dtype=torch.float64) + 10.0**log_scale * rel_eps * distortion
+    hexagonal = torch.tensor([[2.0, 0, 0], [-1.0, 3**0.5, 0], [0, 0, 7.0]], dtype=torch.float64)
+    L = M.double() @ hexagonal @ D @ Q.T
+    res = niggli_reduce(L, rel_eps=rel_eps)
+    assert res.status.item() == Status.OK
+    assert bool(is_niggli_reduced(res.lattice, rel_eps=rel_eps))
+
+
+@pytest.mark.parametrize("rel_eps", [0, -1.0, 0.0, 1e-13, 0.1, 0.5, float("nan"), float("inf"), True, "1e-5", None])
+def test_rel_eps_outside_the_accepted_range_is_a_value_error(rel_eps):
+    assert niggli_module.REL_EPS_RANGE == (1e-12, 0.1)
+    with pytest.raises(ValueError, match=r"rel_eps: expected a float in \[1e-12, 0\.1\)"):
+        niggli_reduce(torch.eye(3), rel_eps=rel_eps)
+    with pytest.raises(ValueError, match=r"rel_eps: expected a float in \[1e-12, 0\.1\)"):
+        is_niggli_reduced(torch.eye(3), rel_eps=rel_eps)
+    for accepted in (1e-12, 1e-5, 0.0999):  # the ends and the default (losses pass it on)
+        assert niggli_reduce(torch.eye(3), rel_eps=accepted).status.item() == Status.OK
+        assert bool(is_niggli_reduced(torch.eye(3), rel_eps=accepted))
+
+
+def exact_rank_deficient_cells():
+    """Zero cell, zero vectors (in reduced order), and exactly singular cells c = p a + q b on a 2**-10 grid."""
+    rng = np.random.default_rng(7)
+    cells = [np.zeros((3, 3)), [[0.0, 0, 0], [1, 0, 0], [0, 1, 0]], [[0.0, 0, 0], [0, 0, 0], [0, 0, 1]],
+             [[0.0, 0, 0], [0, 0, 0], [0, 0, 0.5]], [[1.0, 0, 0], [0, 1, 0], [2, 3, 0]]]
+    for _ in range(50):
+        L = np.round(rng.normal(size=(3, 3)) * 2**10) / 2**10
+        p, q = rng.integers(-3, 4, size=2)
+        L[2] = p * L[0] + q * L[1]
+        cells.append(L)
+    return torch.tensor(np.array(cells, dtype=np.float64))
+
+
+def test_checker_says_false_on_zero_and_rank_deficient_cells_and_reducer_flags_them():
+    L = exact_rank_deficient_cells()
+    assert not bool(is_niggli_reduced(L).any())
+    assert not bool(is_niggli_reduced(L, rel_eps=1e-12).any())
+    assert not bool(is_niggli_reduced(L, rel_eps=0.0999).any())
+    res = niggli_reduce(L)
+    assert bool((res.status == Status.DEGENERATE).all())
+    assert torch.equal(res.lattice, L)
+
+
+@given(lattices("realistic"), st.integers(0, 2), st.booleans())
+def test_checker_says_false_on_reduced_cells_with_a_vanishing_vector_or_a_flat_basis(L, row, flat):
+    R = niggli_reduce(L).lattice.clone()
+    if flat:  # the third vector moved into the plane of the other two (exactly, on a grid)
+        R = torch.round(R * 2**10) / 2**10
+        R[2] = R[0] + R[1] if row == 0 else R[0] - R[1]
+    else:
+        R[row] = 0.0
+    assert not bool(is_niggli_reduced(R))
+    assert niggli_reduce(R).status.item() == Status.DEGENERATE
+
+
+@given(st.lists(st.floats(-9.0, 9.0), min_size=3, max_size=3, unique=True), rotations())
+def test_orthogonal_cell_with_mixed_scales_is_reduced_as_is_and_checker_agrees(log_lengths, Q):
+    """diag(1e-6, 1, 1e6) and the like: orthogonal, hence reduced, up to a length ratio of 1e12 at least. Up
+    to about 2e13 float64 resolves the products of the vectors to 1/16 of the shorter one's squared length
+    (module docstring, "Resolution"); beyond, the cell is DEGENERATE, and the checker says False."""
+    log_lengths = sorted(log_lengths)
+    assume(min(b - a for a, b in zip(log_lengths, log_lengths[1:])) > 1e-3)
+    L = torch.diag(10.0 ** torch.tensor(log_lengths, dtype=torch.float64)) @ Q.T
+    res = niggli_reduce(L)
+    checker = bool(is_niggli_reduced(L))
+    if log_lengths[2] - log_lengths[0] <= 12:
+        assert res.status.item() == Status.OK
+    if res.status.item() == Status.OK:
+        assert checker
+        assert torch.equal(res.transform, torch.eye(3, dtype=torch.int64))
+        torch.testing.assert_close(res.lattice, L, rtol=0, atol=1e-300)  # scaling by 2**k rounds subnormals
+    else:
+        assert res.status.item() == Status.DEGENERATE and not checker
+        assert log_lengths[2] - log_lengths[0] > 13
+
+
+def test_diag_1e_minus_6_1_1e6_is_reduced_as_is_and_checker_agrees():
+    L = torch.diag(torch.tensor([1e-6, 1.0, 1e6], dtype=torch.float64))
+    for rel_eps in (1e-12, 1e-5, 0.0999):
+        res = niggli_reduce(L, rel_eps=rel_eps)
+        assert res.status.item() == Status.OK
+        assert torch.equal(res.transform, torch.eye(3, dtype=torch.int64)) and torch.equal(res.lattice, L)
+        assert bool(is_niggli_reduced(L, rel_eps=rel_eps))
+
+
+def rebased_cube(x, z, w):
+    """A 4 Å cube times M = [[1, x, xz - w], [0, 1, z], [0, 0, 1]] (exact in float64); reducing it takes
+    M⁻¹ = [[1, -x, w], [0, 1, -z], [0, 0, 1]], entries up to max(x, z, w)."""
+    assert abs(x * z) < 2**53
+    M = torch.tensor([[1, x, x * z - w], [0, 1, z], [0, 0, 1]], dtype=torch.int64)
+    return 4.0 * M.double()
+
+
+def test_cube_rebased_so_that_reducing_needs_transform_entries_of_2p9e9_is_reduced_exactly():
+    """The documented limits (module docstring, "Resolution"): reduced while the reducing transform needs
+    entries up to 2**44 and the error-free product resolves the reduced vectors to rel_eps / 1024 (a bound
+    that grows with the rows' lengths and with 2**27 per negative entry of the transform's row); beyond,
+    DEGENERATE."""
+    cube = torch.tensor([16.0, 16, 16, 0, 0, 0], dtype=torch.float64)
+
+    def assert_reduced(L, rel_eps, max_entry):
+        res = niggli_reduce(L, rel_eps=rel_eps)
+        assert res.status.item() == Status.OK, rel_eps
+        assert torch.equal(g6(res.lattice), cube)
+        assert res.transform.abs().max().item() == max_entry
+        assert bool(is_niggli_reduced(res.lattice, rel_eps=rel_eps))
+
+    for x, z, w in [(2_900_000_000, 1000, 7), (2_900_000_000, 1, 0), (2**44, 1, 3)]:
+        L = rebased_cube(x, z, w)  # rows up to 1.2e13 long: 4 Å is 3e-13 of them
+        assert not bool(is_niggli_reduced(L))
+        for rel_eps in (1e-12, 1e-5, 0.0999):
+            assert_reduced(L, rel_eps, max(x, z, w))
+    # M⁻¹ = [[1, -1000, 3], [0, 1, -2.9e9], [0, 0, 1]]: its first row puts -1000 on a row of length 1.2e10,
+    # which the error-free product's bound charges 2**27 * 1.2e10: resolved to 1e-5 / 1024, not to 1e-12 / 1024.
+    L = rebased_cube(1000, 2_900_000_000, 3)
+    for rel_eps in (1e-5, 0.0999):
+        assert_reduced(L, rel_eps, 2_900_000_000)
+    assert niggli_reduce(L, rel_eps=1e-12).status.item() == Status.DEGENERATE
+    L = rebased_cube(2**44 + 2, 1, 3)  # needs a transform entry above 2**44
+    for rel_eps in (1e-12, 1e-5, 0.0999):
+        assert niggli_reduce(L, rel_eps=rel_eps).status.item() == Status.DEGENERATE
+    assert not bool(is_niggli_reduced(L))

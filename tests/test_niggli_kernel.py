@@ -58,8 +58,9 @@ def test_compiled_core_matches_on_skewed_cells_and_iteration_caps(max_iter):
 @needs_kernel
 def test_compiled_core_uses_the_numpy_cores_constants():
     kernel = niggli_module._kernel
-    for name in ("DEGENERATE_LENGTH_RATIO", "DEGENERATE_VOLUME_RATIO", "MAX_TRANSFORM_ENTRY", "PLAIN_PRODUCT_LIMIT",
-                 "SWEEPS"):
+    for name in ("PLAIN_PRODUCT_ERROR", "EXACT_PRODUCT_ERROR", "SPLIT", "ACCURACY_MARGIN", "CROSS_MARGIN", "EPS",
+                 "MIN_SQUARED_LENGTH", "DEGENERATE_VOLUME_RATIO", "MAX_TRANSFORM_ENTRY", "PLAIN_PRODUCT_LIMIT",
+                 "SWEEPS", "LEVELS", "LEVEL_FACTOR", "STALL_ROUNDS"):
         assert getattr(kernel, name) == getattr(niggli_module, "_" + name), name
 
 
@@ -68,3 +69,28 @@ def test_compiled_core_is_built_in_ci():
     if os.environ.get("CI") != "true":
         pytest.skip("only enforced in CI")
     assert niggli_module.COMPILED_KERNEL
+
+
+@needs_kernel
+@pytest.mark.parametrize("rel_eps", [1e-12, 1e-5, 0.0999])
+def test_compiled_core_matches_where_tolerance_levels_and_resolution_tests_decide(rel_eps):
+    """Cells distorted by about rel_eps (the finer tolerance levels and the type-II-blocked sign rule),
+    mixed scales near float64's resolution, cells squeezed flat, and cubes re-based with huge entries."""
+    rng = np.random.default_rng(11)
+    gen = torch.Generator().manual_seed(11)
+    n = 300
+    hexagonal = np.array([[2.0, 0, 0], [-1.0, 3**0.5, 0], [0, 0, 7.0]])
+    fcc = np.array([[0, 2.0, 2], [2, 0, 2], [2, 2, 0]])
+    M = random_unimodular((n,), max_entry=5, num_operations=20, generator=gen).double().numpy()
+    cells = []
+    for scale in (0.3, 1.0, 3.0):
+        D = np.eye(3) + scale * rel_eps * rng.normal(size=(n, 3, 3))
+        cells += [M @ hexagonal @ D, M @ fcc @ D]
+    cells.append(rng.normal(size=(n, 3, 3)) * 10.0 ** rng.uniform(-9, 9, size=(n, 3, 1)))
+    v = rng.normal(size=(n, 3))
+    v /= np.linalg.norm(v, axis=1, keepdims=True)
+    squeeze = np.eye(3) - (1 - 10.0 ** rng.uniform(-16, -3, size=(n, 1, 1))) * v[:, :, None] * v[:, None, :]
+    cells.append(rng.normal(size=(n, 3, 3)) @ squeeze)
+    big = random_unimodular((n,), max_entry=10**12, num_operations=200, generator=gen).double().numpy()
+    cells.append(4.0 * big)
+    assert_same_results(np.ascontiguousarray(np.concatenate(cells)), rel_eps=rel_eps)

@@ -2,12 +2,20 @@
 
 from __future__ import annotations
 
+import importlib.util
+import sys
+
 import pytest
 import torch
 from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from soft_niggli import CrystalBatch, is_unimodular, lattice_parameters, niggli_reduce, volume
-from soft_niggli.testing import assert_gl3z_invariant, crystals, lattices, rotations, unimodular_matrices
+from soft_niggli.losses import lattice_automorphisms
+from soft_niggli.testing import (AUTOMORPHISM_COUNTS, SYMMETRIC_FAMILIES, SYMMETRIC_PROTOTYPES, aflow_crystals,
+                                 assert_gl3z_invariant, crystals, lattices, real_crystals, rotations,
+                                 symmetric_crystals, symmetric_lattices, unimodular_matrices)
+import soft_niggli.testing as testing
 
 
 @given(lattices("realistic"))
@@ -83,3 +91,173 @@ def test_assert_gl3z_invariant_rejects_a_basis_dependent_function():
         assert_gl3z_invariant(lambda b: b.lattice.sum(dim=(1, 2)), batch)
     with pytest.raises(ValueError, match="kind"):
         lattices("nonsense")
+
+
+# ------------------------------------------------------------------------------ symmetric lattices
+
+
+def _automorphism_count(L: torch.Tensor) -> int:
+    """Lattice automorphisms of ``L (3, 3)``, found on its Niggli-reduced basis."""
+    res = niggli_reduce(L)
+    assert bool(res.ok), f"niggli_reduce status {int(res.status)} for {L.tolist()}"
+    owner, _ = lattice_automorphisms(res.lattice[None])
+    return owner.numel()
+
+
+def _is_valid_cell(L: torch.Tensor) -> bool:
+    rows = torch.linalg.vector_norm(L, dim=1)
+    return bool(torch.isfinite(L).all()) and float(torch.linalg.det(L).abs() / rows.prod()) > 1e-3
+
+
+@pytest.mark.parametrize("family", SYMMETRIC_FAMILIES)
+def test_exact_symmetric_lattices_have_the_family_automorphism_count(family):
+    @settings(max_examples=20, derandomize=True, database=None)
+    @given(symmetric_lattices(family, noise=0.0))
+    def check(L):
+        assert L.shape == (3, 3) and L.dtype == torch.float64 and _is_valid_cell(L)
+        assert _automorphism_count(L) == AUTOMORPHISM_COUNTS[family]
+
+    check()
+
+
+@settings(max_examples=40)
+@given(st.sampled_from(SYMMETRIC_FAMILIES).flatmap(lambda f: st.tuples(st.just(f), symmetric_lattices(f, noise=1e-3))))
+def test_noisy_symmetric_lattices_are_valid_cells_with_no_extra_symmetry(family_and_lattice):
+    family, L = family_and_lattice
+    assert L.shape == (3, 3) and L.dtype == torch.float64 and _is_valid_cell(L)
+    assert 2 <= _automorphism_count(L) <= AUTOMORPHISM_COUNTS[family]
+
+
+@settings(max_examples=20)
+@given(lattices("symmetric"))
+def test_symmetric_kind_of_lattices_draws_valid_cells(L):
+    assert L.shape == (3, 3) and L.dtype == torch.float64 and _is_valid_cell(L)
+
+
+def test_default_symmetric_lattices_reach_exact_and_perturbed_cells():
+    seen = {"exact": False, "perturbed": False}
+
+    @settings(max_examples=60, derandomize=True, database=None)
+    @given(symmetric_lattices("cubic_F"))
+    def probe(L):
+        exact = _automorphism_count(L) == 48
+        seen["exact"] |= exact
+        seen["perturbed"] |= not exact
+
+    probe()
+    assert seen["exact"] and seen["perturbed"]
+
+
+def test_symmetric_strategies_reject_unknown_names_and_bad_noise():
+    with pytest.raises(ValueError, match="cubic_F"):
+        symmetric_lattices("cubic")
+    with pytest.raises(ValueError, match="noise"):
+        symmetric_lattices(noise=-1e-3)
+    with pytest.raises(ValueError, match="rocksalt"):
+        symmetric_crystals("nacl")
+    with pytest.raises(ValueError, match="max_atoms"):
+        symmetric_crystals("perovskite", max_atoms=4)
+    assert set(AUTOMORPHISM_COUNTS) == set(SYMMETRIC_FAMILIES)
+
+
+# ------------------------------------------------------------------------------ symmetric crystals
+
+# Order of each prototype's crystal point group: the lattice automorphisms that map the atoms (with
+# their species) onto themselves up to a translation.
+_POINT_GROUP_ORDERS = {"fcc": 48, "bcc": 48, "hcp": 24, "rocksalt": 48, "rocksalt_conventional": 48, "cscl": 48,
+                       "zincblende": 24, "fluorite": 48, "perovskite": 48, "wurtzite": 12}
+
+
+def _crystal_point_group_order(crystal: CrystalBatch) -> int:
+    reduced = crystal.apply_basis_change(niggli_reduce(crystal.lattice).transform)
+    _, automorphisms = lattice_automorphisms(reduced.lattice)
+    F, Z = reduced.frac, reduced.species
+    same_species = Z[:, None] == Z[None, :]
+    order = 0
+    for A in automorphisms.to(torch.float64):
+        image = F @ A  # A L = L R for an orthogonal R: the point f L goes to (f A) L
+        for j in (Z == Z[0]).nonzero().flatten().tolist():
+            diff = (image + (F[j] - image[0]))[:, None, :] - F[None, :, :]
+            hits = ((diff - diff.round()).abs().amax(-1) < 1e-6) & same_species
+            if bool(hits.any(1).all()):
+                order += 1
+                break
+    return order
+
+
+def test_every_prototype_has_a_point_group_order():
+    assert set(_POINT_GROUP_ORDERS) | {"generic"} == set(SYMMETRIC_PROTOTYPES)
+
+
+@pytest.mark.parametrize("prototype", sorted(_POINT_GROUP_ORDERS))
+def test_exact_prototype_crystals_keep_their_point_group(prototype):
+    @settings(max_examples=8, derandomize=True, database=None)
+    @given(symmetric_crystals(prototype, noise=0.0))
+    def check(batch):
+        assert len(batch) == 1
+        assert _crystal_point_group_order(batch) == _POINT_GROUP_ORDERS[prototype]
+
+    check()
+
+
+def _assert_valid_batch(batch: CrystalBatch, max_crystals: int, max_atoms: int):
+    assert isinstance(batch, CrystalBatch) and batch.dtype == torch.float64
+    assert 1 <= len(batch) <= max_crystals and 1 <= int(batch.num_atoms.min())
+    assert int(batch.num_atoms.max()) <= max_atoms
+    assert batch.species is not None and batch.species.shape == (batch.frac.shape[0],)
+    assert bool(((batch.species >= 1) & (batch.species <= 94)).all())
+    assert bool(((batch.frac >= 0) & (batch.frac < 1)).all())
+    assert all(_is_valid_cell(L) for L in batch.lattice)
+
+
+@settings(max_examples=40)
+@given(symmetric_crystals(max_crystals=3))
+def test_symmetric_crystals_are_valid_batches_with_species(batch):
+    _assert_valid_batch(batch, 3, 8)
+
+
+@settings(max_examples=30)
+@given(crystals(max_atoms=6, lattice_kind="symmetric"))
+def test_crystals_with_symmetric_kind_are_valid_batches_of_small_crystals(batch):
+    _assert_valid_batch(batch, 3, 6)
+
+
+@settings(max_examples=10)
+@given(symmetric_crystals(noise=0.0, max_crystals=2))
+def test_assert_gl3z_invariant_accepts_invariant_functions_on_symmetric_crystals(batch):
+    assert_gl3z_invariant(lambda b: niggli_reduce(b.lattice).lattice.pow(2).sum(dim=(1, 2)), batch,
+                          atol=1e-8, rtol=1e-6)
+
+
+# ------------------------------------------------------------------------------ AFLOW prototypes
+
+
+_needs_pymatgen = pytest.mark.skipif(importlib.util.find_spec("pymatgen") is None, reason="pymatgen not installed")
+
+
+@_needs_pymatgen
+def test_aflow_crystals_are_the_bundled_prototypes():
+    everything = aflow_crystals()
+    assert len(everything) == 250 and everything.species is not None
+    first = aflow_crystals(limit=5)
+    torch.testing.assert_close(first.lattice, everything.lattice[:5])
+    small = aflow_crystals(max_atoms=4)
+    assert 0 < len(small) < 250 and int(small.num_atoms.max()) <= 4
+    with pytest.raises(ValueError, match="limit"):
+        aflow_crystals(limit=-1)
+
+
+@_needs_pymatgen
+@settings(max_examples=15)
+@given(real_crystals(max_crystals=2, max_atoms=8))
+def test_real_crystals_are_valid_rebased_aflow_cells(batch):
+    _assert_valid_batch(batch, 2, 8)
+    assert_gl3z_invariant(lambda b: volume(b.lattice), batch)
+
+
+def test_aflow_crystals_names_pymatgen_when_it_is_missing(monkeypatch):
+    testing._aflow_structures.cache_clear()
+    monkeypatch.setitem(sys.modules, "pymatgen.core", None)
+    with pytest.raises(ImportError, match="pip install pymatgen"):
+        aflow_crystals(limit=1)
+    testing._aflow_structures.cache_clear()
