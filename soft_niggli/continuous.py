@@ -86,7 +86,7 @@ from .losses import (
     register_loss,
     tie_tolerance,
 )
-from .softmin import candidate_scores, candidate_set
+from .softmin import candidate_lattice_terms, candidate_set
 
 __all__ = ["SoftminLoss", "GramLoss", "CENTERS"]
 
@@ -154,7 +154,8 @@ class _CandidateSoftmin(CrystalLoss):
         C = closest_automorphism(
             L.detach(), F.detach(), labels, eye, eye, lattice_metric=self.lattice_metric, coords=self.coords,
             lattice_weight=lattice_weight, coord_weight=self.coord_weight, blur=self.blur,
-            rel_tol=self.automorphism_tol, species=species, group=(owner[keep], group[keep]), lattice_first=True)
+            rel_tol=self.automorphism_tol, species=species, group=(owner[keep], group[keep]),
+            lattice_first=self.lattice_metric == "cartesian")
         return labels.apply_basis_change(C)
 
     def _frames(self, L: torch.Tensor, F: torch.Tensor, batch: torch.Tensor, scorable: torch.Tensor):
@@ -170,21 +171,38 @@ class _CandidateSoftmin(CrystalLoss):
 
     # -- candidates --------------------------------------------------------------------------------
 
-    def _select(self, L_cmp: torch.Tensor, L_ref: torch.Tensor):
-        """Candidates to score exactly: packed ``(owner (Q,), candidate (Q,))``, per crystal its
-        ``top_k`` nearest on the lattice term *plus every candidate tied with the k-th*.
+    def _taper_width(self, lattice_weight: float, kth: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+        """Width ``(B,)``, in lattice-term units, of the taper beyond the k-th candidate's term ``t_k``:
+        1% of ``t_k`` plus 1e-6 of the cells' mean squared entry (``scale``: ‖L_p‖² + ‖L_ref‖²), at most
+        τ of the distance. Wide enough that a tie broken by a small move stays inside it (ties split
+        by far less than 1% of the terms), narrow enough not to keep the crowd of candidates that
+        differ only by short vectors of a layered cell."""
+        tau = self.tau / lattice_weight if lattice_weight > 0 else self.tau
+        floor = max(1e-6, 256 * torch.finfo(scale.dtype).eps)  # above the exact terms' rounding
+        return torch.clamp(0.01 * kth + floor * scale / 18, max=tau)
 
-        Ties are the rule, not the exception, on symmetric crystals: with ``lattice_metric="gram"``
-        every automorphism of the label scores the same, and keeping an arbitrary subset of them
-        would make the value depend on the order in which the label's basis lists them.
+    def _select(self, L_cmp: torch.Tensor, L_ref: torch.Tensor, lattice_weight: float):
+        """Candidates to score exactly: packed ``(owner, candidate, t_k, width)``, each ``(Q,)``.
+
+        Per crystal, ``t_k`` is the k-th smallest lattice term (``k = top_k``); every candidate up to
+        ``t_k + width`` is kept (:meth:`_taper_width`), and :meth:`_softmin` weighs those beyond ``t_k``
+        down smoothly to 0 at ``t_k + width``. A hard top-k would keep an arbitrary subset of tied
+        candidates (every automorphism of a symmetric label ties with ``lattice_metric="gram"``) and
+        jump when a near-tie is broken by a tiny move; ``t_k`` is continuous in the cells and tied
+        candidates get the same weight, so neither happens.
         """
         with torch.no_grad():
-            score, scale = candidate_scores(L_cmp.detach(), L_ref, self.bound, self.proper, self.lattice_metric)
+            score, a, b = candidate_lattice_terms(L_cmp.detach(), L_ref, self.bound, self.proper,
+                                                  self.lattice_metric)
             k = min(self.top_k, score.shape[1])
-            kth = torch.topk(score, k, dim=1, largest=False).values[:, -1]
-            within = score <= (kth + tie_tolerance(scale))[:, None]
-            owner, candidate = within.nonzero(as_tuple=True)
-        return owner, candidate
+            kth = a * torch.topk(score, k, dim=1, largest=False).values[:, -1] + b
+            scale = L_cmp.detach().square().sum(dim=(1, 2)) + L_ref.square().sum(dim=(1, 2))
+            width = self._taper_width(lattice_weight, kth, scale)
+            # The inner-product form rounds: a few ulps of the summands' size more keeps every candidate
+            # whose exact term is inside the window.
+            limit = kth + width + tie_tolerance(scale / 9)
+            owner, candidate = (score <= ((limit - b) / a)[:, None]).nonzero(as_tuple=True)
+        return owner, candidate, kth[owner], width[owner]
 
     def _distances(self, L_cmp, F_cmp, L_ref, F_ref, batch, species_cmp, species_ref, owner, X, lattice_weight):
         """Exact ``(lattice, coords, kept)`` terms ``(Q,)`` of packed pairs: crystal ``owner`` against its
@@ -226,7 +244,7 @@ class _CandidateSoftmin(CrystalLoss):
                                None if species_cmp is None else species_cmp[atom],
                                None if species_ref is None else species_ref[atom], self.blur)
 
-    def _candidates(self, frames, L_ref):
+    def _candidates(self, frames, L_ref, lattice_weight):
         """Per frame, packed ``(owner, X)``: the kept candidates as matrices acting on ``L_ref``.
 
         Frame 2 (``center="both"``) compares ``N L_p`` with ``M L_ref``, i.e. ``L_p`` with
@@ -235,14 +253,18 @@ class _CandidateSoftmin(CrystalLoss):
         emitted already reduced would count every candidate twice.
         """
         U = candidate_set(self.bound, self.proper, torch.int64, L_ref.device)
-        owner, candidate = self._select(torch.cat([f[0] for f in frames]), L_ref.repeat(len(frames), 1, 1))
+        owner, candidate, kth, width = self._select(torch.cat([f[0] for f in frames]),
+                                                    L_ref.repeat(len(frames), 1, 1), lattice_weight)
         n = L_ref.shape[0]
-        picked = [(owner[owner // n == i] - i * n, U[candidate[owner // n == i]]) for i in range(len(frames))]
+        picked = []
+        for i in range(len(frames)):
+            mine = owner // n == i
+            picked.append((owner[mine] - i * n, U[candidate[mine]], kth[mine], width[mine]))
         if len(frames) == 2:
-            (o1, X1), (o2, M2) = picked
+            (o1, X1, k1, w1), (o2, M2, k2, w2) = picked
             X2 = integer_inverse(frames[1][2])[o2] @ M2
             single = ~_rows_in(o1, X1, o2, X2)
-            picked = [(o1[single], X1[single]), (o2, X2)]
+            picked = [(o1[single], X1[single], k1[single], w1[single]), (o2, X2, k2, w2)]
         return picked
 
     def _softmin(self, pred: CrystalBatch, L, F, scorable, centred: CrystalBatch, lattice_weight):
@@ -259,28 +281,42 @@ class _CandidateSoftmin(CrystalLoss):
         frames, status = self._frames(torch.cat([q[0] for q in queries]), torch.cat([q[1] for q in queries]),
                                       torch.cat([pred.batch + i * B for i in range(len(queries))]),
                                       scorable.repeat(len(queries)))
-        picked = self._candidates(frames, L_ref.repeat(len(queries), 1, 1))
+        picked = self._candidates(frames, L_ref.repeat(len(queries), 1, 1), lattice_weight)
         values = []
         for i, (batch, species) in enumerate([(pred.batch, pred.species), (centred.batch, centred.species)][:len(queries)]):
             with torch.set_grad_enabled(torch.is_grad_enabled() and i == 0):
-                owners, lats, crds, keeps = [], [], [], []
-                for (L_cmp, F_cmp, N), (owner, X) in zip(frames, picked):
+                owners, lats, crds, keeps, kths, widths = [], [], [], [], [], []
+                for (L_cmp, F_cmp, N), (owner, X, kth, width) in zip(frames, picked):
                     mine = (owner >= i * B) & (owner < (i + 1) * B)
-                    owner, X = owner[mine] - i * B, X[mine]
+                    owner, X, kth, width = owner[mine] - i * B, X[mine], kth[mine], width[mine]
                     L_i, F_i = L_cmp[i * B:(i + 1) * B], F_cmp[i * len(batch):(i + 1) * len(batch)]
                     # Frame 2 scores (N L_p, M L_ref) with M = N X.
                     M = X if N is None else N[owner + i * B] @ X
                     lat, crd, kept = self._distances(L_i, F_i, L_ref, F_ref, batch, species, centred.species, owner,
                                                      M, lattice_weight)
+                    # The taper's threshold from the exact terms: the inner-product form that chose the
+                    # window rounds differently in every basis (much more than the exact terms do).
+                    kth = _kth_smallest(lat.detach(), owner, B, min(self.top_k, len(candidate_set(
+                        self.bound, self.proper, torch.int64, owner.device))))[owner]
+                    scale = (L_i.detach().square().sum(dim=(1, 2)) + L_ref.square().sum(dim=(1, 2)))[owner]
+                    width = self._taper_width(lattice_weight, kth, scale)
                     owners.append(owner)
                     lats.append(lat)
                     crds.append(crd)
                     keeps.append(kept)
-                owner, lat, crd, kept = torch.cat(owners), torch.cat(lats), torch.cat(crds), torch.cat(keeps)
+                    kths.append(kth)
+                    widths.append(width)
+                owner, lat, crd = torch.cat(owners), torch.cat(lats), torch.cat(crds)
+                kept, kth, width = torch.cat(keeps), torch.cat(kths), torch.cat(widths)
                 # The softmin and its offset are each about -τ log(number of tied candidates) while their
                 # difference is near 0: combine them in float64 so single precision does not cancel it.
                 d = (lattice_weight * lat + self.coord_weight * crd).double()
-                d = torch.where(kept, d, torch.full_like(d, math.inf))
+                # Taper beyond the k-th candidate: weight (1 + cos πx) / 2, x = (lat - t_k) / w in [0, 1]
+                # (held fixed in backward), i.e. the distance grows by -τ log of it, to +inf at x = 1.
+                x = ((lat.detach().double() - kth.double()) / width.double()).clamp(0, 1)
+                taper = 0.5 * (1 + torch.cos(math.pi * x))
+                kept = kept & (taper > 0)
+                d = torch.where(kept, d - self.tau * torch.log(taper.clamp_min(1e-300)), torch.full_like(d, math.inf))
                 values.append(packed_softmin(d, owner, B, self.tau, self.normalize))
                 if i == 0:
                     # The candidates' shares of the softmin (their softmax weights), for the reported parts.
@@ -295,6 +331,19 @@ class _CandidateSoftmin(CrystalLoss):
     def _softmin_terms(self, pred: CrystalBatch, L, F, scorable, labels: CrystalBatch, lattice_weight):
         centred = self._label_frame(L, F, labels, pred.species, lattice_weight)
         return self._softmin(pred, L, F, scorable, centred, lattice_weight)
+
+
+def _kth_smallest(values: torch.Tensor, owner: torch.Tensor, B: int, k: int) -> torch.Tensor:
+    """``(B,)`` the k-th smallest of packed ``values`` per ``owner`` (the largest where a group has fewer)."""
+    order = torch.sort(values).indices
+    order = order[torch.sort(owner[order], stable=True).indices]
+    grouped = owner[order]
+    counts = torch.bincount(owner, minlength=B)
+    start = torch.cumsum(counts, 0) - counts
+    position = torch.arange(len(order), device=owner.device) - start[grouped]
+    pick = position == torch.minimum(counts[grouped], torch.full_like(grouped, k)) - 1
+    out = torch.zeros(B, dtype=values.dtype, device=values.device)
+    return out.index_put((grouped[pick],), values[order][pick])
 
 
 def _rows_in(owner1, X1, owner2, X2) -> torch.Tensor:

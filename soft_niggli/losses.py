@@ -712,7 +712,8 @@ class NiggliProxyLoss(CrystalLoss):
         A = closest_automorphism(P_lat.detach(), P_frac.detach(), labels, left, right,
                                  lattice_metric=self.lattice_metric, coords=self.coords,
                                  lattice_weight=self.lattice_weight, coord_weight=self.coord_weight, blur=self.blur,
-                                 rel_tol=self.automorphism_tol, species=pred.species)
+                                 rel_tol=self.automorphism_tol, species=pred.species,
+                                 lattice_first=self.coords == "sinkhorn")
         A_f, A_inv_f = A.to(dtype), integer_inverse(A).to(dtype)
         T_lat = left @ A_f @ L_n
         T_frac = (F_n[:, None, :] @ (A_inv_f @ right)[pred.batch]).squeeze(1)
@@ -747,17 +748,17 @@ def closest_automorphism(P_lat: torch.Tensor, P_frac: torch.Tensor, labels: Crys
     Every automorphism of a Niggli-reduced label gives an equally canonical target (the group is the
     same set whichever basis the label came in), so choosing by distance to the prediction makes what
     follows independent of the label's input basis. "Closest" is measured by the full weighted loss,
-    ``lattice_weight · lattice_term + coord_weight · coordinate_term``. With periodic coordinates every
-    (crystal, automorphism) pair is scored. With Sinkhorn coordinates (one optimal-transport problem
-    per pair would dominate the cost) the pairs are first narrowed to those tied, within
-    :func:`tie_tolerance`, with the nearest on the lattice term, which with ``lattice_metric="gram"``
-    is every automorphism; the coordinates then decide among those. Ties left after that are exact
+    ``lattice_weight · lattice_term + coord_weight · coordinate_term``, over every (crystal,
+    automorphism) pair, or (``lattice_first=True``, which the proxy loss uses with Sinkhorn coordinates,
+    where one optimal-transport problem per pair would dominate the cost) over the pairs tied, within
+    :func:`tie_tolerance`, with the nearest on the lattice term (with ``lattice_metric="gram"``, every
+    exact automorphism); the coordinates then decide among those. The narrowing is cheaper but makes
+    the choice jump when a tiny change of the label breaks a tie on the lattice term. Ties left after that are exact
     symmetries of the whole crystal, whose targets are the same crystal, so which one wins changes no
     value. Evaluated without gradient; ``labels`` is the reduced label batch (``L_n``, ``F_n``).
     With ``with_group=True`` also returns the whole group as :func:`lattice_automorphisms` does,
     ``(chosen, owner, group)``. ``group``: the ``(owner, A)`` to choose from, if already known (each
-    crystal's identity first). ``lattice_first=True`` narrows to the lattice-tied pairs with periodic
-    coordinates too (cheaper; then the coordinates decide only among those).
+    crystal's identity first).
     """
     L_n, F_n = labels.lattice.detach(), labels.frac.detach()
     B, device = L_n.shape[0], L_n.device
@@ -770,7 +771,7 @@ def closest_automorphism(P_lat: torch.Tensor, P_frac: torch.Tensor, labels: Crys
         T_lat = left[owner] @ A_f @ L_n[owner]
         lat = lattice_term(P_lat[owner], T_lat, lattice_metric)
         keep = torch.ones(P, dtype=torch.bool, device=device)
-        if coords == "sinkhorn" or lattice_first:
+        if lattice_first:
             best_lat = torch.full((B,), math.inf, dtype=lat.dtype, device=device).scatter_reduce(0, owner, lat, "amin")
             scale = (P_lat.square().sum(dim=(1, 2)) + L_n.square().sum(dim=(1, 2))) / 9
             keep = lat <= best_lat[owner] + tie_tolerance(scale)[owner]

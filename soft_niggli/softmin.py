@@ -32,7 +32,7 @@ from .unimodular import enumerate_unimodular
 
 __all__ = [
     "candidate_set",
-    "candidate_scores",
+    "candidate_lattice_terms",
     "lattice_distances",
     "lattice_distances_naive",
     "metric_distances",
@@ -111,33 +111,42 @@ def _sym6(G: torch.Tensor) -> torch.Tensor:
     return torch.stack([G[:, i, j] for i, j in _SYM], 1)
 
 
-def candidate_scores(L_pred: torch.Tensor, L_ref: torch.Tensor, bound: int = 1, proper: bool = False,
-                     metric: str = "cartesian") -> tuple[torch.Tensor, torch.Tensor]:
-    """Scores ``(B, K)`` that *rank* the candidates ``M`` by distance, and their scale ``(B,)``.
+def candidate_lattice_terms(L_pred: torch.Tensor, L_ref: torch.Tensor, bound: int = 1, proper: bool = False,
+                            metric: str = "cartesian") -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Every candidate's :func:`~soft_niggli.losses.lattice_term` against ``L_pred``, as ``(score, a, b)``:
+    ``lattice_term(L_pred, M L_ref) = a · score + b`` per row (``score (B, K)``, ``a, b (B,)``, ``a > 0``),
+    so that ranking and thresholds need no pass over the whole table; plus nothing else.
 
-    One matrix product, for choosing candidates only (not differentiated, not a distance): row ``b``
-    differs from ``‖L_p - M L_r‖²`` (``"cartesian"``) or from ``‖G_p - M G_r Mᵀ‖²`` (``"gram"``, on
-    both cells divided by a common power of two so nothing overflows) by a constant. The scale is the
-    size of the summands, which bounds their rounding error. Candidates tied in exact arithmetic
-    (automorphisms of a symmetric reference) score within a few ulps of the scale of each other.
+    For choosing candidates (not differentiated), in inner-product form: one ``(B, 18) @ (18, K)``
+    product for Cartesian entries; for the metric, ``‖G_p - M G_r Mᵀ‖²`` on the 6 distinct entries of
+    the symmetric matrices (``(B, 72) @ (72, K)``) over ``‖L_p‖² + ‖M L_r‖²`` (then ``b = 0``). Both cells
+    are divided by a common power of two first, so nothing overflows. Candidates tied in exact
+    arithmetic (automorphisms of a symmetric reference) come out within a few ulps of each other.
     """
     with torch.no_grad():
         B = L_pred.shape[0]
+        m = torch.maximum(L_pred.abs().amax(dim=(1, 2)), L_ref.abs().amax(dim=(1, 2)))
+        m = torch.where(torch.isfinite(m) & (m > 0), m, torch.ones_like(m))
+        exponent = torch.frexp(m)[1]
+        down = torch.ldexp(torch.ones_like(m), -exponent)[:, None, None]
+        up2 = torch.ldexp(torch.ones_like(m), 2 * exponent)
+        P, R = L_pred * down, L_ref * down
+        gr_full = R @ R.transpose(1, 2)
+        pp = P.square().sum(dim=(1, 2))
         if metric == "cartesian":
-            left = torch.cat([(L_ref @ L_ref.transpose(1, 2)).reshape(B, 9),
-                              -2 * (L_pred @ L_ref.transpose(1, 2)).reshape(B, 9)], 1)
-            scale = L_pred.square().sum(dim=(1, 2)) + L_ref.square().sum(dim=(1, 2))
-        else:
-            m = torch.maximum(L_pred.abs().amax(dim=(1, 2)), L_ref.abs().amax(dim=(1, 2)))
-            m = torch.where(torch.isfinite(m) & (m > 0), m, torch.ones_like(m))
-            down = torch.ldexp(torch.ones_like(m), -torch.frexp(m)[1])[:, None, None]
-            P, R = L_pred * down, L_ref * down
-            gp, gr = _sym6(P @ P.transpose(1, 2)), _sym6(R @ R.transpose(1, 2))
-            w = torch.tensor([1.0, 1, 1, 2, 2, 2], dtype=gp.dtype, device=gp.device)
-            left = torch.cat([(gr[:, :, None] * gr[:, None, :]).reshape(B, 36),
-                              ((w * gp)[:, :, None] * gr[:, None, :]).reshape(B, 36)], 1)
-            scale = (P.square().sum(dim=(1, 2)) + R.square().sum(dim=(1, 2))).square()
-        return left @ _score_tables(bound, proper, metric, L_pred.dtype, _device_key(L_pred)), scale
+            left = torch.cat([gr_full.reshape(B, 9), -2 * (P @ R.transpose(1, 2)).reshape(B, 9)], 1)
+            score = left @ _score_tables(bound, proper, metric, L_pred.dtype, _device_key(L_pred))
+            return score, up2 / 9, pp * up2 / 9
+        # ‖M R‖² = <Mᵀ M, R Rᵀ> for every candidate, then the quartic difference over the squared size.
+        norm = gr_full.reshape(B, 9) @ _gram_of_candidates(bound, proper, L_pred.dtype, _device_key(L_pred))
+        norm.add_(pp[:, None]).clamp_(min=torch.finfo(L_pred.dtype).tiny)
+        gp, gr = _sym6(P @ P.transpose(1, 2)), _sym6(gr_full)
+        w = torch.tensor([1.0, 1, 1, 2, 2, 2], dtype=gp.dtype, device=gp.device)
+        left = torch.cat([(gr[:, :, None] * gr[:, None, :]).reshape(B, 36),
+                          ((w * gp)[:, :, None] * gr[:, None, :]).reshape(B, 36)], 1)
+        score = left @ _score_tables(bound, proper, metric, L_pred.dtype, _device_key(L_pred))
+        score.add_((w * gp.square()).sum(1, keepdim=True)).clamp_(min=0).div_(norm)
+        return score, up2 / 9, torch.zeros_like(pp)
 
 
 def lattice_distances_naive(L_pred: torch.Tensor, L_ref: torch.Tensor, bound: int = 1, proper: bool = False) -> torch.Tensor:
