@@ -12,17 +12,22 @@ basis, and combine the candidates with a softmin
 which is smooth in the prediction and tends to ``min_M d_M`` as τ → 0. No reducer sits in the gradient
 path: the prediction's own basis enters only through the distances. Cost is kept down three ways:
 one matrix product scores every candidate's lattice term (inner-product form, see
-:mod:`soft_niggli.softmin`) to choose ``U'``, the ``top_k`` candidates nearest on the lattice term; only
-those get an exact lattice term and a coordinate term (the others would carry weight below
-``exp(-(d_k - d_1) / τ)``); and the candidate set and its tables are cached per dtype and device.
+:mod:`soft_niggli.softmin`) to choose ``U'``, the candidates nearest on the lattice term; only those
+get an exact lattice term, and only those within reach of the best a coordinate term; and the
+candidate set and its tables are cached per dtype and device.
 
 Symmetric labels (the common case in real data) need three rules, so that nothing depends on the basis
-the label came in:
+the label came in and nothing jumps when a tiny change breaks a symmetry:
 
-* **Ties are kept.** ``U'`` holds the ``top_k`` nearest *and every candidate tied with the k-th*
-  (within a few ulps of the distances' scale). With ``lattice_metric="gram"`` all automorphisms of a
-  symmetric label tie exactly (48 for a cube); keeping an arbitrary subset of them would make the value
-  depend on the order in which the label's basis happens to list them.
+* **No hard top-k: a tapered window.** With ``t_k`` the ``top_k``-th smallest lattice term, ``U'``
+  holds every candidate up to ``t_k + w`` (``w``: 1% of ``t_k`` plus 1e-6 of the cells' mean squared
+  entry, at most τ of the distance), and those beyond ``t_k`` are weighed down smoothly, by
+  ``(1 + cos πx) / 2`` with ``x = (d_lat - t_k) / w``, to 0 at the edge (the weight is held fixed in
+  backward). With ``lattice_metric="gram"`` all automorphisms of a symmetric label tie exactly (48 for
+  a cube): a hard top-k would keep an arbitrary subset of them, chosen by the order in which the
+  label's basis lists them, and jump when a tiny strain breaks the tie; tied candidates get equal
+  weight here, and ``t_k`` moves continuously. Candidates whose lattice term alone exceeds the best
+  candidate's whole distance by 40 τ (weight below 4e-18) get no coordinate term and are left out.
 * **The label is centred on its automorphic basis nearest the prediction.** The reducer returns the
   label's Niggli basis only up to an automorphism ``A`` of the cell, and ``U`` is not closed under
   them (``U A ≠ U`` for the non-permutation automorphisms of hexagonal or fcc cells): so the loss
@@ -375,7 +380,8 @@ def packed_softmin(d: torch.Tensor, owner: torch.Tensor, B: int, tau: float, nor
 class SoftminLoss(_CandidateSoftmin):
     """Softmin over a bounded set of unimodular re-basings of the label (see the module docstring).
 
-    ``d_M = lattice_weight · d_lat + coord_weight · d_coord`` with ``d_lat`` the mean squared entry
+    ``d_M = lattice_weight · d_lat + coord_weight · d_coord`` over the tapered window of candidates
+    nearest on ``d_lat`` (module docstring), with ``d_lat`` the mean squared entry
     difference of ``L_p`` and ``M L_n`` (``lattice_metric="cartesian"``, Å²) or of the metrics
     ``L_p L_pᵀ`` and ``M G_n Mᵀ`` scaled like :func:`~soft_niggli.losses.lattice_term` (``"gram"``:
     rotations of prediction and label do not matter), and ``d_coord`` the periodic MSE of
@@ -401,8 +407,8 @@ class SoftminLoss(_CandidateSoftmin):
         tau: finite temperature > 0, in the units of ``d`` (Å²). bound: 1 or 2. proper: det +1 only.
         normalize, zero_at_match: see above. lattice_metric: ``"cartesian"`` or ``"gram"``.
         lattice_weight, coord_weight: weights >= 0. coords: ``"periodic"`` or ``"sinkhorn"``.
-        center: ``"label"`` or ``"both"``. top_k: candidates given a coordinate term (1..135408;
-            default 8 with periodic coordinates, 2 with Sinkhorn).
+        center: ``"label"`` or ``"both"``. top_k: candidates kept at full weight before the taper
+            (1..135408; default 8 with periodic coordinates, 2 with Sinkhorn).
         labels_canonical: targets already Niggli-reduced (:func:`canonicalize_labels`).
         blur: Sinkhorn blur in Å, in (0, 10) (``coords="sinkhorn"`` only).
         automorphism_tol: relative tolerance of the label's automorphisms, in (0, 0.1).

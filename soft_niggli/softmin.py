@@ -18,7 +18,9 @@ is two ``(B, 9) @ (9, K)`` products, and for metrics
     ||G_p - M G_r Mᵀ||² = ||G_p||² - 2 <M ⊗ M, G_p ⊗ G_r> + <(M ⊗ M)ᵀ(M ⊗ M), G_r ⊗ G_r>
 
 uses the Kronecker square of each candidate, precomputed once per candidate set (cached per dtype and
-device like the candidate set itself).
+device like the candidate set itself). :func:`candidate_lattice_terms`, which the losses use to choose
+candidates, does the same in one product each: ``(B, 18) @ (18, K)``, and for metrics on the 6 distinct
+entries of the symmetric matrices, ``(B, 72) @ (72, K)``.
 """
 
 from __future__ import annotations
@@ -83,7 +85,7 @@ def lattice_distances(L_pred: torch.Tensor, L_ref: torch.Tensor, bound: int = 1,
 
 @functools.lru_cache(maxsize=32)
 def _score_tables(bound: int, proper: bool, metric: str, dtype: torch.dtype, device: str) -> torch.Tensor:
-    """The fixed right-hand factor of :func:`candidate_scores`: ``(18, K)`` or ``(162, K)``."""
+    """The fixed right-hand factor of :func:`candidate_lattice_terms`: ``(18, K)`` or ``(72, K)``."""
     if metric == "cartesian":
         U = candidate_set(bound, proper, dtype, device)
         return torch.cat([_gram_of_candidates(bound, proper, dtype, device), U.reshape(-1, 9).T]).contiguous()
@@ -115,7 +117,7 @@ def candidate_lattice_terms(L_pred: torch.Tensor, L_ref: torch.Tensor, bound: in
                             metric: str = "cartesian") -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Every candidate's :func:`~soft_niggli.losses.lattice_term` against ``L_pred``, as ``(score, a, b)``:
     ``lattice_term(L_pred, M L_ref) = a · score + b`` per row (``score (B, K)``, ``a, b (B,)``, ``a > 0``),
-    so that ranking and thresholds need no pass over the whole table; plus nothing else.
+    so that ranking and thresholds need no pass over the whole table.
 
     For choosing candidates (not differentiated), in inner-product form: one ``(B, 18) @ (18, K)``
     product for Cartesian entries; for the metric, ``‖G_p - M G_r Mᵀ‖²`` on the 6 distinct entries of
