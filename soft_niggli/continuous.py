@@ -60,7 +60,6 @@ softmin itself is evaluated in float64 and shifted by its minimum, so it is fini
 
 from __future__ import annotations
 
-import functools
 import math
 
 import torch
@@ -98,11 +97,6 @@ __all__ = ["SoftminLoss", "GramLoss", "CENTERS"]
 CENTERS = ("label", "both")
 
 
-@functools.lru_cache(maxsize=16)
-def _candidate_inverses(bound: int, proper: bool, dtype: torch.dtype, device: str) -> torch.Tensor:
-    return integer_inverse(candidate_set(bound, proper, torch.int64, device)).to(dtype)
-
-
 def _int_in(name: str, value, low: int, high: int) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
         raise ValueError(f"{name}: expected an int in [{low}, {high}], got {value!r}")
@@ -110,7 +104,7 @@ def _int_in(name: str, value, low: int, high: int) -> int:
 
 
 class _CandidateSoftmin(CrystalLoss):
-    """Shared machinery: label frame, candidate selection with ties, distances, offset, softmin."""
+    """Shared machinery: label frame, tapered candidate window, distances, offset, softmin."""
 
     def _common_options(self, tau, bound, proper, normalize, lattice_metric, coords, center, top_k,
                         labels_canonical, coord_weight, blur, zero_at_match, automorphism_tol):
@@ -134,7 +128,7 @@ class _CandidateSoftmin(CrystalLoss):
     # -- frames ------------------------------------------------------------------------------------
 
     def _label_frame(self, L: torch.Tensor, F: torch.Tensor, labels: CrystalBatch, species, lattice_weight: float):
-        """The reduced label re-based by its automorphism closest to the prediction, and the group.
+        """The reduced label re-based by its automorphism closest to the prediction.
 
         The candidate set ``U`` is not closed under the label's automorphisms (``U A ≠ U`` when ``A`` is
         not a signed permutation, e.g. hexagonal or fcc cells), so the basis the reducer happened to
@@ -178,8 +172,8 @@ class _CandidateSoftmin(CrystalLoss):
 
     def _taper_width(self, lattice_weight: float, kth: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
         """Width ``(B,)``, in lattice-term units, of the taper beyond the k-th candidate's term ``t_k``:
-        1% of ``t_k`` plus 1e-6 of the cells' mean squared entry (``scale``: ‖L_p‖² + ‖L_ref‖²), at most
-        τ of the distance. Wide enough that a tie broken by a small move stays inside it (ties split
+        1% of ``t_k`` plus 1e-6 (float64; 256 ulps in float32) of the cells' mean squared entry
+        (``scale``: ‖L_p‖² + ‖L_ref‖²), at most τ of the distance. Wide enough that a tie broken by a small move stays inside it (ties split
         by far less than 1% of the terms), narrow enough not to keep the crowd of candidates that
         differ only by short vectors of a layered cell."""
         tau = self.tau / lattice_weight if lattice_weight > 0 else self.tau

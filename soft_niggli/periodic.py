@@ -134,14 +134,11 @@ def _best_arcs_sorted(d: torch.Tensor, batch: torch.Tensor, B: int):
 
     Atoms are laid out per crystal in a padded ``(B, n_max, 3)`` block and sorted within each crystal
     (many small sorts, not one large one). Computed in float64 whatever ``d``'s dtype: the sums cancel
-    to a small residual near a match.
+    to a small residual near a match. ``d`` has at least one atom (:func:`_best_arcs` checks).
     """
     dtype, device = d.dtype, d.device
     counts = torch.bincount(batch, minlength=B)
     n_atoms = d.shape[0]
-    if n_atoms == 0:
-        zero = d.new_zeros(B, 3)
-        return zero, zero
     if bool((batch[1:] < batch[:-1]).any()):  # group each crystal's atoms together first
         order = torch.sort(batch, stable=True).indices
         d, batch = d[order], batch[order]
