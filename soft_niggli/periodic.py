@@ -160,9 +160,9 @@ def _best_arcs_sorted(d: torch.Tensor, batch: torch.Tensor, B: int):
     arc_sum = total + c
     arc_sq = total_sq + 2 * before + c - arc_sum.square() / n
     arc_sq = torch.where(valid, arc_sq, torch.full_like(arc_sq, math.inf))
-    chosen = torch.argmin(arc_sq.detach(), dim=1, keepdim=True)  # (B, 1, 3)
+    sq, chosen = torch.min(arc_sq, dim=1, keepdim=True)  # (B, 1, 3); min is much faster than argmin here
     has_atoms = (counts > 0)[:, None]
-    sq = torch.gather(arc_sq, 1, chosen).squeeze(1)
+    sq = sq.squeeze(1)
     t = torch.gather(arc_sum, 1, chosen).squeeze(1) / n[:, 0]
     t = t - torch.round(t).detach()
     zero = torch.zeros_like(t)
