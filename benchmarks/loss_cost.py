@@ -8,7 +8,7 @@ candidates through the explicit ``(B, K, 3, 3)`` tensor, and the same function a
 computed that way with a coordinate term for every candidate (no inner-product form, no pruning).
 Rows of a lattice are its vectors.
 
-    python benchmarks/loss_cost.py
+    python benchmarks/loss_cost.py --repeats 9
 
 Writes ``benchmarks/results/loss_cost.{md,json}``.
 """
@@ -35,7 +35,6 @@ from soft_niggli.periodic import periodic_coordinate_loss  # noqa: E402
 from soft_niggli.softmin import candidate_set, lattice_distances_naive, softmin  # noqa: E402
 
 RESULTS = HERE / "results"
-COMMAND = "python benchmarks/loss_cost.py"
 
 
 def load_structures(n: int):
@@ -113,6 +112,7 @@ def main(argv=None) -> int:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--no-write", action="store_true")
     args = parser.parse_args(argv)
+    command = " ".join(["python benchmarks/loss_cost.py"] + list(sys.argv[1:] if argv is None else argv))
     warnings.filterwarnings("ignore")
     torch.manual_seed(args.seed)
     pred, target, source = make_batch(args.batch, args.seed, torch.float32)
@@ -120,6 +120,8 @@ def main(argv=None) -> int:
     variants = {name: {} for name in available_losses()}
     variants["softmin (coords=sinkhorn)"] = ("softmin", {"coords": "sinkhorn"})
     variants["softmin (center=both)"] = ("softmin", {"center": "both"})
+    variants["softmin (zero_at_match=False)"] = ("softmin", {"zero_at_match": False})
+    variants["gram (zero_at_match=False)"] = ("gram", {"zero_at_match": False})
     variants["gram (coords=sinkhorn)"] = ("gram", {"coords": "sinkhorn"})
     rows = []
     for label, spec in variants.items():
@@ -146,7 +148,7 @@ def main(argv=None) -> int:
     hardware = f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__} " \
                f"({torch.get_num_threads()} threads)"
     lines = [
-        "# Loss cost: forward + backward per batch", "", f"Command: `{COMMAND}`  ",
+        "# Loss cost: forward + backward per batch", "", f"Command: `{command}`  ",
         f"B = {args.batch} crystals ({source}, at most 20 atoms, {int(pred.num_atoms.sum())} atoms in all), float32, "
         f"CPU: {hardware}. Best of {args.repeats} runs.", "",
         "Two references: the *lattice-only naive* softmin (the explicit `(B, K, 3, 3)` tensor over all "
@@ -164,7 +166,7 @@ def main(argv=None) -> int:
     if not args.no_write:
         RESULTS.mkdir(parents=True, exist_ok=True)
         (RESULTS / "loss_cost.md").write_text(table)
-        (RESULTS / "loss_cost.json").write_text(json.dumps({"command": COMMAND, "batch": args.batch,
+        (RESULTS / "loss_cost.json").write_text(json.dumps({"command": command, "batch": args.batch,
                                                             "source": source, "rows": rows}, indent=2))
     return 0
 
