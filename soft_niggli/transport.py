@@ -49,15 +49,15 @@ def _check_species(species_pred, species_target):
                          " only")
 
 
-def _anchor_translations(frac_pred, frac_target, mask, z_pred, z_target, max_pairs: int):
+def _anchor_translations(mask, z_pred, z_target, max_pairs: int):
     """Anchor pairs, packed: ``owner (Q,)`` crystal of each candidate, atom indices ``i``, ``j`` (Q,)
     into the padded pred and target, and ``use (Q,)``, False where the candidate is ``t = 0``.
 
     Crystals with no anchor pair, or more than ``max_pairs``, get one candidate ``t = 0``. Indices only:
     nothing here is differentiated.
     """
-    B, N, _ = frac_pred.shape
-    device = frac_pred.device
+    B, N = mask.shape
+    device = mask.device
     # Count of each atom's element in its crystal (target side), as a key: (count, element).
     same = (z_target[:, :, None] == z_target[:, None, :]) & mask[:, None, :]
     count = same.sum(-1)  # (B, N)
@@ -118,7 +118,7 @@ def sinkhorn_coordinate_loss(frac_pred: torch.Tensor, frac_target: torch.Tensor,
     zt = zeros if species_target is None else species_target.to(device=device, dtype=torch.int64)
     mask = mask.to(device=device, dtype=torch.bool)
 
-    owner, i, j, use = _anchor_translations(frac_pred, frac_target, mask, zp, zt, max_anchor_pairs)
+    owner, i, j, use = _anchor_translations(mask, zp, zt, max_anchor_pairs)
     # t_ij stays in the graph: the value's gradient includes the moving anchor atom's share.
     t = frac_target[owner, j] - frac_pred[owner, i]
     t = torch.where(use[:, None], t - torch.round(t).detach(), torch.zeros_like(t))
