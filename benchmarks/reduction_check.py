@@ -12,10 +12,10 @@ eta = 2 a.c, zeta = 2 a.b.
 
 API
 ---
-``classify(L_in, L_out, rel_eps=1e-5) -> "reduced" | "wrong"``
+``classify(L_in, L_out, rel_tol=1e-5) -> "reduced" | "wrong"``
     ``L_out`` None counts as "wrong"; callers that want "flagged"/"hung" for
     None / error / timeout results map those themselves before calling.
-``check_details(L_in, L_out, rel_eps=1e-5, ...) -> dict``
+``check_details(L_in, L_out, rel_tol=1e-5, ...) -> dict``
     Every individual check (see the keys documented there).
 
 A cell counts as "reduced" iff ALL of
@@ -46,8 +46,8 @@ Tolerances (our choice; documented because the Niggli definition has none)
 All tolerances are relative to the quantities being compared, never absolute
 and never a single global scale, so that a cell with lengths 1e-4, 1, 1e4 is
 judged as strictly as a 4 Angstrom cube (a global tol such as
-rel_eps * (A + B + C) / 3 would make every condition on the short vector
-vacuous for such a cell).  With r = rel_eps:
+rel_tol * (A + B + C) / 3 would make every condition on the short vector
+vacuous for such a cell).  With r = rel_tol:
 * inequalities ``x <= y`` (main conditions, the type-II sum, 2A+2eta+zeta<=0)
   pass if ``x <= y + r * s`` with s the largest magnitude among the terms
   compared, e.g. |eta| <= A passes if |eta| <= A + r * max(|eta|, A);
@@ -211,7 +211,7 @@ def _niggli_conditions(g: np.ndarray, r: float) -> tuple[bool, str | None, dict]
 # public API
 # ---------------------------------------------------------------------------
 
-def check_details(L_in, L_out, rel_eps: float = 1e-5, *, integral_atol: float = INTEGRAL_ATOL,
+def check_details(L_in, L_out, rel_tol: float = 1e-5, *, integral_atol: float = INTEGRAL_ATOL,
                   volume_rtol: float = VOLUME_RTOL, trace_rtol: float = TRACE_RTOL) -> dict:
     """Run every check on ``L_out`` as a reduction of ``L_in`` (rows = lattice vectors).
 
@@ -255,7 +255,7 @@ def check_details(L_in, L_out, rel_eps: float = 1e-5, *, integral_atol: float = 
     # (c)
     g = g6(L_out)
     d["g6"] = tuple(float(x) for x in g)
-    ok, kind, conds = _niggli_conditions(g, rel_eps)
+    ok, kind, conds = _niggli_conditions(g, rel_tol)
     d["niggli_ok"], d["niggli_type"], d["conditions"] = ok, kind, conds
 
     # (d)
@@ -277,6 +277,6 @@ def check_details(L_in, L_out, rel_eps: float = 1e-5, *, integral_atol: float = 
     return d
 
 
-def classify(L_in, L_out, rel_eps: float = 1e-5) -> str:
+def classify(L_in, L_out, rel_tol: float = 1e-5) -> str:
     """"reduced" if ``L_out`` passes checks (a)-(d) for input ``L_in``, else "wrong" (None -> "wrong")."""
-    return "reduced" if check_details(L_in, L_out, rel_eps)["reduced"] else "wrong"
+    return "reduced" if check_details(L_in, L_out, rel_tol)["reduced"] else "wrong"

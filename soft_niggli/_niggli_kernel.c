@@ -567,7 +567,7 @@ static void reduce_item(const double X[9], double e, int64_t max_iter, double la
     for (int m = 0; m < 9; m++) T_out[m] = (int64_t)T[m];
 }
 
-/* reduce(X, lattice, T, iters, status, rel_eps, max_iter): X and lattice C-contiguous float64 buffers
+/* reduce(X, lattice, T, iters, status, rel_tol, max_iter): X and lattice C-contiguous float64 buffers
  * of n * 9 items, T int64 of n * 9, iters and status int64 of n (sizes checked by the caller,
  * niggli.py, and again here). */
 static PyObject *reduce(PyObject *self, PyObject *args) {

@@ -107,7 +107,7 @@ class _CandidateSoftmin(CrystalLoss):
     """Shared machinery: label frame, tapered candidate window, distances, offset, softmin."""
 
     def _common_options(self, tau, bound, proper, normalize, lattice_metric, coords, center, top_k,
-                        labels_canonical, coord_weight, blur, zero_at_match, automorphism_tol):
+                        labels_canonical, coord_weight, blur, zero_at_match, automorphism_rel_tol):
         self.tau = _positive("tau", tau)
         self.bound = _int_in("bound", bound, 1, 2)
         self.proper = _flag("proper", proper)
@@ -121,7 +121,7 @@ class _CandidateSoftmin(CrystalLoss):
         self.labels_canonical = _flag("labels_canonical", labels_canonical)
         self.coord_weight = _weight("coord_weight", coord_weight)
         self.blur = _blur(blur)
-        self.automorphism_tol = _tolerance("automorphism_tol", automorphism_tol)
+        self.automorphism_rel_tol = _tolerance("automorphism_rel_tol", automorphism_rel_tol)
         # Optimal transport matches atoms itself: only compositions must agree, not atom order.
         self.atoms_matched_by_order = self.coords != "sinkhorn"
 
@@ -138,7 +138,7 @@ class _CandidateSoftmin(CrystalLoss):
         """
         B = len(labels)
         eye = torch.eye(3, dtype=L.dtype, device=L.device).expand(B, 3, 3)
-        owner, group = lattice_automorphisms(labels.lattice.detach(), self.automorphism_tol)
+        owner, group = lattice_automorphisms(labels.lattice.detach(), self.automorphism_rel_tol)
         keep = torch.ones_like(owner, dtype=torch.bool)
         if self.lattice_metric == "gram":
             # Automorphisms that differ by a signed permutation S give the same candidate set (U S = U)
@@ -153,7 +153,7 @@ class _CandidateSoftmin(CrystalLoss):
         C = closest_automorphism(
             L.detach(), F.detach(), labels, eye, eye, lattice_metric=self.lattice_metric, coords=self.coords,
             lattice_weight=lattice_weight, coord_weight=self.coord_weight, blur=self.blur,
-            rel_tol=self.automorphism_tol, species=species, group=(owner[keep], group[keep]),
+            rel_tol=self.automorphism_rel_tol, species=species, group=(owner[keep], group[keep]),
             lattice_first=self.lattice_metric == "cartesian")
         return labels.apply_basis_change(C)
 
@@ -405,16 +405,16 @@ class SoftminLoss(_CandidateSoftmin):
             (1..135408; default 8 with periodic coordinates, 2 with Sinkhorn).
         labels_canonical: targets already Niggli-reduced (:func:`canonicalize_labels`).
         blur: Sinkhorn blur in Å, in (0, 10) (``coords="sinkhorn"`` only).
-        automorphism_tol: relative tolerance of the label's automorphisms, in (0, 0.1).
+        automorphism_rel_tol: relative tolerance of the label's automorphisms, in (0, 0.1).
     """
 
     def __init__(self, *, tau: float = 0.1, bound: int = 1, proper: bool = False, normalize: bool = False,
                  lattice_metric: str = "cartesian", lattice_weight: float = 1.0, coord_weight: float = 1.0,
                  coords: str = "periodic", center: str = "label", top_k: int | None = None, labels_canonical: bool = False,
-                 blur: float = 0.1, zero_at_match: bool = True, automorphism_tol: float = 1e-4):
+                 blur: float = 0.1, zero_at_match: bool = True, automorphism_rel_tol: float = 1e-4):
         super().__init__()
         self._common_options(tau, bound, proper, normalize, lattice_metric, coords, center, top_k,
-                             labels_canonical, coord_weight, blur, zero_at_match, automorphism_tol)
+                             labels_canonical, coord_weight, blur, zero_at_match, automorphism_rel_tol)
         self.lattice_weight = _weight("lattice_weight", lattice_weight)
 
     def compute(self, pred: CrystalBatch, target: CrystalBatch) -> LossResult:
@@ -454,10 +454,10 @@ class GramLoss(_CandidateSoftmin):
                  metric_weight: float = 1.0, coord_weight: float = 1.0, volume_weight: float = 1.0,
                  theta_weight: float = 1.0, theta_scales: tuple = (1.0, 2.0, 4.0), coords: str = "periodic",
                  center: str = "label", top_k: int | None = None, labels_canonical: bool = False, blur: float = 0.1,
-                 zero_at_match: bool = True, automorphism_tol: float = 1e-4):
+                 zero_at_match: bool = True, automorphism_rel_tol: float = 1e-4):
         super().__init__()
         self._common_options(tau, bound, proper, normalize, "gram", coords, center, top_k, labels_canonical,
-                             coord_weight, blur, zero_at_match, automorphism_tol)
+                             coord_weight, blur, zero_at_match, automorphism_rel_tol)
         self.metric_weight = _weight("metric_weight", metric_weight)
         self.volume_weight = _weight("volume_weight", volume_weight)
         self.theta_weight = _weight("theta_weight", theta_weight)

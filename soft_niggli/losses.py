@@ -52,7 +52,7 @@ from torch import nn
 
 from .crystal import CrystalBatch
 from .lattice import integer_inverse
-from .niggli import Status, _check_rel_eps, niggli_reduce
+from .niggli import Status, _check_rel_tol, niggli_reduce
 from .periodic import periodic_coordinate_loss
 from .transport import sinkhorn_coordinate_loss_flat
 
@@ -447,7 +447,7 @@ class MSELoss(CrystalLoss):
 # -------------------------------------------------------------------------- labels, automorphisms
 
 
-def canonicalize_labels(batch: CrystalBatch, *, rel_eps: float = 1e-5) -> tuple[CrystalBatch, torch.Tensor]:
+def canonicalize_labels(batch: CrystalBatch, *, rel_tol: float = 1e-5) -> tuple[CrystalBatch, torch.Tensor]:
     """Niggli-reduce every crystal of a label batch once (for the data pipeline).
 
     Returns ``(reduced, status)``: the same crystals in their Niggli basis ``L_n = N L``,
@@ -464,13 +464,13 @@ def canonicalize_labels(batch: CrystalBatch, *, rel_eps: float = 1e-5) -> tuple[
     """
     if not isinstance(batch, CrystalBatch):
         raise ValueError(f"batch: expected a CrystalBatch, got {type(batch).__name__}")
-    res = niggli_reduce(batch.lattice.detach(), rel_eps=rel_eps)
+    res = niggli_reduce(batch.lattice.detach(), rel_tol=rel_tol)
     moved = batch.apply_basis_change(res.transform)
     lattice = res.lattice.to(batch.dtype) + (moved.lattice - moved.lattice.detach())
     return CrystalBatch(lattice, moved.frac, batch.num_atoms, batch.species), res.status
 
 
-def reduce_or_identity(lattice: torch.Tensor, usable: torch.Tensor, *, rel_eps: float = 1e-5,
+def reduce_or_identity(lattice: torch.Tensor, usable: torch.Tensor, *, rel_tol: float = 1e-5,
                        with_lattice: bool = False):
     """Reduce detached ``(B, 3, 3)`` lattices; the identity where the reducer is not ``OK`` or the
     crystal is not ``usable``.
@@ -479,7 +479,7 @@ def reduce_or_identity(lattice: torch.Tensor, usable: torch.Tensor, *, rel_eps: 
     ``with_lattice``), all on ``lattice``'s device: what every loss that looks at the prediction's
     Niggli basis needs, written once.
     """
-    res = niggli_reduce(lattice.detach(), rel_eps=rel_eps)
+    res = niggli_reduce(lattice.detach(), rel_tol=rel_tol)
     device = lattice.device
     status = res.status.to(device)
     ok = (status == int(Status.OK)) & usable
@@ -620,7 +620,7 @@ class NiggliProxyLoss(CrystalLoss):
     labels lie *on* the boundaries: with 0.01 Å of Gaussian noise on the canonical lattices of 256
     MP-20 validation crystals, 38% score a Cartesian lattice term above 1 Å² (18% with ``"gram"``),
     their noisy copy reducing to another Niggli form (fcc 60/60/60° to 90/120/120°, hexagonal 120° to
-    60°, a 90.07° angle flipping across 90°). Raising ``automorphism_tol`` to 0.05 only brings that to
+    60°, a 90.07° angle flipping across 90°). Raising ``automorphism_rel_tol`` to 0.05 only brings that to
     36%: these forms are not near-automorphisms of the label. Only a loss without the hard reduction
     (the softmin) removes it.
 
@@ -643,9 +643,9 @@ class NiggliProxyLoss(CrystalLoss):
         frame: ``"reduced"`` or ``"prediction"``.
         labels_canonical: ``True`` if targets are already Niggli-reduced (by
             :func:`canonicalize_labels`); the automorphism search is complete only for reduced labels.
-        automorphism_tol: relative tolerance of :func:`lattice_automorphisms`, in (0, 0.1); keep it
-            above ``rel_eps`` so near-ties the reducer may break either way are covered.
-        rel_eps: the reducer's relative tolerance, in :data:`~soft_niggli.niggli.REL_EPS_RANGE`.
+        automorphism_rel_tol: relative tolerance of :func:`lattice_automorphisms`, in (0, 0.1); keep it
+            above ``rel_tol`` so near-ties the reducer may break either way are covered.
+        rel_tol: the reducer's relative tolerance, in :data:`~soft_niggli.niggli.REL_TOL_RANGE`.
         coords: ``"periodic"`` or ``"sinkhorn"`` (:func:`coordinate_term`; with Sinkhorn, atom order is
             free and the lattice term alone picks the automorphism). blur: Sinkhorn blur, Å.
 
@@ -666,7 +666,7 @@ class NiggliProxyLoss(CrystalLoss):
 
     def __init__(self, *, lattice_weight: float = 1.0, coord_weight: float = 1.0, lattice_metric: str = "cartesian",
                  fallback: str = "identity", frame: str = "reduced", labels_canonical: bool = False,
-                 skew_weight: float = 0.0, automorphism_tol: float = 1e-4, rel_eps: float = 1e-5,
+                 skew_weight: float = 0.0, automorphism_rel_tol: float = 1e-4, rel_tol: float = 1e-5,
                  coords: str = "periodic", blur: float = 0.1):
         super().__init__()
         self.coords = _choice("coords", coords, COORDINATE_TERMS)
@@ -679,17 +679,17 @@ class NiggliProxyLoss(CrystalLoss):
         self.fallback = _choice("fallback", fallback, FALLBACKS)
         self.frame = _choice("frame", frame, FRAMES)
         self.labels_canonical = _flag("labels_canonical", labels_canonical)
-        self.automorphism_tol = _tolerance("automorphism_tol", automorphism_tol)
-        self.rel_eps = _check_rel_eps(rel_eps)  # the reducer's own range, checked now rather than at the call
+        self.automorphism_rel_tol = _tolerance("automorphism_rel_tol", automorphism_rel_tol)
+        self.rel_tol = _check_rel_tol(rel_tol)  # the reducer's own range, checked now rather than at the call
 
     def compute(self, pred: CrystalBatch, target: CrystalBatch) -> LossResult:
         B, dtype, device = len(pred), pred.dtype, pred.device
         scorable = _scorable(pred)
         L_p, F_p = _sanitized(pred, target, scorable)
-        labels = target if self.labels_canonical else canonicalize_labels(target, rel_eps=self.rel_eps)[0]
+        labels = target if self.labels_canonical else canonicalize_labels(target, rel_tol=self.rel_tol)[0]
         L_n, F_n = labels.lattice.detach(), labels.frac.detach()
 
-        N, status, reduced_value = reduce_or_identity(pred.lattice.detach(), scorable, rel_eps=self.rel_eps,
+        N, status, reduced_value = reduce_or_identity(pred.lattice.detach(), scorable, rel_tol=self.rel_tol,
                                                       with_lattice=True)
         ok = (status == int(Status.OK)) & scorable
         fallback = scorable & ~ok
@@ -712,7 +712,7 @@ class NiggliProxyLoss(CrystalLoss):
         A = closest_automorphism(P_lat.detach(), P_frac.detach(), labels, left, right,
                                  lattice_metric=self.lattice_metric, coords=self.coords,
                                  lattice_weight=self.lattice_weight, coord_weight=self.coord_weight, blur=self.blur,
-                                 rel_tol=self.automorphism_tol, species=pred.species,
+                                 rel_tol=self.automorphism_rel_tol, species=pred.species,
                                  lattice_first=self.coords == "sinkhorn")
         A_f, A_inv_f = A.to(dtype), integer_inverse(A).to(dtype)
         T_lat = left @ A_f @ L_n

@@ -29,15 +29,15 @@ Resolution (what ``DEGENERATE`` means). The cell is taken as exact: its float64 
 lattice, however skewed or mixed in scale the basis (``diag(1e-6, 1, 1e6)`` is a fine, already reduced
 cell). What float64 limits is how well the reducer knows the basis vectors ``b_i = Σ_j T_ij L_j`` it
 works with, and that is what it tests, every round and on the result (the cell scaled so that its
-largest entry is in [0.5, 1); ``e = rel_eps / 64``, the finest tolerance used, see "Tolerance"):
+largest entry is in [0.5, 1); ``e = rel_tol / 64``, the finest tolerance used, see "Tolerance"):
 
 * the plain float product is off by at most ``2**-50 r_i``, ``r_i = Σ_j |T_ij| ‖L_j‖`` (the vector's size
   before cancellation); it is used where that is below ``e / 16`` of ``‖b_i‖`` and ``T`` has entries up
   to ``2**10``. Elsewhere the error-free product (``soft_niggli/_exact.py``) runs, off by at most
   ``ε‖b_i‖ + 2**-98 s_i``, with ``s_i`` the size of its partial products (``r_i`` plus ``2**27 ‖L_j‖`` for
   each negative ``T_ij``, its split's cost; it runs on ``±`` the row of ``T``, whichever costs less);
-* a vector that the error-free product does not know to ``e / 16`` (``‖b_i‖ <= 2**-88 s_i / rel_eps``,
-  about ``3e-22 s_i`` at the default rel_eps), or whose squared length is below ``2**-968`` (float64's
+* a vector that the error-free product does not know to ``e / 16`` (``‖b_i‖ <= 2**-88 s_i / rel_tol``,
+  about ``3e-22 s_i`` at the default rel_tol), or whose squared length is below ``2**-968`` (float64's
   subnormal range, ~1e-146 of the largest entry), is unresolved: ``DEGENERATE``. An exactly singular
   cell (rank 2, a zero row) gets there through a vanishing vector;
 * so does a reduction that needs transform entries above ``2**44`` (the error-free product needs them
@@ -55,18 +55,18 @@ degenerate (an earlier version flagged reduced vectors shorter than 1e-12 of the
 which rejected well-conditioned cells). So a cell re-based by a unimodular ``M`` comes back reduced as
 long as the reducing transform (about ``M⁻¹``) has entries up to ``2**44`` and the bound on ``s_i`` holds:
 a 4 Å cube re-based so that reducing it takes transform entries of 2.9e9 and its rows are 1e13 long is
-reduced exactly at every rel_eps (tests/test_niggli.py), one that takes an entry above ``2**44`` is
+reduced exactly at every rel_tol (tests/test_niggli.py), one that takes an entry above ``2**44`` is
 ``DEGENERATE``, and one whose transform row puts -1000 next to a 1e10-long row is reduced down to
-rel_eps 1e-5 but ``DEGENERATE`` at 1e-12 (the bound ``2**27 * 1e10`` then exceeds what 1e-12 allows).
+rel_tol 1e-5 but ``DEGENERATE`` at 1e-12 (the bound ``2**27 * 1e10`` then exceeds what 1e-12 allows).
 :func:`is_niggli_reduced` applies the same tests to the cell as given (transform = identity), so it says
-False for a zero, rank-deficient or flat cell, and a cell that it accepts at ``rel_eps`` itself comes
+False for a zero, rank-deficient or flat cell, and a cell that it accepts at ``rel_tol`` itself comes
 back ``OK`` with the identity transform.
 
-Tolerance. ``rel_eps`` is the relative tolerance of every comparison (lengths with each other, angles
-through cosines, boundaries of the Niggli cone such as ``|ξ| = B`` within ``rel_eps B``), accepted in
-:data:`REL_EPS_RANGE` = [1e-12, 0.1). Tolerant comparisons make the reduced form stable under noise,
+Tolerance. ``rel_tol`` is the relative tolerance of every comparison (lengths with each other, angles
+through cosines, boundaries of the Niggli cone such as ``|ξ| = B`` within ``rel_tol B``), accepted in
+:data:`REL_TOL_RANGE` = [1e-12, 0.1). Tolerant comparisons make the reduced form stable under noise,
 but they can make the conditions inconsistent for a cell whose deviations from boundaries are close to
-``rel_eps`` (a hexagonal or face-centred cell distorted by about rel_eps, as float32 rounding or a model
+``rel_tol`` (a hexagonal or face-centred cell distorted by about rel_tol, as float32 rounding or a model
 easily gives): the Křivý–Gruber steps then cycle between bases that all fail the check. Three rules
 remove that:
 
@@ -76,18 +76,18 @@ remove that:
 * in steps 5–7 an entry beyond its bound is reduced before any boundary case is (two boundary cases can
   undo each other while another entry stays too large);
 * an item that stops making progress (a round changes nothing, or ``A + B + C`` has not gone down for
-  8 rounds) goes on with the tolerance divided by 8, at most twice (``rel_eps / 64``); it is then
+  8 rounds) goes on with the tolerance divided by 8, at most twice (``rel_tol / 64``); it is then
   accepted when it satisfies the conditions at any of the levels it went through, and
-  :func:`is_niggli_reduced` accepts a cell that satisfies them at ``rel_eps``, ``rel_eps / 8`` or
-  ``rel_eps / 64``. (An item stuck at the finest level is ``NOT_CONVERGED`` without waiting for
+  :func:`is_niggli_reduced` accepts a cell that satisfies them at ``rel_tol``, ``rel_tol / 8`` or
+  ``rel_tol / 64``. (An item stuck at the finest level is ``NOT_CONVERGED`` without waiting for
   ``max_iter``.)
 
 Measured with the default ``max_iter`` on about 770 000 cells per tolerance (realistic and Gaussian
 cells, and hexagonal, face-centred, cubic, realistic and Gaussian cells re-based by random unimodular
-matrices with entries up to 1e6, rotated or not) at rel_eps = 1e-12, 1e-11, 1e-10, 1e-9, 1e-7, 1e-5,
+matrices with entries up to 1e6, rotated or not) at rel_tol = 1e-12, 1e-11, 1e-10, 1e-9, 1e-7, 1e-5,
 1e-3, 0.01, 0.05 and 0.0999, and on 60 000 hexagonal, face-centred and cubic cells distorted by 0.3 to 3
-rel_eps at 1e-5 and 1e-3: no ``NOT_CONVERGED`` (before: up to 7 % of the distorted hexagonal cells and
-0.7 % of the face-centred ones at the default rel_eps, 1 % of Gaussian cells at 0.0999, 0.4 % of rotated
+rel_tol at 1e-5 and 1e-3: no ``NOT_CONVERGED`` (before: up to 7 % of the distorted hexagonal cells and
+0.7 % of the face-centred ones at the default rel_tol, 1 % of Gaussian cells at 0.0999, 0.4 % of rotated
 re-based hexagonal cells at 1e-12). Needles, plates and mixed-scale Gaussian cells (200 000 each, at
 1e-12, 1e-5 and 0.0999): none either. Below 1e-12 the finest tolerance would approach float64's
 resolution, hence the range.
@@ -121,7 +121,7 @@ except ImportError:  # not built (no C compiler at install time): the NumPy core
 #: Whether the compiled reduction loop is in use (False: the NumPy core runs instead; same results).
 COMPILED_KERNEL = _kernel is not None
 
-__all__ = ["Status", "NiggliResult", "niggli_reduce", "is_niggli_reduced", "REL_EPS_RANGE"]
+__all__ = ["Status", "NiggliResult", "niggli_reduce", "is_niggli_reduced", "REL_TOL_RANGE"]
 
 
 class Status(enum.IntEnum):
@@ -164,7 +164,7 @@ class NiggliResult:
 _PLAIN_PRODUCT_ERROR = 2.0**-50
 _EXACT_PRODUCT_ERROR = 2.0**-98
 _SPLIT = 2.0**26
-# Every basis vector must be known to within rel_eps / _ACCURACY_MARGIN of its length: the plain product
+# Every basis vector must be known to within rel_tol / _ACCURACY_MARGIN of its length: the plain product
 # is replaced by the error-free one where it is not, and a vector the error-free product cannot resolve to
 # that accuracy makes the item DEGENERATE.
 _ACCURACY_MARGIN = 16.0
@@ -186,16 +186,16 @@ _DEGENERATE_VOLUME_RATIO = 1e-12
 _MAX_TRANSFORM_ENTRY = 2.0**44
 # Transforms with entries beyond this always use the error-free product (they are about to need it anyway).
 _PLAIN_PRODUCT_LIMIT = 2.0**10
-#: Accepted range of ``rel_eps``: ``REL_EPS_RANGE[0] <= rel_eps < REL_EPS_RANGE[1]`` (see "Tolerance" in
+#: Accepted range of ``rel_tol``: ``REL_TOL_RANGE[0] <= rel_tol < REL_TOL_RANGE[1]`` (see "Tolerance" in
 #: the module docstring).
-REL_EPS_RANGE = (1e-12, 0.1)
+REL_TOL_RANGE = (1e-12, 0.1)
 # Finished items are dropped from working arrays of more than _COMPACT_MIN items once this share of
 # them is done: dropping costs a few copies of everything, so it pays only when many have finished
 # (and below a few hundred items every operation costs its call overhead whatever its size).
 _COMPACT_SHARE = 0.25
 _COMPACT_MIN = 512
-# Tolerance levels (see "Tolerance" in the module docstring): an item stuck at rel_eps goes on with
-# rel_eps / _LEVEL_FACTOR, and so on, _LEVELS levels in all; it is stuck when a round changes nothing or
+# Tolerance levels (see "Tolerance" in the module docstring): an item stuck at rel_tol goes on with
+# rel_tol / _LEVEL_FACTOR, and so on, _LEVELS levels in all; it is stuck when a round changes nothing or
 # when A + B + C has not gone down for _STALL_ROUNDS rounds.
 _LEVELS = 3
 _LEVEL_FACTOR = 8.0
@@ -289,10 +289,10 @@ def _split_sizes(T: np.ndarray) -> np.ndarray:
     return np.abs(hi) + np.abs(T - hi)
 
 
-def _accuracy_factors(rel_eps: float) -> tuple[float, float]:
-    """``(k_plain, k_exact)`` of :func:`_basis_and_metric` for the finest tolerance level (rel_eps /
+def _accuracy_factors(rel_tol: float) -> tuple[float, float]:
+    """``(k_plain, k_exact)`` of :func:`_basis_and_metric` for the finest tolerance level (rel_tol /
     _LEVEL_FACTOR ** (_LEVELS - 1)): the basis vectors are known to a sixteenth of it."""
-    e_min = rel_eps * _LEVEL_FACTOR ** (1 - _LEVELS)
+    e_min = rel_tol * _LEVEL_FACTOR ** (1 - _LEVELS)
     return _PLAIN_PRODUCT_ERROR * _ACCURACY_MARGIN / e_min, _EXACT_PRODUCT_ERROR * _ACCURACY_MARGIN / e_min
 
 
@@ -304,11 +304,11 @@ def _relative_volume(B: np.ndarray) -> np.ndarray:
     return volume / np.maximum(lengths.prod(axis=0), np.finfo(np.float64).tiny)
 
 
-def _check_rel_eps(rel_eps) -> float:
-    lo, hi = REL_EPS_RANGE
-    if not (isinstance(rel_eps, (float, int)) and not isinstance(rel_eps, bool) and lo <= rel_eps < hi):
-        raise ValueError(f"rel_eps: expected a float in [{lo:g}, {hi:g}), got {rel_eps!r}")
-    return float(rel_eps)
+def _check_rel_tol(rel_tol) -> float:
+    lo, hi = REL_TOL_RANGE
+    if not (isinstance(rel_tol, (float, int)) and not isinstance(rel_tol, bool) and lo <= rel_tol < hi):
+        raise ValueError(f"rel_tol: expected a float in [{lo:g}, {hi:g}), got {rel_tol!r}")
+    return float(rel_tol)
 
 
 def _swap(rows: list, i: int, j: int, where: np.ndarray) -> None:
@@ -481,7 +481,7 @@ def _round(T: np.ndarray, G: np.ndarray, e: float) -> tuple[np.ndarray, np.ndarr
     return T, changed
 
 
-def _iterate(L: np.ndarray, ell: np.ndarray, rel_eps: float, max_iter: int):
+def _iterate(L: np.ndarray, ell: np.ndarray, rel_tol: float, max_iter: int):
     """Reduce the finite, non-zero cells ``L (3, 3, n)`` (largest entry in [0.5, 1); row lengths
     ``ell (3, n)``) round by round.
 
@@ -501,25 +501,25 @@ def _iterate(L: np.ndarray, ell: np.ndarray, rel_eps: float, max_iter: int):
     work, Tw, Lw, ell_w = np.arange(n), T.copy(), L, ell
     active = np.ones(n, dtype=bool)
     changed = np.ones(n, dtype=bool)
-    # Per item: its tolerance (rel_eps, then finer levels), the shortest A + B + C so far and the rounds
+    # Per item: its tolerance (rel_tol, then finer levels), the shortest A + B + C so far and the rounds
     # since it last went down (see "Tolerance" in the module docstring).
-    e_w = np.full(n, float(rel_eps))
+    e_w = np.full(n, float(rel_tol))
     level = np.zeros(n, dtype=np.int64)
     best = np.full(n, np.inf)
     stall = np.zeros(n, dtype=np.int64)
-    k_plain, k_exact = _accuracy_factors(rel_eps)
+    k_plain, k_exact = _accuracy_factors(rel_tol)
     for it in range(max_iter + 1 if n else 0):
         t_max = np.abs(Tw).max(axis=(0, 1))
         _, G, resolved, products_resolved = _basis_and_metric(Tw, Lw, ell_w, t_max, k_plain, k_exact)
         # A vector float64 cannot resolve (a vanishing one included) or a runaway transform: the lattice
         # is numerically rank-deficient. (Written so that NaN counts as bad.)
         bad = ~resolved | ~(t_max <= _MAX_TRANSFORM_ENTRY)
-        # The check: the conditions at rel_eps, or, for an item gone on to finer levels, at any of them.
-        ok = _niggli_conditions(G, rel_eps)
+        # The check: the conditions at rel_tol, or, for an item gone on to finer levels, at any of them.
+        ok = _niggli_conditions(G, rel_tol)
         for k in range(1, _LEVELS):
             deeper = level >= k
             if deeper.any():
-                ok |= deeper & _niggli_conditions(G, rel_eps / _LEVEL_FACTOR**k)
+                ok |= deeper & _niggli_conditions(G, rel_tol / _LEVEL_FACTOR**k)
         ok &= ~bad
         # Items that fail the check but that a round left unchanged, or whose A + B + C has not gone down
         # for _STALL_ROUNDS rounds, are stuck: they go on with a finer tolerance, or, at the finest one,
@@ -567,7 +567,7 @@ def _iterate(L: np.ndarray, ell: np.ndarray, rel_eps: float, max_iter: int):
     return T, iters, status
 
 
-def _iterate_in_chunks(L: np.ndarray, ell: np.ndarray, rel_eps: float, max_iter: int):
+def _iterate_in_chunks(L: np.ndarray, ell: np.ndarray, rel_tol: float, max_iter: int):
     """:func:`_iterate` on chunks of at most ``_CHUNK`` items.
 
     Chunks keep the temporaries small: large ones come as fresh pages from the OS on every
@@ -576,8 +576,8 @@ def _iterate_in_chunks(L: np.ndarray, ell: np.ndarray, rel_eps: float, max_iter:
     """
     n = L.shape[2]
     if n <= _CHUNK:
-        return _iterate(L, ell, rel_eps, max_iter)
-    results = [_iterate(L[..., i:i + _CHUNK], ell[:, i:i + _CHUNK], rel_eps, max_iter) for i in range(0, n, _CHUNK)]
+        return _iterate(L, ell, rel_tol, max_iter)
+    results = [_iterate(L[..., i:i + _CHUNK], ell[:, i:i + _CHUNK], rel_tol, max_iter) for i in range(0, n, _CHUNK)]
     return tuple(np.concatenate(pieces, axis=-1) for pieces in zip(*results))
 
 
@@ -604,7 +604,7 @@ def _sign_rule(pos: np.ndarray, neg: np.ndarray, blocked: np.ndarray) -> np.ndar
 
     The last case is what the exact conditions give when the entries within the tolerance of zero are
     taken as small positive numbers, the only choice left there; without it no basis of such a cell
-    (a hexagonal cell whose angles are off by about rel_eps, say) satisfies the conditions, and the
+    (a hexagonal cell whose angles are off by about rel_tol, say) satisfies the conditions, and the
     reduction would cycle between two bases that fail them."""
     return pos.all(axis=0) | ~pos.any(axis=0) | (~neg.any(axis=0) & blocked)
 
@@ -659,52 +659,52 @@ def _normalized(X: np.ndarray):
     return _times_power_of_two(X, -exponent), exponent, nonfinite, zero
 
 
-def is_niggli_reduced(L, rel_eps: float = 1e-5):
+def is_niggli_reduced(L, rel_tol: float = 1e-5):
     """Whether each cell of ``L (..., 3, 3)`` satisfies the Niggli conditions, with relative tolerances.
 
     Checks (G6 = A, B, C, ξ, η, ζ): A ≤ B ≤ C; |ξ| ≤ B, |η| ≤ A, |ζ| ≤ A; ξ, η, ζ all positive or
     all non-positive; A + B + ξ + η + ζ ≥ 0; and the special conditions on the boundaries (A = B ⇒
     |ξ| ≤ |η|; B = C ⇒ |η| ≤ |ζ|; ξ = B ⇒ ζ ≤ 2η; η = A ⇒ ζ ≤ 2ξ; ζ = A ⇒ η ≤ 2ξ; ξ = −B ⇒ ζ = 0;
     η = −A ⇒ ζ = 0; ζ = −A ⇒ η = 0; A + B + ξ + η + ζ = 0 ⇒ 2A + 2η + ζ ≤ 0). Equalities hold within
-    the same relative tolerances as :func:`niggli_reduce` uses, at ``rel_eps`` or at one of the reducer's
-    finer levels ``rel_eps / 8`` and ``rel_eps / 64``; where type II is blocked, type I holds within the
+    the same relative tolerances as :func:`niggli_reduce` uses, at ``rel_tol`` or at one of the reducer's
+    finer levels ``rel_tol / 8`` and ``rel_tol / 64``; where type II is blocked, type I holds within the
     tolerance (see "Tolerance" in the module docstring).
 
     Non-finite cells are not reduced, and neither are rank-deficient ones (a zero cell, a zero vector,
     a flat basis): the checker applies the reducer's own degeneracy tests to the cell as given (see
     "Resolution" in the module docstring). So every ``OK`` result of :func:`niggli_reduce` passes this
-    check, every ``DEGENERATE`` input fails it, and a cell that passes it at ``rel_eps`` itself comes back
-    from :func:`niggli_reduce` (same ``rel_eps``) as ``OK`` with the identity transform.
+    check, every ``DEGENERATE`` input fails it, and a cell that passes it at ``rel_tol`` itself comes back
+    from :func:`niggli_reduce` (same ``rel_tol``) as ``OK`` with the identity transform.
     Returns a bool tensor (or array, for NumPy input) of shape ``(...)``.
 
     Raises:
-        ValueError: if ``L`` is not a floating ``(..., 3, 3)`` tensor/array, or ``rel_eps`` is outside
-            :data:`REL_EPS_RANGE`.
+        ValueError: if ``L`` is not a floating ``(..., 3, 3)`` tensor/array, or ``rel_tol`` is outside
+            :data:`REL_TOL_RANGE`.
     """
     X, lead, _, device, is_numpy = _host_items(L, "L")
-    rel_eps = _check_rel_eps(rel_eps)
+    rel_tol = _check_rel_tol(rel_tol)
     with np.errstate(all="ignore"):
         Xn, _, nonfinite, zero = _normalized(np.ascontiguousarray(X.transpose(1, 2, 0)))
         ell = np.sqrt((Xn * Xn).sum(axis=1))
         # What the reducer's first round sees (T = I), at each tolerance level, then its final flatness test.
         B, G, resolved, products_resolved = _basis_and_metric(_eye(Xn.shape[2]), Xn, ell, np.ones(Xn.shape[2]),
-                                                              *_accuracy_factors(rel_eps))
+                                                              *_accuracy_factors(rel_tol))
         ok = np.zeros(Xn.shape[2], dtype=bool)
         for k in range(_LEVELS):
-            ok |= _niggli_conditions(G, rel_eps / _LEVEL_FACTOR**k)
+            ok |= _niggli_conditions(G, rel_tol / _LEVEL_FACTOR**k)
         ok &= resolved & products_resolved & (_relative_volume(B) > _DEGENERATE_VOLUME_RATIO)
         ok = (ok & ~nonfinite & ~zero).reshape(lead)
     return ok if is_numpy else torch.from_numpy(ok).to(device)
 
 
-def niggli_reduce(L, *, rel_eps: float = 1e-5, max_iter: int = 1000) -> NiggliResult:
+def niggli_reduce(L, *, rel_tol: float = 1e-5, max_iter: int = 1000) -> NiggliResult:
     """Niggli-reduce every cell of ``L (..., 3, 3)`` (rows are lattice vectors); never raises on values.
 
     Args:
         L: torch tensor (any device) or NumPy array of floating dtype. Gradients are not tracked: the
             computation runs on ``L.detach()`` in float64.
-        rel_eps: relative tolerance of every comparison (lengths against each other, cosines), in
-            :data:`REL_EPS_RANGE` (the lower end included; see "Tolerance" in the module docstring).
+        rel_tol: relative tolerance of every comparison (lengths against each other, cosines), in
+            :data:`REL_TOL_RANGE` (the lower end included; see "Tolerance" in the module docstring).
         max_iter: cap on the rounds (each a size-reduction sweep plus one Křivý–Gruber pass).
 
     Returns:
@@ -713,7 +713,7 @@ def niggli_reduce(L, *, rel_eps: float = 1e-5, max_iter: int = 1000) -> NiggliRe
 
     Raises:
         ValueError: if ``L`` is not a floating ``(..., 3, 3)`` tensor/array or the options are invalid
-            (``rel_eps`` outside :data:`REL_EPS_RANGE`, ``max_iter`` not an int >= 1).
+            (``rel_tol`` outside :data:`REL_TOL_RANGE`, ``max_iter`` not an int >= 1).
 
     Example:
         >>> res = niggli_reduce(torch.tensor([[4.0, 0, 0], [4.0, 4, 0], [0, 0, 5]]))
@@ -721,15 +721,15 @@ def niggli_reduce(L, *, rel_eps: float = 1e-5, max_iter: int = 1000) -> NiggliRe
         ([[4.0, 0.0, 0.0], [0.0, 4.0, 0.0], [0.0, 0.0, 5.0]], <Status.OK: 0>)
     """
     X, lead, dtype, device, is_numpy = _host_items(L, "L")
-    rel_eps = _check_rel_eps(rel_eps)
+    rel_tol = _check_rel_tol(rel_tol)
     if not (isinstance(max_iter, int) and not isinstance(max_iter, bool) and max_iter >= 1):
         raise ValueError(f"max_iter: expected an int >= 1, got {max_iter!r}")
     if _kernel is not None:
         lattice, transform = np.empty_like(X), np.empty(X.shape, dtype=np.int64)
         status, iters = np.empty(len(X), dtype=np.int64), np.empty(len(X), dtype=np.int64)
-        _kernel.reduce(X, lattice, transform, iters, status, rel_eps, min(max_iter, 2**62))
+        _kernel.reduce(X, lattice, transform, iters, status, rel_tol, min(max_iter, 2**62))
     else:
-        lattice, transform, status, iters = _reduce_numpy(X, rel_eps, max_iter)
+        lattice, transform, status, iters = _reduce_numpy(X, rel_tol, max_iter)
 
     lattice, transform = lattice.reshape(*lead, 3, 3), transform.reshape(*lead, 3, 3)
     status, iters = status.reshape(lead), iters.reshape(lead)
@@ -739,7 +739,7 @@ def niggli_reduce(L, *, rel_eps: float = 1e-5, max_iter: int = 1000) -> NiggliRe
                         torch.from_numpy(status).to(device), torch.from_numpy(iters).to(device))
 
 
-def _reduce_numpy(X_items: np.ndarray, rel_eps: float, max_iter: int):
+def _reduce_numpy(X_items: np.ndarray, rel_tol: float, max_iter: int):
     """The reduction of :func:`niggli_reduce` on ``X_items (n, 3, 3)``, in NumPy on component-major
     arrays; returns item-major ``(lattice, transform (int64), status, iterations)``.
 
@@ -756,12 +756,12 @@ def _reduce_numpy(X_items: np.ndarray, rel_eps: float, max_iter: int):
         status = np.full(n, int(Status.DEGENERATE), dtype=np.int64)
         status[nonfinite] = int(Status.NONFINITE)
         T[..., work], iters[work], status[work] = _iterate_in_chunks(Xn.take(work, axis=2), ell.take(work, axis=1),
-                                                                     rel_eps, max_iter)
+                                                                     rel_tol, max_iter)
 
         # The loop verified the Niggli conditions and the resolution of every vector on the basis
         # recomputed from the original cell (the same product as here); left to check: a flat basis
         # (volume relative to the product of lengths). Only a converged basis is short enough to judge.
-        reduced_n, _, _, _ = _basis_and_metric(T, Xn, ell, np.abs(T).max(axis=(0, 1)), *_accuracy_factors(rel_eps))
+        reduced_n, _, _, _ = _basis_and_metric(T, Xn, ell, np.abs(T).max(axis=(0, 1)), *_accuracy_factors(rel_tol))
         flat = ~(_relative_volume(reduced_n) > _DEGENERATE_VOLUME_RATIO)
         judged = (status == int(Status.OK)) | ((status == int(Status.NOT_CONVERGED)) & (iters < max_iter))
         status[flat & judged] = int(Status.DEGENERATE)

@@ -131,7 +131,7 @@ def test_theta_term_is_scale_free_for_tiny_and_huge_float32_cells(scale):  # def
     ("softmin", {"tau": math.inf}), ("gram", {"tau": math.nan}), ("softmin", {"tau": 0.0}),
     ("gram", {"theta_scales": (math.inf,)}), ("gram", {"theta_scales": (1.0, math.nan)}), ("gram", {"theta_scales": ()}),
     ("softmin", {"blur": math.inf}), ("gram", {"blur": 20.0}), ("mse", {"blur": 20.0}), ("proxy", {"blur": 0.0}),
-    ("softmin", {"automorphism_tol": 0.5}), ("softmin", {"top_k": 0}), ("gram", {"zero_at_match": 1}),
+    ("softmin", {"automorphism_rel_tol": 0.5}), ("softmin", {"top_k": 0}), ("gram", {"zero_at_match": 1}),
 ])
 def test_bad_option_values_fail_at_construction(name, options):  # defect 8
     with pytest.raises(ValueError, match=next(iter(options))):

@@ -137,7 +137,7 @@ def test_transform_is_rotation_and_reflection_invariant(L, Q):
 def test_rebased_copies_reduce_to_the_same_metric(L, M):
     a, b = niggli_reduce(L), niggli_reduce(M.to(L.dtype) @ L)
     assert b.status.item() == Status.OK
-    # Within the tolerance of a cone boundary two valid reduced forms may differ by about rel_eps.
+    # Within the tolerance of a cone boundary two valid reduced forms may differ by about rel_tol.
     bound = 1e-9 if boundary_margin(a.lattice) > 1e-4 else 1e-4
     assert relative_g6_distance(a.lattice, b.lattice) < bound
 
@@ -260,8 +260,8 @@ def test_bad_arguments_raise_value_error(bad, match):
 
 
 def test_bad_options_raise_value_error():
-    with pytest.raises(ValueError, match="rel_eps"):
-        niggli_reduce(torch.eye(3), rel_eps=-1.0)
+    with pytest.raises(ValueError, match="rel_tol"):
+        niggli_reduce(torch.eye(3), rel_tol=-1.0)
     with pytest.raises(ValueError, match="max_iter"):
         niggli_reduce(torch.eye(3), max_iter=0)
 
@@ -301,8 +301,8 @@ def test_result_does_not_depend_on_chunking_or_batch_neighbours(monkeypatch):
 
 # ----------------------------------------------------------------------------- issue #11, defects 10-11
 
-def hexagonal_and_gaussian_cells(rel_eps, n=400, seed=0):
-    """Hexagonal and face-centred cells distorted by 0.3 to 3 rel_eps (where the tolerant conditions are
+def hexagonal_and_gaussian_cells(rel_tol, n=400, seed=0):
+    """Hexagonal and face-centred cells distorted by 0.3 to 3 rel_tol (where the tolerant conditions are
     hardest to meet), re-based, rotated; and Gaussian cells, plain and re-based with large entries."""
     from soft_niggli import random_unimodular
 
@@ -314,7 +314,7 @@ def hexagonal_and_gaussian_cells(rel_eps, n=400, seed=0):
     Q = torch.from_numpy(q)
     cells = []
     for scale in (0.3, 1.0, 3.0):
-        D = torch.eye(3, dtype=torch.float64) + scale * rel_eps * torch.from_numpy(rng.normal(size=(n, 3, 3)))
+        D = torch.eye(3, dtype=torch.float64) + scale * rel_tol * torch.from_numpy(rng.normal(size=(n, 3, 3)))
         M = random_unimodular((n,), max_entry=5, num_operations=20, generator=gen).double()
         cells += [M @ hexagonal @ D, M @ fcc @ D @ Q]
     M = random_unimodular((n,), max_entry=1000, num_operations=60, generator=gen).double()
@@ -326,42 +326,42 @@ def hexagonal_and_gaussian_cells(rel_eps, n=400, seed=0):
 
 
 @pytest.mark.parametrize("end", ["lowest", "highest"])
-def test_hexagonal_and_gaussian_cells_converge_at_both_ends_of_the_rel_eps_range(end):
-    lo, hi = niggli_module.REL_EPS_RANGE
-    rel_eps = lo if end == "lowest" else float(np.nextafter(hi, 0))
-    L = hexagonal_and_gaussian_cells(rel_eps)
-    res = niggli_reduce(L, rel_eps=rel_eps)
+def test_hexagonal_and_gaussian_cells_converge_at_both_ends_of_the_rel_tol_range(end):
+    lo, hi = niggli_module.REL_TOL_RANGE
+    rel_tol = lo if end == "lowest" else float(np.nextafter(hi, 0))
+    L = hexagonal_and_gaussian_cells(rel_tol)
+    res = niggli_reduce(L, rel_tol=rel_tol)
     assert_valid_result(L, res)
     assert not bool((res.status == Status.NOT_CONVERGED).any()), f"{int((res.status == 1).sum())} not converged"
     assert bool((res.status == Status.OK).all())
-    assert bool(is_niggli_reduced(res.lattice, rel_eps=rel_eps).all())
+    assert bool(is_niggli_reduced(res.lattice, rel_tol=rel_tol).all())
 
 
 @settings(max_examples=60, deadline=None)
 @given(st.sampled_from(["lowest", "highest"]), st.floats(-1.0, 1.0), st.integers(0, 2**31 - 1),
        unimodular_matrices(1, depth=3), rotations())
-def test_distorted_hexagonal_cell_converges_at_both_ends_of_the_rel_eps_range(end, log_scale, seed, M, Q):
-    lo, hi = niggli_module.REL_EPS_RANGE
-    rel_eps = lo if end == "lowest" else float(np.nextafter(hi, 0))
+def test_distorted_hexagonal_cell_converges_at_both_ends_of_the_rel_tol_range(end, log_scale, seed, M, Q):
+    lo, hi = niggli_module.REL_TOL_RANGE
+    rel_tol = lo if end == "lowest" else float(np.nextafter(hi, 0))
     distortion = torch.from_numpy(np.random.default_rng(seed).normal(size=(3, 3)))
-    D = torch.eye(3, dtype=torch.float64) + 10.0**log_scale * rel_eps * distortion
+    D = torch.eye(3, dtype=torch.float64) + 10.0**log_scale * rel_tol * distortion
     hexagonal = torch.tensor([[2.0, 0, 0], [-1.0, 3**0.5, 0], [0, 0, 7.0]], dtype=torch.float64)
     L = M.double() @ hexagonal @ D @ Q.T
-    res = niggli_reduce(L, rel_eps=rel_eps)
+    res = niggli_reduce(L, rel_tol=rel_tol)
     assert res.status.item() == Status.OK
-    assert bool(is_niggli_reduced(res.lattice, rel_eps=rel_eps))
+    assert bool(is_niggli_reduced(res.lattice, rel_tol=rel_tol))
 
 
-@pytest.mark.parametrize("rel_eps", [0, -1.0, 0.0, 1e-13, 0.1, 0.5, float("nan"), float("inf"), True, "1e-5", None])
-def test_rel_eps_outside_the_accepted_range_is_a_value_error(rel_eps):
-    assert niggli_module.REL_EPS_RANGE == (1e-12, 0.1)
-    with pytest.raises(ValueError, match=r"rel_eps: expected a float in \[1e-12, 0\.1\)"):
-        niggli_reduce(torch.eye(3), rel_eps=rel_eps)
-    with pytest.raises(ValueError, match=r"rel_eps: expected a float in \[1e-12, 0\.1\)"):
-        is_niggli_reduced(torch.eye(3), rel_eps=rel_eps)
+@pytest.mark.parametrize("rel_tol", [0, -1.0, 0.0, 1e-13, 0.1, 0.5, float("nan"), float("inf"), True, "1e-5", None])
+def test_rel_tol_outside_the_accepted_range_is_a_value_error(rel_tol):
+    assert niggli_module.REL_TOL_RANGE == (1e-12, 0.1)
+    with pytest.raises(ValueError, match=r"rel_tol: expected a float in \[1e-12, 0\.1\)"):
+        niggli_reduce(torch.eye(3), rel_tol=rel_tol)
+    with pytest.raises(ValueError, match=r"rel_tol: expected a float in \[1e-12, 0\.1\)"):
+        is_niggli_reduced(torch.eye(3), rel_tol=rel_tol)
     for accepted in (1e-12, 1e-5, 0.0999):  # the ends and the default (losses pass it on)
-        assert niggli_reduce(torch.eye(3), rel_eps=accepted).status.item() == Status.OK
-        assert bool(is_niggli_reduced(torch.eye(3), rel_eps=accepted))
+        assert niggli_reduce(torch.eye(3), rel_tol=accepted).status.item() == Status.OK
+        assert bool(is_niggli_reduced(torch.eye(3), rel_tol=accepted))
 
 
 def exact_rank_deficient_cells():
@@ -380,8 +380,8 @@ def exact_rank_deficient_cells():
 def test_checker_says_false_on_zero_and_rank_deficient_cells_and_reducer_flags_them():
     L = exact_rank_deficient_cells()
     assert not bool(is_niggli_reduced(L).any())
-    assert not bool(is_niggli_reduced(L, rel_eps=1e-12).any())
-    assert not bool(is_niggli_reduced(L, rel_eps=0.0999).any())
+    assert not bool(is_niggli_reduced(L, rel_tol=1e-12).any())
+    assert not bool(is_niggli_reduced(L, rel_tol=0.0999).any())
     res = niggli_reduce(L)
     assert bool((res.status == Status.DEGENERATE).all())
     assert torch.equal(res.lattice, L)
@@ -422,11 +422,11 @@ def test_orthogonal_cell_with_mixed_scales_is_reduced_as_is_and_checker_agrees(l
 
 def test_diag_1e_minus_6_1_1e6_is_reduced_as_is_and_checker_agrees():
     L = torch.diag(torch.tensor([1e-6, 1.0, 1e6], dtype=torch.float64))
-    for rel_eps in (1e-12, 1e-5, 0.0999):
-        res = niggli_reduce(L, rel_eps=rel_eps)
+    for rel_tol in (1e-12, 1e-5, 0.0999):
+        res = niggli_reduce(L, rel_tol=rel_tol)
         assert res.status.item() == Status.OK
         assert torch.equal(res.transform, torch.eye(3, dtype=torch.int64)) and torch.equal(res.lattice, L)
-        assert bool(is_niggli_reduced(L, rel_eps=rel_eps))
+        assert bool(is_niggli_reduced(L, rel_tol=rel_tol))
 
 
 def rebased_cube(x, z, w):
@@ -439,30 +439,30 @@ def rebased_cube(x, z, w):
 
 def test_cube_rebased_so_that_reducing_needs_transform_entries_of_2p9e9_is_reduced_exactly():
     """The documented limits (module docstring, "Resolution"): reduced while the reducing transform needs
-    entries up to 2**44 and the error-free product resolves the reduced vectors to rel_eps / 1024 (a bound
+    entries up to 2**44 and the error-free product resolves the reduced vectors to rel_tol / 1024 (a bound
     that grows with the rows' lengths and with 2**27 per negative entry of the transform's row); beyond,
     DEGENERATE."""
     cube = torch.tensor([16.0, 16, 16, 0, 0, 0], dtype=torch.float64)
 
-    def assert_reduced(L, rel_eps, max_entry):
-        res = niggli_reduce(L, rel_eps=rel_eps)
-        assert res.status.item() == Status.OK, rel_eps
+    def assert_reduced(L, rel_tol, max_entry):
+        res = niggli_reduce(L, rel_tol=rel_tol)
+        assert res.status.item() == Status.OK, rel_tol
         assert torch.equal(g6(res.lattice), cube)
         assert res.transform.abs().max().item() == max_entry
-        assert bool(is_niggli_reduced(res.lattice, rel_eps=rel_eps))
+        assert bool(is_niggli_reduced(res.lattice, rel_tol=rel_tol))
 
     for x, z, w in [(2_900_000_000, 1000, 7), (2_900_000_000, 1, 0), (2**44, 1, 3)]:
         L = rebased_cube(x, z, w)  # rows up to 1.2e13 long: 4 Å is 3e-13 of them
         assert not bool(is_niggli_reduced(L))
-        for rel_eps in (1e-12, 1e-5, 0.0999):
-            assert_reduced(L, rel_eps, max(x, z, w))
+        for rel_tol in (1e-12, 1e-5, 0.0999):
+            assert_reduced(L, rel_tol, max(x, z, w))
     # M⁻¹ = [[1, -1000, 3], [0, 1, -2.9e9], [0, 0, 1]]: its first row puts -1000 on a row of length 1.2e10,
     # which the error-free product's bound charges 2**27 * 1.2e10: resolved to 1e-5 / 1024, not to 1e-12 / 1024.
     L = rebased_cube(1000, 2_900_000_000, 3)
-    for rel_eps in (1e-5, 0.0999):
-        assert_reduced(L, rel_eps, 2_900_000_000)
-    assert niggli_reduce(L, rel_eps=1e-12).status.item() == Status.DEGENERATE
+    for rel_tol in (1e-5, 0.0999):
+        assert_reduced(L, rel_tol, 2_900_000_000)
+    assert niggli_reduce(L, rel_tol=1e-12).status.item() == Status.DEGENERATE
     L = rebased_cube(2**44 + 2, 1, 3)  # needs a transform entry above 2**44
-    for rel_eps in (1e-12, 1e-5, 0.0999):
-        assert niggli_reduce(L, rel_eps=rel_eps).status.item() == Status.DEGENERATE
+    for rel_tol in (1e-12, 1e-5, 0.0999):
+        assert niggli_reduce(L, rel_tol=rel_tol).status.item() == Status.DEGENERATE
     assert not bool(is_niggli_reduced(L))

@@ -52,7 +52,7 @@ def test_compiled_core_matches_on_skewed_cells_and_iteration_caps(max_iter):
     M = random_unimodular((2000,), max_entry=10**5, num_operations=40, generator=gen).double()
     L = M @ torch.randn(2000, 3, 3, generator=gen, dtype=torch.float64)
     assert_same_results(L, max_iter=max_iter)
-    assert_same_results(L, max_iter=max_iter, rel_eps=1e-3)
+    assert_same_results(L, max_iter=max_iter, rel_tol=1e-3)
 
 
 @needs_kernel
@@ -72,9 +72,9 @@ def test_compiled_core_is_built_in_ci():
 
 
 @needs_kernel
-@pytest.mark.parametrize("rel_eps", [1e-12, 1e-5, 0.0999])
-def test_compiled_core_matches_where_tolerance_levels_and_resolution_tests_decide(rel_eps):
-    """Cells distorted by about rel_eps (the finer tolerance levels and the type-II-blocked sign rule),
+@pytest.mark.parametrize("rel_tol", [1e-12, 1e-5, 0.0999])
+def test_compiled_core_matches_where_tolerance_levels_and_resolution_tests_decide(rel_tol):
+    """Cells distorted by about rel_tol (the finer tolerance levels and the type-II-blocked sign rule),
     mixed scales near float64's resolution, cells squeezed flat, and cubes re-based with huge entries."""
     rng = np.random.default_rng(11)
     gen = torch.Generator().manual_seed(11)
@@ -84,7 +84,7 @@ def test_compiled_core_matches_where_tolerance_levels_and_resolution_tests_decid
     M = random_unimodular((n,), max_entry=5, num_operations=20, generator=gen).double().numpy()
     cells = []
     for scale in (0.3, 1.0, 3.0):
-        D = np.eye(3) + scale * rel_eps * rng.normal(size=(n, 3, 3))
+        D = np.eye(3) + scale * rel_tol * rng.normal(size=(n, 3, 3))
         cells += [M @ hexagonal @ D, M @ fcc @ D]
     cells.append(rng.normal(size=(n, 3, 3)) * 10.0 ** rng.uniform(-9, 9, size=(n, 3, 1)))
     v = rng.normal(size=(n, 3))
@@ -93,4 +93,4 @@ def test_compiled_core_matches_where_tolerance_levels_and_resolution_tests_decid
     cells.append(rng.normal(size=(n, 3, 3)) @ squeeze)
     big = random_unimodular((n,), max_entry=10**12, num_operations=200, generator=gen).double().numpy()
     cells.append(4.0 * big)
-    assert_same_results(np.ascontiguousarray(np.concatenate(cells)), rel_eps=rel_eps)
+    assert_same_results(np.ascontiguousarray(np.concatenate(cells)), rel_tol=rel_tol)

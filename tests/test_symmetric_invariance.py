@@ -201,7 +201,7 @@ SHIPPED = [("softmin", {}), ("softmin", {"lattice_metric": "gram"}), ("gram", {}
            ("proxy", {}), ("proxy", {"lattice_metric": "gram"})]
 
 
-# Exact cells: 1e-9. Strained by up to 1e-3, a cell can sit inside the reducer's tolerance band (rel_eps
+# Exact cells: 1e-9. Strained by up to 1e-3, a cell can sit inside the reducer's tolerance band (rel_tol
 # 1e-5) of a symmetry it only nearly has: the reducer may then return either of two nearly equal forms
 # depending on the input basis, and the loss moves by about that strain, never more.
 @pytest.mark.parametrize("noise, rtol, atol", [(0.0, 1e-9, 1e-12), (1e-3, 1e-3, 1e-6)])
