@@ -1,18 +1,53 @@
-"""Build of the one compiled part: the reducer's per-cell loop (soft_niggli/_niggli_kernel.c).
+"""Build of what pyproject.toml cannot declare: the package layout and the one compiled part.
 
-Everything else (metadata, dependencies, packages) is in pyproject.toml. The extension is optional:
-where it cannot be built (no C compiler), the package installs anyway and the reducer runs its NumPy
-core, which gives the same results, slower. Flags: -ffp-contract=off so that no multiply-add is fused
-(the arithmetic then rounds exactly as the NumPy core's does); -fno-math-errno so that sqrt is one
-instruction (errno is never read). They are GCC/Clang flags; another compiler rejects them, and the
-NumPy core runs.
+Everything else (metadata, dependencies, version) is in pyproject.toml.
+
+Packages: ``soft_niggli`` and its subpackages, found automatically, plus the repository folder
+``baselines/`` installed as ``soft_niggli.baselines`` (the peer reducers and the ``"proxy-spglib"``
+loss; a top-level ``baselines`` would clash with an unrelated, well-known package of that name).
+The mapping is here rather than in pyproject.toml because a declarative ``package-dir`` mapping needs
+an explicit list of every package, which would have to be kept in step with ``soft_niggli``'s
+subpackages by hand.
+
+Extension: the reducer's per-cell loop (``soft_niggli/_niggli_kernel.c``). It is optional: where it
+cannot be built (no C compiler), the package installs anyway and the reducer runs its NumPy core,
+which gives the same results, slower. The flags are chosen per compiler:
+
+* GCC/Clang (``unix``, ``mingw32``, ``cygwin``): ``-O2 -ffp-contract=off -fno-math-errno``.
+  ``-ffp-contract=off`` so that no multiply-add is fused (the arithmetic then rounds exactly as the
+  NumPy core's does); ``-fno-math-errno`` so that sqrt is one instruction (errno is never read).
+* MSVC: ``/O2 /fp:strict`` (``/fp:strict`` forbids contractions and reassociation likewise).
+* Any other compiler: no extra flags (its defaults must then not contract multiply-adds).
 """
 
-from setuptools import Extension, setup
+from setuptools import Extension, find_packages, setup
+from setuptools.command.build_ext import build_ext
 
-setup(ext_modules=[Extension(
-    "soft_niggli._niggli_kernel",
-    sources=["soft_niggli/_niggli_kernel.c"],
-    extra_compile_args=["-O2", "-ffp-contract=off", "-fno-math-errno"],
-    optional=True,
-)])
+_FLAGS = {
+    "unix": ["-O2", "-ffp-contract=off", "-fno-math-errno"],
+    "mingw32": ["-O2", "-ffp-contract=off", "-fno-math-errno"],
+    "cygwin": ["-O2", "-ffp-contract=off", "-fno-math-errno"],
+    "msvc": ["/O2", "/fp:strict"],
+}
+
+
+class BuildExt(build_ext):
+    """``build_ext`` that adds the flags of the compiler actually in use (known only at build time)."""
+
+    def build_extensions(self):
+        flags = _FLAGS.get(self.compiler.compiler_type, [])
+        for ext in self.extensions:
+            ext.extra_compile_args = [*flags, *(ext.extra_compile_args or [])]
+        super().build_extensions()
+
+
+setup(
+    packages=[*find_packages(include=["soft_niggli", "soft_niggli.*"]), "soft_niggli.baselines"],
+    package_dir={"soft_niggli.baselines": "baselines"},
+    ext_modules=[Extension(
+        "soft_niggli._niggli_kernel",
+        sources=["soft_niggli/_niggli_kernel.c"],
+        optional=True,
+    )],
+    cmdclass={"build_ext": BuildExt},
+)

@@ -1,13 +1,14 @@
-"""Peer Niggli reducers (spglib, pymatgen, ASE, cctbx) behind one signature.
+"""Peer Niggli reducers (spglib, pymatgen, ASE, cctbx) behind one signature, and the published proxy loss.
 
-Used by the benchmarks to compare soft_niggli's guarded reducer with the
-reducers that ship in common crystallography libraries.  Lattices follow the
-package convention: a (3, 3) array whose ROWS are the lattice vectors a, b, c,
-and a reduced lattice relates to its input by ``reduced = T @ L`` with T an
-integer matrix of determinant +-1.  This package never imports torch (the
-cctbx worker must not, see :mod:`baselines.reducers`).
+Installed as ``soft_niggli.baselines`` (the repository keeps it in ``baselines/``). Used by the
+benchmarks to compare soft_niggli's guarded reducer with the reducers that ship in common
+crystallography libraries (:mod:`soft_niggli.baselines.reducers`), and to train with the proxy loss as
+first published (:mod:`soft_niggli.baselines.spglib_proxy`, the ``"proxy-spglib"`` entry point of the
+``soft_niggli.losses`` group, imported by ``get_loss`` on first request). Lattices follow the package
+convention: a (3, 3) array whose ROWS are the lattice vectors a, b, c, and a reduced lattice relates
+to its input by ``reduced = T @ L`` with T an integer matrix of determinant +-1.
 """
 
-from baselines.reducers import PEER_REDUCERS, PeerResult, reduce_with, shutdown_workers
+from .reducers import PEER_REDUCERS, PeerResult, reduce_with, shutdown_workers
 
 __all__ = ["PEER_REDUCERS", "PeerResult", "reduce_with", "shutdown_workers"]

@@ -70,7 +70,9 @@ kill.  spglib runs in-process and is never interrupted: a slow spglib call is
 reported as "ok" with its true ``seconds``.
 
 Workers are persistent (one per tool, started on first use: 0.2-1 s of
-imports) and talk length-prefixed pickles over stdin/stdout.  They are stopped
+imports) and talk length-prefixed pickles over stdin/stdout.  A worker runs
+this file alone (``python -c`` loading it by path), never the package
+``soft_niggli``, whose import would import torch.  They are stopped
 by ``shutdown_workers()`` / atexit, exit on EOF of stdin, and are killed when
 their parent dies (Linux PR_SET_PDEATHSIG, so even a call stuck holding the GIL
 goes; a watchdog thread is the portable fallback), so nothing is left running.
@@ -109,7 +111,15 @@ STARTUP_TIMEOUT = 120.0
 #: entries of a recovered transform must be this close to integers.
 INTEGRAL_ATOL = 1e-3
 
-_WORKER_TOOLS = ("pymatgen", "ase", "cctbx")
+#: Started as ``python -c _WORKER_BOOT <this file> <tool>``: loads this file alone, as a module of its
+#: own, and serves requests (see :meth:`_Worker.start` for why not ``python -m``).
+_WORKER_BOOT = """\
+import importlib.util, sys
+spec = importlib.util.spec_from_file_location("_soft_niggli_peer_reducer_worker", sys.argv[1])
+module = sys.modules[spec.name] = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(module)
+module._worker_main(sys.argv[2])
+"""
 
 
 @dataclass
@@ -325,7 +335,7 @@ def _worker_main(tool: str) -> None:
     if tool == "cctbx":
         sys.modules["torch"] = None  # any torch import now raises ImportError instead of segfaulting
 
-    parent = int(os.environ.get("_BASELINES_PARENT_PID", os.getppid()))
+    parent = int(os.environ.get("_SOFT_NIGGLI_WORKER_PARENT_PID", os.getppid()))
     # Die with the parent even while a tool call holds the GIL (pymatgen's
     # lattice-point search can): ask the kernel for SIGKILL on parent death.
     if sys.platform.startswith("linux"):
@@ -381,12 +391,14 @@ class _Worker:
         env = dict(os.environ)
         for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
             env.setdefault(var, "1")  # tiny matrices: threads only oversubscribe
-        env["_BASELINES_PARENT_PID"] = str(os.getpid())
+        env["_SOFT_NIGGLI_WORKER_PARENT_PID"] = str(os.getpid())
         self.stderr = tempfile.TemporaryFile()
-        # Run this very file as a script: no spawn-style re-import of the parent's
-        # __main__ (which might import torch -- fatal for the cctbx worker).
+        # The worker must never import torch (fatal for cctbx, see the module docstring), so it
+        # cannot run as ``python -m soft_niggli.baselines.reducers``: importing the package
+        # soft_niggli imports torch. It loads this file alone (standard library and NumPy only), and
+        # unlike a spawn-style child it does not re-import the parent's __main__ either.
         self.proc = subprocess.Popen(
-            [sys.executable, "-u", os.path.abspath(__file__), "--worker", self.tool],
+            [sys.executable, "-u", "-c", _WORKER_BOOT, os.path.abspath(__file__), self.tool],
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self.stderr,
             env=env, close_fds=True,
         )
@@ -537,11 +549,3 @@ def reduce_with(tool: str, lattices: np.ndarray, timeout: float = 2.0) -> list[P
             except Exception as exc:  # noqa: BLE001 -- worker could not start: report, don't raise
                 results.append(PeerResult(None, None, "error", f"{type(exc).__name__}: {exc}"[:2000], 0.0))
     return results
-
-
-if __name__ == "__main__" and len(sys.argv) == 3 and sys.argv[1] == "--worker":
-    # Worker mode: drop this file's folder from sys.path so nothing in it can
-    # shadow a tool's imports, then serve requests until EOF / "quit".
-    if sys.path and os.path.abspath(sys.path[0]) == os.path.dirname(os.path.abspath(__file__)):
-        sys.path.pop(0)
-    _worker_main(sys.argv[2])

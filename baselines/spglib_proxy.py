@@ -5,7 +5,7 @@ too); a change of basis is ``L' = M @ L``, ``F' = wrap(F @ M^{-1})``.
 
 What it does, crystal by crystal in a Python loop (as the original training code did):
 
-1. ``spglib.niggli_reduce(L_pred.detach(), eps)``. spglib returns no transform, so it is recovered
+1. ``spglib.niggli_reduce(L_pred.detach(), spglib_eps)``. spglib returns no transform, so it is recovered
    by rounding ``N_pred = L_red @ inv(L_pred)`` (``numpy.linalg.inv``, float64). A NaN prediction
    comes back from spglib as NaN and fails this check.
 2. Labels are reduced the same way (unless ``labels_canonical=True``).
@@ -22,10 +22,11 @@ stopped the original training at the first pathological prediction of an untrain
 baseline keeps it on purpose. ``status`` is all zeros: there is no per-item verdict, only success or
 an exception.
 
-Registration: importing this module registers the name ``"proxy-spglib"``, and
-:func:`soft_niggli.losses.get_loss` imports it on the first request for that name, so
-``get_loss("proxy-spglib")`` works wherever the ``baselines`` package is importable. It is not
-imported by ``baselines/__init__.py``, which must stay free of torch (see :mod:`baselines.reducers`).
+Registration: the distribution declares ``proxy-spglib = soft_niggli.baselines.spglib_proxy:SpglibProxyLoss``
+in the ``soft_niggli.losses`` entry-point group, so :func:`soft_niggli.get_loss` imports this module
+on the first request for that name (installed from the repository, ``baselines/`` is the subpackage
+``soft_niggli.baselines``). It is not imported by ``baselines/__init__.py``, which must stay free of
+torch (see :mod:`soft_niggli.baselines.reducers`).
 """
 
 from __future__ import annotations
@@ -38,20 +39,9 @@ import torch
 
 from soft_niggli.crystal import CrystalBatch
 from soft_niggli.lattice import integer_inverse
-# The option checks and result assembly are the loss interface's own (private) helpers, shared so
-# that this baseline validates and reports exactly like the library's losses.
-from soft_niggli.losses import (
-    LATTICE_METRICS,
-    CrystalLoss,
-    LossResult,
-    _assemble,
-    _choice,
-    _flag,
-    _weight,
-    lattice_term,
-    register_loss,
-)
-from soft_niggli.periodic import periodic_coordinate_loss
+from soft_niggli.losses import CrystalLoss, LossResult, choice_option, flag_option, positive_option, weight_option
+from soft_niggli.losses.periodic import periodic_coordinate_loss
+from soft_niggli.losses.terms import LATTICE_METRICS, lattice_term
 
 __all__ = ["SpglibProxyError", "SpglibProxyLoss", "spglib_reduce_with_transform"]
 
@@ -63,8 +53,8 @@ class SpglibProxyError(RuntimeError):
     """spglib could not reduce a cell, or its result is not a change of basis of the input."""
 
 
-def spglib_reduce_with_transform(lattice: np.ndarray, eps: float = 1e-5, *, what: str = "cell") -> tuple[np.ndarray, np.ndarray]:
-    """``(L_red, N)`` with ``L_red = spglib.niggli_reduce(lattice, eps)`` and ``N = round(L_red inv(lattice))``.
+def spglib_reduce_with_transform(lattice: np.ndarray, spglib_eps: float = 1e-5, *, what: str = "cell") -> tuple[np.ndarray, np.ndarray]:
+    """``(L_red, N)`` with ``L_red = spglib.niggli_reduce(lattice, spglib_eps)`` and ``N = round(L_red inv(lattice))``.
 
     ``lattice`` is a float64 ``(3, 3)`` array (rows are lattice vectors). Raises
     :class:`SpglibProxyError` when spglib returns ``None``, the input is singular, or ``N`` is not
@@ -75,7 +65,7 @@ def spglib_reduce_with_transform(lattice: np.ndarray, eps: float = 1e-5, *, what
         with warnings.catch_warnings():
             # spglib 2.7+ warns that its None-on-failure API is deprecated; both behaviours are handled.
             warnings.simplefilter("ignore", DeprecationWarning)
-            reduced = spglib.niggli_reduce(lattice, eps=eps)
+            reduced = spglib.niggli_reduce(lattice, eps=spglib_eps)
     except _SPGLIB_ERRORS as err:  # spglib >= 3 (or OLD_ERROR_HANDLING off) raises instead of returning None
         raise SpglibProxyError(f"spglib.niggli_reduce failed for {what} {lattice.tolist()}: {err}") from err
     if reduced is None:
@@ -91,27 +81,27 @@ def spglib_reduce_with_transform(lattice: np.ndarray, eps: float = 1e-5, *, what
     return np.asarray(reduced), N.astype(np.int64)
 
 
-@register_loss("proxy-spglib")
 class SpglibProxyLoss(CrystalLoss):
     """The published proxy loss on spglib (see the module docstring); raises on a failed reduction.
+
+    Registered as ``"proxy-spglib"`` through the ``soft_niggli.losses`` entry point of this
+    distribution (``pyproject.toml``), the way any package adds a loss.
 
     Args (keyword-only):
         lattice_weight, coord_weight: finite weights >= 0.
         lattice_metric: ``"cartesian"`` (as published) or ``"gram"``.
         labels_canonical: ``True`` if the targets are already Niggli-reduced.
-        eps: spglib's (absolute) tolerance, > 0.
+        spglib_eps: spglib's absolute tolerance, a finite number > 0.
     """
 
     def __init__(self, *, lattice_weight: float = 1.0, coord_weight: float = 1.0, lattice_metric: str = "cartesian",
-                 labels_canonical: bool = False, eps: float = 1e-5):
+                 labels_canonical: bool = False, spglib_eps: float = 1e-5):
         super().__init__()
-        self.lattice_weight = _weight("lattice_weight", lattice_weight)
-        self.coord_weight = _weight("coord_weight", coord_weight)
-        self.lattice_metric = _choice("lattice_metric", lattice_metric, LATTICE_METRICS)
-        self.labels_canonical = _flag("labels_canonical", labels_canonical)
-        if isinstance(eps, bool) or not isinstance(eps, (int, float)) or not eps > 0:
-            raise ValueError(f"eps: expected a number > 0, got {eps!r}")
-        self.eps = float(eps)
+        self.lattice_weight = weight_option("lattice_weight", lattice_weight)
+        self.coord_weight = weight_option("coord_weight", coord_weight)
+        self.lattice_metric = choice_option("lattice_metric", lattice_metric, LATTICE_METRICS)
+        self.labels_canonical = flag_option("labels_canonical", labels_canonical)
+        self.spglib_eps = positive_option("spglib_eps", spglib_eps)
 
     def compute(self, pred: CrystalBatch, target: CrystalBatch) -> LossResult:
         B, dtype, device = len(pred), pred.dtype, pred.device
@@ -119,9 +109,9 @@ class SpglibProxyLoss(CrystalLoss):
         pred_np = pred.lattice.detach().cpu().double().numpy()
         N_lab, N_pred = [], []
         for b in range(B):
-            N_pred.append(spglib_reduce_with_transform(pred_np[b], self.eps, what=f"prediction {b}")[1])
+            N_pred.append(spglib_reduce_with_transform(pred_np[b], self.spglib_eps, what=f"prediction {b}")[1])
             if not self.labels_canonical:
-                N_lab.append(spglib_reduce_with_transform(labels_np[b], self.eps, what=f"label {b}")[1])
+                N_lab.append(spglib_reduce_with_transform(labels_np[b], self.spglib_eps, what=f"label {b}")[1])
         if self.labels_canonical:
             labels = target
         else:
@@ -137,5 +127,4 @@ class SpglibProxyLoss(CrystalLoss):
         }
         status = torch.zeros(B, dtype=torch.int64, device=device)
         included = torch.ones(B, dtype=torch.bool, device=device)
-        return _assemble(terms, {"lattice": self.lattice_weight, "coords": self.coord_weight}, included, status,
-                         torch.zeros_like(included))
+        return self.assemble(terms, {"lattice": self.lattice_weight, "coords": self.coord_weight}, included, status)

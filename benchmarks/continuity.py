@@ -6,7 +6,9 @@ prediction crosses the boundary ``2 a·b = a·a`` of the Niggli cone, where its 
 from ``b`` to ``b - a``. The prediction's coordinates equal the label's. Rows of a lattice are its
 vectors a, b, c.
 
-    python benchmarks/continuity.py
+From the repository root::
+
+    python -m benchmarks.continuity
 
 Writes ``benchmarks/results/continuity.{md,json,png}`` with the largest step-to-step change of each
 loss along the path.
@@ -14,19 +16,15 @@ loss along the path.
 
 from __future__ import annotations
 
-import json
-import sys
+import argparse
 from pathlib import Path
 
 import torch
 
-HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE.parent))
+from soft_niggli import CrystalBatch, get_loss
 
-from soft_niggli import CrystalBatch, get_loss  # noqa: E402
+from .report import RESULTS, command_line, header, machine_description, pyplot, write_results
 
-RESULTS = HERE / "results"
-COMMAND = "python benchmarks/continuity.py"
 LOSSES = {
     "mse": ("mse", {}),
     "proxy": ("proxy", {}),
@@ -63,27 +61,26 @@ def run(num_points: int = 601, t0: float = 0.35, t1: float = 0.65):
     return ts, curves, rows
 
 
-def main() -> int:
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--out", default=str(RESULTS), help="output folder (default benchmarks/results)")
+    args = parser.parse_args(argv)
+    command, machine = command_line("continuity", argv), machine_description()
     ts, curves, rows = run()
     dt = float(ts[1] - ts[0])
-    lines = ["# Continuity across a Niggli-cone boundary", "", f"Command: `{COMMAND}`  ",
-             f"{len(ts)} predictions along b(t) = (4t, 4.5, 0), t in [{float(ts[0])}, {float(ts[-1])}] (step {dt:.1e}); "
-             "the prediction's Niggli basis changes at t = 0.5; label at t = 0.45.", "",
-             "| loss | largest step-to-step change | at t | median step | range along the path |",
-             "|---|---|---|---|---|"]
+    lines = header("Continuity across a Niggli-cone boundary", command, machine) + [
+        f"{len(ts)} predictions along b(t) = (4t, 4.5, 0), t in [{float(ts[0])}, {float(ts[-1])}] (step {dt:.1e}); "
+        "the prediction's Niggli basis changes at t = 0.5; label at t = 0.45.", "",
+        "| loss | largest step-to-step change | at t | median step | range along the path |",
+        "|---|---|---|---|---|"]
     for r in rows:
-        lines.append(f"| {r['loss']} | {r['max_step']:.3e} | {r['at_t']:.4f} | {r['median_step']:.3e} | {r['range']:.3e} |")
+        lines.append(f"| {r['loss']} | {r['max_step']:.3e} | {r['at_t']:.4f} | {r['median_step']:.3e} "
+                     f"| {r['range']:.3e} |")
     table = "\n".join(lines) + "\n"
     print(table)
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / "continuity.md").write_text(table)
-    (RESULTS / "continuity.json").write_text(json.dumps({"command": COMMAND, "t": ts.tolist(), "curves": curves,
-                                                         "rows": rows}, indent=2))
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    write_results(args.out, "continuity", table, {"command": command, "machine": machine, "t": ts.tolist(),
+                                                  "curves": curves, "rows": rows})
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(7, 4))
     for name, values in curves.items():
         ax.plot(ts.numpy(), values, label=name)
@@ -92,9 +89,10 @@ def main() -> int:
            title="Losses along a path crossing a Niggli boundary (t = 0.5)")
     ax.legend(fontsize=8)
     fig.tight_layout()
-    fig.savefig(RESULTS / "continuity.png", dpi=120)
+    fig.savefig(Path(args.out) / "continuity.png", dpi=120)
+    plt.close(fig)
     return 0
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    raise SystemExit(main())

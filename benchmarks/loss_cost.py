@@ -1,14 +1,17 @@
 """Forward + backward cost of every registered loss on one batch, as ratios in one process.
 
-B = 256 crystals of up to 20 atoms, float32, CPU. Labels are real MP-20 cells when ../shared/data is
-present (else pymatgen's bundled AFLOW prototypes), re-based by random unimodular matrices; predictions
-are the labels plus noise. Each loss is timed as the best of ``--repeats`` forward+backward passes and
-reported as a ratio to ``"mse"`` and to two naive softmins: the lattice term alone over all K = 6960
-candidates through the explicit ``(B, K, 3, 3)`` tensor, and the same function as ``"softmin"``
-computed that way with a coordinate term for every candidate (no inner-product form, no pruning).
+B = 256 crystals of up to 20 atoms, float32, CPU. Labels are real MP-20 cells when the benchmark data
+folder is present (:func:`benchmarks.data.data_dir`; else pymatgen's bundled AFLOW prototypes),
+re-based by random unimodular matrices; predictions are the labels plus noise. Each loss is timed as
+the best of ``--repeats`` forward+backward passes and reported as a ratio to ``"mse"`` and to two
+naive softmins: the lattice term alone over all K = 6960 candidates through the explicit
+``(B, K, 3, 3)`` tensor, and the same function as ``"softmin"`` computed that way with a coordinate
+term for every candidate (no inner-product form, no pruning).
 Rows of a lattice are its vectors.
 
-    python benchmarks/loss_cost.py --repeats 9
+From the repository root::
+
+    python -m benchmarks.loss_cost --repeats 9
 
 Writes ``benchmarks/results/loss_cost.{md,json}``.
 """
@@ -16,32 +19,30 @@ Writes ``benchmarks/results/loss_cost.{md,json}``.
 from __future__ import annotations
 
 import argparse
-import json
-import os
-import platform
-import sys
 import time
 import warnings
-from pathlib import Path
 
 import torch
 
-HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE.parent))
+from soft_niggli import (
+    CrystalBatch,
+    available_losses,
+    canonicalize_labels,
+    get_loss,
+    integer_inverse,
+    random_unimodular,
+)
+from soft_niggli.datasets import load_dataset
+from soft_niggli.losses.candidates import candidate_set, lattice_distances_naive, softmin
+from soft_niggli.losses.periodic import periodic_coordinate_loss
 
-from soft_niggli import CrystalBatch, available_losses, canonicalize_labels, get_loss, random_unimodular  # noqa: E402
-from soft_niggli.lattice import integer_inverse  # noqa: E402
-from soft_niggli.periodic import periodic_coordinate_loss  # noqa: E402
-from soft_niggli.softmin import candidate_set, lattice_distances_naive, softmin  # noqa: E402
-
-RESULTS = HERE / "results"
+from .data import data_dir
+from .report import RESULTS, command_line, header, machine_description, write_results
 
 
 def load_structures(n: int):
-    from soft_niggli.datasets import load_dataset
-
     try:
-        structures = load_dataset("mp_20", split="val")
+        structures = load_dataset("mp_20", split="val", data_dir=data_dir())
         source = "MP-20 val (../shared/data)"
     except Exception:  # noqa: BLE001 - fall back to the dataset every install has
         structures = load_dataset("aflow")
@@ -66,7 +67,7 @@ def make_batch(n: int, seed: int, dtype):
 
 def naive_softmin(pred: CrystalBatch, target: CrystalBatch, tau: float = 0.1) -> torch.Tensor:
     """``"softmin"`` (centre "label", periodic coordinates) the naive way: every candidate in full."""
-    labels = canonicalize_labels(target)[0]
+    labels = canonicalize_labels(target).batch
     L_ref, F_ref = labels.lattice.detach(), labels.frac.detach()
     B = len(pred)
     d_lat = lattice_distances_naive(pred.lattice, L_ref)  # builds (B, K, 3, 3)
@@ -88,7 +89,7 @@ def naive_softmin(pred: CrystalBatch, target: CrystalBatch, tau: float = 0.1) ->
 def naive_lattice_softmin(pred: CrystalBatch, target: CrystalBatch, tau: float = 0.1) -> torch.Tensor:
     """The lattice-only naive reference: softmin over all K candidates of ``‖L_p - M L_n‖²/9`` through the
     explicit ``(B, K, 3, 3)`` tensor, no coordinate term, no pruning."""
-    labels = canonicalize_labels(target)[0]
+    labels = canonicalize_labels(target).batch
     return softmin(lattice_distances_naive(pred.lattice, labels.lattice.detach()), tau).mean()
 
 
@@ -110,9 +111,10 @@ def main(argv=None) -> int:
     parser.add_argument("--batch", type=int, default=256)
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--no-write", action="store_true")
+    parser.add_argument("--no-write", action="store_true", help="print the table only")
+    parser.add_argument("--out", default=str(RESULTS), help="output folder (default benchmarks/results)")
     args = parser.parse_args(argv)
-    command = " ".join(["python benchmarks/loss_cost.py"] + list(sys.argv[1:] if argv is None else argv))
+    command = command_line("loss_cost", argv)
     warnings.filterwarnings("ignore")
     torch.manual_seed(args.seed)
     pred, target, source = make_batch(args.batch, args.seed, torch.float32)
@@ -145,12 +147,10 @@ def main(argv=None) -> int:
         r["lattice_naive_over_this"] = 1e3 * lattice_naive / r["ms"]
         r["naive_over_this"] = 1e3 * naive / r["ms"]
 
-    hardware = f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__} " \
-               f"({torch.get_num_threads()} threads)"
-    lines = [
-        "# Loss cost: forward + backward per batch", "", f"Command: `{command}`  ",
+    machine = machine_description()
+    lines = header("Loss cost: forward + backward per batch", command, machine) + [
         f"B = {args.batch} crystals ({source}, at most 20 atoms, {int(pred.num_atoms.sum())} atoms in all), float32, "
-        f"CPU: {hardware}. Best of {args.repeats} runs.", "",
+        f"CPU. Best of {args.repeats} runs.", "",
         "Two references: the *lattice-only naive* softmin (the explicit `(B, K, 3, 3)` tensor over all "
         "K = 6960 candidates, no coordinate term) and the full naive softmin (the same plus a coordinate "
         "term for every candidate).", "",
@@ -164,12 +164,10 @@ def main(argv=None) -> int:
     print()
     print(table)
     if not args.no_write:
-        RESULTS.mkdir(parents=True, exist_ok=True)
-        (RESULTS / "loss_cost.md").write_text(table)
-        (RESULTS / "loss_cost.json").write_text(json.dumps({"command": command, "batch": args.batch,
-                                                            "source": source, "rows": rows}, indent=2))
+        write_results(args.out, "loss_cost", table, {"command": command, "machine": machine, "batch": args.batch,
+                                                     "source": source, "rows": rows})
     return 0
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    raise SystemExit(main())

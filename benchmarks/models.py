@@ -1,4 +1,5 @@
-"""Two small CSP models for the ablation: composition in, lattice and fractional coordinates out.
+"""The CSP models of the training benchmarks (:mod:`benchmarks.ablation`, :mod:`benchmarks.proxy_training`):
+composition in, lattice and fractional coordinates out.
 
 Row convention: the predicted lattice is ``(B, 3, 3)`` with the lattice vectors as rows; Cartesian
 positions are ``X = F @ L``. Neither model is told which basis to emit: any of the infinitely many
@@ -17,7 +18,9 @@ crystal in the label's atom order (atoms are matched to the label's by that orde
 
 Lattice outputs are in units of a length scale ``s = (v · n_atoms)^(1/3)`` with ``v`` the mean volume
 per atom of the training labels (a fixed buffer): the same normalisation for every strategy, so an
-untrained model emits cells of about the right size but in a random, generally skewed, basis.
+untrained model emits cells of about the right size but in a random, generally skewed, basis. With
+``volume_per_atom=None`` the lattice numbers are used as emitted (Å), as in the original study's
+model, whose untrained cells are of any size (:mod:`benchmarks.proxy_training`).
 Fractional coordinates are emitted unwrapped; every loss in the study is periodic, and evaluation
 wraps them.
 
@@ -42,37 +45,38 @@ NUM_ELEMENTS = 100
 
 
 class _Base(nn.Module):
-    def __init__(self, max_atoms: int, volume_per_atom: float):
+    def __init__(self, max_atoms: int, volume_per_atom: float | None):
         super().__init__()
         if max_atoms < 1:
             raise ValueError(f"max_atoms: expected an int >= 1, got {max_atoms!r}")
-        if not volume_per_atom > 0:
-            raise ValueError(f"volume_per_atom: expected a number > 0, got {volume_per_atom!r}")
+        if volume_per_atom is not None and not volume_per_atom > 0:
+            raise ValueError(f"volume_per_atom: expected a number > 0 or None, got {volume_per_atom!r}")
         self.max_atoms = int(max_atoms)
-        self.register_buffer("volume_per_atom", torch.tensor(float(volume_per_atom)))
+        self.register_buffer("volume_per_atom",
+                             None if volume_per_atom is None else torch.tensor(float(volume_per_atom)))
 
-    def _padded_species(self, batch: CrystalBatch) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def _padded_species(self, batch: CrystalBatch) -> tuple[torch.Tensor, torch.Tensor]:
+        """Atomic numbers ``(B, max_atoms)`` (0 = no atom) and the mask of real atoms; slot ``i`` of a
+        crystal is its ``i``-th atom, so ``per_slot[mask]`` lists per-slot outputs in the batch's atom order."""
         if batch.species is None:
             raise ValueError("batch: expected species (atomic numbers), got None")
-        n_max = int(batch.num_atoms.max()) if len(batch) else 0
-        if n_max > self.max_atoms:
-            raise ValueError(f"batch: expected at most max_atoms = {self.max_atoms} atoms per crystal, got {n_max}")
-        first = torch.cumsum(batch.num_atoms, 0) - batch.num_atoms  # index of each crystal's first atom
-        slot = torch.arange(batch.species.shape[0], device=batch.device) - first[batch.batch]
-        species = torch.zeros(len(batch), self.max_atoms, dtype=torch.int64, device=batch.device)
-        species[batch.batch, slot] = batch.species
-        mask = torch.zeros(len(batch), self.max_atoms, dtype=torch.bool, device=batch.device)
-        mask[batch.batch, slot] = True
-        return species.clamp(0, NUM_ELEMENTS), mask, slot
+        _, mask, species = batch.to_padded()
+        if mask.shape[1] > self.max_atoms:
+            raise ValueError(f"batch: expected at most max_atoms = {self.max_atoms} atoms per crystal, "
+                             f"got {mask.shape[1]}")
+        pad = (0, self.max_atoms - mask.shape[1])
+        return nn.functional.pad(species, pad).clamp(0, NUM_ELEMENTS), nn.functional.pad(mask, pad)
 
     def _scale(self, batch: CrystalBatch, dtype: torch.dtype) -> torch.Tensor:
+        if self.volume_per_atom is None:
+            return torch.ones(len(batch), dtype=dtype, device=batch.device)
         return (self.volume_per_atom * batch.num_atoms.to(dtype).clamp_min(1)).pow(1.0 / 3.0)
 
 
 class CompositionMLP(_Base):
     """Composition → (lattice (B, 3, 3), fractional coordinates (N_total, 3)); see the module docstring."""
 
-    def __init__(self, max_atoms: int, volume_per_atom: float, hidden: int = 256, layers: int = 3):
+    def __init__(self, max_atoms: int, volume_per_atom: float | None, hidden: int = 256, layers: int = 3):
         super().__init__(max_atoms, volume_per_atom)
         dims = [NUM_ELEMENTS + 1] + [hidden] * layers
         body = []
@@ -83,7 +87,7 @@ class CompositionMLP(_Base):
         self.coord_head = nn.Linear(hidden, 3 * self.max_atoms)
 
     def forward(self, batch: CrystalBatch) -> tuple[torch.Tensor, torch.Tensor]:
-        species, mask, slot = self._padded_species(batch)
+        species, mask = self._padded_species(batch)
         dtype = self.lattice_head.weight.dtype
         counts = torch.zeros(len(batch), NUM_ELEMENTS + 1, dtype=dtype, device=batch.device)
         counts.scatter_add_(1, species, mask.to(dtype))
@@ -93,13 +97,13 @@ class CompositionMLP(_Base):
         h = self.body(x)
         lattice = self.lattice_head(h).view(-1, 3, 3) * self._scale(batch, dtype)[:, None, None]
         coords = self.coord_head(h).view(-1, self.max_atoms, 3)
-        return lattice, coords[batch.batch, slot]
+        return lattice, coords[mask]
 
 
 class SetTransformer(_Base):
     """Atom tokens → self-attention → per-atom coordinates and a pooled lattice (module docstring)."""
 
-    def __init__(self, max_atoms: int, volume_per_atom: float, dim: int = 64, layers: int = 2, heads: int = 4):
+    def __init__(self, max_atoms: int, volume_per_atom: float | None, dim: int = 64, layers: int = 2, heads: int = 4):
         super().__init__(max_atoms, volume_per_atom)
         self.species_embedding = nn.Embedding(NUM_ELEMENTS + 1, dim)
         self.slot_embedding = nn.Embedding(self.max_atoms, dim)
@@ -110,7 +114,7 @@ class SetTransformer(_Base):
         self.lattice_head = nn.Sequential(nn.Linear(dim + 1, dim), nn.SiLU(), nn.Linear(dim, 9))
 
     def forward(self, batch: CrystalBatch) -> tuple[torch.Tensor, torch.Tensor]:
-        species, mask, slot = self._padded_species(batch)
+        species, mask = self._padded_species(batch)
         slots = torch.arange(self.max_atoms, device=batch.device)
         tokens = self.species_embedding(species) + self.slot_embedding(slots)[None]
         h = self.encoder(tokens, src_key_padding_mask=~mask)
@@ -120,14 +124,16 @@ class SetTransformer(_Base):
         n = batch.num_atoms.to(dtype).clamp_min(1)
         lattice = self.lattice_head(torch.cat([pooled, (n / self.max_atoms)[:, None]], 1)).view(-1, 3, 3)
         lattice = lattice * self._scale(batch, dtype)[:, None, None]
-        return lattice, self.coord_head(h)[batch.batch, slot]
+        return lattice, self.coord_head(h)[mask]
 
 
 MODELS = {"mlp": CompositionMLP, "transformer": SetTransformer}
 
 
-def build_model(name: str, *, max_atoms: int, volume_per_atom: float, **options) -> nn.Module:
-    """Build ``"mlp"`` or ``"transformer"``; ``ValueError`` listing the names for anything else."""
+def build_model(name: str, *, max_atoms: int, volume_per_atom: float | None, **options) -> nn.Module:
+    """Build ``"mlp"`` or ``"transformer"``; ``ValueError`` listing the names for anything else.
+
+    ``options`` go to the model's constructor (e.g. ``layers=2`` for the MLP)."""
     if name not in MODELS:
         raise ValueError(f"unknown model {name!r}; valid names: {', '.join(MODELS)}")
     return MODELS[name](max_atoms, volume_per_atom, **options)

@@ -10,8 +10,10 @@ For each suite and tool, every lattice is counted as one of
 A degenerate lattice (suite ``rank2``) has no reduced cell: there the right answer is ``flagged``.
 Rows of a lattice are its vectors a, b, c.
 
-    python benchmarks/reducer_robustness.py                 # 500 per suite, every tool, writes results/
-    python benchmarks/reducer_robustness.py --quick         # 100 per suite, prints the table only
+From the repository root::
+
+    python -m benchmarks.reducer_robustness                 # 500 per suite, every tool, writes results/
+    python -m benchmarks.reducer_robustness --quick         # 100 per suite, prints the table only
 
 Writes ``benchmarks/results/reducer_robustness.{md,json}``.
 """
@@ -20,8 +22,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
-import sys
 import time
 import warnings
 from pathlib import Path
@@ -30,16 +30,13 @@ import numpy as np
 import torch
 
 from soft_niggli import Status, niggli_reduce, random_unimodular
-from soft_niggli.datasets import read_cdvae_cells
+from soft_niggli.baselines.reducers import PEER_REDUCERS, reduce_with, shutdown_workers
+from soft_niggli.datasets import read_cdvae_cells, resolve_data_dir
 
-HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE.parent))  # run from a checkout: benchmarks/ and baselines/ are siblings
-from baselines.reducers import PEER_REDUCERS, reduce_with, shutdown_workers  # noqa: E402
-from benchmarks.reduction_check import classify  # noqa: E402
+from .data import data_dir
+from .reduction_check import classify
+from .report import RESULTS, command_line, header, machine_description, write_results
 
-RESULTS = HERE / "results"
-SHARED_DATA = HERE.parent.parent / "shared" / "data"
-COMMAND = "python benchmarks/reducer_robustness.py"
 TOOLS = ("soft_niggli",) + PEER_REDUCERS
 DEGENERATE_SUITES = {"rank2"}
 
@@ -86,16 +83,23 @@ def mixed_scale(rng, n):
 
 
 def real_rebased(rng, n):
-    """Cells from ../shared/data (all four datasets), rotated and re-based by random unimodular matrices."""
+    """Cells of the benchmark data folder (val splits of four datasets), rotated and re-based by random
+    unimodular matrices; None without the data folder."""
+    try:
+        folder = resolve_data_dir(data_dir())
+    except FileNotFoundError:
+        return None
     cells = []
     for dataset in ("mp_20", "perov_5", "carbon_24", "mpts_52"):
-        path = SHARED_DATA / dataset / "val.csv.gz"
+        path = folder / dataset / "val.csv.gz"
         if path.exists():
             cells.append(read_cdvae_cells(path, limit=n).numpy())
     if not cells:
         return None
     pool = np.concatenate(cells)
     L = pool[rng.choice(len(pool), size=n, replace=False)]
+    # Haar rotations as in soft_niggli.lattice.random_rotations, but drawn from this suite's NumPy generator:
+    # the committed results (and --update) need these very lattices.
     q, r = np.linalg.qr(rng.normal(size=(n, 3, 3)))
     Q = q * np.sign(np.diagonal(r, axis1=1, axis2=2))[:, None, :]
     M = random_unimodular((n,), max_entry=5, num_operations=20,
@@ -154,8 +158,9 @@ def main(argv=None) -> int:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--quick", action="store_true", help="100 per suite, 0.3 s budget, print only")
     parser.add_argument("--update", action="store_true",
-                        help="replace only these tools' rows in the committed results (same lattices: same "
-                             "--n and --seed); the peers' runs take about 25 minutes, ours a second")
+                        help="replace only these tools' rows in the results in --out (same lattices: same "
+                             "--n and --seed), so that a change to one tool does not mean rerunning every peer")
+    parser.add_argument("--out", default=str(RESULTS), help="output folder (default benchmarks/results)")
     args = parser.parse_args(argv)
     if args.quick:
         args.n, args.timeout = 100, 0.3
@@ -175,7 +180,7 @@ def main(argv=None) -> int:
             rng = np.random.default_rng([args.seed, list(SUITES).index(suite)])
             L = SUITES[suite](rng, args.n)
             if L is None:
-                print(f"{suite}: skipped (../shared/data not present)")
+                print(f"{suite}: skipped (no benchmark data folder)")
                 continue
             degenerate = suite in DEGENERATE_SUITES
             for tool in tools:
@@ -191,53 +196,48 @@ def main(argv=None) -> int:
     finally:
         shutdown_workers()
 
+    record = {"command": command_line("reducer_robustness", argv), "machine": machine_description(),
+              "n_per_suite": args.n, "seed": args.seed, "timeout_s": args.timeout, "rows": rows}
     if args.update and not args.quick:
-        rows = merged_with_committed(rows, args)
-    table = markdown(rows, args)
+        record = merged_with_committed(record, Path(args.out) / "reducer_robustness.json")
+    table = markdown(record)
     print()
     print(table)
     if not args.quick:
-        RESULTS.mkdir(parents=True, exist_ok=True)
-        (RESULTS / "reducer_robustness.md").write_text(table)
-        (RESULTS / "reducer_robustness.json").write_text(json.dumps(
-            {"command": command(args), "n_per_suite": args.n, "seed": args.seed, "timeout_s": args.timeout,
-             "rows": rows}, indent=2))
-        print(f"wrote {RESULTS / 'reducer_robustness.md'}")
+        md, _ = write_results(args.out, "reducer_robustness", table, record)
+        print(f"wrote {md}")
     return 0
 
 
-def command(args) -> str:
-    extra = "" if (args.n, args.timeout, args.seed) == (500, 1.0, 0) else \
-        f" --n {args.n} --timeout {args.timeout} --seed {args.seed}"
-    return COMMAND + extra
-
-
-def merged_with_committed(rows, args):
-    """The committed rows with those of this run put in their place (order: suites, then TOOLS)."""
-    committed = json.loads((RESULTS / "reducer_robustness.json").read_text())
-    if (committed["n_per_suite"], committed.get("seed", 0)) != (args.n, args.seed):
+def merged_with_committed(record: dict, path: Path) -> dict:
+    """The results in ``path`` with the rows of ``record`` put in their place (order: suites, then TOOLS);
+    the run is listed under ``updates`` with its command, tools and machine."""
+    committed = json.loads(path.read_text())
+    if (committed["n_per_suite"], committed.get("seed", 0)) != (record["n_per_suite"], record["seed"]):
         raise SystemExit("--update: the committed results used other --n/--seed; rerun everything")
-    new = {(r["suite"], r["tool"]): r for r in rows}
+    new = {(r["suite"], r["tool"]): r for r in record["rows"]}
     old = {(r["suite"], r["tool"]): r for r in committed["rows"]}
     keys = sorted(old.keys() | new.keys(), key=lambda k: (list(SUITES).index(k[0]), TOOLS.index(k[1])))
-    args.timeout = committed["timeout_s"]  # the peers' rows keep their budget
-    args.updated_tools = sorted({r["tool"] for r in rows}, key=TOOLS.index)
-    return [new.get(k, old.get(k)) for k in keys]
+    update = {"command": record["command"], "machine": record["machine"],
+              "tools": sorted({r["tool"] for r in record["rows"]}, key=TOOLS.index)}
+    # The peers' rows keep the budget, command and machine of the run that made them.
+    return {**committed, "machine": committed.get("machine", "not recorded"),
+            "updates": committed.get("updates", []) + [update], "rows": [new.get(k, old.get(k)) for k in keys]}
 
 
-def markdown(rows, args) -> str:
-    lines = [
-        "# Niggli reducer robustness", "",
-        f"Command: `{command(args)}`  ", f"{args.n} lattices per suite; per-call budget {args.timeout} s for the "
-        f"peer tools (each runs in a worker process that is killed past it); Python {platform.python_version()}.",
+def markdown(record: dict) -> str:
+    lines = header("Niggli reducer robustness", record["command"], record["machine"]) + [
+        f"{record['n_per_suite']} lattices per suite; per-call budget {record['timeout_s']} s for the peer tools "
+        "(each runs in a worker process that is killed past it).",
         "", "Verdicts from the independent checker `benchmarks/reduction_check.py`. `rank2` cells are exactly "
         "singular: there `flagged` is the right answer and a returned cell counts as wrong.", "",
-        *([f"Rows of {', '.join(args.updated_tools)} refreshed on the same lattices with "
-           f"`{COMMAND} --tools {','.join(args.updated_tools)} --update`.", ""] if getattr(args, "updated_tools", None) else []),
-        "| suite | tool | reduced | flagged | wrong | hung | time (s) | raw outcomes |",
-        "|---|---|---|---|---|---|---|---|",
     ]
-    for r in rows:
+    for u in record.get("updates", []):
+        lines += [f"Rows of {', '.join(u['tools'])} refreshed on the same lattices with `{u['command']}` "
+                  f"(machine: {u['machine']}).", ""]
+    lines += ["| suite | tool | reduced | flagged | wrong | hung | time (s) | raw outcomes |",
+              "|---|---|---|---|---|---|---|---|"]
+    for r in record["rows"]:
         detail = ", ".join(f"{k}: {v}" for k, v in sorted(r["detail"].items()))
         lines.append(f"| {r['suite']} | {r['tool']} | {r['reduced']} | {r['flagged']} | {r['wrong']} | "
                      f"{r['hung']} | {r['seconds']:.2f} | {detail} |")
@@ -245,4 +245,4 @@ def markdown(rows, args) -> str:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    raise SystemExit(main())

@@ -3,8 +3,10 @@
 Both tools reduce the same lattices in the same process, so the ratios are robust to machine noise;
 each timing is the best of ``--repeats`` runs. Rows of a lattice are its vectors a, b, c.
 
-    python benchmarks/reducer_speed.py            # full run (batch 256 and 65536), writes results/
-    python benchmarks/reducer_speed.py --quick    # small smoke run, prints only
+From the repository root::
+
+    python -m benchmarks.reducer_speed            # full run (batch 256 and 65536), writes results/
+    python -m benchmarks.reducer_speed --quick    # small smoke run, prints only
 
 Writes ``benchmarks/results/reducer_speed.{md,json,png}``.
 """
@@ -12,10 +14,6 @@ Writes ``benchmarks/results/reducer_speed.{md,json,png}``.
 from __future__ import annotations
 
 import argparse
-import json
-import os
-import platform
-import sys
 import time
 import warnings
 from pathlib import Path
@@ -27,8 +25,7 @@ import torch
 import soft_niggli.niggli as niggli_module
 from soft_niggli import Status, lattice_from_parameters, niggli_reduce, random_unimodular
 
-RESULTS = Path(__file__).resolve().parent / "results"
-COMMAND = "python benchmarks/reducer_speed.py"
+from .report import RESULTS, command_line, header, machine_description, pyplot, write_results
 
 
 def realistic_cells(n: int, seed: int) -> np.ndarray:
@@ -138,25 +135,17 @@ def skew_rows(levels, n, repeats, seed):
     return rows
 
 
-def hardware() -> str:
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in open("/proc/cpuinfo"):
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
+def machine() -> str:
+    """:func:`benchmarks.report.machine_description` plus what the reducers' speed depends on."""
     core = "compiled C core (one thread)" if niggli_module.COMPILED_KERNEL else "NumPy core only (C core not built)"
-    return (f"{cpu}, {os.cpu_count()} cores; soft_niggli {core}; numpy {np.__version__} (the fallback core, one "
-            f"thread), torch {torch.__version__}, spglib {spglib.__version__}, Python {platform.python_version()}")
+    return machine_description([f"soft_niggli {core}", f"numpy {np.__version__} (the fallback core, one thread)",
+                                f"spglib {spglib.__version__}"])
 
 
-def write_results(batch, skew):
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    lines = [
-        "# Reducer speed: soft_niggli (batched) vs spglib (per-lattice Python loop)",
-        "", f"Command: `{COMMAND}`", "", f"Hardware: {hardware()}", "",
+def write_outputs(out: Path, command: str, batch, skew) -> Path:
+    """``reducer_speed.{md,json,png}`` in ``out``; returns the markdown's path."""
+    description = machine()
+    lines = header("Reducer speed: soft_niggli (batched) vs spglib (per-lattice Python loop)", command, description) + [
         "Same lattices, same process, best of the repeats; microseconds per lattice.", "",
         "`ours` is the reducer as installed (compiled core); `NumPy core` is the fallback that runs where "
         "the C extension could not be built (same results, bit for bit).", "",
@@ -181,18 +170,14 @@ def write_results(batch, skew):
                      f"{r['ours_iterations_mean']:.1f} / {r['ours_iterations_max']} | {r['ours_ok']}/{r['batch']} | "
                      f"{r['ours_us_per_lattice']:.1f} | {r['spglib_us_per_lattice']:.1f} | "
                      f"{r['spglib_failures']}/{r['batch']} |")
-    (RESULTS / "reducer_speed.md").write_text("\n".join(lines) + "\n")
-    (RESULTS / "reducer_speed.json").write_text(json.dumps(
-        {"command": COMMAND, "hardware": hardware(), "batch": batch, "skew": skew}, indent=2))
-    plot(skew)
+    md, _ = write_results(out, "reducer_speed", "\n".join(lines), {"command": command, "machine": description,
+                                                                    "batch": batch, "skew": skew})
+    plot(skew, out / "reducer_speed.png")
+    return md
 
 
-def plot(skew):
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+def plot(skew, path: Path) -> None:
+    plt = pyplot()
     x = [r["transform_max_entry"] for r in skew]
     fig, axes = plt.subplots(1, 2, figsize=(10, 4))
     axes[0].plot(x, [r["ours_iterations_mean"] for r in skew], "o-", label="mean")
@@ -206,7 +191,8 @@ def plot(skew):
                 title=f"time per lattice, batch {skew[0]['batch']}")
     axes[1].legend()
     fig.tight_layout()
-    fig.savefig(RESULTS / "reducer_speed.png", dpi=120)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
 
 
 def main(argv=None) -> int:
@@ -214,6 +200,7 @@ def main(argv=None) -> int:
     parser.add_argument("--quick", action="store_true", help="small batches, print only")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--out", default=str(RESULTS), help="output folder (default benchmarks/results)")
     args = parser.parse_args(argv)
     warnings.filterwarnings("ignore", category=DeprecationWarning)  # spglib's error-handling notice
     families = {"realistic": realistic_cells, "gaussian": gaussian_cells}
@@ -222,10 +209,9 @@ def main(argv=None) -> int:
     batch = batch_rows(sizes, families, 1 if args.quick else args.repeats, args.seed)
     skew = skew_rows(levels, 256 if args.quick else 4096, 1 if args.quick else args.repeats, args.seed)
     if not args.quick:
-        write_results(batch, skew)
-        print(f"wrote {RESULTS / 'reducer_speed.md'}")
+        print(f"wrote {write_outputs(Path(args.out), command_line('reducer_speed', argv), batch, skew)}")
     return 0
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    raise SystemExit(main())

@@ -65,7 +65,7 @@ this leniency never accepts a cell that is not reduced up to ~r.
 Floating-point error in G6(L_out) is ~1e-16 |u||v| per entry, far below these
 tolerances unless the cell's length ratios exceed ~1e10.
 
-Speed: ~0.5 ms per call (Fractions for (b), one einsum over 6960 matrices for (d)).
+Cost per call: exact Fractions for (b) and one einsum over the 6960 matrices for (d).
 """
 
 from __future__ import annotations
@@ -198,7 +198,8 @@ def _niggli_conditions(g: np.ndarray, r: float) -> tuple[bool, str | None, dict]
     t2["II: xi=-B => zeta=0"] = (not eq(xi, -B)) or zero(zeta, n_zeta)
     t2["II: eta=-A => zeta=0"] = (not eq(eta, -A)) or zero(zeta, n_zeta)
     t2["II: zeta=-A => eta=0"] = (not eq(zeta, -A)) or zero(eta, n_eta)
-    t2["II: sum=0 => 2A+2eta+zeta<=0"] = (abs(S) > r * s_sum) or le(2 * A + 2 * eta + zeta, 0.0, 2 * A, 2 * abs(eta), abs(zeta))
+    t2["II: sum=0 => 2A+2eta+zeta<=0"] = (abs(S) > r * s_sum) or le(2 * A + 2 * eta + zeta, 0.0,
+                                                                      2 * A, 2 * abs(eta), abs(zeta))
 
     ok1, ok2 = all(t1.values()), all(t2.values())
     c.update(t1)

@@ -4,7 +4,7 @@ Row convention throughout: lattices are ``(..., 3, 3)`` tensors whose rows are t
 Cartesian positions are ``X = F @ L``, and a change of basis is ``L' = M @ L``, ``F' = wrap(F @ M^{-1})``.
 """
 
-from . import continuous as _continuous  # noqa: F401  (registers "softmin" and "gram")
+from .canonical import CanonicalLabels, canonicalize_labels
 from .crystal import CrystalBatch
 from .lattice import (
     apply_basis_change,
@@ -18,9 +18,16 @@ from .lattice import (
     volume,
     wrap,
 )
-from .losses import CrystalLoss, LossResult, available_losses, canonicalize_labels, get_loss, register_loss
+from .losses import CrystalLoss, LossResult, available_losses, get_loss, register_loss
 from .niggli import NiggliResult, Status, is_niggli_reduced, niggli_reduce
-from .unimodular import enumerate_unimodular, is_unimodular, random_unimodular, signed_permutations
+from .unimodular import (
+    LatticeAutomorphisms,
+    enumerate_unimodular,
+    is_unimodular,
+    lattice_automorphisms,
+    random_unimodular,
+    signed_permutations,
+)
 
 __version__ = "0.1.0"
 
@@ -28,6 +35,7 @@ __all__ = [
     "CrystalLoss",
     "LossResult",
     "available_losses",
+    "CanonicalLabels",
     "canonicalize_labels",
     "get_loss",
     "register_loss",
@@ -42,6 +50,8 @@ __all__ = [
     "gram",
     "integer_inverse",
     "is_unimodular",
+    "LatticeAutomorphisms",
+    "lattice_automorphisms",
     "lattice_from_parameters",
     "lattice_parameters",
     "random_unimodular",

@@ -1,25 +1,94 @@
-"""Argument checks shared by the modules: bad arguments raise ValueError naming what was expected."""
+"""Argument checks shared by the modules.
+
+One rule everywhere: a wrong Python *type* (a string or ``None`` where a tensor or a number is
+expected, a bool where a number is expected, a float where an int is expected) raises ``TypeError``; a
+wrong *value* (shape, dtype, range, unknown name) raises ``ValueError``. Messages name the argument,
+what was expected and what came.
+
+Tensors: every public function accepts torch tensors, NumPy arrays and (nested) Python lists of
+numbers, and returns torch tensors. NumPy arrays keep their dtype (``torch.from_numpy``, so float64
+stays float64); lists become tensors as ``torch.as_tensor`` makes them (floats in the default dtype).
+"""
 
 from __future__ import annotations
+
+import numbers
 
 import numpy as np
 import torch
 
 
-def as_float_tensor(x, name: str) -> torch.Tensor:
-    """Return ``x`` as a floating torch tensor, accepting NumPy arrays and floating tensors only."""
+def _kind(x) -> str:
+    return "None" if x is None else type(x).__name__
+
+
+def _conversion_error_kind(x) -> type:
+    """Why torch could not convert ``x``: a ragged list is a shape (``ValueError``); strings, ``None`` or
+    other objects inside are types (``TypeError``). (torch's own error types do not tell them apart.)"""
+    try:
+        kind = np.asarray(x).dtype.kind
+    except ValueError:  # ragged
+        return ValueError
+    return TypeError if kind in "OUSV" else ValueError
+
+
+def as_tensor(x, name: str) -> torch.Tensor:
+    """``x`` as a torch tensor: tensors as they are, NumPy arrays by ``torch.from_numpy`` (copied where
+    torch cannot share them: byte-swapped or negatively strided), lists, tuples and Python/NumPy numbers by
+    ``torch.as_tensor``. Anything else (a string, ``None``, a dict, a list holding strings) raises
+    ``TypeError``; a NumPy array of objects or strings, or a ragged list, ``ValueError``."""
+    if isinstance(x, torch.Tensor):
+        return x
     if isinstance(x, np.ndarray):
-        if x.dtype.kind != "f" or x.dtype.itemsize > 8:
-            raise ValueError(f"{name}: expected a floating dtype (float16/float32/float64), got numpy {x.dtype}")
+        # The array is the right type; its dtype is a value: ValueError for one torch has no counterpart of.
+        too_wide = (x.dtype.kind == "f" and x.dtype.itemsize > 8) or (x.dtype.kind == "c" and x.dtype.itemsize > 16)
+        if x.dtype.kind not in "biufc" or too_wide:
+            raise ValueError(f"{name}: expected a numeric dtype that torch supports (a floating dtype: "
+                             f"float16/float32/float64, or an integer dtype), got numpy {x.dtype}")
         if not x.dtype.isnative or any(stride < 0 for stride in x.strides):
             # torch.from_numpy takes neither byte-swapped data nor negative strides (x[::-1]): copy those.
             x = np.ascontiguousarray(x, dtype=x.dtype.newbyteorder("="))
-        x = torch.from_numpy(x)
-    if not isinstance(x, torch.Tensor):
-        raise ValueError(f"{name}: expected a torch.Tensor or numpy.ndarray, got {type(x).__name__}")
-    if not x.is_floating_point():
-        raise ValueError(f"{name}: expected a floating dtype (float32/float64), got {x.dtype}")
-    return x
+        return torch.from_numpy(x)
+    if isinstance(x, (bool, np.bool_)):
+        raise TypeError(f"{name}: expected a tensor, a numpy array, a (nested) list of numbers or a number, got bool {x!r}")
+    if isinstance(x, (list, tuple, numbers.Number, np.generic)) and not isinstance(x, (str, bytes)):
+        try:
+            return torch.as_tensor(x)
+        except (TypeError, ValueError, RuntimeError) as err:
+            kind = _conversion_error_kind(x)
+            raise kind(f"{name}: expected a tensor, a numpy array or a (nested) list of numbers of a regular "
+                       f"shape, got a {_kind(x)} that torch cannot convert ({err})") from err
+    raise TypeError(f"{name}: expected a torch.Tensor, a numpy.ndarray or a (nested) list of numbers, got {_kind(x)}")
+
+
+def as_float_tensor(x, name: str) -> torch.Tensor:
+    """``x`` as a floating torch tensor (see :func:`as_tensor` for what is accepted).
+
+    A tensor or NumPy array must already be floating (float16/32/64; ``ValueError`` otherwise); a list of
+    Python integers is taken as numbers and converted to the default floating dtype.
+    """
+    from_sequence = isinstance(x, (list, tuple, int))  # Python literals: integers are numbers here
+    t = as_tensor(x, name)
+    if not t.is_floating_point():
+        if from_sequence and t.dtype != torch.bool and not t.is_complex():
+            return t.to(torch.get_default_dtype())
+        where = "numpy " if isinstance(x, np.ndarray) else ""
+        raise ValueError(f"{name}: expected a floating dtype (float16/float32/float64), got {where}{x.dtype if where else t.dtype}")
+    return t
+
+
+def as_index_tensor(x, name: str, device: torch.device | str | None = None) -> torch.Tensor:
+    """Integer tensor as int64 on ``device`` (see :func:`as_tensor` for what is accepted).
+
+    An empty input is accepted whatever its dtype: ``[]``, ``np.array([])`` and ``torch.tensor([])``
+    come out floating by default, yet hold no value that could fail to be an integer.
+    """
+    x = as_tensor(x, name)
+    if x.numel() == 0:
+        return torch.zeros(x.shape, dtype=torch.int64, device=device if device is not None else x.device)
+    if x.is_floating_point() or x.is_complex() or x.dtype == torch.bool:
+        raise ValueError(f"{name}: expected an integer dtype, got {x.dtype}")
+    return x.to(device=device, dtype=torch.int64)
 
 
 def check_matrix_shape(x: torch.Tensor, name: str) -> None:
@@ -30,3 +99,50 @@ def check_matrix_shape(x: torch.Tensor, name: str) -> None:
 def check_last_dim(x: torch.Tensor, name: str, size: int = 3) -> None:
     if x.dim() < 1 or x.shape[-1] != size:
         raise ValueError(f"{name}: expected shape (..., {size}), got {tuple(x.shape)}")
+
+
+def check_int(value, name: str, *, minimum: int | None = None, allow_none: bool = False) -> int | None:
+    """``value`` as an ``int``: ``TypeError`` unless it is an int (NumPy integers included; not a bool nor
+    a float, even an integral one), ``ValueError`` below ``minimum``."""
+    if value is None and allow_none:
+        return None
+    expected = "an int" + (f" >= {minimum}" if minimum is not None else "") + (" or None" if allow_none else "")
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)):
+        raise TypeError(f"{name}: expected {expected}, got {_kind(value)} {value!r}")
+    if minimum is not None and value < minimum:
+        raise ValueError(f"{name}: expected {expected}, got {value!r}")
+    return int(value)
+
+
+def check_real(value, name: str, expected: str) -> float:
+    """``value`` as a ``float``: ``TypeError`` unless it is a real number (ints and NumPy floats included,
+    bools not). ``expected`` describes the accepted values for the message; the range is the caller's."""
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Real):
+        raise TypeError(f"{name}: expected {expected}, got {_kind(value)} {value!r}")
+    return float(value)
+
+
+def check_dtype(value, name: str, *, floating: bool = True, allow_none: bool = False) -> torch.dtype | None:
+    """A ``torch.dtype`` (``TypeError`` otherwise), floating where ``floating`` (``ValueError`` otherwise)."""
+    if value is None and allow_none:
+        return None
+    if not isinstance(value, torch.dtype):
+        raise TypeError(f"{name}: expected a torch.dtype, got {_kind(value)} {value!r}")
+    if floating and not value.is_floating_point:
+        raise ValueError(f"{name}: expected a floating dtype (float32/float64), got {value}")
+    return value
+
+
+def has_values(x: torch.Tensor) -> bool:
+    """Whether ``x`` holds values: False on the ``meta`` device, whose tensors have shapes and dtypes only.
+
+    Checks that read values (is every count non-negative? is every matrix unimodular?) are skipped
+    there, so that shape and device logic can be traced with meta tensors."""
+    return x.device.type != "meta"
+
+
+def require_values(x: torch.Tensor, what: str) -> None:
+    """``ValueError`` for a ``meta`` tensor where ``what`` needs its values."""
+    if not has_values(x):
+        raise ValueError(f"{what} needs the tensor's values, which a tensor on the meta device does not have "
+                         f"(meta tensors carry shapes and dtypes only)")

@@ -13,6 +13,10 @@ Two sources:
   ``material_id``), under ``$SOFT_NIGGLI_CACHE`` or else ``$XDG_CACHE_HOME/soft_niggli`` or else
   ``~/.cache/soft_niggli``, keyed by the file's absolute path, size and modification time, never in
   the repository.
+* ``"mp_20"``, ``"perov_5"``, ``"carbon_24"``, ``"mpts_52"``: those CSV files, in a data folder that
+  the caller names: ``data_dir=`` or the environment variable ``SOFT_NIGGLI_DATA``
+  (:func:`resolve_data_dir`), holding ``<name>/train.csv.gz`` and/or ``<name>/val.csv.gz``. The library
+  never looks for data relative to its own files.
 * ``"aflow"``: the 288 AFLOW prototype structures bundled with pymatgen
   (``pymatgen/analysis/prototypes/aflow_prototypes.json.gz``), of which the 250 ordered ones with at
   most 20 atoms are kept. It needs nothing but an installed pymatgen, so it is the default data of
@@ -22,6 +26,11 @@ Two sources:
 deterministic split used where a benchmark ships a single file.
 
 pymatgen is an optional dependency of soft_niggli: it is imported inside the functions that need it.
+
+Outputs are pymatgen ``Structure`` lists, or torch tensors (:func:`read_cdvae_cells`), never NumPy
+arrays. Wrong argument types (a float or a bool for ``limit``, a number for ``name``) raise
+``TypeError``, wrong values (unknown names, negative counts) ``ValueError``, missing files
+``FileNotFoundError``.
 
 >>> train = load_dataset("aflow", split="train")      # doctest: +SKIP
 >>> len(train), len(load_dataset("aflow", split="val"))  # doctest: +SKIP
@@ -44,9 +53,12 @@ from typing import Sequence, TypeVar
 
 import numpy as np
 
+from ._checks import check_int, check_real
+
 __all__ = [
     "DATASETS",
     "SPLITS",
+    "DATA_ENV",
     "cache_dir",
     "resolve_data_dir",
     "read_cdvae_csv",
@@ -79,30 +91,36 @@ def cache_dir() -> Path:
     return base / "soft_niggli"
 
 
-def resolve_data_dir(path: str | os.PathLike | None = None) -> Path:
-    """The folder holding ``<name>/<split>.csv.gz``: ``path`` if given, else ``$SOFT_NIGGLI_DATA``,
-    else ``../shared/data`` next to a source checkout of this repository.
+#: Environment variable naming the data folder when no ``data_dir`` is passed.
+DATA_ENV = "SOFT_NIGGLI_DATA"
 
-    Raises ``FileNotFoundError`` naming every place it looked when none exists.
+_EXPECTED_FILES = ("<data_dir>/<name>/train.csv.gz and/or <data_dir>/<name>/val.csv.gz (the CDVAE/DiffCSP CSV "
+                   "files, one CIF per row in a 'cif' column; <name> one of " + ", ".join(DATASETS[1:]) + ")")
+
+
+def resolve_data_dir(path: str | os.PathLike | None = None) -> Path:
+    """The folder holding ``<name>/<split>.csv.gz``: ``path`` if given, else ``$SOFT_NIGGLI_DATA``.
+
+    Nothing else: the installed library never guesses a folder relative to its own files.
+
+    Raises:
+        FileNotFoundError: neither is given, or the folder does not exist; the message names both ways
+            to give it and the files expected inside.
+        TypeError: ``path`` is not a str or path-like.
     """
-    tried = []
+    if path is not None and not isinstance(path, (str, os.PathLike)):
+        raise TypeError(f"data_dir: expected a str or os.PathLike folder, or None, got {type(path).__name__} {path!r}")
+    how = (f"pass data_dir=... or set the environment variable {DATA_ENV} to a folder holding {_EXPECTED_FILES}; "
+           "or use the dataset 'aflow', bundled with pymatgen, which needs no folder")
     if path is not None:
-        candidates = [Path(path).expanduser()]
+        folder, source = Path(path).expanduser(), "data_dir"
+    elif os.environ.get(DATA_ENV):
+        folder, source = Path(os.environ[DATA_ENV]).expanduser(), f"${DATA_ENV}"
     else:
-        candidates = []
-        env = os.environ.get("SOFT_NIGGLI_DATA")
-        if env:
-            candidates.append(Path(env).expanduser())
-        # <repo>/soft_niggli/datasets.py -> <repo>/../shared/data
-        candidates.append(Path(__file__).resolve().parents[2] / "shared" / "data")
-    for c in candidates:
-        if c.is_dir():
-            return c
-        tried.append(str(c))
-    raise FileNotFoundError(
-        "benchmark data folder not found; looked in: " + ", ".join(tried)
-        + ". Pass data_dir=..., or set SOFT_NIGGLI_DATA to a folder holding <name>/<split>.csv.gz "
-        "(the CDVAE/DiffCSP CSV files), or use the bundled dataset 'aflow'")
+        raise FileNotFoundError(f"no data folder given: {how}")
+    if not folder.is_dir():
+        raise FileNotFoundError(f"data folder {folder} (from {source}) does not exist: {how}")
+    return folder
 
 
 # --------------------------------------------------------------------------------- serialisation
@@ -159,14 +177,11 @@ def _write_cache(p: Path, records: list[dict]) -> None:
 def _check_count(value, name: str) -> int | None:
     """``value`` as an int, for arguments that must be ``None`` or an int >= 0 (``limit``, ``max_atoms``).
 
-    A negative count would slice from the end (``limit=-1`` drops the last structure), and ``True``
-    would read as 1: both are refused rather than given a meaning. NumPy integers are accepted.
+    A negative count would slice from the end (``limit=-1`` drops the last structure, ``ValueError``), and
+    ``True`` would read as 1 (``TypeError``, as for floats and strings): both are refused rather than given
+    a meaning. NumPy integers are accepted.
     """
-    if value is None:
-        return None
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 0:
-        raise ValueError(f"{name}: expected None or an int >= 0, got {value!r}")
-    return int(value)
+    return check_int(value, name, minimum=0, allow_none=True)
 
 
 # Errors of decompressing or decoding a damaged file; they name neither the file nor the problem.
@@ -249,7 +264,8 @@ def read_cdvae_csv(path: str | os.PathLike, limit: int | None = None, max_atoms:
         of the rows read were dropped and names the first few.
 
     Raises:
-        ValueError: ``limit`` or ``max_atoms`` not None or an int >= 0; no ``cif`` column (the message
+        TypeError: ``limit`` or ``max_atoms`` not None or an int.
+        ValueError: ``limit`` or ``max_atoms`` negative; no ``cif`` column (the message
             lists the columns present); a CIF that does not parse (naming the file, the row and its
             ``material_id``); a truncated or corrupt file.
         FileNotFoundError: no such file.
@@ -310,7 +326,8 @@ def read_cdvae_cells(path: str | os.PathLike, limit: int | None = None):
     their cells are as good as any.
 
     Raises:
-        ValueError: ``limit`` not None or an int >= 0; no ``cif`` column (listing the columns present);
+        TypeError: ``limit`` not None or an int.
+        ValueError: ``limit`` negative; no ``cif`` column (listing the columns present);
             a CIF without the six cell parameters (naming the file, the row and its ``material_id``);
             a truncated or corrupt file.
         FileNotFoundError: no such file.
@@ -345,7 +362,7 @@ def read_aflow_prototypes(max_atoms: int | None = 20) -> list:
 
     Each structure carries ``properties["material_id"]``: its AFLOW prototype label and its index in
     the bundled file, ``"<label>#<index>"`` (the labels alone are not unique). ``max_atoms`` is None
-    or an int >= 0 (else ``ValueError``).
+    or an int >= 0 (``TypeError`` for other types, ``ValueError`` if negative).
     """
     import importlib.resources
 
@@ -387,8 +404,9 @@ def train_val_split(items: Sequence[_T], val_fraction: float = 0.2, seed: int = 
     """Deterministic split by a seeded permutation: ``(train, val)``, ``val`` holding
     ``round(val_fraction · n)`` items (at least one when ``n >= 2``). Same input, same seed, same split.
     """
-    if not 0 < val_fraction < 1:
+    if not 0 < check_real(val_fraction, "val_fraction", "a float in (0, 1)") < 1:
         raise ValueError(f"val_fraction: expected a float in (0, 1), got {val_fraction!r}")
+    check_int(seed, "seed")
     n = len(items)
     perm = np.random.default_rng(seed).permutation(n)
     n_val = int(round(val_fraction * n))
@@ -405,7 +423,9 @@ def load_dataset(name: str, split: str = "train", data_dir: str | os.PathLike | 
 
     Args:
         name: one of :data:`DATASETS`. ``"aflow"`` is bundled with pymatgen; the others are read from
-            ``<data_dir>/<name>/{train,val}.csv.gz`` (see :func:`resolve_data_dir` for the default folder).
+            ``<data_dir>/<name>/{train,val}.csv.gz``.
+        data_dir: the data folder; ``None`` for ``$SOFT_NIGGLI_DATA`` (:func:`resolve_data_dir`). Not
+            needed for ``"aflow"``.
         split: ``"train"``, ``"val"`` or ``"all"``. Where both ``train.csv.gz`` and ``val.csv.gz``
             exist they are used as they are; where only one file exists (and for ``"aflow"``) it is
             split by :func:`train_val_split` with ``val_fraction`` and ``seed``.
@@ -413,13 +433,20 @@ def load_dataset(name: str, split: str = "train", data_dir: str | os.PathLike | 
         max_atoms: drop structures with more atoms (``"aflow"`` always keeps <= 20).
 
     Raises:
-        ValueError: unknown name or split (listing the valid ones); ``limit`` or ``max_atoms`` not None
-            or an int >= 0; a damaged data file (see :func:`read_cdvae_csv`).
-        FileNotFoundError: the data folder or the dataset's files are absent.
+        TypeError: ``name`` or ``split`` not a str; ``limit`` or ``max_atoms`` not None or an int.
+        ValueError: unknown name or split (listing the valid ones); ``limit`` or ``max_atoms`` negative;
+            a damaged data file (see :func:`read_cdvae_csv`).
+        FileNotFoundError: no data folder given (neither ``data_dir`` nor ``$SOFT_NIGGLI_DATA``) for a
+            dataset other than ``"aflow"``, or the folder or the dataset's files are absent; the message
+            says how to give the folder and which files it must hold.
     """
     # Checked here, not only by the readers: the "aflow" branch and the splits slice with `limit`.
     limit = _check_count(limit, "limit")
     max_atoms = _check_count(max_atoms, "max_atoms")
+    if not isinstance(name, str):
+        raise TypeError(f"name: expected a dataset name (str), one of {DATASETS}, got {type(name).__name__} {name!r}")
+    if not isinstance(split, str):
+        raise TypeError(f"split: expected one of {SPLITS} (a str), got {type(split).__name__} {split!r}")
     if name not in DATASETS:
         raise ValueError(f"unknown dataset {name!r}; valid names: {', '.join(DATASETS)}")
     if split not in SPLITS:
@@ -435,7 +462,8 @@ def load_dataset(name: str, split: str = "train", data_dir: str | os.PathLike | 
     files = {s: folder / f"{s}.csv.gz" for s in ("train", "val")}
     present = {s: p for s, p in files.items() if p.is_file()}
     if not present:
-        raise FileNotFoundError(f"dataset {name!r}: neither {files['train']} nor {files['val']} exists")
+        raise FileNotFoundError(f"dataset {name!r}: neither {files['train']} nor {files['val']} exists "
+                                f"(expected {_EXPECTED_FILES})")
     if split == "all":
         out = []
         for p in present.values():

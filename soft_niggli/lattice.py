@@ -8,15 +8,25 @@ unchanged.
 
 All functions broadcast over leading dimensions, keep the input's dtype and device, and are
 differentiable where that makes sense (everything except :func:`wrap`'s integer part).
+
+Inputs and outputs: every function accepts torch tensors, NumPy arrays or (nested) lists of numbers and
+returns torch tensors, never NumPy arrays (a NumPy float64 array gives a float64 tensor, as
+``torch.as_tensor`` would). A wrong Python type (a string, ``None``, a bool) raises ``TypeError``; a
+wrong value (shape, dtype, a matrix that is not unimodular) raises ``ValueError``.
+
+Devices: everything runs on any device, ``meta`` included; on ``meta`` (shapes without values) the
+checks that read values, such as :func:`integer_inverse`'s unimodularity test, are skipped.
 """
 
 from __future__ import annotations
 
 import math
 
+import numpy as np
 import torch
 
-from ._checks import as_float_tensor, check_last_dim, check_matrix_shape
+from ._checks import (as_float_tensor, as_tensor, check_dtype, check_int, check_last_dim, check_matrix_shape,
+                      has_values)
 
 __all__ = [
     "gram",
@@ -29,7 +39,16 @@ __all__ = [
     "lattice_parameters",
     "integer_inverse",
     "apply_basis_change",
+    "random_rotations",
 ]
+
+
+def _check_pair(x: torch.Tensor, L: torch.Tensor, x_name: str) -> None:
+    """Coordinates and lattice must share dtype and device (torch would raise a RuntimeError deep inside)."""
+    if x.dtype != L.dtype:
+        raise ValueError(f"{x_name}: expected the lattice's dtype {L.dtype}, got {x.dtype}")
+    if x.device != L.device:
+        raise ValueError(f"{x_name}: expected the lattice's device {L.device}, got {x.device}")
 
 
 def gram(L: torch.Tensor) -> torch.Tensor:
@@ -41,6 +60,8 @@ def gram(L: torch.Tensor) -> torch.Tensor:
 
 def volume(L: torch.Tensor, signed: bool = False) -> torch.Tensor:
     """Cell volume ``det L`` (``signed=True``) or ``|det L|``, shape ``(...)``."""
+    if not isinstance(signed, bool):
+        raise TypeError(f"signed: expected a bool, got {type(signed).__name__} {signed!r}")
     L = as_float_tensor(L, "L")
     check_matrix_shape(L, "L")
     det = torch.linalg.det(L)
@@ -50,7 +71,7 @@ def volume(L: torch.Tensor, signed: bool = False) -> torch.Tensor:
 def g6(L: torch.Tensor) -> torch.Tensor:
     """Niggli's G6 vector ``(A, B, C, ξ, η, ζ)`` with ``A = a·a``, ``ξ = 2 b·c``, ``η = 2 a·c``, ``ζ = 2 a·b``.
 
-    Shape ``(..., 6)``.
+    Shape ``(..., 6)``. The one definition of G6 in soft_niggli (the metrics use it too).
     """
     G = gram(L)
     return torch.stack(
@@ -77,6 +98,7 @@ def to_cartesian(F: torch.Tensor, L: torch.Tensor) -> torch.Tensor:
     L = as_float_tensor(L, "L")
     check_last_dim(F, "F")
     check_matrix_shape(L, "L")
+    _check_pair(F, L, "F")
     return F @ L
 
 
@@ -86,26 +108,36 @@ def to_fractional(X: torch.Tensor, L: torch.Tensor) -> torch.Tensor:
     L = as_float_tensor(L, "L")
     check_last_dim(X, "X")
     check_matrix_shape(L, "L")
+    _check_pair(X, L, "X")
     # Solve X = F L  <=>  L^T F^T = X^T, avoiding an explicit inverse.
     return torch.linalg.solve(L.transpose(-1, -2), X.transpose(-1, -2)).transpose(-1, -2)
 
 
-def _as_tensor_like(values, ref: torch.Tensor | None):
-    tensors = [v for v in values if isinstance(v, torch.Tensor)]
-    dtype = ref.dtype if ref is not None else (tensors[0].dtype if tensors else torch.get_default_dtype())
-    device = tensors[0].device if tensors else None
+def _as_tensor_like(values: dict) -> list[torch.Tensor]:
+    """The values as tensors of one floating dtype and device: the first tensor's (its dtype if floating,
+    else the default dtype), NumPy arrays as tensors (float64 stays float64), numbers and lists alike."""
+    converted = {k: as_tensor(v, k) for k, v in values.items()}
+    for k, v in converted.items():
+        if v.dtype == torch.bool or v.is_complex():
+            raise ValueError(f"{k}: expected real numbers, got a tensor of dtype {v.dtype}")
+    given = [converted[k] for k, v in values.items() if isinstance(v, (torch.Tensor, np.ndarray))]
+    dtype = given[0].dtype if given else torch.get_default_dtype()
+    device = given[0].device if given else None
     if not dtype.is_floating_point:
         dtype = torch.get_default_dtype()
-    return [torch.as_tensor(v, dtype=dtype, device=device) for v in values]
+    return [v.to(dtype=dtype, device=device) for v in converted.values()]
 
 
 def lattice_from_parameters(a, b, c, alpha, beta, gamma) -> torch.Tensor:
-    """Lattice ``(..., 3, 3)`` from lengths and angles in degrees (tensors or floats, broadcast).
+    """Lattice ``(..., 3, 3)`` from lengths and angles in degrees (tensors, arrays or numbers, broadcast).
 
     Orientation follows the usual crystallographic setting: ``a`` along x, ``b`` in the xy plane,
-    ``c`` completing a right-handed cell. Impossible angle triples give NaN in the third row.
+    ``c`` completing a right-handed cell. Impossible angle triples give NaN in the third row. The result
+    has the dtype and device of the first tensor (or array) argument, the default dtype when all are
+    numbers.
     """
-    a, b, c, alpha, beta, gamma = torch.broadcast_tensors(*_as_tensor_like([a, b, c, alpha, beta, gamma], None))
+    params = _as_tensor_like({"a": a, "b": b, "c": c, "alpha": alpha, "beta": beta, "gamma": gamma})
+    a, b, c, alpha, beta, gamma = torch.broadcast_tensors(*params)
     ca, cb, cg = torch.cos(torch.deg2rad(alpha)), torch.cos(torch.deg2rad(beta)), torch.cos(torch.deg2rad(gamma))
     sg = torch.sin(torch.deg2rad(gamma))
     zero = torch.zeros_like(a)
@@ -162,15 +194,18 @@ def integer_inverse(M: torch.Tensor) -> torch.Tensor:
     is the adjugate divided by the determinant, computed in integer arithmetic, so it is exact.
     Raises ``ValueError`` if some ``M`` is not unimodular, or if an entry of ``M`` or of its inverse
     does not fit in int64 (entries of ``M`` around 2^40 can have an inverse entry of 2^80: it is
-    refused, not returned wrapped).
+    refused, not returned wrapped); ``TypeError`` if ``M`` is not a tensor, array or list. On the meta
+    device these checks are skipped (there are no values).
     """
-    if not isinstance(M, torch.Tensor):
-        M = torch.as_tensor(M)
+    M = as_tensor(M, "M")
     check_matrix_shape(M, "M")
+    if M.dtype == torch.bool or M.is_complex():
+        raise ValueError(f"M: expected an integer or integral floating dtype, got {M.dtype}")
+    checked = has_values(M)  # on the meta device there are no values to check
     if M.is_floating_point():
         # Converting NaN, inf or |x| >= 2^63 to int64 is undefined behaviour: refuse before rounding.
         bad = ~torch.isfinite(M) | (M.abs() >= 2.0**63)
-        if bool(bad.any()):
+        if checked and bool(bad.any()):
             raise ValueError(f"M: expected finite integral entries within int64 (|entry| <= 2^63 - 1), "
                              f"got {M[bad].flatten()[0].item()!r}")
         Mi = torch.round(M).to(torch.int64)
@@ -183,7 +218,7 @@ def integer_inverse(M: torch.Tensor) -> torch.Tensor:
     # Comparisons, not abs(): abs(-2^63) wraps to itself in int64.
     large = ((Mi >= _EXACT_BOUND) | (Mi <= -_EXACT_BOUND)).flatten(-2).any(-1)
     worst = None  # (largest |inverse entry|, batch index) past int64
-    if bool(large.any()):
+    if checked and bool(large.any()):
         # Exact check in Python ints for these matrices only. Where the true cofactors and det fit
         # in int64 the wrapped int64 values equal them, so the tensors computed above stay valid.
         exact = []
@@ -195,7 +230,7 @@ def integer_inverse(M: torch.Tensor) -> torch.Tensor:
                 worst = (top, tuple(index))
         unimodular = unimodular.clone()
         unimodular[large] = torch.tensor(exact, dtype=torch.bool, device=unimodular.device)
-    if not bool(unimodular.all()):
+    if checked and not bool(unimodular.all()):
         first = tuple((~unimodular).nonzero()[0].tolist())
         raise ValueError("M: expected integer matrices with determinant ±1 (unimodular), got other determinants"
                          + (f" (first at batch index {first})" if first else ""))
@@ -221,7 +256,41 @@ def apply_basis_change(L: torch.Tensor, F: torch.Tensor, M: torch.Tensor) -> tup
     F = as_float_tensor(F, "F")
     check_matrix_shape(L, "L")
     check_last_dim(F, "F")
-    M = torch.as_tensor(M, device=L.device)
+    _check_pair(F, L, "F")
+    M = as_tensor(M, "M").to(L.device)
     Minv = integer_inverse(M)
     Mf = (torch.round(M) if M.is_floating_point() else M).to(dtype=L.dtype)
     return Mf @ L, wrap(F @ Minv.to(dtype=F.dtype, device=F.device))
+
+
+def random_rotations(n, *, generator: torch.Generator | None = None, dtype: torch.dtype = torch.float64,
+                     device: torch.device | str | None = None, proper: bool = False) -> torch.Tensor:
+    """Haar-distributed random orthogonal matrices ``(n, 3, 3)`` (``n`` an int, or a shape tuple).
+
+    The QR decomposition of a Gaussian matrix with the signs of ``R``'s diagonal moved into ``Q``
+    (Mezzadri 2007) gives a uniform draw from O(3): rotations and, with ``proper=False``, reflections
+    (det −1) half of the time; ``proper=True`` negates those, which gives a uniform draw from SO(3). Used
+    as ``L @ Q.mT`` (rows are lattice vectors: rotating a lattice rotates its rows).
+
+    The numbers are drawn in float64 on ``generator``'s device (the CPU by default), then cast to ``dtype``
+    and moved to ``device``: the same seed gives the same rotations on every device.
+
+    >>> Q = random_rotations(4, generator=torch.Generator().manual_seed(0), proper=True)
+    >>> Q.shape, bool(torch.allclose(Q @ Q.mT, torch.eye(3, dtype=torch.float64).expand(4, 3, 3)))
+    (torch.Size([4, 3, 3]), True)
+    """
+    shape = (n,) if not isinstance(n, (tuple, list, torch.Size)) else tuple(n)
+    shape = tuple(check_int(k, "n", minimum=0) for k in shape)
+    dtype = check_dtype(dtype, "dtype")
+    if not isinstance(proper, bool):
+        raise TypeError(f"proper: expected a bool, got {type(proper).__name__} {proper!r}")
+    if generator is not None and not isinstance(generator, torch.Generator):
+        raise TypeError(f"generator: expected a torch.Generator or None, got {type(generator).__name__}")
+    source = generator.device if generator is not None else torch.device("cpu")
+    A = torch.randn(*shape, 3, 3, generator=generator, dtype=torch.float64, device=source)
+    Q, R = torch.linalg.qr(A)
+    sign = torch.where(torch.diagonal(R, dim1=-2, dim2=-1) < 0, -1.0, 1.0).to(torch.float64)
+    Q = Q * sign[..., None, :]
+    if proper:
+        Q = Q * torch.where(torch.linalg.det(Q) < 0, -1.0, 1.0).to(torch.float64)[..., None, None]
+    return Q.to(dtype=dtype, device=device)

@@ -1,31 +1,38 @@
-"""Basis-invariant evaluation of predicted crystals against labels.
+"""Basis-invariant evaluation of predicted crystals against their targets.
 
 Row convention: lattices are ``(B, 3, 3)`` with the lattice vectors a, b, c as *rows*; Cartesian
 positions are ``X = F @ L``; a change of basis ``L' = M @ L``, ``F' = wrap(F @ M^{-1})`` (``M``
 unimodular) describes the same crystal, and every metric here gives the same value for it.
 
+Inputs and outputs: lattices may be torch tensors, NumPy arrays, (nested) lists or :class:`CrystalBatch`
+objects; per-crystal results are always torch tensors (float64, or bool), on the device of ``pred`` when
+it is a tensor or a batch (else the CPU), never NumPy arrays. The computations themselves run on the host
+(spglib, pymatgen), so tensors on the ``meta`` device, which hold no values, raise ``ValueError``. Wrong
+Python types raise ``TypeError``, wrong values (shapes, ranges) ``ValueError``.
+
 Metrics (per crystal, then summarised by :func:`evaluate`):
 
-* :func:`lattice_error`: ``‖G6(niggli(L_pred)) - G6(niggli(L_label))‖ / ‖G6(niggli(L_label))‖``,
-  the relative distance between the Niggli-reduced metrics, both reduced by **spglib**
-  (``spglib.niggli_reduce(L, eps)``), not by soft_niggli's own reducer, so that the score does not
-  depend on the code under test. Invariant to rotations and changes of basis of either cell; 0 iff
-  the lattices agree. (G6 of the Niggli cell jumps at a few boundaries of the Niggli cone, so two
-  nearly equal lattices near such a boundary can score a little higher than their true distance.)
-  **Failures**: where spglib returns ``None`` for the prediction, or a cell whose volume is not the
-  input's (spglib's absolute ``eps`` lets it return cells that are not a change of basis), or the
-  prediction is not finite, the crystal counts as a *failure* and is scored ``failure_value``
+* :func:`lattice_error`: ``‖G6(niggli(L_pred)) - G6(niggli(L_target))‖ / ‖G6(niggli(L_target))‖``,
+  the relative distance between the Niggli-reduced metrics (:func:`~soft_niggli.lattice.g6`), both
+  reduced by **spglib** (``spglib.niggli_reduce(L, eps=spglib_eps)``), not by soft_niggli's own reducer,
+  so that the score does not depend on the code under test. ``spglib_eps`` is spglib's own tolerance, an
+  *absolute* one (in Å, unlike soft_niggli's relative ``rel_tol``). Invariant to rotations and changes of
+  basis of either cell; 0 iff the lattices agree. (G6 of the Niggli cell jumps at a few boundaries of the
+  Niggli cone, so two nearly equal lattices near such a boundary can score a little higher than their
+  true distance.) **Failures**: where spglib returns ``None`` for the prediction, or a cell whose volume
+  is not the input's (spglib's absolute tolerance lets it return cells that are not a change of basis),
+  or the prediction is not finite, the crystal counts as a *failure* and is scored ``failure_value``
   (default 1.0: the error of predicting a collapsed, zero cell). Failures are counted separately
-  (``lattice_failures``), never silently excluded, so a strategy cannot gain by emitting cells
-  spglib cannot reduce.
-* :func:`volume_error`: ``|V_pred - V_label| / V_label`` (non-finite predictions score ``failure_value``).
+  (``lattice_failures``), never silently excluded, so a strategy cannot gain by emitting cells spglib
+  cannot reduce.
+* :func:`volume_error`: ``|V_pred - V_target| / V_target`` (non-finite predictions score ``failure_value``).
 * :func:`match_structures`: match rate and RMSE as DiffCSP reports them, pymatgen's
   ``StructureMatcher(stol=0.5, angle_tol=10, ltol=0.3)``: a crystal matches when
-  ``get_rms_dist(pred, label)`` is not ``None``; RMSE is the mean of its first value (normalised by
+  ``get_rms_dist(pred, target)`` is not ``None``; RMSE is the mean of its first value (normalised by
   ``(V / n)^(1/3)``) over the matched crystals; match rate is over *all* crystals. Guards, each
   counted by reason in :class:`MatchResult` and each counting as *no match*:
 
-  - ``"volume"``: the predicted volume is outside ``[label / volume_ratio, label · volume_ratio]``
+  - ``"volume"``: the predicted volume is outside ``[target / volume_ratio, target · volume_ratio]``
     (default ratio 10) or not finite: such a cell cannot match at ``ltol=0.3`` anyway, and absurd
     cells are where pymatgen's own reduction can hang;
   - ``"degenerate"``: soft_niggli's guarded reducer finds the predicted cell rank-deficient. Otherwise
@@ -33,7 +40,7 @@ Metrics (per crystal, then summarised by :func:`evaluate`):
     (a change of basis), but a short basis, which keeps pymatgen's LLL and distance code fast;
   - ``"invalid"``: DiffCSP's structural validity fails (an interatomic distance below 0.5 Å or a
     volume below 0.1 Å³); DiffCSP scores invalid predictions as unmatched. (DiffCSP's SMACT
-    composition check is not applied: in CSP the composition is the label's.)
+    composition check is not applied: in CSP the composition is the target's.)
   - ``"error"``: pymatgen raised; ``"timeout"``: one call took longer than ``time_limit`` seconds
     (enforced with ``SIGALRM`` in the main thread of POSIX systems, not enforced elsewhere).
 
@@ -41,10 +48,12 @@ pymatgen is imported only by :func:`match_structures` (and :func:`evaluate` with
 
 >>> import torch
 >>> from soft_niggli import CrystalBatch
->>> label = CrystalBatch(4.0 * torch.eye(3, dtype=torch.float64)[None], torch.zeros(1, 3), [1], [14])
->>> rebased = label.apply_basis_change(torch.tensor([[1, 1, 0], [0, 1, 0], [0, 0, 1]]))
->>> float(lattice_error(rebased.lattice, label.lattice)[0][0]) < 1e-12
-True
+>>> target = CrystalBatch(4.0 * torch.eye(3, dtype=torch.float64)[None], torch.zeros(1, 3, dtype=torch.float64),
+...                       [1], [14])
+>>> rebased = target.apply_basis_change(torch.tensor([[1, 1, 0], [0, 1, 0], [0, 0, 1]]))
+>>> result = lattice_error(rebased, target)
+>>> float(result.error[0]) < 1e-12, bool(result.failed[0])
+(True, False)
 """
 
 from __future__ import annotations
@@ -54,110 +63,177 @@ import math
 import signal
 import threading
 import warnings
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 import spglib
 import torch
 
+from ._checks import as_float_tensor, check_real, require_values
 from .crystal import CrystalBatch
+from .lattice import g6 as _g6
 from .niggli import Status, niggli_reduce
 
 __all__ = [
-    "MATCHER_DEFAULTS",
+    "SpglibG6",
     "spglib_niggli_g6",
+    "LatticeError",
     "lattice_error",
     "volume_error",
     "structure_valid",
+    "MATCH_REASONS",
     "MatchResult",
     "match_structures",
     "evaluate",
 ]
 
-#: StructureMatcher tolerances used by DiffCSP (and CDVAE) for CSP match rate and RMSE.
-MATCHER_DEFAULTS = {"stol": 0.5, "angle_tol": 10.0, "ltol": 0.3}
 
-
-def _lattices(x, name: str) -> np.ndarray:
+def _lattices(x, name: str) -> torch.Tensor:
+    """Lattices as a float64 CPU tensor ``(B, 3, 3)`` (a single ``(3, 3)`` becomes ``(1, 3, 3)``)."""
     if isinstance(x, CrystalBatch):
         x = x.lattice
+    if isinstance(x, (list, tuple)):
+        # Lists of numbers in float64 (torch.as_tensor would round them to float32 first).
+        with contextlib.suppress(ValueError, TypeError):
+            array = np.asarray(x)
+            if array.dtype.kind in "iuf":
+                x = array.astype(np.float64)
+    if isinstance(x, (torch.Tensor, np.ndarray, list, tuple)):
+        t = as_float_tensor(x, name)
+    else:
+        raise TypeError(f"{name}: expected lattices (a tensor, array or list of shape (B, 3, 3)) or a "
+                        f"CrystalBatch, got {type(x).__name__}")
+    require_values(t, f"{name}: the metrics (spglib and pymatgen run on the host, on values)")
+    t = t.detach().to("cpu", torch.float64)
+    if t.dim() == 2:
+        t = t[None]
+    if t.dim() != 3 or tuple(t.shape[1:]) != (3, 3):
+        raise ValueError(f"{name}: expected lattices of shape (B, 3, 3) (or a CrystalBatch), got {tuple(t.shape)}")
+    return t
+
+
+def _device_of(x) -> torch.device:
+    """Where results go: the device of ``x`` when it is a tensor or a batch, else the CPU."""
+    if isinstance(x, CrystalBatch):
+        return x.device
     if isinstance(x, torch.Tensor):
-        x = x.detach().cpu().double().numpy()
-    x = np.asarray(x, dtype=np.float64)
-    if x.ndim == 2:
-        x = x[None]
-    if x.ndim != 3 or x.shape[1:] != (3, 3):
-        raise ValueError(f"{name}: expected lattices of shape (B, 3, 3) (or a CrystalBatch), got {x.shape}")
-    return x
+        return x.device
+    return torch.device("cpu")
 
 
-def _g6_of(L: np.ndarray) -> np.ndarray:
-    G = L @ L.T
-    return np.array([G[0, 0], G[1, 1], G[2, 2], 2 * G[1, 2], 2 * G[0, 2], 2 * G[0, 1]])
+def _check_spglib_eps(spglib_eps) -> float:
+    value = check_real(spglib_eps, "spglib_eps", "a positive float (spglib's absolute tolerance)")
+    if not (value > 0 and math.isfinite(value)):
+        raise ValueError(f"spglib_eps: expected a positive finite float (spglib's absolute tolerance), got {spglib_eps!r}")
+    return value
 
 
-def spglib_niggli_g6(lattices, eps: float = 1e-5) -> tuple[np.ndarray, np.ndarray]:
-    """G6 vectors of the spglib-Niggli-reduced cells: ``(g6 (B, 6), ok (B,) bool)``.
+def _check_failure_value(failure_value) -> float:
+    return check_real(failure_value, "failure_value", "a float")
 
-    ``ok`` is False (and ``g6`` NaN) where the input is not finite, spglib returns ``None``, or the
-    returned cell's volume differs from the input's by more than 1e-6 relative (then it is not a
-    change of basis of the input).
+
+@dataclass(frozen=True)
+class SpglibG6:
+    """Result of :func:`spglib_niggli_g6`.
+
+    Attributes:
+        g6: ``(B, 6)`` float64, G6 vectors of the spglib-Niggli-reduced cells (NaN where not ``ok``).
+        ok: ``(B,)`` bool, whether spglib reduced the cell (see :func:`spglib_niggli_g6`).
     """
+
+    g6: torch.Tensor
+    ok: torch.Tensor
+
+
+def spglib_niggli_g6(lattices, spglib_eps: float = 1e-5) -> SpglibG6:
+    """G6 vectors of the spglib-Niggli-reduced cells, as :class:`SpglibG6` ``(g6 (B, 6), ok (B,))``.
+
+    ``spglib_eps`` is spglib's absolute tolerance (``spglib.niggli_reduce(L, eps=spglib_eps)``). ``ok`` is
+    False (and ``g6`` NaN) where the input is not finite, spglib returns ``None``, or the returned cell's
+    volume differs from the input's by more than 1e-6 relative (then it is not a change of basis of the
+    input). Tensors on the device of ``lattices`` (CPU for arrays and lists).
+    """
+    device = _device_of(lattices)
     L = _lattices(lattices, "lattices")
-    g6 = np.full((len(L), 6), np.nan)
-    ok = np.zeros(len(L), dtype=bool)
-    for b, cell in enumerate(L):
+    eps = _check_spglib_eps(spglib_eps)
+    reduced = torch.full_like(L, float("nan"))
+    ok = torch.zeros(len(L), dtype=torch.bool)
+    for b, cell in enumerate(L.numpy()):
         if not np.all(np.isfinite(cell)):
             continue
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             try:
-                reduced = spglib.niggli_reduce(np.ascontiguousarray(cell), eps=eps)
+                out = spglib.niggli_reduce(np.ascontiguousarray(cell), eps=eps)
             except Exception:  # noqa: BLE001 - spglib's errors vary by version; any is a failure here
-                reduced = None
-        if reduced is None:
+                out = None
+        if out is None:
             continue
-        reduced = np.asarray(reduced, dtype=np.float64)
-        v_in, v_out = abs(np.linalg.det(cell)), abs(np.linalg.det(reduced))
+        out = np.asarray(out, dtype=np.float64)
+        v_in, v_out = abs(np.linalg.det(cell)), abs(np.linalg.det(out))
         if not (np.isfinite(v_out) and v_in > 0 and abs(v_out - v_in) <= 1e-6 * v_in):
             continue
-        g6[b], ok[b] = _g6_of(reduced), True
-    return g6, ok
+        reduced[b], ok[b] = torch.from_numpy(out), True
+    return SpglibG6(g6=_g6(reduced).to(device), ok=ok.to(device))
 
 
-def lattice_error(pred, label, *, eps: float = 1e-5, failure_value: float = 1.0) -> tuple[np.ndarray, np.ndarray]:
-    """Basis-invariant lattice error per crystal: ``(error (B,), failed (B,) bool)``.
+@dataclass(frozen=True)
+class LatticeError:
+    """Result of :func:`lattice_error`.
 
-    ``error = ‖g6_pred - g6_label‖ / ‖g6_label‖`` on spglib-Niggli-reduced cells (module docstring);
-    ``failure_value`` where the prediction's reduction failed. ``pred`` and ``label`` are ``(B, 3, 3)``
-    (tensors, arrays or :class:`CrystalBatch`). A label that spglib cannot reduce is a data error
-    (``ValueError``).
+    Attributes:
+        error: ``(B,)`` float64, the relative G6 distance per crystal (``failure_value`` where failed).
+        failed: ``(B,)`` bool, where spglib could not reduce the prediction (or it was not finite).
     """
-    P, T = _lattices(pred, "pred"), _lattices(label, "label")
-    if P.shape != T.shape:
-        raise ValueError(f"pred: expected the label's shape {T.shape}, got {P.shape}")
-    g_p, ok_p = spglib_niggli_g6(P, eps)
-    g_t, ok_t = spglib_niggli_g6(T, eps)
-    if not ok_t.all():
-        raise ValueError(f"label: spglib could not Niggli-reduce labels {np.flatnonzero(~ok_t)[:8].tolist()}")
-    err = np.linalg.norm(g_p - g_t, axis=1) / np.linalg.norm(g_t, axis=1)
-    err = np.where(ok_p, err, failure_value)
-    return err, ~ok_p
+
+    error: torch.Tensor
+    failed: torch.Tensor
 
 
-def volume_error(pred, label, *, failure_value: float = 1.0) -> np.ndarray:
-    """``|V_pred - V_label| / V_label`` per crystal, ``(B,)``; ``failure_value`` for non-finite predictions."""
-    P, T = _lattices(pred, "pred"), _lattices(label, "label")
+def lattice_error(pred, target, *, spglib_eps: float = 1e-5, failure_value: float = 1.0) -> LatticeError:
+    """Basis-invariant lattice error per crystal, as :class:`LatticeError` ``(error (B,), failed (B,))``.
+
+    ``error = ‖g6_pred - g6_target‖ / ‖g6_target‖`` on spglib-Niggli-reduced cells (module docstring),
+    ``failure_value`` where the prediction's reduction failed. ``pred`` and ``target`` are ``(B, 3, 3)``
+    lattices (tensors, arrays, lists or :class:`CrystalBatch`); ``spglib_eps`` is spglib's absolute
+    tolerance.
+
+    Raises:
+        ValueError: shapes differ; a target that spglib cannot reduce (a data error).
+    """
+    device = _device_of(pred)
+    P, T = _lattices(pred, "pred"), _lattices(target, "target")
     if P.shape != T.shape:
-        raise ValueError(f"pred: expected the label's shape {T.shape}, got {P.shape}")
-    finite = np.isfinite(P).all(axis=(1, 2))
-    v_p = np.abs(np.linalg.det(np.where(finite[:, None, None], P, 0.0)))
-    v_t = np.abs(np.linalg.det(T))
-    return np.where(finite, np.abs(v_p - v_t) / v_t, failure_value)
+        raise ValueError(f"pred: expected the target's shape {tuple(T.shape)}, got {tuple(P.shape)}")
+    failure_value = _check_failure_value(failure_value)
+    red_p = spglib_niggli_g6(P, spglib_eps)
+    red_t = spglib_niggli_g6(T, spglib_eps)
+    if not bool(red_t.ok.all()):
+        bad = (~red_t.ok).nonzero().flatten()[:8].tolist()
+        raise ValueError(f"target: spglib could not Niggli-reduce targets {bad}")
+    err = torch.linalg.vector_norm(red_p.g6 - red_t.g6, dim=1) / torch.linalg.vector_norm(red_t.g6, dim=1)
+    err = torch.where(red_p.ok, err, torch.full_like(err, failure_value))
+    return LatticeError(error=err.to(device), failed=(~red_p.ok).to(device))
+
+
+def volume_error(pred, target, *, failure_value: float = 1.0) -> torch.Tensor:
+    """``|V_pred - V_target| / V_target`` per crystal, float64 ``(B,)``; ``failure_value`` for non-finite
+    predictions."""
+    device = _device_of(pred)
+    P, T = _lattices(pred, "pred"), _lattices(target, "target")
+    if P.shape != T.shape:
+        raise ValueError(f"pred: expected the target's shape {tuple(T.shape)}, got {tuple(P.shape)}")
+    failure_value = _check_failure_value(failure_value)
+    finite = torch.isfinite(P).all(dim=-1).all(dim=-1)
+    v_p = torch.linalg.det(torch.where(finite[:, None, None], P, torch.zeros_like(P))).abs()
+    v_t = torch.linalg.det(T).abs()
+    out = torch.where(finite, (v_p - v_t).abs() / v_t, torch.full_like(v_t, failure_value))
+    return out.to(device)
 
 
 def structure_valid(structure, cutoff: float = 0.5) -> bool:
     """DiffCSP's structural validity: every interatomic distance >= ``cutoff`` Å and volume >= 0.1 Å³."""
+    cutoff = check_real(cutoff, "cutoff", "a distance in Å")
     if structure.volume < 0.1:
         return False
     if len(structure) < 2:
@@ -192,99 +268,104 @@ def _time_limit(seconds: float | None):
         signal.signal(signal.SIGALRM, previous)
 
 
-@dataclass
+#: Reasons a crystal gets in :class:`MatchResult` (the keys of :meth:`MatchResult.counts`).
+MATCH_REASONS = ("match", "no_match", "volume", "degenerate", "invalid", "error", "timeout")
+
+
+@dataclass(frozen=True)
 class MatchResult:
     """Per-crystal outcome of :func:`match_structures`.
 
     Attributes:
-        matched: ``(B,)`` bool.
-        rms: ``(B,)`` float, ``get_rms_dist(...)[0]`` where matched, NaN elsewhere.
-        reason: ``(B,)`` list of str: ``"match"``, ``"no_match"``, ``"volume"``, ``"degenerate"``,
-            ``"invalid"``, ``"error"`` or ``"timeout"``.
+        matched: ``(B,)`` bool tensor.
+        rms: ``(B,)`` float64 tensor, ``get_rms_dist(...)[0]`` where matched, NaN elsewhere.
+        reason: ``B`` strings, one of :data:`MATCH_REASONS` per crystal: ``"match"``, ``"no_match"``,
+            ``"volume"``, ``"degenerate"``, ``"invalid"``, ``"error"`` or ``"timeout"``.
     """
 
-    matched: np.ndarray
-    rms: np.ndarray
-    reason: list[str] = field(default_factory=list)
+    matched: torch.Tensor
+    rms: torch.Tensor
+    reason: tuple[str, ...] = ()
 
     @property
     def match_rate(self) -> float:
-        return float(self.matched.mean()) if len(self.matched) else math.nan
+        return float(self.matched.double().mean()) if len(self.matched) else math.nan
 
     @property
     def rmse(self) -> float:
         """Mean RMS distance over matched crystals (NaN when none matched)."""
-        return float(np.nanmean(self.rms[self.matched])) if self.matched.any() else math.nan
+        return float(self.rms[self.matched].mean()) if bool(self.matched.any()) else math.nan
 
     def counts(self) -> dict[str, int]:
-        out = {k: 0 for k in ("match", "no_match", "volume", "degenerate", "invalid", "error", "timeout")}
+        out = {k: 0 for k in MATCH_REASONS}
         for r in self.reason:
             out[r] = out.get(r, 0) + 1
         return out
 
 
-def _structures(batch: CrystalBatch, lattice: np.ndarray, frac: np.ndarray):
-    from pymatgen.core import Lattice, Structure
-
-    species = batch.species.cpu().numpy()
-    ptr = torch.cat([batch.num_atoms.new_zeros(1), torch.cumsum(batch.num_atoms, 0)]).tolist()
-    for b in range(len(batch)):
-        try:
-            yield Structure(Lattice(lattice[b]), species[ptr[b]:ptr[b + 1]].tolist(), frac[ptr[b]:ptr[b + 1]],
-                            coords_are_cartesian=False)
-        except Exception:  # noqa: BLE001 - a degenerate predicted cell; reported as "error"
-            yield None
-
-
-def match_structures(pred: CrystalBatch, label: CrystalBatch, *, stol: float = 0.5, angle_tol: float = 10.0,
+def match_structures(pred: CrystalBatch, target: CrystalBatch, *, stol: float = 0.5, angle_tol: float = 10.0,
                      ltol: float = 0.3, volume_ratio: float = 10.0, time_limit: float | None = 10.0,
                      check_validity: bool = True) -> MatchResult:
-    """DiffCSP-style structure matching of each predicted crystal with its label (module docstring).
+    """DiffCSP-style structure matching of each predicted crystal with its target (module docstring).
 
-    ``pred`` and ``label`` are :class:`CrystalBatch` with species and the same atoms per crystal.
-    Never raises on bad predicted values: every problem is a per-crystal ``reason``.
+    ``pred`` and ``target`` are :class:`CrystalBatch` with the same atoms per crystal; ``target`` has
+    species (the prediction is given the target's). Never raises on bad predicted values: every problem
+    is a per-crystal ``reason``. Result tensors are on ``pred``'s device.
+
+    Raises:
+        TypeError: ``pred`` or ``target`` not a :class:`CrystalBatch`.
+        ValueError: different crystal or atom counts; a target without species; on the meta device.
     """
     from pymatgen.analysis.structure_matcher import StructureMatcher
 
-    if not isinstance(pred, CrystalBatch) or not isinstance(label, CrystalBatch):
-        raise ValueError(f"pred, label: expected CrystalBatch, got {type(pred).__name__}, {type(label).__name__}")
-    if len(pred) != len(label) or not torch.equal(pred.num_atoms.cpu(), label.num_atoms.cpu()):
-        raise ValueError("pred: expected the label's number of crystals and atoms per crystal")
-    if label.species is None:
-        raise ValueError("label: expected species (atomic numbers), got None")
+    if not isinstance(pred, CrystalBatch) or not isinstance(target, CrystalBatch):
+        raise TypeError(f"pred, target: expected CrystalBatch, got {type(pred).__name__}, {type(target).__name__}")
+    for name, x in (("pred", pred), ("target", target)):
+        require_values(x.lattice, f"{name}: match_structures (pymatgen runs on the host, on values)")
+    if len(pred) != len(target) or not torch.equal(pred.num_atoms.cpu(), target.num_atoms.cpu()):
+        raise ValueError("pred: expected the target's number of crystals and atoms per crystal")
+    if target.species is None:
+        raise ValueError("target: expected species (atomic numbers), got None")
+    volume_ratio = check_real(volume_ratio, "volume_ratio", "a float >= 1")
+    if not volume_ratio >= 1:
+        raise ValueError(f"volume_ratio: expected a float >= 1, got {volume_ratio!r}")
+    if time_limit is not None:
+        check_real(time_limit, "time_limit", "None or a number of seconds")
+    device = pred.device
     pred = CrystalBatch(pred.lattice.detach().cpu().double(), pred.frac.detach().cpu().double(),
-                        pred.num_atoms.cpu(), label.species.cpu())
-    label = label.to(device="cpu", dtype=torch.float64)
+                        pred.num_atoms.cpu(), target.species.cpu())
+    target = target.to(device="cpu", dtype=torch.float64)
     B = len(pred)
     matcher = StructureMatcher(stol=stol, angle_tol=angle_tol, ltol=ltol)
 
-    L_p = pred.lattice.numpy()
-    finite = np.isfinite(L_p).all(axis=(1, 2))
-    atom_finite = np.isfinite(pred.frac.numpy()).all(axis=1)
-    bad_atoms = np.bincount(pred.batch.numpy()[~atom_finite], minlength=B) > 0
+    L_p = pred.lattice
+    finite = torch.isfinite(L_p).flatten(1).all(1)
+    atom_finite = torch.isfinite(pred.frac).all(1)
+    bad_atoms = torch.zeros(B, dtype=torch.bool).index_fill_(0, pred.batch[~atom_finite], True)
     finite = finite & ~bad_atoms
-    v_p = np.abs(np.linalg.det(np.where(finite[:, None, None], L_p, 0.0)))
-    v_t = np.abs(np.linalg.det(label.lattice.numpy()))
+    eye = torch.eye(3, dtype=torch.float64)
+    v_p = torch.linalg.det(torch.where(finite[:, None, None], L_p, eye)).abs()
+    v_t = torch.linalg.det(target.lattice).abs()
     in_range = finite & (v_p >= v_t / volume_ratio) & (v_p <= v_t * volume_ratio)
 
     # Re-base the prediction to its Niggli basis (the same crystal): pymatgen stays fast on it.
-    safe_L = torch.where(torch.from_numpy(finite)[:, None, None], pred.lattice, torch.eye(3, dtype=torch.float64))
-    safe_F = torch.where(torch.from_numpy(finite)[pred.batch][:, None], pred.frac, torch.zeros(()).double())
+    safe_L = torch.where(finite[:, None, None], L_p, eye)
+    safe_F = torch.where(finite[pred.batch][:, None], pred.frac, torch.zeros((), dtype=torch.float64))
     red = niggli_reduce(safe_L)
-    usable = in_range & np.isin(red.status.numpy(), [int(Status.OK), int(Status.NOT_CONVERGED)])
-    T = torch.where(torch.from_numpy(usable)[:, None, None], red.transform, torch.eye(3, dtype=torch.int64))
+    usable = in_range & ((red.status == int(Status.OK)) | (red.status == int(Status.NOT_CONVERGED)))
+    T = torch.where(usable[:, None, None], red.transform, torch.eye(3, dtype=torch.int64))
     rebased = CrystalBatch(safe_L, safe_F, pred.num_atoms, pred.species).apply_basis_change(T)
 
-    matched = np.zeros(B, dtype=bool)
-    rms = np.full(B, np.nan)
+    matched = torch.zeros(B, dtype=torch.bool)
+    rms = torch.full((B,), float("nan"), dtype=torch.float64)
     reason = []
-    preds = _structures(rebased, rebased.lattice.numpy(), rebased.frac.numpy())
-    labels = label.to_structures()
-    for b, (p, t) in enumerate(zip(preds, labels)):
-        if not in_range[b]:
+    preds = rebased.to_structures(errors="none")
+    targets = target.to_structures()
+    for b, (p, t) in enumerate(zip(preds, targets)):
+        if not bool(in_range[b]):
             reason.append("volume")
             continue
-        if not usable[b]:
+        if not bool(usable[b]):
             reason.append("degenerate")
             continue
         if p is None:
@@ -308,28 +389,35 @@ def match_structures(pred: CrystalBatch, label: CrystalBatch, *, stol: float = 0
         else:
             matched[b], rms[b] = True, float(out[0])
             reason.append("match")
-    return MatchResult(matched=matched, rms=rms, reason=reason)
+    return MatchResult(matched=matched.to(device), rms=rms.to(device), reason=tuple(reason))
 
 
-def evaluate(pred: CrystalBatch, label: CrystalBatch, *, match: bool = True, eps: float = 1e-5,
-             failure_value: float = 1.0, **match_options) -> dict:
-    """All metrics for a batch of predictions against their labels, as a flat dict of floats.
+def evaluate(pred: CrystalBatch, target: CrystalBatch, *, match: bool = True, spglib_eps: float = 1e-5,
+             failure_value: float = 1.0, **match_options) -> dict[str, float]:
+    """All metrics for a batch of predictions against their targets, as a flat dict of Python floats
+    (a summary to log or serialise; the per-crystal tensors come from the functions above).
 
     Keys: ``n``; ``lattice_error`` (mean, failures scored ``failure_value``), ``lattice_error_median``,
     ``lattice_failures`` (count); ``volume_error`` (mean); with ``match=True`` also ``match_rate``,
     ``rmse`` (NaN if nothing matched) and the counts ``match_<reason>`` of :class:`MatchResult`.
-    Extra keyword arguments go to :func:`match_structures`.
+    ``spglib_eps`` is spglib's absolute tolerance (:func:`lattice_error`). Extra keyword arguments go to
+    :func:`match_structures`.
     """
-    err, failed = lattice_error(pred, label, eps=eps, failure_value=failure_value)
+    if not isinstance(match, bool):
+        raise TypeError(f"match: expected a bool, got {type(match).__name__} {match!r}")
+    lat = lattice_error(pred, target, spglib_eps=spglib_eps, failure_value=failure_value)
+    err = lat.error.cpu()
+    n = len(err)
     out = {
-        "n": float(len(err)),
-        "lattice_error": float(err.mean()) if len(err) else math.nan,
-        "lattice_error_median": float(np.median(err)) if len(err) else math.nan,
-        "lattice_failures": float(failed.sum()),
-        "volume_error": float(volume_error(pred, label, failure_value=failure_value).mean()) if len(err) else math.nan,
+        "n": float(n),
+        "lattice_error": float(err.mean()) if n else math.nan,
+        # (torch.median takes the lower of the two middle values; the quantile averages them, as usual.)
+        "lattice_error_median": float(torch.quantile(err, 0.5)) if n else math.nan,
+        "lattice_failures": float(lat.failed.sum()),
+        "volume_error": float(volume_error(pred, target, failure_value=failure_value).mean()) if n else math.nan,
     }
     if match:
-        res = match_structures(pred, label, **match_options)
+        res = match_structures(pred, target, **match_options)
         out["match_rate"] = res.match_rate
         out["rmse"] = res.rmse
         out.update({f"match_{k}": float(v) for k, v in res.counts().items()})

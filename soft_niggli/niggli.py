@@ -98,8 +98,15 @@ host. Where that extension could not be built (no C compiler), the NumPy core be
 work, with the same arithmetic in the same order and therefore bit-identical results, only slower
 (:data:`COMPILED_KERNEL` says which one runs). The NumPy core works on component-major arrays: a batch
 of matrices is an array ``X (3, 3, n)`` whose entry ``X[i, j]`` is a contiguous vector over the batch,
-so every formula below is a handful of vector operations. Tensors on another device are copied to
-the host and the results copied back (72 bytes per cell each way).
+so every formula below is a handful of vector operations.
+
+Inputs and outputs: ``L`` may be a torch tensor on any device, a NumPy array or a (nested) list of
+numbers; the results are always torch tensors (a NumPy float64 array gives float64 tensors, as
+``torch.as_tensor`` would), on ``L``'s device. A tensor on another device than the CPU (CUDA, say) is
+copied to the host, reduced there, and the results copied back (72 bytes per cell each way). A tensor
+on the ``meta`` device has no values to reduce: :func:`niggli_reduce` and :func:`is_niggli_reduced`
+raise ``ValueError`` for it. Wrong Python types (a string for ``L``, a float for ``max_iter``, a bool or
+``None`` for ``rel_tol``) raise ``TypeError``; wrong values (shapes, dtypes, ranges) ``ValueError``.
 """
 
 from __future__ import annotations
@@ -110,13 +117,24 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from ._checks import as_float_tensor, check_matrix_shape
+from ._checks import as_float_tensor, check_int, check_matrix_shape, check_real, require_values
 from ._exact import exact_int_matmul
 
 try:  # the compiled per-cell loop (soft_niggli/_niggli_kernel.c); optional, see niggli_reduce
     from . import _niggli_kernel as _kernel
 except ImportError:  # not built (no C compiler at install time): the NumPy core does the same work
     _kernel = None
+    import os as _os
+    import warnings as _warnings
+
+    if _os.environ.get("SOFT_NIGGLI_NO_KERNEL_WARNING", "").strip() in ("", "0"):
+        _warnings.warn(
+            "soft_niggli: the compiled reduction kernel (soft_niggli._niggli_kernel) is not built, so "
+            "niggli_reduce runs its NumPy core instead: same results, slower (up to about 20x for small "
+            "batches). To build it, reinstall from source with a C compiler available (in a checkout: "
+            "`pip install -e .`; otherwise `pip install --force-reinstall --no-deps --no-binary soft-niggli "
+            "soft-niggli`). Set SOFT_NIGGLI_NO_KERNEL_WARNING=1 to silence this warning.",
+            RuntimeWarning, stacklevel=1)
 
 #: Whether the compiled reduction loop is in use (False: the NumPy core runs instead; same results).
 COMPILED_KERNEL = _kernel is not None
@@ -132,25 +150,38 @@ class Status(enum.IntEnum):
     DEGENERATE = 2  #: not resolvable in float64 (rank-deficient, see "Resolution"); input and identity returned
     NONFINITE = 3  #: NaN or inf in the input (or a reduced cell overflowing float64); input and identity returned
 
+    def __str__(self) -> str:
+        # An IntEnum prints its number since Python 3.11; a status reads better by name: "OK".
+        return self.name
 
-@dataclass
+    def __format__(self, spec: str) -> str:
+        # f"{status}" and f"{status:>12}" give the name; numeric formats (f"{status:d}") the number.
+        try:
+            return format(self.name, spec)
+        except ValueError:
+            return format(int(self), spec)
+
+
+@dataclass(frozen=True)
 class NiggliResult:
-    """Result of :func:`niggli_reduce`; shapes follow the input's leading dims ``(...)``.
+    """Result of :func:`niggli_reduce`; shapes follow the input's leading dims ``(...)``. Always torch
+    tensors on the input's device, whatever the input (tensor, NumPy array or list).
 
     Attributes:
-        lattice: ``(..., 3, 3)`` reduced lattice (input dtype and device; detached).
+        lattice: ``(..., 3, 3)`` reduced lattice (input dtype and device; detached; float64 for NumPy
+            float64 input).
         transform: ``(..., 3, 3)`` int64, unimodular, ``lattice == transform @ L`` up to rounding.
         status: ``(...)`` int64 holding :class:`Status` values.
         iterations: ``(...)`` int64, reduction rounds each item took before it passed the check.
     """
 
-    lattice: torch.Tensor | np.ndarray
-    transform: torch.Tensor | np.ndarray
-    status: torch.Tensor | np.ndarray
-    iterations: torch.Tensor | np.ndarray
+    lattice: torch.Tensor
+    transform: torch.Tensor
+    status: torch.Tensor
+    iterations: torch.Tensor
 
     @property
-    def ok(self):
+    def ok(self) -> torch.Tensor:
         """Boolean mask of items with ``Status.OK``."""
         return self.status == int(Status.OK)
 
@@ -305,10 +336,14 @@ def _relative_volume(B: np.ndarray) -> np.ndarray:
 
 
 def _check_rel_tol(rel_tol) -> float:
+    """``rel_tol`` as a float: ``TypeError`` unless a real number (not a bool), ``ValueError`` outside
+    :data:`REL_TOL_RANGE` (NaN included)."""
     lo, hi = REL_TOL_RANGE
-    if not (isinstance(rel_tol, (float, int)) and not isinstance(rel_tol, bool) and lo <= rel_tol < hi):
-        raise ValueError(f"rel_tol: expected a float in [{lo:g}, {hi:g}), got {rel_tol!r}")
-    return float(rel_tol)
+    expected = f"a float in [{lo:g}, {hi:g})"
+    value = check_real(rel_tol, "rel_tol", expected)
+    if not lo <= value < hi:
+        raise ValueError(f"rel_tol: expected {expected}, got {rel_tol!r}")
+    return value
 
 
 def _swap(rows: list, i: int, j: int, where: np.ndarray) -> None:
@@ -637,13 +672,13 @@ def _niggli_conditions(G: np.ndarray, e: float) -> np.ndarray:
 
 
 def _host_items(L, name: str):
-    """Validate ``L`` and return ``(X (n, 3, 3) float64 C-contiguous on the host, lead, dtype, device,
-    is_numpy)``. ``X`` may share memory with ``L``: read only."""
-    is_numpy = isinstance(L, np.ndarray)
+    """Validate ``L`` and return ``(X (n, 3, 3) float64 C-contiguous on the host, lead, dtype, device)``.
+    ``X`` may share memory with ``L``: read only."""
     L = as_float_tensor(L, name)
     check_matrix_shape(L, name)
+    require_values(L, f"{name}: the Niggli reduction (a loop on the host over the cells' values)")
     X = np.ascontiguousarray(L.detach().to("cpu", torch.float64).reshape(-1, 3, 3).numpy())
-    return X, L.shape[:-2], L.dtype, L.device, is_numpy
+    return X, L.shape[:-2], L.dtype, L.device
 
 
 def _normalized(X: np.ndarray):
@@ -675,13 +710,14 @@ def is_niggli_reduced(L, rel_tol: float = 1e-5):
     "Resolution" in the module docstring). So every ``OK`` result of :func:`niggli_reduce` passes this
     check, every ``DEGENERATE`` input fails it, and a cell that passes it at ``rel_tol`` itself comes back
     from :func:`niggli_reduce` (same ``rel_tol``) as ``OK`` with the identity transform.
-    Returns a bool tensor (or array, for NumPy input) of shape ``(...)``.
+    Returns a bool tensor of shape ``(...)`` on ``L``'s device (also for NumPy or list input).
 
     Raises:
-        ValueError: if ``L`` is not a floating ``(..., 3, 3)`` tensor/array, or ``rel_tol`` is outside
-            :data:`REL_TOL_RANGE`.
+        TypeError: if ``L`` is not a tensor, array or list of numbers, or ``rel_tol`` not a real number.
+        ValueError: if ``L`` is not a floating ``(..., 3, 3)`` tensor/array or is on the meta device, or
+            ``rel_tol`` is outside :data:`REL_TOL_RANGE`.
     """
-    X, lead, _, device, is_numpy = _host_items(L, "L")
+    X, lead, _, device = _host_items(L, "L")
     rel_tol = _check_rel_tol(rel_tol)
     with np.errstate(all="ignore"):
         Xn, _, nonfinite, zero = _normalized(np.ascontiguousarray(X.transpose(1, 2, 0)))
@@ -694,36 +730,41 @@ def is_niggli_reduced(L, rel_tol: float = 1e-5):
             ok |= _niggli_conditions(G, rel_tol / _LEVEL_FACTOR**k)
         ok &= resolved & products_resolved & (_relative_volume(B) > _DEGENERATE_VOLUME_RATIO)
         ok = (ok & ~nonfinite & ~zero).reshape(lead)
-    return ok if is_numpy else torch.from_numpy(ok).to(device)
+    return torch.from_numpy(ok).to(device)
 
 
 def niggli_reduce(L, *, rel_tol: float = 1e-5, max_iter: int = 1000) -> NiggliResult:
     """Niggli-reduce every cell of ``L (..., 3, 3)`` (rows are lattice vectors); never raises on values.
 
     Args:
-        L: torch tensor (any device) or NumPy array of floating dtype. Gradients are not tracked: the
-            computation runs on ``L.detach()`` in float64.
+        L: torch tensor (any device but ``meta``), NumPy array or (nested) list of numbers, floating
+            (a list of integers is taken as numbers). Gradients are not tracked: the computation runs on
+            ``L.detach()`` in float64, on the host.
         rel_tol: relative tolerance of every comparison (lengths against each other, cosines), in
             :data:`REL_TOL_RANGE` (the lower end included; see "Tolerance" in the module docstring).
         max_iter: cap on the rounds (each a size-reduction sweep plus one Křivý–Gruber pass).
 
     Returns:
-        :class:`NiggliResult` with ``lattice``, ``transform`` (int64), ``status`` and ``iterations``;
-        NumPy arrays for NumPy input, tensors on ``L``'s device otherwise.
+        :class:`NiggliResult` with ``lattice``, ``transform`` (int64), ``status`` and ``iterations``:
+        torch tensors on ``L``'s device, whatever ``L`` is (a NumPy float64 array gives a float64
+        ``lattice``).
 
     Raises:
-        ValueError: if ``L`` is not a floating ``(..., 3, 3)`` tensor/array or the options are invalid
-            (``rel_tol`` outside :data:`REL_TOL_RANGE`, ``max_iter`` not an int >= 1).
+        TypeError: ``L`` not a tensor, array or list of numbers; ``rel_tol`` not a real number;
+            ``max_iter`` not an int (a float, even integral, or a bool).
+        ValueError: ``L`` not floating or not of shape ``(..., 3, 3)``, or on the meta device (no values
+            to reduce); ``rel_tol`` outside :data:`REL_TOL_RANGE`; ``max_iter`` below 1.
 
     Example:
         >>> res = niggli_reduce(torch.tensor([[4.0, 0, 0], [4.0, 4, 0], [0, 0, 5]]))
         >>> res.lattice.tolist(), Status(int(res.status))
         ([[4.0, 0.0, 0.0], [0.0, 4.0, 0.0], [0.0, 0.0, 5.0]], <Status.OK: 0>)
+        >>> print(Status(int(res.status)))
+        OK
     """
-    X, lead, dtype, device, is_numpy = _host_items(L, "L")
+    X, lead, dtype, device = _host_items(L, "L")
     rel_tol = _check_rel_tol(rel_tol)
-    if not (isinstance(max_iter, int) and not isinstance(max_iter, bool) and max_iter >= 1):
-        raise ValueError(f"max_iter: expected an int >= 1, got {max_iter!r}")
+    max_iter = check_int(max_iter, "max_iter", minimum=1)
     if _kernel is not None:
         lattice, transform = np.empty_like(X), np.empty(X.shape, dtype=np.int64)
         status, iters = np.empty(len(X), dtype=np.int64), np.empty(len(X), dtype=np.int64)
@@ -733,8 +774,6 @@ def niggli_reduce(L, *, rel_tol: float = 1e-5, max_iter: int = 1000) -> NiggliRe
 
     lattice, transform = lattice.reshape(*lead, 3, 3), transform.reshape(*lead, 3, 3)
     status, iters = status.reshape(lead), iters.reshape(lead)
-    if is_numpy:
-        return NiggliResult(lattice.astype(torch.empty((), dtype=dtype).numpy().dtype), transform, status, iters)
     return NiggliResult(torch.from_numpy(lattice).to(device=device, dtype=dtype), torch.from_numpy(transform).to(device),
                         torch.from_numpy(status).to(device), torch.from_numpy(iters).to(device))
 

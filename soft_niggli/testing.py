@@ -15,6 +15,10 @@ breaks there while passing on generic cells, so test on symmetric cells as well.
 Row convention: every lattice drawn here is a float64 ``(3, 3)`` tensor whose rows are the lattice
 vectors; unimodular matrices act as ``L' = M @ L``, ``F' = wrap(F @ M^{-1})``.
 
+Everything drawn is a torch tensor (or a :class:`CrystalBatch` of them), never a NumPy array. Wrong
+argument types (a float for ``max_atoms``, a string for ``noise``) raise ``TypeError``, wrong values
+(unknown names, out of range) ``ValueError``.
+
 Use them to test your own models and losses the way soft_niggli tests its own::
 
     from hypothesis import given
@@ -34,14 +38,16 @@ Use them to test your own models and losses the way soft_niggli tests its own::
 
 from __future__ import annotations
 
+import enum
 import functools
 import math
 from typing import Callable, Sequence
 
 import torch
 
+from ._checks import check_int, check_real
 from .crystal import CrystalBatch
-from .lattice import apply_basis_change, lattice_from_parameters, wrap
+from .lattice import apply_basis_change, lattice_from_parameters, random_rotations, wrap
 from .unimodular import enumerate_unimodular, random_unimodular
 
 __all__ = [
@@ -68,7 +74,7 @@ SYMMETRIC_FAMILIES = ("cubic_P", "cubic_I", "cubic_F", "hexagonal", "tetragonal_
                       "orthorhombic_P", "orthorhombic_C", "orthorhombic_I", "orthorhombic_F", "monoclinic")
 
 #: Number of lattice automorphisms (the order of the lattice's point group, ±identity included) of an
-#: exact cell of each family: what :func:`soft_niggli.losses.lattice_automorphisms` finds on its
+#: exact cell of each family: what :func:`soft_niggli.unimodular.lattice_automorphisms` finds on its
 #: Niggli-reduced basis.
 AUTOMORPHISM_COUNTS = {"cubic_P": 48, "cubic_I": 48, "cubic_F": 48, "hexagonal": 24, "tetragonal_P": 16,
                        "tetragonal_I": 16, "rhombohedral": 12, "orthorhombic_P": 8, "orthorhombic_C": 8,
@@ -95,10 +101,10 @@ def unimodular_matrices(bound: int = 1, proper: bool = False, depth: int = 1):
     ``depth > 1`` multiplies that many such draws (larger entries). Shrinks towards the identity.
     """
     st = _st()
-    if bound not in (1, 2):
+    if check_int(bound, "bound") not in (1, 2):
         raise ValueError(f"bound: expected 1 or 2, got {bound!r}")
-    if depth < 1:
-        raise ValueError(f"depth: expected an int >= 1, got {depth!r}")
+    check_int(depth, "depth", minimum=1)
+    _check_bool(proper, "proper")
     U = enumerate_unimodular(bound, proper=proper)
     one = st.integers(0, len(U) - 1).map(lambda i: U[i].clone())
     if depth == 1:
@@ -113,29 +119,25 @@ def unimodular_matrices(bound: int = 1, proper: bool = False, depth: int = 1):
     return st.lists(one, min_size=depth, max_size=depth).map(product)
 
 
-def rotations(proper: bool = False):
-    """Strategy for float64 orthogonal ``(3, 3)`` matrices (uniform-ish, from unit quaternions).
+def _check_bool(value, name: str) -> bool:
+    if not isinstance(value, bool):
+        raise TypeError(f"{name}: expected a bool, got {type(value).__name__} {value!r}")
+    return value
 
-    With ``proper=False`` reflections (det −1) are drawn too.
+
+def rotations(proper: bool = False):
+    """Strategy for float64 orthogonal ``(3, 3)`` matrices, Haar-distributed.
+
+    Each draw is :func:`soft_niggli.lattice.random_rotations` on a drawn seed. With ``proper=False``
+    reflections (det −1) are drawn too, half of the time.
     """
     st = _st()
-    component = st.floats(-1.0, 1.0, allow_nan=False)
-    quaternion = st.tuples(component, component, component, component).filter(
-        lambda q: sum(x * x for x in q) > 1e-3)
-    reflect = st.just(False) if proper else st.booleans()
+    _check_bool(proper, "proper")
 
-    def build(args):
-        (w, x, y, z), flip = args
-        n = math.sqrt(w * w + x * x + y * y + z * z)
-        w, x, y, z = w / n, x / n, y / n, z / n
-        R = torch.tensor([
-            [1 - 2 * (y * y + z * z), 2 * (x * y - z * w), 2 * (x * z + y * w)],
-            [2 * (x * y + z * w), 1 - 2 * (x * x + z * z), 2 * (y * z - x * w)],
-            [2 * (x * z - y * w), 2 * (y * z + x * w), 1 - 2 * (x * x + y * y)],
-        ], dtype=torch.float64)
-        return -R if flip else R
+    def build(seed: int) -> torch.Tensor:
+        return random_rotations(1, generator=torch.Generator().manual_seed(seed), proper=proper)[0]
 
-    return st.tuples(quaternion, reflect).map(build)
+    return st.integers(0, 2**63 - 1).map(build)
 
 
 def _realistic():
@@ -212,6 +214,9 @@ def _choices(value, valid: tuple[str, ...], name: str) -> tuple[str, ...]:
     """``None`` (all), one name or a sequence of names, checked against ``valid``."""
     if value is None:
         return valid
+    if not isinstance(value, (str, tuple, list)) or not all(isinstance(n, str) for n in
+                                                              ((value,) if isinstance(value, str) else value)):
+        raise TypeError(f"{name}: expected None, a name or a tuple of names (str), got {type(value).__name__} {value!r}")
     names = (value,) if isinstance(value, str) else tuple(value)
     unknown = [n for n in names if n not in valid]
     if not names or unknown:
@@ -220,8 +225,9 @@ def _choices(value, valid: tuple[str, ...], name: str) -> tuple[str, ...]:
 
 
 def _noise_level(noise) -> float:
-    if isinstance(noise, bool) or not isinstance(noise, (int, float)) or not 0.0 <= noise <= 0.1:
-        raise ValueError(f"noise: expected a float in [0, 0.1] (relative size of the perturbation), got {noise!r}")
+    expected = "a float in [0, 0.1] (relative size of the perturbation)"
+    if not 0.0 <= check_real(noise, "noise", expected) <= 0.1:
+        raise ValueError(f"noise: expected {expected}, got {noise!r}")
     return float(noise)
 
 
@@ -344,6 +350,7 @@ def symmetric_lattices(family: str | Sequence[str] | None = None, noise: float =
     st = _st()
     families = _choices(family, SYMMETRIC_FAMILIES, "family")
     noise = _noise_level(noise)
+    _check_bool(rebase, "rebase")
     rotation = rotations()
     rebasing = unimodular_matrices(1) if rebase else None
 
@@ -371,6 +378,8 @@ def lattices(kind: str = "realistic"):
     """
     builders = {"realistic": _realistic, "pathological": _pathological, "any_float": _any_float,
                 "symmetric": symmetric_lattices}
+    if not isinstance(kind, str):
+        raise TypeError(f"kind: expected one of {LATTICE_KINDS} (a str), got {type(kind).__name__} {kind!r}")
     if kind not in builders:
         raise ValueError(f"kind: expected one of {LATTICE_KINDS}, got {kind!r}")
     return builders[kind]()
@@ -386,8 +395,8 @@ def crystals(max_atoms: int = 8, max_crystals: int = 3, lattice_kind: str = "rea
     re-based.
     """
     st = _st()
-    if max_atoms < 1 or max_crystals < 1:
-        raise ValueError(f"max_atoms and max_crystals: expected >= 1, got {max_atoms!r}, {max_crystals!r}")
+    check_int(max_atoms, "max_atoms", minimum=1)
+    check_int(max_crystals, "max_crystals", minimum=1)
     if lattice_kind == "symmetric":
         return symmetric_crystals(max_atoms=max_atoms, max_crystals=max_crystals)
     coord = st.floats(0.0, 1.0, exclude_max=True)
@@ -498,8 +507,9 @@ def symmetric_crystals(prototype: str | Sequence[str] | None = None, noise: floa
         def test_my_loss_is_zero_on_itself(batch): ...
     """
     st = _st()
-    if not (isinstance(max_crystals, int) and max_crystals >= 1 and isinstance(max_atoms, int) and max_atoms >= 1):
-        raise ValueError(f"max_crystals and max_atoms: expected ints >= 1, got {max_crystals!r}, {max_atoms!r}")
+    check_int(max_crystals, "max_crystals", minimum=1)
+    check_int(max_atoms, "max_atoms", minimum=1)
+    _check_bool(rebase, "rebase")
     names = _choices(prototype, SYMMETRIC_PROTOTYPES, "prototype")
     fitting = tuple(n for n in names if n == "generic" or len(_PROTOTYPE_SITES[n][1]) <= max_atoms)
     if prototype is not None and fitting != names:
@@ -526,8 +536,7 @@ def _aflow_structures() -> tuple:
 
 
 def _aflow_pool(max_atoms: int) -> list:
-    if not (isinstance(max_atoms, int) and max_atoms >= 1):
-        raise ValueError(f"max_atoms: expected an int >= 1, got {max_atoms!r}")
+    check_int(max_atoms, "max_atoms", minimum=1)
     pool = [s for s in _aflow_structures() if len(s) <= max_atoms]
     if not pool:
         raise ValueError(f"max_atoms: no AFLOW prototype has at most {max_atoms} atoms")
@@ -544,14 +553,14 @@ def aflow_crystals(limit: int | None = None, max_atoms: int = 20) -> CrystalBatc
 
     Raises:
         ImportError: pymatgen is not installed.
+        TypeError: ``limit`` or ``max_atoms`` not an int (``limit`` may be None).
         ValueError: ``limit`` negative, or ``max_atoms`` < 1 or below every prototype's size.
 
     >>> batch = aflow_crystals(limit=10)  # doctest: +SKIP
     >>> len(batch), batch.species is not None  # doctest: +SKIP
     (10, True)
     """
-    if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 0):
-        raise ValueError(f"limit: expected None or an int >= 0, got {limit!r}")
+    check_int(limit, "limit", minimum=0, allow_none=True)
     return CrystalBatch.from_structures(_aflow_pool(max_atoms)[:limit])
 
 
@@ -564,10 +573,9 @@ def real_crystals(max_crystals: int = 1, max_atoms: int = 20, rebase: bool = Tru
     at the first draw (ImportError then if it is missing).
     """
     st = _st()
-    if not (isinstance(max_crystals, int) and max_crystals >= 1):
-        raise ValueError(f"max_crystals: expected an int >= 1, got {max_crystals!r}")
-    if not (isinstance(max_atoms, int) and max_atoms >= 1):
-        raise ValueError(f"max_atoms: expected an int >= 1, got {max_atoms!r}")
+    check_int(max_crystals, "max_crystals", minimum=1)
+    check_int(max_atoms, "max_atoms", minimum=1)
+    _check_bool(rebase, "rebase")
     rotation = rotations()
     rebasing = unimodular_matrices(1) if rebase else None
 
@@ -585,21 +593,40 @@ def real_crystals(max_crystals: int = 1, max_atoms: int = 20, rebase: bool = Tru
 
 
 
-def _flatten(value) -> list[torch.Tensor]:
+def _leaves(value, path: str = "output") -> list[tuple[str, object]]:
+    """``(path, leaf)`` pairs of an output: tensors (numbers become float64 or int64 tensors) and, compared
+    by equality, strings, ``None`` and enum members; tuples, lists, dicts and objects are walked."""
     if isinstance(value, torch.Tensor):
-        return [value]
-    if isinstance(value, (int, float)):
-        return [torch.tensor(float(value))]
+        return [(path, value)]
+    if value is None or isinstance(value, (str, enum.Enum)):
+        return [(path, value)]
+    if isinstance(value, bool):
+        return [(path, torch.tensor(value))]
+    if isinstance(value, int):
+        return [(path, torch.tensor(value, dtype=torch.int64))]
+    if isinstance(value, float):
+        return [(path, torch.tensor(value, dtype=torch.float64))]
     if isinstance(value, dict):
-        return [t for k in sorted(value) for t in _flatten(value[k])]
+        return [leaf for k in sorted(value, key=str) for leaf in _leaves(value[k], f"{path}[{k!r}]")]
     if isinstance(value, (tuple, list)):
-        return [t for v in value for t in _flatten(v)]
+        return [leaf for i, v in enumerate(value) for leaf in _leaves(v, f"{path}[{i}]")]
     if hasattr(value, "__dict__"):
-        return [t for k in sorted(vars(value)) for t in _flatten(vars(value)[k])]
-    raise TypeError(f"assert_gl3z_invariant: cannot compare outputs of type {type(value).__name__}")
+        return [leaf for k in sorted(vars(value)) for leaf in _leaves(vars(value)[k], f"{path}.{k}")]
+    raise TypeError(f"assert_gl3z_invariant: cannot compare outputs of type {type(value).__name__} (at {path})")
 
 
 _DEFAULT_TOLERANCES = {torch.float64: (1e-9, 1e-7), torch.float32: (1e-4, 1e-3)}
+
+
+def _broken_crystals(ref: torch.Tensor, out: torch.Tensor, B: int, atol: float, rtol: float) -> list[int]:
+    """Crystals whose entries differ, for outputs with one row per crystal (leading dimension ``B``)."""
+    if ref.shape != out.shape or ref.dim() == 0 or ref.shape[0] != B or ref.device.type == "meta":
+        return []
+    if ref.is_floating_point() or ref.is_complex():
+        same = torch.isclose(out, ref, atol=atol, rtol=rtol, equal_nan=True)
+    else:
+        same = out == ref
+    return (~same.reshape(B, -1).all(dim=1)).nonzero().flatten().tolist()
 
 
 def assert_gl3z_invariant(fn: Callable[[CrystalBatch], object], batch: CrystalBatch, *, trials: int = 3,
@@ -608,27 +635,48 @@ def assert_gl3z_invariant(fn: Callable[[CrystalBatch], object], batch: CrystalBa
     """Assert that ``fn(batch)`` does not change when every crystal is re-expressed in another basis.
 
     Draws ``trials`` sets of random unimodular matrices (one per crystal, entries bounded by
-    ``max_entry``), applies them with :meth:`CrystalBatch.apply_basis_change` and compares
-    ``fn``'s outputs (tensors, numbers, or tuples/dicts/objects of them) with ``torch.allclose``.
-    Tolerances default by the batch's dtype (float64: atol 1e-9, rtol 1e-7; float32: 1e-4, 1e-3).
+    ``max_entry``), applies them with :meth:`CrystalBatch.apply_basis_change` and compares ``fn``'s
+    outputs (tensors, numbers, or tuples/lists/dicts/objects of them; strings and ``None`` by equality)
+    with :func:`torch.testing.assert_close` (``equal_nan=True``; dtype and device must agree too).
+    Tolerances default by the batch's dtype (float64: atol 1e-9, rtol 1e-7; float32 and others: 1e-4,
+    1e-3). On the meta device only shapes, dtypes and devices are compared (there are no values).
 
     Raises:
-        AssertionError: naming the trial, the output and the largest deviation, when not invariant.
+        AssertionError: naming the trial, the output, the crystals that broke it and their basis changes,
+            with :func:`torch.testing.assert_close`'s report (largest differences and where).
+        TypeError: ``fn`` not callable, ``batch`` not a :class:`CrystalBatch`, or a wrongly typed option.
     """
+    if not callable(fn):
+        raise TypeError(f"fn: expected a callable taking a CrystalBatch, got {type(fn).__name__}")
+    if not isinstance(batch, CrystalBatch):
+        raise TypeError(f"batch: expected a CrystalBatch, got {type(batch).__name__}")
+    trials = check_int(trials, "trials", minimum=1)
+    max_entry = check_int(max_entry, "max_entry", minimum=1)
+    seed = check_int(seed, "seed")
     default_atol, default_rtol = _DEFAULT_TOLERANCES.get(batch.dtype, (1e-4, 1e-3))
-    atol = default_atol if atol is None else atol
-    rtol = default_rtol if rtol is None else rtol
-    reference = _flatten(fn(batch))
+    atol = default_atol if atol is None else check_real(atol, "atol", "a float >= 0 or None")
+    rtol = default_rtol if rtol is None else check_real(rtol, "rtol", "a float >= 0 or None")
+    reference = _leaves(fn(batch))
     generator = torch.Generator().manual_seed(seed)
+    B = batch.num_crystals
     for trial in range(trials):
-        M = random_unimodular((batch.num_crystals,), max_entry=max_entry, generator=generator)
-        moved = _flatten(fn(batch.apply_basis_change(M.to(batch.device))))
-        if len(moved) != len(reference):
-            raise AssertionError(f"trial {trial}: fn returned {len(moved)} tensors, expected {len(reference)}")
-        for k, (ref, out) in enumerate(zip(reference, moved)):
-            ref_c, out_c = ref.detach().to(torch.float64).cpu(), out.detach().to(torch.float64).cpu()
-            if ref_c.shape != out_c.shape or not torch.allclose(out_c, ref_c, atol=atol, rtol=rtol, equal_nan=True):
-                deviation = (out_c - ref_c).abs().max().item() if ref_c.shape == out_c.shape else float("nan")
-                raise AssertionError(
-                    f"not GL(3,Z)-invariant: trial {trial}, output {k}: largest deviation {deviation:.3e} "
-                    f"(atol={atol}, rtol={rtol}) under basis changes {M.tolist()}")
+        M = random_unimodular((B,), max_entry=max_entry, generator=generator)
+        moved = _leaves(fn(batch.apply_basis_change(M.to(batch.device))))
+        if [p for p, _ in moved] != [p for p, _ in reference]:
+            raise AssertionError(f"trial {trial}: fn returned outputs {[p for p, _ in moved]}, "
+                                 f"expected {[p for p, _ in reference]}")
+        for (path, ref), (_, out) in zip(reference, moved):
+            if not isinstance(ref, torch.Tensor) or not isinstance(out, torch.Tensor):
+                if not (type(ref) is type(out) and ref == out):
+                    raise AssertionError(f"not GL(3,Z)-invariant: trial {trial}, {path}: {out!r} instead of "
+                                         f"{ref!r} under basis changes {M.tolist()}")
+                continue
+            ref, out = ref.detach(), out.detach()
+            broken = _broken_crystals(ref, out, B, atol, rtol)
+            where = (f"crystals {broken} (basis changes {M[broken].tolist()})" if broken
+                     else f"basis changes {M.tolist()}")
+
+            def message(report: str, trial=trial, path=path, where=where) -> str:
+                return f"not GL(3,Z)-invariant: trial {trial}, {path}, {where}:\n{report}"
+
+            torch.testing.assert_close(out, ref, atol=atol, rtol=rtol, equal_nan=True, msg=message)

@@ -1,4 +1,5 @@
-"""The group GL(3,Z): enumeration of bounded sets, signed permutations, random elements, membership.
+"""The group GL(3,Z): enumeration of bounded sets, signed permutations, random elements, membership,
+and the automorphisms of a lattice (the elements that map it to itself).
 
 Row convention: a unimodular ``M (..., 3, 3)`` acts on a lattice whose rows are the lattice vectors
 as ``L' = M @ L`` (and on fractional coordinates as ``F' = wrap(F @ M^{-1})``).
@@ -8,11 +9,13 @@ from __future__ import annotations
 
 import functools
 import itertools
+from dataclasses import dataclass
 
 import numpy as np
 import torch
 
-__all__ = ["enumerate_unimodular", "signed_permutations", "random_unimodular", "is_unimodular"]
+__all__ = ["enumerate_unimodular", "signed_permutations", "random_unimodular", "is_unimodular", "LatticeAutomorphisms",
+           "lattice_automorphisms"]
 
 
 def _det3(M: np.ndarray) -> np.ndarray:
@@ -145,3 +148,105 @@ def is_unimodular(M: torch.Tensor, atol: float = 1e-6) -> torch.Tensor:
         + c[..., 0, 2] * (c[..., 1, 0] * c[..., 2, 1] - c[..., 1, 1] * c[..., 2, 0])
     )
     return integral & (det.abs() == 1)
+
+
+@functools.lru_cache(maxsize=None)
+def _short_vectors() -> torch.Tensor:
+    """The 26 nonzero vectors of {-1, 0, 1}³, ``(26, 3)`` int64, the identity's rows among them."""
+    return torch.tensor([[i, j, k] for i in (-1, 0, 1) for j in (-1, 0, 1) for k in (-1, 0, 1)
+                         if (i, j, k) != (0, 0, 0)], dtype=torch.int64)
+
+
+@dataclass(frozen=True)
+class LatticeAutomorphisms:
+    """The automorphisms of a batch of lattices, packed: crystal ``owner[p]`` has ``matrices[p]``.
+
+    Attributes:
+        owner: ``(P,)`` int64 crystal index of each automorphism, sorted, each crystal's identity first.
+        matrices: ``(P, 3, 3)`` int64, every one with determinant ±1.
+    """
+
+    owner: torch.Tensor
+    matrices: torch.Tensor
+
+    def counts(self, num_lattices: int) -> torch.Tensor:
+        """``(B,)`` number of automorphisms of each lattice (``-I`` and ``I`` included)."""
+        return torch.bincount(self.owner, minlength=num_lattices)
+
+
+def lattice_automorphisms(lattice: torch.Tensor, rel_tol: float = 1e-4) -> LatticeAutomorphisms:
+    """Unimodular ``A`` with entries in {-1, 0, 1} and ``A G Aᵀ = G`` (``G = L Lᵀ``), for each lattice.
+
+    For a Niggli- (indeed Buerger-) reduced basis these are *all* automorphisms of the lattice (its
+    point group expressed in that basis: 2 for triclinic, up to 48 for cubic); for other bases only
+    those in {-1, 0, 1} are found. Equality is relative: ``|(A G Aᵀ - G)_ij| <= rel_tol ·
+    sqrt(G_ii G_jj)`` (lengths and cosines to ``rel_tol``), so near-automorphisms of pseudo-symmetric
+    cells count too, which keeps a loss built on them stable where the reducer's own tolerance lets
+    it pick either of two nearly equal bases. Non-finite or flat cells (relative volume below 1e-6)
+    get the identity only.
+
+    Args:
+        lattice: ``(B, 3, 3)``, rows are lattice vectors; not differentiated.
+        rel_tol: relative tolerance in (0, 0.1).
+
+    Returns:
+        :class:`LatticeAutomorphisms` ``(owner, matrices)``.
+
+    >>> L = torch.diag(torch.tensor([3.0, 3.0, 5.0], dtype=torch.float64))[None]  # tetragonal
+    >>> lattice_automorphisms(L).counts(1).tolist()
+    [16]
+
+    How: row ``i`` of ``A`` is one of the 26 vectors ``v`` of {-1,0,1}³ with ``v G vᵀ = G_ii``. With
+    all inner products ``Q = V G Vᵀ (B, 26, 26)`` at hand, rows are chosen one at a time, each pair of
+    rows checked against ``G``'s off-diagonal as soon as both exist; only a handful of partial
+    matrices survive each stage, so this costs a few small boolean tensors instead of testing all
+    6960 bound-1 unimodular matrices per lattice.
+    """
+    if not isinstance(lattice, torch.Tensor):
+        raise TypeError(f"lattice: expected a tensor of shape (B, 3, 3), got {type(lattice).__name__}")
+    if lattice.dim() != 3 or tuple(lattice.shape[1:]) != (3, 3):
+        raise ValueError(f"lattice: expected a tensor of shape (B, 3, 3), got {tuple(lattice.shape)}")
+    if isinstance(rel_tol, bool) or not isinstance(rel_tol, (int, float)):
+        raise TypeError(f"rel_tol: expected a number in (0, 0.1), got {type(rel_tol).__name__}")
+    if not 0 < rel_tol < 0.1:
+        raise ValueError(f"rel_tol: expected a number in (0, 0.1), got {rel_tol!r}")
+    device = lattice.device
+    vectors = _short_vectors().to(device)
+    L = lattice.detach().to(torch.float64)
+    B = L.shape[0]
+    eye = torch.eye(3, dtype=torch.int64, device=device)
+    finite = torch.isfinite(L).flatten(1).all(1)
+    L = torch.where(finite[:, None, None], L, eye.to(L.dtype))
+    # Scale-free: divide by the largest row length so the tolerance is purely relative.
+    L = L / torch.linalg.vector_norm(L, dim=-1).amax(-1).clamp_min(1e-300)[:, None, None]
+    G = L @ L.transpose(-1, -2)
+    diag = torch.diagonal(G, dim1=-2, dim2=-1)  # (B, 3)
+    rel_volume = torch.linalg.det(L).abs() / diag.clamp_min(0).sqrt().prod(-1).clamp_min(1e-300)
+    usable = finite & (rel_volume > 1e-6)
+
+    V = vectors.to(G.dtype)
+    Q = V @ G @ V.T  # (B, 26, 26): all inner products v·G·w
+    qdiag = torch.diagonal(Q, dim1=-2, dim2=-1)  # (B, 26)
+    length_ok = (qdiag[:, :, None] - diag[:, None, :]).abs() <= rel_tol * diag[:, None, :]  # (B, 26, 3)
+    length_ok &= usable[:, None, None]
+    cos_tol = rel_tol * (diag[:, :, None] * diag[:, None, :]).clamp_min(0).sqrt()  # (B, 3, 3)
+
+    owner, r0 = length_ok[:, :, 0].nonzero(as_tuple=True)
+    picked = [r0]
+    for i in (1, 2):
+        ok = length_ok[owner, :, i]  # (P, 26): candidates for row i
+        for j, rj in enumerate(picked):
+            ok = ok & ((Q[owner, rj, :] - G[owner, j, i, None]).abs() <= cos_tol[owner, j, i, None])
+        parent, ri = ok.nonzero(as_tuple=True)
+        owner = owner[parent]
+        picked = [r[parent] for r in picked] + [ri]
+    A = torch.stack([vectors[r] for r in picked], dim=1)  # (P, 3, 3)
+    # A G Aᵀ = G with G positive definite forces det A = ±1; the check guards rel_tol's slack.
+    det = torch.linalg.det(A.to(torch.float64)).round()
+    A, owner = A[det.abs() == 1], owner[det.abs() == 1]
+    # Identities first (also for cells that are not usable, which found nothing else).
+    is_identity = (A == eye).flatten(1).all(1)
+    A = torch.cat([eye.expand(B, 3, 3), A[~is_identity]])
+    owner = torch.cat([torch.arange(B, device=device), owner[~is_identity]])
+    order = torch.sort(owner, stable=True).indices
+    return LatticeAutomorphisms(owner=owner[order], matrices=A[order])

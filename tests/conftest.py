@@ -1,4 +1,11 @@
-"""Shared test settings: seeded RNG, hypothesis profiles, the path to ../shared/data."""
+"""Shared test settings: seeded RNG, hypothesis profiles, the benchmark data folder.
+
+The data folder: ``$SOFT_NIGGLI_DATA`` if set, else ``../shared/data`` relative to the repository root
+(where this project's CSV files live in a development checkout). The library itself never looks there
+(:func:`soft_niggli.datasets.resolve_data_dir`): tests pass the folder on, as ``data_dir=`` or through the
+environment variable, which is set here for the session when the folder exists. Tests that need the data
+skip cleanly where it is absent (:func:`shared_data_dir`).
+"""
 
 from __future__ import annotations
 
@@ -17,7 +24,12 @@ settings.register_profile(
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much])
 settings.load_profile("ci" if os.environ.get("CI") else "default")
 
-SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+REPO_ROOT = Path(__file__).resolve().parents[1]
+#: The benchmark data folder (it may not exist: see shared_data_dir).
+SHARED_DATA = Path(os.environ.get("SOFT_NIGGLI_DATA") or REPO_ROOT.parent / "shared" / "data").expanduser()
+if "SOFT_NIGGLI_DATA" not in os.environ and SHARED_DATA.is_dir():
+    # Code under test that reads the variable (benchmarks run in-process) finds the folder too.
+    os.environ["SOFT_NIGGLI_DATA"] = str(SHARED_DATA)
 
 
 @pytest.fixture(autouse=True)
@@ -26,11 +38,25 @@ def _seed():
     np.random.seed(0)
 
 
-def load_shared_structures(dataset: str, split: str = "val", limit: int | None = None):
-    """pymatgen Structures from ``../shared/data/<dataset>/<split>.csv.gz``; skips the test when absent."""
-    path = SHARED_DATA / dataset / f"{split}.csv.gz"
+def shared_data_dir() -> Path:
+    """The benchmark data folder; skips the calling test when it is absent."""
+    if not SHARED_DATA.is_dir():
+        pytest.skip(f"benchmark data folder {SHARED_DATA} not present (set SOFT_NIGGLI_DATA to use another)")
+    return SHARED_DATA
+
+
+def shared_data_file(dataset: str, split: str = "val") -> Path:
+    """``<data folder>/<dataset>/<split>.csv.gz``; skips the calling test when it is absent."""
+    path = shared_data_dir() / dataset / f"{split}.csv.gz"
     if not path.exists():
         pytest.skip(f"{path} not present")
+    return path
+
+
+def load_shared_structures(dataset: str, split: str = "val", limit: int | None = None):
+    """pymatgen Structures parsed straight from the data file (independently of soft_niggli's reader);
+    skips the test when the file is absent."""
+    path = shared_data_file(dataset, split)
     import csv
     import gzip
     import warnings
@@ -51,9 +77,6 @@ def load_shared_structures(dataset: str, split: str = "val", limit: int | None =
 
 def load_shared_cells(dataset: str, split: str = "val"):
     """All cells of a shared data file as float64 ``(n, 3, 3)``; skips the test when the file is absent."""
-    path = SHARED_DATA / dataset / f"{split}.csv.gz"
-    if not path.exists():
-        pytest.skip(f"{path} not present")
     from soft_niggli.datasets import read_cdvae_cells
 
-    return read_cdvae_cells(path)
+    return read_cdvae_cells(shared_data_file(dataset, split))

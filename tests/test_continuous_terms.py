@@ -10,8 +10,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from soft_niggli import random_unimodular
-from soft_niggli.invariants import theta_series, theta_term, volume_term
-from soft_niggli.softmin import (
+from soft_niggli.losses.invariants import theta_series, theta_term, volume_term
+from soft_niggli.losses.candidates import (
     lattice_distances,
     lattice_distances_naive,
     metric_distances,
@@ -19,7 +19,7 @@ from soft_niggli.softmin import (
     softmin,
 )
 from soft_niggli.testing import lattices, rotations, unimodular_matrices
-from soft_niggli.transport import sinkhorn_coordinate_loss
+from soft_niggli.losses.sinkhorn import sinkhorn_coordinate_loss
 
 pairs = st.lists(st.tuples(lattices("realistic"), lattices("realistic")), min_size=1, max_size=4).map(
     lambda p: (torch.stack([a for a, _ in p]), torch.stack([b for _, b in p])))

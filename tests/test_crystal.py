@@ -9,7 +9,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from conftest import load_shared_structures
-from soft_niggli.crystal import CrystalBatch
+from soft_niggli.crystal import CrystalBatch, atom_slots
 from soft_niggli.lattice import integer_inverse, to_fractional
 from soft_niggli.unimodular import random_unimodular
 
@@ -270,9 +270,12 @@ def test_from_structures_rejects_disordered_structures():
         CrystalBatch.from_structures([rocksalt(), disordered])
 
 
-def test_from_structures_rejects_unknown_objects():
-    with pytest.raises(ValueError, match=r"structures\[0\]: expected a pymatgen Structure or an ASE Atoms, got dict"):
+def test_from_structures_rejects_unknown_objects_with_type_error():
+    with pytest.raises(TypeError, match=r"structures\[0\]: expected a pymatgen Structure or an ASE Atoms, got dict"):
         CrystalBatch.from_structures([{"lattice": None}])
+    for bad in (None, "rocksalt.cif", {"lattice": None}, 3):
+        with pytest.raises(TypeError, match=r"structures: expected a pymatgen Structure, an ASE Atoms or a sequence"):
+            CrystalBatch.from_structures(bad)
 
 
 def test_to_structures_requires_species():
@@ -363,3 +366,241 @@ def test_empty_list_of_counts_is_a_batch_of_zero_crystals():
     assert len(CrystalBatch.from_structures([])) == 0
     with pytest.raises(ValueError, match=r"num_atoms: expected shape \(B,\) = \(2,\) to match lattice, got \(0,\)"):
         CrystalBatch(_lattice(), frac, [])
+
+
+# ---------------------------------------------------------------------------- torch-style .to
+
+
+def _small_batch(dtype=torch.float64):
+    lattice = torch.stack([4 * torch.eye(3), 5 * torch.eye(3), 6 * torch.eye(3)]).to(dtype)
+    frac = torch.rand(6, 3, generator=torch.Generator().manual_seed(0)).to(dtype)
+    return CrystalBatch(lattice, frac, [1, 2, 3], [1, 2, 3, 4, 5, 6])
+
+
+@pytest.mark.parametrize("call", [
+    lambda cb: cb.to(torch.float32),
+    lambda cb: cb.to(dtype=torch.float32),
+    lambda cb: cb.to("cpu", torch.float32),
+    lambda cb: cb.to(torch.device("cpu"), dtype=torch.float32),
+    lambda cb: cb.to(device="cpu", dtype=torch.float32),
+    lambda cb: cb.to(torch.zeros(2, dtype=torch.float32)),
+    lambda cb: cb.to(_small_batch(torch.float32)),
+    lambda cb: cb.to(torch.float32, copy=True),
+])
+def test_to_accepts_torch_signatures(call):
+    cb = _small_batch()
+    out = call(cb)
+    assert isinstance(out, CrystalBatch) and out.dtype == torch.float32 and out.device == cb.device
+    assert out.frac.dtype == torch.float32 and out.num_atoms.dtype == out.batch.dtype == torch.int64
+    assert torch.equal(out.lattice, cb.lattice.float()) and torch.equal(out.species, cb.species)
+    assert torch.equal(out.atom_slots, cb.atom_slots)
+
+
+def test_to_device_only_keeps_dtype_and_shares_unchanged_tensors():
+    cb = _small_batch()
+    for out in (cb.to("cpu"), cb.to(torch.device("cpu")), cb.to(device="cpu"), cb.to(torch.float64)):
+        assert out.dtype == torch.float64 and out.lattice is cb.lattice and out.frac is cb.frac
+    assert cb.to(torch.float64, copy=True).lattice is not cb.lattice
+
+
+def test_to_moves_to_meta_and_keeps_shapes():
+    cb = _small_batch().to("meta")
+    assert cb.device.type == "meta" and cb.species.device.type == "meta" and cb.batch.device.type == "meta"
+    assert cb.lattice.shape == (3, 3, 3) and cb.frac.shape == (6, 3)
+
+
+@pytest.mark.parametrize("args, kwargs, error, match", [
+    ((torch.int64,), {}, ValueError, "dtype: expected a floating dtype"),
+    ((), {"dtype": torch.int32}, ValueError, "dtype: expected a floating dtype"),
+    ((torch.zeros(2, dtype=torch.int64),), {}, ValueError, "dtype: expected a floating dtype"),
+    (("gpu",), {}, ValueError, "to: .*gpu"),
+    ((3.5,), {}, TypeError, "to: expected a device, a dtype, a tensor or a CrystalBatch, got float"),
+    ((True,), {}, TypeError, "got bool"),
+    ((), {"dtype": "float32"}, TypeError, "got str"),
+])
+def test_to_rejects_bad_arguments(args, kwargs, error, match):
+    with pytest.raises(error, match=match):
+        _small_batch().to(*args, **kwargs)
+
+
+# ---------------------------------------------------------------------------- indexing
+
+
+def reference_selection(cb: CrystalBatch, indices: list[int]) -> CrystalBatch:
+    """The crystals ``indices`` one by one through int indexing, concatenated."""
+    parts = [cb[i] for i in indices]
+    if not parts:
+        return CrystalBatch(cb.lattice[:0], cb.frac[:0], [], None if cb.species is None else cb.species[:0])
+    return CrystalBatch(torch.cat([p.lattice for p in parts]), torch.cat([p.frac for p in parts]),
+                        torch.cat([p.num_atoms for p in parts]),
+                        None if cb.species is None else torch.cat([p.species for p in parts]))
+
+
+def assert_consistent(x: CrystalBatch):
+    """Index tensors agree with the counts (as the constructor would build them)."""
+    rebuilt = CrystalBatch(x.lattice, x.frac, x.num_atoms, x.species)
+    assert torch.equal(x.batch, rebuilt.batch) and torch.equal(x._ptr, rebuilt._ptr)
+    assert torch.equal(x.atom_slots, rebuilt.atom_slots)
+
+
+@SETTINGS
+@given(crystal_data(min_crystals=0, max_crystals=5), st.data())
+def test_every_kind_of_index_selects_the_crystals_in_order(data, draw):
+    cb = make_batch(data) if len(data[1]) else CrystalBatch(np.zeros((0, 3, 3)), np.zeros((0, 3)), [], [])
+    B = len(cb)
+    picks = draw.draw(st.lists(st.integers(-B, B - 1), max_size=6)) if B else []
+    mask = draw.draw(st.lists(st.booleans(), min_size=B, max_size=B))
+    start, stop = draw.draw(st.integers(-B - 1, B + 1)), draw.draw(st.integers(-B - 1, B + 1))
+    step = draw.draw(st.sampled_from([1, 2, -1, -2, 3]))
+    normal = [i % B for i in picks]
+    cases = {
+        "list": (picks, normal),
+        "tuple": (tuple(picks), normal),
+        "tensor": (torch.tensor(picks, dtype=torch.int64), normal),
+        "int32 tensor": (torch.tensor(picks, dtype=torch.int32), normal),
+        "numpy": (np.array(picks, dtype=np.int64), normal),
+        "mask": (torch.tensor(mask, dtype=torch.bool), [i for i, m in enumerate(mask) if m]),
+        "mask list": (mask, [i for i, m in enumerate(mask) if m]) if B else ([], []),
+        "numpy mask": (np.array(mask, dtype=bool), [i for i, m in enumerate(mask) if m]),
+        "slice": (slice(start, stop, step), list(range(B))[start:stop:step]),
+    }
+    for name, (index, expected) in cases.items():
+        selected = cb[index]
+        assert isinstance(selected, CrystalBatch), name
+        assert_same_batch(selected, reference_selection(cb, expected))
+        assert_consistent(selected)
+
+
+def test_int_and_step_one_slices_share_storage_and_pass_gradients():
+    lattice = (4 * torch.eye(3, dtype=torch.float64)).repeat(3, 1, 1).requires_grad_()
+    frac = torch.rand(6, 3, dtype=torch.float64, requires_grad=True)
+    cb = CrystalBatch(lattice, frac, [1, 2, 3])
+    view = cb[1:]
+    assert view.frac.data_ptr() == cb.frac[1:].data_ptr() and view.num_atoms.tolist() == [2, 3]
+    assert cb[-1].frac.data_ptr() == cb.frac[3:].data_ptr()
+    (cb[[2, 0]].cartesian().sum() + cb[torch.tensor([False, True, False])].lattice.sum()).backward()
+    # Crystals 2 and 0 through their atoms and lattices, crystal 1 through its lattice only.
+    assert all(float(lattice.grad[b].abs().sum()) > 0 for b in range(3))
+    assert float(frac.grad[1:3].abs().sum()) == 0.0
+    assert float(frac.grad[:1].abs().sum()) > 0 and float(frac.grad[3:].abs().sum()) > 0
+
+
+def test_iteration_gives_one_crystal_batches():
+    cb = _small_batch()
+    parts = list(cb)
+    assert [len(p) for p in parts] == [1, 1, 1] and [p.num_atoms.item() for p in parts] == [1, 2, 3]
+    assert_same_batch(parts[2], cb[2])
+
+
+@pytest.mark.parametrize("index, error, match", [
+    (3, IndexError, "crystal index 3 out of range for a batch of 3"),
+    (-4, IndexError, "out of range"),
+    ([0, 3], IndexError, "crystal index 3 out of range"),
+    (torch.tensor([-4]), IndexError, "crystal index -4 out of range"),
+    (torch.tensor([True, False]), IndexError, r"boolean mask: expected shape \(B,\) = \(3,\), got \(2,\)"),
+    (torch.zeros(2, 2, dtype=torch.int64), IndexError, "one dimension"),
+    (1.0, TypeError, "CrystalBatch indices must be integers"),
+    ("0", TypeError, "CrystalBatch indices must be integers"),
+    (None, TypeError, "CrystalBatch indices must be integers"),
+    (True, TypeError, "got bool"),
+    ([0.5, 1.0], TypeError, "got a tensor of dtype torch.float32"),
+    (torch.tensor([1.0]), TypeError, "got a tensor of dtype torch.float32"),
+])
+def test_bad_indices_raise(index, error, match):
+    with pytest.raises(error, match=match):
+        _small_batch()[index]
+
+
+def test_zero_dim_index_tensor_is_an_int():
+    cb = _small_batch()
+    assert_same_batch(cb[torch.tensor(2)], cb[2])
+    assert_same_batch(cb[np.int64(-1)], cb[2])
+
+
+# ---------------------------------------------------------------------------- atom slots
+
+
+def test_atom_slots_count_atoms_within_each_crystal():
+    assert atom_slots(torch.tensor([2, 0, 3])).tolist() == [0, 1, 0, 1, 2]
+    assert atom_slots([2, 0, 3], batch=[0, 0, 2, 2, 2]).tolist() == [0, 1, 0, 1, 2]
+    assert atom_slots(torch.zeros(0, dtype=torch.int64)).shape == (0,)
+    cb = _small_batch()
+    assert cb.atom_slots.tolist() == [0, 0, 1, 0, 1, 2]
+    assert torch.equal(cb.atom_slots, atom_slots(cb.num_atoms, cb.batch))
+    # The slots are where to_padded puts each atom.
+    frac, mask, _ = cb.to_padded()
+    assert torch.equal(frac[cb.batch, cb.atom_slots], cb.frac)
+    meta = cb.to("meta")
+    assert atom_slots(meta.num_atoms, meta.batch).shape == (6,) and meta.atom_slots.device.type == "meta"
+    with pytest.raises(ValueError, match="meta"):
+        atom_slots(meta.num_atoms)
+    with pytest.raises(ValueError, match="num_atoms: expected an integer dtype"):
+        atom_slots([1.5, 2.0])
+    with pytest.raises(TypeError, match="num_atoms"):
+        atom_slots("3")
+
+
+# ---------------------------------------------------------------------------- inputs: lists and types
+
+
+def test_lists_and_numpy_arrays_are_accepted_and_numpy_float64_stays_float64():
+    from_lists = CrystalBatch([[[4.0, 0, 0], [0, 4, 0], [0, 0, 4]]], [[0.0, 0, 0], [0.5, 0.5, 0.5]], [2], [11, 17])
+    assert from_lists.dtype == torch.get_default_dtype() and from_lists.species.tolist() == [11, 17]
+    from_numpy = CrystalBatch(4 * np.eye(3)[None], np.zeros((2, 3)), np.array([2]), np.array([11, 17]))
+    assert from_numpy.dtype == torch.float64 and isinstance(from_numpy.lattice, torch.Tensor)
+
+
+@pytest.mark.parametrize("make, match", [
+    (lambda: CrystalBatch("lattice", np.zeros((1, 3)), [1]), "lattice: expected a torch.Tensor"),
+    (lambda: CrystalBatch(None, np.zeros((1, 3)), [1]), "lattice: expected .* got None"),
+    (lambda: CrystalBatch(np.eye(3)[None], None, [1]), "frac: expected .* got None"),
+    (lambda: CrystalBatch(np.eye(3)[None], np.zeros((1, 3)), "1"), "num_atoms: expected"),
+    (lambda: CrystalBatch(np.eye(3)[None], np.zeros((1, 3)), [1], species="Na"), "species: expected"),
+    (lambda: CrystalBatch(np.eye(3)[None], np.zeros((1, 3)), [1]).apply_basis_change("I"), "M: expected"),
+    (lambda: CrystalBatch.from_structures([], dtype="float32"), "dtype: expected a torch.dtype, got str"),
+])
+def test_wrong_python_types_raise_type_error(make, match):
+    with pytest.raises(TypeError, match=match):
+        make()
+
+
+def test_from_structures_rejects_integer_dtypes_with_value_error():
+    with pytest.raises(ValueError, match="dtype: expected a floating dtype"):
+        CrystalBatch.from_structures([], dtype=torch.int64)
+
+
+def test_from_structures_takes_a_single_structure_or_atoms():
+    pytest.importorskip("pymatgen.core")
+    s = rocksalt()
+    one = CrystalBatch.from_structures(s)
+    assert_same_batch(one, CrystalBatch.from_structures([s]))
+    assert len(one) == 1 and one.num_atoms.tolist() == [4]
+    pytest.importorskip("ase")
+    assert_same_batch(CrystalBatch.from_structures(to_ase(s)), one, atol=1e-12)
+    assert CrystalBatch.from_structures((s, to_ase(s)), dtype=torch.float32, device="meta").device.type == "meta"
+
+
+def test_to_structures_can_put_none_for_cells_pymatgen_refuses(monkeypatch):
+    pytest.importorskip("pymatgen.core")
+    import pymatgen.core
+
+    cb = CrystalBatch.from_structures([rocksalt(), rocksalt()])
+    original = pymatgen.core.Structure
+
+    class Refusing(original):
+        calls = 0
+
+        def __init__(self, *args, **kwargs):
+            Refusing.calls += 1
+            if Refusing.calls == 2:
+                raise ValueError("refused")
+            super().__init__(*args, **kwargs)
+
+    monkeypatch.setattr(pymatgen.core, "Structure", Refusing)
+    out = cb.to_structures(errors="none")
+    assert out[0] is not None and out[1] is None
+    Refusing.calls = 0
+    with pytest.raises(ValueError, match="refused"):
+        cb.to_structures()
+    with pytest.raises(ValueError, match="errors: expected 'raise' or 'none'"):
+        cb.to_structures(errors="ignore")

@@ -13,7 +13,7 @@ from soft_niggli.datasets import (
     train_val_split,
 )
 
-from conftest import SHARED_DATA, load_shared_structures
+from conftest import load_shared_structures, shared_data_dir, shared_data_file
 
 pytest.importorskip("pymatgen")
 
@@ -56,9 +56,7 @@ def test_unknown_dataset_and_split_name_the_valid_ones(tmp_path):
 
 
 def test_cdvae_reader_matches_pymatgen_and_caches(tmp_path, monkeypatch):
-    path = SHARED_DATA / "mp_20" / "val.csv.gz"
-    if not path.exists():
-        pytest.skip(f"{path} not present")
+    path = shared_data_file("mp_20", "val")
     monkeypatch.setenv("SOFT_NIGGLI_CACHE", str(tmp_path / "cache"))
     expected = load_shared_structures("mp_20", "val", limit=4)
     first = read_cdvae_csv(path, limit=4)
@@ -122,15 +120,16 @@ def test_partially_occupied_rows_are_dropped_and_counted(tmp_path, monkeypatch):
         assert _ids(read_cdvae_csv(path, limit=2, use_cache=False)) == ["a"]
 
 
-@pytest.mark.parametrize("bad", [-1, 1.5, "3", True])
-def test_limit_must_be_none_or_a_non_negative_int(tmp_path, bad):
+@pytest.mark.parametrize("bad, error", [(-1, ValueError), (1.5, TypeError), (3.0, TypeError), ("3", TypeError),
+                                        (True, TypeError)])
+def test_limit_must_be_none_or_a_non_negative_int(tmp_path, bad, error):
     from soft_niggli.datasets import read_cdvae_cells
 
     path = _write_csv(tmp_path / "one.csv.gz", [{"material_id": "a", "cif": _cif(_ordered())}])
     for call in (lambda: load_dataset("aflow", limit=bad), lambda: load_dataset("aflow", "all", limit=bad),
                  lambda: read_cdvae_csv(path, limit=bad), lambda: read_cdvae_cells(path, limit=bad),
                  lambda: read_aflow_prototypes(max_atoms=bad), lambda: read_cdvae_csv(path, max_atoms=bad)):
-        with pytest.raises(ValueError, match=r"expected None or an int >= 0, got " + repr(bad).replace(".", r"\.")):
+        with pytest.raises(error, match=r"expected an int >= 0 or None, got .*" + repr(bad).replace(".", r"\.")):
             call()
     assert len(load_dataset("aflow", "all", limit=np.int64(3))) == 3
     assert len(load_dataset("aflow", "all", limit=0)) == 0
@@ -175,3 +174,73 @@ def test_truncated_gzip_is_reported_as_truncated_not_eof(tmp_path):
     for reader in (read_cdvae_cells, lambda p: read_cdvae_csv(p, use_cache=False)):
         with pytest.raises(ValueError, match=r"cut\.csv\.gz.*truncated or corrupt"):
             reader(cut)
+
+
+# ---------------------------------------------------------------------------- the data folder
+
+
+def test_without_a_data_folder_the_error_names_both_ways_and_the_files(monkeypatch):
+    from soft_niggli.datasets import resolve_data_dir
+
+    monkeypatch.delenv("SOFT_NIGGLI_DATA", raising=False)
+    # Even where ../shared/data exists next to the checkout, the library does not look there.
+    for call in (lambda: load_dataset("mp_20", "val"), resolve_data_dir):
+        with pytest.raises(FileNotFoundError) as info:
+            call()
+        message = str(info.value)
+        assert "data_dir=" in message and "SOFT_NIGGLI_DATA" in message
+        assert "train.csv.gz" in message and "val.csv.gz" in message and "'aflow'" in message
+
+
+def test_a_missing_folder_or_dataset_is_named(tmp_path, monkeypatch):
+    from soft_niggli.datasets import resolve_data_dir
+
+    with pytest.raises(FileNotFoundError, match=r"data folder .*nowhere \(from data_dir\) does not exist"):
+        load_dataset("mp_20", data_dir=tmp_path / "nowhere")
+    monkeypatch.setenv("SOFT_NIGGLI_DATA", str(tmp_path / "elsewhere"))
+    with pytest.raises(FileNotFoundError, match=r"elsewhere \(from \$SOFT_NIGGLI_DATA\) does not exist"):
+        resolve_data_dir()
+    monkeypatch.setenv("SOFT_NIGGLI_DATA", str(tmp_path))
+    assert resolve_data_dir() == tmp_path
+    with pytest.raises(FileNotFoundError, match=r"dataset 'perov_5': neither .*train\.csv\.gz nor .*val\.csv\.gz"):
+        load_dataset("perov_5")
+
+
+def test_data_folder_from_argument_or_environment(tmp_path, monkeypatch):
+    monkeypatch.setenv("SOFT_NIGGLI_CACHE", str(tmp_path / "cache"))
+    folder = tmp_path / "data"
+    (folder / "perov_5").mkdir(parents=True)
+    _write_csv(folder / "perov_5" / "val.csv.gz", [{"material_id": f"m{i}", "cif": _cif(_ordered(3.0 + i))}
+                                                  for i in range(3)])
+    monkeypatch.delenv("SOFT_NIGGLI_DATA", raising=False)
+    by_argument = load_dataset("perov_5", "all", data_dir=folder)
+    by_string = load_dataset("perov_5", "all", data_dir=str(folder))
+    monkeypatch.setenv("SOFT_NIGGLI_DATA", str(folder))
+    by_environment = load_dataset("perov_5", "all")
+    assert _ids(by_argument) == _ids(by_string) == _ids(by_environment) == ["m0", "m1", "m2"]
+
+
+def test_shared_data_through_the_environment_variable(monkeypatch):
+    folder = shared_data_dir()
+    if not (folder / "perov_5" / "val.csv.gz").exists():
+        pytest.skip("perov_5 not in the shared data folder")
+    monkeypatch.setenv("SOFT_NIGGLI_DATA", str(folder))
+    assert len(load_dataset("perov_5", "val", limit=3)) == 3
+    assert len(load_dataset("perov_5", "val", data_dir=folder, limit=2)) == 2
+
+
+def test_aflow_needs_no_folder(monkeypatch):
+    monkeypatch.delenv("SOFT_NIGGLI_DATA", raising=False)
+    assert len(load_dataset("aflow", "val", limit=3)) == 3
+
+
+@pytest.mark.parametrize("call, match", [
+    (lambda: load_dataset(20), "name: expected a dataset name"),
+    (lambda: load_dataset("aflow", split=None), "split: expected one of"),
+    (lambda: load_dataset("mp_20", data_dir=5), "data_dir: expected a str or os.PathLike"),
+    (lambda: train_val_split([1, 2, 3], val_fraction="0.2"), "val_fraction: expected a float"),
+    (lambda: train_val_split([1, 2, 3], seed=1.0), "seed: expected an int"),
+])
+def test_wrong_argument_types_raise_type_error(call, match):
+    with pytest.raises(TypeError, match=match):
+        call()

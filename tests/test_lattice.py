@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 from hypothesis import given
@@ -19,6 +20,7 @@ from soft_niggli import (
     volume,
     wrap,
 )
+from soft_niggli.lattice import random_rotations
 from soft_niggli.testing import lattices, rotations, unimodular_matrices
 
 fracs = st.integers(1, 6).flatmap(
@@ -150,3 +152,101 @@ def test_integer_inverse_refuses_to_overflow_int64():
         integer_inverse(torch.tensor([[b, 1, 0], [-1, b, 0], [0, 0, 1]]))
     with pytest.raises(ValueError, match=r"int64"):
         integer_inverse(torch.tensor([[1e30, 0, 0], [0, 1, 0], [0, 0, 1]], dtype=torch.float64))
+
+
+# ---------------------------------------------------------------------------- random rotations
+
+
+def test_random_rotations_are_orthogonal_and_reproducible():
+    Q = random_rotations(500, generator=torch.Generator().manual_seed(0))
+    assert Q.shape == (500, 3, 3) and Q.dtype == torch.float64
+    torch.testing.assert_close(Q @ Q.mT, torch.eye(3, dtype=torch.float64).expand(500, 3, 3), atol=1e-12, rtol=0)
+    det = torch.linalg.det(Q)
+    torch.testing.assert_close(det.abs(), torch.ones(500, dtype=torch.float64), atol=1e-12, rtol=0)
+    # O(3): reflections half of the time.
+    assert 200 < int((det < 0).sum()) < 300
+    assert torch.equal(Q, random_rotations(500, generator=torch.Generator().manual_seed(0)))
+    proper = random_rotations(500, generator=torch.Generator().manual_seed(0), proper=True)
+    assert bool((torch.linalg.det(proper) > 0).all())
+    # Uniform (Haar): the mean of each entry vanishes, the mean square is 1/3.
+    assert float(proper.mean(0).abs().max()) < 0.1
+    assert float((proper.pow(2).mean(0) - 1 / 3).abs().max()) < 0.05
+
+
+def test_random_rotations_dtype_device_and_shape():
+    Q = random_rotations((2, 4), dtype=torch.float32, proper=True)
+    assert Q.shape == (2, 4, 3, 3) and Q.dtype == torch.float32
+    assert random_rotations(0).shape == (0, 3, 3)
+    assert random_rotations(3, device="meta").device.type == "meta"
+    # The same seed gives the same rotations on every device: drawn on the generator's device, then moved.
+    a = random_rotations(3, generator=torch.Generator().manual_seed(1), dtype=torch.float32)
+    b = random_rotations(3, generator=torch.Generator().manual_seed(1)).float()
+    assert torch.equal(a, b)
+
+
+@pytest.mark.parametrize("call, error, match", [
+    (lambda: random_rotations(2.0), TypeError, "n: expected an int >= 0, got float"),
+    (lambda: random_rotations(True), TypeError, "n: expected an int"),
+    (lambda: random_rotations(-1), ValueError, "n: expected an int >= 0, got -1"),
+    (lambda: random_rotations(2, dtype=torch.int64), ValueError, "dtype: expected a floating dtype"),
+    (lambda: random_rotations(2, dtype="float64"), TypeError, "dtype: expected a torch.dtype"),
+    (lambda: random_rotations(2, proper=1), TypeError, "proper: expected a bool"),
+    (lambda: random_rotations(2, generator=0), TypeError, "generator: expected a torch.Generator"),
+])
+def test_random_rotations_bad_arguments(call, error, match):
+    with pytest.raises(error, match=match):
+        call()
+
+
+# ---------------------------------------------------------------------------- inputs and outputs
+
+
+def test_numpy_and_lists_in_tensors_out():
+    L = np.diag([3.0, 4.0, 5.0])
+    F = np.array([[0.25, 0.5, -0.25]])
+    for out in (gram(L), volume(L), g6(L), wrap(F), to_cartesian(F, L), to_fractional(F, L), lattice_parameters(L),
+                apply_basis_change(L, F, np.eye(3, dtype=np.int64))[0], integer_inverse(np.eye(3, dtype=np.int64))):
+        assert isinstance(out, torch.Tensor)
+    assert g6(L).dtype == torch.float64 and g6(L).tolist() == [9.0, 16.0, 25.0, 0.0, 0.0, 0.0]
+    assert volume(L.tolist()).item() == pytest.approx(60.0)  # a list: the default dtype
+    assert volume(L.tolist()).dtype == torch.get_default_dtype()
+    # Numbers give the default dtype; the first tensor or array argument sets it otherwise.
+    assert lattice_from_parameters(np.float64(3.0), 4.0, 5.0, 90.0, 90.0, 120.0).dtype == torch.get_default_dtype()
+    assert lattice_from_parameters(3.0, 4.0, 5.0, 90.0, 90.0, np.array(120.0)).dtype == torch.float64
+    assert lattice_from_parameters(np.array([3.0]), 4.0, torch.tensor(5.0), 90, 90, 120).dtype == torch.float64
+    assert torch.equal(integer_inverse([[1, 1, 0], [0, 1, 0], [0, 0, 1]]), torch.tensor([[1, -1, 0], [0, 1, 0], [0, 0, 1]]))
+
+
+@pytest.mark.parametrize("call, match", [
+    (lambda: gram("L"), "L: expected a torch.Tensor"),
+    (lambda: gram(None), "L: expected .* got None"),
+    (lambda: wrap(True), "F: expected .* got bool"),
+    (lambda: volume(torch.eye(3), signed="yes"), "signed: expected a bool"),
+    (lambda: integer_inverse("M"), "M: expected"),
+    (lambda: apply_basis_change(torch.eye(3), torch.zeros(1, 3), None), "M: expected"),
+    (lambda: lattice_from_parameters(3.0, 4.0, None, 90, 90, 90), "c: expected"),
+    (lambda: gram([["a", "b", "c"]] * 3), "L: expected"),
+])
+def test_wrong_python_types_raise_type_error(call, match):
+    with pytest.raises(TypeError, match=match):
+        call()
+
+
+@pytest.mark.parametrize("call, match", [
+    (lambda: to_cartesian(torch.zeros(2, 3), torch.eye(3, dtype=torch.float64)),
+     "F: expected the lattice's dtype torch.float64, got torch.float32"),
+    (lambda: to_fractional(torch.zeros(2, 3, dtype=torch.float64), torch.eye(3)), "X: expected the lattice's dtype"),
+    (lambda: gram(np.eye(3).astype(object)), "floating dtype"),
+    (lambda: gram([[1.0, 2.0], [3.0]]), "regular shape"),
+    (lambda: integer_inverse(torch.eye(3, dtype=torch.bool)), "M: expected an integer"),
+    (lambda: lattice_from_parameters(True and torch.tensor([True]), 4.0, 5.0, 90, 90, 90), "a: expected real numbers"),
+])
+def test_wrong_values_raise_value_error(call, match):
+    with pytest.raises(ValueError, match=match):
+        call()
+
+
+def test_integer_inverse_on_meta_skips_the_checks_and_keeps_shapes():
+    M = torch.zeros(4, 3, 3, dtype=torch.int64, device="meta")  # would not be unimodular: not checked
+    inv = integer_inverse(M)
+    assert inv.shape == (4, 3, 3) and inv.dtype == torch.int64 and inv.device.type == "meta"

@@ -8,8 +8,8 @@ import pytest
 import torch
 
 from soft_niggli import CrystalBatch, get_loss, random_unimodular
-from soft_niggli.invariants import theta_term
-from soft_niggli.losses import lattice_term
+from soft_niggli.losses.invariants import theta_term
+from soft_niggli.losses.terms import lattice_term
 
 S3 = 3 ** 0.5
 LOSSES = ("mse", "proxy", "softmin", "gram")
@@ -99,10 +99,10 @@ def test_huge_finite_labels_are_rejected(name, dtype, big):  # defect 6
 @pytest.mark.parametrize("name", LOSSES)
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
 def test_largest_accepted_labels_give_finite_values_and_gradients(name, dtype):  # defect 6
-    from soft_niggli.losses import _max_magnitude
+    from soft_niggli.losses.base import max_magnitude
 
     label = _cubic(dtype)
-    scale = _max_magnitude(dtype) / 8
+    scale = max_magnitude(dtype) / 8
     big = CrystalBatch(label.lattice * scale, label.frac, label.num_atoms, label.species)
     pred = _noisy(big, 2, 0.0)
     L = (big.lattice * 1.01).requires_grad_(True)
@@ -131,10 +131,20 @@ def test_theta_term_is_scale_free_for_tiny_and_huge_float32_cells(scale):  # def
     ("softmin", {"tau": math.inf}), ("gram", {"tau": math.nan}), ("softmin", {"tau": 0.0}),
     ("gram", {"theta_scales": (math.inf,)}), ("gram", {"theta_scales": (1.0, math.nan)}), ("gram", {"theta_scales": ()}),
     ("softmin", {"blur": math.inf}), ("gram", {"blur": 20.0}), ("mse", {"blur": 20.0}), ("proxy", {"blur": 0.0}),
-    ("softmin", {"automorphism_rel_tol": 0.5}), ("softmin", {"top_k": 0}), ("gram", {"zero_at_match": 1}),
+    ("softmin", {"automorphism_rel_tol": 0.5}), ("softmin", {"top_k": 0}),
 ])
 def test_bad_option_values_fail_at_construction(name, options):  # defect 8
     with pytest.raises(ValueError, match=next(iter(options))):
+        get_loss(name, **options)
+
+
+@pytest.mark.parametrize("name, options", [
+    ("gram", {"zero_at_match": 1}), ("softmin", {"top_k": 2.0}), ("mse", {"blur": "0.1"}), ("proxy", {"tau": None}),
+])
+def test_options_of_the_wrong_type_fail_at_construction(name, options):
+    # A wrong Python type is a TypeError, naming the option (an unknown option stays a ValueError).
+    error = ValueError if next(iter(options)) not in get_loss(name).option_names() else TypeError
+    with pytest.raises(error, match=next(iter(options))):
         get_loss(name, **options)
 
 

@@ -14,17 +14,10 @@ from hypothesis import strategies as st
 
 from soft_niggli import CrystalBatch, Status, is_niggli_reduced, lattice_from_parameters, niggli_reduce
 from soft_niggli.lattice import gram
-from soft_niggli.losses import (
-    CrystalLoss,
-    LossResult,
-    available_losses,
-    canonicalize_labels,
-    get_loss,
-    lattice_automorphisms,
-    lattice_term,
-    register_loss,
-)
-from soft_niggli.periodic import best_translation, periodic_coordinate_loss
+from soft_niggli import canonicalize_labels, lattice_automorphisms
+from soft_niggli.losses import CrystalLoss, LossResult, available_losses, get_loss, register_loss
+from soft_niggli.losses.periodic import best_translation, periodic_coordinate_loss
+from soft_niggli.losses.terms import lattice_term
 from soft_niggli.testing import assert_gl3z_invariant, crystals, lattices, rotations, unimodular_matrices
 
 FAST = settings(max_examples=25, deadline=None)
@@ -113,7 +106,7 @@ def test_get_loss_builds_each_available_loss_as_a_crystal_loss():
 
 def test_proxy_spglib_is_registered_lazily_on_first_request():
     code = ("import sys, soft_niggli.losses as losses\n"
-            "assert 'baselines.spglib_proxy' not in sys.modules\n"
+            "assert 'soft_niggli.baselines.spglib_proxy' not in sys.modules\n"
             "assert type(losses.get_loss('proxy-spglib')).__name__ == 'SpglibProxyLoss'\n")
     subprocess.run([sys.executable, "-c", code], check=True, cwd=Path(__file__).resolve().parents[1])
 
@@ -129,22 +122,24 @@ def test_unknown_option_raises_at_construction_listing_valid_options(name):
         get_loss(name, tau=0.1)
 
 
-@pytest.mark.parametrize("name, options, expected", [
-    ("proxy", {"lattice_metric": "frobenius"}, r"lattice_metric: expected one of \('cartesian', 'gram'\)"),
-    ("proxy", {"fallback": "raise"}, r"fallback: expected one of \('identity', 'skip'\)"),
-    ("proxy", {"frame": "label"}, "frame: expected one of"),
-    ("proxy", {"lattice_weight": -1.0}, "lattice_weight: expected a finite number >= 0, got -1.0"),
-    ("proxy", {"coord_weight": math.nan}, "coord_weight: expected a finite number >= 0"),
-    ("proxy", {"skew_weight": "1"}, "skew_weight: expected a finite number >= 0"),
-    ("proxy", {"labels_canonical": 1}, "labels_canonical: expected True or False"),
-    ("proxy", {"automorphism_rel_tol": 0.0}, r"automorphism_rel_tol: expected a float in \(0, 0.1\)"),
-    ("proxy", {"rel_tol": 0.5}, r"rel_tol: expected a float in \[1e-12, 0.1\)"),
-    ("mse", {"lattice_metric": "G6"}, "lattice_metric: expected one of"),
-    ("mse", {"coord_weight": True}, "coord_weight: expected a finite number >= 0"),
-    ("proxy-spglib", {"eps": -1e-5}, "eps: expected a number > 0"),
+@pytest.mark.parametrize("name, options, error, expected", [
+    ("proxy", {"lattice_metric": "frobenius"}, ValueError, r"lattice_metric: expected one of \('cartesian', 'gram'\)"),
+    ("proxy", {"fallback": "raise"}, ValueError, r"fallback: expected one of \('identity', 'skip'\)"),
+    ("proxy", {"frame": "label"}, ValueError, "frame: expected one of"),
+    ("proxy", {"lattice_weight": -1.0}, ValueError, "lattice_weight: expected a finite number >= 0, got -1.0"),
+    ("proxy", {"coord_weight": math.nan}, ValueError, "coord_weight: expected a finite number >= 0"),
+    ("proxy", {"skew_weight": "1"}, TypeError, "skew_weight: expected a finite number >= 0, got str"),
+    ("proxy", {"labels_canonical": 1}, TypeError, "labels_canonical: expected True or False, got int"),
+    ("proxy", {"automorphism_rel_tol": 0.0}, ValueError, r"automorphism_rel_tol: expected a number in \(0, 0.1\)"),
+    ("proxy", {"rel_tol": 0.5}, ValueError, r"rel_tol: expected a number in \[1e-12, 0.1\)"),
+    ("mse", {"lattice_metric": "G6"}, ValueError, "lattice_metric: expected one of"),
+    ("mse", {"lattice_metric": None}, TypeError, "lattice_metric: expected one of"),
+    ("mse", {"coord_weight": True}, TypeError, "coord_weight: expected a finite number >= 0, got bool"),
+    ("proxy-spglib", {"spglib_eps": -1e-5}, ValueError, "spglib_eps: expected a finite number > 0"),
 ])
-def test_invalid_option_values_raise_at_construction(name, options, expected):
-    with pytest.raises(ValueError, match=expected):
+def test_invalid_option_values_raise_at_construction(name, options, error, expected):
+    # Wrong Python type: TypeError; a value out of range or not among the choices: ValueError.
+    with pytest.raises(error, match=expected):
         get_loss(name, **options)
 
 
@@ -155,7 +150,7 @@ def test_register_loss_rejects_a_taken_name_and_non_losses():
             def compute(self, pred, target):  # pragma: no cover - never called
                 raise AssertionError
 
-    with pytest.raises(ValueError, match="expected a CrystalLoss subclass"):
+    with pytest.raises(TypeError, match="expected a CrystalLoss subclass"):
         register_loss("not-a-loss")(dict)
 
 
@@ -177,7 +172,7 @@ def test_mismatched_crystal_counts_species_and_types_raise():
         loss(one, two)
     with pytest.raises(ValueError, match="same species"):
         loss(one, CrystalBatch(L, one.frac, [1], [8]))
-    with pytest.raises(ValueError, match="pred: expected a CrystalBatch, got Tensor"):
+    with pytest.raises(TypeError, match="pred: expected a CrystalBatch, got Tensor"):
         loss(L, one)
 
 
@@ -250,7 +245,8 @@ def test_periodic_term_gradcheck():
 def test_lattice_automorphisms_are_the_point_group_of_the_reduced_cell(family):
     params, order = SYMMETRIC_CELLS[family]
     reduced = niggli_reduce(cell(params)[None]).lattice
-    owner, A = lattice_automorphisms(reduced)
+    automorphisms = lattice_automorphisms(reduced)
+    owner, A = automorphisms.owner, automorphisms.matrices
     assert owner.tolist() == [0] * order
     assert torch.equal(A[0], torch.eye(3, dtype=torch.int64))
     G = gram(reduced[0])
@@ -263,7 +259,8 @@ def test_lattice_automorphisms_are_the_point_group_of_the_reduced_cell(family):
 def test_lattice_automorphisms_of_flat_or_nonfinite_cells_are_the_identity_only():
     flat = torch.tensor([[[1.0, 0, 0], [0, 1, 0], [1, 1, 0]], [[math.nan, 0, 0], [0, 1, 0], [0, 0, 1]]],
                         dtype=torch.float64)
-    owner, A = lattice_automorphisms(flat)
+    automorphisms = lattice_automorphisms(flat)
+    owner, A = automorphisms.owner, automorphisms.matrices
     assert owner.tolist() == [0, 1] and torch.equal(A, torch.eye(3, dtype=torch.int64).expand(2, 3, 3))
 
 
@@ -327,7 +324,7 @@ def test_automorphism_choice_is_what_makes_the_proxy_invariant_on_a_cubic_label(
     for M in [torch.tensor([[0, 1, 0], [1, 0, 0], [0, 0, 1]]), torch.tensor([[0, 0, 1], [1, 0, 0], [0, 1, 0]]),
               torch.tensor([[1, 1, 0], [0, 1, 0], [0, 0, -1]])]:
         rebased = label.apply_basis_change(M)
-        canonical = canonicalize_labels(rebased)[0]
+        canonical = canonicalize_labels(rebased).batch
         naive = lattice_term(pred.lattice, canonical.lattice)  # identity instead of the best automorphism
         canonical_naive.add(round(naive.item(), 9))
         canonical_ours.add(round(proxy(pred, rebased).loss.item(), 9))
@@ -468,7 +465,9 @@ def test_gradients_reach_prediction_only():
 @FASTER
 def test_canonical_labels_give_the_same_loss_as_reducing_every_step(pair):
     label, pred = pair
-    canonical, status = canonicalize_labels(label)
+    result = canonicalize_labels(label)
+    canonical, status = result.batch, result.status
+    torch.testing.assert_close(result.transform.to(label.dtype) @ label.lattice, canonical.lattice)
     assert (status == Status.OK).all() and bool(is_niggli_reduced(canonical.lattice).all())
     # Same crystals: the reduced lattice is an integer change of basis with the coordinates following.
     torch.testing.assert_close(get_loss("proxy", labels_canonical=True)(pred, canonical).per_crystal,
@@ -477,7 +476,7 @@ def test_canonical_labels_give_the_same_loss_as_reducing_every_step(pair):
 
 def test_skew_term_is_zero_for_a_reduced_prediction_and_positive_for_a_skewed_one():
     label, pred = generic_pair()
-    reduced_pred = canonicalize_labels(pred)[0]
+    reduced_pred = canonicalize_labels(pred).batch
     loss = get_loss("proxy", skew_weight=1.0)
     assert (loss(reduced_pred, label).terms["skew"] == 0).all()
     skewed = loss(pred, label)
@@ -490,7 +489,7 @@ def test_prediction_frame_penalises_errors_differently_in_a_skewed_basis():
     # The published frame measures errors through N_pred^{-1}: the same crystal-level error scores
     # differently depending on the basis the prediction is written in; the reduced frame does not.
     label, pred = generic_pair()
-    reduced_pred = canonicalize_labels(pred)[0]
+    reduced_pred = canonicalize_labels(pred).batch
     published, ours = get_loss("proxy", frame="prediction"), get_loss("proxy", frame="reduced")
     assert not torch.allclose(published(pred, label).terms["lattice"], published(reduced_pred, label).terms["lattice"])
     torch.testing.assert_close(ours(pred, label).per_crystal, ours(reduced_pred, label).per_crystal)
@@ -520,7 +519,7 @@ def test_gram_lattice_term_is_rotation_invariant_and_finite_at_extreme_scales():
 
 
 def test_proxy_spglib_is_built_by_name_and_matches_the_published_formula():
-    from baselines.spglib_proxy import spglib_reduce_with_transform
+    from soft_niggli.baselines.spglib_proxy import spglib_reduce_with_transform
 
     label, pred = generic_pair()
     result = get_loss("proxy-spglib")(pred, label)
@@ -536,7 +535,7 @@ def test_proxy_spglib_is_built_by_name_and_matches_the_published_formula():
 @pytest.mark.parametrize("bad", [torch.zeros(3, 3), torch.tensor([[1.0, 0, 0], [0, 1, 0], [1, 1, 0]]),
                                  torch.full((3, 3), math.nan)], ids=["zero", "rank2", "nan"])
 def test_proxy_spglib_raises_where_the_guarded_proxy_falls_back(bad):
-    from baselines.spglib_proxy import SpglibProxyError
+    from soft_niggli.baselines.spglib_proxy import SpglibProxyError
 
     label, pred = generic_pair()
     lattice = pred.lattice.clone()

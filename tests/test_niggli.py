@@ -12,6 +12,7 @@ from hypothesis import strategies as st
 from conftest import load_shared_cells
 import soft_niggli.niggli as niggli_module
 from soft_niggli import Status, g6, is_niggli_reduced, is_unimodular, niggli_reduce
+from soft_niggli.lattice import random_rotations
 from soft_niggli.testing import lattices, rotations, unimodular_matrices
 
 
@@ -213,14 +214,46 @@ def test_skewed_cubic_cell_is_recovered_exactly():
     torch.testing.assert_close(g6(res.lattice), expected, rtol=0, atol=1e-9)
 
 
-def test_numpy_in_numpy_out_and_dtype_preserved():
+def test_numpy_in_tensors_out_and_dtype_preserved():
     L = np.random.default_rng(0).normal(size=(5, 2, 3, 3))
     res = niggli_reduce(L)
-    assert isinstance(res.lattice, np.ndarray) and res.lattice.shape == (5, 2, 3, 3)
-    assert res.transform.dtype == np.int64 and res.status.shape == (5, 2)
+    for field in ("lattice", "transform", "status", "iterations"):
+        assert isinstance(getattr(res, field), torch.Tensor), field
+    assert res.lattice.shape == (5, 2, 3, 3) and res.lattice.dtype == torch.float64
+    assert res.transform.dtype == torch.int64 and res.status.shape == (5, 2) and res.status.dtype == torch.int64
+    assert torch.equal(res.transform, niggli_reduce(torch.from_numpy(L)).transform)
+    assert niggli_reduce(L.astype(np.float32)).lattice.dtype == torch.float32
     res32 = niggli_reduce(torch.from_numpy(L).float())
     assert res32.lattice.dtype == torch.float32
     assert bool((res32.status == 0).all())
+    checked = is_niggli_reduced(res.lattice.numpy())
+    assert isinstance(checked, torch.Tensor) and checked.dtype == torch.bool and bool(checked.all())
+
+
+def test_lists_in_tensors_out():
+    res = niggli_reduce([[4.0, 0, 0], [4, 4, 0], [0, 0, 5]])
+    assert res.lattice.dtype == torch.get_default_dtype() and res.status.item() == Status.OK
+    assert res.lattice.tolist() == [[4.0, 0.0, 0.0], [0.0, 4.0, 0.0], [0.0, 0.0, 5.0]]
+    assert niggli_reduce([[4, 0, 0], [4, 4, 0], [0, 0, 5]]).lattice.tolist() == res.lattice.tolist()  # ints: numbers
+    assert bool(is_niggli_reduced([[4.0, 0, 0], [0, 4, 0], [0, 0, 5]]))
+    assert is_niggli_reduced(np.eye(3)).shape == () and niggli_reduce(np.eye(3)).status.shape == ()
+
+
+def test_result_is_frozen():
+    import dataclasses
+
+    res = niggli_reduce(torch.eye(3))
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        res.lattice = torch.zeros(3, 3)
+
+
+def test_status_prints_its_name():
+    assert str(Status.OK) == "OK" and str(Status.NOT_CONVERGED) == "NOT_CONVERGED"
+    assert f"{Status.DEGENERATE}" == "DEGENERATE" and f"{Status.NONFINITE:>10}" == " NONFINITE"
+    assert f"{Status.DEGENERATE:d}" == "2" and repr(Status.OK) == "<Status.OK: 0>"
+    assert Status.OK == 0 and int(Status.NONFINITE) == 3  # still an IntEnum
+    statuses = niggli_reduce(torch.stack([torch.eye(3), torch.zeros(3, 3)])).status
+    assert [str(Status(int(s))) for s in statuses] == ["OK", "DEGENERATE"]
 
 
 def test_numpy_views_and_byte_orders_reduce_like_a_plain_copy():
@@ -231,8 +264,8 @@ def test_numpy_views_and_byte_orders_reduce_like_a_plain_copy():
              base.transpose(0, 2, 1)[::-1].copy().transpose(0, 2, 1))
     for L in views:
         res = niggli_reduce(L)
-        np.testing.assert_array_equal(res.transform, expected.transform)
-        np.testing.assert_array_equal(res.lattice, expected.lattice)
+        assert torch.equal(res.transform, expected.transform)
+        assert torch.equal(res.lattice, expected.lattice)
     with pytest.raises(ValueError, match="floating dtype"):
         niggli_reduce(np.eye(3, dtype=np.int64))
     with pytest.raises(ValueError, match="floating dtype"):
@@ -252,18 +285,34 @@ def test_works_on_detached_values_only():
 @pytest.mark.parametrize("bad, match", [
     (torch.zeros(3, 4), r"\(\.\.\., 3, 3\)"),
     (torch.zeros(3, 3, dtype=torch.int64), "floating dtype"),
-    ([[1.0, 0, 0]], "torch.Tensor or numpy.ndarray"),
+    ([[1.0, 0, 0]], r"expected shape \(\.\.\., 3, 3\), got \(1, 3\)"),
+    ([[1.0, 0], [0.0]], "regular shape"),
+    (torch.eye(3, device="meta"), "meta device"),
 ])
-def test_bad_arguments_raise_value_error(bad, match):
+def test_bad_values_raise_value_error(bad, match):
     with pytest.raises(ValueError, match=match):
         niggli_reduce(bad)
+    with pytest.raises(ValueError, match=match):
+        is_niggli_reduced(bad)
 
 
-def test_bad_options_raise_value_error():
+@pytest.mark.parametrize("bad", ["eye", None, {"L": 1}, True, [["a", "b", "c"]] * 3])
+def test_bad_types_raise_type_error(bad):
+    with pytest.raises(TypeError, match="L: expected"):
+        niggli_reduce(bad)
+    with pytest.raises(TypeError, match="L: expected"):
+        is_niggli_reduced(bad)
+
+
+def test_bad_options_raise_value_or_type_error():
     with pytest.raises(ValueError, match="rel_tol"):
         niggli_reduce(torch.eye(3), rel_tol=-1.0)
-    with pytest.raises(ValueError, match="max_iter"):
+    with pytest.raises(ValueError, match=r"max_iter: expected an int >= 1, got 0"):
         niggli_reduce(torch.eye(3), max_iter=0)
+    for bad in (1.5, 10.0, "10", True, None):
+        with pytest.raises(TypeError, match=r"max_iter: expected an int >= 1, got"):
+            niggli_reduce(torch.eye(3), max_iter=bad)
+    assert niggli_reduce(torch.eye(3), max_iter=np.int64(3)).status.item() == Status.OK
 
 
 def test_is_niggli_reduced_detects_unreduced_cells():
@@ -310,8 +359,7 @@ def hexagonal_and_gaussian_cells(rel_tol, n=400, seed=0):
     gen = torch.Generator().manual_seed(seed)
     hexagonal = torch.tensor([[2.0, 0, 0], [-1.0, 3**0.5, 0], [0, 0, 7.0]], dtype=torch.float64)
     fcc = torch.tensor([[0, 2.0, 2], [2, 0, 2], [2, 2, 0]], dtype=torch.float64)
-    q, _ = np.linalg.qr(rng.normal(size=(n, 3, 3)))
-    Q = torch.from_numpy(q)
+    Q = random_rotations(n, generator=gen)
     cells = []
     for scale in (0.3, 1.0, 3.0):
         D = torch.eye(3, dtype=torch.float64) + scale * rel_tol * torch.from_numpy(rng.normal(size=(n, 3, 3)))
@@ -352,12 +400,16 @@ def test_distorted_hexagonal_cell_converges_at_both_ends_of_the_rel_tol_range(en
     assert bool(is_niggli_reduced(res.lattice, rel_tol=rel_tol))
 
 
-@pytest.mark.parametrize("rel_tol", [0, -1.0, 0.0, 1e-13, 0.1, 0.5, float("nan"), float("inf"), True, "1e-5", None])
-def test_rel_tol_outside_the_accepted_range_is_a_value_error(rel_tol):
+@pytest.mark.parametrize("rel_tol, error", [
+    (0, ValueError), (-1.0, ValueError), (0.0, ValueError), (1e-13, ValueError), (0.1, ValueError),
+    (0.5, ValueError), (float("nan"), ValueError), (float("inf"), ValueError),
+    (True, TypeError), ("1e-5", TypeError), (None, TypeError), (torch.tensor(1e-5), TypeError),
+])
+def test_rel_tol_outside_the_accepted_range_is_a_value_error_and_a_non_number_a_type_error(rel_tol, error):
     assert niggli_module.REL_TOL_RANGE == (1e-12, 0.1)
-    with pytest.raises(ValueError, match=r"rel_tol: expected a float in \[1e-12, 0\.1\)"):
+    with pytest.raises(error, match=r"rel_tol: expected a float in \[1e-12, 0\.1\)"):
         niggli_reduce(torch.eye(3), rel_tol=rel_tol)
-    with pytest.raises(ValueError, match=r"rel_tol: expected a float in \[1e-12, 0\.1\)"):
+    with pytest.raises(error, match=r"rel_tol: expected a float in \[1e-12, 0\.1\)"):
         is_niggli_reduced(torch.eye(3), rel_tol=rel_tol)
     for accepted in (1e-12, 1e-5, 0.0999):  # the ends and the default (losses pass it on)
         assert niggli_reduce(torch.eye(3), rel_tol=accepted).status.item() == Status.OK

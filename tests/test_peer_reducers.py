@@ -1,4 +1,4 @@
-"""Tests for the peer-reducer adapters in baselines/reducers.py (rows = lattice vectors).
+"""Tests for the peer-reducer adapters of soft_niggli.baselines.reducers (rows = lattice vectors).
 
 Tool availability is probed with importlib.util.find_spec, NOT by importing:
 importing cctbx in a process that already imported torch (tests/conftest.py
@@ -9,17 +9,14 @@ from __future__ import annotations
 
 import importlib.util
 import os
-import sys
 import time
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import numpy as np
+import pytest
 
-import numpy as np  # noqa: E402
-import pytest  # noqa: E402
-
-from baselines.reducers import PEER_REDUCERS, PeerResult, reduce_with, shutdown_workers  # noqa: E402
-from benchmarks.reduction_check import classify  # noqa: E402
+# `benchmarks` is not installed: it is importable through pytest's `pythonpath = ["."]` (pyproject.toml).
+from benchmarks.reduction_check import classify
+from soft_niggli.baselines.reducers import PEER_REDUCERS, PeerResult, reduce_with, shutdown_workers
 
 # spglib 2.x warns about its legacy error handling on every call
 pytestmark = pytest.mark.filterwarnings("ignore:Set OLD_ERROR_HANDLING:DeprecationWarning")
@@ -96,7 +93,7 @@ def test_pymatgen_timeout_then_recovers():
 
 def test_shutdown_leaves_no_worker():
     _need("ase")
-    from baselines import reducers
+    from soft_niggli.baselines import reducers
 
     reduce_with("ase", 4.0 * np.eye(3)[None], timeout=30.0)
     pids = [w.proc.pid for w in reducers._WORKERS.values() if w.proc is not None]

@@ -2,16 +2,11 @@
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
+import numpy as np
+import pytest
 
-# `benchmarks` is not an installed package: make the repo root importable.
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-import numpy as np  # noqa: E402
-import pytest  # noqa: E402
-
-from benchmarks.reduction_check import (  # noqa: E402
+# `benchmarks` is not installed: it is importable through pytest's `pythonpath = ["."]` (pyproject.toml).
+from benchmarks.reduction_check import (
     check_details,
     classify,
     unimodular_ternary_matrices,

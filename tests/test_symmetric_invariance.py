@@ -12,10 +12,10 @@ from __future__ import annotations
 
 import pytest
 import torch
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
-from soft_niggli import CrystalBatch, canonicalize_labels, get_loss, random_unimodular
+from soft_niggli import CrystalBatch, canonicalize_labels, g6, get_loss, random_unimodular
 from soft_niggli.lattice import lattice_from_parameters
 from soft_niggli.testing import assert_gl3z_invariant, real_crystals, rotations, symmetric_crystals
 
@@ -131,7 +131,7 @@ def test_issue_reproducer_gram_prints_one_value_for_a_cubic_label_in_six_bases()
 @pytest.mark.parametrize("family", list(FAMILIES))
 def test_a_perfect_prediction_scores_zero_whatever_the_label_symmetry(name, options, family):
     raw = FAMILIES[family]
-    label = canonicalize_labels(raw)[0]
+    label = canonicalize_labels(raw).batch
     loss = get_loss(name, **options)
     # The label in its Niggli basis, translated: exactly 0, for the label given in any basis.
     copy = CrystalBatch(label.lattice, label.frac + 0.37, label.num_atoms, label.species)
@@ -201,9 +201,23 @@ SHIPPED = [("softmin", {}), ("softmin", {"lattice_metric": "gram"}), ("gram", {}
            ("proxy", {}), ("proxy", {"lattice_metric": "gram"})]
 
 
-# Exact cells: 1e-9. Strained by up to 1e-3, a cell can sit inside the reducer's tolerance band (rel_tol
-# 1e-5) of a symmetry it only nearly has: the reducer may then return either of two nearly equal forms
-# depending on the input basis, and the loss moves by about that strain, never more.
+def _one_reduced_metric(batch: CrystalBatch, trials: int = 3, max_entry: int = 5, seed: int = 0) -> bool:
+    """Whether every basis that :func:`assert_gl3z_invariant` tries (same seed) reduces to the same metric."""
+    generator = torch.Generator().manual_seed(seed)
+    reference = g6(canonicalize_labels(batch).batch.lattice)
+    for _ in range(trials):
+        M = random_unimodular((len(batch),), max_entry=max_entry, generator=generator)
+        other = g6(canonicalize_labels(batch.apply_basis_change(M)).batch.lattice)
+        if not torch.allclose(other, reference, rtol=1e-9, atol=1e-9 * float(reference[:, :3].max())):
+            return False
+    return True
+
+
+# Exact cells: 1e-9. Strained by up to 1e-3: the continuous losses to 1e-3 relative. A strained cell
+# can also sit inside the reducer's tolerance band (rel_tol 1e-5) of a symmetry it only nearly has;
+# there the reducer may return either of two Niggli forms depending on the input basis (both satisfy
+# the conditions within the tolerance) and the proxy loss, which compares in that form, jumps. That is
+# the documented limit of a hard reduction (test below); elsewhere the proxy is invariant too.
 @pytest.mark.parametrize("noise, rtol, atol", [(0.0, 1e-9, 1e-12), (1e-3, 1e-3, 1e-6)])
 @pytest.mark.parametrize("name, options", SHIPPED)
 @settings(max_examples=8, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -211,10 +225,29 @@ SHIPPED = [("softmin", {}), ("softmin", {"lattice_metric": "gram"}), ("gram", {}
 def test_assert_gl3z_invariant_holds_for_every_loss_on_drawn_symmetric_crystals(name, options, noise, rtol, atol,
                                                                                  data):
     batch = data.draw(symmetric_crystals(max_crystals=3, noise=noise))
+    if name == "proxy" and noise:
+        assume(_one_reduced_metric(batch))
     loss = get_loss(name, **options)
     pred = _noisy(batch, 11, 0.03, 0.02)
     # The helper re-bases its argument: here the label, with the prediction fixed.
     assert_gl3z_invariant(lambda label: loss(pred, label).per_crystal, batch, max_entry=5, rtol=rtol, atol=atol)
+
+
+def test_proxy_jumps_where_the_reducer_has_two_forms_within_its_tolerance_and_softmin_does_not():
+    # hcp-like cell, a = b = 2 (1 + 5e-6), c = 2, γ = 120°: lengths equal within rel_tol = 1e-5, so
+    # (c, a, b) (the exact Niggli form) and (a, b, c) both pass the conditions within the tolerance,
+    # and which one the reducer returns depends on the input basis. They are not automorphic.
+    a, c = 2.0 * (1 + 5e-6), 2.0
+    L = torch.tensor([[[a, 0, 0], [-a / 2, a * 3**0.5 / 2, 0], [0, 0, c]]], dtype=torch.float64)
+    label = CrystalBatch(L, torch.tensor([[1 / 3, 2 / 3, 0.25], [2 / 3, 1 / 3, 0.75]], dtype=torch.float64), [2], [1, 1])
+    M = torch.tensor([[[3, 2, 0], [2, 0, -1], [-2, -3, -1]]])
+    forms = [g6(canonicalize_labels(x).batch.lattice) for x in (label, label.apply_basis_change(M))]
+    assert not torch.allclose(forms[0], forms[1], atol=1e-3)  # two forms: the premise of this test
+    pred = _noisy(label, 11, 0.03, 0.02)
+    proxy = [float(get_loss("proxy")(pred, x).loss) for x in (label, label.apply_basis_change(M))]
+    softmin = [float(get_loss("softmin")(pred, x).loss) for x in (label, label.apply_basis_change(M))]
+    assert abs(proxy[0] - proxy[1]) > 1e-3
+    assert abs(softmin[0] - softmin[1]) <= 1e-9 * abs(softmin[0])
 
 
 @pytest.mark.parametrize("name, options", SHIPPED)

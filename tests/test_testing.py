@@ -11,7 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from soft_niggli import CrystalBatch, is_unimodular, lattice_parameters, niggli_reduce, volume
-from soft_niggli.losses import lattice_automorphisms
+from soft_niggli.unimodular import lattice_automorphisms
 from soft_niggli.testing import (AUTOMORPHISM_COUNTS, SYMMETRIC_FAMILIES, SYMMETRIC_PROTOTYPES, aflow_crystals,
                                  assert_gl3z_invariant, crystals, lattices, real_crystals, rotations,
                                  symmetric_crystals, symmetric_lattices, unimodular_matrices)
@@ -100,7 +100,7 @@ def _automorphism_count(L: torch.Tensor) -> int:
     """Lattice automorphisms of ``L (3, 3)``, found on its Niggli-reduced basis."""
     res = niggli_reduce(L)
     assert bool(res.ok), f"niggli_reduce status {int(res.status)} for {L.tolist()}"
-    owner, _ = lattice_automorphisms(res.lattice[None])
+    owner = lattice_automorphisms(res.lattice[None]).owner
     return owner.numel()
 
 
@@ -170,7 +170,7 @@ _POINT_GROUP_ORDERS = {"fcc": 48, "bcc": 48, "hcp": 24, "rocksalt": 48, "rocksal
 
 def _crystal_point_group_order(crystal: CrystalBatch) -> int:
     reduced = crystal.apply_basis_change(niggli_reduce(crystal.lattice).transform)
-    _, automorphisms = lattice_automorphisms(reduced.lattice)
+    automorphisms = lattice_automorphisms(reduced.lattice).matrices
     F, Z = reduced.frac, reduced.species
     same_species = Z[:, None] == Z[None, :]
     order = 0
@@ -200,12 +200,12 @@ def test_exact_prototype_crystals_keep_their_point_group(prototype):
     check()
 
 
-def _assert_valid_batch(batch: CrystalBatch, max_crystals: int, max_atoms: int):
+def _assert_valid_batch(batch: CrystalBatch, max_crystals: int, max_atoms: int, max_z: int = 94):
     assert isinstance(batch, CrystalBatch) and batch.dtype == torch.float64
     assert 1 <= len(batch) <= max_crystals and 1 <= int(batch.num_atoms.min())
     assert int(batch.num_atoms.max()) <= max_atoms
     assert batch.species is not None and batch.species.shape == (batch.frac.shape[0],)
-    assert bool(((batch.species >= 1) & (batch.species <= 94)).all())
+    assert bool(((batch.species >= 1) & (batch.species <= max_z)).all())
     assert bool(((batch.frac >= 0) & (batch.frac < 1)).all())
     assert all(_is_valid_cell(L) for L in batch.lattice)
 
@@ -251,7 +251,7 @@ def test_aflow_crystals_are_the_bundled_prototypes():
 @settings(max_examples=15)
 @given(real_crystals(max_crystals=2, max_atoms=8))
 def test_real_crystals_are_valid_rebased_aflow_cells(batch):
-    _assert_valid_batch(batch, 2, 8)
+    _assert_valid_batch(batch, 2, 8, max_z=118)  # the AFLOW prototypes hold californium (98) too
     assert_gl3z_invariant(lambda b: volume(b.lattice), batch)
 
 
@@ -261,3 +261,93 @@ def test_aflow_crystals_names_pymatgen_when_it_is_missing(monkeypatch):
     with pytest.raises(ImportError, match="pip install pymatgen"):
         aflow_crystals(limit=1)
     testing._aflow_structures.cache_clear()
+
+
+# ------------------------------------------------------------------------------ assert_gl3z_invariant details
+
+
+def _two_crystals(dtype=torch.float64):
+    return CrystalBatch(torch.diag(torch.tensor([3.0, 4.0, 5.0], dtype=dtype)).repeat(2, 1, 1),
+                        torch.zeros(2, 3, dtype=dtype), torch.tensor([1, 1]))
+
+
+def test_assert_gl3z_invariant_names_the_crystal_output_and_basis_change():
+    batch = _two_crystals()
+
+    def second_depends_on_basis(b):  # crystal 1's output depends on the basis; crystal 0's does not
+        return {"volume": volume(b.lattice), "trace": torch.stack([b.lattice[0].abs().sum() * 0 + 1.0,
+                                                                     b.lattice[1].trace()])}
+
+    with pytest.raises(AssertionError) as info:
+        assert_gl3z_invariant(second_depends_on_basis, batch, seed=3)
+    message = str(info.value)
+    assert "not GL(3,Z)-invariant: trial 0, output['trace'], crystals [1] (basis changes [[[" in message
+    assert "Greatest absolute difference" in message  # torch.testing.assert_close's report
+
+
+def test_assert_gl3z_invariant_uses_per_dtype_tolerances():
+    noise = {"n": 0}
+
+    def wobbly(b, size):
+        noise["n"] += 1
+        return volume(b.lattice) * (1 + size * (noise["n"] % 2))
+
+    assert_gl3z_invariant(lambda b: wobbly(b, 1e-4), _two_crystals(torch.float32))  # float32: rtol 1e-3
+    with pytest.raises(AssertionError, match="not GL"):
+        assert_gl3z_invariant(lambda b: wobbly(b, 1e-4), _two_crystals(torch.float64))  # float64: rtol 1e-7
+    assert_gl3z_invariant(lambda b: wobbly(b, 1e-4), _two_crystals(torch.float64), rtol=1e-3)
+
+
+def test_assert_gl3z_invariant_compares_strings_numbers_and_shapes():
+    batch = _two_crystals()
+    assert_gl3z_invariant(lambda b: ("ok", None, 3, 2.5, [volume(b.lattice)]), batch)
+    with pytest.raises(AssertionError, match=r"output\[0\]: 'b' instead of 'a'"):
+        assert_gl3z_invariant(lambda b: ("a" if bool((b.lattice == torch.diag(b.lattice[0].diagonal())).all())
+                                         else "b",), batch)
+    with pytest.raises(AssertionError, match="shape"):
+        assert_gl3z_invariant(lambda b: torch.zeros(int(b.lattice[0].abs().sum())), batch)
+
+
+def test_assert_gl3z_invariant_runs_on_meta_comparing_metadata():
+    assert_gl3z_invariant(lambda b: volume(b.lattice), _two_crystals().to("meta"))
+
+
+@pytest.mark.parametrize("call, match", [
+    (lambda: assert_gl3z_invariant("volume", _two_crystals()), "fn: expected a callable"),
+    (lambda: assert_gl3z_invariant(volume, _two_crystals().lattice), "batch: expected a CrystalBatch"),
+    (lambda: assert_gl3z_invariant(lambda b: 1.0, _two_crystals(), trials=2.0), "trials: expected an int"),
+    (lambda: assert_gl3z_invariant(lambda b: 1.0, _two_crystals(), atol="0"), "atol: expected"),
+    (lambda: assert_gl3z_invariant(lambda b: object(), _two_crystals()), "cannot compare outputs of type object"),
+])
+def test_assert_gl3z_invariant_rejects_wrong_types(call, match):
+    with pytest.raises(TypeError, match=match):
+        call()
+
+
+@pytest.mark.parametrize("call, error, match", [
+    (lambda: crystals(max_atoms=1.5), TypeError, "max_atoms: expected an int"),
+    (lambda: crystals(max_atoms=0), ValueError, "max_atoms: expected an int >= 1, got 0"),
+    (lambda: symmetric_crystals(max_crystals=True), TypeError, "max_crystals"),
+    (lambda: symmetric_lattices(noise="small"), TypeError, "noise: expected a float"),
+    (lambda: symmetric_lattices(noise=0.5), ValueError, "noise: expected a float in"),
+    (lambda: symmetric_lattices(family=3), TypeError, "family: expected None, a name"),
+    (lambda: symmetric_lattices(rebase="yes"), TypeError, "rebase: expected a bool"),
+    (lambda: unimodular_matrices(bound=1.0), TypeError, "bound: expected an int"),
+    (lambda: unimodular_matrices(bound=3), ValueError, "bound: expected 1 or 2"),
+    (lambda: unimodular_matrices(depth=0), ValueError, "depth: expected an int >= 1"),
+    (lambda: rotations(proper=None), TypeError, "proper: expected a bool"),
+    (lambda: lattices(3), TypeError, "kind: expected one of"),
+    (lambda: aflow_crystals(limit=2.0), TypeError, "limit: expected an int >= 0 or None"),
+    (lambda: real_crystals(max_atoms="8"), TypeError, "max_atoms"),
+])
+def test_strategy_arguments_type_error_vs_value_error(call, error, match):
+    with pytest.raises(error, match=match):
+        call()
+
+
+@settings(max_examples=30)
+@given(rotations(proper=True), rotations())
+def test_rotations_strategy_draws_from_random_rotations(Q, R):
+    assert Q.shape == R.shape == (3, 3) and Q.dtype == R.dtype == torch.float64
+    assert float(torch.linalg.det(Q)) == pytest.approx(1.0, abs=1e-12)
+    assert abs(float(torch.linalg.det(R))) == pytest.approx(1.0, abs=1e-12)

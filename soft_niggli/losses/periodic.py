@@ -37,7 +37,7 @@ import math
 
 import torch
 
-from ._checks import as_float_tensor, check_last_dim
+from .._checks import as_float_tensor, check_last_dim
 
 __all__ = ["minimum_image", "best_translation", "periodic_coordinate_loss"]
 

@@ -12,7 +12,7 @@ basis, and combine the candidates with a softmin
 which is smooth in the prediction and tends to ``min_M d_M`` as τ → 0. No reducer sits in the gradient
 path: the prediction's own basis enters only through the distances. Cost is kept down three ways:
 one matrix product scores every candidate's lattice term (inner-product form, see
-:mod:`soft_niggli.softmin`) to choose ``U'``, the candidates nearest on the lattice term; only those
+:mod:`soft_niggli.losses.candidates`) to choose ``U'``, the candidates nearest on the lattice term; only those
 get an exact lattice term, and only those within reach of the best a coordinate term; and the
 candidate set and its tables are cached per dtype and device.
 
@@ -32,7 +32,7 @@ the label came in and nothing jumps when a tiny change breaks a symmetry:
   label's Niggli basis only up to an automorphism ``A`` of the cell, and ``U`` is not closed under
   them (``U A ≠ U`` for the non-permutation automorphisms of hexagonal or fcc cells): so the loss
   re-bases the reduced label by the automorphism whose target is closest to the prediction
-  (:func:`~soft_niggli.losses.closest_automorphism`, as the proxy loss does), a choice that depends on
+  (:func:`~soft_niggli.losses.terms.closest_automorphism`, as the proxy loss does), a choice that depends on
   the label's lattice and atoms, not on its input basis.
 * **A perfect prediction scores 0** (``zero_at_match=True``, the default). The softmin of a symmetric
   label is about ``-τ log n`` at a perfect prediction, ``n`` the number of its symmetries that tie
@@ -54,7 +54,7 @@ skewed bases (design notes, Carbon-24 pitfall). A candidate lattice reached from
 a Niggli-cone boundary ``N_p`` jumps and the second set's distances with it, a jump proportional to
 the residual error (zero at a perfect match).
 
-Half precision and extreme values are handled as for every loss (:mod:`soft_niggli.losses`); the
+Half precision and extreme values are handled as for every loss (:mod:`soft_niggli.losses.base`); the
 softmin itself is evaluated in float64 and shifted by its minimum, so it is finite for any τ > 0.
 """
 
@@ -64,43 +64,20 @@ import math
 
 import torch
 
-from .crystal import CrystalBatch
+from ..canonical import canonicalize_labels, reduce_or_identity
+from ..crystal import CrystalBatch
+from ..lattice import integer_inverse
+from ..unimodular import LatticeAutomorphisms, lattice_automorphisms
+from .base import (CrystalLoss, LossResult, blur_option, choice_option, flag_option, fraction_option, int_option,
+                   positive_option, register_loss, weight_option)
+from .candidates import candidate_lattice_terms, candidate_set
 from .invariants import theta_term, volume_term
-from .lattice import integer_inverse
-from .losses import (
-    COORDINATE_TERMS,
-    LATTICE_METRICS,
-    CrystalLoss,
-    LossResult,
-    _assemble,
-    _blur,
-    _choice,
-    _flag,
-    _positive,
-    _sanitized,
-    _scorable,
-    _tolerance,
-    _weight,
-    canonicalize_labels,
-    closest_automorphism,
-    coordinate_term,
-    lattice_automorphisms,
-    lattice_term,
-    reduce_or_identity,
-    register_loss,
-    tie_tolerance,
-)
-from .softmin import candidate_lattice_terms, candidate_set
+from .terms import (COORDINATE_TERMS, LATTICE_METRICS, closest_automorphism, coordinate_term, lattice_term, pair_atoms,
+                    tie_tolerance)
 
 __all__ = ["SoftminLoss", "GramLoss", "CENTERS"]
 
 CENTERS = ("label", "both")
-
-
-def _int_in(name: str, value, low: int, high: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
-        raise ValueError(f"{name}: expected an int in [{low}, {high}], got {value!r}")
-    return value
 
 
 class _CandidateSoftmin(CrystalLoss):
@@ -108,20 +85,20 @@ class _CandidateSoftmin(CrystalLoss):
 
     def _common_options(self, tau, bound, proper, normalize, lattice_metric, coords, center, top_k,
                         labels_canonical, coord_weight, blur, zero_at_match, automorphism_rel_tol):
-        self.tau = _positive("tau", tau)
-        self.bound = _int_in("bound", bound, 1, 2)
-        self.proper = _flag("proper", proper)
-        self.normalize = _flag("normalize", normalize)
-        self.zero_at_match = _flag("zero_at_match", zero_at_match)
-        self.lattice_metric = _choice("lattice_metric", lattice_metric, LATTICE_METRICS)
-        self.coords = _choice("coords", coords, COORDINATE_TERMS)
-        self.center = _choice("center", center, CENTERS)
+        self.tau = positive_option("tau", tau)
+        self.bound = int_option("bound", bound, 1, 2)
+        self.proper = flag_option("proper", proper)
+        self.normalize = flag_option("normalize", normalize)
+        self.zero_at_match = flag_option("zero_at_match", zero_at_match)
+        self.lattice_metric = choice_option("lattice_metric", lattice_metric, LATTICE_METRICS)
+        self.coords = choice_option("coords", coords, COORDINATE_TERMS)
+        self.center = choice_option("center", center, CENTERS)
         # A Sinkhorn problem costs far more than a periodic MSE: give fewer candidates a coordinate term.
-        self.top_k = (2 if coords == "sinkhorn" else 8) if top_k is None else _int_in("top_k", top_k, 1, 135408)
-        self.labels_canonical = _flag("labels_canonical", labels_canonical)
-        self.coord_weight = _weight("coord_weight", coord_weight)
-        self.blur = _blur(blur)
-        self.automorphism_rel_tol = _tolerance("automorphism_rel_tol", automorphism_rel_tol)
+        self.top_k = (2 if coords == "sinkhorn" else 8) if top_k is None else int_option("top_k", top_k, 1, 135408)
+        self.labels_canonical = flag_option("labels_canonical", labels_canonical)
+        self.coord_weight = weight_option("coord_weight", coord_weight)
+        self.blur = blur_option(blur)
+        self.automorphism_rel_tol = fraction_option("automorphism_rel_tol", automorphism_rel_tol)
         # Optimal transport matches atoms itself: only compositions must agree, not atom order.
         self.atoms_matched_by_order = self.coords != "sinkhorn"
 
@@ -133,19 +110,20 @@ class _CandidateSoftmin(CrystalLoss):
         The candidate set ``U`` is not closed under the label's automorphisms (``U A ≠ U`` when ``A`` is
         not a signed permutation, e.g. hexagonal or fcc cells), so the basis the reducer happened to
         return would decide which candidates exist. Centring on the automorphic basis nearest the
-        prediction (:func:`~soft_niggli.losses.closest_automorphism`) makes the candidate set a
+        prediction (:func:`~soft_niggli.losses.terms.closest_automorphism`) makes the candidate set a
         function of the label's lattice, not of the basis it came in.
         """
         B = len(labels)
         eye = torch.eye(3, dtype=L.dtype, device=L.device).expand(B, 3, 3)
-        owner, group = lattice_automorphisms(labels.lattice.detach(), self.automorphism_rel_tol)
+        group = lattice_automorphisms(labels.lattice.detach(), self.automorphism_rel_tol)
+        owner, matrices = group.owner, group.matrices
         keep = torch.ones_like(owner, dtype=torch.bool)
         if self.lattice_metric == "gram":
             # Automorphisms that differ by a signed permutation S give the same candidate set (U S = U)
             # and, compared by the metric, the same distances (S permutes and flips axes): only crystals
             # with other automorphisms (hexagonal, rhombohedral, fcc, ...) have a choice to make. With
             # Cartesian entries the copies differ by a rotation, and the lattice term alone decides.
-            signed_permutation = ((group != 0).sum(-1) == 1).all(-1)
+            signed_permutation = ((matrices != 0).sum(-1) == 1).all(-1)
             choosing = torch.bincount(owner[~signed_permutation], minlength=B) > 0
             first = torch.ones_like(owner, dtype=torch.bool)
             first[1:] = owner[1:] != owner[:-1]  # each crystal's identity
@@ -153,7 +131,8 @@ class _CandidateSoftmin(CrystalLoss):
         C = closest_automorphism(
             L.detach(), F.detach(), labels, eye, eye, lattice_metric=self.lattice_metric, coords=self.coords,
             lattice_weight=lattice_weight, coord_weight=self.coord_weight, blur=self.blur,
-            rel_tol=self.automorphism_rel_tol, species=species, group=(owner[keep], group[keep]),
+            rel_tol=self.automorphism_rel_tol, species=species,
+            group=LatticeAutomorphisms(owner=owner[keep], matrices=matrices[keep]),
             lattice_first=self.lattice_metric == "cartesian")
         return labels.apply_basis_change(C)
 
@@ -163,7 +142,8 @@ class _CandidateSoftmin(CrystalLoss):
         status = torch.zeros(B, dtype=torch.int64, device=L.device)
         frames = [(L, F, None)]
         if self.center == "both":
-            N, status = reduce_or_identity(L.detach(), scorable)
+            reduction = reduce_or_identity(L.detach(), scorable)
+            N, status = reduction.transform, reduction.status
             N_inv = integer_inverse(N).to(L.dtype)
             frames.append((N.to(L.dtype) @ L, (F[:, None, :] @ N_inv[batch]).squeeze(1), N))
         return frames, status
@@ -231,13 +211,7 @@ class _CandidateSoftmin(CrystalLoss):
     def _coordinates(self, F_cmp, F_ref, batch, species_cmp, species_ref, owner, X, T_lat, B):
         """``(Q,)`` coordinate term of the packed pairs (see :meth:`_distances`)."""
         dtype, device = F_cmp.dtype, F_cmp.device
-        # Atoms pair by pair: pair q repeats the atoms of crystal owner[q].
-        counts = torch.bincount(batch, minlength=B)
-        ptr = torch.cumsum(counts, 0) - counts
-        pair_counts = counts[owner]
-        pair_of_atom = torch.repeat_interleave(torch.arange(owner.numel(), device=device), pair_counts)
-        first = torch.cumsum(pair_counts, 0) - pair_counts
-        atom = ptr[owner][pair_of_atom] + torch.arange(pair_of_atom.numel(), device=device) - first[pair_of_atom]
+        atom, pair_of_atom = pair_atoms(torch.bincount(batch, minlength=B), owner)
         T_frac = (F_ref[atom][:, None, :] @ integer_inverse(X).to(dtype)[pair_of_atom]).squeeze(1)
         return coordinate_term(self.coords, F_cmp[atom], T_frac, pair_of_atom, T_lat,
                                None if species_cmp is None else species_cmp[atom],
@@ -377,17 +351,17 @@ class SoftminLoss(_CandidateSoftmin):
     ``d_M = lattice_weight · d_lat + coord_weight · d_coord`` over the tapered window of candidates
     nearest on ``d_lat`` (module docstring), with ``d_lat`` the mean squared entry
     difference of ``L_p`` and ``M L_n`` (``lattice_metric="cartesian"``, Å²) or of the metrics
-    ``L_p L_pᵀ`` and ``M G_n Mᵀ`` scaled like :func:`~soft_niggli.losses.lattice_term` (``"gram"``:
+    ``L_p L_pᵀ`` and ``M G_n Mᵀ`` scaled like :func:`~soft_niggli.losses.terms.lattice_term` (``"gram"``:
     rotations of prediction and label do not matter), and ``d_coord`` the periodic MSE of
-    :func:`~soft_niggli.periodic.periodic_coordinate_loss` (``coords="periodic"``, atoms matched by
+    :func:`~soft_niggli.losses.periodic.periodic_coordinate_loss` (``coords="periodic"``, atoms matched by
     order, translations removed) or the Sinkhorn divergence of
-    :func:`~soft_niggli.transport.sinkhorn_coordinate_loss` (``coords="sinkhorn"``, atom order free).
+    :func:`~soft_niggli.losses.sinkhorn.sinkhorn_coordinate_loss` (``coords="sinkhorn"``, atom order free).
 
     Invariances (tested on symmetric and real crystals, ``tests/test_symmetric_invariance.py``): to the
     label's basis, exactly (the label is reduced, then centred on its automorphic basis nearest the
     prediction, and ties are kept); to translations and wraps of either structure; to rotations of
     the label with ``lattice_metric="gram"``; to atom order with ``coords="sinkhorn"`` (up to its
-    translation rule, :mod:`soft_niggli.transport`). As τ → 0 the value tends to the minimum over the
+    translation rule, :mod:`soft_niggli.losses.sinkhorn`). As τ → 0 the value tends to the minimum over the
     candidates kept.
 
     ``zero_at_match=True`` (default) subtracts the label's own softmin, so a perfect prediction scores 0
@@ -415,22 +389,22 @@ class SoftminLoss(_CandidateSoftmin):
         super().__init__()
         self._common_options(tau, bound, proper, normalize, lattice_metric, coords, center, top_k,
                              labels_canonical, coord_weight, blur, zero_at_match, automorphism_rel_tol)
-        self.lattice_weight = _weight("lattice_weight", lattice_weight)
+        self.lattice_weight = weight_option("lattice_weight", lattice_weight)
 
     def compute(self, pred: CrystalBatch, target: CrystalBatch) -> LossResult:
-        included = _scorable(pred)
-        L, F = _sanitized(pred, target, included)
-        labels = target if self.labels_canonical else canonicalize_labels(target)[0]
+        included = self.scorable(pred)
+        L, F = self.sanitized(pred, target, included)
+        labels = target if self.labels_canonical else canonicalize_labels(target).batch
         value, lat, crd, status = self._softmin_terms(pred, L, F, included, labels, self.lattice_weight)
         terms = {"softmin": value, "lattice": lat, "coords": crd}
-        return _assemble(terms, {"softmin": 1.0}, included, status, torch.zeros_like(included))
+        return self.assemble(terms, {"softmin": 1.0}, included, status)
 
 
 @register_loss("gram")
 class GramLoss(_CandidateSoftmin):
     """Losses on the metric ``G = L Lᵀ``: no rotation alignment anywhere.
 
-    ``per_crystal = softmin_M(metric_weight · d_G(M) + coord_weight · d_coord(M)) + volume_weight ·
+    ``per_crystal = softmin_M(lattice_weight · d_G(M) + coord_weight · d_coord(M)) + volume_weight ·
     volume + theta_weight · theta`` where
 
     * ``d_G(M)``: ``‖G_p - M G_n Mᵀ‖² / 9`` over the squared size (Å²), the metric of the prediction
@@ -438,29 +412,29 @@ class GramLoss(_CandidateSoftmin):
       basis within the candidate set (as ``"softmin"``).
     * ``d_coord(M)``: the coordinate term in the candidate's basis (periodic MSE or Sinkhorn), which is
       what ties each candidate basis to the atoms; fractional coordinates ignore rotations.
-    * ``volume``: :func:`~soft_niggli.invariants.volume_term`, ``(V_p^{1/3} - V_t^{1/3})²`` (Å²): exactly
+    * ``volume``: :func:`~soft_niggli.losses.invariants.volume_term`, ``(V_p^{1/3} - V_t^{1/3})²`` (Å²): exactly
       invariant to every change of basis and rotation.
-    * ``theta``: :func:`~soft_niggli.invariants.theta_term`, squared difference of normalised lattice
+    * ``theta``: :func:`~soft_niggli.losses.invariants.theta_term`, squared difference of normalised lattice
       theta series at ``theta_scales`` (dimensionless): exactly invariant to every change of basis and
       rotation (up to a negligible truncation), a smooth fingerprint of the lattice's shape.
 
     ``terms``: ``"lattice"`` (softmin-weighted ``d_G``), ``"coords"``, ``"volume"``, ``"theta"`` and
-    ``"softmin"``. Options as for ``"softmin"``, plus ``metric_weight``, ``volume_weight``,
+    ``"softmin"``. Options as for ``"softmin"`` (``lattice_weight`` weighs ``d_G``), plus ``volume_weight``,
     ``theta_weight`` (each >= 0; a zero weight switches the term off) and ``theta_scales`` (finite
     floats > 0). A perfect prediction scores 0 (``zero_at_match``; volume and theta vanish there too).
     """
 
     def __init__(self, *, tau: float = 0.1, bound: int = 1, proper: bool = False, normalize: bool = False,
-                 metric_weight: float = 1.0, coord_weight: float = 1.0, volume_weight: float = 1.0,
+                 lattice_weight: float = 1.0, coord_weight: float = 1.0, volume_weight: float = 1.0,
                  theta_weight: float = 1.0, theta_scales: tuple = (1.0, 2.0, 4.0), coords: str = "periodic",
                  center: str = "label", top_k: int | None = None, labels_canonical: bool = False, blur: float = 0.1,
                  zero_at_match: bool = True, automorphism_rel_tol: float = 1e-4):
         super().__init__()
         self._common_options(tau, bound, proper, normalize, "gram", coords, center, top_k, labels_canonical,
                              coord_weight, blur, zero_at_match, automorphism_rel_tol)
-        self.metric_weight = _weight("metric_weight", metric_weight)
-        self.volume_weight = _weight("volume_weight", volume_weight)
-        self.theta_weight = _weight("theta_weight", theta_weight)
+        self.lattice_weight = weight_option("lattice_weight", lattice_weight)
+        self.volume_weight = weight_option("volume_weight", volume_weight)
+        self.theta_weight = weight_option("theta_weight", theta_weight)
         ok = isinstance(theta_scales, (tuple, list)) and len(theta_scales) > 0 and all(
             isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x) and x > 0 for x in theta_scales)
         if not ok:
@@ -468,10 +442,10 @@ class GramLoss(_CandidateSoftmin):
         self.theta_scales = tuple(float(x) for x in theta_scales)
 
     def compute(self, pred: CrystalBatch, target: CrystalBatch) -> LossResult:
-        included = _scorable(pred)
-        L, F = _sanitized(pred, target, included)
-        labels = target if self.labels_canonical else canonicalize_labels(target)[0]
-        value, lat, crd, status = self._softmin_terms(pred, L, F, included, labels, self.metric_weight)
+        included = self.scorable(pred)
+        L, F = self.sanitized(pred, target, included)
+        labels = target if self.labels_canonical else canonicalize_labels(target).batch
+        value, lat, crd, status = self._softmin_terms(pred, L, F, included, labels, self.lattice_weight)
         L_t = labels.lattice.detach()
         zero = torch.zeros_like(value)
         terms = {
@@ -480,4 +454,4 @@ class GramLoss(_CandidateSoftmin):
             "theta": theta_term(L, L_t, self.theta_scales) if self.theta_weight else zero,
         }
         weights = {"softmin": 1.0, "volume": self.volume_weight, "theta": self.theta_weight}
-        return _assemble(terms, weights, included, status, torch.zeros_like(included))
+        return self.assemble(terms, weights, included, status)

@@ -4,7 +4,7 @@ Row convention: lattices ``(B, 3, 3)`` have the lattice vectors as rows; Cartesi
 ``d @ L`` for fractional displacements ``d``.
 
 Where a prediction's atom order is not the label's (generative models, set decoders), the periodic
-MSE of :mod:`soft_niggli.periodic` does not apply. This module compares the two atom sets as measures
+MSE of :mod:`soft_niggli.losses.periodic` does not apply. This module compares the two atom sets as measures
 with geomloss' debiased Sinkhorn divergence ``S`` (``SamplesLoss("sinkhorn", ...)``, tensorized
 backend) under the ground cost
 
@@ -82,7 +82,7 @@ def _anchor_translations(mask, z_pred, z_target, max_pairs: int):
 def sinkhorn_coordinate_loss(frac_pred: torch.Tensor, frac_target: torch.Tensor, mask: torch.Tensor,
                              lattice: torch.Tensor, species_pred: torch.Tensor | None = None,
                              species_target: torch.Tensor | None = None, *, blur: float = 0.1,
-                             scaling: float = 0.7, species_penalty: float = 100.0,
+                             scaling: float = 0.5, species_penalty: float = 100.0,
                              max_anchor_pairs: int = MAX_ANCHOR_PAIRS) -> torch.Tensor:
     """Sinkhorn divergence between predicted and target atom sets, per crystal, ``(B,)`` in Å².
 

@@ -30,7 +30,7 @@ import math
 
 import torch
 
-from .unimodular import enumerate_unimodular
+from ..unimodular import enumerate_unimodular
 
 __all__ = [
     "candidate_set",

@@ -22,7 +22,7 @@ import itertools
 
 import torch
 
-from .niggli import niggli_reduce
+from ..niggli import niggli_reduce
 
 __all__ = ["volume_term", "theta_series", "theta_term"]
 

@@ -1,0 +1,65 @@
+"""Crystal losses behind one interface, one module per concept.
+
+Row convention (as everywhere in soft_niggli): lattices ``(..., 3, 3)`` have the lattice vectors as
+rows; Cartesian ``X = F @ L``; a change of basis is ``L' = M @ L``, ``F' = wrap(F @ M^{-1})``.
+
+=====================  ==========================================================================
+module                 what
+=====================  ==========================================================================
+``base``               :class:`LossResult`, :class:`CrystalLoss`, the registry (:func:`get_loss`,
+                       :func:`register_loss`, entry points), the option checks every loss uses
+``terms``              the lattice term, the coordinate term, the label's automorphic basis
+                       nearest the prediction (:func:`~soft_niggli.losses.terms.closest_automorphism`)
+``periodic``           the periodic coordinate MSE with the best translation removed
+``sinkhorn``           the permutation-invariant coordinate term (geomloss Sinkhorn divergence)
+``invariants``         basis-free lattice invariants: volume and theta series
+``candidates``         the bounded candidate set of unimodular matrices and its distances, softmin
+``mse``                ``"mse"``: the reference that compares lattices as given
+``proxy``              ``"proxy"``: the discrete Niggli proxy loss
+``softmin``            ``"softmin"`` and ``"gram"``: softmins over the candidate set
+=====================  ==========================================================================
+
+Importing this package registers ``"mse"``, ``"proxy"``, ``"softmin"`` and ``"gram"``; losses of
+other installed packages come through the ``soft_niggli.losses`` entry-point group (``base``).
+"""
+
+from .base import (
+    ENTRY_POINT_GROUP,
+    CrystalLoss,
+    LossResult,
+    available_losses,
+    blur_option,
+    choice_option,
+    flag_option,
+    fraction_option,
+    get_loss,
+    int_option,
+    positive_option,
+    register_loss,
+    rel_tol_option,
+    weight_option,
+)
+from .mse import MSELoss
+from .proxy import NiggliProxyLoss
+from .softmin import GramLoss, SoftminLoss
+
+__all__ = [
+    "ENTRY_POINT_GROUP",
+    "CrystalLoss",
+    "LossResult",
+    "available_losses",
+    "get_loss",
+    "register_loss",
+    "blur_option",
+    "choice_option",
+    "flag_option",
+    "fraction_option",
+    "int_option",
+    "positive_option",
+    "rel_tol_option",
+    "weight_option",
+    "MSELoss",
+    "NiggliProxyLoss",
+    "SoftminLoss",
+    "GramLoss",
+]

@@ -1,0 +1,155 @@
+"""The terms every loss is made of: a lattice term, a coordinate term, and the choice of the label's
+automorphic basis nearest the prediction.
+
+Row convention: lattices ``(..., 3, 3)`` have the lattice vectors as rows; a unimodular ``A`` re-bases
+a crystal as ``(A L, wrap(F A^{-1}))``. Lattice terms are in Å²; coordinate terms are fractional²
+(``"periodic"``, at most 1/4) or Å² (``"sinkhorn"``).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from ..crystal import CrystalBatch
+from ..lattice import integer_inverse
+from ..unimodular import lattice_automorphisms
+from .base import choice_option
+from .periodic import periodic_coordinate_loss
+from .sinkhorn import sinkhorn_coordinate_loss_flat
+
+__all__ = [
+    "LATTICE_METRICS",
+    "COORDINATE_TERMS",
+    "lattice_term",
+    "coordinate_term",
+    "pair_atoms",
+    "tie_tolerance",
+    "closest_automorphism",
+]
+
+LATTICE_METRICS = ("cartesian", "gram")
+COORDINATE_TERMS = ("periodic", "sinkhorn")
+
+
+def lattice_term(pred_lattice: torch.Tensor, target_lattice: torch.Tensor, metric: str = "cartesian") -> torch.Tensor:
+    """Lattice error ``(...)`` in Å² between ``(..., 3, 3)`` lattices (rows are lattice vectors).
+
+    ``"cartesian"``: ``mean_ij (L_p - L_t)_ij²``, the plain MSE (depends on orientation).
+    ``"gram"``: ``mean_ij (G_p - G_t)_ij² / (‖L_p‖²_F + ‖L_t‖²_F)`` with ``G = L Lᵀ``: invariant to
+    rotating either lattice, zero iff the metrics agree. Dividing the quartic ``‖ΔG‖²`` by the squared
+    scale brings it back to Å², the same order as the Cartesian term near a match (for ``L = aI``,
+    ``δL = εI`` it is ``2ε²/9`` against ``ε²/3``), and lets it be computed without overflow: both
+    lattices are scaled by a common power of two (exact, detached) before squaring.
+    """
+    choice_option("metric", metric, LATTICE_METRICS)
+    if metric == "cartesian":
+        return (pred_lattice - target_lattice).square().mean(dim=(-1, -2))
+    m = torch.maximum(pred_lattice.detach().abs().amax(dim=(-1, -2)), target_lattice.detach().abs().amax(dim=(-1, -2)))
+    m = torch.where(torch.isfinite(m) & (m > 0), m, torch.ones_like(m))
+    _, exponent = torch.frexp(m)
+    exponent = exponent.clamp(-1000, 1000)  # 2**±1000 is a normal float64; beyond it values underflow anyway
+    down = torch.ldexp(torch.ones_like(m), -exponent)[..., None, None]
+    up = torch.ldexp(torch.ones_like(m), exponent)
+    P, T = pred_lattice * down, target_lattice * down
+    dG = P @ P.transpose(-1, -2) - T @ T.transpose(-1, -2)
+    norm = P.square().sum(dim=(-1, -2)) + T.square().sum(dim=(-1, -2))
+    # After the scaling norm is at least 1/4 unless both cells are zero; 1 there keeps the gradient 0
+    # (a clamp at a tiny floor would give 0 · 1/tiny² = NaN in backward).
+    norm = torch.where(norm > 0, norm, torch.ones_like(norm))
+    return dG.square().mean(dim=(-1, -2)) / norm * up * up
+
+
+def coordinate_term(kind: str, frac_pred: torch.Tensor, frac_target: torch.Tensor, batch: torch.Tensor,
+                    lattice: torch.Tensor, species_pred=None, species_target=None, blur: float = 0.1) -> torch.Tensor:
+    """The coordinate term every strategy uses, ``(B,)``, with ``B = lattice.shape[0]``.
+
+    ``"periodic"``: :func:`~soft_niggli.losses.periodic.periodic_coordinate_loss`, atoms matched by
+    order, fractional² (at most 1/4). ``"sinkhorn"``:
+    :func:`~soft_niggli.losses.sinkhorn.sinkhorn_coordinate_loss_flat` in ``lattice`` (detached), atom
+    order free, species-aware, Å². Both ignore translations and wraps.
+    """
+    choice_option("coords", kind, COORDINATE_TERMS)
+    if kind == "periodic":
+        return periodic_coordinate_loss(frac_pred, frac_target, batch, lattice.shape[0])
+    return sinkhorn_coordinate_loss_flat(frac_pred, frac_target, batch, lattice.detach(), species_pred,
+                                         species_target, blur=blur)
+
+
+def pair_atoms(num_atoms: torch.Tensor, owner: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Atoms of packed (crystal, candidate) pairs: pair ``q`` repeats the atoms of crystal ``owner[q]``.
+
+    Returns ``(atom, pair_of_atom)``, each ``(Σ num_atoms[owner],)``: the index of each repeated atom
+    in the flat atom arrays, and the pair it belongs to (the ``batch`` of the repeated atoms).
+    """
+    device = owner.device
+    counts = num_atoms[owner]
+    pair_of_atom = torch.repeat_interleave(torch.arange(owner.numel(), device=device), counts)
+    first = torch.cumsum(counts, 0) - counts
+    ptr = torch.cumsum(num_atoms, 0) - num_atoms
+    atom = ptr[owner][pair_of_atom] + torch.arange(pair_of_atom.numel(), device=device) - first[pair_of_atom]
+    return atom, pair_of_atom
+
+
+def tie_tolerance(scale: torch.Tensor) -> torch.Tensor:
+    """Absolute slack ``(...)`` within which two candidate distances of size ``scale`` count as tied.
+
+    Distances of automorphic candidates of a symmetric crystal are equal in exact arithmetic but come
+    out of different floating-point sums; 64 ulps of the scale of the summands covers that, and
+    counting a near-tie as a tie only ever keeps a candidate more.
+    """
+    return 64 * torch.finfo(scale.dtype).eps * scale
+
+
+def closest_automorphism(P_lat: torch.Tensor, P_frac: torch.Tensor, labels: CrystalBatch, left: torch.Tensor,
+                         right: torch.Tensor, *, lattice_metric: str, coords: str, lattice_weight: float,
+                         coord_weight: float, blur: float, rel_tol: float, species=None, group=None,
+                         lattice_first: bool = False) -> torch.Tensor:
+    """``(B, 3, 3)`` int64: per crystal, the automorphism ``A`` of the reduced label whose target
+    ``(left A L_n, F_n A^{-1} right)`` is closest to the prediction ``(P_lat, P_frac)``.
+
+    Every automorphism of a Niggli-reduced label gives an equally canonical target (the group is the
+    same set whichever basis the label came in), so choosing by distance to the prediction makes what
+    follows independent of the label's input basis. "Closest" is measured by the full weighted loss,
+    ``lattice_weight · lattice_term + coord_weight · coordinate_term``, over every (crystal,
+    automorphism) pair, or (``lattice_first=True``, which the proxy loss uses with Sinkhorn coordinates,
+    where one optimal-transport problem per pair would dominate the cost) over the pairs tied, within
+    :func:`tie_tolerance`, with the nearest on the lattice term (with ``lattice_metric="gram"``, every
+    exact automorphism); the coordinates then decide among those. The narrowing is cheaper but makes
+    the choice jump when a tiny change of the label breaks a tie on the lattice term. Ties left after that are exact
+    symmetries of the whole crystal, whose targets are the same crystal, so which one wins changes no
+    value. Evaluated without gradient; ``labels`` is the reduced label batch (``L_n``, ``F_n``).
+    ``group``: the :class:`~soft_niggli.unimodular.LatticeAutomorphisms` to choose from, if already
+    known (each crystal's identity first); by default those of ``labels.lattice``.
+    """
+    L_n, F_n = labels.lattice.detach(), labels.frac.detach()
+    B, device = L_n.shape[0], L_n.device
+    group = lattice_automorphisms(L_n, rel_tol) if group is None else group
+    owner, A = group.owner, group.matrices
+    if owner.numel() == B:  # only identities: nothing to choose
+        return A
+    with torch.no_grad():
+        P = owner.numel()
+        A_f, A_inv_f = A.to(P_lat.dtype), integer_inverse(A).to(P_lat.dtype)
+        T_lat = left[owner] @ A_f @ L_n[owner]
+        lat = lattice_term(P_lat[owner], T_lat, lattice_metric)
+        keep = torch.ones(P, dtype=torch.bool, device=device)
+        if lattice_first:
+            best_lat = torch.full((B,), math.inf, dtype=lat.dtype, device=device).scatter_reduce(0, owner, lat, "amin")
+            scale = (P_lat.square().sum(dim=(1, 2)) + L_n.square().sum(dim=(1, 2))) / 9
+            keep = lat <= best_lat[owner] + tie_tolerance(scale)[owner]
+        pairs = keep.nonzero().flatten()
+        sub = owner[pairs]
+        atom, pair_of_atom = pair_atoms(labels.num_atoms, sub)
+        T_frac = (F_n[atom][:, None, :] @ (A_inv_f[pairs] @ right[sub])[pair_of_atom]).squeeze(1)
+        species_p = None if species is None else species[atom]
+        species_t = None if labels.species is None else labels.species[atom]
+        crd = coordinate_term(coords, P_frac[atom], T_frac, pair_of_atom, T_lat[pairs], species_p, species_t, blur)
+        total = torch.full((P,), math.inf, dtype=lat.dtype, device=device)
+        total[pairs] = lattice_weight * lat[pairs] + coord_weight * crd
+        best = torch.full((B,), math.inf, dtype=total.dtype, device=device).scatter_reduce(0, owner, total, "amin")
+        # First pair attaining the minimum (the automorphisms are listed in a fixed order per crystal).
+        candidate = torch.where(total <= best[owner], torch.arange(P, device=device), P)
+        chosen = torch.full((B,), P, dtype=torch.int64, device=device).scatter_reduce(0, owner, candidate, "amin")
+    return A[chosen]

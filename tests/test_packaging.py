@@ -1,0 +1,225 @@
+"""Packaging: entry-point losses, the installed layout (soft_niggli.baselines), the wheel, metadata,
+and the warning when the compiled kernel is missing."""
+
+from __future__ import annotations
+
+import importlib.metadata
+import os
+import shutil
+import subprocess
+import sys
+import textwrap
+import zipfile
+from pathlib import Path
+
+import pytest
+import torch
+
+import soft_niggli
+from soft_niggli import CrystalBatch, CrystalLoss, available_losses, get_loss
+
+ROOT = Path(__file__).resolve().parents[1]
+GROUP = "soft_niggli.losses"
+
+
+def _small_batches():
+    lattice = torch.tensor([[[4.0, 0, 0], [0, 4, 0], [0, 0, 5]], [[3.0, 0, 0], [1, 3, 0], [0, 0, 6]]],
+                           dtype=torch.float64)
+    frac = torch.tensor([[0.0, 0, 0], [0.5, 0.5, 0.5], [0.1, 0.2, 0.3]], dtype=torch.float64)
+    target = CrystalBatch(lattice, frac, [2, 1], species=[11, 17, 6])
+    pred = CrystalBatch((lattice * 1.02).requires_grad_(), frac + 0.01, [2, 1], species=[11, 17, 6])
+    return pred, target
+
+
+# ---------------------------------------------------------------------------------- entry points
+
+TOY_MODULE = '''
+import torch
+
+from soft_niggli import CrystalLoss, LossResult
+
+
+class ToyLoss(CrystalLoss):
+    """Squared difference of the cell volumes (a basis-invariant toy)."""
+
+    def __init__(self, *, weight: float = 1.0):
+        super().__init__()
+        self.weight = float(weight)
+
+    def compute(self, pred, target):
+        volume = lambda batch: torch.linalg.det(batch.lattice).abs()
+        per_crystal = self.weight * (volume(pred) - volume(target)) ** 2
+        none = torch.zeros(len(pred), dtype=torch.bool, device=pred.device)
+        return LossResult(loss=per_crystal.mean(), per_crystal=per_crystal,
+                          terms={"lattice": per_crystal, "coords": torch.zeros_like(per_crystal)},
+                          status=torch.zeros(len(pred), dtype=torch.int64, device=pred.device),
+                          excluded=none, fallback=none)
+'''
+
+
+@pytest.fixture
+def toy_distribution(tmp_path, monkeypatch):
+    """A distribution 'toy-loss-pkg' on sys.path declaring the loss 'toy-loss' as an entry point;
+    whatever registering it changes in the loss registry is undone afterwards."""
+    (tmp_path / "toy_loss_pkg.py").write_text(TOY_MODULE, encoding="utf-8")
+    info = tmp_path / "toy_loss_pkg-0.1.dist-info"
+    info.mkdir()
+    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: toy-loss-pkg\nVersion: 0.1\n", encoding="utf-8")
+    (info / "entry_points.txt").write_text(f"[{GROUP}]\ntoy-loss = toy_loss_pkg:ToyLoss\n", encoding="utf-8")
+    registry_module = sys.modules[get_loss.__module__]
+    if isinstance(getattr(registry_module, "_REGISTRY", None), dict):  # keep "toy-loss" out of other tests
+        monkeypatch.setattr(registry_module, "_REGISTRY", dict(registry_module._REGISTRY))
+    monkeypatch.syspath_prepend(str(tmp_path))
+    yield tmp_path
+    sys.modules.pop("toy_loss_pkg", None)
+
+
+def test_a_loss_declared_by_another_distribution_is_listed_and_built(toy_distribution):
+    assert "toy_loss_pkg" not in sys.modules
+    names = available_losses()
+    assert "toy-loss" in names and list(names) == sorted(names)
+    assert "toy_loss_pkg" not in sys.modules  # listing does not import it
+
+    loss_fn = get_loss("toy-loss", weight=2.0)
+    assert type(loss_fn).__name__ == "ToyLoss" and type(loss_fn).__module__ == "toy_loss_pkg"
+    assert isinstance(loss_fn, CrystalLoss) and loss_fn.weight == 2.0
+    pred, target = _small_batches()
+    result = loss_fn(pred, target)
+    result.loss.backward()
+    assert result.per_crystal.shape == (2,) and torch.isfinite(result.loss) and result.loss > 0
+    assert torch.isfinite(pred.lattice.grad).all()
+    with pytest.raises(ValueError, match="weigth"):
+        get_loss("toy-loss", weigth=1.0)
+
+
+def test_proxy_spglib_is_an_entry_point_of_this_distribution():
+    declared = {ep.name: ep.value for ep in importlib.metadata.entry_points(group=GROUP)}
+    assert declared.get("proxy-spglib") == "soft_niggli.baselines.spglib_proxy:SpglibProxyLoss", (
+        "the installed metadata lacks the entry point: reinstall (pip install -e .), and remove any stale "
+        "soft_niggli.egg-info folder in the working directory, which shadows it")
+    assert "proxy-spglib" in available_losses()
+    loss_fn = get_loss("proxy-spglib")
+    assert type(loss_fn).__name__ == "SpglibProxyLoss"
+    assert type(loss_fn).__module__ == "soft_niggli.baselines.spglib_proxy"
+    pred, target = _small_batches()
+    result = loss_fn(pred, target)
+    assert torch.isfinite(result.loss) and result.per_crystal.shape == (2,)
+
+
+def test_baselines_are_installed_inside_the_library():
+    import soft_niggli.baselines as baselines
+    from soft_niggli.baselines.reducers import PEER_REDUCERS, reduce_with
+
+    assert baselines.reduce_with is reduce_with and "spglib" in PEER_REDUCERS
+    assert reduce_with("spglib", [[[4.0, 0, 0], [4, 4, 0], [0, 0, 5]]])[0].outcome == "ok"
+    # The repository folder is not importable as a top-level `baselines` outside the checkout (an
+    # unrelated package has that name; if one is installed, it must not be ours).
+    code = ("import importlib.util, sys; sys.path = [p for p in sys.path if p not in ('', {root!r})]; "
+            "spec = importlib.util.find_spec('baselines'); print(spec and spec.origin)").format(root=str(ROOT))
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=ROOT.parent)
+    assert str(ROOT / "baselines") not in out.stdout, f"top-level `baselines` resolves to {out.stdout.strip()}"
+
+
+def test_version_is_defined_once_and_metadata_is_complete():
+    meta = importlib.metadata.metadata("soft-niggli")
+    hint = ("installed metadata out of date: reinstall (pip install -e .), and remove any stale "
+            "soft_niggli.egg-info folder in the working directory, which shadows it")
+    assert meta["Version"] == soft_niggli.__version__, hint
+    assert meta["Author"] == "soft_niggli developers", hint
+    assert meta["License-Expression"] == "MIT"
+    urls = dict(entry.split(", ", 1) for entry in meta.get_all("Project-URL") or [])
+    assert {"Homepage", "Repository", "Issues"} <= set(urls)
+    assert "MIT License" in (ROOT / "LICENSE").read_text(encoding="utf-8")
+
+
+# ----------------------------------------------------------------------------------------- wheel
+
+_SOURCES = ("pyproject.toml", "setup.py", "README.md", "LICENSE", "MANIFEST.in", "soft_niggli", "baselines")
+
+
+def _setuptools_for_build() -> None:
+    """Skip unless this environment can build the wheel offline (no build isolation)."""
+    try:
+        import setuptools
+    except ImportError:
+        pytest.skip("setuptools is not installed: cannot build the wheel without build isolation")
+    if int(setuptools.__version__.split(".")[0]) < 77:
+        pytest.skip(f"setuptools {setuptools.__version__} < 77 (pyproject.toml's build requirement)")
+
+
+def test_wheel_holds_only_soft_niggli_and_its_dist_info(tmp_path):
+    _setuptools_for_build()
+    # Build from a clean copy: an in-tree build/ folder can hold stale files that a wheel would pick up.
+    src = tmp_path / "src"
+    src.mkdir()
+    for name in _SOURCES:
+        path = ROOT / name
+        if path.is_dir():
+            shutil.copytree(path, src / name, ignore=shutil.ignore_patterns("__pycache__", "*.so", "*.pyd", "*.pyc"))
+        elif path.exists():
+            shutil.copy2(path, src / name)
+    out = subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", str(src), "--no-deps", "--no-build-isolation", "--no-index",
+         "-q", "-w", str(tmp_path / "dist")],
+        capture_output=True, text=True, timeout=300, env={**os.environ, "PIP_NO_INPUT": "1"})
+    assert out.returncode == 0, f"pip wheel failed:\n{out.stdout}\n{out.stderr}"
+    (wheel,) = (tmp_path / "dist").glob("soft_niggli-*.whl")
+    with zipfile.ZipFile(wheel) as zf:
+        names = zf.namelist()
+        dist_info = f"soft_niggli-{soft_niggli.__version__}.dist-info"
+        assert {n.split("/", 1)[0] for n in names} == {"soft_niggli", dist_info}
+        for module in ("__init__.py", "reducers.py", "spglib_proxy.py"):
+            assert f"soft_niggli/baselines/{module}" in names
+        packages = {str(p.parent.relative_to(ROOT)).replace(os.sep, "/") for p in (ROOT / "soft_niggli").rglob("__init__.py")
+                    if "__pycache__" not in p.parts}
+        missing = sorted(p for p in packages if f"{p}/__init__.py" not in names)
+        assert not missing, f"subpackages missing from the wheel: {missing}"
+        metadata = zf.read(f"{dist_info}/METADATA").decode()
+        assert f"Version: {soft_niggli.__version__}" in metadata and "License-Expression: MIT" in metadata
+        assert "proxy-spglib = soft_niggli.baselines.spglib_proxy:SpglibProxyLoss" in zf.read(
+            f"{dist_info}/entry_points.txt").decode()
+        assert f"{dist_info}/licenses/LICENSE" in names
+
+
+# ------------------------------------------------------------------------------ kernel warning
+
+_BLOCK_KERNEL = textwrap.dedent("""
+    import sys, warnings
+
+    class BlockKernel:  # as if the C extension had not been built
+        def find_spec(self, name, path=None, target=None):
+            if name == "soft_niggli._niggli_kernel":
+                raise ImportError("blocked by the test")
+            return None
+
+    sys.meta_path.insert(0, BlockKernel())
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        import soft_niggli
+        from soft_niggli import niggli
+        niggli.niggli_reduce([[4.0, 0, 0], [4, 4, 0], [0, 0, 5]])
+        niggli.niggli_reduce([[4.0, 0, 0], [4, 4, 0], [0, 0, 5]])
+    assert not niggli.COMPILED_KERNEL
+    for w in caught:
+        if issubclass(w.category, RuntimeWarning) and "_niggli_kernel" in str(w.message):
+            print("WARNING:", w.message)
+""")
+
+
+@pytest.mark.parametrize("silenced", [False, True])
+def test_a_missing_kernel_warns_once_unless_silenced(silenced):
+    env = {k: v for k, v in os.environ.items() if k != "SOFT_NIGGLI_NO_KERNEL_WARNING"}
+    if silenced:
+        env["SOFT_NIGGLI_NO_KERNEL_WARNING"] = "1"
+    # The same soft_niggli as this process imported, checkout or install.
+    env["PYTHONPATH"] = os.pathsep.join([str(Path(soft_niggli.__file__).resolve().parents[1]),
+                                         *filter(None, [os.environ.get("PYTHONPATH")])])
+    out = subprocess.run([sys.executable, "-c", _BLOCK_KERNEL], capture_output=True, text=True, env=env, timeout=120)
+    assert out.returncode == 0, out.stderr
+    warnings = [line for line in out.stdout.splitlines() if line.startswith("WARNING:")]
+    if silenced:
+        assert warnings == []
+    else:
+        assert len(warnings) == 1, out.stdout
+        assert "NumPy core" in warnings[0] and "slower" in warnings[0]
+        assert "pip install" in warnings[0] and "SOFT_NIGGLI_NO_KERNEL_WARNING=1" in warnings[0]
