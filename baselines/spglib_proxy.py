@@ -104,7 +104,7 @@ class SpglibProxyLoss(CrystalLoss):
         self.spglib_eps = positive_option("spglib_eps", spglib_eps)
 
     def compute(self, pred: CrystalBatch, target: CrystalBatch) -> LossResult:
-        B, dtype, device = len(pred), pred.dtype, pred.device
+        B, device = len(pred), pred.device
         labels_np = target.lattice.detach().cpu().double().numpy()
         pred_np = pred.lattice.detach().cpu().double().numpy()
         N_lab, N_pred = [], []

@@ -5,7 +5,7 @@ Cartesian positions are ``X = F @ L``, and a change of basis is ``L' = M @ L``, 
 """
 
 from .canonical import CanonicalLabels, canonicalize_labels
-from .crystal import CrystalBatch
+from .crystal import CrystalBatch, atom_slots
 from .lattice import (
     apply_basis_change,
     g6,
@@ -13,6 +13,7 @@ from .lattice import (
     integer_inverse,
     lattice_from_parameters,
     lattice_parameters,
+    random_rotations,
     to_cartesian,
     to_fractional,
     volume,
@@ -40,6 +41,7 @@ __all__ = [
     "get_loss",
     "register_loss",
     "CrystalBatch",
+    "atom_slots",
     "NiggliResult",
     "Status",
     "is_niggli_reduced",
@@ -54,6 +56,7 @@ __all__ = [
     "lattice_automorphisms",
     "lattice_from_parameters",
     "lattice_parameters",
+    "random_rotations",
     "random_unimodular",
     "signed_permutations",
     "to_cartesian",

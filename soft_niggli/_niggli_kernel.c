@@ -605,25 +605,27 @@ static PyMethodDef methods[] = {
 
 static struct PyModuleDef module = {PyModuleDef_HEAD_INIT, "_niggli_kernel", NULL, -1, methods};
 
+/* The constants the NumPy core checks against at import (soft_niggli/niggli.py), so the two cannot drift. */
+static const char *const FLOAT_NAMES[] = {
+    "PLAIN_PRODUCT_ERROR", "EXACT_PRODUCT_ERROR", "SPLIT", "CROSS_MARGIN", "EPS", "ACCURACY_MARGIN",
+    "MIN_SQUARED_LENGTH", "DEGENERATE_VOLUME_RATIO", "MAX_TRANSFORM_ENTRY", "PLAIN_PRODUCT_LIMIT", "LEVEL_FACTOR"};
+static const double FLOAT_VALUES[] = {
+    PLAIN_PRODUCT_ERROR, EXACT_PRODUCT_ERROR, SPLIT, CROSS_MARGIN, EPS, ACCURACY_MARGIN,
+    MIN_SQUARED_LENGTH, DEGENERATE_VOLUME_RATIO, MAX_TRANSFORM_ENTRY, PLAIN_PRODUCT_LIMIT, LEVEL_FACTOR};
+static const char *const INT_NAMES[] = {"SWEEPS", "LEVELS", "STALL_ROUNDS"};
+static const long INT_VALUES[] = {SWEEPS, LEVELS, STALL_ROUNDS};
+
 PyMODINIT_FUNC PyInit__niggli_kernel(void) {
     PyObject *m = PyModule_Create(&module);
     if (m == NULL) return NULL;
-    if (PyModule_AddObject(m, "PLAIN_PRODUCT_ERROR", PyFloat_FromDouble(PLAIN_PRODUCT_ERROR)) < 0 ||
-        PyModule_AddObject(m, "EXACT_PRODUCT_ERROR", PyFloat_FromDouble(EXACT_PRODUCT_ERROR)) < 0 ||
-        PyModule_AddObject(m, "SPLIT", PyFloat_FromDouble(SPLIT)) < 0 ||
-        PyModule_AddObject(m, "CROSS_MARGIN", PyFloat_FromDouble(CROSS_MARGIN)) < 0 ||
-        PyModule_AddObject(m, "EPS", PyFloat_FromDouble(EPS)) < 0 ||
-        PyModule_AddObject(m, "ACCURACY_MARGIN", PyFloat_FromDouble(ACCURACY_MARGIN)) < 0 ||
-        PyModule_AddObject(m, "MIN_SQUARED_LENGTH", PyFloat_FromDouble(MIN_SQUARED_LENGTH)) < 0 ||
-        PyModule_AddObject(m, "DEGENERATE_VOLUME_RATIO", PyFloat_FromDouble(DEGENERATE_VOLUME_RATIO)) < 0 ||
-        PyModule_AddObject(m, "MAX_TRANSFORM_ENTRY", PyFloat_FromDouble(MAX_TRANSFORM_ENTRY)) < 0 ||
-        PyModule_AddObject(m, "PLAIN_PRODUCT_LIMIT", PyFloat_FromDouble(PLAIN_PRODUCT_LIMIT)) < 0 ||
-        PyModule_AddObject(m, "SWEEPS", PyLong_FromLong(SWEEPS)) < 0 ||
-        PyModule_AddObject(m, "LEVELS", PyLong_FromLong(LEVELS)) < 0 ||
-        PyModule_AddObject(m, "LEVEL_FACTOR", PyFloat_FromDouble(LEVEL_FACTOR)) < 0 ||
-        PyModule_AddObject(m, "STALL_ROUNDS", PyLong_FromLong(STALL_ROUNDS)) < 0) {
-        Py_DECREF(m);
-        return NULL;
+    for (size_t i = 0; i < sizeof FLOAT_VALUES / sizeof FLOAT_VALUES[0]; i++) {
+        if (PyModule_AddObject(m, FLOAT_NAMES[i], PyFloat_FromDouble(FLOAT_VALUES[i])) < 0) goto fail;
+    }
+    for (size_t i = 0; i < sizeof INT_VALUES / sizeof INT_VALUES[0]; i++) {
+        if (PyModule_AddObject(m, INT_NAMES[i], PyLong_FromLong(INT_VALUES[i])) < 0) goto fail;
     }
     return m;
+fail:
+    Py_DECREF(m);
+    return NULL;
 }

@@ -38,7 +38,7 @@ from ._checks import as_float_tensor, as_index_tensor, as_tensor, check_dtype, h
 from .lattice import integer_inverse, wrap
 from .unimodular import is_unimodular
 
-__all__ = ["CrystalBatch", "atom_slots"]
+__all__ = ["CrystalBatch", "atom_slots", "repeat_atoms"]
 
 
 def _shape(x) -> tuple:
@@ -77,6 +77,25 @@ def atom_slots(num_atoms, batch=None) -> torch.Tensor:
         num_atoms = num_atoms.to(batch.device)
     start = torch.cumsum(num_atoms, 0) - num_atoms
     return torch.arange(batch.numel(), device=batch.device) - start[batch]
+
+
+def repeat_atoms(num_atoms: torch.Tensor, crystals: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The atoms of the crystals ``crystals (Q,)`` (repeats allowed), in that order, from a flat layout.
+
+    Returns ``(atom, owner)``, each ``(Σ num_atoms[crystals],)``: the index of each repeated atom in the
+    flat atom arrays, and the position in ``crystals`` it belongs to (the ``batch`` vector of the
+    repeated atoms). What selecting crystals, or pairing each crystal with several candidates, needs.
+
+    >>> atom, owner = repeat_atoms(torch.tensor([2, 1]), torch.tensor([1, 0, 1]))
+    >>> atom.tolist(), owner.tolist()
+    ([2, 0, 1, 2], [0, 1, 1, 2])
+    """
+    device = crystals.device
+    counts = num_atoms[crystals]
+    n_total = int(counts.sum()) if crystals.numel() else 0
+    owner = torch.repeat_interleave(torch.arange(crystals.numel(), device=device), counts, output_size=n_total)
+    first = torch.cumsum(num_atoms, 0) - num_atoms
+    return first[crystals][owner] + atom_slots(counts, owner), owner
 
 
 def _is_structure(s) -> bool:
@@ -490,10 +509,8 @@ class CrystalBatch:
     def _gather(self, idx: torch.Tensor) -> "CrystalBatch":
         """Crystals ``idx`` (int64, in range, on this batch's device), in that order; repeats allowed."""
         counts = self.num_atoms[idx]
-        n_total = int(counts.sum()) if idx.numel() else 0
-        owner = torch.repeat_interleave(torch.arange(idx.numel(), device=self.device), counts, output_size=n_total)
+        atom, owner = repeat_atoms(self.num_atoms, idx)
         ptr = torch.cat([counts.new_zeros(1), torch.cumsum(counts, 0)])
-        atom = self._ptr[idx][owner] + torch.arange(n_total, device=self.device) - ptr[owner]
         return self._from_parts(self.lattice[idx], self.frac[atom], counts,
                                 None if self.species is None else self.species[atom], owner, ptr)
 

@@ -43,12 +43,18 @@ __all__ = [
 ]
 
 
-def _check_pair(x: torch.Tensor, L: torch.Tensor, x_name: str) -> None:
-    """Coordinates and lattice must share dtype and device (torch would raise a RuntimeError deep inside)."""
+def _coordinates_and_lattice(x, L, x_name: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(x (..., N, 3), L (..., 3, 3))`` as float tensors of one dtype and device (checked here: torch
+    would raise a RuntimeError deep inside)."""
+    x = as_float_tensor(x, x_name)
+    L = as_float_tensor(L, "L")
+    check_last_dim(x, x_name)
+    check_matrix_shape(L, "L")
     if x.dtype != L.dtype:
         raise ValueError(f"{x_name}: expected the lattice's dtype {L.dtype}, got {x.dtype}")
     if x.device != L.device:
         raise ValueError(f"{x_name}: expected the lattice's device {L.device}, got {x.device}")
+    return x, L
 
 
 def gram(L: torch.Tensor) -> torch.Tensor:
@@ -94,21 +100,13 @@ def wrap(F: torch.Tensor) -> torch.Tensor:
 
 def to_cartesian(F: torch.Tensor, L: torch.Tensor) -> torch.Tensor:
     """Cartesian positions ``X = F @ L``; ``F (..., N, 3)``, ``L (..., 3, 3)`` → ``(..., N, 3)``."""
-    F = as_float_tensor(F, "F")
-    L = as_float_tensor(L, "L")
-    check_last_dim(F, "F")
-    check_matrix_shape(L, "L")
-    _check_pair(F, L, "F")
+    F, L = _coordinates_and_lattice(F, L, "F")
     return F @ L
 
 
 def to_fractional(X: torch.Tensor, L: torch.Tensor) -> torch.Tensor:
     """Fractional coordinates ``F = X @ L^{-1}`` (not wrapped); ``X (..., N, 3)``, ``L (..., 3, 3)``."""
-    X = as_float_tensor(X, "X")
-    L = as_float_tensor(L, "L")
-    check_last_dim(X, "X")
-    check_matrix_shape(L, "L")
-    _check_pair(X, L, "X")
+    X, L = _coordinates_and_lattice(X, L, "X")
     # Solve X = F L  <=>  L^T F^T = X^T, avoiding an explicit inverse.
     return torch.linalg.solve(L.transpose(-1, -2), X.transpose(-1, -2)).transpose(-1, -2)
 
@@ -252,11 +250,7 @@ def apply_basis_change(L: torch.Tensor, F: torch.Tensor, M: torch.Tensor) -> tup
     for a non-unimodular ``M`` or one whose inverse does not fit in int64. Cartesian positions modulo
     the lattice are unchanged: ``F' @ L' = F @ L`` up to lattice translations.
     """
-    L = as_float_tensor(L, "L")
-    F = as_float_tensor(F, "F")
-    check_matrix_shape(L, "L")
-    check_last_dim(F, "F")
-    _check_pair(F, L, "F")
+    F, L = _coordinates_and_lattice(F, L, "F")
     M = as_tensor(M, "M").to(L.device)
     Minv = integer_inverse(M)
     Mf = (torch.round(M) if M.is_floating_point() else M).to(dtype=L.dtype)

@@ -9,7 +9,6 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from soft_niggli import random_unimodular
 from soft_niggli.losses.invariants import theta_series, theta_term, volume_term
 from soft_niggli.losses.candidates import (
     lattice_distances,

@@ -191,9 +191,29 @@ def test_assert_gl3z_invariant_runs_on_the_device(device):
 # ---------------------------------------------------------------------------- losses, through the public API
 
 
-@pytest.mark.xfail(strict=False, reason="losses move in progress")
 @pytest.mark.parametrize("coords", ["sinkhorn", "periodic"])
-def test_mse_loss_runs_on_meta(coords):
+@pytest.mark.parametrize("lattice_metric", ["cartesian", "gram"])
+def test_mse_loss_runs_on_meta(coords, lattice_metric):
     pred, target = _batch().to("meta"), _batch().to("meta")
-    result = get_loss("mse", coords=coords)(pred, target)
+    result = get_loss("mse", coords=coords, lattice_metric=lattice_metric)(pred, target)
     assert result.loss.device.type == "meta" and result.per_crystal.shape == (3,)
+
+
+@pytest.mark.parametrize("name", ["proxy", "softmin", "gram"])
+def test_losses_that_reduce_a_cell_refuse_meta_tensors_clearly(name):
+    # They run the Niggli reducer (a loop over values on the host): meta tensors have none.
+    pred, target = _batch().to("meta"), _batch().to("meta")
+    with pytest.raises(ValueError, match="meta device"):
+        get_loss(name)(pred, target)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
+@pytest.mark.parametrize("name, options", [("mse", {"coords": "sinkhorn"}), ("proxy", {}), ("softmin", {}),
+                                           ("gram", {"coords": "sinkhorn"})])
+def test_every_loss_runs_on_cuda_and_matches_the_cpu(name, options):
+    pred, target = _batch(), _batch()
+    loss = get_loss(name, **options)
+    on_cpu = loss(pred, target).per_crystal
+    on_gpu = loss(pred.to("cuda"), target.to("cuda")).per_crystal
+    assert on_gpu.device.type == "cuda"
+    torch.testing.assert_close(on_gpu.cpu(), on_cpu, rtol=1e-6, atol=1e-9)

@@ -51,11 +51,14 @@ from typing import Callable, ClassVar
 import torch
 from torch import nn
 
+from .._checks import has_values
 from ..crystal import CrystalBatch
 from ..niggli import REL_TOL_RANGE
 
 __all__ = [
     "ENTRY_POINT_GROUP",
+    "LATTICE_METRICS",
+    "COORDINATE_TERMS",
     "LossResult",
     "CrystalLoss",
     "register_loss",
@@ -74,6 +77,9 @@ __all__ = [
 
 #: Entry-point group through which installed packages add losses (name = loss name, value = class).
 ENTRY_POINT_GROUP = "soft_niggli.losses"
+#: Choices of the two terms every loss has (:mod:`soft_niggli.losses.terms`).
+LATTICE_METRICS = ("cartesian", "gram")
+COORDINATE_TERMS = ("periodic", "sinkhorn")
 _HALF_DTYPES = (torch.float16, torch.bfloat16)
 
 
@@ -312,6 +318,20 @@ class CrystalLoss(nn.Module, abc.ABC):
     def compute(self, pred: CrystalBatch, target: CrystalBatch) -> LossResult:
         """The loss on an already checked pair (target in pred's dtype, finite)."""
 
+    def set_term_options(self, *, lattice_weight, coord_weight, lattice_metric: str, coords: str, blur) -> None:
+        """Check and store the options of the lattice and coordinate terms, the same in every loss.
+
+        Sets ``lattice_weight``, ``coord_weight`` (weights >= 0), ``lattice_metric`` (one of
+        :data:`LATTICE_METRICS`), ``coords`` (one of :data:`COORDINATE_TERMS`), ``blur`` (Sinkhorn blur,
+        Å) and :attr:`atoms_matched_by_order` (False with Sinkhorn, which matches atoms itself).
+        """
+        self.lattice_weight = weight_option("lattice_weight", lattice_weight)
+        self.coord_weight = weight_option("coord_weight", coord_weight)
+        self.lattice_metric = choice_option("lattice_metric", lattice_metric, LATTICE_METRICS)
+        self.coords = choice_option("coords", coords, COORDINATE_TERMS)
+        self.blur = blur_option(blur)
+        self.atoms_matched_by_order = self.coords != "sinkhorn"
+
     # -- helpers for compute() ---------------------------------------------------------------------
 
     @staticmethod
@@ -371,6 +391,14 @@ def _check_pair(pred, target, by_order: bool = True) -> CrystalBatch:
         raise ValueError(f"target: expected {len(pred)} crystals (as in pred), got {len(target)}")
     if pred.device != target.device:
         raise ValueError(f"target: expected device {pred.device} (pred's), got {target.device}")
+    if not by_order and (pred.species is None) != (target.species is None):
+        raise ValueError("target: with coords='sinkhorn' species are part of the cost, so pred and target must "
+                         f"both carry species or both not; got species on "
+                         f"{'pred' if pred.species is not None else 'target'} only")
+    if target.dtype != pred.dtype:
+        target = target.to(dtype=pred.dtype)
+    if not has_values(pred.lattice):
+        return target  # meta tensors: shapes only, no values to check
     if not torch.equal(pred.num_atoms, target.num_atoms):
         bad = (pred.num_atoms != target.num_atoms).nonzero().flatten()[:8].tolist()
         raise ValueError(f"target: expected the same number of atoms per crystal as pred, got differences at "
@@ -381,12 +409,6 @@ def _check_pair(pred, target, by_order: bool = True) -> CrystalBatch:
                              "got different species")
         if not by_order and not _same_compositions(pred, target):
             raise ValueError("target: expected the same composition as pred in every crystal, got different ones")
-    if not by_order and (pred.species is None) != (target.species is None):
-        raise ValueError("target: with coords='sinkhorn' species are part of the cost, so pred and target must "
-                         f"both carry species or both not; got species on "
-                         f"{'pred' if pred.species is not None else 'target'} only")
-    if target.dtype != pred.dtype:
-        target = target.to(dtype=pred.dtype)
     if not (bool(torch.isfinite(target.lattice).all()) and bool(torch.isfinite(target.frac).all())):
         bad_lat = ~torch.isfinite(target.lattice).flatten(1).all(1)
         bad_lat[target.batch[~torch.isfinite(target.frac).all(1)]] = True

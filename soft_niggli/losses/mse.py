@@ -8,8 +8,8 @@ from __future__ import annotations
 import torch
 
 from ..crystal import CrystalBatch
-from .base import CrystalLoss, LossResult, blur_option, choice_option, register_loss, weight_option
-from .terms import COORDINATE_TERMS, LATTICE_METRICS, coordinate_term, lattice_term
+from .base import CrystalLoss, LossResult, register_loss
+from .terms import coordinate_term, lattice_term
 
 __all__ = ["MSELoss"]
 
@@ -33,12 +33,8 @@ class MSELoss(CrystalLoss):
     def __init__(self, *, lattice_weight: float = 1.0, coord_weight: float = 1.0, lattice_metric: str = "cartesian",
                  coords: str = "periodic", blur: float = 0.1):
         super().__init__()
-        self.lattice_weight = weight_option("lattice_weight", lattice_weight)
-        self.coord_weight = weight_option("coord_weight", coord_weight)
-        self.lattice_metric = choice_option("lattice_metric", lattice_metric, LATTICE_METRICS)
-        self.coords = choice_option("coords", coords, COORDINATE_TERMS)
-        self.blur = blur_option(blur)
-        self.atoms_matched_by_order = self.coords != "sinkhorn"
+        self.set_term_options(lattice_weight=lattice_weight, coord_weight=coord_weight,
+                              lattice_metric=lattice_metric, coords=coords, blur=blur)
 
     def compute(self, pred: CrystalBatch, target: CrystalBatch) -> LossResult:
         included = self.scorable(pred)

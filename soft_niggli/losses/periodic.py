@@ -37,7 +37,8 @@ import math
 
 import torch
 
-from .._checks import as_float_tensor, check_last_dim
+from .._checks import as_float_tensor, check_last_dim, has_values
+from ..crystal import atom_slots
 
 __all__ = ["minimum_image", "best_translation", "periodic_coordinate_loss"]
 
@@ -87,6 +88,13 @@ def best_translation(d: torch.Tensor, batch: torch.Tensor, num_crystals: int) ->
     return t
 
 
+def atom_counts(batch: torch.Tensor, num_crystals: int) -> torch.Tensor:
+    """``(num_crystals,)`` int64 number of atoms per crystal from the ``batch`` vector (a scatter sum, not
+    ``bincount``, so that its shape never depends on values)."""
+    return torch.zeros(num_crystals, dtype=torch.int64, device=batch.device).index_add(
+        0, batch, torch.ones_like(batch, dtype=torch.int64))
+
+
 def _best_arcs(d: torch.Tensor, batch: torch.Tensor, B: int):
     """``(t (B, 3), sq (B, 3))``: the best translation per axis and the smallest sum of squared residuals.
 
@@ -96,7 +104,7 @@ def _best_arcs(d: torch.Tensor, batch: torch.Tensor, B: int):
     one atom of the crystal. Only crystals with a wider spread go through the sorted search.
     """
     dtype, device = d.dtype, d.device
-    counts = torch.bincount(batch, minlength=B)
+    counts = atom_counts(batch, B)
     n_atoms = d.shape[0]
     if n_atoms == 0:
         zero = d.new_zeros(B, 3)
@@ -116,7 +124,8 @@ def _best_arcs(d: torch.Tensor, batch: torch.Tensor, B: int):
         spread = (r.new_full((B, 3), -math.inf).scatter_reduce(0, index, r, "amax")
                   - r.new_full((B, 3), math.inf).scatter_reduce(0, index, r, "amin"))
         wide = (spread >= 0.5) & (counts > 0)[:, None]
-    if bool(wide.any()):
+    # Without values (meta tensors) only the fast path's shapes can be traced.
+    if has_values(wide) and bool(wide.any()):
         crystals = wide.any(1)
         atoms = crystals[batch]
         renumber = torch.cumsum(crystals, 0) - 1
@@ -138,13 +147,11 @@ def _best_arcs_sorted(d: torch.Tensor, batch: torch.Tensor, B: int):
     """
     dtype, device = d.dtype, d.device
     counts = torch.bincount(batch, minlength=B)
-    n_atoms = d.shape[0]
     if bool((batch[1:] < batch[:-1]).any()):  # group each crystal's atoms together first
         order = torch.sort(batch, stable=True).indices
         d, batch = d[order], batch[order]
     n_max = int(counts.max())
-    start = torch.cumsum(counts, 0) - counts
-    slot = torch.arange(n_atoms, device=device) - start[batch]
+    slot = atom_slots(counts, batch)
     x = d.double()
     x = x - torch.floor(x).detach()  # in [0, 1): one image per atom, order round the circle
     padded = x.new_full((B, n_max, 3), 2.0).index_put((batch, slot), x)  # padding sorts last
@@ -194,5 +201,5 @@ def periodic_coordinate_loss(frac_pred: torch.Tensor, frac_target: torch.Tensor,
         raise ValueError(f"frac_target: expected dtype {frac_pred.dtype} (frac_pred's), got {frac_target.dtype}")
     batch = _check_batch(batch, frac_pred.shape[0], num_crystals, frac_pred.device)
     _, sq = _best_arcs(frac_pred - frac_target, batch, num_crystals)
-    counts = torch.bincount(batch, minlength=num_crystals).to(sq.dtype)
+    counts = atom_counts(batch, num_crystals).to(sq.dtype)
     return sq.sum(1) / (3 * counts.clamp_min(1.0))

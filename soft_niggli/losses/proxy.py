@@ -12,9 +12,9 @@ from ..canonical import canonicalize_labels, reduce_or_identity
 from ..crystal import CrystalBatch
 from ..lattice import integer_inverse
 from ..niggli import Status
-from .base import (CrystalLoss, LossResult, blur_option, choice_option, flag_option, fraction_option, register_loss,
-                   rel_tol_option, weight_option)
-from .terms import COORDINATE_TERMS, LATTICE_METRICS, closest_automorphism, coordinate_term, lattice_term
+from .base import (CrystalLoss, LossResult, choice_option, flag_option, fraction_option, register_loss, rel_tol_option,
+                   weight_option)
+from .terms import closest_automorphism, coordinate_term, lattice_term
 
 __all__ = ["NiggliProxyLoss", "FALLBACKS", "FRAMES"]
 
@@ -113,13 +113,9 @@ class NiggliProxyLoss(CrystalLoss):
                  skew_weight: float = 0.0, automorphism_rel_tol: float = 1e-4, rel_tol: float = 1e-5,
                  coords: str = "periodic", blur: float = 0.1):
         super().__init__()
-        self.coords = choice_option("coords", coords, COORDINATE_TERMS)
-        self.blur = blur_option(blur)
-        self.atoms_matched_by_order = self.coords != "sinkhorn"
-        self.lattice_weight = weight_option("lattice_weight", lattice_weight)
-        self.coord_weight = weight_option("coord_weight", coord_weight)
+        self.set_term_options(lattice_weight=lattice_weight, coord_weight=coord_weight,
+                              lattice_metric=lattice_metric, coords=coords, blur=blur)
         self.skew_weight = weight_option("skew_weight", skew_weight)
-        self.lattice_metric = choice_option("lattice_metric", lattice_metric, LATTICE_METRICS)
         self.fallback = choice_option("fallback", fallback, FALLBACKS)
         self.frame = choice_option("frame", frame, FRAMES)
         self.labels_canonical = flag_option("labels_canonical", labels_canonical)

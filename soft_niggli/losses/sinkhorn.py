@@ -36,6 +36,10 @@ import math
 
 import torch
 
+from .._checks import has_values
+from ..crystal import atom_slots
+from .periodic import atom_counts
+
 __all__ = ["sinkhorn_coordinate_loss", "sinkhorn_coordinate_loss_flat", "MAX_ANCHOR_PAIRS"]
 
 #: Default cap on the anchor translations tried per crystal (rarest element with up to 8 atoms).
@@ -54,10 +58,13 @@ def _anchor_translations(mask, z_pred, z_target, max_pairs: int):
     into the padded pred and target, and ``use (Q,)``, False where the candidate is ``t = 0``.
 
     Crystals with no anchor pair, or more than ``max_pairs``, get one candidate ``t = 0``. Indices only:
-    nothing here is differentiated.
+    nothing here is differentiated. Without values (meta tensors) every crystal gets ``t = 0``.
     """
     B, N = mask.shape
     device = mask.device
+    if not has_values(mask):
+        zero = torch.zeros(B, dtype=torch.int64, device=device)
+        return torch.arange(B, device=device), zero, zero, zero.bool()
     # Count of each atom's element in its crystal (target side), as a key: (count, element).
     same = (z_target[:, :, None] == z_target[:, None, :]) & mask[:, None, :]
     count = same.sum(-1)  # (B, N)
@@ -141,13 +148,16 @@ def sinkhorn_coordinate_loss(frac_pred: torch.Tensor, frac_target: torch.Tensor,
 
     weights = m.to(fp.dtype)
     weights = weights / weights.sum(1, keepdim=True).clamp_min(1.0)
-    diameter = float(lattice.detach().abs().sum(dim=(1, 2)).max().clamp_min(1.0)) + math.sqrt(2 * species_penalty)
+    # geomloss wants the largest cost distance as a number; without values (meta), an upper bound's guess.
+    largest_cell = float(lattice.detach().abs().sum(dim=(1, 2)).max().clamp_min(1.0)) if has_values(lattice) else 1e3
+    diameter = largest_cell + math.sqrt(2 * species_penalty)
     loss = SamplesLoss("sinkhorn", p=2, blur=blur, scaling=scaling, cost=cost, backend="tensorized",
                        diameter=diameter, debias=True)
     values = loss(weights, x, weights, y)  # (Q,)
     # Minimum per crystal over its candidates (padded with +inf).
     position = torch.arange(Q, device=device) - torch.searchsorted(owner, owner, right=False)
-    table = torch.full((B, int(position.max()) + 1), math.inf, dtype=values.dtype, device=device)
+    width = int(position.max()) + 1 if has_values(position) else 1  # meta: one candidate per crystal
+    table = torch.full((B, width), math.inf, dtype=values.dtype, device=device)
     table = table.index_put((owner, position), values)
     return table.min(dim=1).values
 
@@ -163,10 +173,10 @@ def sinkhorn_coordinate_loss_flat(frac_pred: torch.Tensor, frac_target: torch.Te
     """
     _check_species(species_pred, species_target)
     B = lattice.shape[0]
-    counts = torch.bincount(batch, minlength=B)
-    n_max = int(counts.max()) if counts.numel() else 0
-    start = torch.cumsum(counts, 0) - counts
-    slot = torch.arange(batch.numel(), device=batch.device) - start[batch]
+    counts = atom_counts(batch, B)
+    # The padded width is the largest crystal's atom count; without values (meta), every atom's.
+    n_max = (int(counts.max()) if counts.numel() else 0) if has_values(counts) else batch.numel()
+    slot = atom_slots(counts, batch)
     mask = torch.zeros(B, max(n_max, 1), dtype=torch.bool, device=batch.device)
     mask[batch, slot] = True
 

@@ -65,15 +65,14 @@ import math
 import torch
 
 from ..canonical import canonicalize_labels, reduce_or_identity
-from ..crystal import CrystalBatch
+from ..crystal import CrystalBatch, atom_slots, repeat_atoms
 from ..lattice import integer_inverse
 from ..unimodular import LatticeAutomorphisms, lattice_automorphisms
-from .base import (CrystalLoss, LossResult, blur_option, choice_option, flag_option, fraction_option, int_option,
-                   positive_option, register_loss, weight_option)
+from .base import (CrystalLoss, LossResult, choice_option, flag_option, fraction_option, int_option, positive_option,
+                   register_loss, weight_option)
 from .candidates import candidate_lattice_terms, candidate_set
 from .invariants import theta_term, volume_term
-from .terms import (COORDINATE_TERMS, LATTICE_METRICS, closest_automorphism, coordinate_term, lattice_term, pair_atoms,
-                    tie_tolerance)
+from .terms import closest_automorphism, coordinate_term, lattice_term, tie_tolerance
 
 __all__ = ["SoftminLoss", "GramLoss", "CENTERS"]
 
@@ -83,24 +82,20 @@ CENTERS = ("label", "both")
 class _CandidateSoftmin(CrystalLoss):
     """Shared machinery: label frame, tapered candidate window, distances, offset, softmin."""
 
-    def _common_options(self, tau, bound, proper, normalize, lattice_metric, coords, center, top_k,
-                        labels_canonical, coord_weight, blur, zero_at_match, automorphism_rel_tol):
+    def _common_options(self, *, tau, bound, proper, normalize, lattice_metric, lattice_weight, coord_weight, coords,
+                        blur, center, top_k, labels_canonical, zero_at_match, automorphism_rel_tol):
+        self.set_term_options(lattice_weight=lattice_weight, coord_weight=coord_weight,
+                              lattice_metric=lattice_metric, coords=coords, blur=blur)
         self.tau = positive_option("tau", tau)
         self.bound = int_option("bound", bound, 1, 2)
         self.proper = flag_option("proper", proper)
         self.normalize = flag_option("normalize", normalize)
         self.zero_at_match = flag_option("zero_at_match", zero_at_match)
-        self.lattice_metric = choice_option("lattice_metric", lattice_metric, LATTICE_METRICS)
-        self.coords = choice_option("coords", coords, COORDINATE_TERMS)
         self.center = choice_option("center", center, CENTERS)
         # A Sinkhorn problem costs far more than a periodic MSE: give fewer candidates a coordinate term.
         self.top_k = (2 if coords == "sinkhorn" else 8) if top_k is None else int_option("top_k", top_k, 1, 135408)
         self.labels_canonical = flag_option("labels_canonical", labels_canonical)
-        self.coord_weight = weight_option("coord_weight", coord_weight)
-        self.blur = blur_option(blur)
         self.automorphism_rel_tol = fraction_option("automorphism_rel_tol", automorphism_rel_tol)
-        # Optimal transport matches atoms itself: only compositions must agree, not atom order.
-        self.atoms_matched_by_order = self.coords != "sinkhorn"
 
     # -- frames ------------------------------------------------------------------------------------
 
@@ -210,9 +205,8 @@ class _CandidateSoftmin(CrystalLoss):
 
     def _coordinates(self, F_cmp, F_ref, batch, species_cmp, species_ref, owner, X, T_lat, B):
         """``(Q,)`` coordinate term of the packed pairs (see :meth:`_distances`)."""
-        dtype, device = F_cmp.dtype, F_cmp.device
-        atom, pair_of_atom = pair_atoms(torch.bincount(batch, minlength=B), owner)
-        T_frac = (F_ref[atom][:, None, :] @ integer_inverse(X).to(dtype)[pair_of_atom]).squeeze(1)
+        atom, pair_of_atom = repeat_atoms(torch.bincount(batch, minlength=B), owner)  # pair q: crystal owner[q]
+        T_frac = (F_ref[atom][:, None, :] @ integer_inverse(X).to(F_cmp.dtype)[pair_of_atom]).squeeze(1)
         return coordinate_term(self.coords, F_cmp[atom], T_frac, pair_of_atom, T_lat,
                                None if species_cmp is None else species_cmp[atom],
                                None if species_ref is None else species_ref[atom], self.blur)
@@ -312,8 +306,7 @@ def _kth_smallest(values: torch.Tensor, owner: torch.Tensor, B: int, k: int) -> 
     order = order[torch.sort(owner[order], stable=True).indices]
     grouped = owner[order]
     counts = torch.bincount(owner, minlength=B)
-    start = torch.cumsum(counts, 0) - counts
-    position = torch.arange(len(order), device=owner.device) - start[grouped]
+    position = atom_slots(counts, grouped)  # rank within the group
     pick = position == torch.minimum(counts[grouped], torch.full_like(grouped, k)) - 1
     out = torch.zeros(B, dtype=values.dtype, device=values.device)
     return out.index_put((grouped[pick],), values[order][pick])
@@ -387,9 +380,10 @@ class SoftminLoss(_CandidateSoftmin):
                  coords: str = "periodic", center: str = "label", top_k: int | None = None, labels_canonical: bool = False,
                  blur: float = 0.1, zero_at_match: bool = True, automorphism_rel_tol: float = 1e-4):
         super().__init__()
-        self._common_options(tau, bound, proper, normalize, lattice_metric, coords, center, top_k,
-                             labels_canonical, coord_weight, blur, zero_at_match, automorphism_rel_tol)
-        self.lattice_weight = weight_option("lattice_weight", lattice_weight)
+        self._common_options(tau=tau, bound=bound, proper=proper, normalize=normalize, lattice_metric=lattice_metric,
+                             lattice_weight=lattice_weight, coord_weight=coord_weight, coords=coords, blur=blur,
+                             center=center, top_k=top_k, labels_canonical=labels_canonical,
+                             zero_at_match=zero_at_match, automorphism_rel_tol=automorphism_rel_tol)
 
     def compute(self, pred: CrystalBatch, target: CrystalBatch) -> LossResult:
         included = self.scorable(pred)
@@ -430,9 +424,10 @@ class GramLoss(_CandidateSoftmin):
                  center: str = "label", top_k: int | None = None, labels_canonical: bool = False, blur: float = 0.1,
                  zero_at_match: bool = True, automorphism_rel_tol: float = 1e-4):
         super().__init__()
-        self._common_options(tau, bound, proper, normalize, "gram", coords, center, top_k, labels_canonical,
-                             coord_weight, blur, zero_at_match, automorphism_rel_tol)
-        self.lattice_weight = weight_option("lattice_weight", lattice_weight)
+        self._common_options(tau=tau, bound=bound, proper=proper, normalize=normalize, lattice_metric="gram",
+                             lattice_weight=lattice_weight, coord_weight=coord_weight, coords=coords, blur=blur,
+                             center=center, top_k=top_k, labels_canonical=labels_canonical,
+                             zero_at_match=zero_at_match, automorphism_rel_tol=automorphism_rel_tol)
         self.volume_weight = weight_option("volume_weight", volume_weight)
         self.theta_weight = weight_option("theta_weight", theta_weight)
         ok = isinstance(theta_scales, (tuple, list)) and len(theta_scales) > 0 and all(

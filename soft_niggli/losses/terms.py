@@ -12,10 +12,10 @@ import math
 
 import torch
 
-from ..crystal import CrystalBatch
+from ..crystal import CrystalBatch, repeat_atoms
 from ..lattice import integer_inverse
 from ..unimodular import lattice_automorphisms
-from .base import choice_option
+from .base import COORDINATE_TERMS, LATTICE_METRICS, choice_option
 from .periodic import periodic_coordinate_loss
 from .sinkhorn import sinkhorn_coordinate_loss_flat
 
@@ -24,14 +24,9 @@ __all__ = [
     "COORDINATE_TERMS",
     "lattice_term",
     "coordinate_term",
-    "pair_atoms",
     "tie_tolerance",
     "closest_automorphism",
 ]
-
-LATTICE_METRICS = ("cartesian", "gram")
-COORDINATE_TERMS = ("periodic", "sinkhorn")
-
 
 def lattice_term(pred_lattice: torch.Tensor, target_lattice: torch.Tensor, metric: str = "cartesian") -> torch.Tensor:
     """Lattice error ``(...)`` in Å² between ``(..., 3, 3)`` lattices (rows are lattice vectors).
@@ -75,21 +70,6 @@ def coordinate_term(kind: str, frac_pred: torch.Tensor, frac_target: torch.Tenso
         return periodic_coordinate_loss(frac_pred, frac_target, batch, lattice.shape[0])
     return sinkhorn_coordinate_loss_flat(frac_pred, frac_target, batch, lattice.detach(), species_pred,
                                          species_target, blur=blur)
-
-
-def pair_atoms(num_atoms: torch.Tensor, owner: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Atoms of packed (crystal, candidate) pairs: pair ``q`` repeats the atoms of crystal ``owner[q]``.
-
-    Returns ``(atom, pair_of_atom)``, each ``(Σ num_atoms[owner],)``: the index of each repeated atom
-    in the flat atom arrays, and the pair it belongs to (the ``batch`` of the repeated atoms).
-    """
-    device = owner.device
-    counts = num_atoms[owner]
-    pair_of_atom = torch.repeat_interleave(torch.arange(owner.numel(), device=device), counts)
-    first = torch.cumsum(counts, 0) - counts
-    ptr = torch.cumsum(num_atoms, 0) - num_atoms
-    atom = ptr[owner][pair_of_atom] + torch.arange(pair_of_atom.numel(), device=device) - first[pair_of_atom]
-    return atom, pair_of_atom
 
 
 def tie_tolerance(scale: torch.Tensor) -> torch.Tensor:
@@ -141,7 +121,7 @@ def closest_automorphism(P_lat: torch.Tensor, P_frac: torch.Tensor, labels: Crys
             keep = lat <= best_lat[owner] + tie_tolerance(scale)[owner]
         pairs = keep.nonzero().flatten()
         sub = owner[pairs]
-        atom, pair_of_atom = pair_atoms(labels.num_atoms, sub)
+        atom, pair_of_atom = repeat_atoms(labels.num_atoms, sub)  # pair p repeats crystal sub[p]
         T_frac = (F_n[atom][:, None, :] @ (A_inv_f[pairs] @ right[sub])[pair_of_atom]).squeeze(1)
         species_p = None if species is None else species[atom]
         species_t = None if labels.species is None else labels.species[atom]
