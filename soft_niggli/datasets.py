@@ -8,7 +8,7 @@ business (see ``benchmarks/ablation.py``).
 Two sources:
 
 * :func:`read_cdvae_csv` reads the CSV files published with CDVAE and DiffCSP (one CIF per row in
-  the ``cif`` column, gzipped or not). Parsing CIFs is slow (about 10 ms a row for MP-20), so the
+  the ``cif`` column, gzipped or not). Parsing CIFs is slow (it dominates reading a dataset), so the
   parsed structures are cached, in compact JSON (lattice, atomic numbers, fractional coordinates,
   ``material_id``), under ``$SOFT_NIGGLI_CACHE`` or else ``$XDG_CACHE_HOME/soft_niggli`` or else
   ``~/.cache/soft_niggli``, keyed by the file's absolute path, size and modification time, never in
