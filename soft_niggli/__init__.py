@@ -4,7 +4,7 @@ Row convention throughout: lattices are ``(..., 3, 3)`` tensors whose rows are t
 Cartesian positions are ``X = F @ L``, and a change of basis is ``L' = M @ L``, ``F' = wrap(F @ M^{-1})``.
 """
 
-from .canonical import CanonicalLabels, canonicalize_labels
+from .canonical import CanonicalLabels, ReducedForms, canonicalize_labels, reduced_forms
 from .crystal import CrystalBatch, atom_slots
 from .lattice import (
     apply_basis_change,
@@ -38,6 +38,8 @@ __all__ = [
     "available_losses",
     "CanonicalLabels",
     "canonicalize_labels",
+    "ReducedForms",
+    "reduced_forms",
     "get_loss",
     "register_loss",
     "CrystalBatch",

@@ -6,6 +6,14 @@ unimodular ``N`` as ``(N L, wrap(F N^{-1}))``.
 This is what a data pipeline does once to its labels (:func:`canonicalize_labels`), and what a loss
 does to a detached prediction (:func:`reduce_or_identity`: the reducer's transform, the identity where
 the reducer could not give one).
+
+The Niggli cell is unique as a *metric* only away from the boundary of the Niggli cone. On it (and real
+crystals sit on it: right angles, equal lengths) one lattice has several bases that satisfy the
+conditions within the reducer's tolerance: the automorphisms of a symmetric cell (48 for a cube), and
+genuinely different metrics on a cone face (all-acute and all-obtuse forms of a cell at 90°, lengths
+equal within the tolerance in either order). Which of them the reducer returns depends on the basis the
+cell came in. :func:`reduced_forms` returns all of them, so a canonical label is a set, the same for
+every input basis.
 """
 
 from __future__ import annotations
@@ -14,10 +22,11 @@ from dataclasses import dataclass
 
 import torch
 
+from ._checks import as_float_tensor, check_matrix_shape
 from .crystal import CrystalBatch
-from .niggli import NiggliResult, Status, niggli_reduce
+from .niggli import NiggliResult, Status, is_niggli_reduced, niggli_reduce
 
-__all__ = ["CanonicalLabels", "canonicalize_labels", "reduce_or_identity"]
+__all__ = ["CanonicalLabels", "canonicalize_labels", "reduce_or_identity", "ReducedForms", "reduced_forms"]
 
 
 @dataclass(frozen=True)
@@ -82,3 +91,166 @@ def reduce_or_identity(lattice: torch.Tensor, usable: torch.Tensor, *, rel_tol: 
     transform = torch.where(ok[:, None, None], res.transform.to(device), eye)
     return NiggliResult(lattice=res.lattice.to(device), transform=transform, status=status,
                         iterations=res.iterations.to(device))
+
+
+@dataclass(frozen=True)
+class ReducedForms:
+    """Every Niggli-reduced basis of each lattice, packed: crystal ``owner[p]`` has the form ``lattice[p]``.
+
+    Attributes:
+        owner: ``(P,)`` int64 crystal index of each form, sorted.
+        transform: ``(P, 3, 3)`` int64 unimodular, the form is ``transform @ input lattice``.
+        lattice: ``(P, 3, 3)`` the forms (input dtype and device), computed from the reducer's accurate
+            reduced cell.
+        status: ``(B,)`` int64 :class:`~soft_niggli.niggli.Status` of the reduction; a cell that is not
+            ``OK`` has one form, the reducer's output.
+    """
+
+    owner: torch.Tensor
+    transform: torch.Tensor
+    lattice: torch.Tensor
+    status: torch.Tensor
+
+    def counts(self, num_lattices: int) -> torch.Tensor:
+        """``(B,)`` number of reduced forms of each lattice (2 for a generic cell: ``±`` the Niggli cell)."""
+        return torch.zeros(num_lattices, dtype=torch.int64, device=self.owner.device).index_add(
+            0, self.owner, torch.ones_like(self.owner))
+
+    def distinct_metrics(self, num_lattices: int, rel_tol: float = 1e-5) -> torch.Tensor:
+        """``(B,)`` bool: the lattice has forms whose metrics ``G = L Lᵀ`` differ (by more than ``rel_tol``
+        of the squared lengths), i.e. it sits on a face of the Niggli cone, not only on a symmetry."""
+        L = self.lattice.double()
+        G = L @ L.transpose(-1, -2)
+        first = torch.full((num_lattices,), G.shape[0], dtype=torch.int64, device=G.device).scatter_reduce(
+            0, self.owner, torch.arange(G.shape[0], device=G.device), "amin").clamp_max(max(G.shape[0] - 1, 0))
+        scale = torch.diagonal(G, dim1=-2, dim2=-1).amax(-1)
+        differs = ((G - G[first][self.owner]).abs().flatten(1).amax(1) > rel_tol * scale).to(torch.int64)
+        return torch.zeros(num_lattices, dtype=torch.int64, device=G.device).index_add(0, self.owner, differs) > 0
+
+
+def _near_a_reduced_metric(Y: torch.Tensor, rel_tol: float) -> torch.Tensor:
+    """``(P,)`` bool: the metric of each basis ``Y (P, 3, 3)`` (float64, scaled to about 1) is within a few
+    ``rel_tol`` of one that satisfies the Niggli conditions at ``rel_tol``.
+
+    :func:`~soft_niggli.niggli.is_niggli_reduced` decides each near-equality one way (an angle within
+    the tolerance of 90° counts as obtuse, lengths equal within it must obey the tie rule): the choice
+    the reducer needs to return one form. A lattice within the tolerance of the face is as close to the
+    other side, so the witnesses tried here also include the metric with those near-zero products
+    nudged positive (the all-acute side) and with the lengths spread by ``4 rel_tol`` (ties broken
+    either way, in the form's own order), each checked as a cell with that metric (its Cholesky factor).
+    """
+    if Y.shape[0] == 0:
+        return torch.zeros(0, dtype=torch.bool)
+    G = Y @ Y.transpose(-1, -2)
+    d = torch.diagonal(G, dim1=-2, dim2=-1)
+    cos_tol = rel_tol * (d[:, :, None] * d[:, None, :]).sqrt()
+    off = ~torch.eye(3, dtype=torch.bool)
+    near_zero = off & ((2 * G).abs() <= cos_tol)
+    acute = torch.where(near_zero, 0.75 * cos_tol, G)  # 2 G_ij = 1.5 cos_tol: counted positive
+    spread = torch.diag_embed(torch.tensor([1 - 4 * rel_tol, 1.0, 1 + 4 * rel_tol], dtype=G.dtype)) * d[:, :, None]
+    keep = is_niggli_reduced(Y, rel_tol=rel_tol)
+    for variant in (torch.where(off, G, spread), acute, torch.where(off, acute, spread)):
+        rest = (~keep).nonzero().flatten()  # only what no witness has passed yet
+        if rest.numel() == 0:
+            break
+        cell, info = torch.linalg.cholesky_ex(variant[rest])
+        keep[rest] = (info == 0) & is_niggli_reduced(torch.where((info == 0)[:, None, None], cell, Y[rest]),
+                                                      rel_tol=rel_tol)
+    return keep
+
+
+_SHORT_VECTORS = torch.tensor([[i, j, k] for i in (-1, 0, 1) for j in (-1, 0, 1) for k in (-1, 0, 1)
+                               if (i, j, k) != (0, 0, 0)], dtype=torch.int64)
+
+
+def reduced_forms(lattice, *, rel_tol: float = 1e-5) -> ReducedForms:
+    """All bases of each lattice that satisfy the Niggli conditions within ``rel_tol``, with their transforms.
+
+    The reducer gives one such basis ``R = N L``; every other one is ``X R`` with ``X`` in {-1, 0, 1}
+    (the rows of a reduced basis are among the lattice's shortest vectors, which have coefficients in
+    {-1, 0, 1} in any reduced basis). Candidates are built row by row from the 26 vectors of
+    {-1, 0, 1}³ whose length matches the reduced cell's lengths (A ≤ B ≤ C, within ``8 rel_tol``) and
+    whose pairwise products obey ``|2 b_i·b_j| ≤`` the shorter squared length; those with determinant
+    ±1 that pass :func:`~soft_niggli.niggli.is_niggli_reduced` at ``rel_tol`` are the forms. The set is
+    a property of the lattice (the same for every input basis), up to cells within a hair of the
+    tolerance's edge, where "satisfies the conditions within ``rel_tol``" itself depends on rounding.
+
+    Per cell: 2 forms for a generic (triclinic) cell (``±R``), the size of the point group for a
+    symmetric one whose metric is on no other face (48 for a cube), and more where the metric sits on a
+    face of the Niggli cone (both the all-acute and the all-obtuse form of a cell with an angle within
+    the tolerance of 90°). Forms are listed per cell in an order that does not depend on the input
+    basis (by their Cartesian entries). Not differentiable (transforms are integers); the reducer runs on
+    the host (as :func:`~soft_niggli.niggli.niggli_reduce`).
+
+    Args:
+        lattice: ``(B, 3, 3)`` floating tensor or array (rows are lattice vectors).
+        rel_tol: the Niggli conditions' relative tolerance, in :data:`~soft_niggli.niggli.REL_TOL_RANGE`.
+
+    >>> cube = torch.eye(3, dtype=torch.float64)[None] * 4.0
+    >>> reduced_forms(cube).counts(1).tolist()
+    [48]
+    """
+    L = as_float_tensor(lattice, "lattice")
+    check_matrix_shape(L, "lattice")
+    if L.dim() != 3:
+        raise ValueError(f"lattice: expected shape (B, 3, 3), got {tuple(L.shape)}")
+    device, dtype, B = L.device, L.dtype, L.shape[0]
+    res = niggli_reduce(L.detach(), rel_tol=rel_tol)  # validates rel_tol
+    status = res.status.cpu()
+    N = res.transform.cpu()
+    R = res.lattice.detach().cpu().double()
+    ok = status == int(Status.OK)
+    # Scale-free: the reduced cells are bounded, and the tolerances below relative.
+    R_unit = torch.where(ok[:, None, None], R, torch.eye(3, dtype=torch.float64))
+    R_unit = R_unit / torch.linalg.vector_norm(R_unit, dim=-1).amax(-1).clamp_min(1e-300)[:, None, None]
+    G = R_unit @ R_unit.transpose(-1, -2)
+    lengths = torch.diagonal(G, dim1=-2, dim2=-1)  # (B, 3): A, B, C
+    V = _SHORT_VECTORS.to(torch.float64)
+    Q = V @ G @ V.T  # (B, 26, 26)
+    qdiag = torch.diagonal(Q, dim1=-2, dim2=-1)  # (B, 26)
+    slack = 8 * rel_tol
+    length_ok = ((qdiag[:, :, None] - lengths[:, None, :]).abs() <= slack * lengths[:, None, :]) & ok[:, None, None]
+
+    owner, r0 = length_ok[:, :, 0].nonzero(as_tuple=True)
+    picked = [r0]
+    for i in (1, 2):
+        allowed = length_ok[owner, :, i]  # (P, 26)
+        for j, rj in enumerate(picked):
+            # |2 b_i·b_j| ≤ the shorter squared length (|ξ| ≤ B, |η| ≤ A, |ζ| ≤ A), within the slack.
+            bound = torch.minimum(lengths[owner, j], lengths[owner, i])[:, None] * (1 + slack)
+            allowed = allowed & ((2 * Q[owner, rj, :]).abs() <= bound)
+        parent, ri = allowed.nonzero(as_tuple=True)
+        owner = owner[parent]
+        picked = [r[parent] for r in picked] + [ri]
+    X = torch.stack([_SHORT_VECTORS[r] for r in picked], dim=1)  # (P, 3, 3) relative to R
+    # Cheap necessary conditions first: determinant ±1, and the three products all >= 0 or all <= 0
+    # (within the tolerance of the cosines: type I or type II, allowing either side of a zero).
+    pairs = torch.stack([Q[owner, picked[1], picked[2]], Q[owner, picked[0], picked[2]],
+                         Q[owner, picked[0], picked[1]]], dim=1)  # b·c, a·c, a·b
+    cos_tol = slack * torch.stack([(lengths[owner, 1] * lengths[owner, 2]), (lengths[owner, 0] * lengths[owner, 2]),
+                                   (lengths[owner, 0] * lengths[owner, 1])], dim=1).sqrt()
+    signs_ok = (pairs >= -cos_tol).all(1) | (pairs <= cos_tol).all(1)
+    unimodular = torch.linalg.det(X.double()).round().abs() == 1
+    owner, X = owner[unimodular & signs_ok], X[unimodular & signs_ok]
+    forms = X.double() @ R[owner]
+    keep = _near_a_reduced_metric(X.double() @ R_unit[owner], rel_tol)
+    owner, X, forms = owner[keep], X[keep], forms[keep]
+    # Cells that are not OK, or (never expected) found no form: the reducer's output alone.
+    alone = torch.ones(B, dtype=torch.bool)
+    alone[owner] = False
+    rows = alone.nonzero().flatten()
+    owner = torch.cat([owner, rows])
+    X = torch.cat([X, torch.eye(3, dtype=torch.int64).expand(len(rows), 3, 3)])
+    forms = torch.cat([forms, R[rows]])
+    # An order independent of the input basis: by owner, then the forms' Cartesian entries on a grid far
+    # finer than any two distinct forms' difference and far coarser than rounding.
+    scale = torch.linalg.vector_norm(R, dim=-1).amax(-1).clamp_min(1e-300)[owner]
+    keys = torch.round(forms.flatten(1) / (scale[:, None] * 1e-9)).to(torch.int64)
+    order = torch.arange(len(owner))
+    for column in reversed(range(9)):
+        order = order[torch.sort(keys[order, column], stable=True).indices]
+    order = order[torch.sort(owner[order], stable=True).indices]
+    owner, X, forms = owner[order], X[order], forms[order]
+    transform = X @ N[owner]
+    return ReducedForms(owner=owner.to(device), transform=transform.to(device), lattice=forms.to(device, dtype),
+                        status=status.to(device))

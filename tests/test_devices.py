@@ -199,7 +199,7 @@ def test_mse_loss_runs_on_meta(coords, lattice_metric):
     assert result.loss.device.type == "meta" and result.per_crystal.shape == (3,)
 
 
-@pytest.mark.parametrize("name", ["proxy", "softmin", "gram"])
+@pytest.mark.parametrize("name", ["proxy", "softmin", "gram", "reduced-forms"])
 def test_losses_that_reduce_a_cell_refuse_meta_tensors_clearly(name):
     # They run the Niggli reducer (a loop over values on the host): meta tensors have none.
     pred, target = _batch().to("meta"), _batch().to("meta")
@@ -209,7 +209,7 @@ def test_losses_that_reduce_a_cell_refuse_meta_tensors_clearly(name):
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
 @pytest.mark.parametrize("name, options", [("mse", {"coords": "sinkhorn"}), ("proxy", {}), ("softmin", {}),
-                                           ("gram", {"coords": "sinkhorn"})])
+                                           ("gram", {"coords": "sinkhorn"}), ("reduced-forms", {})])
 def test_every_loss_runs_on_cuda_and_matches_the_cpu(name, options):
     pred, target = _batch(), _batch()
     loss = get_loss(name, **options)

@@ -15,11 +15,12 @@ module                 what
 ``invariants``         basis-free lattice invariants: volume and theta series
 ``candidates``         the bounded candidate set of unimodular matrices and its distances, softmin
 ``mse``                ``"mse"``: the reference that compares lattices as given
+``nearest_form``       ``"reduced-forms"``: MSE against the nearest of the label's reduced forms
 ``proxy``              ``"proxy"``: the discrete Niggli proxy loss
 ``softmin``            ``"softmin"`` and ``"gram"``: softmins over the candidate set
 =====================  ==========================================================================
 
-Importing this package registers ``"mse"``, ``"proxy"``, ``"softmin"`` and ``"gram"``; losses of
+Importing this package registers ``"mse"``, ``"reduced-forms"``, ``"proxy"``, ``"softmin"`` and ``"gram"``; losses of
 other installed packages come through the ``soft_niggli.losses`` entry-point group (``base``).
 """
 
@@ -40,6 +41,7 @@ from .base import (
     weight_option,
 )
 from .mse import MSELoss
+from .nearest_form import NearestFormLoss
 from .proxy import NiggliProxyLoss
 from .softmin import GramLoss, SoftminLoss
 
@@ -59,6 +61,7 @@ __all__ = [
     "rel_tol_option",
     "weight_option",
     "MSELoss",
+    "NearestFormLoss",
     "NiggliProxyLoss",
     "SoftminLoss",
     "GramLoss",
