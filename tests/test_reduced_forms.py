@@ -108,7 +108,8 @@ def test_batches_pack_forms_per_cell_and_bad_cells_keep_the_reducers_output():
 
 def _noisy(batch: CrystalBatch, seed: int, lattice_noise: float, frac_noise: float) -> CrystalBatch:
     g = torch.Generator().manual_seed(seed)
-    return CrystalBatch(batch.lattice + lattice_noise * torch.randn(batch.lattice.shape, generator=g, dtype=batch.dtype),
+    lattice = batch.lattice + lattice_noise * torch.randn(batch.lattice.shape, generator=g, dtype=batch.dtype)
+    return CrystalBatch(lattice,
                         batch.frac + frac_noise * torch.randn(batch.frac.shape, generator=g, dtype=batch.dtype),
                         batch.num_atoms, batch.species)
 
