@@ -217,3 +217,49 @@ def test_every_loss_runs_on_cuda_and_matches_the_cpu(name, options):
     on_gpu = loss(pred.to("cuda"), target.to("cuda")).per_crystal
     assert on_gpu.device.type == "cuda"
     torch.testing.assert_close(on_gpu.cpu(), on_cpu, rtol=1e-6, atol=1e-9)
+
+
+# ------------------------------------------------------- the losses' terms and distances, one by one
+
+
+def _term_inputs(device):
+    gen = torch.Generator().manual_seed(3)
+    L = _lattices(3).to(device)
+    F = torch.rand(6, 3, generator=gen, dtype=torch.float64).to(device)
+    batch = torch.tensor([0, 1, 1, 2, 2, 2]).to(device)
+    return L, F, batch
+
+
+def _term_calls():
+    from soft_niggli.losses import candidates, invariants, periodic, sinkhorn, terms
+
+    return {
+        "lattice_term cartesian": lambda L, F, b: terms.lattice_term(L, 1.01 * L, "cartesian"),
+        "lattice_term gram": lambda L, F, b: terms.lattice_term(L, 1.01 * L, "gram"),
+        "coordinate_term periodic": lambda L, F, b: terms.coordinate_term("periodic", F, F.flip(0), b, L),
+        "coordinate_term sinkhorn": lambda L, F, b: terms.coordinate_term("sinkhorn", F, F.flip(0), b, L),
+        "periodic_coordinate_loss": lambda L, F, b: periodic.periodic_coordinate_loss(F, F.flip(0), b, 3),
+        "best_translation": lambda L, F, b: periodic.best_translation(F - F.flip(0), b, 3),
+        "sinkhorn_coordinate_loss": lambda L, F, b: sinkhorn.sinkhorn_coordinate_loss(
+            F.reshape(3, 2, 3), F.flip(0).reshape(3, 2, 3), torch.ones(3, 2, dtype=torch.bool, device=F.device), L),
+        "lattice_distances": lambda L, F, b: candidates.lattice_distances(L, 1.01 * L),
+        "metric_distances": lambda L, F, b: candidates.metric_distances(L @ L.mT, 1.01 * L @ L.mT),
+        "candidate_lattice_terms": lambda L, F, b: candidates.candidate_lattice_terms(L, 1.01 * L)[0],
+        "softmin": lambda L, F, b: candidates.softmin(L.flatten(1), 0.1),
+        "volume_term": lambda L, F, b: invariants.volume_term(L, 1.01 * L),
+    }
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("name", sorted(_term_calls()))
+def test_loss_terms_run_on_the_device_and_match_the_cpu(device, name):
+    fn = _term_calls()[name]
+    cpu_out = fn(*_term_inputs("cpu"))
+    _check(fn(*_term_inputs(device)), cpu_out, device)
+
+
+def test_theta_series_needs_the_reducer_and_refuses_meta_tensors_clearly():
+    from soft_niggli.losses.invariants import theta_series
+
+    with pytest.raises(ValueError, match="meta device"):
+        theta_series(_lattices(3).to("meta"))

@@ -74,9 +74,10 @@ def theta_series(L: torch.Tensor, scales=(1.0, 2.0, 4.0), radius: int = 3) -> to
     """
     if L.dim() != 3 or L.shape[1:] != (3, 3):
         raise ValueError(f"L: expected shape (B, 3, 3), got {tuple(L.shape)}")
-    scales_t = torch.as_tensor(scales, dtype=L.dtype, device=L.device)
+    scales_t = torch.as_tensor(scales, dtype=torch.float64)  # checked on the host: L may have no values
     if scales_t.dim() != 1 or not bool((scales_t > 0).all()):
         raise ValueError(f"scales: expected a 1-D sequence of positive floats, got {scales!r}")
+    scales_t = scales_t.to(dtype=L.dtype, device=L.device)
     N = niggli_reduce(L.detach()).transform.to(L.dtype)
     Lr = N @ L
     # Shape only: divide by an exact power of two first, so tiny or huge cells neither under- nor overflow.
