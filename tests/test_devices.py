@@ -263,3 +263,27 @@ def test_theta_series_needs_the_reducer_and_refuses_meta_tensors_clearly():
 
     with pytest.raises(ValueError, match="meta device"):
         theta_series(_lattices(3).to("meta"))
+
+
+@pytest.mark.parametrize("name", ["canonicalize_labels", "reduced_forms", "reduce_or_identity"])
+def test_canonical_bases_need_the_reducer_and_refuse_meta_tensors_clearly(name):
+    from soft_niggli import canonical
+
+    batch = _batch().to("meta")
+    call = {"canonicalize_labels": lambda: canonical.canonicalize_labels(batch),
+            "reduced_forms": lambda: canonical.reduced_forms(batch.lattice),
+            "reduce_or_identity": lambda: canonical.reduce_or_identity(
+                batch.lattice, torch.ones(3, dtype=torch.bool, device="meta"))}[name]
+    with pytest.raises(ValueError, match="meta device"):
+        call()
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
+def test_reduced_forms_and_canonical_labels_return_on_the_inputs_cuda_device():
+    from soft_niggli import canonicalize_labels, reduced_forms
+
+    batch = _batch()
+    on_gpu = reduced_forms(batch.lattice.to("cuda"))
+    on_cpu = reduced_forms(batch.lattice)
+    assert on_gpu.lattice.device.type == "cuda" and torch.equal(on_gpu.transform.cpu(), on_cpu.transform)
+    assert canonicalize_labels(batch.to("cuda")).batch.lattice.device.type == "cuda"
