@@ -24,7 +24,7 @@ import torch
 
 from ._checks import as_float_tensor, check_matrix_shape
 from .crystal import CrystalBatch
-from .niggli import NiggliResult, Status, is_niggli_reduced, niggli_reduce
+from .niggli import NiggliResult, Status, niggli_reduce
 
 __all__ = ["CanonicalLabels", "canonicalize_labels", "reduce_or_identity", "ReducedForms", "reduced_forms"]
 
@@ -129,34 +129,30 @@ class ReducedForms:
 
 
 def _near_a_reduced_metric(Y: torch.Tensor, rel_tol: float) -> torch.Tensor:
-    """``(P,)`` bool: the metric of each basis ``Y (P, 3, 3)`` (float64, scaled to about 1) is within a few
-    ``rel_tol`` of one that satisfies the Niggli conditions at ``rel_tol``.
+    """``(P,)`` bool: the metric of each basis ``Y (P, 3, 3)`` (float64, scaled to about 1) is within
+    ``rel_tol`` of one that satisfies the Niggli conditions.
 
-    :func:`~soft_niggli.niggli.is_niggli_reduced` decides each near-equality one way (an angle within
-    the tolerance of 90° counts as obtuse, lengths equal within it must obey the tie rule): the choice
-    the reducer needs to return one form. A lattice within the tolerance of the face is as close to the
-    other side, so the witnesses tried here also include the metric with those near-zero products
-    nudged positive (the all-acute side) and with the lengths spread by ``4 rel_tol`` (ties broken
-    either way, in the form's own order), each checked as a cell with that metric (its Cholesky factor).
+    The Niggli conditions are the *main* conditions (A ≤ B ≤ C; |ξ| ≤ B, |η| ≤ A, |ζ| ≤ A; ξ, η, ζ all
+    positive or all non-positive; A + B + ξ + η + ζ ≥ 0), which cut out a closed cone, plus *special*
+    conditions that hold only on its faces and pick one of the bases that meet there (A = B ⇒
+    |ξ| ≤ |η|, ξ = B ⇒ ζ ≤ 2η, ...). Every metric that satisfies the main conditions within the
+    tolerance is within it of the cone's interior, where the special conditions do not apply: so these
+    are exactly the main conditions, each within ``rel_tol`` (of the squared lengths, and of the
+    products' bounds ``√(G_ii G_jj)``), with zero products allowed either sign.
+    :func:`~soft_niggli.niggli.is_niggli_reduced` instead decides every face one way: what the reducer
+    needs to return one form.
     """
-    if Y.shape[0] == 0:
-        return torch.zeros(0, dtype=torch.bool)
     G = Y @ Y.transpose(-1, -2)
-    d = torch.diagonal(G, dim1=-2, dim2=-1)
-    cos_tol = rel_tol * (d[:, :, None] * d[:, None, :]).sqrt()
-    off = ~torch.eye(3, dtype=torch.bool)
-    near_zero = off & ((2 * G).abs() <= cos_tol)
-    acute = torch.where(near_zero, 0.75 * cos_tol, G)  # 2 G_ij = 1.5 cos_tol: counted positive
-    spread = torch.diag_embed(torch.tensor([1 - 4 * rel_tol, 1.0, 1 + 4 * rel_tol], dtype=G.dtype)) * d[:, :, None]
-    keep = is_niggli_reduced(Y, rel_tol=rel_tol)
-    for variant in (torch.where(off, G, spread), acute, torch.where(off, acute, spread)):
-        rest = (~keep).nonzero().flatten()  # only what no witness has passed yet
-        if rest.numel() == 0:
-            break
-        cell, info = torch.linalg.cholesky_ex(variant[rest])
-        keep[rest] = (info == 0) & is_niggli_reduced(torch.where((info == 0)[:, None, None], cell, Y[rest]),
-                                                      rel_tol=rel_tol)
-    return keep
+    A, B, C = G[:, 0, 0], G[:, 1, 1], G[:, 2, 2]
+    xi, eta, zeta = 2 * G[:, 1, 2], 2 * G[:, 0, 2], 2 * G[:, 0, 1]
+    t = rel_tol
+    ok = (A <= B + t * (A + B) / 2) & (B <= C + t * (B + C) / 2)
+    ok &= (xi.abs() <= B * (1 + t)) & (eta.abs() <= A * (1 + t)) & (zeta.abs() <= A * (1 + t))
+    s = t * torch.stack([(B * C).sqrt(), (A * C).sqrt(), (A * B).sqrt()], dim=1)
+    products = torch.stack([xi, eta, zeta], dim=1)
+    ok &= (products >= -s).all(1) | (products <= s).all(1)
+    ok &= A + B + xi + eta + zeta >= -t * (A + B) / 2
+    return ok
 
 
 _SHORT_VECTORS = torch.tensor([[i, j, k] for i in (-1, 0, 1) for j in (-1, 0, 1) for k in (-1, 0, 1)

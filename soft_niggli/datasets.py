@@ -17,10 +17,15 @@ Two sources:
   the caller names: ``data_dir=`` or the environment variable ``SOFT_NIGGLI_DATA``
   (:func:`resolve_data_dir`), holding ``<name>/train.csv.gz`` and/or ``<name>/val.csv.gz``. The library
   never looks for data relative to its own files.
+* ``"perov_5_small"``, ``"carbon_24_small"`` (:data:`BUNDLED`): real crystals that ship inside this
+  package (``soft_niggli/data/``, :func:`bundled_path`): 500 rows of Perov-5's and 300 of Carbon-24's
+  validation files, a seeded random sample in the same CSV format, with a ``NOTICE`` naming the
+  sources and licences (CDVAE's files, MIT; Castelli et al. 2012; Pickard 2020). They need no data
+  folder, so they are the default data of the examples and of the ablation benchmark; each is one
+  file, split 80/20 by :func:`train_val_split`.
 * ``"aflow"``: the 288 AFLOW prototype structures bundled with pymatgen
   (``pymatgen/analysis/prototypes/aflow_prototypes.json.gz``), of which the 250 ordered ones with at
-  most 20 atoms are kept. It needs nothing but an installed pymatgen, so it is the default data of
-  the examples and of the ablation benchmark.
+  most 20 atoms are kept. It needs nothing but an installed pymatgen.
 
 :func:`load_dataset` resolves a name to structures and a split; :func:`train_val_split` is the
 deterministic split used where a benchmark ships a single file.
@@ -32,9 +37,9 @@ arrays. Wrong argument types (a float or a bool for ``limit``, a number for ``na
 ``TypeError``, wrong values (unknown names, negative counts) ``ValueError``, missing files
 ``FileNotFoundError``.
 
->>> train = load_dataset("aflow", split="train")      # doctest: +SKIP
->>> len(train), len(load_dataset("aflow", split="val"))  # doctest: +SKIP
-(200, 50)
+>>> train = load_dataset("perov_5_small", split="train")      # doctest: +SKIP
+>>> len(train), len(load_dataset("perov_5_small", split="val"))  # doctest: +SKIP
+(400, 100)
 """
 
 from __future__ import annotations
@@ -57,6 +62,8 @@ from ._checks import check_int, check_real
 
 __all__ = [
     "DATASETS",
+    "BUNDLED",
+    "FOLDER_DATASETS",
     "SPLITS",
     "DATA_ENV",
     "cache_dir",
@@ -64,12 +71,18 @@ __all__ = [
     "read_cdvae_csv",
     "read_cdvae_cells",
     "read_aflow_prototypes",
+    "bundled_path",
     "train_val_split",
     "load_dataset",
 ]
 
-#: Names accepted by :func:`load_dataset`; all but ``"aflow"`` are folders of CDVAE/DiffCSP CSV files.
-DATASETS = ("aflow", "mp_20", "perov_5", "carbon_24", "mpts_52")
+#: Datasets read from a data folder (``<data_dir>/<name>/{train,val}.csv.gz``, CDVAE/DiffCSP CSV files).
+FOLDER_DATASETS = ("mp_20", "perov_5", "carbon_24", "mpts_52")
+#: Small real-crystal sets that ship inside the package (``soft_niggli/data/<name>.csv.gz``, see its NOTICE).
+BUNDLED = ("perov_5_small", "carbon_24_small")
+#: Names accepted by :func:`load_dataset`: ``"aflow"`` (bundled with pymatgen), the folder datasets, the
+#: bundled ones.
+DATASETS = ("aflow", *FOLDER_DATASETS, *BUNDLED)
 #: Splits accepted by :func:`load_dataset`.
 SPLITS = ("train", "val", "all")
 
@@ -95,7 +108,7 @@ def cache_dir() -> Path:
 DATA_ENV = "SOFT_NIGGLI_DATA"
 
 _EXPECTED_FILES = ("<data_dir>/<name>/train.csv.gz and/or <data_dir>/<name>/val.csv.gz (the CDVAE/DiffCSP CSV "
-                   "files, one CIF per row in a 'cif' column; <name> one of " + ", ".join(DATASETS[1:]) + ")")
+                   "files, one CIF per row in a 'cif' column; <name> one of " + ", ".join(FOLDER_DATASETS) + ")")
 
 
 def resolve_data_dir(path: str | os.PathLike | None = None) -> Path:
@@ -111,7 +124,8 @@ def resolve_data_dir(path: str | os.PathLike | None = None) -> Path:
     if path is not None and not isinstance(path, (str, os.PathLike)):
         raise TypeError(f"data_dir: expected a str or os.PathLike folder, or None, got {type(path).__name__} {path!r}")
     how = (f"pass data_dir=... or set the environment variable {DATA_ENV} to a folder holding {_EXPECTED_FILES}; "
-           "or use the dataset 'aflow', bundled with pymatgen, which needs no folder")
+           "or use a dataset that needs no folder: " + ", ".join(repr(n) for n in BUNDLED)
+           + " (real crystals shipped with soft_niggli) or 'aflow' (bundled with pymatgen)")
     if path is not None:
         folder, source = Path(path).expanduser(), "data_dir"
     elif os.environ.get(DATA_ENV):
@@ -397,6 +411,35 @@ def read_aflow_prototypes(max_atoms: int | None = 20) -> list:
     return out
 
 
+def bundled_path(name: str) -> Path:
+    """The file of a bundled dataset (:data:`BUNDLED`): ``soft_niggli/data/<name>.csv.gz``, CDVAE CSV format.
+
+    Found through :mod:`importlib.resources`, wherever the package is installed. The sources and
+    licences are in ``soft_niggli/data/NOTICE``.
+
+    >>> bundled_path("perov_5_small").name
+    'perov_5_small.csv.gz'
+
+    Raises:
+        TypeError: ``name`` not a str.
+        ValueError: ``name`` not one of :data:`BUNDLED`.
+        FileNotFoundError: the file is missing from this installation (a build that left out the package
+            data), or the package is installed in a form without files (a zip).
+    """
+    import importlib.resources
+
+    if not isinstance(name, str):
+        raise TypeError(f"name: expected one of {BUNDLED} (a str), got {type(name).__name__} {name!r}")
+    if name not in BUNDLED:
+        raise ValueError(f"unknown bundled dataset {name!r}; bundled: {', '.join(BUNDLED)}")
+    resource = importlib.resources.files(__package__).joinpath("data", f"{name}.csv.gz")
+    path = Path(os.fspath(resource)) if isinstance(resource, os.PathLike) else None
+    if path is None or not path.is_file():
+        raise FileNotFoundError(f"the bundled dataset {name!r} ({resource}) is missing from this installation of "
+                                "soft_niggli: reinstall it (the wheel carries soft_niggli/data/*.csv.gz)")
+    return path
+
+
 # ------------------------------------------------------------------------------------------ split
 
 
@@ -422,13 +465,14 @@ def load_dataset(name: str, split: str = "train", data_dir: str | os.PathLike | 
     """Structures of a named dataset and split.
 
     Args:
-        name: one of :data:`DATASETS`. ``"aflow"`` is bundled with pymatgen; the others are read from
+        name: one of :data:`DATASETS`. ``"perov_5_small"`` and ``"carbon_24_small"`` ship with this
+            package (:func:`bundled_path`), ``"aflow"`` with pymatgen; the others are read from
             ``<data_dir>/<name>/{train,val}.csv.gz``.
         data_dir: the data folder; ``None`` for ``$SOFT_NIGGLI_DATA`` (:func:`resolve_data_dir`). Not
-            needed for ``"aflow"``.
+            needed (and ignored) for the bundled sets and ``"aflow"``.
         split: ``"train"``, ``"val"`` or ``"all"``. Where both ``train.csv.gz`` and ``val.csv.gz``
-            exist they are used as they are; where only one file exists (and for ``"aflow"``) it is
-            split by :func:`train_val_split` with ``val_fraction`` and ``seed``.
+            exist they are used as they are; where only one file exists (and for the bundled sets and
+            ``"aflow"``) it is split by :func:`train_val_split` with ``val_fraction`` and ``seed``.
         limit: keep at most this many structures of the split (the first ones, in file order).
         max_atoms: drop structures with more atoms (``"aflow"`` always keeps <= 20).
 
@@ -437,8 +481,8 @@ def load_dataset(name: str, split: str = "train", data_dir: str | os.PathLike | 
         ValueError: unknown name or split (listing the valid ones); ``limit`` or ``max_atoms`` negative;
             a damaged data file (see :func:`read_cdvae_csv`).
         FileNotFoundError: no data folder given (neither ``data_dir`` nor ``$SOFT_NIGGLI_DATA``) for a
-            dataset other than ``"aflow"``, or the folder or the dataset's files are absent; the message
-            says how to give the folder and which files it must hold.
+            dataset that needs one, or the folder or the dataset's files are absent; the message says how
+            to give the folder, which files it must hold, and which datasets need none.
     """
     # Checked here, not only by the readers: the "aflow" branch and the splits slice with `limit`.
     limit = _check_count(limit, "limit")
@@ -453,6 +497,12 @@ def load_dataset(name: str, split: str = "train", data_dir: str | os.PathLike | 
         raise ValueError(f"split: expected one of {SPLITS}, got {split!r}")
     if name == "aflow":
         structures = read_aflow_prototypes(max_atoms=20 if max_atoms is None else min(max_atoms, 20))
+        if split == "all":
+            return structures[:limit]
+        train, val = train_val_split(structures, val_fraction, seed)
+        return (train if split == "train" else val)[:limit]
+    if name in BUNDLED:
+        structures = read_cdvae_csv(bundled_path(name), max_atoms=max_atoms)
         if split == "all":
             return structures[:limit]
         train, val = train_val_split(structures, val_fraction, seed)

@@ -164,3 +164,19 @@ def test_reduced_forms_loss_scores_the_label_zero_in_any_basis_and_has_gradients
     result.loss.backward()
     assert bool(torch.isfinite(L.grad).all()) and float(L.grad.abs().sum()) > 0
     assert result.terms["forms"].tolist() == [48.0]
+
+
+def test_proxy_with_the_labels_reduced_forms_does_not_jump_next_to_an_fcc_label():
+    # A noisy fcc cell reduces to the 90/120/120° or 60/90/60° form, not the label's 60/60/60°: with
+    # the automorphisms only the proxy scores it as far off; with every reduced form it does not.
+    fcc = torch.tensor([[[0.0, 2.0, 2.0], [2.0, 0.0, 2.0], [2.0, 2.0, 0.0]]], dtype=torch.float64).repeat(64, 1, 1)
+    label = CrystalBatch(fcc, torch.zeros(64, 3, dtype=torch.float64), [1] * 64, [29] * 64)
+    pred = _noisy(label, 0, 0.01, 0.0)
+    jumps = {forms: float((get_loss("proxy", label_forms=forms, automorphism_rel_tol=1e-2)(pred, label)
+                           .terms["lattice"] > 0.1).double().mean()) for forms in ("automorphisms", "reduced")}
+    assert jumps["automorphisms"] > 0.2 and jumps["reduced"] == 0.0
+
+
+def test_proxy_label_forms_option_is_checked():
+    with pytest.raises(ValueError, match="label_forms: expected one of"):
+        get_loss("proxy", label_forms="all")

@@ -8,18 +8,20 @@ from __future__ import annotations
 
 import torch
 
-from ..canonical import canonicalize_labels, reduce_or_identity
+from ..canonical import canonicalize_labels, reduce_or_identity, reduced_forms
 from ..crystal import CrystalBatch
 from ..lattice import integer_inverse
 from ..niggli import Status
+from ..unimodular import LatticeAutomorphisms
 from .base import (CrystalLoss, LossResult, choice_option, flag_option, fraction_option, register_loss, rel_tol_option,
                    weight_option)
 from .terms import closest_automorphism, coordinate_term, lattice_term
 
-__all__ = ["NiggliProxyLoss", "FALLBACKS", "FRAMES"]
+__all__ = ["NiggliProxyLoss", "FALLBACKS", "FRAMES", "LABEL_FORMS"]
 
 FALLBACKS = ("identity", "skip")
 FRAMES = ("reduced", "prediction")
+LABEL_FORMS = ("automorphisms", "reduced")
 
 
 @register_loss("proxy")
@@ -66,8 +68,12 @@ class NiggliProxyLoss(CrystalLoss):
     labels lie *on* the boundaries: a slightly noisy copy of a label can reduce to another Niggli form
     (fcc 60/60/60° to 90/120/120°, hexagonal 120° to 60°, an angle near 90° flipping across it), and
     these forms are not near-automorphisms of the label, so ``automorphism_rel_tol`` does not help
-    (``benchmarks/continuity.py`` shows the jump across one boundary). Only a loss without the hard
-    reduction (the softmin) removes it.
+    (``benchmarks/continuity.py`` shows the jump across one boundary). ``label_forms="reduced"``
+    removes it near the label: the targets are then all the label's reduced forms
+    (:func:`~soft_niggli.canonical.reduced_forms` within ``automorphism_rel_tol``: its automorphisms
+    and the other Niggli forms of a cell on a cone face), so a prediction that reduces to the other
+    side of the face meets the label's form on that side. Across boundaries away from the label, only
+    a loss without the hard reduction (the softmin) is continuous.
 
     Fallback, for predictions that are finite but whose reduction is not ``OK`` (``NOT_CONVERGED``,
     ``DEGENERATE``, or a reduced cell overflowing):
@@ -88,7 +94,10 @@ class NiggliProxyLoss(CrystalLoss):
         frame: ``"reduced"`` or ``"prediction"``.
         labels_canonical: ``True`` if targets are already Niggli-reduced (by
             :func:`canonicalize_labels`); the automorphism search is complete only for reduced labels.
-        automorphism_rel_tol: relative tolerance of :func:`lattice_automorphisms`, in (0, 0.1); keep it
+        label_forms: ``"automorphisms"`` (default: the label's automorphisms) or ``"reduced"`` (all its
+            reduced forms, see above).
+        automorphism_rel_tol: relative tolerance of :func:`lattice_automorphisms` (and of the reduced
+            forms), in (0, 0.1); keep it
             above ``rel_tol`` so near-ties the reducer may break either way are covered.
         rel_tol: the reducer's relative tolerance, in :data:`~soft_niggli.niggli.REL_TOL_RANGE`.
         coords: ``"periodic"`` or ``"sinkhorn"`` (:func:`coordinate_term`; with Sinkhorn, atom order is
@@ -110,7 +119,8 @@ class NiggliProxyLoss(CrystalLoss):
 
     def __init__(self, *, lattice_weight: float = 1.0, coord_weight: float = 1.0, lattice_metric: str = "cartesian",
                  fallback: str = "identity", frame: str = "reduced", labels_canonical: bool = False,
-                 skew_weight: float = 0.0, automorphism_rel_tol: float = 1e-4, rel_tol: float = 1e-5,
+                 skew_weight: float = 0.0, label_forms: str = "automorphisms", automorphism_rel_tol: float = 1e-4,
+                 rel_tol: float = 1e-5,
                  coords: str = "periodic", blur: float = 0.1):
         super().__init__()
         self.set_term_options(lattice_weight=lattice_weight, coord_weight=coord_weight,
@@ -119,6 +129,7 @@ class NiggliProxyLoss(CrystalLoss):
         self.fallback = choice_option("fallback", fallback, FALLBACKS)
         self.frame = choice_option("frame", frame, FRAMES)
         self.labels_canonical = flag_option("labels_canonical", labels_canonical)
+        self.label_forms = choice_option("label_forms", label_forms, LABEL_FORMS)
         self.automorphism_rel_tol = fraction_option("automorphism_rel_tol", automorphism_rel_tol)
         self.rel_tol = rel_tol_option(rel_tol)
 
@@ -149,7 +160,11 @@ class NiggliProxyLoss(CrystalLoss):
             P_lat, P_frac = L_p, F_p
             left, right = N_inv_f, N_f
 
-        A = closest_automorphism(P_lat.detach(), P_frac.detach(), labels, left, right,
+        group = None  # closest_automorphism's default: the label's automorphisms
+        if self.label_forms == "reduced":
+            forms = reduced_forms(L_n, rel_tol=self.automorphism_rel_tol)
+            group = LatticeAutomorphisms(owner=forms.owner, matrices=forms.transform)
+        A = closest_automorphism(P_lat.detach(), P_frac.detach(), labels, left, right, group=group,
                                  lattice_metric=self.lattice_metric, coords=self.coords,
                                  lattice_weight=self.lattice_weight, coord_weight=self.coord_weight, blur=self.blur,
                                  rel_tol=self.automorphism_rel_tol, species=pred.species,
