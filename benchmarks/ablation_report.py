@@ -18,8 +18,8 @@ import numpy as np
 from .report import pyplot, write_results
 from .training import BASES, STRATEGIES, parse_strategy
 
-__all__ = ["SUMMARY_METRICS", "figures", "markdown", "run_key", "summarize", "table", "write_outputs",
-           "write_overview"]
+__all__ = ["LEGEND", "SUMMARY_METRICS", "compact_table", "figures", "markdown", "run_key", "summarize", "table",
+           "write_outputs", "write_overview"]
 
 SUMMARY_METRICS = ("lattice_error", "volume_error", "match_rate", "rmse")
 
@@ -90,6 +90,53 @@ def table(rows: list[dict]) -> str:
             f"| {_pm(r['rmse'], r['rmse_std'], 4)} | {r['lattice_failures']:.1f} | {skew} | {exc} | {first} "
             f"| {r['nan_steps']:.0f} | {r['non_ok_status']:.0f} | {r['fallback']:.0f} "
             f"| {_pm(r['time_per_epoch'], r['time_per_epoch_std'], 2)} |")
+    return "\n".join(lines)
+
+
+#: The one-line legend printed under :func:`compact_table`.
+LEGEND = ("legend: lattice error 0 = exact, 1 = collapsed (any basis); match = StructureMatcher rate; no learning = "
+          "a cube of the mean volume; labels niggli/raw/random = canonical/as stored/re-based each epoch")
+
+
+def _pm_short(mean: float, std: float, digits: int) -> str:
+    if mean is None or not np.isfinite(mean):
+        return "—"
+    return f"{mean:.{digits}f}±{std:.{digits}f}" if np.isfinite(std) else f"{mean:.{digits}f}"
+
+
+def compact_table(record: dict, order=()) -> str:
+    """The table for a terminal (80 columns for three label bases): one row per strategy (per model where
+    there are several), lattice error and match rate by label basis, mean ± std over seeds, with the
+    no-learning reference first. ``order``: strategy names to list first, in that order."""
+    rows = [r for r in record["summary"]]
+    cols = []
+    for b in BASES:
+        for rot in (False, True):
+            if any(r["basis"] == b and r["rotate"] == rot for r in rows):
+                cols.append((b, rot))
+    models = list(dict.fromkeys(r["model"] for r in rows))
+    strategies = [s for s in order if any(r["strategy"] == s for r in rows)]
+    strategies += [s for s in dict.fromkeys(r["strategy"] for r in rows) if s not in strategies]
+    keys = [(m, s) for m in models for s in strategies if any(r["model"] == m and r["strategy"] == s for r in rows)]
+    label = {k: (k[1] if len(models) == 1 else f"{k[0]} {k[1]}") for k in keys}
+    width = max([15] + [len(v) + 2 for v in label.values()])
+    names = [b + ("+rot" if rot else "") for b, rot in cols]
+    heads = ("lattice error ↓ by label basis", "match rate ↑ by label basis")
+    block = max(12 * len(cols), len(heads[0]) + 2)  # width of the lattice-error columns together
+
+    def line(first: str, errors, matches) -> str:
+        return (first.ljust(width) + "".join(e.ljust(12) for e in errors).ljust(block)
+                + "".join(m.ljust(10) for m in matches)).rstrip()
+
+    ref = record["data"]["reference"]["lattice_error"]
+    lines = [line("", [heads[0]], [heads[1]]), line("strategy", names, names),
+             line("no learning", [f"{ref:.3f}"] * len(cols), ["—"] * len(cols))]
+    for key in keys:
+        found = [next((r for r in rows if (r["model"], r["strategy"]) == key and (r["basis"], r["rotate"]) == c),
+                      None) for c in cols]
+        lines.append(line(label[key], [_pm_short(r["lattice_error"], r["lattice_error_std"], 3) if r else ""
+                                       for r in found],
+                          [_pm_short(r["match_rate"], r["match_rate_std"], 2) if r else "" for r in found]))
     return "\n".join(lines)
 
 

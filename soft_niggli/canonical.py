@@ -20,6 +20,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 
 from ._checks import as_float_tensor, check_matrix_shape
@@ -241,11 +242,9 @@ def reduced_forms(lattice, *, rel_tol: float = 1e-5) -> ReducedForms:
     # An order independent of the input basis: by owner, then the forms' Cartesian entries on a grid far
     # finer than any two distinct forms' difference and far coarser than rounding.
     scale = torch.linalg.vector_norm(R, dim=-1).amax(-1).clamp_min(1e-300)[owner]
-    keys = torch.round(forms.flatten(1) / (scale[:, None] * 1e-9)).to(torch.int64)
-    order = torch.arange(len(owner))
-    for column in reversed(range(9)):
-        order = order[torch.sort(keys[order, column], stable=True).indices]
-    order = order[torch.sort(owner[order], stable=True).indices]
+    keys = torch.round(forms.flatten(1) / (scale[:, None] * 1e-9)).to(torch.int64).numpy()
+    # np.lexsort: the last key is the primary one (owner), then the entries in order.
+    order = torch.from_numpy(np.lexsort([keys[:, c] for c in reversed(range(9))] + [owner.numpy()]))
     owner, X, forms = owner[order], X[order], forms[order]
     transform = X @ N[owner]
     return ReducedForms(owner=owner.to(device), transform=transform.to(device), lattice=forms.to(device, dtype),

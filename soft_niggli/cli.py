@@ -8,8 +8,9 @@ gzipped or not) or a folder of ``*.cif`` files, reduces every cell with the guar
 (:func:`soft_niggli.niggli_reduce`, batched) and writes a CSV (gzipped if ``OUT`` ends in ``.gz``)
 with the input's columns, the ``cif`` column rewritten in the Niggli basis, and three more:
 
-* ``niggli_status``: ``OK``, ``NOT_CONVERGED``, ``DEGENERATE``, ``NONFINITE`` (:class:`soft_niggli.Status`)
-  or ``PARSE_ERROR`` (pymatgen could not read the CIF, e.g. a zero length or a flat cell);
+* ``niggli_status``: ``OK``, ``NOT_CONVERGED``, ``DEGENERATE``, ``NONFINITE`` (:class:`soft_niggli.Status`;
+  a CIF whose cell parameters are a zero or flat cell, which pymatgen refuses, is ``DEGENERATE`` too)
+  or ``PARSE_ERROR`` (pymatgen could not read the CIF for another reason);
 * ``niggli_transform``: for ``OK`` rows the integer matrix ``T`` (JSON, ``det T = +1``) with
   ``reduced lattice = T @ input lattice`` (the input lattice as pymatgen builds it from the CIF) and
   ``reduced fractional coordinates = wrap(F T^{-1})``; empty for flagged rows;
@@ -87,8 +88,8 @@ def _input_rows(path: Path):
     return columns, total, (row for _, row in _csv_rows(path))
 
 
-def _open_output(path: Path):
-    if path.suffix == ".gz":
+def _open_output(path: Path, gz: bool):
+    if gz:
         return io.TextIOWrapper(gzip.open(path, "wb"), encoding="utf-8", newline="")
     return open(path, "w", encoding="utf-8", newline="")
 
@@ -104,6 +105,28 @@ def _parse(cif: str):
         return Structure.from_str(cif, fmt="cif")
 
 
+def _unparsed_status(cif: str, error: Exception) -> tuple[str, str]:
+    """Status and note of a CIF that pymatgen refused: ``NONFINITE`` or ``DEGENERATE`` when its six cell
+    parameters say why (pymatgen refuses zero lengths and flat cells alike), else ``PARSE_ERROR``."""
+    from .datasets import _CELL_KEYS, _CELL_PATTERN
+
+    found = dict(_CELL_PATTERN.findall(cif))
+    why = f"{type(error).__name__}: {error}"[:300]
+    try:
+        a, b, c, alpha, beta, gamma = (float(found[k]) for k in _CELL_KEYS)
+    except (KeyError, ValueError):
+        return PARSE_ERROR, why
+    params = np.array([a, b, c, alpha, beta, gamma])
+    if not np.all(np.isfinite(params)):
+        return "NONFINITE", f"cell parameters {params.tolist()} are not finite"
+    ca, cb, cg = np.cos(np.radians([alpha, beta, gamma]))
+    flatness = 1 - ca * ca - cb * cb - cg * cg + 2 * ca * cb * cg  # (V / abc)²: 0 for a flat cell
+    if min(a, b, c) <= 0 or flatness <= 1e-12:
+        return "DEGENERATE", (f"cell parameters a, b, c = {a}, {b}, {c}, angles {alpha}, {beta}, {gamma}: a zero "
+                              f"or flat cell (pymatgen: {why})")
+    return PARSE_ERROR, why
+
+
 def _write_cif(structure, lattice: np.ndarray, frac: np.ndarray) -> str:
     from pymatgen.core import Lattice, Structure
     from pymatgen.io.cif import CifWriter
@@ -113,8 +136,8 @@ def _write_cif(structure, lattice: np.ndarray, frac: np.ndarray) -> str:
     return str(CifWriter(new))
 
 
-def _spglib_verdict(lattice: np.ndarray, ours: np.ndarray, forms: list[np.ndarray]) -> str:
-    """``same``, ``other form``, ``different`` or ``failed``: spglib's Niggli metric against ours."""
+def _spglib_metric(lattice: np.ndarray) -> np.ndarray | None:
+    """spglib's Niggli-reduced metric ``G = N Nᵀ`` of one lattice, or None where spglib fails."""
     import spglib
 
     try:
@@ -122,18 +145,41 @@ def _spglib_verdict(lattice: np.ndarray, ours: np.ndarray, forms: list[np.ndarra
             warnings.simplefilter("ignore")
             theirs = spglib.niggli_reduce(lattice, eps=1e-5)
     except Exception:  # noqa: BLE001 - spglib raising is an outcome to count
-        theirs = None
+        return None
     if theirs is None or not np.all(np.isfinite(theirs)):
-        return "failed"
-    g = np.asarray(theirs) @ np.asarray(theirs).T
-    scale = np.trace(g)
+        return None
+    theirs = np.asarray(theirs, dtype=np.float64)
+    return theirs @ theirs.T
 
-    def close(h: np.ndarray) -> bool:
-        return bool(np.abs(g - h).max() <= 1e-4 * scale)
 
-    if close(ours @ ours.T):
-        return "same"
-    return "other form" if any(close(f @ f.T) for f in forms) else "different"
+def _same_metric(g: np.ndarray, lattice: np.ndarray) -> bool:
+    """``g`` equals the metric of ``lattice`` to 1e-4 of its trace (spglib's tolerance is 1e-5 Å)."""
+    return bool(np.abs(g - lattice @ lattice.T).max() <= 1e-4 * np.trace(g))
+
+
+def _compare_spglib(lattices: np.ndarray, reduced: np.ndarray, rel_tol: float) -> Counter:
+    """Counts of ``same``, ``other form``, ``different``, ``failed``: spglib's Niggli metric of each of
+    ``lattices (n, 3, 3)`` against ours (``reduced``); where they differ, against every reduced form of the
+    cell (:func:`soft_niggli.reduced_forms`, computed for those cells only)."""
+    import torch
+
+    from .canonical import reduced_forms
+
+    counts, differing = Counter(), []
+    for k, (L, R) in enumerate(zip(lattices, reduced)):
+        g = _spglib_metric(L)
+        if g is None:
+            counts["failed"] += 1
+        elif _same_metric(g, R):
+            counts["same"] += 1
+        else:
+            differing.append((k, g))
+    if differing:
+        forms = reduced_forms(torch.from_numpy(lattices[[k for k, _ in differing]]), rel_tol=rel_tol)
+        owner, form_lattices = forms.owner.numpy(), forms.lattice.numpy()
+        for i, (_, g) in enumerate(differing):
+            counts["other form" if any(_same_metric(g, f) for f in form_lattices[owner == i]) else "different"] += 1
+    return counts
 
 
 def canonicalize_file(src: str | os.PathLike, dst: str | os.PathLike, *, rel_tol: float = 1e-5, chunk: int = 1024,
@@ -143,18 +189,19 @@ def canonicalize_file(src: str | os.PathLike, dst: str | os.PathLike, *, rel_tol
     ``spglib`` counts when asked). The command line prints it (:func:`main`)."""
     import torch
 
-    from .canonical import reduced_forms
     from .lattice import integer_inverse
     from .niggli import Status, niggli_reduce
 
     src, dst = Path(src).expanduser(), Path(dst).expanduser()
     if dst.exists() and src.exists() and dst.resolve() == src.resolve():
         raise ValueError(f"{dst}: the output would overwrite the input")
+    t_all = time.perf_counter()
+    t0 = time.perf_counter()
     columns, total, rows = _input_rows(src)
     if "cif" not in columns:
         raise ValueError(f"{src}: expected a 'cif' column, columns present: {columns}")
     fieldnames = columns + [c for c in EXTRA_COLUMNS if c not in columns]
-    seconds = {"read": 0.0, "parse": 0.0, "reduce": 0.0, "write": 0.0}
+    seconds = {"read": time.perf_counter() - t0, "parse": 0.0, "reduce": 0.0, "write": 0.0}
     status_counts, flagged, spglib_counts = Counter(), {}, Counter()
     already = 0
     bar = None
@@ -167,9 +214,8 @@ def canonicalize_file(src: str | os.PathLike, dst: str | os.PathLike, *, rel_tol
             bar = None
     dst.parent.mkdir(parents=True, exist_ok=True)
     tmp = dst.with_name(dst.name + f".tmp{os.getpid()}")
-    t_all = time.perf_counter()
     try:
-        with _open_output(tmp) as fh:
+        with _open_output(tmp, gz=dst.suffix == ".gz") as fh:
             writer = csv.DictWriter(fh, fieldnames=fieldnames, lineterminator="\n")
             writer.writeheader()
             while True:
@@ -179,14 +225,13 @@ def canonicalize_file(src: str | os.PathLike, dst: str | os.PathLike, *, rel_tol
                 if not block:
                     break
                 t0 = time.perf_counter()
-                structures, notes = [], []
-                for row in block:
+                structures, unparsed = [], {}
+                for i, row in enumerate(block):
                     try:
                         structures.append(_parse(row["cif"] or ""))
-                        notes.append("")
                     except Exception as err:  # noqa: BLE001 - pymatgen raises many types; the row is flagged
                         structures.append(None)
-                        notes.append(f"{type(err).__name__}: {err}"[:300])
+                        unparsed[i] = _unparsed_status(row["cif"] or "", err)
                 seconds["parse"] += time.perf_counter() - t0
 
                 t0 = time.perf_counter()
@@ -202,12 +247,11 @@ def canonicalize_file(src: str | os.PathLike, dst: str | os.PathLike, *, rel_tol
                 ok = status == int(Status.OK)
                 inverse = integer_inverse(transform[torch.from_numpy(ok)]) if ok.any() else None
                 transform, reduced = transform.numpy(), reduced.numpy()
-                forms = None
-                if compare_spglib and ok.any():
-                    packed = reduced_forms(torch.from_numpy(lattices[ok]), rel_tol=rel_tol)
-                    owner, form_lattices = packed.owner.numpy(), packed.lattice.numpy()
-                    forms = [form_lattices[owner == k] for k in range(int(ok.sum()))]
                 seconds["reduce"] += time.perf_counter() - t0
+                if compare_spglib and ok.any():
+                    t0 = time.perf_counter()
+                    spglib_counts += _compare_spglib(lattices[ok], reduced[ok], rel_tol)
+                    seconds["spglib"] = seconds.get("spglib", 0.0) + time.perf_counter() - t0
 
                 t0 = time.perf_counter()
                 k_ok = 0
@@ -216,7 +260,7 @@ def canonicalize_file(src: str | os.PathLike, dst: str | os.PathLike, *, rel_tol
                     out = dict(row)
                     j = position.get(i)
                     if j is None:
-                        name, note = PARSE_ERROR, notes[i]
+                        name, note = unparsed[i]
                     else:
                         name, note = Status(int(status[j])).name, ""
                     if name == "OK":
@@ -227,8 +271,6 @@ def canonicalize_file(src: str | os.PathLike, dst: str | os.PathLike, *, rel_tol
                         out["cif"] = _write_cif(structures[i], reduced[j], frac)
                         out["niggli_transform"] = json.dumps(T.tolist(), separators=(",", ":"))
                         already += bool((T == np.eye(3, dtype=T.dtype)).all())
-                        if compare_spglib:
-                            spglib_counts[_spglib_verdict(lattices[j], reduced[j], forms[k_ok])] += 1
                         k_ok += 1
                     else:
                         out["niggli_transform"] = ""
@@ -268,7 +310,8 @@ def format_report(report: dict) -> str:
     lines = [f"canonicalized {n} rows: {report['input']} -> {report['output']}",
              f"  time {sec['total']:.2f} s ({_rate(n, sec['total'])}): parse CIFs {sec['parse']:.2f} s "
              f"({_rate(n, sec['parse'])}), reduce {sec['reduce']:.3f} s ({_rate(n, sec['reduce'])}), "
-             f"write CIFs {sec['write']:.2f} s ({_rate(n, sec['write'])}), read CSV {sec['read']:.2f} s",
+             f"write CIFs {sec['write']:.2f} s ({_rate(n, sec['write'])}), read CSV {sec['read']:.2f} s"
+             + (f", spglib comparison {sec['spglib']:.2f} s" if "spglib" in sec else ""),
              "  status: " + ", ".join(f"{k} {report['status'].get(k, 0)}" for k in
                                       ("OK", "NOT_CONVERGED", "DEGENERATE", "NONFINITE", PARSE_ERROR)),
              f"  already Niggli-reduced as given: {report['already_reduced']} of {ok} OK rows; "

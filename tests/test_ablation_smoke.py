@@ -1,4 +1,5 @@
-"""The ablation benchmark end to end at a tiny budget: it runs, writes its table and JSON, numbers are finite."""
+"""The ablation benchmark end to end at a tiny budget: it runs, writes its table and JSON, numbers are finite;
+its defaults (bundled crystals, scratch output folder, the compact table on stdout)."""
 
 from __future__ import annotations
 
@@ -14,7 +15,8 @@ pytest.importorskip("tqdm")
 
 import torch  # noqa: E402
 
-from benchmarks import ablation  # noqa: E402
+import benchmarks.data  # noqa: E402
+from benchmarks import ablation, ablation_report  # noqa: E402
 from benchmarks.data import load_data  # noqa: E402
 from benchmarks.training import epoch_labels, parse_strategy  # noqa: E402
 from soft_niggli.metrics import lattice_error  # noqa: E402
@@ -49,8 +51,48 @@ def test_unregistered_strategy_is_skipped_with_a_warning(tmp_path, capsys):
     ablation.main(["--epochs", "0", "--strategies", "mse", "no-such-loss", "--bases", "raw", "--seeds", "1",
                    "--train-size", "8", "--val-size", "4", "--out", str(tmp_path), "--no-progress", "--no-match"])
     assert "no-such-loss" in capsys.readouterr().err
-    data = json.loads((tmp_path / "ablation_aflow.json").read_text())
+    data = json.loads((tmp_path / "ablation_perov_5_small.json").read_text())  # the default dataset
     assert {r["strategy"] for r in data["runs"]} == {"mse"}
+
+
+def test_default_run_reads_the_bundled_crystals_and_writes_to_a_scratch_folder(tmp_path, monkeypatch, capsys):
+    # The defaults at a tiny budget: bundled perov_5 crystals, every default strategy and basis, no --out.
+    monkeypatch.setattr(ablation.tempfile, "gettempdir", lambda: str(tmp_path))
+    monkeypatch.delenv("SOFT_NIGGLI_DATA", raising=False)
+    records = ablation.main(["--epochs", "1", "--seeds", "2", "--train-size", "16", "--val-size", "4", "--no-progress"])
+    out = capsys.readouterr().out
+    (folder,) = (tmp_path / "soft_niggli_ablation").iterdir()
+    assert f"{folder}/ablation_perov_5_small.*" in out
+    assert {p.name for p in folder.iterdir()} >= {"ablation_perov_5_small.json", "ablation_perov_5_small.md",
+                                                   "ablation_overview.md"}
+    runs = records["perov_5_small"]["runs"]
+    assert {r["strategy"] for r in runs} == set(ablation.DEFAULT_STRATEGIES) and len(runs) == 5 * 3 * 2
+    assert "soft_niggli/data/NOTICE" in records["perov_5_small"]["data"]["source"]
+    # The compact table: one row per strategy plus the reference, lattice error and match rate per basis.
+    lines = out.splitlines()
+    header = next(i for i, line in enumerate(lines) if line.startswith("strategy"))
+    assert lines[header].split() == ["strategy"] + ["niggli", "raw", "random"] * 2
+    assert lines[header + 1].startswith("no learning")
+    rows = [line.split() for line in lines[header + 2:header + 7]]
+    assert [r[0] for r in rows] == list(ablation.DEFAULT_STRATEGIES) and all(len(r) == 7 and "±" in r[1] for r in rows)
+    assert ablation_report.LEGEND in out and max(len(line) for line in lines[header - 1:header + 7]) <= 80
+
+
+def test_no_folder_dataset_names_the_ways_to_get_one(tmp_path, monkeypatch, capsys):
+    monkeypatch.delenv("SOFT_NIGGLI_DATA", raising=False)
+    monkeypatch.setattr(ablation, "data_dir", lambda path=None: path)  # as from an installed copy: no ../shared
+    monkeypatch.setattr(benchmarks.data, "data_dir", lambda path=None: path)
+    with pytest.raises(SystemExit) as exc:
+        ablation.main(["--datasets", "mp_20", "--epochs", "0", "--out", str(tmp_path), "--no-progress"])
+    message = str(exc.value.code)
+    assert "perov_5_small" in message and "SOFT_NIGGLI_DATA" in message
+
+
+def test_merge_and_rebuild_need_an_out_folder(capsys):
+    for flag in ("--merge", "--rebuild"):
+        with pytest.raises(SystemExit):
+            ablation.parse_args([flag])
+        assert "--out" in capsys.readouterr().err
 
 
 def test_random_labels_are_rebased_each_epoch_and_describe_the_same_crystals():

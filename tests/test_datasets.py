@@ -244,3 +244,45 @@ def test_aflow_needs_no_folder(monkeypatch):
 def test_wrong_argument_types_raise_type_error(call, match):
     with pytest.raises(TypeError, match=match):
         call()
+
+
+# ---------------------------------------------------------------------------- issue #13: the bundled real crystals
+
+
+@pytest.mark.parametrize("name, sizes, max_atoms", [("perov_5_small", (400, 100), 5), ("carbon_24_small", (240, 60), 24)])
+def test_bundled_crystals_need_no_folder_and_split_deterministically(monkeypatch, name, sizes, max_atoms):
+    monkeypatch.delenv("SOFT_NIGGLI_DATA", raising=False)
+    assert name in DATASETS
+    train, val = load_dataset(name, "train"), load_dataset(name, "val")
+    assert (len(train), len(val)) == sizes
+    assert not set(_ids(train)) & set(_ids(val)) and _ids(train) == _ids(load_dataset(name, "train"))
+    assert sorted(_ids(train) + _ids(val)) == sorted(_ids(load_dataset(name, "all")))
+    assert all(s.is_ordered and len(s) <= max_atoms for s in train + val)
+    assert len(load_dataset(name, "val", limit=7)) == 7
+
+
+def test_bundled_path_names_the_bundled_sets(monkeypatch):
+    from soft_niggli.datasets import BUNDLED, bundled_path
+
+    assert {bundled_path(n).name for n in BUNDLED} == {"perov_5_small.csv.gz", "carbon_24_small.csv.gz"}
+    assert "MIT" in (bundled_path(BUNDLED[0]).parent / "NOTICE").read_text()
+    with pytest.raises(ValueError, match="perov_5_small"):
+        bundled_path("perov_5")
+    with pytest.raises(TypeError):
+        bundled_path(5)
+    monkeypatch.delenv("SOFT_NIGGLI_DATA", raising=False)
+    with pytest.raises(FileNotFoundError, match="perov_5_small"):  # the no-folder message names them
+        load_dataset("mp_20")
+
+
+def test_bundled_files_are_what_the_committed_script_makes():
+    from benchmarks.make_bundled_data import SUBSETS, subset_csv
+    from soft_niggli.datasets import BUNDLED, bundled_path
+
+    assert set(SUBSETS) == set(BUNDLED)
+    total = 0
+    for name, (dataset, _) in SUBSETS.items():
+        blob, _ = subset_csv(shared_data_file(dataset, "val"), SUBSETS[name][1])
+        assert blob == bundled_path(name).read_bytes(), f"{name}: rerun python -m benchmarks.make_bundled_data"
+        total += len(blob)
+    assert total <= 500_000

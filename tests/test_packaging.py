@@ -176,9 +176,17 @@ def test_wheel_holds_only_soft_niggli_and_its_dist_info(tmp_path):
         assert not missing, f"subpackages missing from the wheel: {missing}"
         metadata = zf.read(f"{dist_info}/METADATA").decode()
         assert f"Version: {soft_niggli.__version__}" in metadata and "License-Expression: MIT" in metadata
-        assert "proxy-spglib = soft_niggli.baselines.spglib_proxy:SpglibProxyLoss" in zf.read(
-            f"{dist_info}/entry_points.txt").decode()
+        entry_points = zf.read(f"{dist_info}/entry_points.txt").decode()
+        assert "proxy-spglib = soft_niggli.baselines.spglib_proxy:SpglibProxyLoss" in entry_points
+        assert "[console_scripts]" in entry_points and "soft-niggli = soft_niggli.cli:main" in entry_points
         assert f"{dist_info}/licenses/LICENSE" in names
+        # The bundled crystals and their NOTICE, byte for byte, and nothing else under data/.
+        from soft_niggli.datasets import BUNDLED
+
+        data = sorted(n for n in names if n.startswith("soft_niggli/data/"))
+        assert data == sorted([f"soft_niggli/data/{name}.csv.gz" for name in BUNDLED] + ["soft_niggli/data/NOTICE"])
+        for name in data:
+            assert zf.read(name) == (ROOT / name).read_bytes(), name
 
 
 # ------------------------------------------------------------------------------ kernel warning
