@@ -161,21 +161,25 @@ _SHORT_VECTORS = torch.tensor([[i, j, k] for i in (-1, 0, 1) for j in (-1, 0, 1)
 
 
 def reduced_forms(lattice, *, rel_tol: float = 1e-5) -> ReducedForms:
-    """All bases of each lattice that satisfy the Niggli conditions within ``rel_tol``, with their transforms.
+    """All bases of each lattice whose metric is within ``rel_tol`` of a Niggli-reduced one, with their
+    transforms: the equally canonical bases a reducer may return.
 
     The reducer gives one such basis ``R = N L``; every other one is ``X R`` with ``X`` in {-1, 0, 1}
     (the rows of a reduced basis are among the lattice's shortest vectors, which have coefficients in
     {-1, 0, 1} in any reduced basis). Candidates are built row by row from the 26 vectors of
     {-1, 0, 1}³ whose length matches the reduced cell's lengths (A ≤ B ≤ C, within ``8 rel_tol``) and
     whose pairwise products obey ``|2 b_i·b_j| ≤`` the shorter squared length; those with determinant
-    ±1 that pass :func:`~soft_niggli.niggli.is_niggli_reduced` at ``rel_tol`` are the forms. The set is
-    a property of the lattice (the same for every input basis), up to cells within a hair of the
-    tolerance's edge, where "satisfies the conditions within ``rel_tol``" itself depends on rounding.
+    ±1 that satisfy the *main* Niggli conditions within ``rel_tol`` are the forms (the special
+    conditions only choose one basis on a face of the cone, and a metric within the tolerance of a
+    face is as close to its interior: see ``_near_a_reduced_metric``). The set is a property of the
+    lattice (the same for every input basis), up to cells within a hair of the tolerance's edge, where
+    "within ``rel_tol``" itself depends on rounding.
 
     Per cell: 2 forms for a generic (triclinic) cell (``±R``), the size of the point group for a
     symmetric one whose metric is on no other face (48 for a cube), and more where the metric sits on a
-    face of the Niggli cone (both the all-acute and the all-obtuse form of a cell with an angle within
-    the tolerance of 90°). Forms are listed per cell in an order that does not depend on the input
+    face of the Niggli cone (the all-acute and the all-obtuse form of a cell with an angle within the
+    tolerance of 90°, equal lengths in either order, the 120° and 60° forms of a hexagonal cell, 336
+    bases with seven metrics for fcc). Forms are listed per cell in an order that does not depend on the input
     basis (by their Cartesian entries). Not differentiable (transforms are integers); the reducer runs on
     the host (as :func:`~soft_niggli.niggli.niggli_reduce`).
 
