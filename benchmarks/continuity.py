@@ -23,7 +23,7 @@ import torch
 
 from soft_niggli import CrystalBatch, get_loss
 
-from .report import RESULTS, command_line, header, machine_description, pyplot, write_results
+from .report import RESULTS, command_line, header, machine_description, pyplot, table_rows, write_results
 
 LOSSES = {
     "mse": ("mse", {}),
@@ -72,10 +72,8 @@ def main(argv=None) -> int:
         f"{len(ts)} predictions along b(t) = (4t, 4.5, 0), t in [{float(ts[0])}, {float(ts[-1])}] (step {dt:.1e}); "
         "the prediction's Niggli basis changes at t = 0.5; label at t = 0.45.", "",
         "| loss | largest step-to-step change | at t | median step | range along the path |",
-        "|---|---|---|---|---|"]
-    for r in rows:
-        lines.append(f"| {r['loss']} | {r['max_step']:.3e} | {r['at_t']:.4f} | {r['median_step']:.3e} "
-                     f"| {r['range']:.3e} |")
+        "|---|---|---|---|---|"] + table_rows(rows, lambda r: [
+            r["loss"], f"{r['max_step']:.3e}", f"{r['at_t']:.4f}", f"{r['median_step']:.3e}", f"{r['range']:.3e}"])
     table = "\n".join(lines) + "\n"
     print(table)
     write_results(args.out, "continuity", table, {"command": command, "machine": machine, "t": ts.tolist(),

@@ -23,7 +23,7 @@ from soft_niggli import CrystalBatch, canonicalize_labels, get_loss
 from soft_niggli.datasets import load_dataset
 
 from .data import data_dir
-from .report import RESULTS, command_line, header, machine_description, write_results
+from .report import RESULTS, command_line, header, machine_description, table_rows, write_results
 
 
 def main(argv=None) -> int:
@@ -41,8 +41,8 @@ def main(argv=None) -> int:
     rows = []
     for noise in (float(x) for x in args.noise.split(",")):
         g = torch.Generator().manual_seed(args.seed)
-        pred = CrystalBatch(labels.lattice + noise * torch.randn(labels.lattice.shape, generator=g, dtype=torch.float64),
-                            labels.frac, labels.num_atoms, labels.species)
+        noisy = labels.lattice + noise * torch.randn(labels.lattice.shape, generator=g, dtype=torch.float64)
+        pred = CrystalBatch(noisy, labels.frac, labels.num_atoms, labels.species)
         for metric in ("cartesian", "gram"):
             for forms, tol in settings:
                 loss = get_loss("proxy", lattice_metric=metric, label_forms=forms, automorphism_rel_tol=tol,
@@ -59,10 +59,9 @@ def main(argv=None) -> int:
         "on the lattice entries (coordinates exact); `proxy(labels_canonical=True)`. Share of crystals whose "
         "lattice term exceeds 0.1 and 1 Å² (the noise alone gives about noise²).", "",
         "| noise (Å) | lattice metric | label targets | tolerance | > 0.1 Å² | > 1 Å² | median (Å²) |",
-        "|---|---|---|---|---|---|---|"]
-    for r in rows:
-        lines.append(f"| {r['noise']:g} | {r['lattice_metric']} | {r['label_forms']} | {r['tolerance']:g} | "
-                     f"{r['above_0.1']:.1%} | {r['above_1']:.1%} | {r['median']:.2e} |")
+        "|---|---|---|---|---|---|---|"] + table_rows(rows, lambda r: [
+            f"{r['noise']:g}", r["lattice_metric"], r["label_forms"], f"{r['tolerance']:g}", f"{r['above_0.1']:.1%}",
+            f"{r['above_1']:.1%}", f"{r['median']:.2e}"])
     markdown = "\n".join(lines) + "\n"
     print(markdown)
     write_results(args.out, "proxy_boundary", markdown, {"command": command, "machine": machine,

@@ -24,7 +24,7 @@ from soft_niggli import reduced_forms
 from soft_niggli.datasets import read_cdvae_cells
 
 from .data import data_dir
-from .report import RESULTS, command_line, header, machine_description, write_results
+from .report import RESULTS, command_line, header, machine_description, table_rows, write_results
 
 DATASETS = ("perov_5", "carbon_24", "mp_20", "mp_20_biternary", "mpts_52")
 
@@ -73,10 +73,9 @@ def main(argv=None) -> int:
         "*distinct metrics*: cells whose forms have different metrics (a true boundary: which one a "
         "reducer returns depends on rounding and on the input basis).", "",
         "| dataset | split | cells | > ±R | distinct metrics | mean forms | max forms | seconds |",
-        "|---|---|---|---|---|---|---|---|"]
-    for r in rows:
-        lines.append(f"| {r['dataset']} | {r['split']} | {r['cells']} | {r['more_than_two_forms']:.1%} | "
-                     f"{r['distinct_metrics']:.1%} | {r['mean_forms']:.1f} | {r['max_forms']} | {r['seconds']:.2f} |")
+        "|---|---|---|---|---|---|---|---|"] + table_rows(rows, lambda r: [
+            r["dataset"], r["split"], str(r["cells"]), f"{r['more_than_two_forms']:.1%}",
+            f"{r['distinct_metrics']:.1%}", f"{r['mean_forms']:.1f}", str(r["max_forms"]), f"{r['seconds']:.2f}"])
     markdown = "\n".join(lines) + "\n"
     print(markdown)
     write_results(args.out, "reduced_forms_census", markdown,

@@ -20,7 +20,8 @@ from collections.abc import Iterable, Sequence
 
 import torch
 
-__all__ = ["RESULTS", "command_line", "cpu_model", "header", "machine_description", "pyplot", "write_results"]
+__all__ = ["RESULTS", "command_line", "cpu_model", "header", "machine_description", "pyplot", "table_rows",
+           "write_results"]
 
 #: Where the committed results live; every benchmark's ``--out`` defaults to it.
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -56,6 +57,11 @@ def machine_description(extra: Iterable[str] = ()) -> str:
 def header(title: str, command: str, machine: str) -> list[str]:
     """The opening lines of a results markdown file: title, command, machine."""
     return [f"# {title}", "", f"Command: `{command}`", "", f"Machine: {machine}.", ""]
+
+
+def table_rows(rows: Iterable[dict], cells) -> list[str]:
+    """Markdown table rows, one per record: ``cells(record)`` gives that row's cell strings."""
+    return ["| " + " | ".join(cells(r)) + " |" for r in rows]
 
 
 def write_results(out_dir: str | os.PathLike, name: str, markdown: str, record: dict) -> tuple[Path, Path]:

@@ -1,0 +1,482 @@
+"""Flow matching for crystal structure prediction (FlowMM / CrystalFlow style) with any soft_niggli loss.
+
+Row convention: lattices are ``(B, 3, 3)`` with the lattice vectors as rows, ``X = F @ L``; a change of
+basis is ``L' = M @ L``, ``F' = wrap(F @ M^{-1})`` with ``M`` unimodular; a rotation is ``L' = L Qᵀ``.
+
+**Prior** (:class:`LatticePrior`): ``L_0`` has i.i.d. Gaussian entries ``N(0, σ_b²)`` with
+``σ_b = c · (v̄ n_b)^{1/3}`` (``v̄`` the training labels' mean volume per atom, ``n_b`` the atom count):
+``c`` is fitted once so that ``E‖L_0‖²_F = mean ‖L_1‖²_F`` over the (Niggli) training labels, measured in
+units of ``(v̄ n)^{2/3}``; ``f_0 ~ U[0, 1)³`` per atom. With ``align_prior`` (training) ``L_0`` is replaced
+by ``L_0 R`` with ``R`` the orthogonal matrix nearest in Frobenius norm (Kabsch) that also gives
+``det(L_0 R)`` the sign of ``det L_1`` (:func:`align_rotation`); at sampling time, with no ``L_1``, a
+``L_0`` of negative determinant is mirrored (:meth:`LatticePrior.sample` with ``right_handed``). The network
+sees only the Gram matrix and cannot tell a basis from its mirror image: without alignment, half of the
+independent pairs interpolate through singular lattices (det changes sign).
+
+**Interpolant**: ``L_t = (1 − t) L_0 + t L_1``, ``f_t = wrap(f_0 + t · mi(f_1 − f_0))`` with
+``mi(d) = d − round(d)`` the minimum image; ``t ~ U[0, 1)`` per crystal.
+
+**Coupling** (which basis of the label is the target): ``"independent"`` uses the label as given (in the
+run's label basis, :func:`benchmarks.training.epoch_labels`); ``"reduced-forms"`` re-expresses every
+label in the one of its equally-canonical reduced forms (:func:`soft_niggli.reduced_forms`) nearest its
+prior sample (Frobenius distance, or after the Kabsch rotation with ``align_prior``), so the target
+never leaves the Niggli cone but follows the prior where the label has several reduced bases.
+
+**Training** (x₁-prediction): the network maps ``(L_t, f_t, t, species)`` to ``(L̂_1, f̂_1)``, and the
+loss is any registered strategy, ``get_loss(name, **options)(predicted_clean, label)`` on two
+:class:`~soft_niggli.CrystalBatch`; its per-crystal values are weighted by
+``w(t) = 1 / max(1 − t, t_floor)²`` (a clipped velocity-space loss) and normalised,
+``Σ w_b ℓ_b / Σ w_b`` over the crystals the loss did not exclude.
+
+**Sampling** (:func:`sample`): the velocity implied by the prediction,
+
+    v_L = (L̂_1 − L_t) / (1 − t),      v_f = mi(f̂_1 − f_t) / (1 − t),
+
+integrated by Euler from ``t = 0`` to 1 on ``steps`` equal steps, ``L ← L + Δt v_L``,
+``f ← wrap(f + Δt v_f)``; the last step (``Δt = 1 − t``) lands exactly on the prediction. An exact
+prediction ``(L_1, f_1)`` reproduces the interpolant at every step, for any number of steps (tested).
+
+**Distributed training** (:func:`train_flow`): when launched by ``torchrun`` (``WORLD_SIZE > 1``) the
+process group is initialised with gloo, the model is wrapped in ``DistributedDataParallel``, and each
+global batch (the same permutation on every rank, as ``DistributedSampler`` would give with
+``num_replicas`` ranks and a per-rank batch of ``batch_size / world``) is split between the ranks by
+crystal, ``rank::world``. The prior noise and times of the global batch are drawn on every rank from one
+shared generator before the split, and the loss is normalised by the global ``Σ w``, so the update equals
+a single process's on the same global batch (tested). Only rank 0 evaluates and writes.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import time
+import warnings
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+import torch
+import torch.distributed as dist
+
+from soft_niggli import CrystalBatch, Status, get_loss, niggli_reduce
+from soft_niggli.lattice import wrap
+from soft_niggli.metrics import evaluate, spglib_niggli_g6
+
+from .data import Data
+from .flow_model import FlowNet
+from .training import epoch_labels, parse_strategy
+
+__all__ = ["COUPLINGS", "FlowConfig", "LatticePrior", "align_rotation", "couple_reduced_forms", "distributed_context",
+           "evaluate_samples", "flow_loss", "interpolate", "minimum_image", "sample", "train_flow"]
+
+COUPLINGS = ("independent", "reduced-forms")
+
+
+def minimum_image(d: torch.Tensor) -> torch.Tensor:
+    """``d − round(d)``, in ``[−½, ½]``."""
+    return d - torch.round(d)
+
+
+# ------------------------------------------------------------------------------------------ prior
+
+
+class LatticePrior:
+    """Gaussian lattice prior ``L_0 ~ N(0, σ_b²)`` entry-wise, ``σ_b = c (v̄ n_b)^{1/3}`` (module docstring)."""
+
+    def __init__(self, volume_per_atom: float, c: float):
+        self.volume_per_atom, self.c = float(volume_per_atom), float(c)
+
+    @classmethod
+    def fit(cls, labels: CrystalBatch, volume_per_atom: float) -> LatticePrior:
+        """``c² = mean_b ‖L_b‖²_F / (9 (v̄ n_b)^{2/3})`` over the labels (e.g. the Niggli training labels)."""
+        scale2 = (volume_per_atom * labels.num_atoms.double().clamp_min(1)).pow(2.0 / 3.0)
+        c2 = (labels.lattice.double().square().sum((-1, -2)) / (9 * scale2)).mean()
+        return cls(volume_per_atom, float(c2.sqrt()))
+
+    def sigma(self, num_atoms: torch.Tensor) -> torch.Tensor:
+        return self.c * (self.volume_per_atom * num_atoms.double().clamp_min(1)).pow(1.0 / 3.0)
+
+    def sample(self, num_atoms: torch.Tensor, generator: torch.Generator, right_handed: bool = False
+               ) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(L_0 (B, 3, 3), f_0 (N, 3))`` in float64 on the CPU; ``right_handed`` mirrors a ``L_0`` of
+        negative determinant (its last Cartesian axis)."""
+        num_atoms = num_atoms.cpu()
+        B = len(num_atoms)
+        L0 = torch.randn(B, 3, 3, generator=generator, dtype=torch.float64) * self.sigma(num_atoms)[:, None, None]
+        f0 = torch.rand(int(num_atoms.sum()), 3, generator=generator, dtype=torch.float64)
+        if right_handed:
+            flip = torch.where(torch.linalg.det(L0) < 0, -1.0, 1.0).to(torch.float64)
+            L0 = torch.cat([L0[..., :2], L0[..., 2:] * flip[:, None, None]], dim=-1)
+        return L0, f0
+
+
+def align_rotation(L0: torch.Tensor, L1: torch.Tensor) -> torch.Tensor:
+    """``L_0 R``: the orthogonal ``R`` minimising ``‖L_0 R − L_1‖_F`` among those with
+    ``sign det(L_0 R) = sign det L_1`` (Kabsch: ``L_0ᵀ L_1 = U S Vᵀ``, ``R = U diag(1, 1, s) Vᵀ``)."""
+    U, _, Vh = torch.linalg.svd(L0.transpose(-1, -2) @ L1)
+    want = torch.sign(torch.linalg.det(L0)) * torch.sign(torch.linalg.det(L1))  # det R wanted
+    want = torch.where(want == 0, torch.ones_like(want), want)
+    s = want * torch.sign(torch.linalg.det(U @ Vh))
+    D = torch.diag_embed(torch.stack([torch.ones_like(s), torch.ones_like(s), s], dim=-1))
+    return L0 @ (U @ D @ Vh)
+
+
+def _aligned_distance(L0: torch.Tensor, L1: torch.Tensor) -> torch.Tensor:
+    return (align_rotation(L0, L1) - L1).square().sum((-1, -2))
+
+
+def couple_reduced_forms(labels: CrystalBatch, L0: torch.Tensor, forms, aligned: bool = False) -> CrystalBatch:
+    """Each label re-based to the one of its reduced forms nearest its prior sample ``L0`` (module docstring).
+
+    ``forms`` is :func:`soft_niggli.reduced_forms` of ``labels.lattice`` (fields ``owner``, ``transform``,
+    ``lattice``); a crystal without a form keeps its basis.
+    """
+    B = len(labels)
+    owner = forms.owner.to(torch.int64).cpu()
+    cand = forms.lattice.double().cpu()
+    L0 = L0.double().cpu()
+    if aligned:
+        dist2 = _aligned_distance(L0[owner], cand)
+    else:
+        dist2 = (cand - L0[owner]).square().sum((-1, -2))
+    best = torch.full((B,), math.inf, dtype=torch.float64).scatter_reduce(0, owner, dist2, "amin")
+    # The first form of each crystal attaining its minimum.
+    hit = dist2 <= best[owner]
+    first = torch.full((B,), len(owner), dtype=torch.int64).scatter_reduce(
+        0, owner[hit], torch.arange(len(owner))[hit], "amin")
+    eye = torch.eye(3, dtype=torch.int64)
+    T = eye.repeat(B, 1, 1)
+    has = first < len(owner)
+    T[has] = forms.transform.to(torch.int64).cpu()[first[has]]
+    return labels.apply_basis_change(T.to(labels.device))
+
+
+def interpolate(L0, f0, L1, f1, t, batch):
+    """``L_t = (1 − t) L_0 + t L_1``, ``f_t = wrap(f_0 + t · mi(f_1 − f_0))`` (``t (B,)``, ``batch (N,)``)."""
+    tl = t[:, None, None]
+    Lt = (1 - tl) * L0 + tl * L1
+    ft = wrap(f0 + t[batch][:, None] * minimum_image(f1 - f0))
+    return Lt, ft
+
+
+# ------------------------------------------------------------------------------------------ config
+
+
+@dataclass
+class FlowConfig:
+    """One flow-matching run (what :mod:`benchmarks.generative` varies, and the fixed settings)."""
+
+    strategy: str = "mse"
+    basis: str = "niggli"
+    coupling: str = "independent"
+    align_prior: bool = False
+    seed: int = 0
+    epochs: int = 300
+    batch_size: int = 256
+    lr: float = 1e-3
+    grad_clip: float = 5.0
+    t_floor: float = 0.1
+    coord_weight: float = 10.0
+    hidden: int = 96
+    layers: int = 3
+    fourier: int = 8
+    ode_steps: tuple = (10, 50, 200)
+    eval_every: int = 0
+    curve_size: int = 100
+    curve_steps: int = 20
+    max_steps: int | None = None
+    loss_options: dict = field(default_factory=dict)
+
+
+def build_model(config: FlowConfig, volume_per_atom: float) -> FlowNet:
+    return FlowNet(volume_per_atom, hidden=config.hidden, layers=config.layers, fourier=config.fourier)
+
+
+def build_loss(config: FlowConfig):
+    """``get_loss(name, coord_weight=config.coord_weight, **options)``; the strategy spec's options win."""
+    name, spec = parse_strategy(config.strategy)
+    options = {"coord_weight": config.coord_weight, **config.loss_options, **spec}
+    return get_loss(name, **options)
+
+
+# -------------------------------------------------------------------------------------- distributed
+
+
+@dataclass
+class DistributedContext:
+    rank: int = 0
+    world: int = 1
+    initialised_here: bool = False
+
+    @property
+    def active(self) -> bool:
+        return self.world > 1
+
+    def all_sum(self, x: torch.Tensor) -> torch.Tensor:
+        if self.active:
+            dist.all_reduce(x, op=dist.ReduceOp.SUM)
+        return x
+
+    def barrier(self):
+        if self.active:
+            dist.barrier()
+
+    def close(self):
+        if self.initialised_here and dist.is_initialized():
+            dist.destroy_process_group()
+
+
+def distributed_context() -> DistributedContext:
+    """Initialise gloo when launched by ``torchrun`` with ``WORLD_SIZE > 1`` (or join an initialised group);
+    else a single-process context."""
+    if dist.is_available() and dist.is_initialized():
+        return DistributedContext(dist.get_rank(), dist.get_world_size(), False)
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world > 1 and dist.is_available():
+        dist.init_process_group("gloo")
+        return DistributedContext(dist.get_rank(), dist.get_world_size(), True)
+    return DistributedContext()
+
+
+# ------------------------------------------------------------------------------------------ loss
+
+
+def flow_loss(model, loss_fn, labels: CrystalBatch, L0: torch.Tensor, f0: torch.Tensor, t: torch.Tensor,
+              config: FlowConfig, ctx: DistributedContext, forms=None, dtype=torch.float32):
+    """One step's loss on this rank's crystals ``labels`` (with their noise ``L0, f0, t``).
+
+    Returns ``(loss to backpropagate, global loss value (float), LossResult)``: the backpropagated value is
+    ``world · Σ_local w ℓ / Σ_global w``, so DDP's gradient average is the gradient of the global
+    ``Σ w ℓ / Σ w``.
+    """
+    if config.coupling == "reduced-forms":
+        labels = couple_reduced_forms(labels, L0, forms, aligned=config.align_prior)
+    if config.align_prior:
+        L0 = align_rotation(L0, labels.lattice.double().cpu()).to(L0)
+    labels = labels.to(dtype=dtype)
+    device = labels.device
+    L1, f1 = labels.lattice, labels.frac
+    Lt, ft = interpolate(L0.to(device, dtype), f0.to(device, dtype), L1, f1, t.to(device, dtype), labels.batch)
+    L_hat, f_hat = model(Lt, ft, t.to(device, dtype), labels.species, labels.num_atoms)
+    pred = CrystalBatch(L_hat, f_hat, labels.num_atoms, labels.species)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        res = loss_fn(pred, labels)
+    w = 1.0 / (1.0 - t.to(device, dtype)).clamp_min(config.t_floor).square()
+    w = w * (~res.excluded).to(dtype)
+    local = (w * res.per_crystal).sum()
+    sums = ctx.all_sum(torch.stack([local.detach(), w.sum()]).double())
+    wsum = sums[1].clamp_min(1e-12)
+    return local * (ctx.world / wsum.to(dtype)), float(sums[0] / wsum), res
+
+
+# ---------------------------------------------------------------------------------------- sampling
+
+
+@torch.no_grad()
+def sample(model, num_atoms: torch.Tensor, species: torch.Tensor, steps: int, prior: LatticePrior,
+           generator: torch.Generator, *, right_handed: bool = False, chunk: int = 512,
+           dtype=torch.float32, device="cpu", return_prior: bool = False, predictor=None) -> CrystalBatch:
+    """One crystal per composition, by Euler integration of the predicted velocity (module docstring).
+
+    ``num_atoms (B,)``, ``species (N,)`` give the compositions. ``predictor(L_t, f_t, t, species, num_atoms)``
+    replaces the model where given (tests: an exact predictor). Returns the crystals in float64 on the
+    CPU (with the prior sample ``(L_0, f_0)`` too if ``return_prior``).
+    """
+    if steps < 1:
+        raise ValueError(f"steps: expected >= 1, got {steps}")
+    num_atoms = num_atoms.cpu()
+    species = species.cpu()
+    L0, f0 = prior.sample(num_atoms, generator, right_handed=right_handed)
+    was_training = getattr(model, "training", False)
+    if model is not None:
+        model.eval()
+    predictor = predictor or model
+    ptr = torch.cat([num_atoms.new_zeros(1), torch.cumsum(num_atoms, 0)])
+    out_L, out_f = [], []
+    for lo in range(0, len(num_atoms), chunk):
+        hi = min(lo + chunk, len(num_atoms))
+        a, b = int(ptr[lo]), int(ptr[hi])
+        n = num_atoms[lo:hi].to(device)
+        z = species[a:b].to(device)
+        batch = torch.repeat_interleave(torch.arange(hi - lo, device=device), n)
+        L = L0[lo:hi].to(device, dtype)
+        f = f0[a:b].to(device, dtype)
+        for k in range(steps):
+            t0, t1 = k / steps, (k + 1) / steps
+            t = torch.full((hi - lo,), t0, dtype=dtype, device=device)
+            L_hat, f_hat = predictor(L, f, t, z, n)
+            dt = (t1 - t0) / (1 - t0)
+            L = L + dt * (L_hat - L)                                   # Δt · v_L
+            f = wrap(f + dt * minimum_image(f_hat - f))                # Δt · v_f
+        out_L.append(L.double().cpu())
+        out_f.append(f.double().cpu())
+    if model is not None and was_training:
+        model.train()
+    crystals = CrystalBatch(torch.cat(out_L), torch.cat(out_f), num_atoms, species)
+    return (crystals, (L0, f0)) if return_prior else crystals
+
+
+def evaluate_samples(pred: CrystalBatch, target: CrystalBatch, match: bool = True) -> dict:
+    """DiffCSP's metrics (:func:`soft_niggli.metrics.evaluate`: match rate, RMSE, lattice error) plus the
+    share of generated lattices the library's reducer reduces ``OK`` and the number spglib fails on."""
+    finite = torch.isfinite(pred.lattice).flatten(1).all(1)
+    safe = torch.where(finite[:, None, None], pred.lattice, torch.eye(3, dtype=pred.lattice.dtype))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        status = niggli_reduce(safe).status
+        ok = (status == int(Status.OK)) & finite
+        spg = spglib_niggli_g6(pred.lattice).ok
+        out = evaluate(pred, target, match=match)
+    out["reducer_ok_share"] = float(ok.double().mean())
+    out["spglib_failures"] = float((~spg).sum())
+    L = pred.lattice[finite]
+    out["volume_ratio_median"] = float((torch.linalg.det(L).abs() / torch.linalg.det(target.lattice[finite]).abs())
+                                       .median()) if len(L) else math.nan
+    out["left_handed_share"] = float((torch.linalg.det(L) < 0).double().mean()) if len(L) else math.nan
+    return out
+
+
+# ---------------------------------------------------------------------------------------- training
+
+
+def _forms_of(labels: CrystalBatch):
+    from soft_niggli import reduced_forms
+
+    return reduced_forms(labels.lattice.double())
+
+
+def _gather_forms(forms, idx: torch.Tensor, B_all: int):
+    """The forms of crystals ``idx`` (in that order), owners renumbered 0..len(idx)-1."""
+    from types import SimpleNamespace
+
+    owner = forms.owner.cpu()
+    counts = torch.bincount(owner, minlength=B_all)
+    start = torch.cat([counts.new_zeros(1), torch.cumsum(counts, 0)])
+    pieces = [torch.arange(int(start[i]), int(start[i + 1])) for i in idx.tolist()]
+    sel = torch.cat(pieces) if pieces else torch.zeros(0, dtype=torch.int64)
+    new_owner = torch.repeat_interleave(torch.arange(len(idx)), counts[idx])
+    return SimpleNamespace(owner=new_owner, transform=forms.transform.cpu()[sel], lattice=forms.lattice.cpu()[sel])
+
+
+def train_flow(data: Data, config: FlowConfig, *, device="cpu", ctx: DistributedContext | None = None,
+               progress=None, eval_subset: int | None = None, match: bool = True, log_every: int = 0) -> dict:
+    """Train one flow model and evaluate it on ``data.val``; returns the run's record.
+
+    The record holds the config, the loss curve (mean per epoch), the match-rate-vs-epoch curve (every
+    ``config.eval_every`` epochs on the first ``config.curve_size`` held-out crystals with
+    ``config.curve_steps`` Euler steps; rank 0), and the final metrics at each of ``config.ode_steps``
+    (rank 0; other ranks return the record without metrics). ``progress`` (tqdm or None) advances by one
+    per step. ``eval_subset``: evaluate on the first that many held-out crystals only.
+    """
+    ctx = ctx or DistributedContext()
+    t_start = time.perf_counter()
+    torch.manual_seed(config.seed)
+    model = build_model(config, data.volume_per_atom).to(device)
+    n_params = sum(p.numel() for p in model.parameters())
+    net = model
+    if ctx.active:
+        from torch.nn.parallel import DistributedDataParallel
+
+        net = DistributedDataParallel(model)
+    opt = torch.optim.Adam(net.parameters(), lr=config.lr)
+    loss_fn = build_loss(config)
+    prior = LatticePrior.fit(data.train_niggli, data.volume_per_atom)
+    order_gen = torch.Generator().manual_seed(10_000 + config.seed)
+    basis_gen = torch.Generator().manual_seed(20_000 + config.seed)
+    noise_gen = torch.Generator().manual_seed(30_000 + config.seed)
+    n = len(data.train_niggli)
+    steps_per_epoch = max(1, math.ceil(n / config.batch_size))
+    total_steps = config.epochs * steps_per_epoch
+    if config.max_steps is not None:
+        total_steps = min(total_steps, config.max_steps)
+
+    val = data.val if eval_subset is None else data.val[: min(eval_subset, len(data.val))]
+    curve_val = data.val[: min(config.curve_size, len(data.val))]
+    curves = {"epoch": [], "train_loss": [], "curve_epoch": [], "curve_match_rate": [], "curve_lattice_error": [],
+              "epoch_time": []}
+    forms_cache = None
+    step = skipped = 0
+    done = False
+    for epoch in range(1, config.epochs + 1):
+        t0 = time.perf_counter()
+        labels = epoch_labels(data, config.basis, basis_gen, rotate=False)
+        if config.coupling == "reduced-forms" and (forms_cache is None or config.basis == "random"):
+            forms_cache = _forms_of(labels)
+        perm = torch.randperm(n, generator=order_gen)
+        losses = []
+        for lo in range(0, n, config.batch_size):
+            idx = perm[lo:lo + config.batch_size]
+            if len(idx) < ctx.world:
+                continue
+            glob = labels[idx]
+            # Noise of the whole global batch, drawn identically on every rank, then this rank's share.
+            t = torch.rand(len(idx), generator=noise_gen, dtype=torch.float64)
+            L0, f0 = prior.sample(glob.num_atoms, noise_gen)
+            mine = torch.arange(ctx.rank, len(idx), ctx.world)
+            local = glob[mine]
+            atom_mask = torch.zeros(len(idx), dtype=torch.bool)
+            atom_mask[mine] = True
+            f0_local = f0[atom_mask[glob.batch.cpu()]]
+            forms = _gather_forms(forms_cache, idx[mine], n) if config.coupling == "reduced-forms" else None
+            loss, value, _ = flow_loss(net, loss_fn, local.to(device), L0[mine], f0_local, t[mine], config, ctx,
+                                       forms)
+            step += 1
+            if not math.isfinite(value):
+                skipped += 1
+            else:
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                grads_ok = torch.tensor(float(all(bool(torch.isfinite(p.grad).all())
+                                                  for p in net.parameters() if p.grad is not None)))
+                if float(ctx.all_sum(grads_ok)) == ctx.world:
+                    if config.grad_clip > 0:
+                        torch.nn.utils.clip_grad_norm_(net.parameters(), config.grad_clip)
+                    opt.step()
+                    losses.append(value)
+                else:
+                    skipped += 1
+            if progress is not None:
+                progress.update(1)
+            if log_every and step % log_every == 0 and ctx.rank == 0:
+                print(f"step {step} loss {value:.4f}", flush=True)
+            if step >= total_steps:
+                done = True
+                break
+        curves["epoch"].append(epoch)
+        curves["train_loss"].append(float(np.mean(losses)) if losses else None)
+        curves["epoch_time"].append(time.perf_counter() - t0)
+        if progress is not None:
+            progress.set_postfix_str(f"{config.strategy}/{config.basis}/{config.coupling}/s{config.seed} ep {epoch} "
+                                     f"loss {curves['train_loss'][-1] or float('nan'):.3f}", refresh=False)
+        last = done or epoch == config.epochs
+        if config.eval_every and (epoch % config.eval_every == 0 or last) and match:
+            if ctx.rank == 0:
+                gen = torch.Generator().manual_seed(40_000 + config.seed)
+                crystals = sample(model, curve_val.num_atoms, curve_val.species, config.curve_steps, prior, gen,
+                                  right_handed=config.align_prior, device=device)
+                m = evaluate_samples(crystals, curve_val, match=True)
+                curves["curve_epoch"].append(epoch)
+                curves["curve_match_rate"].append(m["match_rate"])
+                curves["curve_lattice_error"].append(m["lattice_error"])
+            ctx.barrier()
+        if done:
+            break
+    train_time = time.perf_counter() - t_start
+
+    record = {"config": asdict(config), "parameters": n_params, "steps": step, "skipped_steps": skipped,
+              "epochs_run": len(curves["epoch"]), "train_size": n, "val_size": len(val), "world_size": ctx.world,
+              "prior_c": prior.c, "loss": repr(loss_fn), "train_time": train_time, "curves": curves,
+              "metrics": {}}
+    record["config"]["ode_steps"] = list(config.ode_steps)
+    if ctx.rank == 0:
+        t_eval = time.perf_counter()
+        for k in config.ode_steps:
+            gen = torch.Generator().manual_seed(50_000 + config.seed)
+            crystals = sample(model, val.num_atoms, val.species, int(k), prior, gen, right_handed=config.align_prior,
+                              device=device)
+            record["metrics"][str(int(k))] = evaluate_samples(crystals, val, match=match)
+        record["eval_time"] = time.perf_counter() - t_eval
+    record["state_checksum"] = float(sum(p.detach().double().sum() for p in model.parameters()))
+    record["model"] = model
+    ctx.barrier()
+    return record

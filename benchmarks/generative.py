@@ -1,0 +1,358 @@
+"""Generative benchmark: a DiffCSP-class flow-matching model trained with each soft_niggli loss.
+
+Row convention: lattices are ``(B, 3, 3)`` with the lattice vectors as rows, ``X = F @ L``; a change of
+basis is ``L' = M @ L``, ``F' = wrap(F @ M^{-1})`` with ``M`` unimodular.
+
+One flow model (:mod:`benchmarks.flow_model`, :mod:`benchmarks.flow_matching`) is trained per
+(strategy, label basis, coupling, seed) with the same data, budget, initial weights, batch order and
+prior noise for a given seed, then evaluated as DiffCSP does: one sample per held-out composition of
+``val.csv.gz`` (or the first ``--limit`` ones), StructureMatcher(stol=0.5, angle_tol=10, ltol=0.3) match
+rate and RMSE, the basis-invariant lattice error, the share of generated lattices the library's reducer
+reduces ``OK``, and spglib's failures, at each of ``--ode-steps`` Euler steps; plus the match rate vs
+epoch on a small held-out subset (``--eval-every``, ``--curve-size``).
+
+* ``--strategies``: loss specs in the ablation's ``name:key=value`` syntax (``mse``, ``softmin:tau=0.05``,
+  ``reduced-forms``, ...); every loss gets ``coord_weight=--coord-weight`` unless its spec says otherwise.
+* ``--bases``: ``niggli`` (DiffCSP's canonical labels), ``raw`` (as stored), ``random`` (re-based every
+  epoch by a random unimodular matrix, entries ≤ 2).
+* ``--coupling``: ``independent`` and/or ``reduced-forms`` (each label re-expressed in its reduced form
+  nearest its prior sample); ``--align-prior`` aligns the prior's rotation and handedness to the label.
+
+Results (rank 0 only) go to ``<out>/generative_<dataset>.{md,json}`` and figures
+``generative_<dataset>_epochs.png`` (match rate vs epoch) and ``generative_<dataset>_steps.png`` (match rate
+vs Euler steps), through :mod:`benchmarks.report`; runs are merged into an existing JSON of that name
+(a run with the same strategy, basis, coupling, alignment and seed is replaced), under a file lock, so
+several commands can write into one folder. ``--out`` defaults to a scratch folder under the system's
+temporary directory; give ``--out benchmarks/results/generative`` to write the committed results.
+
+Runs unchanged under ``torchrun --nproc_per_node 2 -m benchmarks.generative ...`` (gloo,
+DistributedDataParallel; see :mod:`benchmarks.flow_matching`). From the repository root::
+
+    python -m benchmarks.generative --dataset perov_5 --strategies mse softmin --seeds 2
+    python -m benchmarks.generative --dataset carbon_24 --coupling reduced-forms --align-prior \\
+        --out benchmarks/results/generative
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import fcntl
+import json
+import math
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from soft_niggli import available_losses
+from soft_niggli.datasets import DATASETS
+
+from .data import load_data
+from .flow_matching import COUPLINGS, FlowConfig, build_loss, distributed_context, train_flow
+from .report import command_line, header, machine_description, pyplot, write_results
+from .training import BASES, parse_strategy
+
+__all__ = ["main", "markdown", "run_key", "summarize"]
+
+DEFAULT_OUT = Path(tempfile.gettempdir()) / "soft_niggli_generative"
+DEFAULTS = FlowConfig()
+
+
+def run_key(run: dict) -> tuple:
+    c = run["config"]
+    return (c["strategy"], c["basis"], c["coupling"], bool(c["align_prior"]), c["seed"])
+
+
+def _mean_std(values) -> tuple[float, float]:
+    v = np.array([x for x in values if x is not None and np.isfinite(x)], dtype=float)
+    if len(v) == 0:
+        return math.nan, math.nan
+    return float(v.mean()), float(v.std(ddof=1)) if len(v) > 1 else 0.0
+
+
+def _pm(mean, std, digits=3) -> str:
+    if mean is None or not np.isfinite(mean):
+        return "—"
+    return f"{mean:.{digits}f} ± {std:.{digits}f}"
+
+
+def summarize(runs: list[dict]) -> list[dict]:
+    """One row per (strategy, basis, coupling, align): mean ± sample std over seeds of the metrics at the
+    primary number of Euler steps (the largest evaluated), match rate at every evaluated step count."""
+    groups: dict[tuple, list[dict]] = {}
+    for r in runs:
+        groups.setdefault(run_key(r)[:4], []).append(r)
+    rows = []
+    for (strategy, basis, coupling, align), rs in groups.items():
+        rs = sorted(rs, key=lambda r: r["config"]["seed"])
+        steps = sorted({int(k) for r in rs for k in r["metrics"]})
+        primary = str(max(steps)) if steps else None
+        row = {"strategy": strategy, "basis": basis, "coupling": coupling, "align_prior": align, "seeds": len(rs),
+               "epochs": sorted({r["epochs_run"] for r in rs}), "primary_steps": primary,
+               "parameters": rs[0]["parameters"], "steps": sorted({r["steps"] for r in rs})}
+        for m in ("match_rate", "rmse", "lattice_error", "reducer_ok_share", "spglib_failures",
+                  "volume_ratio_median", "left_handed_share"):
+            vals = [r["metrics"].get(primary, {}).get(m) for r in rs]
+            row[m], row[m + "_std"] = _mean_std(vals)
+            row[m + "_per_seed"] = vals
+        for k in steps:
+            row[f"match_rate@{k}"], row[f"match_rate@{k}_std"] = _mean_std(
+                [r["metrics"].get(str(k), {}).get("match_rate") for r in rs])
+        row["minutes"], row["minutes_std"] = _mean_std([(r["train_time"] + r.get("eval_time", 0)) / 60 for r in rs])
+        row["train_minutes"], _ = _mean_std([r["train_time"] / 60 for r in rs])
+        rows.append(row)
+    order = {"mse": 0, "reduced-forms": 1, "softmin": 2, "gram": 3, "proxy": 4}
+    rows.sort(key=lambda r: (BASES.index(r["basis"]) if r["basis"] in BASES else 9, r["coupling"], r["align_prior"],
+                             order.get(parse_strategy(r["strategy"])[0], 9), r["strategy"]))
+    return rows
+
+
+def table(rows: list[dict]) -> str:
+    steps = sorted({int(k.split("@")[1]) for r in rows for k in r if k.startswith("match_rate@") and
+                    not k.endswith("_std")})
+    head = ("| strategy | basis | coupling | align prior | seeds | match rate ↑ | per seed | RMSE ↓ | lattice err ↓ "
+            "| reducer OK | spglib fails | " + " | ".join(f"match@{k}" for k in steps) + " | min/run |")
+    lines = [head, "|" + "---|" * (head.count("|") - 1)]
+    for r in rows:
+        seeds = ", ".join("—" if v is None else f"{v:.3f}" for v in r["match_rate_per_seed"])
+        cells = [r["strategy"], r["basis"], r["coupling"], "yes" if r["align_prior"] else "no", str(r["seeds"]),
+                 _pm(r["match_rate"], r["match_rate_std"]), seeds, _pm(r["rmse"], r["rmse_std"], 4),
+                 _pm(r["lattice_error"], r["lattice_error_std"]), _pm(r["reducer_ok_share"], r["reducer_ok_share_std"]),
+                 _pm(r["spglib_failures"], r["spglib_failures_std"], 1)]
+        cells += [_pm(r.get(f"match_rate@{k}", math.nan), r.get(f"match_rate@{k}_std", math.nan)) for k in steps]
+        cells.append(f"{r['minutes']:.1f}")
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def markdown(dataset: str, record: dict) -> str:
+    d = record["data"]
+    rows = record["summary"]
+    lines = header(f"Generative benchmark (flow matching), {dataset}", "; ".join(f"`{c}`" for c in record["commands"])
+                   .strip("`"), record["machine"])
+    lines += [f"Data: {d['train_size']} training / {d['val_size']} held-out crystals ({d['source']}); one sample "
+              "per held-out composition. Metrics at the largest evaluated number of Euler steps unless a column "
+              "names the steps; mean ± sample std over seeds. Match rate and RMSE: StructureMatcher(stol=0.5, "
+              "angle_tol=10, ltol=0.3); lattice error: relative G6 distance of spglib-Niggli cells; reducer OK: "
+              "share of generated lattices soft_niggli's reducer reduces OK; spglib fails: generated lattices "
+              "spglib cannot reduce. Models: "
+              + ", ".join(sorted({f"{r['parameters']} parameters" for r in rows})) + "; steps per run: "
+              + ", ".join(sorted({str(s) for r in rows for s in r["steps"]})) + ".", "", table(rows), ""]
+    if len(record["commands"]) > 1:
+        lines += ["Commands:", ""] + [f"- `{c}`" for c in record["commands"]] + [""]
+    return "\n".join(lines)
+
+
+def figures(dataset: str, record: dict, out_dir: Path) -> None:
+    plt = pyplot()
+    groups: dict[tuple, list[dict]] = {}
+    for r in record["runs"]:
+        groups.setdefault(run_key(r)[:4], []).append(r)
+
+    def label(key):
+        s, b, c, a = key
+        return f"{s} / {b}" + ("" if c == "independent" else f" / {c}") + (" / aligned" if a else "")
+
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for key, rs in sorted(groups.items()):
+        curves = [r["curves"] for r in rs if r["curves"]["curve_epoch"]]
+        if not curves:
+            continue
+        epochs = curves[0]["curve_epoch"]
+        n = min(len(c["curve_match_rate"]) for c in curves)
+        y = np.mean([c["curve_match_rate"][:n] for c in curves], axis=0)
+        ax.plot(epochs[:n], y, marker=".", label=label(key))
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("match rate (held-out subset)")
+    ax.set_title(f"{dataset}: match rate vs epoch (mean over seeds)")
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(out_dir / f"generative_{dataset}_epochs.png", dpi=120)
+    plt.close(fig)
+
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for key, rs in sorted(groups.items()):
+        steps = sorted({int(k) for r in rs for k in r["metrics"]})
+        if not steps:
+            continue
+        y = [np.nanmean([r["metrics"].get(str(k), {}).get("match_rate", np.nan) for r in rs]) for k in steps]
+        ax.plot(steps, y, marker="o", label=label(key))
+    ax.set_xscale("log")
+    ax.set_xlabel("Euler steps")
+    ax.set_ylabel("match rate")
+    ax.set_title(f"{dataset}: match rate vs Euler steps (mean over seeds)")
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(out_dir / f"generative_{dataset}_steps.png", dpi=120)
+    plt.close(fig)
+
+
+@contextlib.contextmanager
+def _locked(path: Path):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path.with_suffix(".lock"), "w") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
+
+
+def write_dataset(dataset: str, runs: list[dict], command: str, machine: str, data_info: dict, out_dir: Path,
+                  merge: bool = True) -> dict:
+    """Merge ``runs`` into ``<out>/generative_<dataset>.json`` (under a lock) and rewrite the tables and figures."""
+    json_path = out_dir / f"generative_{dataset}.json"
+    with _locked(json_path):
+        commands, machines = [command], [machine]
+        if merge and json_path.exists():
+            old = json.loads(json_path.read_text())
+            new = {run_key(r) for r in runs}
+            runs = [r for r in old["runs"] if run_key(r) not in new] + runs
+            commands = old.get("commands", []) + [c for c in commands if c not in old.get("commands", [])]
+            machines = old.get("machines", [old.get("machine")]) + [m for m in machines if
+                                                                     m not in old.get("machines", [old.get("machine")])]
+        record = {"dataset": dataset, "commands": commands, "machine": machines[-1], "machines": machines,
+                  "data": data_info, "summary": summarize(runs), "runs": runs}
+        write_results(out_dir, f"generative_{dataset}", markdown(dataset, record), record)
+        try:
+            figures(dataset, record, out_dir)
+        except Exception as err:  # noqa: BLE001 - a plotting problem must not lose the numbers
+            print(f"warning: figures for {dataset} failed: {err}", file=sys.stderr)
+    return record
+
+
+def _ints(text: str) -> tuple[int, ...]:
+    return tuple(int(x) for x in text.split(",") if x.strip())
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--dataset", default="perov_5", help=f"one of {DATASETS} (default perov_5)")
+    ap.add_argument("--data-dir", default=None,
+                    help="folder of <dataset>/<split>.csv.gz (default $SOFT_NIGGLI_DATA, else ../shared/data)")
+    ap.add_argument("--out", default=str(DEFAULT_OUT), help=f"output folder (default {DEFAULT_OUT})")
+    ap.add_argument("--strategies", nargs="+", default=["mse"], help="loss specs name[:key=value,...]")
+    ap.add_argument("--bases", default="niggli", help="comma-separated from " + ",".join(BASES))
+    ap.add_argument("--coupling", default="independent", help="comma-separated from " + ",".join(COUPLINGS))
+    ap.add_argument("--align-prior", action="store_true", help="align the prior's rotation and handedness to the label")
+    ap.add_argument("--ode-steps", default=",".join(map(str, DEFAULTS.ode_steps)),
+                    help="comma-separated Euler step counts to evaluate (default 10,50,200; the largest is the "
+                         "table's main column)")
+    ap.add_argument("--seeds", default="1", help="number of seeds n (0..n-1), or a comma-separated list of seeds ('2,' is seed 2 alone)")
+    ap.add_argument("--epochs", type=int, default=DEFAULTS.epochs)
+    ap.add_argument("--max-steps", type=int, default=None, help="stop after this many optimisation steps")
+    ap.add_argument("--batch-size", type=int, default=DEFAULTS.batch_size, help="global batch (all ranks)")
+    ap.add_argument("--lr", type=float, default=DEFAULTS.lr)
+    ap.add_argument("--grad-clip", type=float, default=DEFAULTS.grad_clip)
+    ap.add_argument("--coord-weight", type=float, default=DEFAULTS.coord_weight)
+    ap.add_argument("--t-floor", type=float, default=DEFAULTS.t_floor, help="loss weight 1/max(1-t, t_floor)^2")
+    ap.add_argument("--hidden", type=int, default=DEFAULTS.hidden)
+    ap.add_argument("--layers", type=int, default=DEFAULTS.layers)
+    ap.add_argument("--fourier", type=int, default=DEFAULTS.fourier)
+    ap.add_argument("--limit", default=None,
+                    help="TRAIN[,VAL]: at most this many training (and held-out) crystals, the first in file order "
+                         "(',200': all training crystals, 200 held-out)")
+    ap.add_argument("--max-atoms", type=int, default=None, help="drop crystals with more atoms")
+    ap.add_argument("--eval-every", type=int, default=0, help="match rate on a held-out subset every N epochs (0: off)")
+    ap.add_argument("--curve-size", type=int, default=DEFAULTS.curve_size)
+    ap.add_argument("--curve-steps", type=int, default=DEFAULTS.curve_steps)
+    ap.add_argument("--no-match", action="store_true", help="skip StructureMatcher")
+    ap.add_argument("--replace", action="store_true", help="replace the dataset's JSON instead of merging into it")
+    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's)")
+    ap.add_argument("--no-progress", action="store_true")
+    args = ap.parse_args(argv)
+    if args.dataset not in DATASETS:
+        ap.error(f"--dataset: unknown dataset {args.dataset!r}; valid names: {', '.join(DATASETS)}")
+    args.bases = [b for b in args.bases.split(",") if b]
+    args.coupling = [c for c in args.coupling.split(",") if c]
+    for b in args.bases:
+        if b not in BASES:
+            ap.error(f"--bases: unknown basis {b!r}; valid: {', '.join(BASES)}")
+    for c in args.coupling:
+        if c not in COUPLINGS:
+            ap.error(f"--coupling: unknown coupling {c!r}; valid: {', '.join(COUPLINGS)}")
+    try:
+        args.ode_steps = _ints(args.ode_steps)
+        args.seeds_text, seeds = args.seeds, _ints(args.seeds)
+        args.limit = tuple(int(x) if x.strip() else None for x in args.limit.split(",")) if args.limit else ()
+    except ValueError as err:
+        ap.error(str(err))
+    args.seeds = seeds if "," in args.seeds_text else tuple(range(seeds[0]))
+    if not args.ode_steps or min(args.ode_steps) < 1 or not args.seeds or args.epochs < 1 or len(args.limit) > 2:
+        ap.error("--ode-steps must be >= 1, --seeds and --epochs >= 1, --limit TRAIN[,VAL]")
+    return args
+
+
+def main(argv=None) -> dict:
+    """Run the benchmark; returns the dataset's record (rank 0) or ``{}`` (other ranks)."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    args = parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(max(1, args.threads))
+    ctx = distributed_context()
+    registered = set(available_losses())
+    for s in args.strategies:
+        name, _ = parse_strategy(s)
+        if name not in registered:
+            raise SystemExit(f"loss {name!r} is not registered (available: {', '.join(sorted(registered))})")
+        build_loss(FlowConfig(strategy=s, coord_weight=args.coord_weight))  # bad options fail before training
+    device = torch.device(args.device)
+    train_size = args.limit[0] if args.limit else None
+    val_size = args.limit[1] if len(args.limit) > 1 else None
+    data = load_data(args.dataset, train_size, val_size, args.data_dir, args.max_atoms, device)
+    configs = [FlowConfig(strategy=s, basis=b, coupling=c, align_prior=args.align_prior, seed=seed, epochs=args.epochs,
+                          batch_size=args.batch_size, lr=args.lr, grad_clip=args.grad_clip, t_floor=args.t_floor,
+                          coord_weight=args.coord_weight, hidden=args.hidden, layers=args.layers, fourier=args.fourier,
+                          ode_steps=args.ode_steps, eval_every=args.eval_every, curve_size=args.curve_size,
+                          curve_steps=args.curve_steps, max_steps=args.max_steps)
+               for s in args.strategies for b in args.bases for c in args.coupling for seed in args.seeds]
+    from tqdm.auto import tqdm
+
+    steps_per_run = args.epochs * math.ceil(len(data.train_niggli) / args.batch_size)
+    if args.max_steps is not None:
+        steps_per_run = min(steps_per_run, args.max_steps)
+    command = command_line("generative", argv)
+    if ctx.active:
+        command = f"torchrun --nproc_per_node {ctx.world} -m benchmarks.generative " + command.split(" ", 3)[-1] \
+            if len(argv) else f"torchrun --nproc_per_node {ctx.world} -m benchmarks.generative"
+    machine = machine_description([f"device {device}", f"{ctx.world} process(es)"])
+    runs = []
+    t0 = time.perf_counter()
+    with tqdm(total=len(configs) * steps_per_run, desc=f"{args.dataset}: {len(configs)} runs", unit="step",
+              disable=args.no_progress or ctx.rank != 0, file=sys.stderr, dynamic_ncols=True) as bar:
+        for config in configs:
+            run = train_flow(data, config, device=device, ctx=ctx, progress=bar if ctx.rank == 0 else None,
+                             match=not args.no_match)
+            run.pop("model")
+            runs.append(run)
+            if ctx.rank == 0:
+                m = run["metrics"].get(str(max(args.ode_steps)), {})
+                bar.write(f"{config.strategy}/{config.basis}/{config.coupling}{'/aligned' if config.align_prior else ''}"
+                          f"/seed {config.seed}: match {m.get('match_rate', math.nan):.3f} "
+                          f"lattice err {m.get('lattice_error', math.nan):.3f} "
+                          f"({run['train_time']:.0f} s train, {run.get('eval_time', 0):.0f} s eval)")
+    record = {}
+    if ctx.rank == 0:
+        out_dir = Path(args.out)
+        source = ("../shared/data, CDVAE/DiffCSP CSV; files with only a val split are split 80/20 by a seeded "
+                  "permutation (the held-out part is the 20%)")
+        info = {"train_size": len(data.train_raw), "val_size": len(data.val), "max_atoms": data.max_atoms,
+                "volume_per_atom": data.volume_per_atom, "label_reduction_not_ok": data.label_reduction_not_ok,
+                "source": source}
+        record = write_dataset(args.dataset, runs, command, machine, info, out_dir, merge=not args.replace)
+        print(f"\n## {args.dataset}\n\n{table(record['summary'])}\n")
+        print(f"wrote {out_dir / f'generative_{args.dataset}.md'} (+ .json, _epochs.png, _steps.png); "
+              f"{time.perf_counter() - t0:.0f} s")
+    ctx.barrier()
+    ctx.close()
+    return record
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,119 @@
+"""Cost of each loss as a share of one training step of the flow model (:mod:`benchmarks.generative`).
+
+Row convention: lattices are ``(B, 3, 3)`` with the lattice vectors as rows, ``X = F @ L``.
+
+One training step = interpolant of a batch of ``--batch`` real training crystals (Niggli labels, aligned
+prior, the step's prior noise and times fixed), the network's forward pass, the loss, the backward pass
+(no optimiser step: the same for every loss). Timed in one process, float32, CPU, best of ``--repeats``,
+for ``mse`` and each other loss, and for ``mse`` with the reduced-form coupling (the coupling's choice of
+form per crystal is part of the step there; the forms of the training set are computed once per run
+and gathered per batch, as in training). The overhead of a loss is ``(t_loss − t_mse) / t_mse``.
+
+From the repository root::
+
+    python -m benchmarks.generative_cost --dataset perov_5 mp_20 --out benchmarks/results/generative
+
+Writes ``<out>/generative_cost.{md,json}`` (default ``--out``: a scratch folder under the system's
+temporary directory).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import tempfile
+import time
+import warnings
+from pathlib import Path
+
+import torch
+
+from .data import load_data
+from .flow_matching import DistributedContext, FlowConfig, LatticePrior, _forms_of, _gather_forms, build_loss, \
+    build_model, flow_loss
+from .report import command_line, header, machine_description, write_results
+
+DEFAULT_OUT = Path(tempfile.gettempdir()) / "soft_niggli_generative"
+VARIANTS = (("mse", "independent"), ("reduced-forms", "independent"), ("softmin", "independent"),
+            ("gram", "independent"), ("proxy", "independent"), ("mse", "reduced-forms"))
+
+
+def time_steps(dataset: str, batch: int, repeats: int, hidden: int, layers: int) -> tuple[list[dict], dict]:
+    data = load_data(dataset, train_size=None, val_size=8)
+    n = len(data.train_niggli)
+    idx = torch.arange(min(batch, n))
+    labels = data.train_niggli[idx]
+    g = torch.Generator().manual_seed(0)
+    prior = LatticePrior.fit(data.train_niggli, data.volume_per_atom)
+    t = torch.rand(len(idx), generator=g, dtype=torch.float64)
+    L0, f0 = prior.sample(labels.num_atoms, g)
+    ctx = DistributedContext()
+    rows = []
+    forms_all = None
+    for strategy, coupling in VARIANTS:
+        config = FlowConfig(strategy=strategy, coupling=coupling, align_prior=True, hidden=hidden, layers=layers)
+        torch.manual_seed(0)
+        model = build_model(config, data.volume_per_atom)
+        loss_fn = build_loss(config)
+        if coupling == "reduced-forms" and forms_all is None:
+            t0 = time.perf_counter()
+            forms_all = _forms_of(data.train_niggli)
+            forms_setup = time.perf_counter() - t0
+        best = float("inf")
+        for _ in range(repeats):
+            model.zero_grad(set_to_none=True)
+            t0 = time.perf_counter()
+            forms = _gather_forms(forms_all, idx, n) if coupling == "reduced-forms" else None
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                loss, _, _ = flow_loss(model, loss_fn, labels, L0, f0, t, config, ctx, forms)
+            loss.backward()
+            best = min(best, time.perf_counter() - t0)
+        row = {"dataset": dataset, "loss": strategy, "coupling": coupling, "ms": 1e3 * best,
+               "atoms": int(labels.num_atoms.sum()), "crystals": len(idx),
+               "parameters": sum(p.numel() for p in model.parameters())}
+        if coupling == "reduced-forms":
+            row["forms_setup_s"] = forms_setup
+        rows.append(row)
+        print(f"{dataset:>10} {strategy:>14} / {coupling:<14}: {row['ms']:.1f} ms", flush=True)
+    mse = rows[0]["ms"]
+    for r in rows:
+        r["overhead_vs_mse"] = (r["ms"] - mse) / mse
+    return rows, {"train_size": n}
+
+
+def main(argv=None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--dataset", nargs="+", default=["perov_5", "mp_20"])
+    ap.add_argument("--batch", type=int, default=256)
+    ap.add_argument("--repeats", type=int, default=7)
+    ap.add_argument("--hidden", type=int, default=FlowConfig.hidden)
+    ap.add_argument("--layers", type=int, default=FlowConfig.layers)
+    ap.add_argument("--threads", type=int, default=None)
+    ap.add_argument("--out", default=str(DEFAULT_OUT))
+    args = ap.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    rows = []
+    for dataset in args.dataset:
+        rows += time_steps(dataset, args.batch, args.repeats, args.hidden, args.layers)[0]
+    command, machine = command_line("generative_cost", argv), machine_description()
+    lines = header("Loss cost as a share of one flow-matching training step", command, machine) + [
+        f"One step: interpolant, forward pass of the flow model (hidden {args.hidden}, {args.layers} layers, "
+        f"{rows[0]['parameters']} parameters), loss, backward; batch of {args.batch} Niggli training labels, "
+        f"aligned prior, float32, CPU, best of {args.repeats}. Overhead = (t − t_mse) / t_mse; the target for "
+        "`reduced-forms` is at most 15%.", "",
+        "| dataset | loss | coupling | atoms | ms per step | overhead vs mse |", "|---|---|---|---|---|---|"]
+    for r in rows:
+        lines.append(f"| {r['dataset']} | `{r['loss']}` | {r['coupling']} | {r['atoms']} | {r['ms']:.1f} "
+                     f"| {100 * r['overhead_vs_mse']:+.0f}% |")
+    text = "\n".join(lines) + "\n"
+    print("\n" + text)
+    write_results(args.out, "generative_cost", text, {"command": command, "machine": machine, "rows": rows,
+                                                      "batch": args.batch, "repeats": args.repeats})
+    return 0
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,289 @@
+"""The flow-matching benchmark (benchmarks.flow_model, benchmarks.flow_matching, benchmarks.generative):
+the network's symmetries, the velocity formula, the prior alignment and reduced-form coupling, distributed
+training (2 gloo processes equal one process on the same global batch) and the command line end to end.
+
+Row convention: lattices ``(B, 3, 3)`` with the lattice vectors as rows, ``X = F @ L``; rotations
+``L' = L Qᵀ``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from soft_niggli import CrystalBatch, random_unimodular
+from soft_niggli.lattice import random_rotations, wrap
+from soft_niggli.testing import crystals, rotations
+
+from benchmarks.flow_matching import (LatticePrior, align_rotation, couple_reduced_forms, interpolate, minimum_image,
+                                      sample)
+from benchmarks.flow_model import FlowNet
+
+from conftest import shared_data_file
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _model(seed=0, hidden=16, layers=2):
+    torch.manual_seed(seed)
+    net = FlowNet(12.0, hidden=hidden, layers=layers, fourier=3).double()
+    # Nonzero heads (they start at zero, which would make the symmetry tests trivial).
+    torch.nn.init.normal_(net.coord_head[-1].weight, std=0.3)
+    torch.nn.init.normal_(net.lattice_head[-1].weight, std=0.3)
+    torch.nn.init.normal_(net.lattice_head[-1].bias, std=0.3)
+    return net
+
+
+def _run(net, batch: CrystalBatch, t):
+    return net(batch.lattice, batch.frac, t, batch.species, batch.num_atoms)
+
+
+def _frac_close(a, b, atol=1e-8):
+    torch.testing.assert_close(minimum_image(a - b), torch.zeros_like(a), atol=atol, rtol=0)
+
+
+# --------------------------------------------------------------------------------------- symmetries
+
+
+@settings(max_examples=20)
+@given(crystals(max_atoms=5, max_crystals=3), rotations(proper=False), st.floats(0.0, 0.99))
+def test_rotating_the_lattice_rotates_the_lattice_output_and_keeps_the_coordinates(batch, Q, t):
+    net = _model()
+    tt = torch.full((len(batch),), t, dtype=torch.float64)
+    L, F = _run(net, batch, tt)
+    rotated = CrystalBatch(batch.lattice @ Q.T, batch.frac, batch.num_atoms, batch.species)
+    L2, F2 = _run(net, rotated, tt)
+    torch.testing.assert_close(L2, L @ Q.T, atol=1e-8, rtol=1e-8)
+    _frac_close(F2, F)
+
+
+@settings(max_examples=20)
+@given(crystals(max_atoms=5, max_crystals=3), st.tuples(*[st.floats(-2.0, 2.0)] * 3), st.floats(0.0, 0.99))
+def test_a_common_translation_translates_the_coordinate_output(batch, shift, t):
+    net = _model()
+    tt = torch.full((len(batch),), t, dtype=torch.float64)
+    L, F = _run(net, batch, tt)
+    s = torch.tensor(shift, dtype=torch.float64)
+    moved = CrystalBatch(batch.lattice, wrap(batch.frac + s), batch.num_atoms, batch.species)
+    L2, F2 = _run(net, moved, tt)
+    torch.testing.assert_close(L2, L, atol=1e-8, rtol=1e-8)
+    _frac_close(F2, F + s)
+
+
+@settings(max_examples=20)
+@given(crystals(max_atoms=6, max_crystals=3), st.integers(0, 2**31 - 1))
+def test_permuting_atoms_within_a_crystal_permutes_the_outputs(batch, seed):
+    net = _model()
+    g = torch.Generator().manual_seed(seed)
+    tt = torch.rand(len(batch), generator=g, dtype=torch.float64)
+    L, F = _run(net, batch, tt)
+    perm = torch.cat([batch._ptr[b] + torch.randperm(int(n), generator=g) for b, n in enumerate(batch.num_atoms)])
+    permuted = CrystalBatch(batch.lattice, batch.frac[perm], batch.num_atoms, batch.species[perm])
+    L2, F2 = _run(net, permuted, tt)
+    torch.testing.assert_close(L2, L, atol=1e-8, rtol=1e-8)
+    _frac_close(F2, F[perm])
+
+
+def test_untrained_heads_return_the_input():
+    torch.manual_seed(0)
+    net = FlowNet(12.0, hidden=16, layers=1, fourier=2).double()
+    L = 4 * torch.eye(3, dtype=torch.float64)[None] + 0.1 * torch.randn(1, 3, 3, dtype=torch.float64)
+    f = torch.rand(2, 3, dtype=torch.float64)
+    L2, F2 = net(L, f, torch.tensor([0.3], dtype=torch.float64), torch.tensor([8, 14]), torch.tensor([2]))
+    torch.testing.assert_close(L2, L)
+    _frac_close(F2, f)
+
+
+# ------------------------------------------------------------------------------------- flow matching
+
+
+@pytest.mark.parametrize("steps", [1, 2, 7, 50])
+def test_an_exact_prediction_transports_the_prior_to_the_data(steps):
+    g = torch.Generator().manual_seed(1)
+    num_atoms = torch.tensor([3, 1, 5])
+    species = torch.randint(1, 90, (9,), generator=g)
+    L1 = 5 * torch.eye(3, dtype=torch.float64) + torch.randn(3, 3, 3, generator=g, dtype=torch.float64)
+    f1 = torch.rand(9, 3, generator=g, dtype=torch.float64)
+    prior = LatticePrior(12.0, 0.5)
+    batch = torch.repeat_interleave(torch.arange(3), num_atoms)
+    seen = []
+
+    def exact(L, f, t, z, n):
+        # The state must be the interpolant of the prior sample at time t, at every step.
+        seen.append(float(t[0]))
+        L_expected, f_expected = interpolate(L0, f0, L1, f1, t.double(), batch)
+        torch.testing.assert_close(L, L_expected, atol=1e-10, rtol=1e-10)
+        _frac_close(f, f_expected, atol=1e-10)
+        return L1.clone(), f1.clone()
+
+    L0, f0 = prior.sample(num_atoms, torch.Generator().manual_seed(7))
+    out = sample(None, num_atoms, species, steps, prior, torch.Generator().manual_seed(7), dtype=torch.float64,
+                 predictor=exact)
+    assert len(seen) == steps and seen[0] == 0.0
+    torch.testing.assert_close(out.lattice, L1, atol=1e-10, rtol=1e-10)
+    _frac_close(out.frac, f1, atol=1e-10)
+
+
+def test_align_rotation_is_the_best_rotation_with_the_label_handedness():
+    g = torch.Generator().manual_seed(3)
+    L0 = torch.randn(64, 3, 3, generator=g, dtype=torch.float64)
+    L1 = torch.randn(64, 3, 3, generator=g, dtype=torch.float64)
+    A = align_rotation(L0, L1)
+    R = torch.linalg.solve(L0, A)
+    torch.testing.assert_close(R @ R.mT, torch.eye(3, dtype=torch.float64).expand(64, 3, 3), atol=1e-9, rtol=0)
+    assert bool((torch.sign(torch.linalg.det(A)) == torch.sign(torch.linalg.det(L1))).all())
+    best = (A - L1).square().sum((-1, -2))
+    for _ in range(20):  # no random orthogonal matrix of the same determinant does better
+        Q = random_rotations(64, generator=g)
+        Q = Q * torch.sign(torch.linalg.det(Q) * torch.linalg.det(R))[:, None, None]
+        assert bool(((L0 @ Q - L1).square().sum((-1, -2)) >= best - 1e-9).all())
+    # An already aligned L0 is left alone.
+    torch.testing.assert_close(align_rotation(L1, L1), L1, atol=1e-9, rtol=0)
+
+
+def test_reduced_form_coupling_picks_the_form_nearest_the_prior_and_stays_the_same_crystal():
+    from soft_niggli import reduced_forms
+    from soft_niggli.metrics import lattice_error
+
+    g = torch.Generator().manual_seed(5)
+    cube = 4.0 * torch.eye(3, dtype=torch.float64)
+    labels = CrystalBatch(torch.stack([cube, cube + 0.3 * torch.triu(torch.ones(3, 3, dtype=torch.float64), 1)]),
+                          torch.rand(4, 3, generator=g, dtype=torch.float64), [2, 2], [8, 8, 14, 14])
+    forms = reduced_forms(labels.lattice)
+    # A prior sample equal to one of the cube's other reduced forms picks exactly that form.
+    target_form = int((forms.owner == 0).nonzero()[5])
+    L0 = torch.stack([forms.lattice[target_form], labels.lattice[1] + 0.01])
+    out = couple_reduced_forms(labels, L0, forms)
+    torch.testing.assert_close(out.lattice[0], forms.lattice[target_form])
+    assert float(lattice_error(out.lattice, labels.lattice).error.max()) < 1e-9
+    X_in, X_out = labels.cartesian(), out.cartesian()
+    diff = torch.linalg.solve(labels.lattice[labels.batch].mT, (X_out - X_in)[..., None])[..., 0]
+    torch.testing.assert_close(diff, torch.round(diff), atol=1e-9, rtol=0)  # same atoms up to lattice vectors
+    # Aligned choice: the form nearest after the best rotation (the cube's forms are all rotations of each
+    # other, so they tie; any of them is right), never a form farther than the best.
+    Q = random_rotations(2, generator=g, proper=True)
+    L0r = L0 @ Q.mT
+    out2 = couple_reduced_forms(labels, L0r, forms, aligned=True)
+    for b in range(2):
+        own = forms.owner == b
+        d_all = (align_rotation(L0r[b].expand(int(own.sum()), 3, 3), forms.lattice[own]) - forms.lattice[own]).square()
+        d_out = (align_rotation(L0r[b:b + 1], out2.lattice[b:b + 1]) - out2.lattice[b:b + 1]).square().sum()
+        assert float(d_out) <= float(d_all.sum((-1, -2)).min()) + 1e-9
+
+
+def test_prior_scale_matches_the_labels():
+    g = torch.Generator().manual_seed(0)
+    M = random_unimodular((50,), max_entry=1, generator=g).double()
+    L = (4 * torch.eye(3, dtype=torch.float64)).expand(50, 3, 3) + 0.0 * M
+    labels = CrystalBatch(L, torch.zeros(100, 3, dtype=torch.float64), [2] * 50, [8] * 100)
+    prior = LatticePrior.fit(labels, 32.0)
+    L0, _ = prior.sample(labels.num_atoms, torch.Generator().manual_seed(1))
+    ratio = L0.square().sum((-1, -2)).mean() / L.square().sum((-1, -2)).mean()
+    assert 0.7 < float(ratio) < 1.3
+    L0r, _ = prior.sample(labels.num_atoms, torch.Generator().manual_seed(1), right_handed=True)
+    assert bool((torch.linalg.det(L0r) > 0).all())
+
+
+# ---------------------------------------------------------------------------------- distributed
+
+
+def _ddp_worker(rank: int, world: int, init_file: str, out_dir: str):
+    import torch.distributed as dist
+
+    from benchmarks.flow_matching import FlowConfig, distributed_context, train_flow
+
+    torch.set_num_threads(1)
+    if world > 1:
+        dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
+    data = _tiny_data()
+    config = FlowConfig(strategy="mse", epochs=2, batch_size=8, hidden=16, layers=1, fourier=2, ode_steps=(2,),
+                        align_prior=True, seed=3)
+    record = train_flow(data, config, ctx=distributed_context(), match=False, log_every=0)
+    state = {k: v.detach().clone() for k, v in record["model"].state_dict().items()}
+    torch.save({"state": state, "losses": record["curves"]["train_loss"]}, Path(out_dir) / f"rank{rank}_of{world}.pt")
+    if world > 1:
+        dist.barrier()
+        dist.destroy_process_group()
+
+
+def _tiny_data():
+    from benchmarks.data import Data
+    from soft_niggli.testing import aflow_crystals
+
+    batch = aflow_crystals(limit=24, max_atoms=6)
+    structures = batch.to_structures()
+    return Data.from_structures("aflow-tiny", structures[:16], structures[16:])
+
+
+def test_two_gloo_processes_train_like_one_process_on_the_same_global_batch(tmp_path):
+    import torch.multiprocessing as mp
+
+    init = tmp_path / "init"
+    mp.spawn(_ddp_worker, args=(2, str(init), str(tmp_path)), nprocs=2, join=True)
+    _ddp_worker(0, 1, "", str(tmp_path))
+    r0, r1 = (torch.load(tmp_path / f"rank{r}_of2.pt") for r in (0, 1))
+    single = torch.load(tmp_path / "rank0_of1.pt")
+    for k in r0["state"]:
+        assert torch.equal(r0["state"][k], r1["state"][k]), k  # the ranks stay identical
+        torch.testing.assert_close(r0["state"][k], single["state"][k], atol=1e-5, rtol=1e-4)
+    assert r0["losses"] == r1["losses"]
+    torch.testing.assert_close(torch.tensor(r0["losses"]), torch.tensor(single["losses"]), atol=1e-6, rtol=1e-5)
+
+
+@pytest.mark.slow
+def test_the_command_line_runs_under_torchrun(tmp_path):
+    shared_data_file("perov_5")
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "-m", "benchmarks.generative",
+           "--dataset", "perov_5", "--limit", "64,16", "--epochs", "2", "--batch-size", "16", "--hidden", "16",
+           "--layers", "1", "--ode-steps", "2", "--out", str(tmp_path), "--no-progress", "--align-prior"]
+    subprocess.run(cmd, cwd=REPO, env=env, check=True, timeout=300)
+    record = json.loads((tmp_path / "generative_perov_5.json").read_text())
+    assert record["runs"][0]["world_size"] == 2
+    assert record["commands"][0].startswith("torchrun --nproc_per_node 2 -m benchmarks.generative")
+
+
+# --------------------------------------------------------------------------------------- smoke
+
+
+def test_the_command_line_runs_end_to_end(tmp_path):
+    shared_data_file("perov_5")
+    from benchmarks.generative import main
+
+    record = main(["--dataset", "perov_5", "--limit", "24,6", "--epochs", "2", "--batch-size", "8", "--hidden", "16",
+                   "--layers", "1", "--fourier", "2", "--ode-steps", "1,2", "--strategies", "mse", "softmin",
+                   "--bases", "niggli,random", "--coupling", "independent,reduced-forms", "--align-prior",
+                   "--eval-every", "1", "--curve-size", "4", "--curve-steps", "2", "--out", str(tmp_path),
+                   "--no-progress", "--threads", "1"])
+    assert len(record["runs"]) == 8 and len(record["summary"]) == 8
+    for name in ("generative_perov_5.md", "generative_perov_5.json", "generative_perov_5_epochs.png",
+                 "generative_perov_5_steps.png"):
+        assert (tmp_path / name).exists(), name
+    saved = json.loads((tmp_path / "generative_perov_5.json").read_text())
+    assert saved["commands"][0].startswith("python -m benchmarks.generative --dataset perov_5")
+    assert saved["machine"]
+    run = saved["runs"][0]
+    assert set(run["metrics"]) == {"1", "2"} and run["curves"]["curve_epoch"] == [1, 2]
+    for key in ("match_rate", "rmse", "lattice_error", "reducer_ok_share", "spglib_failures"):
+        assert key in run["metrics"]["2"]
+    assert "| strategy | basis | coupling |" in (tmp_path / "generative_perov_5.md").read_text()
+
+
+def test_seed_and_limit_arguments():
+    from benchmarks.generative import parse_args
+
+    assert parse_args(["--seeds", "3"]).seeds == (0, 1, 2)
+    assert parse_args(["--seeds", "2,"]).seeds == (2,)
+    assert parse_args(["--seeds", "1,4"]).seeds == (1, 4)
+    assert parse_args(["--limit", ",200"]).limit == (None, 200)
+    assert parse_args(["--limit", "50"]).limit == (50,)
+    with pytest.raises(SystemExit):
+        parse_args(["--bases", "weird"])
