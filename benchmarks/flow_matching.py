@@ -298,7 +298,6 @@ def sample(model, num_atoms: torch.Tensor, species: torch.Tensor, steps: int, pr
         a, b = int(ptr[lo]), int(ptr[hi])
         n = num_atoms[lo:hi].to(device)
         z = species[a:b].to(device)
-        batch = torch.repeat_interleave(torch.arange(hi - lo, device=device), n)
         L = L0[lo:hi].to(device, dtype)
         f = f0[a:b].to(device, dtype)
         for k in range(steps):

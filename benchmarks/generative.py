@@ -38,6 +38,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import fcntl
+import hashlib
 import json
 import math
 import sys
@@ -157,6 +158,15 @@ def figures(dataset: str, record: dict, out_dir: Path) -> None:
         s, b, c, a = key
         return f"{s} / {b}" + ("" if c == "independent" else f" / {c}") + (" / aligned" if a else "")
 
+    def save(fig, ax, xlabel: str, ylabel: str, title: str, name: str) -> None:
+        ax.set_xlabel(xlabel)
+        ax.set_ylabel(ylabel)
+        ax.set_title(f"{dataset}: {title} (mean over seeds)")
+        ax.legend(fontsize=7)
+        fig.tight_layout()
+        fig.savefig(out_dir / f"generative_{dataset}_{name}.png", dpi=120)
+        plt.close(fig)
+
     fig, ax = plt.subplots(figsize=(7, 4.5))
     for key, rs in sorted(groups.items()):
         curves = [r["curves"] for r in rs if r["curves"]["curve_epoch"]]
@@ -166,13 +176,7 @@ def figures(dataset: str, record: dict, out_dir: Path) -> None:
         n = min(len(c["curve_match_rate"]) for c in curves)
         y = np.mean([c["curve_match_rate"][:n] for c in curves], axis=0)
         ax.plot(epochs[:n], y, marker=".", label=label(key))
-    ax.set_xlabel("epoch")
-    ax.set_ylabel("match rate (held-out subset)")
-    ax.set_title(f"{dataset}: match rate vs epoch (mean over seeds)")
-    ax.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(out_dir / f"generative_{dataset}_epochs.png", dpi=120)
-    plt.close(fig)
+    save(fig, ax, "epoch", "match rate (held-out subset)", "match rate vs epoch", "epochs")
 
     fig, ax = plt.subplots(figsize=(7, 4.5))
     for key, rs in sorted(groups.items()):
@@ -182,19 +186,15 @@ def figures(dataset: str, record: dict, out_dir: Path) -> None:
         y = [np.nanmean([r["metrics"].get(str(k), {}).get("match_rate", np.nan) for r in rs]) for k in steps]
         ax.plot(steps, y, marker="o", label=label(key))
     ax.set_xscale("log")
-    ax.set_xlabel("Euler steps")
-    ax.set_ylabel("match rate")
-    ax.set_title(f"{dataset}: match rate vs Euler steps (mean over seeds)")
-    ax.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(out_dir / f"generative_{dataset}_steps.png", dpi=120)
-    plt.close(fig)
+    save(fig, ax, "Euler steps", "match rate", "match rate vs Euler steps", "steps")
 
 
 @contextlib.contextmanager
 def _locked(path: Path):
+    # The lock file lives in the temporary directory, not next to the results.
     path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path.with_suffix(".lock"), "w") as fh:
+    key = hashlib.sha1(str(path.resolve()).encode()).hexdigest()[:16]
+    with open(Path(tempfile.gettempdir()) / f"soft_niggli_generative_{key}.lock", "w") as fh:
         fcntl.flock(fh, fcntl.LOCK_EX)
         try:
             yield
@@ -243,7 +243,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     ap.add_argument("--ode-steps", default=",".join(map(str, DEFAULTS.ode_steps)),
                     help="comma-separated Euler step counts to evaluate (default 10,50,200; the largest is the "
                          "table's main column)")
-    ap.add_argument("--seeds", default="1", help="number of seeds n (0..n-1), or a comma-separated list of seeds ('2,' is seed 2 alone)")
+    ap.add_argument("--seeds", default="1",
+                    help="number of seeds n (0..n-1), or a comma-separated list of seeds ('2,' is seed 2 alone)")
     ap.add_argument("--epochs", type=int, default=DEFAULTS.epochs)
     ap.add_argument("--max-steps", type=int, default=None, help="stop after this many optimisation steps")
     ap.add_argument("--batch-size", type=int, default=DEFAULTS.batch_size, help="global batch (all ranks)")
@@ -333,7 +334,8 @@ def main(argv=None) -> dict:
             runs.append(run)
             if ctx.rank == 0:
                 m = run["metrics"].get(str(max(args.ode_steps)), {})
-                bar.write(f"{config.strategy}/{config.basis}/{config.coupling}{'/aligned' if config.align_prior else ''}"
+                aligned = "/aligned" if config.align_prior else ""
+                bar.write(f"{config.strategy}/{config.basis}/{config.coupling}{aligned}"
                           f"/seed {config.seed}: match {m.get('match_rate', math.nan):.3f} "
                           f"lattice err {m.get('lattice_error', math.nan):.3f} "
                           f"({run['train_time']:.0f} s train, {run.get('eval_time', 0):.0f} s eval)")
