@@ -185,6 +185,19 @@ def _cofactors(c):
     ]
 
 
+def adjugate_and_determinant(Mi: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(adj (..., 3, 3), det (...))`` of integer matrices, in their dtype: ``M adj = det I``.
+
+    The columns of the adjugate are the cross products of pairs of rows (``r1×r2, r2×r0, r0×r1``), and
+    ``det = r0 · (r1×r2)``: a handful of vectorised operations. Exact in int64 while no value wraps
+    (see ``_EXACT_BOUND``).
+    """
+    r0, r1, r2 = Mi.unbind(-2)
+    first = torch.linalg.cross(r1, r2)
+    adjugate = torch.stack([first, torch.linalg.cross(r2, r0), torch.linalg.cross(r0, r1)], dim=-1)
+    return adjugate, (r0 * first).sum(-1)
+
+
 def integer_inverse(M: torch.Tensor) -> torch.Tensor:
     """Exact inverse of integer matrices with ``det = ±1``, as int64 ``(..., 3, 3)``.
 
@@ -209,9 +222,7 @@ def integer_inverse(M: torch.Tensor) -> torch.Tensor:
         Mi = torch.round(M).to(torch.int64)
     else:
         Mi = M.to(torch.int64)
-    c = [[Mi[..., i, j] for j in range(3)] for i in range(3)]
-    cof = _cofactors(c)
-    det = c[0][0] * cof[0][0] + c[0][1] * cof[0][1] + c[0][2] * cof[0][2]
+    adjugate, det = adjugate_and_determinant(Mi)
     unimodular = (det == 1) | (det == -1)
     # Comparisons, not abs(): abs(-2^63) wraps to itself in int64.
     large = ((Mi >= _EXACT_BOUND) | (Mi <= -_EXACT_BOUND)).flatten(-2).any(-1)
@@ -238,7 +249,6 @@ def integer_inverse(M: torch.Tensor) -> torch.Tensor:
                          f"largest entry {top} ≈ 2^{math.log2(top):.1f}"
                          + (f" at batch index {index}" if index else "")
                          + f", past the int64 limit 2^63 - 1 = {_INT64_MAX}")
-    adjugate = torch.stack([torch.stack([cof[j][i] for j in range(3)], dim=-1) for i in range(3)], dim=-2)
     return adjugate * det[..., None, None]  # 1/det == det for det = ±1
 
 

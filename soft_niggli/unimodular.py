@@ -14,6 +14,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from .lattice import adjugate_and_determinant
+
 __all__ = ["enumerate_unimodular", "signed_permutations", "random_unimodular", "is_unimodular", "LatticeAutomorphisms",
            "lattice_automorphisms"]
 
@@ -141,12 +143,7 @@ def is_unimodular(M: torch.Tensor, atol: float = 1e-6) -> torch.Tensor:
     else:
         integral = torch.ones(M.shape[:-2], dtype=torch.bool, device=M.device)
         Mi = M.to(torch.int64)
-    c = Mi
-    det = (
-        c[..., 0, 0] * (c[..., 1, 1] * c[..., 2, 2] - c[..., 1, 2] * c[..., 2, 1])
-        - c[..., 0, 1] * (c[..., 1, 0] * c[..., 2, 2] - c[..., 1, 2] * c[..., 2, 0])
-        + c[..., 0, 2] * (c[..., 1, 0] * c[..., 2, 1] - c[..., 1, 1] * c[..., 2, 0])
-    )
+    det = adjugate_and_determinant(Mi)[1]
     return integral & (det.abs() == 1)
 
 

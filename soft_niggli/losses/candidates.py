@@ -21,6 +21,12 @@ uses the Kronecker square of each candidate, precomputed once per candidate set 
 device like the candidate set itself). :func:`candidate_lattice_terms`, which the losses use to choose
 candidates, does the same in one product each: ``(B, 18) @ (18, K)``, and for metrics on the 6 distinct
 entries of the symmetric matrices, ``(B, 72) @ (72, K)``.
+
+:func:`window_candidates` finds the few candidates a loss needs (those within a margin of the k-th
+nearest) without scoring all K: a candidate's rows are short vectors ``v`` of ``[-bound, bound]³``, and
+its lattice term is a sum over its rows (Cartesian entries) or bounded below by one (the metric's
+diagonal), so only the ``r`` best vectors per row need combining, ``r³`` triples instead of K matrices,
+with a bound that proves no other candidate is in the window (else that crystal is scored in full).
 """
 
 from __future__ import annotations
@@ -30,11 +36,13 @@ import math
 
 import torch
 
+from .._checks import has_values
 from ..unimodular import enumerate_unimodular
 
 __all__ = [
     "candidate_set",
     "candidate_lattice_terms",
+    "window_candidates",
     "lattice_distances",
     "lattice_distances_naive",
     "metric_distances",
@@ -149,6 +157,130 @@ def candidate_lattice_terms(L_pred: torch.Tensor, L_ref: torch.Tensor, bound: in
         score = left @ _score_tables(bound, proper, metric, L_pred.dtype, _device_key(L_pred))
         score.add_((w * gp.square()).sum(1, keepdim=True)).clamp_(min=0).div_(norm)
         return score, up2 / 9, torch.zeros_like(pp)
+
+
+@functools.lru_cache(maxsize=8)
+def _row_vectors(bound: int, device: str) -> torch.Tensor:
+    """The nonzero vectors of ``[-bound, bound]³``, ``(n, 3)`` int64 (26 for bound 1, 124 for bound 2)."""
+    r = torch.arange(-bound, bound + 1)
+    V = torch.cartesian_prod(r, r, r)
+    return V[(V != 0).any(1)].to(device)
+
+
+@functools.lru_cache(maxsize=8)
+def _unimodular_triples(bound: int, proper: bool, device: str) -> torch.Tensor:
+    """``(n, n, n)`` bool: rows ``(V[i], V[j], V[k])`` of :func:`_row_vectors` form a candidate (det ±1, or
+    +1 when ``proper``)."""
+    V = _row_vectors(bound, "cpu")
+    det = torch.einsum("ia,jka->ijk", V, torch.linalg.cross(V[:, None, :], V[None, :, :]))
+    return ((det == 1) if proper else (det.abs() == 1)).to(device)
+
+
+# Short vectors combined per row: 10³ or 12³ triples against K = 6960 matrices for bound 1. The metric
+# needs 12: hexagonal and fcc cells have 12 vectors of one length, all of them automorphisms' rows.
+_ROW_RANK = {"cartesian": 10, "gram": 12}
+
+
+def window_candidates(L_pred: torch.Tensor, L_ref: torch.Tensor, k: int, margin, bound: int = 1,
+                      proper: bool = False, metric: str = "cartesian") -> tuple[torch.Tensor, torch.Tensor]:
+    """Packed ``(owner (Q,), X (Q, 3, 3) int64)``: per crystal, every candidate ``X`` whose
+    :func:`~soft_niggli.losses.terms.lattice_term` against ``L_pred`` is at most ``t_k + margin(t_k)``,
+    ``t_k`` the k-th smallest over the whole candidate set (the set returned may hold a few more).
+
+    ``margin(t_k, rows)``: the window's width ``(B',)`` >= 0 beyond ``t_k (B',)`` for the crystals
+    ``rows`` (an index tensor, or None for all), non-decreasing in ``t_k``; it should include a
+    rounding slack. Not differentiated. Candidates in the window whose terms
+    tie in exact arithmetic are all returned (the proof has a relative slack of 1e-5).
+
+    How: each row ``v`` of ``X`` is a nonzero short vector. With Cartesian entries the term is
+    ``Σ_i ‖p_i - v_i R‖² / 9``, a sum of per-row costs; with the metric, ``‖G_p - X G_r Xᵀ‖²`` over
+    the squared size is at least the diagonal's share ``Σ_i (G_p,ii - v_i G_r v_iᵀ)²`` over it. The
+    ``r`` vectors of lowest cost per row are combined (``r³`` triples, the non-unimodular ones
+    dropped), ``t_k`` is taken among them, and a bound on the per-row cost that any candidate in
+    the window must meet proves that the (r+1)-th vectors, and all beyond, are out; crystals where
+    the proof fails (tiny or strongly skewed cells, or ``k`` beyond the triples) are scored against
+    all K candidates through :func:`candidate_lattice_terms`.
+    """
+    with torch.no_grad():
+        B, device = L_pred.shape[0], L_pred.device
+        V = _row_vectors(bound, _device_key(L_pred))
+        r = _ROW_RANK[metric]
+        owners, matrices = [], []
+        fallback = torch.ones(B, dtype=torch.bool, device=device)
+        if B and k <= r ** 3 and has_values(L_pred):
+            owner, X, fallback = _window_by_rows(L_pred, L_ref, k, margin, bound, proper, metric, V, r)
+            owners.append(owner)
+            matrices.append(X)
+        rows = fallback.nonzero().flatten()
+        if len(rows):
+            score, a, b = candidate_lattice_terms(L_pred[rows], L_ref[rows], bound, proper, metric)
+            kth = a * torch.topk(score, min(k, score.shape[1]), dim=1, largest=False).values[:, -1] + b
+            limit = kth + margin(kth, rows)
+            sub, candidate = (score <= ((limit - b) / a)[:, None]).nonzero(as_tuple=True)
+            owners.append(rows[sub])
+            matrices.append(candidate_set(bound, proper, torch.int64, device)[candidate])
+        if not owners:
+            return torch.zeros(0, dtype=torch.int64, device=device), torch.zeros(0, 3, 3, dtype=torch.int64, device=device)
+        return torch.cat(owners), torch.cat(matrices)
+
+
+def _window_by_rows(P, R, k, margin, bound, proper, metric, V, r):
+    """:func:`window_candidates` from the ``r`` best short vectors per row: ``(owner, X, fallback)``."""
+    B, n = P.shape[0], V.shape[0]
+    # Both cells divided by a common power of two (exact), as in candidate_lattice_terms: no overflow.
+    m = torch.maximum(P.abs().amax(dim=(1, 2)), R.abs().amax(dim=(1, 2)))
+    m = torch.where(torch.isfinite(m) & (m > 0), m, torch.ones_like(m))
+    exponent = torch.frexp(m)[1]
+    P = P * torch.ldexp(torch.ones_like(m), -exponent)[:, None, None]
+    R = R * torch.ldexp(torch.ones_like(m), -exponent)[:, None, None]
+    unit = torch.ldexp(torch.ones_like(m), 2 * exponent) / 9  # scaled sums → Å²
+    Vf = V.to(P.dtype)
+    if metric == "cartesian":
+        cost = (P[:, :, None, :] - (Vf @ R)[:, None]).square().sum(-1)  # (B, 3, n): ‖p_i - v R‖²
+    else:
+        Q = Vf @ (R @ R.transpose(1, 2)) @ Vf.T  # (B, n, n): v G_r wᵀ for every pair of short vectors
+        Gp = P @ P.transpose(1, 2)
+        cost = (torch.diagonal(Gp, dim1=1, dim2=2)[:, :, None] - torch.diagonal(Q, dim1=1, dim2=2)[:, None, :]).square()
+    vals, idx = torch.topk(cost, r + 1, dim=2, largest=False)  # ascending
+    top, low = idx[..., :r], vals[..., :r]  # (B, 3, r) each, ascending
+    t0, t1, t2 = top[:, 0, :, None, None], top[:, 1, None, :, None], top[:, 2, None, None, :]
+    valid = _unimodular_triples(bound, proper, _device_key(P))[t0, t1, t2]  # (B, r, r, r)
+    diag = low[:, 0, :, None, None] + low[:, 1, None, :, None] + low[:, 2, None, None, :]
+    if metric == "cartesian":
+        term = diag * unit[:, None, None, None]
+    else:
+        def pair(i, j):  # (B, r, r): (v_i G_r v_jᵀ - G_p,ij)² for the top vectors of rows i and j
+            q = Q.gather(1, top[:, i, :, None].expand(-1, -1, n)).gather(2, top[:, j, None, :].expand(-1, r, -1))
+            return (q - Gp[:, i, j, None, None]).square()
+        g = torch.diagonal(Q, dim1=1, dim2=2).gather(1, top.flatten(1)).reshape(B, 3, r)  # ‖v R‖²
+        size = (P.square().sum(dim=(1, 2))[:, None, None, None]
+                + g[:, 0, :, None, None] + g[:, 1, None, :, None] + g[:, 2, None, None, :])
+        off = pair(0, 1)[:, :, :, None] + pair(0, 2)[:, :, None, :] + pair(1, 2)[:, None, :, :]
+        term = (diag + 2 * off) / size.clamp_min(torch.finfo(P.dtype).tiny) * unit[:, None, None, None]
+    term = torch.where(valid, term, torch.full_like(term, math.inf)).reshape(B, -1)
+    kth = torch.topk(term, k, dim=1, largest=False).values[:, -1]
+    limit = kth + margin(kth, None)
+    # Proof that no other candidate is in the window: a bound per row that any candidate inside must
+    # meet with the other rows at their best, not met by any vector outside the row's top r.
+    allowed = limit / unit  # the window's limit in scaled sums
+    if metric == "cartesian":
+        row_cost, best = cost, low[..., 0]  # Σ_i cost_i <= allowed
+    else:
+        # Σ_i e_i <= allowed · (‖P‖² + Σ_i ‖v_i R‖²): with f_i(v) = e_i(v) - allowed · ‖v R‖², the rows of a
+        # candidate inside have Σ_i f_i(v_i) <= allowed · ‖P‖² (separable, unlike the metric itself).
+        gv = torch.diagonal(Q, dim1=1, dim2=2)[:, None, :]
+        row_cost = cost - allowed[:, None, None] * gv
+        row_cost = torch.where(torch.isfinite(row_cost), row_cost, torch.full_like(row_cost, -math.inf))
+        best = row_cost.amin(2)
+        allowed = allowed * P.square().sum(dim=(1, 2))
+    outside = row_cost.scatter(2, top, math.inf).amin(2)  # (B, 3): the best vector not combined
+    budget = allowed[:, None] - (best.sum(1, keepdim=True) - best)
+    slack = 1e-5 * (allowed[:, None].abs() + best.abs().sum(1, keepdim=True))  # the sums' rounding
+    complete = (outside > budget + slack).all(1) & torch.isfinite(limit)
+    owner, flat = ((term <= limit[:, None]) & complete[:, None]).nonzero(as_tuple=True)
+    a, b, c = flat // (r * r), (flat // r) % r, flat % r
+    X = torch.stack([V[top[owner, 0, a]], V[top[owner, 1, b]], V[top[owner, 2, c]]], 1)
+    return owner, X, ~complete
 
 
 def lattice_distances_naive(L_pred: torch.Tensor, L_ref: torch.Tensor, bound: int = 1, proper: bool = False) -> torch.Tensor:

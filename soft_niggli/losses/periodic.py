@@ -98,82 +98,59 @@ def atom_counts(batch: torch.Tensor, num_crystals: int) -> torch.Tensor:
 def _best_arcs(d: torch.Tensor, batch: torch.Tensor, B: int):
     """``(t (B, 3), sq (B, 3))``: the best translation per axis and the smallest sum of squared residuals.
 
-    Fast path, exact: where a crystal's differences along an axis lie within an arc shorter than ½ (every
-    crystal near a match), the best arc is that one (any other cut splits it and pulls the two parts
-    apart by more than the arc's length), so its mean and variance are the answer, computed relative to
-    one atom of the crystal. Only crystals with a wider spread go through the sorted search.
+    The differences are taken relative to one atom of each crystal and wrapped to ``[0, 1)``; the best
+    arc's cut is found without gradient (:func:`_best_cuts`), and the residuals are then computed
+    directly from the unwrapped values of that arc (one pass for the mean, one for the centred
+    squares), so that near a match they keep the precision of the input (no cancellation of large
+    sums) and carry the gradients of the chosen arc.
     """
-    dtype, device = d.dtype, d.device
     counts = atom_counts(batch, B)
     n_atoms = d.shape[0]
     if n_atoms == 0:
         zero = d.new_zeros(B, 3)
         return zero, zero
-    index = batch[:, None].expand(-1, 3)
-    first = torch.full((B,), n_atoms, dtype=torch.int64, device=device).scatter_reduce(
-        0, batch, torch.arange(n_atoms, device=device), "amin").clamp_max(n_atoms - 1)
-    r = d - d[first][batch]
-    r = r - torch.round(r).detach()  # in [-½, ½]: exact unwrapping when the spread is below ½
-    n = counts.clamp_min(1).to(dtype)[:, None]
-    mean = d.new_zeros(B, 3).index_add(0, batch, r) / n
-    centred = r - mean[batch]
-    sq = d.new_zeros(B, 3).index_add(0, batch, centred.square())
+    first = torch.full((B,), n_atoms, dtype=torch.int64, device=d.device).scatter_reduce(
+        0, batch, torch.arange(n_atoms, device=d.device), "amin").clamp_max(n_atoms - 1)
+    x = d - d[first][batch]
+    x = x - torch.floor(x).detach()  # in [0, 1): one image per atom, order round the circle
+    if has_values(x):  # without values (meta tensors) only the shapes of the no-cut arcs can be traced
+        with torch.no_grad():
+            cut = _best_cuts(x.detach(), batch, counts, B)
+        x = x + (x.detach() < cut[batch]).to(x.dtype)  # the chosen arc: values below the cut move up by 1
+    n = counts.clamp_min(1).to(d.dtype)[:, None]
+    mean = d.new_zeros(B, 3).index_add(0, batch, x) / n
+    sq = d.new_zeros(B, 3).index_add(0, batch, (x - mean[batch]).square())
     t = d[first] + mean
     t = t - torch.round(t).detach()
-    with torch.no_grad():
-        spread = (r.new_full((B, 3), -math.inf).scatter_reduce(0, index, r, "amax")
-                  - r.new_full((B, 3), math.inf).scatter_reduce(0, index, r, "amin"))
-        wide = (spread >= 0.5) & (counts > 0)[:, None]
-    # Without values (meta tensors) only the fast path's shapes can be traced.
-    if has_values(wide) and bool(wide.any()):
-        crystals = wide.any(1)
-        atoms = crystals[batch]
-        renumber = torch.cumsum(crystals, 0) - 1
-        t_w, sq_w = _best_arcs_sorted(d[atoms], renumber[batch[atoms]], int(crystals.sum()))
-        rows = crystals.nonzero().flatten()
-        t = t.index_put((rows,), torch.where(wide[rows], t_w, t[rows]))
-        sq = sq.index_put((rows,), torch.where(wide[rows], sq_w, sq[rows]))
-    zero = torch.zeros_like(t)
     has_atoms = (counts > 0)[:, None]
-    return torch.where(has_atoms, t, zero), torch.where(has_atoms, sq, zero)
+    return torch.where(has_atoms, t, torch.zeros_like(t)), torch.where(has_atoms, sq, torch.zeros_like(sq))
 
 
-def _best_arcs_sorted(d: torch.Tensor, batch: torch.Tensor, B: int):
-    """``(t (B, 3), sq (B, 3))``: the best translation per axis and the smallest sum of squared residuals.
+def _best_cuts(x: torch.Tensor, batch: torch.Tensor, counts: torch.Tensor, B: int) -> torch.Tensor:
+    """``(B, 3)`` per crystal and axis, the cut of the best arc: values ``x (N, 3)`` in ``[0, 1)`` below it
+    are unwrapped by +1 (a cut at the smallest value unwraps none).
 
     Atoms are laid out per crystal in a padded ``(B, n_max, 3)`` block and sorted within each crystal
-    (many small sorts, not one large one). Computed in float64 whatever ``d``'s dtype: the sums cancel
-    to a small residual near a match. ``d`` has at least one atom (:func:`_best_arcs` checks).
+    (many small sorts, not one large one); every arc's sum of squared residuals comes from prefix sums,
+    in float64.
     """
-    dtype, device = d.dtype, d.device
-    counts = torch.bincount(batch, minlength=B)
     if bool((batch[1:] < batch[:-1]).any()):  # group each crystal's atoms together first
         order = torch.sort(batch, stable=True).indices
-        d, batch = d[order], batch[order]
+        x, batch = x[order], batch[order]
     n_max = int(counts.max())
-    slot = atom_slots(counts, batch)
-    x = d.double()
-    x = x - torch.floor(x).detach()  # in [0, 1): one image per atom, order round the circle
-    padded = x.new_full((B, n_max, 3), 2.0).index_put((batch, slot), x)  # padding sorts last
-    xs, _ = torch.sort(padded, dim=1)
-    valid = (torch.arange(n_max, device=device)[None, :] < counts[:, None])[:, :, None]  # (B, n_max, 1)
-    xs = torch.where(valid, xs, torch.zeros_like(xs))
-    n = counts.clamp_min(1).to(x.dtype)[:, None, None]
-    total = xs.sum(1, keepdim=True)
-    total_sq = xs.square().sum(1, keepdim=True)
-    before = torch.cumsum(xs, 1) - xs  # sum of the c smallest, for cut c = 0 .. n-1
-    c = torch.arange(n_max, device=device, dtype=x.dtype)[None, :, None]
-    # Arc for cut c: values x_{c+1..n}, x_{1..c} + 1. Sum S + c, sum of squares Q + 2 P_c + c.
-    arc_sum = total + c
-    arc_sq = total_sq + 2 * before + c - arc_sum.square() / n
-    arc_sq = torch.where(valid, arc_sq, torch.full_like(arc_sq, math.inf))
-    sq, chosen = torch.min(arc_sq, dim=1, keepdim=True)  # (B, 1, 3); min is much faster than argmin here
-    has_atoms = (counts > 0)[:, None]
-    sq = sq.squeeze(1)
-    t = torch.gather(arc_sum, 1, chosen).squeeze(1) / n[:, 0]
-    t = t - torch.round(t).detach()
-    zero = torch.zeros_like(t)
-    return torch.where(has_atoms, t, zero).to(dtype), torch.where(has_atoms, sq.clamp_min(0), zero).to(dtype)
+    padded = x.new_full((B, n_max, 3), 2.0, dtype=torch.float64).index_put(
+        (batch, atom_slots(counts, batch)), x.double())  # padding sorts last
+    xs = torch.sort(padded, dim=1).values
+    valid = (torch.arange(n_max, device=x.device)[None, :] < counts[:, None])[:, :, None]  # (B, n_max, 1)
+    xs0 = torch.where(valid, xs, torch.zeros_like(xs))
+    n = counts.clamp_min(1).to(torch.float64)[:, None, None]
+    c = torch.arange(n_max, device=x.device, dtype=torch.float64)[None, :, None]
+    # Arc for cut c: values x_{c+1..n}, x_{1..c} + 1. Sum S + c, sum of squares Q + 2 P_c + c, with P_c
+    # the sum of the c smallest.
+    arc_sum = xs0.sum(1, keepdim=True) + c
+    arc_sq = xs0.square().sum(1, keepdim=True) + 2 * (torch.cumsum(xs0, 1) - xs0) + c - arc_sum.square() / n
+    chosen = torch.where(valid, arc_sq, torch.full_like(arc_sq, math.inf)).argmin(dim=1, keepdim=True)
+    return torch.gather(xs, 1, chosen).squeeze(1).to(x.dtype)
 
 
 def periodic_coordinate_loss(frac_pred: torch.Tensor, frac_target: torch.Tensor, batch: torch.Tensor,

@@ -27,7 +27,8 @@ the label came in and nothing jumps when a tiny change breaks a symmetry:
   a cube): a hard top-k would keep an arbitrary subset of them, chosen by the order in which the
   label's basis lists them, and jump when a tiny strain breaks the tie; tied candidates get equal
   weight here, and ``t_k`` moves continuously. Candidates whose lattice term alone exceeds the best
-  candidate's whole distance by 40 τ (weight below 4e-18) get no coordinate term and are left out.
+  candidate's whole distance by 40 τ in float64 (weight below 4e-18 of it), 20 τ in lower precision
+  (2e-9, below float32's rounding of the distances), get no coordinate term and are left out.
 * **The label is centred on its automorphic basis nearest the prediction.** The reducer returns the
   label's Niggli basis only up to an automorphism ``A`` of the cell, and ``U`` is not closed under
   them (``U A ≠ U`` for the non-permutation automorphisms of hexagonal or fcc cells): so the loss
@@ -70,7 +71,7 @@ from ..lattice import integer_inverse
 from ..unimodular import LatticeAutomorphisms, lattice_automorphisms
 from .base import (CrystalLoss, LossResult, choice_option, flag_option, fraction_option, int_option, positive_option,
                    register_loss, weight_option)
-from .candidates import candidate_lattice_terms, candidate_set
+from .candidates import candidate_set, window_candidates
 from .invariants import theta_term, volume_term
 from .terms import closest_automorphism, coordinate_term, lattice_term, tie_tolerance
 
@@ -156,7 +157,7 @@ class _CandidateSoftmin(CrystalLoss):
         return torch.clamp(0.01 * kth + floor * scale / 18, max=tau)
 
     def _select(self, L_cmp: torch.Tensor, L_ref: torch.Tensor, lattice_weight: float):
-        """Candidates to score exactly: packed ``(owner, candidate, t_k, width)``, each ``(Q,)``.
+        """Candidates to score exactly, packed ``(owner, X)`` (:func:`~soft_niggli.losses.candidates.window_candidates`).
 
         Per crystal, ``t_k`` is the k-th smallest lattice term (``k = top_k``); every candidate up to
         ``t_k + width`` is kept (:meth:`_taper_width`), and :meth:`_softmin` weighs those beyond ``t_k``
@@ -165,18 +166,15 @@ class _CandidateSoftmin(CrystalLoss):
         jump when a near-tie is broken by a tiny move; ``t_k`` is continuous in the cells and tied
         candidates get the same weight, so neither happens.
         """
-        with torch.no_grad():
-            score, a, b = candidate_lattice_terms(L_cmp.detach(), L_ref, self.bound, self.proper,
-                                                  self.lattice_metric)
-            k = min(self.top_k, score.shape[1])
-            kth = a * torch.topk(score, k, dim=1, largest=False).values[:, -1] + b
-            scale = L_cmp.detach().square().sum(dim=(1, 2)) + L_ref.square().sum(dim=(1, 2))
-            width = self._taper_width(lattice_weight, kth, scale)
-            # The inner-product form rounds: a few ulps of the summands' size more keeps every candidate
-            # whose exact term is inside the window.
-            limit = kth + width + tie_tolerance(scale / 9)
-            owner, candidate = (score <= ((limit - b) / a)[:, None]).nonzero(as_tuple=True)
-        return owner, candidate, kth[owner], width[owner]
+        L_cmp = L_cmp.detach()
+        scale = L_cmp.square().sum(dim=(1, 2)) + L_ref.square().sum(dim=(1, 2))
+
+        def margin(kth, rows=None):
+            s = scale if rows is None else scale[rows]
+            # The selection's sums round differently from the exact terms: a few ulps more.
+            return self._taper_width(lattice_weight, kth, s) + tie_tolerance(s / 9)
+
+        return window_candidates(L_cmp, L_ref, self.top_k, margin, self.bound, self.proper, self.lattice_metric)
 
     def _distances(self, L_cmp, F_cmp, L_ref, F_ref, batch, species_cmp, species_ref, owner, X, lattice_weight):
         """Exact ``(lattice, coords, kept)`` terms ``(Q,)`` of packed pairs: crystal ``owner`` against its
@@ -185,7 +183,8 @@ class _CandidateSoftmin(CrystalLoss):
         ``kept`` is False for candidates left out of the softmin without a coordinate term (``coords``
         0 there): with periodic coordinates, one whose lattice term alone exceeds the best candidate's
         whole distance (at most its lattice term + ``coord_weight / 4``, the periodic term's maximum)
-        by 40 τ carries a softmin weight below exp(-40) ≈ 4e-18 of the best.
+        by 40 τ carries a softmin weight below exp(-40) ≈ 4e-18 of the best (20 τ and 2e-9 when the
+        terms are in float32 or below, whose rounding of the distances is larger than that).
         """
         dtype, device = L_cmp.dtype, L_cmp.device
         T_lat = X.to(dtype) @ L_ref[owner]
@@ -198,7 +197,8 @@ class _CandidateSoftmin(CrystalLoss):
                 d_lat = lattice_weight * lat.detach()
                 low = torch.full((L_cmp.shape[0],), math.inf, dtype=d_lat.dtype, device=device).scatter_reduce(
                     0, owner, d_lat, "amin")
-                kept = d_lat <= low[owner] + self.coord_weight / 4 + 40 * self.tau
+                reach = 40 if dtype == torch.float64 else 20
+                kept = d_lat <= low[owner] + self.coord_weight / 4 + reach * self.tau
         crd = self._coordinates(F_cmp, F_ref, batch, species_cmp, species_ref, owner[kept], X[kept], T_lat[kept],
                                 L_cmp.shape[0])
         return lat, torch.zeros_like(lat).masked_scatter(kept, crd), kept
@@ -219,80 +219,75 @@ class _CandidateSoftmin(CrystalLoss):
         reached from both frames counts once (measured in the reduced frame): otherwise a prediction
         emitted already reduced would count every candidate twice.
         """
-        U = candidate_set(self.bound, self.proper, torch.int64, L_ref.device)
-        owner, candidate, kth, width = self._select(torch.cat([f[0] for f in frames]),
-                                                    L_ref.repeat(len(frames), 1, 1), lattice_weight)
+        owner, X = self._select(torch.cat([f[0] for f in frames]), L_ref.repeat(len(frames), 1, 1), lattice_weight)
         n = L_ref.shape[0]
-        picked = []
-        for i in range(len(frames)):
-            mine = owner // n == i
-            picked.append((owner[mine] - i * n, U[candidate[mine]], kth[mine], width[mine]))
+        picked = [(owner[owner // n == i] - i * n, X[owner // n == i]) for i in range(len(frames))]
         if len(frames) == 2:
-            (o1, X1, k1, w1), (o2, M2, k2, w2) = picked
+            (o1, X1), (o2, M2) = picked
             X2 = integer_inverse(frames[1][2])[o2] @ M2
             single = ~_rows_in(o1, X1, o2, X2)
-            picked = [(o1[single], X1[single], k1[single], w1[single]), (o2, X2, k2, w2)]
+            picked = [(o1[single], X1[single]), (o2, X2)]
         return picked
 
     def _softmin(self, pred: CrystalBatch, L, F, scorable, centred: CrystalBatch, lattice_weight):
         """``(value, lattice, coords, status)``, each ``(B,)``: the softmin over every frame's kept
         candidates, minus the offset of ``zero_at_match``, and the softmin-weighted parts.
 
-        The offset is the same softmin for a perfect prediction, the centred label against itself; its
-        candidates are chosen in the same call as the prediction's (a doubled batch), and its distances
-        are computed without gradient.
+        The offset is the same softmin for a perfect prediction, the centred label against itself: it
+        is computed in the same pass as the prediction's (a doubled batch: crystals ``B..2B-1`` are the
+        label, detached, so no gradient reaches it).
         """
         B = L.shape[0]
         L_ref, F_ref = centred.lattice.detach(), centred.frac.detach()
-        queries = [(L, F)] + ([(L_ref, F_ref)] if self.zero_at_match else [])
-        frames, status = self._frames(torch.cat([q[0] for q in queries]), torch.cat([q[1] for q in queries]),
-                                      torch.cat([pred.batch + i * B for i in range(len(queries))]),
-                                      scorable.repeat(len(queries)))
-        picked = self._candidates(frames, L_ref.repeat(len(queries), 1, 1), lattice_weight)
-        values = []
-        for i, (batch, species) in enumerate([(pred.batch, pred.species), (centred.batch, centred.species)][:len(queries)]):
-            with torch.set_grad_enabled(torch.is_grad_enabled() and i == 0):
-                owners, lats, crds, keeps, kths, widths = [], [], [], [], [], []
-                for (L_cmp, F_cmp, N), (owner, X, kth, width) in zip(frames, picked):
-                    mine = (owner >= i * B) & (owner < (i + 1) * B)
-                    owner, X, kth, width = owner[mine] - i * B, X[mine], kth[mine], width[mine]
-                    L_i, F_i = L_cmp[i * B:(i + 1) * B], F_cmp[i * len(batch):(i + 1) * len(batch)]
-                    # Frame 2 scores (N L_p, M L_ref) with M = N X.
-                    M = X if N is None else N[owner + i * B] @ X
-                    lat, crd, kept = self._distances(L_i, F_i, L_ref, F_ref, batch, species, centred.species, owner,
-                                                     M, lattice_weight)
-                    # The taper's threshold from the exact terms: the inner-product form that chose the
-                    # window rounds differently in every basis (much more than the exact terms do).
-                    kth = _kth_smallest(lat.detach(), owner, B, min(self.top_k, len(candidate_set(
-                        self.bound, self.proper, torch.int64, owner.device))))[owner]
-                    scale = (L_i.detach().square().sum(dim=(1, 2)) + L_ref.square().sum(dim=(1, 2)))[owner]
-                    width = self._taper_width(lattice_weight, kth, scale)
-                    owners.append(owner)
-                    lats.append(lat)
-                    crds.append(crd)
-                    keeps.append(kept)
-                    kths.append(kth)
-                    widths.append(width)
-                owner, lat, crd = torch.cat(owners), torch.cat(lats), torch.cat(crds)
-                kept, kth, width = torch.cat(keeps), torch.cat(kths), torch.cat(widths)
-                # The softmin and its offset are each about -τ log(number of tied candidates) while their
-                # difference is near 0: combine them in float64 so single precision does not cancel it.
-                d = (lattice_weight * lat + self.coord_weight * crd).double()
-                # Taper beyond the k-th candidate: weight (1 + cos πx) / 2, x = (lat - t_k) / w in [0, 1]
-                # (held fixed in backward), i.e. the distance grows by -τ log of it, to +inf at x = 1.
-                x = ((lat.detach().double() - kth.double()) / width.double()).clamp(0, 1)
-                taper = 0.5 * (1 + torch.cos(math.pi * x))
-                kept = kept & (taper > 0)
-                d = torch.where(kept, d - self.tau * torch.log(taper.clamp_min(1e-300)), torch.full_like(d, math.inf))
-                values.append(packed_softmin(d, owner, B, self.tau, self.normalize))
-                if i == 0:
-                    # The candidates' shares of the softmin (their softmax weights), for the reported parts.
-                    weight = torch.exp(-(d - values[0][owner]) / self.tau)
-                    if self.normalize:
-                        weight = weight / torch.bincount(owner, minlength=B).clamp_min(1).to(d.dtype)[owner]
-                    parts = [torch.zeros(B, dtype=lat.dtype, device=d.device).index_add(
-                        0, owner, weight.to(lat.dtype) * x) for x in (lat, crd)]
-        value = values[0] - values[1] if len(values) == 2 else values[0]
+        copies = 2 if self.zero_at_match else 1
+        L_q, F_q = (torch.cat([L, L_ref]), torch.cat([F, F_ref])) if copies == 2 else (L, F)
+        batch_q = torch.cat([pred.batch + i * B for i in range(copies)])
+        # Species where the prediction has them (periodic coordinates ignore them; Sinkhorn needs both).
+        species_q = species_r = None
+        if pred.species is not None and centred.species is not None:
+            species_q = torch.cat([pred.species, centred.species][:copies])
+            species_r = centred.species.repeat(copies)
+        L_r, F_r = L_ref.repeat(copies, 1, 1), F_ref.repeat(copies, 1)
+        frames, status = self._frames(L_q, F_q, batch_q, scorable.repeat(copies))
+        picked = self._candidates(frames, L_r, lattice_weight)
+        k = min(self.top_k, len(candidate_set(self.bound, self.proper, torch.int64, L.device)))
+        owners, lats, crds, keeps, kths, widths = [], [], [], [], [], []
+        for (L_cmp, F_cmp, N), (owner, X) in zip(frames, picked):
+            # Frame 2 scores (N L_p, M L_ref) with M = N X.
+            M = X if N is None else N[owner] @ X
+            lat, crd, kept = self._distances(L_cmp, F_cmp, L_r, F_r, batch_q, species_q, species_r, owner, M,
+                                             lattice_weight)
+            # The taper's threshold from the exact terms, per frame: the sums that chose the window
+            # round differently in every basis (more than the exact terms do).
+            kth = _kth_smallest(lat.detach(), owner, copies * B, k)[owner]
+            scale = (L_cmp.detach().square().sum(dim=(1, 2)) + L_r.square().sum(dim=(1, 2)))[owner]
+            owners.append(owner)
+            lats.append(lat)
+            crds.append(crd)
+            keeps.append(kept)
+            kths.append(kth)
+            widths.append(self._taper_width(lattice_weight, kth, scale))
+        owner, lat, crd = torch.cat(owners), torch.cat(lats), torch.cat(crds)
+        kept, kth, width = torch.cat(keeps), torch.cat(kths), torch.cat(widths)
+        # The softmin and its offset are each about -τ log(number of tied candidates) while their
+        # difference is near 0: combine them in float64 so single precision does not cancel it.
+        d = (lattice_weight * lat + self.coord_weight * crd).double()
+        # Taper beyond the k-th candidate: weight (1 + cos πx) / 2, x = (lat - t_k) / w in [0, 1]
+        # (held fixed in backward), i.e. the distance grows by -τ log of it, to +inf at x = 1.
+        x = ((lat.detach().double() - kth.double()) / width.double()).clamp(0, 1)
+        taper = 0.5 * (1 + torch.cos(math.pi * x))
+        kept = kept & (taper > 0)
+        d = torch.where(kept, d - self.tau * torch.log(taper.clamp_min(1e-300)), torch.full_like(d, math.inf))
+        values = packed_softmin(d, owner, copies * B, self.tau, self.normalize)
+        # The prediction's candidates' shares of its softmin (their softmax weights), for the reported parts.
+        mine = owner < B
+        owner, d, lat, crd = owner[mine], d[mine], lat[mine], crd[mine]
+        weight = torch.exp(-(d - values[owner]) / self.tau)
+        if self.normalize:
+            weight = weight / torch.bincount(owner, minlength=B).clamp_min(1).to(d.dtype)[owner]
+        parts = [torch.zeros(B, dtype=lat.dtype, device=d.device).index_add(0, owner, weight.to(lat.dtype) * term)
+                 for term in (lat, crd)]
+        value = values[:B] - values[B:] if copies == 2 else values
         return value.to(lat.dtype), parts[0], parts[1], status[:B]
 
     def _softmin_terms(self, pred: CrystalBatch, L, F, scorable, labels: CrystalBatch, lattice_weight):
