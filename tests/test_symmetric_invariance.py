@@ -260,6 +260,22 @@ def test_assert_gl3z_invariant_holds_for_every_loss_on_real_aflow_cells(name, op
     assert_gl3z_invariant(lambda label: loss(pred, label).per_crystal, batch, max_entry=5, rtol=1e-9, atol=1e-12)
 
 
+def test_sinkhorn_cost_is_continuous_where_a_fractional_difference_crosses_one_half_in_a_skewed_cell():
+    # Hexagonal cell (γ = 120°): the images (½, ½) and (-½, ½) of a fractional difference are a and √3 a
+    # apart. Moving one component across ½ used to switch the cost between them (found by hypothesis on
+    # zincblende, where the inversion puts the second atom exactly (½, ½, ½) away).
+    from soft_niggli.losses.sinkhorn import sinkhorn_coordinate_loss_flat
+
+    L = lattice_from_parameters(3.0, 3.0, 5.0, 90.0, 90.0, 120.0).to(torch.float64).reshape(1, 3, 3)
+    target = torch.tensor([[0.0, 0.0, 0.0], [0.1, 0.2, 0.3]], dtype=torch.float64)
+    values = []
+    for eps in (-1e-9, 1e-9):
+        pred = target + torch.tensor([[0.0, 0.0, 0.0], [0.5 + eps, 0.45, 0.0]], dtype=torch.float64)
+        values.append(float(sinkhorn_coordinate_loss_flat(pred, target, torch.tensor([0, 0]), L,
+                                                          torch.tensor([1, 2]), torch.tensor([1, 2]))[0]))
+    assert abs(values[0] - values[1]) <= 1e-6, values
+
+
 # Not "proxy" and center="both": they reduce the prediction, and are documented to jump where its
 # Niggli basis switches (benchmarks/continuity.py measures that).
 @pytest.mark.parametrize("name, options", [("mse", {}), ("softmin", {}), ("gram", {}),

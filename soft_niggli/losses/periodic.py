@@ -130,27 +130,29 @@ def _best_cuts(x: torch.Tensor, batch: torch.Tensor, counts: torch.Tensor, B: in
     """``(B, 3)`` per crystal and axis, the cut of the best arc: values ``x (N, 3)`` in ``[0, 1)`` below it
     are unwrapped by +1 (a cut at the smallest value unwraps none).
 
-    Atoms are laid out per crystal in a padded ``(B, n_max, 3)`` block and sorted within each crystal
-    (many small sorts, not one large one); every arc's sum of squared residuals comes from prefix sums,
-    in float64.
+    Atoms are laid out per crystal and axis in a padded ``(B, 3, n_max)`` block and sorted within each
+    (many small sorts along the contiguous axis, not one large one); every arc's sum of squared
+    residuals comes from prefix sums (float64 for float64 input, else float32: a cut chosen wrongly by
+    rounding is one whose arc is within that rounding of the best, and the residuals are recomputed
+    exactly for the cut chosen).
     """
     if bool((batch[1:] < batch[:-1]).any()):  # group each crystal's atoms together first
         order = torch.sort(batch, stable=True).indices
         x, batch = x[order], batch[order]
     n_max = int(counts.max())
-    padded = x.new_full((B, n_max, 3), 2.0, dtype=torch.float64).index_put(
-        (batch, atom_slots(counts, batch)), x.double())  # padding sorts last
-    xs = torch.sort(padded, dim=1).values
-    valid = (torch.arange(n_max, device=x.device)[None, :] < counts[:, None])[:, :, None]  # (B, n_max, 1)
+    work = torch.float64 if x.dtype == torch.float64 else torch.float32
+    padded = x.new_full((B, n_max, 3), 2.0, dtype=work).index_put((batch, atom_slots(counts, batch)), x.to(work))
+    xs = torch.sort(padded.transpose(1, 2), dim=2).values  # (B, 3, n_max); the padding (2.0) sorts last
+    valid = torch.arange(n_max, device=x.device)[None, None, :] < counts[:, None, None]
     xs0 = torch.where(valid, xs, torch.zeros_like(xs))
-    n = counts.clamp_min(1).to(torch.float64)[:, None, None]
-    c = torch.arange(n_max, device=x.device, dtype=torch.float64)[None, :, None]
-    # Arc for cut c: values x_{c+1..n}, x_{1..c} + 1. Sum S + c, sum of squares Q + 2 P_c + c, with P_c
-    # the sum of the c smallest.
-    arc_sum = xs0.sum(1, keepdim=True) + c
-    arc_sq = xs0.square().sum(1, keepdim=True) + 2 * (torch.cumsum(xs0, 1) - xs0) + c - arc_sum.square() / n
-    chosen = torch.where(valid, arc_sq, torch.full_like(arc_sq, math.inf)).argmin(dim=1, keepdim=True)
-    return torch.gather(xs, 1, chosen).squeeze(1).to(x.dtype)
+    c = torch.arange(n_max, device=x.device, dtype=work)
+    # Arc for cut c: values x_{c+1..n}, x_{1..c} + 1; sum S + c, sum of squares Q + 2 P_c + c with P_c
+    # the sum of the c smallest, so its squared residuals are Q + 2 P_c + c - (S + c)² / n. Q is the
+    # same for every cut: left out.
+    n = counts.clamp_min(1).to(work)[:, None, None]
+    key = 2 * (torch.cumsum(xs0, 2) - xs0) + c - (xs0.sum(2, keepdim=True) + c).square() / n
+    chosen = torch.where(valid, key, torch.full_like(key, math.inf)).argmin(dim=2, keepdim=True)
+    return torch.gather(xs, 2, chosen).squeeze(2).to(x.dtype)
 
 
 def periodic_coordinate_loss(frac_pred: torch.Tensor, frac_target: torch.Tensor, batch: torch.Tensor,

@@ -8,10 +8,13 @@ MSE of :mod:`soft_niggli.losses.periodic` does not apply. This module compares t
 with geomloss' debiased Sinkhorn divergence ``S`` (``SamplesLoss("sinkhorn", ...)``, tensorized
 backend) under the ground cost
 
-    C(i, j) = ½ |minimum_image(f_i - f_j) @ L|²  +  species_penalty · [Z_i ≠ Z_j],
+    C(i, j) = ½ min_image |(f_i - f_j + k) @ L|²  +  species_penalty · [Z_i ≠ Z_j],
 
-the squared minimum-image Cartesian distance in the reference lattice ``L`` (so the cost is periodic:
-wrapping a coordinate changes nothing), plus a penalty that keeps atoms of different elements from
+the squared Cartesian distance to the nearest image in the reference lattice ``L`` (so the cost is
+periodic: wrapping a coordinate changes nothing), taken over the 8 images next to the fractional
+minimum image (each component ``d`` or ``d - sign d``, ``d`` in ``[-½, ½]``): the nearest image for
+cells near reduced, and continuous where a component crosses ±½ (there the fractional minimum image
+alone switches between two images that a non-orthogonal cell puts at different distances), plus a penalty that keeps atoms of different elements from
 being matched. It is invariant to the order of the atoms in either structure.
 
 Translations (Type II). No centre of a periodic atom set can be both translation-equivariant and
@@ -41,6 +44,9 @@ from ..crystal import atom_slots
 from .periodic import atom_counts
 
 __all__ = ["sinkhorn_coordinate_loss", "sinkhorn_coordinate_loss_flat", "MAX_ANCHOR_PAIRS"]
+
+# The 8 subsets of axes, as 0/1 vectors (which components move to their other image).
+_CORNERS = torch.tensor([[i, j, k] for i in (0, 1) for j in (0, 1) for k in (0, 1)])
 
 #: Default cap on the anchor translations tried per crystal (rarest element with up to 8 atoms).
 MAX_ANCHOR_PAIRS = 64
@@ -142,9 +148,16 @@ def sinkhorn_coordinate_loss(frac_pred: torch.Tensor, frac_target: torch.Tensor,
         d = a[:, :, None, :3] - b[:, None, :, :3]
         d = d - torch.round(d).detach()
         L = a[:, 0, 4:].reshape(-1, 1, 1, 3, 3)
-        cart = (d[..., None, :] @ L).squeeze(-2)
+        # The nearest of the 8 images next to the fractional minimum image (each component d or
+        # d - sign(d)): where a component crosses ±½ the fractional minimum image switches sides, and in
+        # a non-orthogonal cell the two sides are not equally far; the minimum over both is continuous.
+        flip = torch.sign(d).detach()
+        squared = None
+        for corner in _CORNERS.to(d.dtype):
+            cart = ((d - flip * corner)[..., None, :] @ L).squeeze(-2)
+            squared = cart.square().sum(-1) if squared is None else torch.minimum(squared, cart.square().sum(-1))
         different = (a[:, :, None, 3] != b[:, None, :, 3]).to(a.dtype)
-        return 0.5 * cart.square().sum(-1) + species_penalty * different
+        return 0.5 * squared + species_penalty * different
 
     weights = m.to(fp.dtype)
     weights = weights / weights.sum(1, keepdim=True).clamp_min(1.0)
