@@ -114,3 +114,37 @@ def test_sinkhorn_term_has_finite_gradients_and_rejects_bad_shapes():
     assert bool(torch.isfinite(pred.grad).all())
     with pytest.raises(ValueError, match=r"\(B, N, 3\)"):
         sinkhorn_coordinate_loss(frac[..., :2], frac, mask, lattice)
+
+
+@pytest.mark.parametrize("metric", ["cartesian", "gram"])
+@pytest.mark.parametrize("bound, proper, k", [(1, False, 8), (1, True, 3), (2, False, 8), (1, False, 1), (1, False, 600)])
+def test_window_candidates_returns_exactly_the_window_of_the_whole_candidate_set(metric, bound, proper, k):
+    from soft_niggli.losses.candidates import candidate_set, window_candidates
+    from soft_niggli.losses.terms import lattice_term
+    from soft_niggli.lattice import lattice_from_parameters
+
+    g = torch.Generator().manual_seed(3)
+    cubic = 4.0 * torch.eye(3, dtype=torch.float64)
+    hexagonal = lattice_from_parameters(3.0, 3.0, 5.0, 90.0, 90.0, 120.0).to(torch.float64)
+    fcc = 2.0 * torch.tensor([[0.0, 1, 1], [1, 0, 1], [1, 1, 0]], dtype=torch.float64)
+    generic = torch.diag(torch.tensor([3.0, 4.0, 5.5], dtype=torch.float64)) + 0.4 * torch.rand(3, 3, generator=g, dtype=torch.float64)
+    R = torch.stack([cubic, hexagonal, fcc, generic] * 4)
+    # Predictions: the label itself, noisy copies, a re-based noisy copy (far from every candidate), a tiny cell.
+    M = torch.tensor([[1, 2, 0], [0, 1, 0], [1, 1, 1]], dtype=torch.float64)
+    P = torch.cat([R[:4], R[4:8] + 0.05 * torch.randn(4, 3, 3, generator=g, dtype=torch.float64),
+                   M @ R[8:12] + 0.1 * torch.randn(4, 3, 3, generator=g, dtype=torch.float64),
+                   0.05 * torch.randn(4, 3, 3, generator=g, dtype=torch.float64)])
+    U = candidate_set(bound, proper, torch.int64, "cpu")
+
+    def margin(kth, rows=None):
+        return torch.clamp(0.01 * kth + 1e-6, max=0.1)
+
+    exact = lattice_term(P[:, None], U.double() @ R[:, None], metric)  # (B, K)
+    kth = exact.topk(min(k, exact.shape[1]), dim=1, largest=False).values[:, -1]
+    inside = (exact <= (kth + margin(kth))[:, None]).nonzero().tolist()
+    want = {(b, tuple(U[c].flatten().tolist())) for b, c in inside}
+    owner, X = window_candidates(P, R, k, margin, bound, proper, metric)
+    got = {(int(b), tuple(x.flatten().tolist())) for b, x in zip(owner, X)}
+    assert len(got) == len(owner)  # no candidate twice
+    # Ties at the window's edge may add a candidate or two within rounding; none is missing.
+    assert want <= got and len(got - want) <= 2, (len(want), len(got))

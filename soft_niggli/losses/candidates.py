@@ -167,18 +167,11 @@ def _row_vectors(bound: int, device: str) -> torch.Tensor:
     return V[(V != 0).any(1)].to(device)
 
 
-@functools.lru_cache(maxsize=8)
-def _unimodular_triples(bound: int, proper: bool, device: str) -> torch.Tensor:
-    """``(n, n, n)`` bool: rows ``(V[i], V[j], V[k])`` of :func:`_row_vectors` form a candidate (det ±1, or
-    +1 when ``proper``)."""
-    V = _row_vectors(bound, "cpu")
-    det = torch.einsum("ia,jka->ijk", V, torch.linalg.cross(V[:, None, :], V[None, :, :]))
-    return ((det == 1) if proper else (det.abs() == 1)).to(device)
-
-
-# Short vectors combined per row: 10³ or 12³ triples against K = 6960 matrices for bound 1. The metric
-# needs 12: hexagonal and fcc cells have 12 vectors of one length, all of them automorphisms' rows.
-_ROW_RANK = {"cartesian": 10, "gram": 12}
+# Short vectors combined per row, in stages (the crystals whose proof fails go on to the next):
+# 6³ = 216 triples suffice for about half the crystals, 10³ for nearly all, against K = 6960
+# matrices for bound 1. The metric needs 12: hexagonal and fcc cells have 12 vectors of one length,
+# all of them automorphisms' rows.
+_ROW_RANKS = {"cartesian": (6, 10), "gram": (6, 12)}
 
 
 def window_candidates(L_pred: torch.Tensor, L_ref: torch.Tensor, k: int, margin, bound: int = 1,
@@ -198,20 +191,23 @@ def window_candidates(L_pred: torch.Tensor, L_ref: torch.Tensor, k: int, margin,
     ``r`` vectors of lowest cost per row are combined (``r³`` triples, the non-unimodular ones
     dropped), ``t_k`` is taken among them, and a bound on the per-row cost that any candidate in
     the window must meet proves that the (r+1)-th vectors, and all beyond, are out; crystals where
-    the proof fails (tiny or strongly skewed cells, or ``k`` beyond the triples) are scored against
+    the proof fails (tiny or strongly skewed cells, or ``k`` beyond the triples) try more vectors, then are scored against
     all K candidates through :func:`candidate_lattice_terms`.
     """
     with torch.no_grad():
         B, device = L_pred.shape[0], L_pred.device
         V = _row_vectors(bound, _device_key(L_pred))
-        r = _ROW_RANK[metric]
         owners, matrices = [], []
-        fallback = torch.ones(B, dtype=torch.bool, device=device)
-        if B and k <= r ** 3 and has_values(L_pred):
-            owner, X, fallback = _window_by_rows(L_pred, L_ref, k, margin, bound, proper, metric, V, r)
-            owners.append(owner)
+        rows = torch.arange(B, device=device)
+        ranks = [r for r in _ROW_RANKS[metric] if k <= r ** 3] if B and has_values(L_pred) else []
+        costs = _RowCosts(L_pred, L_ref, metric, V, max(ranks)) if ranks else None
+        for r in ranks:
+            owner, X, failed = _window_by_rows(costs if len(rows) == B else costs.subset(rows), k, margin, proper, V, r)
+            owners.append(rows[owner])
             matrices.append(X)
-        rows = fallback.nonzero().flatten()
+            rows = rows[failed]
+            if not len(rows):
+                break
         if len(rows):
             score, a, b = candidate_lattice_terms(L_pred[rows], L_ref[rows], bound, proper, metric)
             kth = a * torch.topk(score, min(k, score.shape[1]), dim=1, largest=False).values[:, -1] + b
@@ -224,62 +220,86 @@ def window_candidates(L_pred: torch.Tensor, L_ref: torch.Tensor, k: int, margin,
         return torch.cat(owners), torch.cat(matrices)
 
 
-def _window_by_rows(P, R, k, margin, bound, proper, metric, V, r):
-    """:func:`window_candidates` from the ``r`` best short vectors per row: ``(owner, X, fallback)``."""
-    B, n = P.shape[0], V.shape[0]
-    # Both cells divided by a common power of two (exact), as in candidate_lattice_terms: no overflow.
-    m = torch.maximum(P.abs().amax(dim=(1, 2)), R.abs().amax(dim=(1, 2)))
-    m = torch.where(torch.isfinite(m) & (m > 0), m, torch.ones_like(m))
-    exponent = torch.frexp(m)[1]
-    P = P * torch.ldexp(torch.ones_like(m), -exponent)[:, None, None]
-    R = R * torch.ldexp(torch.ones_like(m), -exponent)[:, None, None]
-    unit = torch.ldexp(torch.ones_like(m), 2 * exponent) / 9  # scaled sums → Å²
-    Vf = V.to(P.dtype)
-    if metric == "cartesian":
-        cost = (P[:, :, None, :] - (Vf @ R)[:, None]).square().sum(-1)  # (B, 3, n): ‖p_i - v R‖²
+class _RowCosts:
+    """Per crystal and row of a candidate, the cost of every short vector, computed once for all stages
+    of :func:`window_candidates`; ``subset(rows)`` keeps some crystals."""
+
+    def __init__(self, P, R, metric, V, r_max):
+        # Both cells divided by a common power of two (exact), as in candidate_lattice_terms: no overflow.
+        m = torch.maximum(P.abs().amax(dim=(1, 2)), R.abs().amax(dim=(1, 2)))
+        m = torch.where(torch.isfinite(m) & (m > 0), m, torch.ones_like(m))
+        exponent = torch.frexp(m)[1]
+        P = P * torch.ldexp(torch.ones_like(m), -exponent)[:, None, None]
+        R = R * torch.ldexp(torch.ones_like(m), -exponent)[:, None, None]
+        self.unit = torch.ldexp(torch.ones_like(m), 2 * exponent) / 9  # scaled sums → Å²
+        self.metric, self.rows = metric, None
+        Vf = V.to(P.dtype)
+        if metric == "cartesian":
+            self.cost = (P[:, :, None, :] - (Vf @ R)[:, None]).square().sum(-1)  # (B, 3, n): ‖p_i - v R‖²
+        else:
+            self.Q = Vf @ (R @ R.transpose(1, 2)) @ Vf.T  # (B, n, n): v G_r wᵀ for every pair of short vectors
+            self.Gp = P @ P.transpose(1, 2)
+            self.size = P.square().sum(dim=(1, 2))
+            self.cost = (torch.diagonal(self.Gp, dim1=1, dim2=2)[:, :, None]
+                         - torch.diagonal(self.Q, dim1=1, dim2=2)[:, None, :]).square()
+        self.low, self.top = torch.topk(self.cost, r_max + 1, dim=2, largest=False)  # ascending, (B, 3, r_max + 1)
+
+    def subset(self, rows):
+        out = object.__new__(_RowCosts)
+        for name, value in vars(self).items():
+            setattr(out, name, value[rows] if isinstance(value, torch.Tensor) else value)
+        out.rows = rows
+        return out
+
+
+def _window_by_rows(costs: _RowCosts, k, margin, proper, V, r):
+    """One stage of :func:`window_candidates`, combining the ``r`` best short vectors per row of the
+    crystals in ``costs``: ``(owner, X, failed)``, owners numbered within ``costs``."""
+    B, n = costs.cost.shape[0], V.shape[0]
+    top, low, unit = costs.top[..., :r], costs.low[..., :r], costs.unit  # (B, 3, r), ascending
+    # det(v0, v1, v2) = v0 · (v1 × v2) of every triple, in one batched product (exact: small integers).
+    vectors = V.to(low.dtype)[top]  # (B, 3, r, 3)
+    cross = torch.linalg.cross(vectors[:, 1, :, None, :], vectors[:, 2, None, :, :]).reshape(B, r * r, 3)
+    det = (vectors[:, 0] @ cross.transpose(1, 2)).reshape(B, r, r, r)
+    invalid = (det != 1) if proper else (det.abs() != 1)
+    if costs.metric == "cartesian":
+        scaled = low * unit[:, None, None]
+        term = scaled[:, 0, :, None, None] + scaled[:, 1, None, :, None] + scaled[:, 2, None, None, :]
     else:
-        Q = Vf @ (R @ R.transpose(1, 2)) @ Vf.T  # (B, n, n): v G_r wᵀ for every pair of short vectors
-        Gp = P @ P.transpose(1, 2)
-        cost = (torch.diagonal(Gp, dim1=1, dim2=2)[:, :, None] - torch.diagonal(Q, dim1=1, dim2=2)[:, None, :]).square()
-    vals, idx = torch.topk(cost, r + 1, dim=2, largest=False)  # ascending
-    top, low = idx[..., :r], vals[..., :r]  # (B, 3, r) each, ascending
-    t0, t1, t2 = top[:, 0, :, None, None], top[:, 1, None, :, None], top[:, 2, None, None, :]
-    valid = _unimodular_triples(bound, proper, _device_key(P))[t0, t1, t2]  # (B, r, r, r)
-    diag = low[:, 0, :, None, None] + low[:, 1, None, :, None] + low[:, 2, None, None, :]
-    if metric == "cartesian":
-        term = diag * unit[:, None, None, None]
-    else:
+        Q, Gp = costs.Q, costs.Gp
+
         def pair(i, j):  # (B, r, r): (v_i G_r v_jᵀ - G_p,ij)² for the top vectors of rows i and j
             q = Q.gather(1, top[:, i, :, None].expand(-1, -1, n)).gather(2, top[:, j, None, :].expand(-1, r, -1))
             return (q - Gp[:, i, j, None, None]).square()
+
+        diag = low[:, 0, :, None, None] + low[:, 1, None, :, None] + low[:, 2, None, None, :]
         g = torch.diagonal(Q, dim1=1, dim2=2).gather(1, top.flatten(1)).reshape(B, 3, r)  # ‖v R‖²
-        size = (P.square().sum(dim=(1, 2))[:, None, None, None]
-                + g[:, 0, :, None, None] + g[:, 1, None, :, None] + g[:, 2, None, None, :])
+        size = costs.size[:, None, None, None] + g[:, 0, :, None, None] + g[:, 1, None, :, None] + g[:, 2, None, None, :]
         off = pair(0, 1)[:, :, :, None] + pair(0, 2)[:, :, None, :] + pair(1, 2)[:, None, :, :]
-        term = (diag + 2 * off) / size.clamp_min(torch.finfo(P.dtype).tiny) * unit[:, None, None, None]
-    term = torch.where(valid, term, torch.full_like(term, math.inf)).reshape(B, -1)
+        term = (diag + 2 * off) / size.clamp_min(torch.finfo(low.dtype).tiny) * unit[:, None, None, None]
+    term = term.masked_fill_(invalid, math.inf).reshape(B, -1)
     kth = torch.topk(term, k, dim=1, largest=False).values[:, -1]
-    limit = kth + margin(kth, None)
+    limit = kth + margin(kth, costs.rows)
     # Proof that no other candidate is in the window: a bound per row that any candidate inside must
     # meet with the other rows at their best, not met by any vector outside the row's top r.
     allowed = limit / unit  # the window's limit in scaled sums
-    if metric == "cartesian":
-        row_cost, best = cost, low[..., 0]  # Σ_i cost_i <= allowed
+    if costs.metric == "cartesian":
+        best, outside = low[..., 0], costs.low[..., r]  # Σ_i cost_i <= allowed; the (r+1)-th vectors
     else:
         # Σ_i e_i <= allowed · (‖P‖² + Σ_i ‖v_i R‖²): with f_i(v) = e_i(v) - allowed · ‖v R‖², the rows of a
         # candidate inside have Σ_i f_i(v_i) <= allowed · ‖P‖² (separable, unlike the metric itself).
-        gv = torch.diagonal(Q, dim1=1, dim2=2)[:, None, :]
-        row_cost = cost - allowed[:, None, None] * gv
+        row_cost = costs.cost - allowed[:, None, None] * torch.diagonal(costs.Q, dim1=1, dim2=2)[:, None, :]
         row_cost = torch.where(torch.isfinite(row_cost), row_cost, torch.full_like(row_cost, -math.inf))
         best = row_cost.amin(2)
-        allowed = allowed * P.square().sum(dim=(1, 2))
-    outside = row_cost.scatter(2, top, math.inf).amin(2)  # (B, 3): the best vector not combined
+        outside = row_cost.scatter(2, top, math.inf).amin(2)  # (B, 3): the best vector not combined
+        allowed = allowed * costs.size
     budget = allowed[:, None] - (best.sum(1, keepdim=True) - best)
     slack = 1e-5 * (allowed[:, None].abs() + best.abs().sum(1, keepdim=True))  # the sums' rounding
     complete = (outside > budget + slack).all(1) & torch.isfinite(limit)
     owner, flat = ((term <= limit[:, None]) & complete[:, None]).nonzero(as_tuple=True)
-    a, b, c = flat // (r * r), (flat // r) % r, flat % r
-    X = torch.stack([V[top[owner, 0, a]], V[top[owner, 1, b]], V[top[owner, 2, c]]], 1)
+    rows_of = top[owner]  # (Q, 3, r)
+    X = V[torch.stack([rows_of[:, 0].gather(1, (flat // (r * r))[:, None]), rows_of[:, 1].gather(1, (flat // r % r)[:, None]),
+                       rows_of[:, 2].gather(1, (flat % r)[:, None])], 1).squeeze(2)]
     return owner, X, ~complete
 
 
