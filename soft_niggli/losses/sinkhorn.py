@@ -153,7 +153,7 @@ def sinkhorn_coordinate_loss(frac_pred: torch.Tensor, frac_target: torch.Tensor,
         # a non-orthogonal cell the two sides are not equally far; the minimum over both is continuous.
         flip = torch.sign(d).detach()
         squared = None
-        for corner in _CORNERS.to(d.dtype):
+        for corner in _CORNERS.to(device=d.device, dtype=d.dtype):
             cart = ((d - flip * corner)[..., None, :] @ L).squeeze(-2)
             squared = cart.square().sum(-1) if squared is None else torch.minimum(squared, cart.square().sum(-1))
         different = (a[:, :, None, 3] != b[:, None, :, 3]).to(a.dtype)
