@@ -18,8 +18,9 @@ is two ``(B, 9) @ (9, K)`` products, and for metrics
     ||G_p - M G_r Mᵀ||² = ||G_p||² - 2 <M ⊗ M, G_p ⊗ G_r> + <(M ⊗ M)ᵀ(M ⊗ M), G_r ⊗ G_r>
 
 uses the Kronecker square of each candidate, precomputed once per candidate set (cached per dtype and
-device like the candidate set itself). :func:`candidate_lattice_terms`, which the losses use to choose
-candidates, does the same in one product each: ``(B, 18) @ (18, K)``, and for metrics on the 6 distinct
+device like the candidate set itself). :func:`candidate_lattice_terms`, which scores all K candidates
+for the crystals where :func:`window_candidates` cannot prove its shortcut, does the same in one
+product each: ``(B, 18) @ (18, K)``, and for metrics on the 6 distinct
 entries of the symmetric matrices, ``(B, 72) @ (72, K)``.
 
 :func:`window_candidates` finds the few candidates a loss needs (those within a margin of the k-th

@@ -10,11 +10,12 @@ basis, and combine the candidates with a softmin
     loss = -τ log Σ_{M ∈ U'} exp(-d_M / τ),   d_M = w_lat · d_lat(M) + w_coord · d_coord(M),
 
 which is smooth in the prediction and tends to ``min_M d_M`` as τ → 0. No reducer sits in the gradient
-path: the prediction's own basis enters only through the distances. Cost is kept down three ways:
-one matrix product scores every candidate's lattice term (inner-product form, see
-:mod:`soft_niggli.losses.candidates`) to choose ``U'``, the candidates nearest on the lattice term; only those
-get an exact lattice term, and only those within reach of the best a coordinate term; and the
-candidate set and its tables are cached per dtype and device.
+path: the prediction's own basis enters only through the distances. Cost is kept down four ways:
+the candidates nearest on the lattice term, ``U'``, are found without scoring all of ``U``
+(:func:`~soft_niggli.losses.candidates.window_candidates` combines the few best short vectors per row
+of a candidate and proves that no other candidate is in the window); only those get an exact lattice
+term, and only those within reach of the best a coordinate term; the prediction and the offset of
+``zero_at_match`` go through one pass; and the candidate tables are cached per dtype and device.
 
 Symmetric labels (the common case in real data) need three rules, so that nothing depends on the basis
 the label came in and nothing jumps when a tiny change breaks a symmetry:
