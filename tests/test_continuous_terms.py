@@ -148,3 +148,28 @@ def test_window_candidates_returns_exactly_the_window_of_the_whole_candidate_set
     assert len(got) == len(owner)  # no candidate twice
     # Ties at the window's edge may add a candidate or two within rounding; none is missing.
     assert want <= got and len(got - want) <= 2, (len(want), len(got))
+
+
+@settings(max_examples=25, deadline=None)
+@given(counts=st.lists(st.integers(0, 7), min_size=1, max_size=5), seed=st.integers(0, 2**16),
+       dtype=st.sampled_from([torch.float64, torch.float32]))
+def test_periodic_loss_of_pairs_equals_the_flat_loss_on_repeated_atoms(counts, seed, dtype):
+    from soft_niggli.crystal import repeat_atoms
+    from soft_niggli.lattice import integer_inverse
+    from soft_niggli.losses.periodic import periodic_coordinate_loss, periodic_loss_of_pairs
+    from soft_niggli.unimodular import random_unimodular
+
+    g = torch.Generator().manual_seed(seed)
+    num = torch.tensor(counts)
+    N = int(num.sum())
+    pred = torch.rand(N, 3, generator=g, dtype=dtype).requires_grad_()
+    target = torch.rand(N, 3, generator=g, dtype=dtype)
+    crystal = torch.randint(0, len(counts), (9,), generator=g)
+    X = integer_inverse(random_unimodular((9,), max_entry=2, generator=g)).to(dtype)
+    pairs = periodic_loss_of_pairs(pred, target, num, crystal, X)
+    atom, pair = repeat_atoms(num, crystal)
+    flat = periodic_coordinate_loss(pred[atom], (target[atom][:, None, :] @ X[pair]).squeeze(1), pair, 9)
+    tol = 1e-12 if dtype == torch.float64 else 1e-6
+    torch.testing.assert_close(pairs, flat, rtol=tol, atol=tol)
+    grads = [torch.autograd.grad(v.sum(), pred)[0] for v in (pairs, flat)]
+    torch.testing.assert_close(grads[0], grads[1], rtol=tol, atol=tol)

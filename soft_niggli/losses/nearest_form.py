@@ -106,9 +106,8 @@ class NearestFormLoss(CrystalLoss):
         included = self.scorable(pred)
         L, F = self.sanitized(pred, target, included)
         forms = self._forms(target.lattice)
-        eye = torch.eye(3, dtype=dtype, device=pred.device).expand(B, 3, 3)
         X = closest_automorphism(
-            L.detach(), F.detach(), target, eye, eye, lattice_metric=self.lattice_metric, coords=self.coords,
+            L.detach(), F.detach(), target, None, None, lattice_metric=self.lattice_metric, coords=self.coords,
             lattice_weight=self.lattice_weight, coord_weight=self.coord_weight, blur=self.blur,
             rel_tol=self.rel_tol, species=pred.species,
             group=LatticeAutomorphisms(owner=forms.owner, matrices=forms.transform),

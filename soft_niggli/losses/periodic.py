@@ -40,7 +40,7 @@ import torch
 from .._checks import as_float_tensor, check_last_dim, has_values
 from ..crystal import atom_slots
 
-__all__ = ["minimum_image", "best_translation", "periodic_coordinate_loss"]
+__all__ = ["minimum_image", "best_translation", "periodic_coordinate_loss", "periodic_loss_of_pairs"]
 
 
 
@@ -127,32 +127,77 @@ def _best_arcs(d: torch.Tensor, batch: torch.Tensor, B: int):
 
 
 def _best_cuts(x: torch.Tensor, batch: torch.Tensor, counts: torch.Tensor, B: int) -> torch.Tensor:
-    """``(B, 3)`` per crystal and axis, the cut of the best arc: values ``x (N, 3)`` in ``[0, 1)`` below it
-    are unwrapped by +1 (a cut at the smallest value unwraps none).
-
-    Atoms are laid out per crystal and axis in a padded ``(B, 3, n_max)`` block and sorted within each
-    (many small sorts along the contiguous axis, not one large one); every arc's sum of squared
-    residuals comes from prefix sums (float64 for float64 input, else float32: a cut chosen wrongly by
-    rounding is one whose arc is within that rounding of the best, and the residuals are recomputed
-    exactly for the cut chosen).
-    """
+    """``(B, 3)`` per crystal and axis, the cut of the best arc of flat values ``x (N, 3)`` in ``[0, 1)``
+    (:func:`_padded_cuts` on the atoms laid out per crystal)."""
     if bool((batch[1:] < batch[:-1]).any()):  # group each crystal's atoms together first
         order = torch.sort(batch, stable=True).indices
         x, batch = x[order], batch[order]
     n_max = int(counts.max())
+    slots = (batch, atom_slots(counts, batch))
+    padded = x.new_zeros(B, n_max, 3).index_put(slots, x)
+    valid = torch.zeros(B, n_max, dtype=torch.bool, device=x.device).index_put(slots, torch.ones_like(batch, dtype=torch.bool))
+    return _padded_cuts(padded, valid, counts)
+
+
+def _padded_cuts(x: torch.Tensor, valid: torch.Tensor, counts: torch.Tensor) -> torch.Tensor:
+    """``(Q, 3)`` per crystal and axis, the cut of the best arc: values ``x (Q, n_max, 3)`` in ``[0, 1)``
+    (where ``valid (Q, n_max)``) below it are unwrapped by +1 (a cut at the smallest value unwraps none).
+
+    The values are sorted per crystal and axis (many small sorts along the contiguous axis, not one
+    large one); every arc's sum of squared residuals comes from prefix sums (float64 for float64
+    input, else float32: a cut chosen wrongly by rounding is one whose arc is within that rounding of
+    the best, and the residuals are recomputed exactly for the cut chosen).
+    """
+    n_max = x.shape[1]
     work = torch.float64 if x.dtype == torch.float64 else torch.float32
-    padded = x.new_full((B, n_max, 3), 2.0, dtype=work).index_put((batch, atom_slots(counts, batch)), x.to(work))
-    xs = torch.sort(padded.transpose(1, 2), dim=2).values  # (B, 3, n_max); the padding (2.0) sorts last
-    valid = torch.arange(n_max, device=x.device)[None, None, :] < counts[:, None, None]
-    xs0 = torch.where(valid, xs, torch.zeros_like(xs))
+    padded = torch.where(valid[:, :, None], x.to(work), torch.full_like(x, 2.0, dtype=work))
+    xs = torch.sort(padded.transpose(1, 2), dim=2).values  # (Q, 3, n_max); the padding (2.0) sorts last
+    last = torch.arange(n_max, device=x.device)[None, None, :] < counts[:, None, None]
+    xs0 = torch.where(last, xs, torch.zeros_like(xs))
     c = torch.arange(n_max, device=x.device, dtype=work)
     # Arc for cut c: values x_{c+1..n}, x_{1..c} + 1; sum S + c, sum of squares Q + 2 P_c + c with P_c
     # the sum of the c smallest, so its squared residuals are Q + 2 P_c + c - (S + c)² / n. Q is the
     # same for every cut: left out.
     n = counts.clamp_min(1).to(work)[:, None, None]
     key = 2 * (torch.cumsum(xs0, 2) - xs0) + c - (xs0.sum(2, keepdim=True) + c).square() / n
-    chosen = torch.where(valid, key, torch.full_like(key, math.inf)).argmin(dim=2, keepdim=True)
+    chosen = torch.where(last, key, torch.full_like(key, math.inf)).argmin(dim=2, keepdim=True)
     return torch.gather(xs, 2, chosen).squeeze(2).to(x.dtype)
+
+
+def periodic_loss_of_pairs(frac_pred: torch.Tensor, frac_target: torch.Tensor, num_atoms: torch.Tensor,
+                           crystal: torch.Tensor, target_transform: torch.Tensor) -> torch.Tensor:
+    """``(Q,)``: for each pair ``q``, :func:`periodic_coordinate_loss` of crystal ``crystal[q]``'s predicted
+    atoms against its target atoms times ``target_transform[q]`` (``F_t @ X_q``, atoms matched by order).
+
+    What the losses need to score one crystal against many re-based copies of its label (candidate
+    bases, automorphisms, reduced forms) without repeating every atom per pair: atoms are laid out
+    per crystal once (``(B, n_max, 3)``), and each pair is one small matrix product and a few padded
+    operations. ``frac_*`` are flat ``(N_total, 3)`` grouped by crystal, ``num_atoms (B,)``,
+    ``crystal (Q,)`` int64, ``target_transform (Q, 3, 3)`` floating. Gradients flow to ``frac_pred``
+    (and to ``frac_target`` if it carries them).
+    """
+    B, Q, device = num_atoms.shape[0], crystal.shape[0], frac_pred.device
+    if Q == 0 or frac_pred.shape[0] == 0:
+        return frac_pred.new_zeros(Q)
+    n_max = int(num_atoms.max())
+    batch = torch.repeat_interleave(torch.arange(B, device=device), num_atoms, output_size=frac_pred.shape[0])
+    slots = (batch, atom_slots(num_atoms, batch))
+    pred = frac_pred.new_zeros(B, n_max, 3).index_put(slots, frac_pred)
+    target = frac_target.new_zeros(B, n_max, 3).index_put(slots, frac_target)
+    valid = (torch.arange(n_max, device=device)[None, :] < num_atoms[:, None])[crystal]  # (Q, n_max)
+    counts = num_atoms[crystal]
+    d = pred[crystal] - target[crystal] @ target_transform
+    x = d - d[:, :1]  # relative to each crystal's first atom
+    x = x - torch.floor(x).detach()  # in [0, 1)
+    if has_values(x):
+        with torch.no_grad():
+            cut = _padded_cuts(x.detach(), valid, counts)
+        x = x + (x.detach() < cut[:, None, :]).to(x.dtype)  # the chosen arc: values below the cut move up by 1
+    weight = valid[:, :, None].to(x.dtype)
+    n = counts.clamp_min(1).to(x.dtype)
+    mean = (x * weight).sum(1, keepdim=True) / n[:, None, None]
+    sq = ((x - mean).square() * weight).sum(dim=(1, 2))
+    return sq / (3 * n)
 
 
 def periodic_coordinate_loss(frac_pred: torch.Tensor, frac_target: torch.Tensor, batch: torch.Tensor,

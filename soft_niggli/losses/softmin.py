@@ -74,6 +74,7 @@ from .base import (CrystalLoss, LossResult, choice_option, flag_option, fraction
                    register_loss, weight_option)
 from .candidates import candidate_set, window_candidates
 from .invariants import theta_term, volume_term
+from .periodic import periodic_loss_of_pairs
 from .terms import closest_automorphism, coordinate_term, lattice_term, tie_tolerance
 
 __all__ = ["SoftminLoss", "GramLoss", "CENTERS"]
@@ -111,7 +112,6 @@ class _CandidateSoftmin(CrystalLoss):
         function of the label's lattice, not of the basis it came in.
         """
         B = len(labels)
-        eye = torch.eye(3, dtype=L.dtype, device=L.device).expand(B, 3, 3)
         group = lattice_automorphisms(labels.lattice.detach(), self.automorphism_rel_tol)
         owner, matrices = group.owner, group.matrices
         keep = torch.ones_like(owner, dtype=torch.bool)
@@ -126,7 +126,7 @@ class _CandidateSoftmin(CrystalLoss):
             first[1:] = owner[1:] != owner[:-1]  # each crystal's identity
             keep = choosing[owner] | first
         C = closest_automorphism(
-            L.detach(), F.detach(), labels, eye, eye, lattice_metric=self.lattice_metric, coords=self.coords,
+            L.detach(), F.detach(), labels, None, None, lattice_metric=self.lattice_metric, coords=self.coords,
             lattice_weight=lattice_weight, coord_weight=self.coord_weight, blur=self.blur,
             rel_tol=self.automorphism_rel_tol, species=species,
             group=LatticeAutomorphisms(owner=owner[keep], matrices=matrices[keep]),
@@ -206,8 +206,12 @@ class _CandidateSoftmin(CrystalLoss):
 
     def _coordinates(self, F_cmp, F_ref, batch, species_cmp, species_ref, owner, X, T_lat, B):
         """``(Q,)`` coordinate term of the packed pairs (see :meth:`_distances`)."""
-        atom, pair_of_atom = repeat_atoms(torch.bincount(batch, minlength=B), owner)  # pair q: crystal owner[q]
-        T_frac = (F_ref[atom][:, None, :] @ integer_inverse(X).to(F_cmp.dtype)[pair_of_atom]).squeeze(1)
+        counts = torch.bincount(batch, minlength=B)
+        X_inv = integer_inverse(X).to(F_cmp.dtype)
+        if self.coords == "periodic":  # atoms laid out once per crystal, not repeated per pair
+            return periodic_loss_of_pairs(F_cmp, F_ref, counts, owner, X_inv)
+        atom, pair_of_atom = repeat_atoms(counts, owner)  # pair q: crystal owner[q]
+        T_frac = (F_ref[atom][:, None, :] @ X_inv[pair_of_atom]).squeeze(1)
         return coordinate_term(self.coords, F_cmp[atom], T_frac, pair_of_atom, T_lat,
                                None if species_cmp is None else species_cmp[atom],
                                None if species_ref is None else species_ref[atom], self.blur)

@@ -16,7 +16,7 @@ from ..crystal import CrystalBatch, repeat_atoms
 from ..lattice import integer_inverse
 from ..unimodular import lattice_automorphisms
 from .base import COORDINATE_TERMS, LATTICE_METRICS, choice_option
-from .periodic import periodic_coordinate_loss
+from .periodic import periodic_coordinate_loss, periodic_loss_of_pairs
 from .sinkhorn import sinkhorn_coordinate_loss_flat
 
 __all__ = [
@@ -82,8 +82,8 @@ def tie_tolerance(scale: torch.Tensor) -> torch.Tensor:
     return 64 * torch.finfo(scale.dtype).eps * scale
 
 
-def closest_automorphism(P_lat: torch.Tensor, P_frac: torch.Tensor, labels: CrystalBatch, left: torch.Tensor,
-                         right: torch.Tensor, *, lattice_metric: str, coords: str, lattice_weight: float,
+def closest_automorphism(P_lat: torch.Tensor, P_frac: torch.Tensor, labels: CrystalBatch, left: torch.Tensor | None,
+                         right: torch.Tensor | None, *, lattice_metric: str, coords: str, lattice_weight: float,
                          coord_weight: float, blur: float, rel_tol: float, species=None, group=None,
                          lattice_first: bool = False) -> torch.Tensor:
     """``(B, 3, 3)`` int64: per crystal, the automorphism ``A`` of the reduced label whose target
@@ -91,7 +91,8 @@ def closest_automorphism(P_lat: torch.Tensor, P_frac: torch.Tensor, labels: Crys
 
     Every automorphism of a Niggli-reduced label gives an equally canonical target (the group is the
     same set whichever basis the label came in), so choosing by distance to the prediction makes what
-    follows independent of the label's input basis. "Closest" is measured by the full weighted loss,
+    follows independent of the label's input basis (``left`` and ``right`` may be None: the identity).
+    "Closest" is measured by the full weighted loss,
     ``lattice_weight · lattice_term + coord_weight · coordinate_term``, over every (crystal,
     automorphism) pair, or (``lattice_first=True``, which the proxy loss uses with Sinkhorn coordinates,
     where one optimal-transport problem per pair would dominate the cost) over the pairs tied, within
@@ -112,7 +113,7 @@ def closest_automorphism(P_lat: torch.Tensor, P_frac: torch.Tensor, labels: Crys
     with torch.no_grad():
         P = owner.numel()
         A_f, A_inv_f = A.to(P_lat.dtype), integer_inverse(A).to(P_lat.dtype)
-        T_lat = left[owner] @ A_f @ L_n[owner]
+        T_lat = A_f @ L_n[owner] if left is None else left[owner] @ A_f @ L_n[owner]
         lat = lattice_term(P_lat[owner], T_lat, lattice_metric)
         keep = torch.ones(P, dtype=torch.bool, device=device)
         if lattice_first:
@@ -121,11 +122,16 @@ def closest_automorphism(P_lat: torch.Tensor, P_frac: torch.Tensor, labels: Crys
             keep = lat <= best_lat[owner] + tie_tolerance(scale)[owner]
         pairs = keep.nonzero().flatten()
         sub = owner[pairs]
-        atom, pair_of_atom = repeat_atoms(labels.num_atoms, sub)  # pair p repeats crystal sub[p]
-        T_frac = (F_n[atom][:, None, :] @ (A_inv_f[pairs] @ right[sub])[pair_of_atom]).squeeze(1)
-        species_p = None if species is None else species[atom]
-        species_t = None if labels.species is None else labels.species[atom]
-        crd = coordinate_term(coords, P_frac[atom], T_frac, pair_of_atom, T_lat[pairs], species_p, species_t, blur)
+        A_inv_f = A_inv_f[pairs] if right is None else A_inv_f[pairs] @ right[sub]
+        if coords == "periodic":  # atoms laid out once per crystal, not repeated per pair
+            crd = periodic_loss_of_pairs(P_frac, F_n, labels.num_atoms, sub, A_inv_f)
+        else:
+            atom, pair_of_atom = repeat_atoms(labels.num_atoms, sub)  # pair p repeats crystal sub[p]
+            T_frac = (F_n[atom][:, None, :] @ A_inv_f[pair_of_atom]).squeeze(1)
+            species_p = None if species is None else species[atom]
+            species_t = None if labels.species is None else labels.species[atom]
+            crd = coordinate_term(coords, P_frac[atom], T_frac, pair_of_atom, T_lat[pairs], species_p, species_t,
+                                  blur)
         total = torch.full((P,), math.inf, dtype=lat.dtype, device=device)
         total[pairs] = lattice_weight * lat[pairs] + coord_weight * crd
         best = torch.full((B,), math.inf, dtype=total.dtype, device=device).scatter_reduce(0, owner, total, "amin")
