@@ -178,7 +178,7 @@ def periodic_loss_of_pairs(frac_pred: torch.Tensor, frac_target: torch.Tensor, n
     """
     B, Q, device = num_atoms.shape[0], crystal.shape[0], frac_pred.device
     if Q == 0 or frac_pred.shape[0] == 0:
-        return frac_pred.new_zeros(Q)
+        return frac_pred.new_zeros(Q) + 0 * frac_pred.sum()  # still in the graph: backward works
     n_max = int(num_atoms.max())
     batch = torch.repeat_interleave(torch.arange(B, device=device), num_atoms, output_size=frac_pred.shape[0])
     slots = (batch, atom_slots(num_atoms, batch))
