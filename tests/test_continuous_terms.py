@@ -171,5 +171,6 @@ def test_periodic_loss_of_pairs_equals_the_flat_loss_on_repeated_atoms(counts, s
     flat = periodic_coordinate_loss(pred[atom], (target[atom][:, None, :] @ X[pair]).squeeze(1), pair, 9)
     tol = 1e-12 if dtype == torch.float64 else 1e-6
     torch.testing.assert_close(pairs, flat, rtol=tol, atol=tol)
-    grads = [torch.autograd.grad(v.sum(), pred)[0] for v in (pairs, flat)]
-    torch.testing.assert_close(grads[0], grads[1], rtol=tol, atol=tol)
+    if N:  # (without atoms the flat loss is a constant, outside the graph)
+        grads = [torch.autograd.grad(v.sum(), pred)[0] for v in (pairs, flat)]
+        torch.testing.assert_close(grads[0], grads[1], rtol=tol, atol=tol)
