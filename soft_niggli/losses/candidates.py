@@ -198,17 +198,26 @@ def window_candidates(L_pred: torch.Tensor, L_ref: torch.Tensor, k: int, margin,
     with torch.no_grad():
         B, device = L_pred.shape[0], L_pred.device
         V = _row_vectors(bound, _device_key(L_pred))
-        owners, matrices = [], []
+        owners, matrices, full = [], [], []
         rows = torch.arange(B, device=device)
         ranks = [r for r in _ROW_RANKS[metric] if k <= r ** 3] if B and has_values(L_pred) else []
         costs = _RowCosts(L_pred, L_ref, metric, V, max(ranks)) if ranks else None
-        for r in ranks:
-            owner, X, failed = _window_by_rows(costs if len(rows) == B else costs.subset(rows), k, margin, proper, V, r)
+        for stage, r in enumerate(ranks):
+            owner, X, failed, kth = _window_by_rows(costs if len(rows) == B else costs.subset(rows), k, margin, proper,
+                                                    V, r)
             owners.append(rows[owner])
             matrices.append(X)
-            rows = rows[failed]
+            if metric == "gram" and stage + 1 < len(ranks):
+                # The metric's bound is weak far from a match (k-th term above 1% of the cells' mean
+                # squared entry): more vectors would not prove those either; they go to the full scoring.
+                size = (L_pred[rows].square().sum(dim=(1, 2)) + L_ref[rows].square().sum(dim=(1, 2))) / 9
+                rows, hopeless = rows[failed & (kth <= 0.01 * size)], rows[failed & ~(kth <= 0.01 * size)]
+                full.append(hopeless)
+            else:
+                rows = rows[failed]
             if not len(rows):
                 break
+        rows = torch.cat(full + [rows])
         if len(rows):
             score, a, b = candidate_lattice_terms(L_pred[rows], L_ref[rows], bound, proper, metric)
             kth = a * torch.topk(score, min(k, score.shape[1]), dim=1, largest=False).values[:, -1] + b
@@ -255,7 +264,8 @@ class _RowCosts:
 
 def _window_by_rows(costs: _RowCosts, k, margin, proper, V, r):
     """One stage of :func:`window_candidates`, combining the ``r`` best short vectors per row of the
-    crystals in ``costs``: ``(owner, X, failed)``, owners numbered within ``costs``."""
+    crystals in ``costs``: ``(owner, X, failed, t_k)``, owners numbered within ``costs``, ``t_k`` the k-th
+    smallest term among the triples (at least the true one)."""
     B, n = costs.cost.shape[0], V.shape[0]
     top, low, unit = costs.top[..., :r], costs.low[..., :r], costs.unit  # (B, 3, r), ascending
     # det(v0, v1, v2) = v0 · (v1 × v2) of every triple, in one batched product (exact: small integers).
@@ -301,7 +311,7 @@ def _window_by_rows(costs: _RowCosts, k, margin, proper, V, r):
     rows_of = top[owner]  # (Q, 3, r)
     X = V[torch.stack([rows_of[:, 0].gather(1, (flat // (r * r))[:, None]), rows_of[:, 1].gather(1, (flat // r % r)[:, None]),
                        rows_of[:, 2].gather(1, (flat % r)[:, None])], 1).squeeze(2)]
-    return owner, X, ~complete
+    return owner, X, ~complete, kth
 
 
 def lattice_distances_naive(L_pred: torch.Tensor, L_ref: torch.Tensor, bound: int = 1, proper: bool = False) -> torch.Tensor:
