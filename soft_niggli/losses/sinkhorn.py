@@ -45,8 +45,9 @@ from .periodic import atom_counts
 
 __all__ = ["sinkhorn_coordinate_loss", "sinkhorn_coordinate_loss_flat", "MAX_ANCHOR_PAIRS"]
 
-# The 8 subsets of axes, as 0/1 vectors (which components move to their other image).
-_CORNERS = torch.tensor([[i, j, k] for i in (0, 1) for j in (0, 1) for k in (0, 1)])
+# The 8 subsets of axes in Gray-code order, as steps from the empty one: (axis, +1 to add it, -1 to
+# remove it); each step moves one component of a difference to its other image.
+_GRAY_STEPS = ((0, 1), (1, 1), (0, -1), (2, 1), (0, 1), (1, -1), (0, -1))
 
 #: Default cap on the anchor translations tried per crystal (rarest element with up to 8 atoms).
 MAX_ANCHOR_PAIRS = 64
@@ -147,15 +148,17 @@ def sinkhorn_coordinate_loss(frac_pred: torch.Tensor, frac_target: torch.Tensor,
     def cost(a, b):
         d = a[:, :, None, :3] - b[:, None, :, :3]
         d = d - torch.round(d).detach()
-        L = a[:, 0, 4:].reshape(-1, 1, 1, 3, 3)
+        L = a[:, 0, 4:].reshape(-1, 3, 3)
         # The nearest of the 8 images next to the fractional minimum image (each component d or
         # d - sign(d)): where a component crosses ±½ the fractional minimum image switches sides, and in
         # a non-orthogonal cell the two sides are not equally far; the minimum over both is continuous.
+        # Walked in Gray-code order, each image is the previous one moved along one lattice vector.
         flip = torch.sign(d).detach()
-        squared = None
-        for corner in _CORNERS.to(device=d.device, dtype=d.dtype):
-            cart = ((d - flip * corner)[..., None, :] @ L).squeeze(-2)
-            squared = cart.square().sum(-1) if squared is None else torch.minimum(squared, cart.square().sum(-1))
+        cart = torch.einsum("qijk,qkl->qijl", d, L)
+        squared = cart.square().sum(-1)
+        for axis, sign in _GRAY_STEPS:
+            cart = cart - sign * flip[..., axis, None] * L[:, None, None, axis, :]
+            squared = torch.minimum(squared, cart.square().sum(-1))
         different = (a[:, :, None, 3] != b[:, None, :, 3]).to(a.dtype)
         return 0.5 * squared + species_penalty * different
 
