@@ -183,17 +183,17 @@ def window_candidates(L_pred: torch.Tensor, L_ref: torch.Tensor, k: int, margin,
 
     ``margin(t_k, rows)``: the window's width ``(B',)`` >= 0 beyond ``t_k (B',)`` for the crystals
     ``rows`` (an index tensor, or None for all), non-decreasing in ``t_k``; it should include a
-    rounding slack. Not differentiated. Candidates in the window whose terms
-    tie in exact arithmetic are all returned (the proof has a relative slack of 1e-5).
+    rounding slack. Not differentiated. Candidates in the window whose terms tie in exact arithmetic
+    are all returned (the proof has a relative slack of 1e-5).
 
     How: each row ``v`` of ``X`` is a nonzero short vector. With Cartesian entries the term is
     ``Σ_i ‖p_i - v_i R‖² / 9``, a sum of per-row costs; with the metric, ``‖G_p - X G_r Xᵀ‖²`` over
     the squared size is at least the diagonal's share ``Σ_i (G_p,ii - v_i G_r v_iᵀ)²`` over it. The
     ``r`` vectors of lowest cost per row are combined (``r³`` triples, the non-unimodular ones
     dropped), ``t_k`` is taken among them, and a bound on the per-row cost that any candidate in
-    the window must meet proves that the (r+1)-th vectors, and all beyond, are out; crystals where
-    the proof fails (tiny or strongly skewed cells, or ``k`` beyond the triples) try more vectors, then are scored against
-    all K candidates through :func:`candidate_lattice_terms`.
+    the window must meet proves that the (r+1)-th vectors, and all beyond, are out. Crystals where
+    the proof fails (tiny or strongly skewed cells, or ``k`` beyond the triples) try more vectors,
+    then are scored against all K candidates through :func:`candidate_lattice_terms`.
     """
     with torch.no_grad():
         B, device = L_pred.shape[0], L_pred.device
