@@ -87,19 +87,19 @@ class NearestFormLoss(CrystalLoss):
             new = reduced_forms(lattice[missing], rel_tol=self.rel_tol)
             counts = new.counts(len(missing)).tolist()
             for b, transform, form, status in zip(missing, new.transform.to("cpu").split(counts),
-                                                  new.lattice.to("cpu").split(counts), new.status.to("cpu")):
-                self._cache[keys[b]] = (transform, form, status)
+                                                  new.lattice.to("cpu").split(counts), new.status.tolist()):
+                self._cache[keys[b]] = (transform, form, status, len(transform))
         entries = []
         for key in keys:
             self._cache.move_to_end(key)
             entries.append(self._cache[key])
         while len(self._cache) > self.cache_size:
             self._cache.popitem(last=False)
-        counts = torch.tensor([len(e[0]) for e in entries], device=device)
+        transform, form, status, counts = zip(*entries)
+        counts = torch.tensor(counts, device=device)
         return ReducedForms(owner=torch.repeat_interleave(torch.arange(B, device=device), counts),
-                            transform=torch.cat([e[0] for e in entries]).to(device),
-                            lattice=torch.cat([e[1] for e in entries]).to(device),
-                            status=torch.stack([e[2] for e in entries]).to(device))
+                            transform=torch.cat(transform).to(device), lattice=torch.cat(form).to(device),
+                            status=torch.tensor(status, dtype=torch.int64, device=device))
 
     def compute(self, pred: CrystalBatch, target: CrystalBatch) -> LossResult:
         B, dtype = len(pred), pred.dtype

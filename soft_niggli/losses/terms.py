@@ -115,11 +115,17 @@ def closest_automorphism(P_lat: torch.Tensor, P_frac: torch.Tensor, labels: Crys
         A_f, A_inv_f = A.to(P_lat.dtype), integer_inverse(A).to(P_lat.dtype)
         T_lat = A_f @ L_n[owner] if left is None else left[owner] @ A_f @ L_n[owner]
         lat = lattice_term(P_lat[owner], T_lat, lattice_metric)
-        keep = torch.ones(P, dtype=torch.bool, device=device)
+        best_lat = torch.full((B,), math.inf, dtype=lat.dtype, device=device).scatter_reduce(0, owner, lat, "amin")
+        slack = tie_tolerance((P_lat.square().sum(dim=(1, 2)) + L_n.square().sum(dim=(1, 2))) / 9)[owner]
         if lattice_first:
-            best_lat = torch.full((B,), math.inf, dtype=lat.dtype, device=device).scatter_reduce(0, owner, lat, "amin")
-            scale = (P_lat.square().sum(dim=(1, 2)) + L_n.square().sum(dim=(1, 2))) / 9
-            keep = lat <= best_lat[owner] + tie_tolerance(scale)[owner]
+            keep = lat <= best_lat[owner] + slack
+        elif coords == "periodic":
+            # The periodic term is at most 1/4: a pair whose weighted lattice term alone exceeds the best
+            # one's by more than coord_weight / 4 cannot have the smallest total (exact pruning; on
+            # cubic labels it leaves a handful of the 48 forms).
+            keep = lattice_weight * lat <= lattice_weight * (best_lat[owner] + slack) + coord_weight / 4
+        else:
+            keep = torch.ones(P, dtype=torch.bool, device=device)
         pairs = keep.nonzero().flatten()
         sub = owner[pairs]
         A_inv_f = A_inv_f[pairs] if right is None else A_inv_f[pairs] @ right[sub]
