@@ -194,3 +194,12 @@ def test_reduced_forms_loss_with_its_cache_equals_the_loss_without(batch, seed):
         torch.testing.assert_close(a.per_crystal, b.per_crystal, rtol=0, atol=0)
         torch.testing.assert_close(a.terms["forms"], b.terms["forms"], rtol=0, atol=0)
     assert len(cached._cache) <= 3
+
+
+def test_reduced_forms_loss_cache_takes_half_precision_and_empty_batches():
+    label = CrystalBatch(4.0 * torch.eye(3)[None], torch.tensor([[0.0, 0.0, 0.0], [0.5, 0.5, 0.5]]), [2], [11, 17])
+    loss = get_loss("reduced-forms")
+    for dtype in (torch.bfloat16, torch.float16, torch.float32):
+        assert float(loss(label.to(dtype=dtype), label.to(dtype=dtype)).loss) == 0.0
+    empty = CrystalBatch(torch.zeros(0, 3, 3), torch.zeros(0, 3), torch.zeros(0, dtype=torch.int64))
+    assert float(loss(empty, empty).loss) == 0.0

@@ -77,10 +77,10 @@ class NearestFormLoss(CrystalLoss):
     def _forms(self, lattice: torch.Tensor) -> ReducedForms:
         """:func:`~soft_niggli.canonical.reduced_forms` of ``lattice (B, 3, 3)``, through the cache."""
         lattice = lattice.detach()
-        if not self.cache_size or not has_values(lattice):
+        if not self.cache_size or not has_values(lattice) or not lattice.shape[0]:
             return reduced_forms(lattice, rel_tol=self.rel_tol)
         B, device = lattice.shape[0], lattice.device
-        values = lattice.to("cpu").contiguous().numpy()
+        values = lattice.to("cpu", torch.float64).contiguous().numpy()  # exact for every float dtype (bfloat16 too)
         keys = [str(lattice.dtype).encode() + values[b].tobytes() for b in range(B)]
         missing = [b for b, key in enumerate(keys) if key not in self._cache]
         if missing:
