@@ -1,4 +1,4 @@
-"""Build of what pyproject.toml cannot declare: the package layout and the one compiled part.
+"""Build of what pyproject.toml cannot declare: the package layout and the compiled parts.
 
 Everything else (metadata, dependencies, version) is in pyproject.toml.
 
@@ -9,9 +9,10 @@ The mapping is here rather than in pyproject.toml because a declarative ``packag
 an explicit list of every package, which would have to be kept in step with ``soft_niggli``'s
 subpackages by hand.
 
-Extension: the reducer's per-cell loop (``soft_niggli/_niggli_kernel.c``). It is optional: where it
-cannot be built (no C compiler), the package installs anyway and the reducer runs its NumPy core,
-which gives the same results, slower. The flags are chosen per compiler:
+Extensions: the reducer's per-cell loop (``soft_niggli/_niggli_kernel.c``) and the losses' per-pair
+loop of the periodic coordinate term (``soft_niggli/_loss_kernel.c``). Both are optional: where they
+cannot be built (no C compiler), the package installs anyway and runs their NumPy / PyTorch
+counterparts, which give the same results, slower. The flags are chosen per compiler:
 
 * GCC/Clang (``unix``, ``mingw32``, ``cygwin``): ``-O2 -ffp-contract=off -fno-math-errno``.
   ``-ffp-contract=off`` so that no multiply-add is fused (the arithmetic then rounds exactly as the
@@ -44,10 +45,9 @@ class BuildExt(build_ext):
 setup(
     packages=[*find_packages(include=["soft_niggli", "soft_niggli.*"]), "soft_niggli.baselines"],
     package_dir={"soft_niggli.baselines": "baselines"},
-    ext_modules=[Extension(
-        "soft_niggli._niggli_kernel",
-        sources=["soft_niggli/_niggli_kernel.c"],
-        optional=True,
-    )],
+    ext_modules=[
+        Extension("soft_niggli._niggli_kernel", sources=["soft_niggli/_niggli_kernel.c"], optional=True),
+        Extension("soft_niggli._loss_kernel", sources=["soft_niggli/_loss_kernel.c"], optional=True),
+    ],
     cmdclass={"build_ext": BuildExt},
 )

@@ -116,9 +116,12 @@ def test_sinkhorn_term_has_finite_gradients_and_rejects_bad_shapes():
         sinkhorn_coordinate_loss(frac[..., :2], frac, mask, lattice)
 
 
+@pytest.mark.parametrize("compiled", [True, False], ids=["compiled", "pytorch"])
 @pytest.mark.parametrize("metric", ["cartesian", "gram"])
 @pytest.mark.parametrize("bound, proper, k", [(1, False, 8), (1, True, 3), (2, False, 8), (1, False, 1), (1, False, 600)])
-def test_window_candidates_returns_exactly_the_window_of_the_whole_candidate_set(metric, bound, proper, k):
+def test_window_candidates_returns_exactly_the_window_of_the_whole_candidate_set(metric, bound, proper, k, compiled,
+                                                                                  monkeypatch):
+    import soft_niggli.losses.candidates as candidates
     from soft_niggli.losses.candidates import candidate_set, window_candidates
     from soft_niggli.losses.terms import lattice_term
     from soft_niggli.lattice import lattice_from_parameters
@@ -135,6 +138,10 @@ def test_window_candidates_returns_exactly_the_window_of_the_whole_candidate_set
                    M @ R[8:12] + 0.1 * torch.randn(4, 3, 3, generator=g, dtype=torch.float64),
                    0.05 * torch.randn(4, 3, 3, generator=g, dtype=torch.float64)])
     U = candidate_set(bound, proper, torch.int64, "cpu")
+    if not compiled:  # the PyTorch stages (GPU tensors, or no C compiler at install)
+        monkeypatch.setattr(candidates, "_kernel", None)
+    elif candidates._kernel is None:
+        pytest.skip("the compiled loss kernel was not built")
 
     def margin(kth, rows=None):
         return torch.clamp(0.01 * kth + 1e-6, max=0.1)
@@ -150,10 +157,24 @@ def test_window_candidates_returns_exactly_the_window_of_the_whole_candidate_set
     assert want <= got and len(got - want) <= 2, (len(want), len(got))
 
 
+@pytest.mark.parametrize("compiled", [True, False], ids=["compiled", "pytorch"])
 @settings(max_examples=25, deadline=None)
 @given(counts=st.lists(st.integers(0, 7), min_size=1, max_size=5), seed=st.integers(0, 2**16),
        dtype=st.sampled_from([torch.float64, torch.float32]))
-def test_periodic_loss_of_pairs_equals_the_flat_loss_on_repeated_atoms(counts, seed, dtype):
+def test_periodic_loss_of_pairs_equals_the_flat_loss_on_repeated_atoms(counts, seed, dtype, compiled):
+    import soft_niggli.losses.periodic as periodic
+
+    if compiled and periodic._kernel is None:
+        pytest.skip("the compiled loss kernel was not built")
+    saved = periodic._kernel
+    periodic._kernel = saved if compiled else None  # (hypothesis: no function-scoped monkeypatch)
+    try:
+        _check_pairs_against_the_flat_loss(counts, seed, dtype)
+    finally:
+        periodic._kernel = saved
+
+
+def _check_pairs_against_the_flat_loss(counts, seed, dtype):
     from soft_niggli.crystal import repeat_atoms
     from soft_niggli.lattice import integer_inverse
     from soft_niggli.losses.periodic import periodic_coordinate_loss, periodic_loss_of_pairs

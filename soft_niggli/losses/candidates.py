@@ -40,6 +40,11 @@ import torch
 from .._checks import has_values
 from ..unimodular import enumerate_unimodular
 
+try:  # the compiled branch and bound of window_candidates (soft_niggli/_loss_kernel.c); optional
+    from .. import _loss_kernel as _kernel
+except ImportError:  # not built (no C compiler at install time): the PyTorch stages below do the same
+    _kernel = None
+
 __all__ = [
     "candidate_set",
     "candidate_lattice_terms",
@@ -198,6 +203,8 @@ def window_candidates(L_pred: torch.Tensor, L_ref: torch.Tensor, k: int, margin,
     with torch.no_grad():
         B, device = L_pred.shape[0], L_pred.device
         V = _row_vectors(bound, _device_key(L_pred))
+        if _kernel is not None and device.type == "cpu" and B and has_values(L_pred):
+            return _compiled_window(L_pred, L_ref, k, margin, proper, metric, V)
         owners, matrices, full = [], [], []
         rows = torch.arange(B, device=device)
         ranks = [r for r in _ROW_RANKS[metric] if k <= r ** 3] if B and has_values(L_pred) else []
@@ -228,6 +235,30 @@ def window_candidates(L_pred: torch.Tensor, L_ref: torch.Tensor, k: int, margin,
         if not owners:
             return torch.zeros(0, dtype=torch.int64, device=device), torch.zeros(0, 3, 3, dtype=torch.int64, device=device)
         return torch.cat(owners), torch.cat(matrices)
+
+
+def _compiled_window(L_pred, L_ref, k, margin, proper, metric, V):
+    """:func:`window_candidates` through the compiled branch and bound (``soft_niggli/_loss_kernel.c``):
+    one pass finds each crystal's ``t_k`` over all candidates, a second collects the window; exact
+    for every cell (terms in float64), no stages and no scoring of the whole candidate set."""
+    B = L_pred.shape[0]
+    P = L_pred.detach().to(torch.float64).reshape(B, 9).contiguous()
+    R = L_ref.detach().to(torch.float64).reshape(B, 9).contiguous()
+    Vn, gram = V.contiguous().numpy(), int(metric == "gram")
+    kth = torch.empty(B, dtype=torch.float64)
+    none = torch.empty(0, dtype=torch.int64)
+    _kernel.window(P.numpy(), R.numpy(), Vn, gram, int(proper), k, kth.numpy(), kth.numpy(), none.numpy(),
+                   none.reshape(0, 3).numpy())
+    limit = kth + margin(kth.to(L_pred.dtype), None).to(torch.float64)
+    capacity = 64 * B
+    while True:
+        owner = torch.empty(capacity, dtype=torch.int64)
+        rows = torch.empty(capacity, 3, dtype=torch.int64)
+        count = _kernel.window(P.numpy(), R.numpy(), Vn, gram, int(proper), 0, limit.numpy(), kth.numpy(),
+                               owner.numpy(), rows.numpy())
+        if count <= capacity:
+            return owner[:count], V[rows[:count]]
+        capacity = count
 
 
 class _RowCosts:

@@ -40,8 +40,17 @@ import torch
 from .._checks import as_float_tensor, check_last_dim, has_values
 from ..crystal import atom_slots
 
-__all__ = ["minimum_image", "best_translation", "periodic_coordinate_loss", "periodic_loss_of_pairs"]
+try:  # the compiled per-pair loop of periodic_loss_of_pairs (soft_niggli/_loss_kernel.c); optional
+    from .. import _loss_kernel as _kernel
+except ImportError:  # not built (no C compiler at install time): the PyTorch code below does the same
+    _kernel = None
 
+__all__ = ["minimum_image", "best_translation", "periodic_coordinate_loss", "periodic_loss_of_pairs",
+           "COMPILED_PAIRS"]
+
+#: Whether :func:`periodic_loss_of_pairs` runs its compiled loop on CPU tensors (False: the PyTorch code
+#: runs instead; same values to rounding, slower).
+COMPILED_PAIRS = _kernel is not None
 
 
 def minimum_image(d: torch.Tensor) -> torch.Tensor:
@@ -179,6 +188,9 @@ def periodic_loss_of_pairs(frac_pred: torch.Tensor, frac_target: torch.Tensor, n
     B, Q, device = num_atoms.shape[0], crystal.shape[0], frac_pred.device
     if Q == 0 or frac_pred.shape[0] == 0:
         return frac_pred.new_zeros(Q) + 0 * frac_pred.sum()  # still in the graph: backward works
+    if (_kernel is not None and device.type == "cpu" and frac_target.device.type == "cpu"
+            and not target_transform.requires_grad and has_values(frac_pred)):
+        return _CompiledPairs.apply(frac_pred, frac_target, num_atoms, crystal, target_transform)
     n_max = int(num_atoms.max())
     batch = torch.repeat_interleave(torch.arange(B, device=device), num_atoms, output_size=frac_pred.shape[0])
     slots = (batch, atom_slots(num_atoms, batch))
@@ -198,6 +210,46 @@ def periodic_loss_of_pairs(frac_pred: torch.Tensor, frac_target: torch.Tensor, n
     mean = (x * weight).sum(1, keepdim=True) / n[:, None, None]
     sq = ((x - mean).square() * weight).sum(dim=(1, 2))
     return sq / (3 * n)
+
+
+class _CompiledPairs(torch.autograd.Function):
+    """:func:`periodic_loss_of_pairs` through the compiled loop (``soft_niggli/_loss_kernel.c``), in
+    float64: the forward pass keeps each pair's residuals, from which the backward pass accumulates
+    ``2 r_i g_q / (3 n)`` into the predicted atoms (and minus that times ``X_qᵀ`` into the target's)."""
+
+    @staticmethod
+    def forward(ctx, frac_pred, frac_target, num_atoms, crystal, target_transform):
+        counts = num_atoms.to(torch.int64).contiguous()
+        start = (torch.cumsum(counts, 0) - counts).contiguous()
+        crystal = crystal.to(torch.int64).contiguous()
+        sizes = counts[crystal]
+        resid_start = (torch.cumsum(sizes, 0) - sizes).contiguous()
+        X = target_transform.detach().to(torch.float64).reshape(-1, 9).contiguous()
+        loss = torch.empty(crystal.shape[0], dtype=torch.float64)
+        resid = torch.empty(int(sizes.sum()), 3, dtype=torch.float64)
+        _kernel.periodic_pairs(_buffer(frac_pred), _buffer(frac_target), start.numpy(), counts.numpy(),
+                               crystal.numpy(), X.numpy(), resid_start.numpy(), loss.numpy(), resid.numpy())
+        ctx.save_for_backward(resid, resid_start, start, counts, crystal, X)
+        ctx.shapes = (frac_pred.shape, frac_pred.dtype, frac_target.dtype)
+        return loss.to(frac_pred.dtype)
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad):
+        resid, resid_start, start, counts, crystal, X = ctx.saved_tensors
+        shape, pred_dtype, target_dtype = ctx.shapes
+        grad_pred = torch.zeros(shape, dtype=torch.float64)
+        grad_target = torch.zeros(shape if ctx.needs_input_grad[1] else (0, 3), dtype=torch.float64)
+        g = grad.detach().to(torch.float64).contiguous()
+        _kernel.periodic_pairs_grad(resid.numpy(), resid_start.numpy(), start.numpy(), counts.numpy(),
+                                    crystal.numpy(), X.numpy(), g.numpy(), grad_pred.numpy(), grad_target.numpy())
+        return (grad_pred.to(pred_dtype) if ctx.needs_input_grad[0] else None,
+                grad_target.to(target_dtype) if ctx.needs_input_grad[1] else None, None, None, None)
+
+
+def _buffer(frac: torch.Tensor):
+    """A C-contiguous float64 NumPy view (or copy) of flat fractional coordinates, for the kernel."""
+    return frac.detach().to(torch.float64).contiguous().numpy()
 
 
 def periodic_coordinate_loss(frac_pred: torch.Tensor, frac_target: torch.Tensor, batch: torch.Tensor,

@@ -1,0 +1,559 @@
+/*
+ * Compiled loops of the continuous losses: the periodic coordinate term of many (crystal, re-basing)
+ * pairs (soft_niggli/losses/periodic.py, `periodic_loss_of_pairs`), written once per pair instead of
+ * once per array operation.
+ *
+ * For pair q (crystal b = crystal[q], its n atoms at rows start[b] .. start[b] + n - 1 of the flat
+ * fractional coordinates) the differences are d_i = pred_i - target_i X_q (X_q a 3x3 matrix, rows are
+ * lattice vectors as everywhere in soft_niggli). Per axis, the values x_i = d_i - d_0 wrapped to
+ * [0, 1) are sorted round the circle, the best arc is chosen from prefix sums (the cut c minimising
+ * 2 P_c + c - (S + c)^2 / n, P_c the sum of the c smallest, first minimum), the values below the cut
+ * are unwrapped by +1, and the residuals r_i = x_i - mean are computed directly (no cancellation of
+ * large sums). The term is sum r^2 / (3 n); its gradient with respect to pred_i is 2 r_i / (3 n), and
+ * with respect to target_i minus that times X_q^T (the residuals sum to zero, so d_0's share cancels).
+ *
+ * Same arithmetic as the PyTorch code in periodic.py, in double precision throughout (the PyTorch
+ * code computes float32 input in float32): tests/test_loss_kernel.py compares the two. The PyTorch
+ * code stays the reference and the fallback where this module was not built.
+ */
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+#include <float.h>
+#include <math.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+
+static int compare_doubles(const void *a, const void *b) {
+    double x = *(const double *)a, y = *(const double *)b;
+    return (x > y) - (x < y);
+}
+
+/* Ascending sort of n values: insertion sort for the small crystals of CSP data, qsort beyond. */
+static void sort_values(double *v, int64_t n) {
+    if (n > 48) {
+        qsort(v, (size_t)n, sizeof(double), compare_doubles);
+        return;
+    }
+    for (int64_t i = 1; i < n; i++) {
+        double x = v[i];
+        int64_t j = i - 1;
+        while (j >= 0 && v[j] > x) {
+            v[j + 1] = v[j];
+            j--;
+        }
+        v[j + 1] = x;
+    }
+}
+
+/* One pair: residuals r (n * 3, row-major like the atoms) and the term. `x` and `sorted` are scratch of n. */
+static double pair_term(const double *pred, const double *target, int64_t n, const double *X, double *r,
+                        double *x, double *sorted) {
+    if (n == 0) return 0.0;
+    double d0[3], total = 0.0;
+    for (int a = 0; a < 3; a++)
+        d0[a] = pred[a] - (target[0] * X[a] + target[1] * X[3 + a] + target[2] * X[6 + a]);
+    for (int a = 0; a < 3; a++) {
+        for (int64_t i = 0; i < n; i++) {
+            const double *t = target + 3 * i;
+            double d = pred[3 * i + a] - (t[0] * X[a] + t[1] * X[3 + a] + t[2] * X[6 + a]);
+            double v = d - d0[a];
+            v -= floor(v);
+            x[i] = v;
+            sorted[i] = v;
+        }
+        sort_values(sorted, n);
+        double S = 0.0;
+        for (int64_t i = 0; i < n; i++) S += sorted[i];
+        double best = INFINITY, prefix = 0.0, cut = sorted[0];
+        for (int64_t c = 0; c < n; c++) {
+            double key = 2.0 * prefix + (double)c - (S + (double)c) * (S + (double)c) / (double)n;
+            if (key < best) {
+                best = key;
+                cut = sorted[c];
+            }
+            prefix += sorted[c];
+        }
+        double mean = 0.0;
+        for (int64_t i = 0; i < n; i++) {
+            if (x[i] < cut) x[i] += 1.0;
+            mean += x[i];
+        }
+        mean /= (double)n;
+        for (int64_t i = 0; i < n; i++) {
+            double res = x[i] - mean;
+            r[3 * i + a] = res;
+            total += res * res;
+        }
+    }
+    return total / (3.0 * (double)n);
+}
+
+#define RELEASE_ALL(bufs, count)                                 \
+    for (int i_ = 0; i_ < (count); i_++) PyBuffer_Release(&(bufs)[i_])
+
+/* periodic_pairs(pred, target, start, counts, crystal, X, resid_start, loss, resid):
+ * pred, target float64 (N, 3); start, counts int64 (B,); crystal int64 (Q,); X float64 (Q, 9);
+ * resid_start int64 (Q,) (each pair's first row in resid); outputs loss float64 (Q,), resid float64
+ * (sum of the pairs' atom counts, 3). Contiguous buffers; indices are checked here. */
+static PyObject *periodic_pairs(PyObject *self, PyObject *args) {
+    Py_buffer b[9];
+    if (!PyArg_ParseTuple(args, "y*y*y*y*y*y*y*w*w*", &b[0], &b[1], &b[2], &b[3], &b[4], &b[5], &b[6], &b[7], &b[8]))
+        return NULL;
+    const double *pred = b[0].buf, *target = b[1].buf, *X = b[5].buf;
+    const int64_t *start = b[2].buf, *counts = b[3].buf, *crystal = b[4].buf, *rstart = b[6].buf;
+    double *loss = b[7].buf, *resid = b[8].buf;
+    Py_ssize_t N = b[0].len / (Py_ssize_t)(3 * sizeof(double)), B = b[3].len / (Py_ssize_t)sizeof(int64_t);
+    Py_ssize_t Q = b[4].len / (Py_ssize_t)sizeof(int64_t), R = b[8].len / (Py_ssize_t)(3 * sizeof(double));
+    int ok = b[1].len == b[0].len && b[2].len == b[3].len && b[5].len == Q * 9 * (Py_ssize_t)sizeof(double) &&
+             b[6].len == b[4].len && b[7].len == Q * (Py_ssize_t)sizeof(double);
+    int64_t n_max = 0;
+    for (Py_ssize_t k = 0; ok && k < B; k++) {
+        ok = counts[k] >= 0 && start[k] >= 0 && start[k] + counts[k] <= N;
+        if (counts[k] > n_max) n_max = counts[k];
+    }
+    for (Py_ssize_t q = 0; ok && q < Q; q++)
+        ok = crystal[q] >= 0 && crystal[q] < B && rstart[q] >= 0 && rstart[q] + counts[crystal[q]] <= R;
+    if (!ok) {
+        RELEASE_ALL(b, 9);
+        PyErr_SetString(PyExc_ValueError, "periodic_pairs: buffer sizes or indices do not match");
+        return NULL;
+    }
+    double *scratch = malloc((size_t)(2 * (n_max > 0 ? n_max : 1)) * sizeof(double));
+    if (scratch == NULL) {
+        RELEASE_ALL(b, 9);
+        return PyErr_NoMemory();
+    }
+    Py_BEGIN_ALLOW_THREADS;
+    for (Py_ssize_t q = 0; q < Q; q++) {
+        int64_t c = crystal[q];
+        loss[q] = pair_term(pred + 3 * start[c], target + 3 * start[c], counts[c], X + 9 * q, resid + 3 * rstart[q],
+                            scratch, scratch + n_max);
+    }
+    Py_END_ALLOW_THREADS;
+    free(scratch);
+    RELEASE_ALL(b, 9);
+    Py_RETURN_NONE;
+}
+
+/* periodic_pairs_grad(resid, resid_start, start, counts, crystal, X, grad_loss, grad_pred, grad_target):
+ * accumulates into grad_pred (N, 3) the gradient 2 r_i g_q / (3 n) of every pair, and into grad_target
+ * (N, 3; an empty buffer to skip it) minus that times X_q^T. Same layouts as periodic_pairs. */
+static PyObject *periodic_pairs_grad(PyObject *self, PyObject *args) {
+    Py_buffer b[9];
+    if (!PyArg_ParseTuple(args, "y*y*y*y*y*y*y*w*w*", &b[0], &b[1], &b[2], &b[3], &b[4], &b[5], &b[6], &b[7], &b[8]))
+        return NULL;
+    const double *resid = b[0].buf, *X = b[5].buf, *g = b[6].buf;
+    const int64_t *rstart = b[1].buf, *start = b[2].buf, *counts = b[3].buf, *crystal = b[4].buf;
+    double *gp = b[7].buf, *gt = b[8].len ? b[8].buf : NULL;
+    Py_ssize_t R = b[0].len / (Py_ssize_t)(3 * sizeof(double)), N = b[7].len / (Py_ssize_t)(3 * sizeof(double));
+    Py_ssize_t B = b[3].len / (Py_ssize_t)sizeof(int64_t), Q = b[4].len / (Py_ssize_t)sizeof(int64_t);
+    int ok = b[1].len == b[4].len && b[2].len == b[3].len && b[5].len == Q * 9 * (Py_ssize_t)sizeof(double) &&
+             b[6].len == Q * (Py_ssize_t)sizeof(double) && (b[8].len == 0 || b[8].len == b[7].len);
+    for (Py_ssize_t k = 0; ok && k < B; k++) ok = counts[k] >= 0 && start[k] >= 0 && start[k] + counts[k] <= N;
+    for (Py_ssize_t q = 0; ok && q < Q; q++)
+        ok = crystal[q] >= 0 && crystal[q] < B && rstart[q] >= 0 && rstart[q] + counts[crystal[q]] <= R;
+    if (!ok) {
+        RELEASE_ALL(b, 9);
+        PyErr_SetString(PyExc_ValueError, "periodic_pairs_grad: buffer sizes or indices do not match");
+        return NULL;
+    }
+    Py_BEGIN_ALLOW_THREADS;
+    for (Py_ssize_t q = 0; q < Q; q++) {
+        int64_t c = crystal[q], n = counts[c];
+        if (n == 0) continue;
+        double scale = 2.0 * g[q] / (3.0 * (double)n);
+        const double *r = resid + 3 * rstart[q], *Xq = X + 9 * q;
+        double *p = gp + 3 * start[c];
+        for (int64_t i = 0; i < n; i++) {
+            double u0 = scale * r[3 * i], u1 = scale * r[3 * i + 1], u2 = scale * r[3 * i + 2];
+            p[3 * i] += u0;
+            p[3 * i + 1] += u1;
+            p[3 * i + 2] += u2;
+            if (gt != NULL) {
+                double *t = gt + 3 * start[c] + 3 * i;
+                for (int j = 0; j < 3; j++) t[j] -= u0 * Xq[3 * j] + u1 * Xq[3 * j + 1] + u2 * Xq[3 * j + 2];
+            }
+        }
+    }
+    Py_END_ALLOW_THREADS;
+    RELEASE_ALL(b, 9);
+    Py_RETURN_NONE;
+}
+
+/* ---- the candidate window (soft_niggli/losses/candidates.py, `window_candidates`) ----
+ *
+ * A candidate X has rows v_0, v_1, v_2 among the n nonzero short vectors V (entries in [-bound, bound])
+ * and |det X| = 1 (det X = 1 when `proper`). Its lattice term against a prediction P and reference R
+ * (3x3, rows are lattice vectors; both divided by a common power of two first, so nothing overflows,
+ * with `unit` converting back) is
+ *   Cartesian: unit * sum_i c_i(v_i),  c_i(v) = |p_i - v R|^2                          (separable);
+ *   metric:    unit * sum_ab (Gp_ab - v_a Gr v_b^T)^2 / (|P|^2 + sum_a v_a Gr v_a^T).
+ * Both are enumerated by branch and bound over the rows, each row's vectors sorted by a lower bound of
+ * its share: for the metric, a candidate with term <= unit * A has
+ *   sum_a f_a(v_a) + 2 sum_{a<b} (Gp_ab - v_a Gr v_b^T)^2 <= A |P|^2,
+ *   f_a(v) = (Gp_aa - v Gr v^T)^2 - A v Gr v^T,
+ * so partial sums (with the other rows at their smallest f) prune whole branches. Every candidate
+ * within the threshold is reached, so the results are exact (to the double-precision rounding of the
+ * terms), for any cell however skewed: there is no fallback to scoring all candidates. */
+
+typedef struct {
+    int metric, proper;
+    int64_t n;
+    const int64_t *V;  /* n x 3 */
+    double unit, size; /* size: |P|^2 (metric) */
+    double Gp[9];
+    double *cost;      /* 3 x n: c_a (Cartesian) or f_a (metric) */
+    double *Q;         /* n x n: v Gr w^T (metric) */
+    int64_t *order;    /* 3 x n: each row's vectors by increasing cost */
+} Window;
+
+static int64_t det3(const int64_t *a, const int64_t *b, const int64_t *c) {
+    return a[0] * (b[1] * c[2] - b[2] * c[1]) - a[1] * (b[0] * c[2] - b[2] * c[0]) + a[2] * (b[0] * c[1] - b[1] * c[0]);
+}
+
+/* Scales the cells and fills the per-vector tables; returns 0 for a cell with non-finite entries. */
+static int window_setup(Window *w, const double *P_in, const double *R_in) {
+    double m = 0.0, P[9], R[9];
+    for (int i = 0; i < 9; i++) {
+        if (!isfinite(P_in[i]) || !isfinite(R_in[i])) return 0;
+        m = fmax(m, fmax(fabs(P_in[i]), fabs(R_in[i])));
+    }
+    int e = 0;
+    if (m > 0) frexp(m, &e);
+    for (int i = 0; i < 9; i++) {
+        P[i] = ldexp(P_in[i], -e);
+        R[i] = ldexp(R_in[i], -e);
+    }
+    w->unit = ldexp(1.0, 2 * e) / 9.0;
+    const int64_t n = w->n, *V = w->V;
+    if (w->metric == 0) {
+        for (int64_t j = 0; j < n; j++) {
+            double vR[3];
+            for (int c = 0; c < 3; c++) vR[c] = V[3 * j] * R[c] + V[3 * j + 1] * R[3 + c] + V[3 * j + 2] * R[6 + c];
+            for (int a = 0; a < 3; a++) {
+                double s = 0.0;
+                for (int c = 0; c < 3; c++) s += (P[3 * a + c] - vR[c]) * (P[3 * a + c] - vR[c]);
+                w->cost[a * n + j] = s;
+            }
+        }
+        return 1;
+    }
+    double Gr[9];
+    w->size = 0.0;
+    for (int a = 0; a < 3; a++)
+        for (int b = 0; b < 3; b++) {
+            double gp = 0.0, gr = 0.0;
+            for (int c = 0; c < 3; c++) {
+                gp += P[3 * a + c] * P[3 * b + c];
+                gr += R[3 * a + c] * R[3 * b + c];
+            }
+            w->Gp[3 * a + b] = gp;
+            Gr[3 * a + b] = gr;
+        }
+    for (int a = 0; a < 3; a++) w->size += w->Gp[4 * a];
+    for (int64_t j = 0; j < n; j++) {
+        double vG[3];
+        for (int c = 0; c < 3; c++) vG[c] = V[3 * j] * Gr[c] + V[3 * j + 1] * Gr[3 + c] + V[3 * j + 2] * Gr[6 + c];
+        for (int64_t l = 0; l < n; l++) w->Q[j * n + l] = vG[0] * V[3 * l] + vG[1] * V[3 * l + 1] + vG[2] * V[3 * l + 2];
+    }
+    return 1;
+}
+
+/* Metric: the row bounds f_a for threshold A (in scaled units). */
+static void window_metric_costs(Window *w, double A) {
+    const int64_t n = w->n;
+    for (int64_t j = 0; j < n; j++) {
+        double g = w->Q[j * n + j];
+        for (int a = 0; a < 3; a++) {
+            double d = w->Gp[4 * a] - g;
+            w->cost[a * n + j] = d * d - A * g;
+        }
+    }
+}
+
+static void window_sort_rows(Window *w) {
+    const int64_t n = w->n;
+    for (int a = 0; a < 3; a++) {
+        int64_t *o = w->order + a * n;
+        const double *c = w->cost + a * n;
+        for (int64_t j = 0; j < n; j++) {
+            int64_t x = o[j] = j, i = j - 1;
+            while (i >= 0 && c[o[i]] > c[x]) {
+                o[i + 1] = o[i];
+                i--;
+            }
+            o[i + 1] = x;
+        }
+    }
+}
+
+/* The exact term (scaled units, before `unit`) of the metric candidate with rows j0, j1, j2. */
+static double window_metric_term(const Window *w, const int64_t j[3]) {
+    const int64_t n = w->n;
+    double num = 0.0, den = w->size;
+    for (int a = 0; a < 3; a++) {
+        den += w->Q[j[a] * n + j[a]];
+        for (int b = 0; b < 3; b++) {
+            double d = w->Gp[3 * a + b] - w->Q[j[a] * n + j[b]];
+            num += d * d;
+        }
+    }
+    return num / fmax(den, DBL_MIN);
+}
+
+/* Max-heap of the k smallest terms seen. */
+typedef struct {
+    double *v;
+    int64_t size, k;
+} Heap;
+
+static void heap_offer(Heap *h, double x) {
+    if (h->size < h->k) {
+        int64_t i = h->size++;
+        while (i > 0 && h->v[(i - 1) / 2] < x) {
+            h->v[i] = h->v[(i - 1) / 2];
+            i = (i - 1) / 2;
+        }
+        h->v[i] = x;
+        return;
+    }
+    if (!(x < h->v[0])) return;
+    int64_t i = 0;
+    for (;;) {
+        int64_t c = 2 * i + 1;
+        if (c >= h->k) break;
+        if (c + 1 < h->k && h->v[c + 1] > h->v[c]) c++;
+        if (!(h->v[c] > x)) break;
+        h->v[i] = h->v[c];
+        i = c;
+    }
+    h->v[i] = x;
+}
+
+/* A candidate reached by a search: offered to the heap (finding t_k) or collected (count < capacity). */
+typedef struct {
+    Heap *heap;
+    int64_t owner, *out_owner, *out_rows, capacity, count;
+} Sink;
+
+static void sink_take(Sink *s, double term, int64_t j0, int64_t j1, int64_t j2) {
+    if (s->heap) {
+        heap_offer(s->heap, term);
+        return;
+    }
+    if (s->count < s->capacity) {
+        s->out_owner[s->count] = s->owner;
+        s->out_rows[3 * s->count] = j0;
+        s->out_rows[3 * s->count + 1] = j1;
+        s->out_rows[3 * s->count + 2] = j2;
+    }
+    s->count++;
+}
+
+static int unimodular_rows(const Window *w, const int64_t cross[3], int64_t j2) {
+    const int64_t *v2 = w->V + 3 * j2;
+    int64_t det = cross[0] * v2[0] + cross[1] * v2[1] + cross[2] * v2[2];
+    return w->proper ? det == 1 : (det == 1 || det == -1);
+}
+
+/* Cartesian entries: every candidate with sum_a c_a <= the threshold (scaled units): `fixed`, or for
+ * finding t_k the heap's k-th term once it holds k. Each row sorted by c_a, so each level stops at
+ * the first vector over the budget. */
+static void cartesian_search(const Window *w, double fixed, Sink *sink) {
+    const int64_t n = w->n, *V = w->V;
+    const int64_t *o0 = w->order, *o1 = w->order + n, *o2 = w->order + 2 * n;
+    const double *c0 = w->cost, *c1 = w->cost + n, *c2 = w->cost + 2 * n;
+    const double min1 = c1[o1[0]], min2 = c2[o2[0]];
+    Heap *heap = sink->heap;
+#define THRESHOLD() ((heap && heap->size == heap->k ? fmin(heap->v[0], fixed) : fixed) * (1 + 1e-12))
+    for (int64_t i0 = 0; i0 < n; i0++) {
+        int64_t j0 = o0[i0];
+        double s0 = c0[j0];
+        if (s0 + min1 + min2 > THRESHOLD()) break;
+        for (int64_t i1 = 0; i1 < n; i1++) {
+            int64_t j1 = o1[i1];
+            double s1 = s0 + c1[j1];
+            if (s1 + min2 > THRESHOLD()) break;
+            const int64_t *v0 = V + 3 * j0, *v1 = V + 3 * j1;
+            int64_t cross[3] = {v0[1] * v1[2] - v0[2] * v1[1], v0[2] * v1[0] - v0[0] * v1[2], v0[0] * v1[1] - v0[1] * v1[0]};
+            for (int64_t i2 = 0; i2 < n; i2++) {
+                int64_t j2 = o2[i2];
+                double s2 = s1 + c2[j2];
+                if (s2 > THRESHOLD()) break;
+                if (s2 <= fixed && unimodular_rows(w, cross, j2)) sink_take(sink, s2, j0, j1, j2);
+            }
+        }
+    }
+#undef THRESHOLD
+}
+
+/* Metric: every candidate with term <= A (scaled units), the f_a made with that A. A candidate inside
+ * has sum_a f_a(v_a) + 2 sum_{a<b} (Gp_ab - Q_ab)^2 <= A |P|^2 =: budget; each level stops at the
+ * first vector whose f alone breaks it, the pair (0, 1) is checked before the third row, and the third
+ * row only visits the vectors that pass with each of the first two alone (bit masks, made when first
+ * needed: `mask` holds 2 n rows of `words` words, `made` 2 n flags). */
+static void metric_search(const Window *w, double A, Sink *sink, uint64_t *mask, char *made, int64_t words) {
+    const int64_t n = w->n, *V = w->V, *o0 = w->order, *o1 = w->order + n, *o2 = w->order + 2 * n;
+    const double *c0 = w->cost, *c1 = w->cost + n, *c2 = w->cost + 2 * n, *Q = w->Q, *G = w->Gp;
+    const double min0 = c0[o0[0]], min1 = c1[o1[0]], min2 = c2[o2[0]];
+    const double budget = A * w->size * (1 + 1e-12);
+    memset(made, 0, (size_t)(2 * n));
+    for (int64_t i0 = 0; i0 < n; i0++) {
+        int64_t j0 = o0[i0];
+        double s0 = c0[j0];
+        if (s0 + min1 + min2 > budget) break;
+        for (int64_t i1 = 0; i1 < n; i1++) {
+            int64_t j1 = o1[i1];
+            double s1 = s0 + c1[j1];
+            if (s1 + min2 > budget) break;
+            double d01 = G[1] - Q[j0 * n + j1], p01 = 2 * d01 * d01;
+            if (s1 + p01 + min2 > budget) continue;
+            const int64_t *v0 = V + 3 * j0, *v1 = V + 3 * j1;
+            int64_t cross[3] = {v0[1] * v1[2] - v0[2] * v1[1], v0[2] * v1[0] - v0[0] * v1[2], v0[0] * v1[1] - v0[1] * v1[0]};
+            if (!cross[0] && !cross[1] && !cross[2]) continue; /* parallel rows: det 0 */
+            /* The third rows allowed with row 0 = j0 (mask j0) and with row 1 = j1 (mask n + j1). */
+            const int64_t pick[2] = {j0, n + j1};
+            for (int m = 0; m < 2; m++) {
+                int64_t at = pick[m];
+                if (made[at]) continue;
+                made[at] = 1;
+                uint64_t *bits = mask + at * words;
+                memset(bits, 0, (size_t)words * sizeof(uint64_t));
+                int64_t j = m ? j1 : j0;
+                double g = m ? G[5] : G[2], room = budget - (m ? min0 + c1[j1] : c0[j0] + min1);
+                for (int64_t l = 0; l < n; l++) {
+                    double d = g - Q[j * n + l];
+                    if (c2[l] + 2 * d * d <= room) bits[l >> 6] |= (uint64_t)1 << (l & 63);
+                }
+            }
+            const uint64_t *b0 = mask + j0 * words, *b1 = mask + (n + j1) * words;
+            for (int64_t word = 0; word < words; word++) {
+                uint64_t bits = b0[word] & b1[word];
+                while (bits) {
+                    int64_t j2 = 64 * word + __builtin_ctzll(bits);
+                    bits &= bits - 1;
+                    if (s1 + p01 + c2[j2] > budget || !unimodular_rows(w, cross, j2)) continue;
+                    int64_t j[3] = {j0, j1, j2};
+                    double term = window_metric_term(w, j);
+                    if (term <= A) sink_take(sink, term, j0, j1, j2);
+                }
+            }
+        }
+    }
+}
+
+/* window(P, R, V, metric, proper, k, limit, kth, owner, rows) -> count
+ * P, R float64 (B, 9); V int64 (n, 3); metric 0 (Cartesian) or 1 (metric); proper 0/1.
+ * With k > 0: writes to kth (float64, B) each crystal's k-th smallest term over all candidates (the
+ * largest if fewer; NaN for a non-finite cell) and returns 0. With k == 0: collects every candidate
+ * whose term is <= limit[b] (float64, B) into owner (int64, capacity) and rows (int64, capacity x 3,
+ * indices into V), and returns how many there are (call again with more capacity if above it). */
+static PyObject *window(PyObject *self, PyObject *args) {
+    Py_buffer b[7];
+    int metric, proper;
+    long long k;
+    if (!PyArg_ParseTuple(args, "y*y*y*iiLy*w*w*w*", &b[0], &b[1], &b[2], &metric, &proper, &k, &b[3], &b[4], &b[5],
+                          &b[6]))
+        return NULL;
+    Py_ssize_t B = b[0].len / (Py_ssize_t)(9 * sizeof(double)), n = b[2].len / (Py_ssize_t)(3 * sizeof(int64_t));
+    Py_ssize_t capacity = b[5].len / (Py_ssize_t)sizeof(int64_t);
+    int ok = b[1].len == b[0].len && b[3].len == B * (Py_ssize_t)sizeof(double) && b[4].len == b[3].len &&
+             b[6].len == 3 * b[5].len && n > 0 && k >= 0 && (metric == 0 || metric == 1);
+    if (!ok) {
+        RELEASE_ALL(b, 7);
+        PyErr_SetString(PyExc_ValueError, "window: buffer sizes or options do not match");
+        return NULL;
+    }
+    const double *P = b[0].buf, *R = b[1].buf, *limit = b[3].buf;
+    double *kth = b[4].buf;
+    int64_t words = (n + 63) / 64;
+    Window w = {metric, proper, n, b[2].buf, 0, 0, {0}, NULL, NULL, NULL};
+    w.cost = malloc((size_t)(3 * n) * sizeof(double));
+    w.order = malloc((size_t)(3 * n) * sizeof(int64_t));
+    w.Q = metric ? malloc((size_t)(n * n) * sizeof(double)) : NULL;
+    uint64_t *mask = metric ? malloc((size_t)(2 * n * words) * sizeof(uint64_t)) : NULL;
+    char *made = metric ? malloc((size_t)(2 * n)) : NULL;
+    Heap heap = {k > 0 ? malloc((size_t)k * sizeof(double)) : NULL, 0, k};
+    Sink sink = {k > 0 ? &heap : NULL, 0, b[5].buf, b[6].buf, capacity, 0};
+    if (!w.cost || !w.order || (metric && (!w.Q || !mask || !made)) || (k > 0 && !heap.v)) {
+        free(w.cost), free(w.order), free(w.Q), free(mask), free(made), free(heap.v);
+        RELEASE_ALL(b, 7);
+        return PyErr_NoMemory();
+    }
+    Py_BEGIN_ALLOW_THREADS;
+    for (Py_ssize_t c = 0; c < B; c++) {
+        sink.owner = c;
+        if (!window_setup(&w, P + 9 * c, R + 9 * c)) {
+            if (k > 0) kth[c] = NAN;
+            continue;
+        }
+        if (k == 0) { /* collect */
+            double A = limit[c] / w.unit;
+            if (!(A >= 0)) continue; /* NaN limit: nothing */
+            if (metric) window_metric_costs(&w, A);
+            window_sort_rows(&w);
+            if (metric)
+                metric_search(&w, A, &sink, mask, made, words);
+            else
+                cartesian_search(&w, A, &sink);
+            continue;
+        }
+        heap.size = 0;
+        if (!metric) {
+            window_sort_rows(&w);
+            cartesian_search(&w, INFINITY, &sink);
+        } else {
+            /* An upper bound of t_k first: the k-th term among the candidates whose rows are each among
+             * the r best by the diagonal alone (f_a with A = 0), r doubled until k of them exist (with
+             * all n, every candidate was scored: done). */
+            window_metric_costs(&w, 0.0);
+            window_sort_rows(&w);
+            int64_t m = 0;
+            for (int64_t r = 4; heap.size < k && m < n; r *= 2) {
+                m = r < n ? r : n;
+                heap.size = 0;
+                for (int64_t i0 = 0; i0 < m; i0++)
+                    for (int64_t i1 = 0; i1 < m; i1++)
+                        for (int64_t i2 = 0; i2 < m; i2++) {
+                            int64_t j[3] = {w.order[i0], w.order[n + i1], w.order[2 * n + i2]};
+                            int64_t det = det3(w.V + 3 * j[0], w.V + 3 * j[1], w.V + 3 * j[2]);
+                            if (proper ? det != 1 : (det != 1 && det != -1)) continue;
+                            heap_offer(&heap, window_metric_term(&w, j));
+                        }
+            }
+            if (m < n) {
+                /* Then t_k exactly, by searches below growing thresholds A: one that finds k candidates
+                 * has found the k smallest. Far from a match the upper bound can be loose by orders of
+                 * magnitude, and a search costs more the larger A is: start at 1/8 of it. */
+                double bound = heap.v[0];
+                for (double A = bound / 8;; A *= 2) {
+                    A = fmin(A, bound);
+                    heap.size = 0;
+                    window_metric_costs(&w, A);
+                    window_sort_rows(&w);
+                    metric_search(&w, A, &sink, mask, made, words);
+                    if (heap.size >= k || A >= bound) break;
+                }
+            }
+        }
+        kth[c] = heap.size ? heap.v[0] * w.unit : INFINITY;
+    }
+    Py_END_ALLOW_THREADS;
+    free(w.cost), free(w.order), free(w.Q), free(mask), free(made), free(heap.v);
+    RELEASE_ALL(b, 7);
+    int64_t count = sink.count;
+    return PyLong_FromLongLong((long long)count);
+}
+
+static PyMethodDef methods[] = {
+    {"periodic_pairs", periodic_pairs, METH_VARARGS,
+     "Periodic coordinate term and residuals of many (crystal, re-basing) pairs (see soft_niggli/losses/periodic.py)."},
+    {"periodic_pairs_grad", periodic_pairs_grad, METH_VARARGS, "Gradient of periodic_pairs from its residuals."},
+    {"window", window, METH_VARARGS, "The k-th term, or the candidates within a limit (see soft_niggli/losses/candidates.py)."},
+    {NULL, NULL, 0, NULL},
+};
+
+static struct PyModuleDef module = {PyModuleDef_HEAD_INIT, "_loss_kernel", NULL, -1, methods};
+
+PyMODINIT_FUNC PyInit__loss_kernel(void) { return PyModule_Create(&module); }
