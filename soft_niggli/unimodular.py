@@ -14,7 +14,13 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from ._checks import has_values
 from .lattice import adjugate_and_determinant
+
+try:  # the compiled loop of lattice_automorphisms (soft_niggli/_loss_kernel.c); optional
+    from . import _loss_kernel as _kernel
+except ImportError:  # not built (no C compiler at install time): the PyTorch code does the same
+    _kernel = None
 
 __all__ = ["enumerate_unimodular", "signed_permutations", "random_unimodular", "is_unimodular", "LatticeAutomorphisms",
            "lattice_automorphisms"]
@@ -208,6 +214,8 @@ def lattice_automorphisms(lattice: torch.Tensor, rel_tol: float = 1e-4) -> Latti
     if not 0 < rel_tol < 0.1:
         raise ValueError(f"rel_tol: expected a number in (0, 0.1), got {rel_tol!r}")
     device = lattice.device
+    if _kernel is not None and device.type == "cpu" and has_values(lattice):
+        return _compiled_automorphisms(lattice, rel_tol)
     vectors = _short_vectors().to(device)
     L = lattice.detach().to(torch.float64)
     B = L.shape[0]
@@ -247,3 +255,20 @@ def lattice_automorphisms(lattice: torch.Tensor, rel_tol: float = 1e-4) -> Latti
     owner = torch.cat([torch.arange(B, device=device), owner[~is_identity]])
     order = torch.sort(owner, stable=True).indices
     return LatticeAutomorphisms(owner=owner[order], matrices=A[order])
+
+
+def _compiled_automorphisms(lattice: torch.Tensor, rel_tol: float) -> LatticeAutomorphisms:
+    """:func:`lattice_automorphisms` through the compiled loop (``soft_niggli/_loss_kernel.c``): the same
+    tests, cell by cell, in the same order (each identity first, then by the rows' places in the
+    26 short vectors)."""
+    B = lattice.shape[0]
+    cells = lattice.detach().to(torch.float64).reshape(B, 9).contiguous().numpy()
+    vectors = _short_vectors().contiguous().numpy()
+    capacity = 48 * B
+    while True:
+        owner = torch.empty(capacity, dtype=torch.int64)
+        matrices = torch.empty(capacity, 3, 3, dtype=torch.int64)
+        count = _kernel.automorphisms(cells, vectors, float(rel_tol), owner.numpy(), matrices.numpy())
+        if count <= capacity:
+            return LatticeAutomorphisms(owner=owner[:count], matrices=matrices[:count])
+        capacity = count

@@ -160,3 +160,24 @@ def test_kernel_rejects_mismatched_buffers():
     with pytest.raises(ValueError, match="do not match"):  # a cell of 8 numbers
         kernel.window(np.zeros(8), np.zeros(8), np.zeros((26, 3), dtype=np.int64), 0, 0, 8, np.zeros(1), np.zeros(1),
                       np.zeros(0, dtype=np.int64), np.zeros((0, 3), dtype=np.int64))
+
+
+@settings(max_examples=40, deadline=None)
+@given(cells=st.lists(st.one_of(symmetric_lattices(noise=0.0), symmetric_lattices(noise=1e-3), lattices("realistic"),
+                                lattices("pathological")), min_size=1, max_size=4),
+       rel_tol=st.sampled_from([1e-4, 1e-2, 0.09]))
+def test_automorphisms_kernel_matches_the_pytorch_code_in_content_and_order(cells, rel_tol):
+    import soft_niggli.unimodular as unimodular
+    from soft_niggli.niggli import niggli_reduce
+
+    L = torch.stack([c.to(torch.float64).reshape(3, 3) for c in cells])
+    L = torch.cat([L, niggli_reduce(L).lattice])  # as given, and reduced (where all automorphisms are found)
+    compiled = unimodular.lattice_automorphisms(L, rel_tol)
+    saved, unimodular._kernel = unimodular._kernel, None
+    try:
+        reference = unimodular.lattice_automorphisms(L, rel_tol)
+    finally:
+        unimodular._kernel = saved
+    # The order matters: closest_automorphism keeps the first of tied choices.
+    assert torch.equal(compiled.owner, reference.owner)
+    assert torch.equal(compiled.matrices, reference.matrices)

@@ -59,8 +59,10 @@ def volume_term(L_pred: torch.Tensor, L_target: torch.Tensor) -> torch.Tensor:
 
 
 @functools.lru_cache(maxsize=8)
-def _box(radius: int, dtype: torch.dtype, device: str) -> torch.Tensor:
-    n = [v for v in itertools.product(range(-radius, radius + 1), repeat=3) if any(v)]
+def _half_box(radius: int, dtype: torch.dtype, device: str) -> torch.Tensor:
+    """One of each pair ``±n`` of nonzero integer vectors with ``|n_i| <= radius`` (the first nonzero
+    entry positive): ``n`` and ``-n`` have the same length, so the sum counts each pair twice."""
+    n = [v for v in itertools.product(range(-radius, radius + 1), repeat=3) if any(v) and v > (0, 0, 0)]
     return torch.tensor(n, dtype=dtype, device=device)
 
 
@@ -84,9 +86,9 @@ def theta_series(L: torch.Tensor, scales=(1.0, 2.0, 4.0), radius: int = 3) -> to
     Lr = Lr / _power_of_two_scale(Lr)[:, None, None]
     G = Lr @ Lr.transpose(1, 2)
     norm = _smooth_cbrt_volume(Lr, 1e-9).square()  # ≈ V^{2/3}
-    n = _box(radius, L.dtype, str(L.device))
+    n = _half_box(radius, L.dtype, str(L.device))
     sq = torch.einsum("pi,bij,pj->bp", n, G, n) / norm[:, None]
-    return torch.exp(-sq[:, None, :] * scales_t[None, :, None]).sum(-1)
+    return 2 * torch.exp(-sq[:, None, :] * scales_t[None, :, None]).sum(-1)
 
 
 def theta_term(L_pred: torch.Tensor, L_target: torch.Tensor, scales=(1.0, 2.0, 4.0), radius: int = 3) -> torch.Tensor:
