@@ -3,8 +3,8 @@
 B = 256 crystals of up to 20 atoms, float32, CPU. Labels are real MP-20 cells when the benchmark data
 folder is present (:func:`benchmarks.data.data_dir`; else pymatgen's bundled AFLOW prototypes),
 re-based by random unimodular matrices; predictions are the labels plus noise. Each loss is timed as
-the best of ``--repeats`` forward+backward passes and reported as a ratio to ``"mse"`` and to two
-naive softmins: the lattice term alone over all K = 6960 candidates through the explicit
+the median of ``--repeats`` forward+backward passes, the losses taking turns, and reported as a ratio
+to ``"mse"`` and to two naive softmins: the lattice term alone over all K = 6960 candidates through the explicit
 ``(B, K, 3, 3)`` tensor, and the same function as ``"softmin"`` computed that way with a coordinate
 term for every candidate (no inner-product form, no pruning).
 Rows of a lattice are its vectors.
@@ -19,6 +19,7 @@ Writes ``benchmarks/results/loss_cost.{md,json}``.
 from __future__ import annotations
 
 import argparse
+import statistics
 import time
 import warnings
 
@@ -38,6 +39,10 @@ from soft_niggli.losses.periodic import periodic_coordinate_loss
 
 from .data import data_dir
 from .report import RESULTS, command_line, header, machine_description, write_results
+
+
+LATTICE_NAIVE = "softmin, naive form, lattice term only"
+FULL_NAIVE = "softmin, naive form"
 
 
 def load_structures(n: int):
@@ -93,17 +98,14 @@ def naive_lattice_softmin(pred: CrystalBatch, target: CrystalBatch, tau: float =
     return softmin(lattice_distances_naive(pred.lattice, labels.lattice.detach()), tau).mean()
 
 
-def time_fb(fn, pred: CrystalBatch, target: CrystalBatch, repeats: int) -> float:
-    best = float("inf")
-    for _ in range(repeats):
-        L = pred.lattice.detach().clone().requires_grad_()
-        F = pred.frac.detach().clone().requires_grad_()
-        p = CrystalBatch(L, F, pred.num_atoms, pred.species)
-        start = time.perf_counter()
-        value = fn(p, target)
-        value.backward()
-        best = min(best, time.perf_counter() - start)
-    return best
+def time_once(fn, pred: CrystalBatch, target: CrystalBatch) -> float:
+    """Seconds for one forward + backward pass of ``fn(pred, target)`` (a scalar)."""
+    L = pred.lattice.detach().clone().requires_grad_()
+    F = pred.frac.detach().clone().requires_grad_()
+    p = CrystalBatch(L, F, pred.num_atoms, pred.species)
+    start = time.perf_counter()
+    fn(p, target).backward()
+    return time.perf_counter() - start
 
 
 def main(argv=None) -> int:
@@ -123,29 +125,45 @@ def main(argv=None) -> int:
     # The cold cost: training shows the same labels every epoch and hits the cache, this benchmark
     # repeats one batch and would measure only the hits.
     variants["reduced-forms"] = ("reduced-forms", {"cache_size": 0})
-    variants["softmin (coords=sinkhorn)"] = ("softmin", {"coords": "sinkhorn"})
     variants["softmin (center=both)"] = ("softmin", {"center": "both"})
     variants["softmin (zero_at_match=False)"] = ("softmin", {"zero_at_match": False})
     variants["gram (zero_at_match=False)"] = ("gram", {"zero_at_match": False})
-    variants["gram (coords=sinkhorn)"] = ("gram", {"coords": "sinkhorn"})
-    rows = []
-    for label, spec in variants.items():
+    slow = {"softmin (coords=sinkhorn)": ("softmin", {"coords": "sinkhorn"}),
+            "gram (coords=sinkhorn)": ("gram", {"coords": "sinkhorn"})}
+    timed, errors = {}, {}
+    for label, spec in {**variants, **slow}.items():
         name, options = (label, spec) if isinstance(spec, dict) else spec
         loss = get_loss(name, **options)
-        # Sinkhorn variants take seconds per batch: fewer repeats.
-        repeats = max(1, args.repeats // 4) if options.get("coords") == "sinkhorn" else args.repeats
-        try:
-            seconds = time_fb(lambda p, t: loss(p, t).loss, pred, target, repeats)
-            rows.append({"loss": label, "ms": 1e3 * seconds})
-        except Exception as err:  # noqa: BLE001 - proxy-spglib raises where spglib fails: report it
-            rows.append({"loss": label, "ms": float("nan"), "error": f"{type(err).__name__}: {err}"[:200]})
-        print(f"{label:>28}: {rows[-1]['ms']:.1f} ms", flush=True)
-    lattice_naive = time_fb(naive_lattice_softmin, pred, target, args.repeats)
-    rows.append({"loss": "softmin, naive form, lattice term only", "ms": 1e3 * lattice_naive})
-    print(f"{'naive, lattice only':>28}: {1e3 * lattice_naive:.1f} ms", flush=True)
-    naive = time_fb(naive_softmin, pred, target, max(1, args.repeats // 2))
-    rows.append({"loss": "softmin, naive form", "ms": 1e3 * naive})
-    print(f"{'softmin, naive form':>28}: {1e3 * naive:.1f} ms")
+        timed[label] = lambda p, t, loss=loss: loss(p, t).loss
+    timed[LATTICE_NAIVE] = naive_lattice_softmin
+    timed[FULL_NAIVE] = naive_softmin
+    # Round robin over the fast losses and the lattice-only reference, so that every one sees the same
+    # state of the machine (it drifts: a shared host), then the slow ones (seconds per batch each).
+    # Medians, not minima: a pass right after a large free can skip the page faults that the naive
+    # form's 64 MB tensors otherwise pay on every call, a fluke a minimum would pick.
+    times = {label: [] for label in timed}
+    fast = [*variants, LATTICE_NAIVE]
+    for _ in range(args.repeats):
+        for label in fast:
+            if label in errors:
+                continue
+            try:
+                times[label].append(time_once(timed[label], pred, target))
+            except Exception as err:  # noqa: BLE001 - proxy-spglib raises where spglib fails: report it
+                errors[label] = f"{type(err).__name__}: {err}"[:200]
+    slow_repeats = max(1, args.repeats // 4)
+    for label in [*slow, FULL_NAIVE]:
+        times[label] = [time_once(timed[label], pred, target) for _ in range(slow_repeats)]
+    rows = []
+    for label, seconds in times.items():
+        row = {"loss": label, "ms": 1e3 * statistics.median(seconds) if seconds else float("nan"),
+               "all_ms": [1e3 * s for s in seconds]}
+        if label in errors:
+            row["error"] = errors[label]
+        rows.append(row)
+        print(f"{label:>40}: {row['ms']:.1f} ms", flush=True)
+    lattice_naive = next(r["ms"] for r in rows if r["loss"] == LATTICE_NAIVE) / 1e3
+    naive = next(r["ms"] for r in rows if r["loss"] == FULL_NAIVE) / 1e3
     mse = next(r["ms"] for r in rows if r["loss"] == "mse")
     for r in rows:
         r["vs_mse"] = r["ms"] / mse
@@ -155,9 +173,9 @@ def main(argv=None) -> int:
     machine = machine_description()
     lines = header("Loss cost: forward + backward per batch", command, machine) + [
         f"B = {args.batch} crystals ({source}, at most 20 atoms, {int(pred.num_atoms.sum())} atoms in all), float32, "
-        f"CPU. Best of {args.repeats} runs ({max(1, args.repeats // 4)} for the Sinkhorn variants, "
-        f"{max(1, args.repeats // 2)} for the full naive form); `reduced-forms` without its cache of the "
-        "labels' forms (the cost of a batch of new labels).", "",
+        f"CPU. Median of {args.repeats} runs, taken in turn (one pass of every loss and of the lattice-only "
+        f"reference, then the next), then {slow_repeats} of the Sinkhorn variants and the full naive form; "
+        "`reduced-forms` without its cache of the labels' forms (the cost of a batch of new labels).", "",
         "Two references: the *lattice-only naive* softmin (the explicit `(B, K, 3, 3)` tensor over all "
         "K = 6960 candidates, no coordinate term) and the full naive softmin (the same plus a coordinate "
         "term for every candidate).", "",

@@ -203,7 +203,8 @@ def lattice_automorphisms(lattice: torch.Tensor, rel_tol: float = 1e-4) -> Latti
     all inner products ``Q = V G Vᵀ (B, 26, 26)`` at hand, rows are chosen one at a time, each pair of
     rows checked against ``G``'s off-diagonal as soon as both exist; only a handful of partial
     matrices survive each stage, so this costs a few small boolean tensors instead of testing all
-    6960 bound-1 unimodular matrices per lattice.
+    6960 bound-1 unimodular matrices per lattice. On CPU tensors a compiled loop does the same tests,
+    cell by cell, and returns the same matrices in the same order (``soft_niggli/_loss_kernel.c``).
     """
     if not isinstance(lattice, torch.Tensor):
         raise TypeError(f"lattice: expected a tensor of shape (B, 3, 3), got {type(lattice).__name__}")

@@ -26,8 +26,12 @@ entries of the symmetric matrices, ``(B, 72) @ (72, K)``.
 :func:`window_candidates` finds the few candidates a loss needs (those within a margin of the k-th
 nearest) without scoring all K: a candidate's rows are short vectors ``v`` of ``[-bound, bound]³``, and
 its lattice term is a sum over its rows (Cartesian entries) or bounded below by one (the metric's
-diagonal), so only the ``r`` best vectors per row need combining, ``r³`` triples instead of K matrices,
-with a bound that proves no other candidate is in the window (else that crystal is scored in full).
+diagonal). On CPU tensors a compiled branch and bound over the rows (``soft_niggli/_loss_kernel.c``)
+enumerates exactly the candidates within reach, for any cell; elsewhere (GPU tensors, or no C
+compiler at install) PyTorch combines the ``r`` best vectors per row, ``r³`` triples instead of K
+matrices, with a bound that proves no other candidate is in the window (else that crystal is scored
+in full). Both return the same window (tests/test_continuous_terms.py checks each against scoring
+all K candidates).
 """
 
 from __future__ import annotations
@@ -198,7 +202,8 @@ def window_candidates(L_pred: torch.Tensor, L_ref: torch.Tensor, k: int, margin,
     dropped), ``t_k`` is taken among them, and a bound on the per-row cost that any candidate in
     the window must meet proves that the (r+1)-th vectors, and all beyond, are out. Crystals where
     the proof fails (tiny or strongly skewed cells, or ``k`` beyond the triples) try more vectors,
-    then are scored against all K candidates through :func:`candidate_lattice_terms`.
+    then are scored against all K candidates through :func:`candidate_lattice_terms`. On CPU tensors
+    the compiled kernel does the same search exactly, by branch and bound (:func:`_compiled_window`).
     """
     with torch.no_grad():
         B, device = L_pred.shape[0], L_pred.device

@@ -12,9 +12,10 @@ basis, and combine the candidates with a softmin
 which is smooth in the prediction and tends to ``min_M d_M`` as τ → 0. No reducer sits in the gradient
 path: the prediction's own basis enters only through the distances. Cost is kept down four ways:
 the candidates nearest on the lattice term, ``U'``, are found without scoring all of ``U``
-(:func:`~soft_niggli.losses.candidates.window_candidates` combines the few best short vectors per row
-of a candidate and proves that no other candidate is in the window); only those get an exact lattice
-term, and only those within reach of the best a coordinate term; the prediction and the offset of
+(:func:`~soft_niggli.losses.candidates.window_candidates`, a branch and bound over the short vectors
+that make a candidate's rows, compiled on CPU); only those get an exact lattice term, and only those
+within reach of the best a coordinate term (the periodic term of all of them in one compiled loop,
+:func:`~soft_niggli.losses.periodic.periodic_loss_of_pairs`); the prediction and the offset of
 ``zero_at_match`` go through one pass; and the candidate tables are cached per dtype and device.
 
 Symmetric labels (the common case in real data) need three rules, so that nothing depends on the basis
