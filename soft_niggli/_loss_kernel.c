@@ -398,6 +398,7 @@ static void metric_search(const Window *w, double A, Sink *sink, uint64_t *mask,
     const double *c0 = w->cost, *c1 = w->cost + n, *c2 = w->cost + 2 * n, *Q = w->Q, *G = w->Gp;
     const double min0 = c0[o0[0]], min1 = c1[o1[0]], min2 = c2[o2[0]];
     const double budget = A * w->size * (1 + 1e-12);
+    const Heap *heap = sink->heap;
     memset(made, 0, (size_t)(2 * n));
     for (int64_t i0 = 0; i0 < n; i0++) {
         int64_t j0 = o0[i0];
@@ -409,6 +410,12 @@ static void metric_search(const Window *w, double A, Sink *sink, uint64_t *mask,
             if (s1 + min2 > budget) break;
             double d01 = G[1] - Q[j0 * n + j1], p01 = 2 * d01 * d01;
             if (s1 + p01 + min2 > budget) continue;
+            if (heap && heap->size == heap->k) {
+                /* Finding t_k: once the heap holds k, only terms below its largest, A' <= A, matter.
+                 * The rows' bounds at A' are f_a + (A - A') g_a (the orders stay those made at A). */
+                double At = heap->v[0];
+                if (s1 + (A - At) * (Q[j0 * n + j0] + Q[j1 * n + j1]) + p01 + min2 > At * w->size * (1 + 1e-12)) continue;
+            }
             const int64_t *v0 = V + 3 * j0, *v1 = V + 3 * j1;
             int64_t cross[3] = {v0[1] * v1[2] - v0[2] * v1[1], v0[2] * v1[0] - v0[0] * v1[2], v0[0] * v1[1] - v0[1] * v1[0]};
             if (!cross[0] && !cross[1] && !cross[2]) continue; /* parallel rows: det 0 */
@@ -505,12 +512,35 @@ static PyObject *window(PyObject *self, PyObject *args) {
             cartesian_search(&w, INFINITY, &sink);
         } else {
             /* An upper bound of t_k first: the k-th term among the candidates whose rows are each among
-             * the r best by the diagonal alone (f_a with A = 0), r doubled until k of them exist (with
-             * all n, every candidate was scored: done). */
+             * the 4 best by the diagonal alone (f_a with A = 0), taking one of each pair ±v (which tie
+             * on the diagonal: 4 directions, not 2); failing k of them, among the r best, r doubled
+             * (with all n, every candidate was scored: done). */
             window_metric_costs(&w, 0.0);
             window_sort_rows(&w);
-            int64_t m = 0;
-            for (int64_t r = 4; heap.size < k && m < n; r *= 2) {
+            int64_t top[3][4], m = 0;
+            for (int a = 0; a < 3; a++) {
+                int t = 0;
+                for (int64_t i = 0; i < n && t < 4; i++) {
+                    const int64_t *v = w.V + 3 * w.order[a * n + i];
+                    int parallel = 0;
+                    for (int u = 0; u < t; u++) {
+                        const int64_t *x = w.V + 3 * top[a][u];
+                        parallel |= v[0] == -x[0] && v[1] == -x[1] && v[2] == -x[2];
+                    }
+                    if (!parallel) top[a][t++] = w.order[a * n + i];
+                }
+                m = a == 0 || t < m ? t : m;
+            }
+            for (int64_t i0 = 0; i0 < m; i0++)
+                for (int64_t i1 = 0; i1 < m; i1++)
+                    for (int64_t i2 = 0; i2 < m; i2++) {
+                        int64_t j[3] = {top[0][i0], top[1][i1], top[2][i2]};
+                        int64_t det = det3(w.V + 3 * j[0], w.V + 3 * j[1], w.V + 3 * j[2]);
+                        if (proper ? det != 1 : (det != 1 && det != -1)) continue;
+                        heap_offer(&heap, window_metric_term(&w, j));
+                    }
+            m = 0;
+            for (int64_t r = 8; heap.size < k && m < n; r *= 2) {
                 m = r < n ? r : n;
                 heap.size = 0;
                 for (int64_t i0 = 0; i0 < m; i0++)
@@ -525,7 +555,7 @@ static PyObject *window(PyObject *self, PyObject *args) {
             if (m < n) {
                 /* Then t_k exactly, by searches below growing thresholds A: one that finds k candidates
                  * has found the k smallest. Far from a match the upper bound can be loose by orders of
-                 * magnitude, and a search costs more the larger A is: start at 1/8 of it. */
+                 * magnitude, and a search costs more the larger A is: start below it. */
                 double bound = heap.v[0];
                 for (double A = bound / 8;; A *= 2) {
                     A = fmin(A, bound);
