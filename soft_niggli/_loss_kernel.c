@@ -206,7 +206,16 @@ typedef struct {
     double *cost;      /* 3 x n: c_a (Cartesian) or f_a (metric) */
     double *Q;         /* n x n: v Gr w^T (metric) */
     int64_t *order;    /* 3 x n: each row's vectors by increasing cost */
+    /* With a margin (merged search): the window's limit for a k-th term t is
+     * t + min(rel t + abs, cap) + extra (Å^2; window_limit converts to scaled units). */
+    int merged;
+    double rel, abs, cap, extra;
 } Window;
+
+static double window_limit(const Window *w, double t) {
+    double x = t * w->unit;
+    return (x + fmin(w->rel * x + w->abs, w->cap) + w->extra) / w->unit;
+}
 
 static int64_t det3(const int64_t *a, const int64_t *b, const int64_t *c) {
     return a[0] * (b[1] * c[2] - b[2] * c[1]) - a[1] * (b[0] * c[2] - b[2] * c[0]) + a[2] * (b[0] * c[1] - b[1] * c[0]);
@@ -333,13 +342,33 @@ static void heap_offer(Heap *h, double x) {
 
 /* A candidate reached by a search: offered to the heap (finding t_k) or collected (count < capacity). */
 typedef struct {
+    double term;
+    int64_t j[3];
+} Item;
+
+typedef struct {
     Heap *heap;
     int64_t owner, *out_owner, *out_rows, capacity, count;
+    Item *items; /* merged search: everything reached within the current limit, filtered at the end */
+    int64_t n_items, items_capacity;
+    int failed;  /* out of memory */
 } Sink;
 
 static void sink_take(Sink *s, double term, int64_t j0, int64_t j1, int64_t j2) {
     if (s->heap) {
         heap_offer(s->heap, term);
+        if (s->items_capacity < 0) return; /* not merged: the k-th term only */
+        if (s->n_items == s->items_capacity) {
+            int64_t grown = s->items_capacity ? 2 * s->items_capacity : 256;
+            Item *more = realloc(s->items, (size_t)grown * sizeof(Item));
+            if (more == NULL) {
+                s->failed = 1;
+                return;
+            }
+            s->items = more;
+            s->items_capacity = grown;
+        }
+        s->items[s->n_items++] = (Item){term, {j0, j1, j2}};
         return;
     }
     if (s->count < s->capacity) {
@@ -366,7 +395,8 @@ static void cartesian_search(const Window *w, double fixed, Sink *sink) {
     const double *c0 = w->cost, *c1 = w->cost + n, *c2 = w->cost + 2 * n;
     const double min1 = c1[o1[0]], min2 = c2[o2[0]];
     Heap *heap = sink->heap;
-#define THRESHOLD() ((heap && heap->size == heap->k ? fmin(heap->v[0], fixed) : fixed) * (1 + 1e-12))
+#define LIMIT() (heap && heap->size == heap->k ? fmin(w->merged ? window_limit(w, heap->v[0]) : heap->v[0], fixed) : fixed)
+#define THRESHOLD() (LIMIT() * (1 + 1e-12))
     for (int64_t i0 = 0; i0 < n; i0++) {
         int64_t j0 = o0[i0];
         double s0 = c0[j0];
@@ -381,11 +411,12 @@ static void cartesian_search(const Window *w, double fixed, Sink *sink) {
                 int64_t j2 = o2[i2];
                 double s2 = s1 + c2[j2];
                 if (s2 > THRESHOLD()) break;
-                if (s2 <= fixed && unimodular_rows(w, cross, j2)) sink_take(sink, s2, j0, j1, j2);
+                if (s2 <= LIMIT() && unimodular_rows(w, cross, j2)) sink_take(sink, s2, j0, j1, j2);
             }
         }
     }
 #undef THRESHOLD
+#undef LIMIT
 }
 
 /* Metric: every candidate with term <= A (scaled units), the f_a made with that A. A candidate inside
@@ -413,7 +444,7 @@ static void metric_search(const Window *w, double A, Sink *sink, uint64_t *mask,
             if (heap && heap->size == heap->k) {
                 /* Finding t_k: once the heap holds k, only terms below its largest, A' <= A, matter.
                  * The rows' bounds at A' are f_a + (A - A') g_a (the orders stay those made at A). */
-                double At = heap->v[0];
+                double At = w->merged ? fmin(window_limit(w, heap->v[0]), A) : heap->v[0];
                 if (s1 + (A - At) * (Q[j0 * n + j0] + Q[j1 * n + j1]) + p01 + min2 > At * w->size * (1 + 1e-12)) continue;
             }
             const int64_t *v0 = V + 3 * j0, *v1 = V + 3 * j1;
@@ -443,11 +474,101 @@ static void metric_search(const Window *w, double A, Sink *sink, uint64_t *mask,
                     if (s1 + p01 + c2[j2] > budget || !unimodular_rows(w, cross, j2)) continue;
                     int64_t j[3] = {j0, j1, j2};
                     double term = window_metric_term(w, j);
-                    if (term <= A) sink_take(sink, term, j0, j1, j2);
+                    if (term <= A && (!w->merged || !heap || heap->size < heap->k || term <= window_limit(w, heap->v[0])))
+                        sink_take(sink, term, j0, j1, j2);
                 }
             }
         }
     }
+}
+
+/* The k-th term of one crystal (scaled units) into the heap: every candidate for Cartesian entries;
+ * for the metric an upper bound first, then searches below growing thresholds. In merged mode the
+ * sink also gathers the candidates reached within the limit of the heap's k-th term. Returns the
+ * threshold of the last search (everything within it, up to that limit, was reached), or -1 when
+ * nothing was gathered (the metric's first bound enumerated every candidate). */
+static double window_kth(Window *w, int64_t k, Sink *sink, uint64_t *mask, char *made, int64_t words) {
+    const int64_t n = w->n;
+    Heap *heap = sink->heap;
+    heap->size = 0;
+    sink->n_items = 0;
+    if (!w->metric) {
+        window_sort_rows(w);
+        cartesian_search(w, INFINITY, sink);
+        return INFINITY;
+    }
+    /* An upper bound of t_k first: the k-th term among the candidates whose rows are each among the 4
+     * best by the diagonal alone (f_a with A = 0), taking one of each pair ±v (which tie on the
+     * diagonal: 4 directions, not 2); failing k of them, among the r best, r doubled (with all n,
+     * every candidate was scored: done). */
+    window_metric_costs(w, 0.0);
+    window_sort_rows(w);
+    int64_t top[3][4], m = 0;
+    for (int a = 0; a < 3; a++) {
+        int t = 0;
+        for (int64_t i = 0; i < n && t < 4; i++) {
+            const int64_t *v = w->V + 3 * w->order[a * n + i];
+            int parallel = 0;
+            for (int u = 0; u < t; u++) {
+                const int64_t *x = w->V + 3 * top[a][u];
+                parallel |= v[0] == -x[0] && v[1] == -x[1] && v[2] == -x[2];
+            }
+            if (!parallel) top[a][t++] = w->order[a * n + i];
+        }
+        m = a == 0 || t < m ? t : m;
+    }
+    for (int64_t i0 = 0; i0 < m; i0++)
+        for (int64_t i1 = 0; i1 < m; i1++)
+            for (int64_t i2 = 0; i2 < m; i2++) {
+                int64_t j[3] = {top[0][i0], top[1][i1], top[2][i2]};
+                int64_t det = det3(w->V + 3 * j[0], w->V + 3 * j[1], w->V + 3 * j[2]);
+                if (w->proper ? det != 1 : (det != 1 && det != -1)) continue;
+                heap_offer(heap, window_metric_term(w, j));
+            }
+    m = 0;
+    for (int64_t r = 8; heap->size < k && m < n; r *= 2) {
+        m = r < n ? r : n;
+        heap->size = 0;
+        for (int64_t i0 = 0; i0 < m; i0++)
+            for (int64_t i1 = 0; i1 < m; i1++)
+                for (int64_t i2 = 0; i2 < m; i2++) {
+                    int64_t j[3] = {w->order[i0], w->order[n + i1], w->order[2 * n + i2]};
+                    int64_t det = det3(w->V + 3 * j[0], w->V + 3 * j[1], w->V + 3 * j[2]);
+                    if (w->proper ? det != 1 : (det != 1 && det != -1)) continue;
+                    heap_offer(heap, window_metric_term(w, j));
+                }
+    }
+    if (m == n) return -1.0;
+    /* Then t_k exactly, by searches below growing thresholds A: one that finds k candidates has found
+     * the k smallest. Far from a match the upper bound can be loose by orders of magnitude, and a
+     * search costs more the larger A is: start below it. */
+    double bound = heap->v[0], A = bound / 8;
+    for (;; A *= 2) {
+        A = fmin(A, bound);
+        heap->size = 0;
+        sink->n_items = 0;
+        window_metric_costs(w, A);
+        window_sort_rows(w);
+        metric_search(w, A, sink, mask, made, words);
+        if (heap->size >= k || A >= bound) break;
+    }
+    return A;
+}
+
+/* Every candidate within A (scaled units) straight into the output. */
+static void window_collect(Window *w, double A, Sink *sink, uint64_t *mask, char *made, int64_t words) {
+    if (!(A >= 0)) return; /* NaN: nothing */
+    Heap *heap = sink->heap;
+    sink->heap = NULL;
+    if (w->metric) {
+        window_metric_costs(w, A);
+        window_sort_rows(w);
+        metric_search(w, A, sink, mask, made, words);
+    } else {
+        window_sort_rows(w);
+        cartesian_search(w, A, sink);
+    }
+    sink->heap = heap;
 }
 
 /* window(P, R, V, metric, proper, k, limit, kth, owner, rows) -> count
@@ -455,126 +576,90 @@ static void metric_search(const Window *w, double A, Sink *sink, uint64_t *mask,
  * With k > 0: writes to kth (float64, B) each crystal's k-th smallest term over all candidates (the
  * largest if fewer; NaN for a non-finite cell) and returns 0. With k == 0: collects every candidate
  * whose term is <= limit[b] (float64, B) into owner (int64, capacity) and rows (int64, capacity x 3,
- * indices into V), and returns how many there are (call again with more capacity if above it). */
-static PyObject *window(PyObject *self, PyObject *args) {
-    Py_buffer b[7];
-    int metric, proper;
+ * indices into V), and returns how many there are (call again with more capacity if above it).
+ *
+ * window_margin(P, R, V, metric, proper, k, rel, abs, cap, extra, kth, owner, rows) -> count does both
+ * in one search where the margin is min(rel t_k + abs[b], cap) + extra[b] (abs, extra float64 (B,)):
+ * every candidate with term <= t_k + margin, t_k into kth. */
+static PyObject *window_run(PyObject *args, int merged) {
+    Py_buffer b[8];
+    int metric, proper, nb = merged ? 8 : 7;
     long long k;
-    if (!PyArg_ParseTuple(args, "y*y*y*iiLy*w*w*w*", &b[0], &b[1], &b[2], &metric, &proper, &k, &b[3], &b[4], &b[5],
-                          &b[6]))
-        return NULL;
+    double rel = 0, cap = 0;
+    int parsed = merged ? PyArg_ParseTuple(args, "y*y*y*iiLdy*dy*w*w*w*", &b[0], &b[1], &b[2], &metric, &proper, &k,
+                                           &rel, &b[3], &cap, &b[7], &b[4], &b[5], &b[6])
+                        : PyArg_ParseTuple(args, "y*y*y*iiLy*w*w*w*", &b[0], &b[1], &b[2], &metric, &proper, &k, &b[3],
+                                           &b[4], &b[5], &b[6]);
+    if (!parsed) return NULL;
     Py_ssize_t B = b[0].len / (Py_ssize_t)(9 * sizeof(double)), n = b[2].len / (Py_ssize_t)(3 * sizeof(int64_t));
     Py_ssize_t capacity = b[5].len / (Py_ssize_t)sizeof(int64_t);
     int ok = b[1].len == b[0].len && b[3].len == B * (Py_ssize_t)sizeof(double) && b[4].len == b[3].len &&
-             b[6].len == 3 * b[5].len && n > 0 && k >= 0 && (metric == 0 || metric == 1);
+             b[6].len == 3 * b[5].len && n > 0 && k >= 0 && (metric == 0 || metric == 1) &&
+             (!merged || (k > 0 && b[7].len == b[3].len));
     if (!ok) {
-        RELEASE_ALL(b, 7);
+        RELEASE_ALL(b, nb);
         PyErr_SetString(PyExc_ValueError, "window: buffer sizes or options do not match");
         return NULL;
     }
-    const double *P = b[0].buf, *R = b[1].buf, *limit = b[3].buf;
+    const double *P = b[0].buf, *R = b[1].buf, *limit = b[3].buf, *extra = merged ? b[7].buf : NULL;
     double *kth = b[4].buf;
     int64_t words = (n + 63) / 64;
-    Window w = {metric, proper, n, b[2].buf, 0, 0, {0}, NULL, NULL, NULL};
+    Window w = {metric, proper, n, b[2].buf, 0, 0, {0}, NULL, NULL, NULL, merged, rel, 0, cap, 0};
     w.cost = malloc((size_t)(3 * n) * sizeof(double));
     w.order = malloc((size_t)(3 * n) * sizeof(int64_t));
     w.Q = metric ? malloc((size_t)(n * n) * sizeof(double)) : NULL;
     uint64_t *mask = metric ? malloc((size_t)(2 * n * words) * sizeof(uint64_t)) : NULL;
     char *made = metric ? malloc((size_t)(2 * n)) : NULL;
     Heap heap = {k > 0 ? malloc((size_t)k * sizeof(double)) : NULL, 0, k};
-    Sink sink = {k > 0 ? &heap : NULL, 0, b[5].buf, b[6].buf, capacity, 0};
+    Sink sink = {k > 0 ? &heap : NULL, 0, b[5].buf, b[6].buf, capacity, 0, NULL, 0, merged ? 0 : -1, 0};
     if (!w.cost || !w.order || (metric && (!w.Q || !mask || !made)) || (k > 0 && !heap.v)) {
         free(w.cost), free(w.order), free(w.Q), free(mask), free(made), free(heap.v);
-        RELEASE_ALL(b, 7);
+        RELEASE_ALL(b, nb);
         return PyErr_NoMemory();
     }
     Py_BEGIN_ALLOW_THREADS;
-    for (Py_ssize_t c = 0; c < B; c++) {
+    for (Py_ssize_t c = 0; c < B && !sink.failed; c++) {
         sink.owner = c;
         if (!window_setup(&w, P + 9 * c, R + 9 * c)) {
             if (k > 0) kth[c] = NAN;
             continue;
         }
-        if (k == 0) { /* collect */
-            double A = limit[c] / w.unit;
-            if (!(A >= 0)) continue; /* NaN limit: nothing */
-            if (metric) window_metric_costs(&w, A);
-            window_sort_rows(&w);
-            if (metric)
-                metric_search(&w, A, &sink, mask, made, words);
-            else
-                cartesian_search(&w, A, &sink);
+        if (k == 0) {
+            window_collect(&w, limit[c] / w.unit, &sink, mask, made, words);
             continue;
         }
-        heap.size = 0;
-        if (!metric) {
-            window_sort_rows(&w);
-            cartesian_search(&w, INFINITY, &sink);
+        w.abs = merged ? limit[c] : 0;
+        w.extra = merged ? extra[c] : 0;
+        double reached = window_kth(&w, k, &sink, mask, made, words);
+        double t = heap.size ? heap.v[0] : INFINITY;
+        kth[c] = t * w.unit;
+        if (!merged) continue;
+        double L = window_limit(&w, t);
+        if (reached >= L) { /* everything within L was gathered: keep those inside */
+            for (int64_t i = 0; i < sink.n_items; i++) {
+                const Item *it = sink.items + i;
+                if (!(it->term <= L)) continue;
+                if (sink.count < capacity) {
+                    sink.out_owner[sink.count] = c;
+                    for (int a = 0; a < 3; a++) sink.out_rows[3 * sink.count + a] = it->j[a];
+                }
+                sink.count++;
+            }
         } else {
-            /* An upper bound of t_k first: the k-th term among the candidates whose rows are each among
-             * the 4 best by the diagonal alone (f_a with A = 0), taking one of each pair ±v (which tie
-             * on the diagonal: 4 directions, not 2); failing k of them, among the r best, r doubled
-             * (with all n, every candidate was scored: done). */
-            window_metric_costs(&w, 0.0);
-            window_sort_rows(&w);
-            int64_t top[3][4], m = 0;
-            for (int a = 0; a < 3; a++) {
-                int t = 0;
-                for (int64_t i = 0; i < n && t < 4; i++) {
-                    const int64_t *v = w.V + 3 * w.order[a * n + i];
-                    int parallel = 0;
-                    for (int u = 0; u < t; u++) {
-                        const int64_t *x = w.V + 3 * top[a][u];
-                        parallel |= v[0] == -x[0] && v[1] == -x[1] && v[2] == -x[2];
-                    }
-                    if (!parallel) top[a][t++] = w.order[a * n + i];
-                }
-                m = a == 0 || t < m ? t : m;
-            }
-            for (int64_t i0 = 0; i0 < m; i0++)
-                for (int64_t i1 = 0; i1 < m; i1++)
-                    for (int64_t i2 = 0; i2 < m; i2++) {
-                        int64_t j[3] = {top[0][i0], top[1][i1], top[2][i2]};
-                        int64_t det = det3(w.V + 3 * j[0], w.V + 3 * j[1], w.V + 3 * j[2]);
-                        if (proper ? det != 1 : (det != 1 && det != -1)) continue;
-                        heap_offer(&heap, window_metric_term(&w, j));
-                    }
-            m = 0;
-            for (int64_t r = 8; heap.size < k && m < n; r *= 2) {
-                m = r < n ? r : n;
-                heap.size = 0;
-                for (int64_t i0 = 0; i0 < m; i0++)
-                    for (int64_t i1 = 0; i1 < m; i1++)
-                        for (int64_t i2 = 0; i2 < m; i2++) {
-                            int64_t j[3] = {w.order[i0], w.order[n + i1], w.order[2 * n + i2]};
-                            int64_t det = det3(w.V + 3 * j[0], w.V + 3 * j[1], w.V + 3 * j[2]);
-                            if (proper ? det != 1 : (det != 1 && det != -1)) continue;
-                            heap_offer(&heap, window_metric_term(&w, j));
-                        }
-            }
-            if (m < n) {
-                /* Then t_k exactly, by searches below growing thresholds A: one that finds k candidates
-                 * has found the k smallest. Far from a match the upper bound can be loose by orders of
-                 * magnitude, and a search costs more the larger A is: start below it. */
-                double bound = heap.v[0];
-                for (double A = bound / 8;; A *= 2) {
-                    A = fmin(A, bound);
-                    heap.size = 0;
-                    window_metric_costs(&w, A);
-                    window_sort_rows(&w);
-                    metric_search(&w, A, &sink, mask, made, words);
-                    if (heap.size >= k || A >= bound) break;
-                }
-            }
+            window_collect(&w, L, &sink, mask, made, words);
         }
-        kth[c] = heap.size ? heap.v[0] * w.unit : INFINITY;
     }
     Py_END_ALLOW_THREADS;
-    free(w.cost), free(w.order), free(w.Q), free(mask), free(made), free(heap.v);
-    RELEASE_ALL(b, 7);
-    int64_t count = sink.count;
-    return PyLong_FromLongLong((long long)count);
+    int failed = sink.failed;
+    free(w.cost), free(w.order), free(w.Q), free(mask), free(made), free(heap.v), free(sink.items);
+    RELEASE_ALL(b, nb);
+    if (failed) return PyErr_NoMemory();
+    return PyLong_FromLongLong((long long)sink.count);
 }
+
+static PyObject *window(PyObject *self, PyObject *args) { return window_run(args, 0); }
+
+static PyObject *window_margin(PyObject *self, PyObject *args) { return window_run(args, 1); }
 
 /* ---- lattice automorphisms (soft_niggli/unimodular.py, `lattice_automorphisms`) ----
  *
@@ -664,6 +749,7 @@ static PyMethodDef methods[] = {
      "Periodic coordinate term and residuals of many (crystal, re-basing) pairs (see soft_niggli/losses/periodic.py)."},
     {"periodic_pairs_grad", periodic_pairs_grad, METH_VARARGS, "Gradient of periodic_pairs from its residuals."},
     {"automorphisms", automorphisms, METH_VARARGS, "Lattice automorphisms with entries in {-1, 0, 1} (see soft_niggli/unimodular.py)."},
+    {"window_margin", window_margin, METH_VARARGS, "The window within a margin of the k-th term, in one search (see window)."},
     {"window", window, METH_VARARGS, "The k-th term, or the candidates within a limit (see soft_niggli/losses/candidates.py)."},
     {NULL, NULL, 0, NULL},
 };

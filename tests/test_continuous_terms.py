@@ -117,12 +117,13 @@ def test_sinkhorn_term_has_finite_gradients_and_rejects_bad_shapes():
 
 
 @pytest.mark.parametrize("compiled", [True, False], ids=["compiled", "pytorch"])
+@pytest.mark.parametrize("closed_form", [False, True], ids=["margin-callable", "margin-closed-form"])
 @pytest.mark.parametrize("metric", ["cartesian", "gram"])
 @pytest.mark.parametrize("bound, proper, k", [(1, False, 8), (1, True, 3), (2, False, 8), (1, False, 1), (1, False, 600)])
 def test_window_candidates_returns_exactly_the_window_of_the_whole_candidate_set(metric, bound, proper, k, compiled,
-                                                                                  monkeypatch):
+                                                                                  closed_form, monkeypatch):
     import soft_niggli.losses.candidates as candidates
-    from soft_niggli.losses.candidates import candidate_set, window_candidates
+    from soft_niggli.losses.candidates import WindowMargin, candidate_set, window_candidates
     from soft_niggli.losses.terms import lattice_term
     from soft_niggli.lattice import lattice_from_parameters
 
@@ -146,6 +147,9 @@ def test_window_candidates_returns_exactly_the_window_of_the_whole_candidate_set
     def margin(kth, rows=None):
         return torch.clamp(0.01 * kth + 1e-6, max=0.1)
 
+    if closed_form:  # the same margin, known in closed form (the compiled search does one pass)
+        margin = WindowMargin(relative=0.01, absolute=torch.full((len(P),), 1e-6, dtype=torch.float64), cap=0.1,
+                              extra=torch.zeros(len(P), dtype=torch.float64))
     exact = lattice_term(P[:, None], U.double() @ R[:, None], metric)  # (B, K)
     kth = exact.topk(min(k, exact.shape[1]), dim=1, largest=False).values[:, -1]
     inside = (exact <= (kth + margin(kth))[:, None]).nonzero().tolist()

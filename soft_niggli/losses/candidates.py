@@ -38,6 +38,7 @@ from __future__ import annotations
 
 import functools
 import math
+from dataclasses import dataclass
 
 import torch
 
@@ -53,6 +54,7 @@ __all__ = [
     "candidate_set",
     "candidate_lattice_terms",
     "window_candidates",
+    "WindowMargin",
     "lattice_distances",
     "lattice_distances_naive",
     "metric_distances",
@@ -242,25 +244,56 @@ def window_candidates(L_pred: torch.Tensor, L_ref: torch.Tensor, k: int, margin,
         return torch.cat(owners), torch.cat(matrices)
 
 
+@dataclass(frozen=True)
+class WindowMargin:
+    """A window margin of the form ``min(relative · t_k + absolute, cap) + extra`` (Å², per crystal), for
+    :func:`window_candidates`: callable like any margin, and known in closed form to the compiled
+    search, which then finds ``t_k`` and the window in one pass instead of two.
+
+    Attributes: ``relative`` and ``cap`` floats >= 0; ``absolute`` and ``extra`` tensors ``(B,)``.
+    """
+
+    relative: float
+    absolute: torch.Tensor
+    cap: float
+    extra: torch.Tensor
+
+    def __call__(self, kth: torch.Tensor, rows: torch.Tensor | None = None) -> torch.Tensor:
+        absolute = self.absolute if rows is None else self.absolute[rows]
+        extra = self.extra if rows is None else self.extra[rows]
+        return torch.clamp(self.relative * kth + absolute, max=self.cap) + extra
+
+
 def _compiled_window(L_pred, L_ref, k, margin, proper, metric, V):
     """:func:`window_candidates` through the compiled branch and bound (``soft_niggli/_loss_kernel.c``):
-    one pass finds each crystal's ``t_k`` over all candidates, a second collects the window; exact
-    for every cell (terms in float64), no stages and no scoring of the whole candidate set."""
+    exact for every cell (terms in float64), no stages and no scoring of the whole candidate set. With
+    a :class:`WindowMargin`, one search finds each crystal's ``t_k`` and its window; with any other
+    margin, one pass finds ``t_k`` and a second collects the window."""
     B = L_pred.shape[0]
-    P = L_pred.detach().to(torch.float64).reshape(B, 9).contiguous()
-    R = L_ref.detach().to(torch.float64).reshape(B, 9).contiguous()
+    P = L_pred.detach().to(torch.float64).reshape(B, 9).contiguous().numpy()
+    R = L_ref.detach().to(torch.float64).reshape(B, 9).contiguous().numpy()
     Vn, gram = V.contiguous().numpy(), int(metric == "gram")
     kth = torch.empty(B, dtype=torch.float64)
-    none = torch.empty(0, dtype=torch.int64)
-    _kernel.window(P.numpy(), R.numpy(), Vn, gram, int(proper), k, kth.numpy(), kth.numpy(), none.numpy(),
-                   none.reshape(0, 3).numpy())
-    limit = kth + margin(kth.to(L_pred.dtype), None).to(torch.float64)
+    if isinstance(margin, WindowMargin):
+        absolute = margin.absolute.detach().to(torch.float64).reshape(B).contiguous().numpy()
+        extra = margin.extra.detach().to(torch.float64).reshape(B).contiguous().numpy()
+
+        def search(owner, rows):
+            return _kernel.window_margin(P, R, Vn, gram, int(proper), k, float(margin.relative), absolute,
+                                         float(margin.cap), extra, kth.numpy(), owner, rows)
+    else:
+        none = torch.empty(0, dtype=torch.int64)
+        _kernel.window(P, R, Vn, gram, int(proper), k, kth.numpy(), kth.numpy(), none.numpy(),
+                       none.reshape(0, 3).numpy())
+        limit = (kth + margin(kth.to(L_pred.dtype), None).to(torch.float64)).numpy()
+
+        def search(owner, rows):
+            return _kernel.window(P, R, Vn, gram, int(proper), 0, limit, kth.numpy(), owner, rows)
     capacity = 64 * B
     while True:
         owner = torch.empty(capacity, dtype=torch.int64)
         rows = torch.empty(capacity, 3, dtype=torch.int64)
-        count = _kernel.window(P.numpy(), R.numpy(), Vn, gram, int(proper), 0, limit.numpy(), kth.numpy(),
-                               owner.numpy(), rows.numpy())
+        count = search(owner.numpy(), rows.numpy())
         if count <= capacity:
             return owner[:count], V[rows[:count]]
         capacity = count

@@ -73,7 +73,7 @@ from ..lattice import integer_inverse
 from ..unimodular import LatticeAutomorphisms, lattice_automorphisms
 from .base import (CrystalLoss, LossResult, choice_option, flag_option, fraction_option, int_option, positive_option,
                    register_loss, weight_option)
-from .candidates import candidate_set, window_candidates
+from .candidates import WindowMargin, candidate_set, window_candidates
 from .invariants import theta_term, volume_term
 from .periodic import periodic_loss_of_pairs
 from .terms import closest_automorphism, coordinate_term, lattice_term, tie_tolerance
@@ -154,9 +154,13 @@ class _CandidateSoftmin(CrystalLoss):
         (``scale``: ‖L_p‖² + ‖L_ref‖²), at most τ of the distance. Wide enough that a tie broken by a small move stays inside it (ties split
         by far less than 1% of the terms), narrow enough not to keep the crowd of candidates that
         differ only by short vectors of a layered cell."""
-        tau = self.tau / lattice_weight if lattice_weight > 0 else self.tau
-        floor = max(1e-6, 256 * torch.finfo(scale.dtype).eps)  # above the exact terms' rounding
+        tau, floor = self._taper_parameters(lattice_weight, scale.dtype)
         return torch.clamp(0.01 * kth + floor * scale / 18, max=tau)
+
+    def _taper_parameters(self, lattice_weight: float, dtype: torch.dtype) -> tuple[float, float]:
+        """The taper's cap (τ in lattice-term units) and floor (relative to the cells' size)."""
+        tau = self.tau / lattice_weight if lattice_weight > 0 else self.tau
+        return tau, max(1e-6, 256 * torch.finfo(dtype).eps)  # the floor: above the exact terms' rounding
 
     def _select(self, L_cmp: torch.Tensor, L_ref: torch.Tensor, lattice_weight: float):
         """Candidates to score exactly, packed ``(owner, X)`` (:func:`~soft_niggli.losses.candidates.window_candidates`).
@@ -170,12 +174,10 @@ class _CandidateSoftmin(CrystalLoss):
         """
         L_cmp = L_cmp.detach()
         scale = L_cmp.square().sum(dim=(1, 2)) + L_ref.square().sum(dim=(1, 2))
-
-        def margin(kth, rows=None):
-            s = scale if rows is None else scale[rows]
-            # The selection's sums round differently from the exact terms: a few ulps more.
-            return self._taper_width(lattice_weight, kth, s) + tie_tolerance(s / 9)
-
+        # The taper's width (_taper_width), plus a few ulps: the selection's sums round differently
+        # from the exact terms.
+        tau, floor = self._taper_parameters(lattice_weight, scale.dtype)
+        margin = WindowMargin(relative=0.01, absolute=floor * scale / 18, cap=tau, extra=tie_tolerance(scale / 9))
         return window_candidates(L_cmp, L_ref, self.top_k, margin, self.bound, self.proper, self.lattice_metric)
 
     def _distances(self, L_cmp, F_cmp, L_ref, F_ref, batch, species_cmp, species_ref, owner, X, lattice_weight):
