@@ -180,6 +180,9 @@ def test_wheel_holds_only_soft_niggli_and_its_dist_info(tmp_path):
         assert "proxy-spglib = soft_niggli.baselines.spglib_proxy:SpglibProxyLoss" in entry_points
         assert "[console_scripts]" in entry_points and "soft-niggli = soft_niggli.cli:main" in entry_points
         assert f"{dist_info}/licenses/LICENSE" in names
+        # The compiled parts (optional: both where a C compiler built them, neither where none did).
+        compiled = {n.split("/")[1].split(".")[0] for n in names if n.endswith((".so", ".pyd"))}
+        assert compiled in (set(), {"_niggli_kernel", "_loss_kernel"}), compiled
         # The bundled crystals and their NOTICE, byte for byte, and nothing else under data/.
         from soft_niggli.datasets import BUNDLED
 
@@ -231,3 +234,37 @@ def test_a_missing_kernel_warns_once_unless_silenced(silenced):
         assert len(warnings) == 1, out.stdout
         assert "NumPy core" in warnings[0] and "slower" in warnings[0]
         assert "pip install" in warnings[0] and "SOFT_NIGGLI_NO_KERNEL_WARNING=1" in warnings[0]
+
+
+_BLOCK_LOSS_KERNEL = textwrap.dedent("""
+    import sys
+
+    class BlockKernel:  # as if the losses' C extension had not been built
+        def find_spec(self, name, path=None, target=None):
+            if name == "soft_niggli._loss_kernel":
+                raise ImportError("blocked by the test")
+            return None
+
+    sys.meta_path.insert(0, BlockKernel())
+    import torch
+    from soft_niggli import CrystalBatch, get_loss, lattice_automorphisms
+    from soft_niggli.losses import candidates, periodic
+
+    assert not periodic.COMPILED_PAIRS and candidates._kernel is None
+    L = torch.tensor([[[4.0, 0, 0], [0, 4, 0], [0, 0, 4]]], dtype=torch.float64)
+    label = CrystalBatch(L, torch.tensor([[0.0, 0, 0], [0.5, 0.5, 0.5]], dtype=torch.float64), [2], [11, 17])
+    pred = CrystalBatch(L + 0.1, label.frac + 0.02, [2], [11, 17])
+    for name in ("softmin", "gram", "reduced-forms"):
+        value = float(get_loss(name)(pred, label).loss)
+        assert value == value and value > 0, (name, value)
+    assert lattice_automorphisms(L).counts(1).tolist() == [48]
+    print("OK")
+""")
+
+
+def test_the_losses_work_without_their_compiled_loops():
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(Path(soft_niggli.__file__).resolve().parents[1]),
+                                                        *filter(None, [os.environ.get("PYTHONPATH")])])}
+    out = subprocess.run([sys.executable, "-c", _BLOCK_LOSS_KERNEL], capture_output=True, text=True, env=env,
+                         timeout=120)
+    assert out.returncode == 0 and out.stdout.strip().endswith("OK"), out.stderr
