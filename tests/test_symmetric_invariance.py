@@ -292,3 +292,23 @@ def test_every_term_moves_in_proportion_to_small_moves_on_drawn_symmetric_crysta
             moved = _terms(loss, moved_pred, moved_label)
             for k in base:
                 assert abs(moved[k] - base[k]) <= 1e4 * step, (k, step, base[k], moved[k])
+
+
+@pytest.mark.xfail(strict=True, reason="known limitation (README, Known limitations): on the reducer's tolerance "
+                                        "edge the label's two Niggli forms centre the candidate set differently")
+@pytest.mark.parametrize("name", ["softmin", "gram"])
+def test_continuous_losses_on_the_reducers_tolerance_edge(name):
+    # fcc (reduced metric [[2, 0, -1], [0, 2, -1], [-1, -1, 2]]) with its third row stretched by exactly
+    # the reducer's rel_tol: whether the all-obtuse or the all-acute form passes depends on rounding,
+    # so on the input basis. Strict xfail: when this passes, update the README's limitation.
+    L = torch.linalg.cholesky(torch.tensor([[2.0, 0, -1], [0, 2, -1], [-1, -1, 2]], dtype=torch.float64))
+    L[2] = L[2] * (1 + 1e-5)
+    F = torch.tensor([[0.0, 0.0, 0.0], [0.0, 0.0, 0.5]], dtype=torch.float64)
+    label = CrystalBatch(L[None], F, [2], [1, 2])
+    noise = 0.05 * torch.randn(1, 3, 3, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    pred = CrystalBatch(L[None] + noise, F + 0.02, [2], [1, 2])
+    loss = get_loss(name)
+    g = torch.Generator().manual_seed(0)
+    values = [float(loss(pred, label.apply_basis_change(random_unimodular((1,), max_entry=5, generator=g))).loss)
+              for _ in range(12)]
+    assert max(values) - min(values) <= 1e-9 * max(abs(v) for v in values)
