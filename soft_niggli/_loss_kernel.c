@@ -1,7 +1,17 @@
 /*
- * Compiled loops of the continuous losses: the periodic coordinate term of many (crystal, re-basing)
- * pairs (soft_niggli/losses/periodic.py, `periodic_loss_of_pairs`), written once per pair instead of
- * once per array operation.
+ * Compiled loops of the continuous losses, written once per pair or per cell instead of once per array
+ * operation (on a CPU the PyTorch versions spend most of their time in the overhead of many small
+ * operations). Three parts, each the counterpart of a PyTorch function that stays the reference and
+ * the fallback where this module was not built (or the tensors are on a GPU):
+ *
+ *   periodic_pairs, periodic_pairs_grad   soft_niggli/losses/periodic.py, `periodic_loss_of_pairs`
+ *   window, window_margin                  soft_niggli/losses/candidates.py, `window_candidates`
+ *   automorphisms                          soft_niggli/unimodular.py, `lattice_automorphisms`
+ *
+ * tests/test_loss_kernel.py compares each with its counterpart. Buffers come from NumPy views of
+ * contiguous CPU tensors; every size and index is checked here (a mismatch is a ValueError).
+ *
+ * ---- the periodic term of many pairs ----
  *
  * For pair q (crystal b = crystal[q], its n atoms at rows start[b] .. start[b] + n - 1 of the flat
  * fractional coordinates) the differences are d_i = pred_i - target_i X_q (X_q a 3x3 matrix, rows are
@@ -13,8 +23,7 @@
  * with respect to target_i minus that times X_q^T (the residuals sum to zero, so d_0's share cancels).
  *
  * Same arithmetic as the PyTorch code in periodic.py, in double precision throughout (the PyTorch
- * code computes float32 input in float32): tests/test_loss_kernel.py compares the two. The PyTorch
- * code stays the reference and the fallback where this module was not built.
+ * code computes float32 input in float32).
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>

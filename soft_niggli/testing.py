@@ -281,7 +281,7 @@ def _exact_cell(draw, st, family: str) -> torch.Tensor:
     b = c = a
     angle = 90.0
     if family == "hexagonal":
-        c = _length(draw, st)
+        c = _length(draw, st, (a,))  # c = a: an accidental tie of the reduced cell's lengths
     elif family == "tetragonal_P":
         b, c = a, _length(draw, st, (a,))
     elif family == "tetragonal_I":
@@ -335,7 +335,9 @@ def symmetric_lattices(family: str | Sequence[str] | None = None, noise: float =
     rhombohedral α in 30–115°, monoclinic β in 90–120°), kept 3 % (2°) away from the parameters of any
     more symmetric family, so an exact cell has exactly :data:`AUTOMORPHISM_COUNTS` ``[family]``
     lattice automorphisms (48 for cubic, 24 hexagonal, 16 tetragonal, 12 rhombohedral, 8 orthorhombic,
-    4 monoclinic). Then:
+    4 monoclinic), and from accidental ties of edge lengths (hexagonal c = a: two reduced forms that no
+    automorphism relates, which within the reducer's tolerance of the tie may come out either way, a
+    documented limit of the losses). Then:
 
     * a relative strain ``L (I + ε E)``, ``|E_ij| <= 1``, with ``ε`` either exactly 0 or in
       ``[0, noise]`` (``noise=0`` gives exact cells only; shrinking goes to the exact cell);
