@@ -19,6 +19,7 @@ Writes ``benchmarks/results/loss_cost.{md,json}``.
 from __future__ import annotations
 
 import argparse
+import gc
 import statistics
 import time
 import warnings
@@ -108,6 +109,14 @@ def time_once(fn, pred: CrystalBatch, target: CrystalBatch) -> float:
     return time.perf_counter() - start
 
 
+def freeze_garbage_collector() -> None:
+    """Move every object alive now (torch, pymatgen, the batch: millions) out of the garbage
+    collector's reach (:func:`gc.freeze`). Otherwise a full collection walks them all (milliseconds)
+    inside whichever timed pass happens to trigger it; the objects a pass creates are still collected."""
+    gc.collect()
+    gc.freeze()
+
+
 def _ratio(x: float) -> str:
     """A ratio to about three significant digits, never in scientific notation."""
     if not x == x:
@@ -144,6 +153,7 @@ def main(argv=None) -> int:
         timed[label] = lambda p, t, loss=loss: loss(p, t).loss
     timed[LATTICE_NAIVE] = naive_lattice_softmin
     timed[FULL_NAIVE] = naive_softmin
+    freeze_garbage_collector()
     # Round robin over the fast losses and the lattice-only reference, so that every one sees the same
     # state of the machine (it drifts: a shared host), then the slow ones (seconds per batch each).
     # Medians, not minima: a pass right after a large free can skip the page faults that the naive
@@ -182,7 +192,9 @@ def main(argv=None) -> int:
         f"B = {args.batch} crystals ({source}, at most 20 atoms, {int(pred.num_atoms.sum())} atoms in all), float32, "
         f"CPU. Median of {args.repeats} runs, taken in turn (one pass of every loss and of the lattice-only "
         f"reference, then the next), then {slow_repeats} of the Sinkhorn variants and the full naive form; "
-        "`reduced-forms` without its cache of the labels' forms (the cost of a batch of new labels).", "",
+        "`reduced-forms` without its cache of the labels' forms (the cost of a batch of new labels). Python's "
+        "garbage collector frozen after setup (`gc.freeze`), so that no pass pays for walking the objects of "
+        "torch and pymatgen.", "",
         "Two references: the *lattice-only naive* softmin (the explicit `(B, K, 3, 3)` tensor over all "
         "K = 6960 candidates, no coordinate term) and the full naive softmin (the same plus a coordinate "
         "term for every candidate).", "",
