@@ -4,9 +4,9 @@ B = 256 crystals of up to 20 atoms, float32, CPU. Labels are real MP-20 cells wh
 folder is present (:func:`benchmarks.data.data_dir`; else pymatgen's bundled AFLOW prototypes),
 re-based by random unimodular matrices; predictions are the labels plus noise. Each loss is timed as
 the median of ``--repeats`` forward+backward passes, the losses taking turns, and reported as a ratio
-to ``"mse"`` and to two naive softmins: the lattice term alone over all K = 6960 candidates through the explicit
-``(B, K, 3, 3)`` tensor, and the same function as ``"softmin"`` computed that way with a coordinate
-term for every candidate (no inner-product form, no pruning).
+to ``"mse"`` and to two naive softmins: the lattice term alone over all K = 6960 candidates through
+the explicit ``(B, K, 3, 3)`` tensor, and the same function as ``"softmin"`` computed that way with a
+coordinate term for every candidate (no inner-product form, no pruning).
 Rows of a lattice are its vectors.
 
 From the repository root::

@@ -194,8 +194,9 @@ def window_candidates(L_pred: torch.Tensor, L_ref: torch.Tensor, k: int, margin,
 
     ``margin(t_k, rows)``: the window's width ``(B',)`` >= 0 beyond ``t_k (B',)`` for the crystals
     ``rows`` (an index tensor, or None for all), non-decreasing in ``t_k``; it should include a
-    rounding slack. Not differentiated. Candidates in the window whose terms tie in exact arithmetic
-    are all returned (the proof has a relative slack of 1e-5).
+    rounding slack; a :class:`WindowMargin` (the closed form the softmin losses use) lets the compiled
+    search do the work in one pass. Not differentiated. Candidates in the window whose terms tie in
+    exact arithmetic are all returned (the proof has a relative slack of 1e-5).
 
     How: each row ``v`` of ``X`` is a nonzero short vector. With Cartesian entries the term is
     ``Σ_i ‖p_i - v_i R‖² / 9``, a sum of per-row costs; with the metric, ``‖G_p - X G_r Xᵀ‖²`` over

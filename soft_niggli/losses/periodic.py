@@ -182,9 +182,10 @@ def periodic_loss_of_pairs(frac_pred: torch.Tensor, frac_target: torch.Tensor, n
     bases, automorphisms, reduced forms) without repeating every atom per pair. On CPU tensors (and a
     ``target_transform`` without gradient) one compiled loop does every pair in float64
     (``soft_niggli/_loss_kernel.c``, :data:`COMPILED_PAIRS`); elsewhere atoms are laid out per crystal
-    once (``(B, n_max, 3)``), and each pair is one small matrix product and a few padded operations. ``frac_*`` are flat ``(N_total, 3)`` grouped by crystal, ``num_atoms (B,)``,
-    ``crystal (Q,)`` int64, ``target_transform (Q, 3, 3)`` floating. Gradients flow to ``frac_pred``
-    (and to ``frac_target`` if it carries them).
+    once (``(B, n_max, 3)``), and each pair is one small matrix product and a few padded operations.
+    ``frac_*`` are flat ``(N_total, 3)`` grouped by crystal, ``num_atoms (B,)``, ``crystal (Q,)``
+    int64, ``target_transform (Q, 3, 3)`` floating. Gradients flow to ``frac_pred`` (and to
+    ``frac_target`` if it carries them).
     """
     B, Q, device = num_atoms.shape[0], crystal.shape[0], frac_pred.device
     if Q == 0 or frac_pred.shape[0] == 0:
