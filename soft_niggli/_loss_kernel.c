@@ -101,6 +101,20 @@ static double pair_term(const double *pred, const double *target, int64_t n, con
 #define RELEASE_ALL(bufs, count)                                 \
     for (int i_ = 0; i_ < (count); i_++) PyBuffer_Release(&(bufs)[i_])
 
+/* Whether the pairs' indices fit: crystal c's atoms at rows start[c] .. start[c] + counts[c] - 1 of N,
+ * pair q's residuals at rows rstart[q] .. of R, crystal[q] in [0, B). Sets *n_max to the largest count. */
+static int pairs_fit(const int64_t *start, const int64_t *counts, Py_ssize_t B, Py_ssize_t N, const int64_t *crystal,
+                     const int64_t *rstart, Py_ssize_t Q, Py_ssize_t R, int64_t *n_max) {
+    *n_max = 0;
+    for (Py_ssize_t k = 0; k < B; k++) {
+        if (!(counts[k] >= 0 && start[k] >= 0 && start[k] + counts[k] <= N)) return 0;
+        if (counts[k] > *n_max) *n_max = counts[k];
+    }
+    for (Py_ssize_t q = 0; q < Q; q++)
+        if (!(crystal[q] >= 0 && crystal[q] < B && rstart[q] >= 0 && rstart[q] + counts[crystal[q]] <= R)) return 0;
+    return 1;
+}
+
 /* periodic_pairs(pred, target, start, counts, crystal, X, resid_start, loss, resid):
  * pred, target float64 (N, 3); start, counts int64 (B,); crystal int64 (Q,); X float64 (Q, 9);
  * resid_start int64 (Q,) (each pair's first row in resid); outputs loss float64 (Q,), resid float64
@@ -114,15 +128,10 @@ static PyObject *periodic_pairs(PyObject *self, PyObject *args) {
     double *loss = b[7].buf, *resid = b[8].buf;
     Py_ssize_t N = b[0].len / (Py_ssize_t)(3 * sizeof(double)), B = b[3].len / (Py_ssize_t)sizeof(int64_t);
     Py_ssize_t Q = b[4].len / (Py_ssize_t)sizeof(int64_t), R = b[8].len / (Py_ssize_t)(3 * sizeof(double));
-    int ok = b[1].len == b[0].len && b[2].len == b[3].len && b[5].len == Q * 9 * (Py_ssize_t)sizeof(double) &&
-             b[6].len == b[4].len && b[7].len == Q * (Py_ssize_t)sizeof(double);
     int64_t n_max = 0;
-    for (Py_ssize_t k = 0; ok && k < B; k++) {
-        ok = counts[k] >= 0 && start[k] >= 0 && start[k] + counts[k] <= N;
-        if (counts[k] > n_max) n_max = counts[k];
-    }
-    for (Py_ssize_t q = 0; ok && q < Q; q++)
-        ok = crystal[q] >= 0 && crystal[q] < B && rstart[q] >= 0 && rstart[q] + counts[crystal[q]] <= R;
+    int ok = b[1].len == b[0].len && b[2].len == b[3].len && b[5].len == Q * 9 * (Py_ssize_t)sizeof(double) &&
+             b[6].len == b[4].len && b[7].len == Q * (Py_ssize_t)sizeof(double) &&
+             pairs_fit(start, counts, B, N, crystal, rstart, Q, R, &n_max);
     if (!ok) {
         RELEASE_ALL(b, 9);
         PyErr_SetString(PyExc_ValueError, "periodic_pairs: buffer sizes or indices do not match");
@@ -157,11 +166,10 @@ static PyObject *periodic_pairs_grad(PyObject *self, PyObject *args) {
     double *gp = b[7].buf, *gt = b[8].len ? b[8].buf : NULL;
     Py_ssize_t R = b[0].len / (Py_ssize_t)(3 * sizeof(double)), N = b[7].len / (Py_ssize_t)(3 * sizeof(double));
     Py_ssize_t B = b[3].len / (Py_ssize_t)sizeof(int64_t), Q = b[4].len / (Py_ssize_t)sizeof(int64_t);
+    int64_t n_max;
     int ok = b[1].len == b[4].len && b[2].len == b[3].len && b[5].len == Q * 9 * (Py_ssize_t)sizeof(double) &&
-             b[6].len == Q * (Py_ssize_t)sizeof(double) && (b[8].len == 0 || b[8].len == b[7].len);
-    for (Py_ssize_t k = 0; ok && k < B; k++) ok = counts[k] >= 0 && start[k] >= 0 && start[k] + counts[k] <= N;
-    for (Py_ssize_t q = 0; ok && q < Q; q++)
-        ok = crystal[q] >= 0 && crystal[q] < B && rstart[q] >= 0 && rstart[q] + counts[crystal[q]] <= R;
+             b[6].len == Q * (Py_ssize_t)sizeof(double) && (b[8].len == 0 || b[8].len == b[7].len) &&
+             pairs_fit(start, counts, B, N, crystal, rstart, Q, R, &n_max);
     if (!ok) {
         RELEASE_ALL(b, 9);
         PyErr_SetString(PyExc_ValueError, "periodic_pairs_grad: buffer sizes or indices do not match");
