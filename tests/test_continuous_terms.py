@@ -199,3 +199,23 @@ def _check_pairs_against_the_flat_loss(counts, seed, dtype):
     if int(num[crystal].sum()):  # (without atoms in any pair the flat loss is a constant, outside the graph)
         grads = [torch.autograd.grad(v.sum(), pred)[0] for v in (pairs, flat)]
         torch.testing.assert_close(grads[0], grads[1], rtol=tol, atol=tol)
+
+
+def test_rows_in_matches_a_set_lookup_for_small_and_huge_entries():
+    # center="both" drops frame-1 candidates that frame 2 also reaches: keys in base 2m+1, or whole rows.
+    from soft_niggli.losses.softmin import _rows_in
+
+    def reference(o1, X1, o2, X2):
+        seen = {(int(o), tuple(x.flatten().tolist())) for o, x in zip(o2, X2)}
+        return torch.tensor([(int(o), tuple(x.flatten().tolist())) in seen for o, x in zip(o1, X1)], dtype=torch.bool)
+
+    g = torch.Generator().manual_seed(0)
+    for _ in range(100):
+        n1, n2, b = (int(torch.randint(lo, hi, (1,), generator=g)) for lo, hi in ((0, 30), (0, 30), (1, 4)))
+        o1, X1 = torch.randint(0, 4, (n1,), generator=g), torch.randint(-b, b + 1, (n1, 3, 3), generator=g)
+        o2, X2 = torch.randint(0, 4, (n2,), generator=g), torch.randint(-b - 2, b + 3, (n2, 3, 3), generator=g)
+        k = min(n1, n2, 5)  # some exact matches
+        o2[:k], X2[:k] = o1[:k], X1[:k]
+        assert torch.equal(_rows_in(o1, X1, o2, X2), reference(o1, X1, o2, X2))
+    huge = torch.tensor([[[10**6, 0, 0], [0, 1, 0], [0, 0, 1]]])  # keys would overflow: whole rows compared
+    assert _rows_in(torch.tensor([0]), huge, torch.tensor([0, 1]), huge.repeat(2, 1, 1)).tolist() == [True]

@@ -316,11 +316,25 @@ def _kth_smallest(values: torch.Tensor, owner: torch.Tensor, B: int, k: int) -> 
 
 
 def _rows_in(owner1, X1, owner2, X2) -> torch.Tensor:
-    """``(Q1,)`` bool: pair ``(owner1, X1)`` also occurs among the pairs ``(owner2, X2)``."""
+    """``(Q1,)`` bool: pair ``(owner1, X1)`` (integer matrices) also occurs among the pairs ``(owner2, X2)``.
+
+    Each pair becomes one int64 key, the matrix's entries as digits in base ``2m + 1`` with ``m`` the
+    largest entry of ``X1`` (pairs of ``X2`` with a larger entry cannot match), so one sorted
+    membership test does it; where the keys would not fit in int64, rows are compared whole."""
+    if not len(owner1) or not len(owner2):
+        return torch.zeros(len(owner1), dtype=torch.bool, device=owner1.device)
+    m = int(X1.abs().max())
+    base, crystals = 2 * m + 1, int(torch.maximum(owner1.max(), owner2.max())) + 1
+    if crystals * base ** 9 < 2 ** 62:
+        inside = (X2.abs() <= m).flatten(1).all(1)
+        weights = base ** torch.arange(9, device=X1.device, dtype=torch.int64)
+
+        def keys(owner, X):
+            return owner * base ** 9 + ((X.flatten(1) + m) * weights).sum(1)
+        return torch.isin(keys(owner1, X1), keys(owner2[inside], X2[inside]))
     a = torch.cat([owner1[:, None], X1.flatten(1)], 1)
     b = torch.cat([owner2[:, None], X2.flatten(1)], 1)
-    both = torch.cat([b, a])
-    _, inverse = torch.unique(both, dim=0, return_inverse=True)
+    _, inverse = torch.unique(torch.cat([b, a]), dim=0, return_inverse=True)
     return torch.isin(inverse[len(b):], inverse[:len(b)])
 
 
