@@ -19,14 +19,14 @@ from __future__ import annotations
 
 import os
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from soft_niggli import CrystalBatch, Status, canonicalize_labels, lattice_from_parameters, lattice_parameters
-from soft_niggli.datasets import DATA_ENV, load_dataset
+from soft_niggli.datasets import DATA_ENV, load_dataset, split_source
 from soft_niggli.metrics import lattice_error, volume_error
 
 __all__ = ["CHECKOUT_DATA", "Data", "data_dir", "diffcsp_canonical", "load_data"]
@@ -58,6 +58,8 @@ class Data:
         label_reduction_not_ok: training labels whose guarded Niggli reduction was not ``OK``.
         reference: held-out ``lattice_error`` and ``volume_error`` of a label-free guess, to read results
             against: for each crystal a cube of the training mean volume per atom.
+        sources: ``{"train": ..., "held_out": ...}``, which file (and part of it) each came from, in words
+            (:func:`soft_niggli.datasets.split_source`).
     """
 
     name: str
@@ -68,6 +70,7 @@ class Data:
     volume_per_atom: float
     label_reduction_not_ok: int
     reference: dict
+    sources: dict = field(default_factory=dict)
 
     @classmethod
     def from_structures(cls, name: str, train: list, val: list, *, dtype: torch.dtype = torch.float64,
@@ -87,14 +90,21 @@ class Data:
 
 def load_data(name: str, train_size: int | None = None, val_size: int | None = None, folder: str | None = None,
               max_atoms: int | None = None, device: torch.device | str | None = None) -> Data:
-    """The ``train`` and ``val`` splits of dataset ``name`` (:func:`soft_niggli.datasets.load_dataset`, data
+    """The training and held-out crystals of dataset ``name`` (:func:`soft_niggli.datasets.load_dataset`, data
     folder from :func:`data_dir`), at most ``train_size`` and ``val_size`` crystals of at most ``max_atoms``
-    atoms, in float64."""
+    atoms, in float64.
+
+    Held out is the ``test`` split, as CDVAE and DiffCSP report: the test file where the folder has one, else
+    the val file, else the held-out 20% of a single file. ``Data.sources`` says which.
+    """
+    folder = data_dir(folder)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        train = load_dataset(name, "train", data_dir(folder), limit=train_size, max_atoms=max_atoms)
-        val = load_dataset(name, "val", data_dir(folder), limit=val_size, max_atoms=max_atoms)
-    return Data.from_structures(name, train, val, dtype=torch.float64, device=device)
+        train = load_dataset(name, "train", folder, limit=train_size, max_atoms=max_atoms)
+        val = load_dataset(name, "test", folder, limit=val_size, max_atoms=max_atoms)
+    data = Data.from_structures(name, train, val, dtype=torch.float64, device=device)
+    data.sources = {"train": split_source(name, "train", folder), "held_out": split_source(name, "test", folder)}
+    return data
 
 
 def _reference(val: CrystalBatch, volume_per_atom: float) -> dict:

@@ -17,10 +17,12 @@ independent pairs interpolate through singular lattices (det changes sign).
 ``mi(d) = d − round(d)`` the minimum image; ``t ~ U[0, 1)`` per crystal.
 
 **Coupling** (which basis of the label is the target): ``"independent"`` uses the label as given (in the
-run's label basis, :func:`benchmarks.training.epoch_labels`); ``"reduced-forms"`` re-expresses every
-label in the one of its equally-canonical reduced forms (:func:`soft_niggli.reduced_forms`) nearest its
-prior sample (Frobenius distance, or after the Kabsch rotation with ``align_prior``), so the target
-never leaves the Niggli cone but follows the prior where the label has several reduced bases.
+run's label basis, :func:`benchmarks.training.epoch_labels`); ``"automorphisms"`` and ``"reduced-forms"``
+re-express every label in the one of its equally-canonical reduced forms nearest its prior sample
+(:func:`soft_niggli.flow.couple_reduced_forms` with that ``among``: forms with the label's metric, or all
+forms; Frobenius distance, or after the Kabsch rotation with ``align_prior``; ties by the prior's
+fractional coordinates), so the target never leaves the Niggli cone but follows the prior where the label
+has several reduced bases.
 
 **Training** (x₁-prediction): the network maps ``(L_t, f_t, t, species)`` to ``(L̂_1, f̂_1)``, and the
 loss is any registered strategy, ``get_loss(name, **options)(predicted_clean, label)`` on two
@@ -57,7 +59,8 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-from soft_niggli import CrystalBatch, Status, get_loss, niggli_reduce
+from soft_niggli import CrystalBatch, ReducedFormsCache, Status, get_loss, niggli_reduce
+from soft_niggli.flow import align_rotation, couple_reduced_forms
 from soft_niggli.lattice import wrap
 from soft_niggli.metrics import evaluate, spglib_niggli_g6
 
@@ -65,10 +68,12 @@ from .data import Data
 from .flow_model import FlowNet
 from .training import epoch_labels, parse_strategy
 
-__all__ = ["COUPLINGS", "FlowConfig", "LatticePrior", "align_rotation", "couple_reduced_forms", "distributed_context",
-           "evaluate_samples", "flow_loss", "interpolate", "minimum_image", "sample", "train_flow"]
+__all__ = ["COUPLINGS", "FlowConfig", "LatticePrior", "distributed_context", "evaluate_samples", "flow_loss",
+           "interpolate", "minimum_image", "sample", "train_flow"]
 
-COUPLINGS = ("independent", "reduced-forms")
+#: ``"independent"``: the label as given; the others: :func:`soft_niggli.flow.couple_reduced_forms` with
+#: ``among`` set to the coupling's name.
+COUPLINGS = ("independent", "automorphisms", "reduced-forms")
 
 
 def minimum_image(d: torch.Tensor) -> torch.Tensor:
@@ -109,47 +114,6 @@ class LatticePrior:
         return L0, f0
 
 
-def align_rotation(L0: torch.Tensor, L1: torch.Tensor) -> torch.Tensor:
-    """``L_0 R``: the orthogonal ``R`` minimising ``‖L_0 R − L_1‖_F`` among those with
-    ``sign det(L_0 R) = sign det L_1`` (Kabsch: ``L_0ᵀ L_1 = U S Vᵀ``, ``R = U diag(1, 1, s) Vᵀ``)."""
-    U, _, Vh = torch.linalg.svd(L0.transpose(-1, -2) @ L1)
-    want = torch.sign(torch.linalg.det(L0)) * torch.sign(torch.linalg.det(L1))  # det R wanted
-    want = torch.where(want == 0, torch.ones_like(want), want)
-    s = want * torch.sign(torch.linalg.det(U @ Vh))
-    D = torch.diag_embed(torch.stack([torch.ones_like(s), torch.ones_like(s), s], dim=-1))
-    return L0 @ (U @ D @ Vh)
-
-
-def _aligned_distance(L0: torch.Tensor, L1: torch.Tensor) -> torch.Tensor:
-    return (align_rotation(L0, L1) - L1).square().sum((-1, -2))
-
-
-def couple_reduced_forms(labels: CrystalBatch, L0: torch.Tensor, forms, aligned: bool = False) -> CrystalBatch:
-    """Each label re-based to the one of its reduced forms nearest its prior sample ``L0`` (module docstring).
-
-    ``forms`` is :func:`soft_niggli.reduced_forms` of ``labels.lattice`` (fields ``owner``, ``transform``,
-    ``lattice``); a crystal without a form keeps its basis.
-    """
-    B = len(labels)
-    owner = forms.owner.to(torch.int64).cpu()
-    cand = forms.lattice.double().cpu()
-    L0 = L0.double().cpu()
-    if aligned:
-        dist2 = _aligned_distance(L0[owner], cand)
-    else:
-        dist2 = (cand - L0[owner]).square().sum((-1, -2))
-    best = torch.full((B,), math.inf, dtype=torch.float64).scatter_reduce(0, owner, dist2, "amin")
-    # The first form of each crystal attaining its minimum.
-    hit = dist2 <= best[owner]
-    first = torch.full((B,), len(owner), dtype=torch.int64).scatter_reduce(
-        0, owner[hit], torch.arange(len(owner))[hit], "amin")
-    eye = torch.eye(3, dtype=torch.int64)
-    T = eye.repeat(B, 1, 1)
-    has = first < len(owner)
-    T[has] = forms.transform.to(torch.int64).cpu()[first[has]]
-    return labels.apply_basis_change(T.to(labels.device))
-
-
 def interpolate(L0, f0, L1, f1, t, batch):
     """``L_t = (1 − t) L_0 + t L_1``, ``f_t = wrap(f_0 + t · mi(f_1 − f_0))`` (``t (B,)``, ``batch (N,)``)."""
     tl = t[:, None, None]
@@ -185,10 +149,36 @@ class FlowConfig:
     curve_steps: int = 20
     max_steps: int | None = None
     loss_options: dict = field(default_factory=dict)
+    model: str = ""
 
 
-def build_model(config: FlowConfig, volume_per_atom: float) -> FlowNet:
-    return FlowNet(volume_per_atom, hidden=config.hidden, layers=config.layers, fourier=config.fourier)
+def build_model(config: FlowConfig, volume_per_atom: float) -> torch.nn.Module:
+    """The flow network: :class:`~benchmarks.flow_model.FlowNet`, or ``config.model`` (``"package.module:Class"``).
+
+    A model of your own is built as ``Class(volume_per_atom=v, hidden=h, layers=l, fourier=f)`` (the
+    training set's mean volume per atom in Å³ and the run's size options; accept ``**kwargs`` to ignore
+    them) and called as ``model(lattice_t, frac_t, t, species, num_atoms)`` with ``lattice_t (B, 3, 3)``
+    (rows are lattice vectors), ``frac_t (N, 3)``, ``t (B,)`` in [0, 1), ``species (N,)`` int64 atomic
+    numbers and ``num_atoms (B,)`` (atoms grouped by crystal, in order); it returns the predicted clean
+    crystal ``(lattice_1 (B, 3, 3), frac_1 (N, 3))``, float tensors on the input's device.
+    """
+    if not config.model:
+        return FlowNet(volume_per_atom, hidden=config.hidden, layers=config.layers, fourier=config.fourier)
+    cls = import_object(config.model)
+    return cls(volume_per_atom=volume_per_atom, hidden=config.hidden, layers=config.layers, fourier=config.fourier)
+
+
+def import_object(spec: str):
+    """``"package.module:Name"`` → the object; ``ValueError`` naming the spec when it cannot be found."""
+    import importlib
+
+    module, sep, name = spec.partition(":")
+    if not sep or not module or not name:
+        raise ValueError(f"model: expected 'package.module:Class', got {spec!r}")
+    try:
+        return getattr(importlib.import_module(module), name)
+    except (ImportError, AttributeError) as err:
+        raise ValueError(f"model: cannot import {spec!r} ({err})") from err
 
 
 def build_loss(config: FlowConfig):
@@ -241,15 +231,17 @@ def distributed_context() -> DistributedContext:
 
 
 def flow_loss(model, loss_fn, labels: CrystalBatch, L0: torch.Tensor, f0: torch.Tensor, t: torch.Tensor,
-              config: FlowConfig, ctx: DistributedContext, forms=None, dtype=torch.float32):
+              config: FlowConfig, ctx: DistributedContext, cache: ReducedFormsCache | None = None,
+              dtype=torch.float32):
     """One step's loss on this rank's crystals ``labels`` (with their noise ``L0, f0, t``).
 
     Returns ``(loss to backpropagate, global loss value (float), LossResult)``: the backpropagated value is
     ``world · Σ_local w ℓ / Σ_global w``, so DDP's gradient average is the gradient of the global
     ``Σ w ℓ / Σ w``.
     """
-    if config.coupling == "reduced-forms":
-        labels = couple_reduced_forms(labels, L0, forms, aligned=config.align_prior)
+    if config.coupling != "independent":
+        labels = couple_reduced_forms(L0, labels, prior_frac=f0, among=config.coupling, align=config.align_prior,
+                                      cache=cache).batch
     if config.align_prior:
         L0 = align_rotation(L0, labels.lattice.double().cpu()).to(L0)
     labels = labels.to(dtype=dtype)
@@ -338,25 +330,6 @@ def evaluate_samples(pred: CrystalBatch, target: CrystalBatch, match: bool = Tru
 # ---------------------------------------------------------------------------------------- training
 
 
-def _forms_of(labels: CrystalBatch):
-    from soft_niggli import reduced_forms
-
-    return reduced_forms(labels.lattice.double())
-
-
-def _gather_forms(forms, idx: torch.Tensor, B_all: int):
-    """The forms of crystals ``idx`` (in that order), owners renumbered 0..len(idx)-1."""
-    from types import SimpleNamespace
-
-    owner = forms.owner.cpu()
-    counts = torch.bincount(owner, minlength=B_all)
-    start = torch.cat([counts.new_zeros(1), torch.cumsum(counts, 0)])
-    pieces = [torch.arange(int(start[i]), int(start[i + 1])) for i in idx.tolist()]
-    sel = torch.cat(pieces) if pieces else torch.zeros(0, dtype=torch.int64)
-    new_owner = torch.repeat_interleave(torch.arange(len(idx)), counts[idx])
-    return SimpleNamespace(owner=new_owner, transform=forms.transform.cpu()[sel], lattice=forms.lattice.cpu()[sel])
-
-
 def train_flow(data: Data, config: FlowConfig, *, device="cpu", ctx: DistributedContext | None = None,
                progress=None, eval_subset: int | None = None, match: bool = True, log_every: int = 0) -> dict:
     """Train one flow model and evaluate it on ``data.val``; returns the run's record.
@@ -393,14 +366,12 @@ def train_flow(data: Data, config: FlowConfig, *, device="cpu", ctx: Distributed
     curve_val = data.val[: min(config.curve_size, len(data.val))]
     curves = {"epoch": [], "train_loss": [], "curve_epoch": [], "curve_match_rate": [], "curve_lattice_error": [],
               "epoch_time": []}
-    forms_cache = None
+    cache = ReducedFormsCache()  # each label's forms, found once per run
     step = skipped = 0
     done = False
     for epoch in range(1, config.epochs + 1):
         t0 = time.perf_counter()
         labels = epoch_labels(data, config.basis, basis_gen, rotate=False)
-        if config.coupling == "reduced-forms" and (forms_cache is None or config.basis == "random"):
-            forms_cache = _forms_of(labels)
         perm = torch.randperm(n, generator=order_gen)
         losses = []
         for lo in range(0, n, config.batch_size):
@@ -416,9 +387,8 @@ def train_flow(data: Data, config: FlowConfig, *, device="cpu", ctx: Distributed
             atom_mask = torch.zeros(len(idx), dtype=torch.bool)
             atom_mask[mine] = True
             f0_local = f0[atom_mask[glob.batch.cpu()]]
-            forms = _gather_forms(forms_cache, idx[mine], n) if config.coupling == "reduced-forms" else None
             loss, value, _ = flow_loss(net, loss_fn, local.to(device), L0[mine], f0_local, t[mine], config, ctx,
-                                       forms)
+                                       cache)
             step += 1
             if not math.isfinite(value):
                 skipped += 1

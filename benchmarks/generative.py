@@ -53,7 +53,7 @@ from soft_niggli import available_losses
 from soft_niggli.datasets import DATASETS
 
 from .data import load_data
-from .flow_matching import COUPLINGS, FlowConfig, build_loss, distributed_context, train_flow
+from .flow_matching import COUPLINGS, FlowConfig, build_loss, distributed_context, import_object, train_flow
 from .report import command_line, header, machine_description, pyplot, write_results
 from .training import BASES, parse_strategy
 
@@ -252,6 +252,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     ap.add_argument("--grad-clip", type=float, default=DEFAULTS.grad_clip)
     ap.add_argument("--coord-weight", type=float, default=DEFAULTS.coord_weight)
     ap.add_argument("--t-floor", type=float, default=DEFAULTS.t_floor, help="loss weight 1/max(1-t, t_floor)^2")
+    ap.add_argument("--model", default="", metavar="MODULE:CLASS",
+                    help="your own network instead of the CSPNet-style FlowNet (benchmarks.flow_matching.build_model "
+                         "says what it is given and must return); default: FlowNet")
     ap.add_argument("--hidden", type=int, default=DEFAULTS.hidden)
     ap.add_argument("--layers", type=int, default=DEFAULTS.layers)
     ap.add_argument("--fourier", type=int, default=DEFAULTS.fourier)
@@ -303,6 +306,11 @@ def main(argv=None) -> dict:
         if name not in registered:
             raise SystemExit(f"loss {name!r} is not registered (available: {', '.join(sorted(registered))})")
         build_loss(FlowConfig(strategy=s, coord_weight=args.coord_weight))  # bad options fail before training
+    if args.model:
+        try:
+            import_object(args.model)  # a wrong name fails before the data is read
+        except ValueError as err:
+            raise SystemExit(f"--model: {err}") from err
     device = torch.device(args.device)
     train_size = args.limit[0] if args.limit else None
     val_size = args.limit[1] if len(args.limit) > 1 else None
@@ -311,7 +319,7 @@ def main(argv=None) -> dict:
                           batch_size=args.batch_size, lr=args.lr, grad_clip=args.grad_clip, t_floor=args.t_floor,
                           coord_weight=args.coord_weight, hidden=args.hidden, layers=args.layers, fourier=args.fourier,
                           ode_steps=args.ode_steps, eval_every=args.eval_every, curve_size=args.curve_size,
-                          curve_steps=args.curve_steps, max_steps=args.max_steps)
+                          curve_steps=args.curve_steps, max_steps=args.max_steps, model=args.model)
                for s in args.strategies for b in args.bases for c in args.coupling for seed in args.seeds]
     from tqdm.auto import tqdm
 
@@ -342,8 +350,7 @@ def main(argv=None) -> dict:
     record = {}
     if ctx.rank == 0:
         out_dir = Path(args.out)
-        source = ("../shared/data, CDVAE/DiffCSP CSV; files with only a val split are split 80/20 by a seeded "
-                  "permutation (the held-out part is the 20%)")
+        source = f"training: {data.sources.get('train')}; held out: {data.sources.get('held_out')}"
         info = {"train_size": len(data.train_raw), "val_size": len(data.val), "max_atoms": data.max_atoms,
                 "volume_per_atom": data.volume_per_atom, "label_reduction_not_ok": data.label_reduction_not_ok,
                 "source": source}

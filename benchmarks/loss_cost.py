@@ -140,7 +140,7 @@ def main(argv=None) -> int:
     variants = {name: {} for name in available_losses()}
     # The cold cost: training shows the same labels every epoch and hits the cache, this benchmark
     # repeats one batch and would measure only the hits.
-    variants["reduced-forms"] = ("reduced-forms", {"cache_size": 0})
+    variants["reduced-forms"] = ("reduced-forms", {"cache_bytes": 0})
     variants["softmin (center=both)"] = ("softmin", {"center": "both"})
     variants["softmin (zero_at_match=False)"] = ("softmin", {"zero_at_match": False})
     variants["gram (zero_at_match=False)"] = ("gram", {"zero_at_match": False})

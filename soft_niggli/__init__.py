@@ -6,6 +6,8 @@ Cartesian positions are ``X = F @ L``, and a change of basis is ``L' = M @ L``, 
 
 from .canonical import CanonicalLabels, ReducedForms, canonicalize_labels, reduced_forms
 from .crystal import CrystalBatch, atom_slots
+from .flow import CoupledLabels, align_rotation, couple_reduced_forms
+from .forms_cache import ReducedFormsCache
 from .lattice import (
     apply_basis_change,
     g6,
@@ -44,6 +46,10 @@ __all__ = [
     "register_loss",
     "CrystalBatch",
     "atom_slots",
+    "CoupledLabels",
+    "align_rotation",
+    "couple_reduced_forms",
+    "ReducedFormsCache",
     "NiggliResult",
     "Status",
     "is_niggli_reduced",

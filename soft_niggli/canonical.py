@@ -27,7 +27,15 @@ from ._checks import as_float_tensor, check_matrix_shape
 from .crystal import CrystalBatch
 from .niggli import NiggliResult, Status, niggli_reduce
 
-__all__ = ["CanonicalLabels", "canonicalize_labels", "reduce_or_identity", "ReducedForms", "reduced_forms"]
+__all__ = [
+    "CanonicalLabels",
+    "ReducedForms",
+    "automorphic_forms",
+    "canonicalize_labels",
+    "effective_rel_tol",
+    "reduce_or_identity",
+    "reduced_forms",
+]
 
 
 @dataclass(frozen=True)
@@ -185,7 +193,12 @@ def reduced_forms(lattice, *, rel_tol: float = 1e-5) -> ReducedForms:
 
     Args:
         lattice: ``(B, 3, 3)`` floating tensor or array (rows are lattice vectors).
-        rel_tol: the Niggli conditions' relative tolerance, in :data:`~soft_niggli.niggli.REL_TOL_RANGE`.
+        rel_tol: the Niggli conditions' relative tolerance, in :data:`~soft_niggli.niggli.REL_TOL_RANGE`;
+            raised for float32 and half-precision lattices to what their rounding needs
+            (:func:`effective_rel_tol`: 1.2e-4 for float32), so that a re-based and re-rounded label
+            keeps its set of forms.
+
+    Large batches are processed 2048 cells at a time (peak memory about 1 KB per candidate basis).
 
     >>> cube = torch.eye(3, dtype=torch.float64)[None] * 4.0
     >>> reduced_forms(cube).counts(1).tolist()
@@ -195,15 +208,46 @@ def reduced_forms(lattice, *, rel_tol: float = 1e-5) -> ReducedForms:
     check_matrix_shape(L, "lattice")
     if L.dim() != 3:
         raise ValueError(f"lattice: expected shape (B, 3, 3), got {tuple(L.shape)}")
+    niggli_reduce(L[:0], rel_tol=rel_tol)  # validates rel_tol once
+    tol = effective_rel_tol(rel_tol, L.dtype)
+    B = L.shape[0]
+    if B <= _CHUNK:
+        return _reduced_forms(L.detach(), tol)
+    parts = [_reduced_forms(L[lo:lo + _CHUNK].detach(), tol) for lo in range(0, B, _CHUNK)]
+    return ReducedForms(owner=torch.cat([p.owner + lo for p, lo in zip(parts, range(0, B, _CHUNK))]),
+                        transform=torch.cat([p.transform for p in parts]),
+                        lattice=torch.cat([p.lattice for p in parts]),
+                        status=torch.cat([p.status for p in parts]))
+
+
+#: Lattices per pass of :func:`reduced_forms`: its peak memory is about 1 KB per candidate basis (up to
+#: several hundred per cell on cone faces), so a large batch is processed in pieces of this many cells.
+_CHUNK = 2048
+
+
+def effective_rel_tol(rel_tol: float, dtype: torch.dtype) -> float:
+    """The tolerance :func:`reduced_forms` uses for lattices of ``dtype``: ``rel_tol``, raised for
+    low-precision dtypes to ``1000 ε`` of the dtype (capped at 1e-2).
+
+    A float32 label re-based by a unimodular matrix with entries up to 5 and rounded again moves its
+    metric by about 5e-6 relative; at ``rel_tol=1e-5`` forms near the tolerance's edge would enter or
+    leave with the basis the label came in. ``1000 ε`` is 1.2e-4 for float32 and leaves float64 alone.
+    """
+    floor = min(1000 * torch.finfo(dtype).eps, 1e-2)
+    return max(float(rel_tol), floor)
+
+
+def _reduced_forms(L: torch.Tensor, rel_tol: float) -> ReducedForms:
+    """:func:`reduced_forms` of one chunk ``L (B, 3, 3)`` at the tolerance it was given."""
     device, dtype, B = L.device, L.dtype, L.shape[0]
-    res = niggli_reduce(L.detach(), rel_tol=rel_tol)  # validates rel_tol
+    res = niggli_reduce(L, rel_tol=rel_tol)
     status = res.status.cpu()
     N = res.transform.cpu()
     R = res.lattice.detach().cpu().double()
     ok = status == int(Status.OK)
     # Scale-free: the reduced cells are bounded, and the tolerances below relative.
     R_unit = torch.where(ok[:, None, None], R, torch.eye(3, dtype=torch.float64))
-    R_unit = R_unit / torch.linalg.vector_norm(R_unit, dim=-1).amax(-1).clamp_min(1e-300)[:, None, None]
+    R_unit = _unit_scale(R_unit)
     G = R_unit @ R_unit.transpose(-1, -2)
     lengths = torch.diagonal(G, dim1=-2, dim2=-1)  # (B, 3): A, B, C
     V = _SHORT_VECTORS.to(torch.float64)
@@ -245,7 +289,7 @@ def reduced_forms(lattice, *, rel_tol: float = 1e-5) -> ReducedForms:
     forms = torch.cat([forms, R[rows]])
     # An order independent of the input basis: by owner, then the forms' Cartesian entries on a grid far
     # finer than any two distinct forms' difference and far coarser than rounding.
-    scale = torch.linalg.vector_norm(R, dim=-1).amax(-1).clamp_min(1e-300)[owner]
+    scale = _row_norm_scale(R)[owner]
     keys = torch.round(forms.flatten(1) / (scale[:, None] * 1e-9)).to(torch.int64).numpy()
     # np.lexsort: the last key is the primary one (owner), then the entries in order.
     order = torch.from_numpy(np.lexsort([keys[:, c] for c in reversed(range(9))] + [owner.numpy()]))
@@ -253,3 +297,50 @@ def reduced_forms(lattice, *, rel_tol: float = 1e-5) -> ReducedForms:
     transform = X @ N[owner]
     return ReducedForms(owner=owner.to(device), transform=transform.to(device), lattice=forms.to(device, dtype),
                         status=status.to(device))
+
+
+def _row_norm_scale(L: torch.Tensor) -> torch.Tensor:
+    """``(B,)`` largest row length of ``L (B, 3, 3)`` (float64), without overflow or underflow: entries are
+    divided by the largest magnitude before squaring (cells with entries above 1e154 stay finite)."""
+    big = L.abs().flatten(1).amax(1).clamp_min(1e-300)
+    return torch.linalg.vector_norm(L / big[:, None, None], dim=-1).amax(-1) * big
+
+
+def _unit_scale(L: torch.Tensor) -> torch.Tensor:
+    """``L`` divided by its largest row length (:func:`_row_norm_scale`), so every row is at most 1."""
+    big = L.abs().flatten(1).amax(1).clamp_min(1e-300)[:, None, None]
+    unit = L / big
+    return unit / torch.linalg.vector_norm(unit, dim=-1).amax(-1).clamp_min(1e-300)[:, None, None]
+
+
+def automorphic_forms(lattice: torch.Tensor, forms: ReducedForms, *, rel_tol: float = 1e-5) -> torch.Tensor:
+    """``(P,)`` bool: the reduced forms whose metric ``G = L Lᵀ`` is the lattice's reference metric within
+    ``rel_tol`` of its largest squared length, i.e. the lattice's automorphisms in its reduced basis.
+
+    The reference is the input lattice's own metric where the input is one of its reduced forms (a
+    canonical label), else the metric of the guarded reducer's Niggli cell. Cells that do not reduce
+    ``OK`` keep their one form.
+
+    Args:
+        lattice: ``(B, 3, 3)``, the lattices ``forms`` was computed from.
+        forms: their :func:`reduced_forms`.
+    """
+    B = lattice.shape[0]
+    owner, T = forms.owner.cpu(), forms.transform.cpu()
+    F = forms.lattice.cpu().double()
+    ok = forms.status.cpu() == int(Status.OK)
+    reference = lattice.detach().to("cpu", torch.float64).clone()
+    is_identity = (T == torch.eye(3, dtype=T.dtype)).flatten(1).all(1)
+    has_identity = torch.zeros(B, dtype=torch.bool)
+    has_identity[owner[is_identity]] = True
+    first = torch.full((B,), len(owner), dtype=torch.int64).scatter_reduce(
+        0, owner[is_identity], torch.arange(len(owner))[is_identity], "amin")
+    reference[has_identity] = F[first[has_identity]]
+    others = (~has_identity & ok).nonzero().flatten()
+    if len(others):
+        reference[others] = niggli_reduce(reference[others], rel_tol=max(rel_tol, 1e-12)).lattice.double()
+    G_ref = reference @ reference.transpose(-1, -2)
+    G = F @ F.transpose(-1, -2)
+    size = torch.diagonal(G_ref, dim1=-2, dim2=-1).amax(-1)[owner]
+    same = (G - G_ref[owner]).abs().flatten(1).amax(1) <= rel_tol * size
+    return (same | ~ok[owner]).to(forms.owner.device)

@@ -74,17 +74,20 @@ __all__ = [
     "bundled_path",
     "train_val_split",
     "load_dataset",
+    "split_files",
+    "split_source",
 ]
 
-#: Datasets read from a data folder (``<data_dir>/<name>/{train,val}.csv.gz``, CDVAE/DiffCSP CSV files).
-FOLDER_DATASETS = ("mp_20", "perov_5", "carbon_24", "mpts_52")
+#: Datasets read from a data folder (``<data_dir>/<name>/{train,val,test}.csv[.gz]``, CDVAE/DiffCSP CSV
+#: files); ``mp_20_biternary`` is MP-20 restricted to binary and ternary compounds.
+FOLDER_DATASETS = ("mp_20", "perov_5", "carbon_24", "mpts_52", "mp_20_biternary")
 #: Small real-crystal sets that ship inside the package (``soft_niggli/data/<name>.csv.gz``, see its NOTICE).
 BUNDLED = ("perov_5_small", "carbon_24_small")
 #: Names accepted by :func:`load_dataset`: ``"aflow"`` (bundled with pymatgen), the folder datasets, the
 #: bundled ones.
 DATASETS = ("aflow", *FOLDER_DATASETS, *BUNDLED)
 #: Splits accepted by :func:`load_dataset`.
-SPLITS = ("train", "val", "all")
+SPLITS = ("train", "val", "test", "all")
 
 _CACHE_VERSION = 1
 _T = TypeVar("_T")
@@ -107,7 +110,7 @@ def cache_dir() -> Path:
 #: Environment variable naming the data folder when no ``data_dir`` is passed.
 DATA_ENV = "SOFT_NIGGLI_DATA"
 
-_EXPECTED_FILES = ("<data_dir>/<name>/train.csv.gz and/or <data_dir>/<name>/val.csv.gz (the CDVAE/DiffCSP CSV "
+_EXPECTED_FILES = ("<data_dir>/<name>/train.csv.gz, val.csv.gz and/or test.csv.gz (or .csv; the CDVAE/DiffCSP CSV "
                    "files, one CIF per row in a 'cif' column; <name> one of " + ", ".join(FOLDER_DATASETS) + ")")
 
 
@@ -467,12 +470,15 @@ def load_dataset(name: str, split: str = "train", data_dir: str | os.PathLike | 
     Args:
         name: one of :data:`DATASETS`. ``"perov_5_small"`` and ``"carbon_24_small"`` ship with this
             package (:func:`bundled_path`), ``"aflow"`` with pymatgen; the others are read from
-            ``<data_dir>/<name>/{train,val}.csv.gz``.
+            ``<data_dir>/<name>/{train,val,test}.csv[.gz]``.
         data_dir: the data folder; ``None`` for ``$SOFT_NIGGLI_DATA`` (:func:`resolve_data_dir`). Not
             needed (and ignored) for the bundled sets and ``"aflow"``.
-        split: ``"train"``, ``"val"`` or ``"all"``. Where both ``train.csv.gz`` and ``val.csv.gz``
-            exist they are used as they are; where only one file exists (and for the bundled sets and
-            ``"aflow"``) it is split by :func:`train_val_split` with ``val_fraction`` and ``seed``.
+        split: ``"train"``, ``"val"``, ``"test"`` or ``"all"``. Files are ``<split>.csv.gz`` or
+            ``<split>.csv`` (:func:`split_files`). Where the training file and the split's own file exist
+            they are used as they are (``"test"`` without a test file: the val file); where only one
+            file exists (and for the bundled sets and ``"aflow"``) it is split by
+            :func:`train_val_split` with ``val_fraction`` and ``seed``, and ``"val"`` and ``"test"`` are
+            both its held-out part. :func:`split_source` says in words which file was read.
         limit: keep at most this many structures of the split (the first ones, in file order).
         max_atoms: drop structures with more atoms (``"aflow"`` always keeps <= 20).
 
@@ -508,21 +514,65 @@ def load_dataset(name: str, split: str = "train", data_dir: str | os.PathLike | 
         train, val = train_val_split(structures, val_fraction, seed)
         return (train if split == "train" else val)[:limit]
 
-    folder = resolve_data_dir(data_dir) / name
-    files = {s: folder / f"{s}.csv.gz" for s in ("train", "val")}
-    present = {s: p for s, p in files.items() if p.is_file()}
-    if not present:
-        raise FileNotFoundError(f"dataset {name!r}: neither {files['train']} nor {files['val']} exists "
-                                f"(expected {_EXPECTED_FILES})")
+    present = split_files(name, data_dir)
     if split == "all":
         out = []
         for p in present.values():
             out += read_cdvae_csv(p, max_atoms=max_atoms)
         return out[:limit]
-    if len(present) == 2:
-        # Both files: without a filter there is no need to parse more rows than asked for.
+    if split in present and ("train" in present or split == "train") and len(present) >= 2:
+        # The split has its own file: without a filter there is no need to parse more rows than asked for.
         rows = limit if max_atoms is None else None
         return read_cdvae_csv(present[split], limit=rows, max_atoms=max_atoms)[:limit]
-    (only,) = present.values()
+    if split == "test" and "val" in present and "train" in present:
+        return read_cdvae_csv(present["val"], max_atoms=max_atoms)[:limit]  # no test file: the val file
+    # One file (or no training file): split it.
+    only = present.get("train") or present.get("val") or present["test"]
     train, val = train_val_split(read_cdvae_csv(only, max_atoms=max_atoms), val_fraction, seed)
     return (train if split == "train" else val)[:limit]
+
+
+def split_files(name: str, data_dir: str | os.PathLike | None = None) -> dict[str, Path]:
+    """The files of folder dataset ``name``: ``{split: path}`` for each of ``train``, ``val``, ``test``
+    present as ``<data_dir>/<name>/<split>.csv.gz`` or ``.csv`` (the compressed one where both exist).
+
+    Raises:
+        FileNotFoundError: the folder holds none of them (the message lists what was looked for).
+    """
+    folder = resolve_data_dir(data_dir) / name
+    present = {}
+    for split in ("train", "val", "test"):
+        for suffix in (".csv.gz", ".csv"):
+            path = folder / f"{split}{suffix}"
+            if path.is_file():
+                present[split] = path
+                break
+    if not present:
+        raise FileNotFoundError(f"dataset {name!r}: none of train, val, test (.csv.gz or .csv) exists in {folder} "
+                                f"(expected {_EXPECTED_FILES})")
+    return present
+
+
+def split_source(name: str, split: str, data_dir: str | os.PathLike | None = None, *, val_fraction: float = 0.2,
+                 seed: int = 0) -> str:
+    """Which file (and part of it) :func:`load_dataset` reads for ``name`` and ``split``, in words, for
+    results files: e.g. ``"perov_5/val.csv.gz, the held-out 20% (seed 0)"``."""
+    if name == "aflow":
+        return "pymatgen's AFLOW prototypes" + ("" if split == "all" else f", {split} part of an 80/20 split")
+    if name in BUNDLED:
+        where = f"soft_niggli/data/{name}.csv.gz"
+    else:
+        present = split_files(name, data_dir)
+        if split == "all":
+            return ", ".join(f"{name}/{p.name}" for p in present.values())
+        if split in present and ("train" in present or split == "train") and len(present) >= 2:
+            return f"{name}/{present[split].name}"
+        if split == "test" and "val" in present and "train" in present:
+            return f"{name}/{present['val'].name} (no test file)"
+        only = present.get("train") or present.get("val") or present["test"]
+        where = f"{name}/{only.name}"
+    if split == "all":
+        return where
+    part = f"the held-out {round(100 * val_fraction)}%" if split != "train" else \
+        f"the other {round(100 * (1 - val_fraction))}%"
+    return f"{where}, {part} (seed {seed})"

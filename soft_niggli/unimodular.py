@@ -215,6 +215,12 @@ def lattice_automorphisms(lattice: torch.Tensor, rel_tol: float = 1e-4) -> Latti
     if not 0 < rel_tol < 0.1:
         raise ValueError(f"rel_tol: expected a number in (0, 0.1), got {rel_tol!r}")
     device = lattice.device
+    if has_values(lattice) and lattice.shape[0]:
+        # Automorphisms do not depend on the scale: divide by the largest entry first, so that squared
+        # lengths neither overflow (entries above about 1e154) nor underflow.
+        big = lattice.detach().to(torch.float64).abs().flatten(1).amax(1)
+        big = torch.where(torch.isfinite(big) & (big > 0), big, torch.ones_like(big))
+        lattice = lattice.detach().to(torch.float64) / big[:, None, None]
     if _kernel is not None and device.type == "cpu" and has_values(lattice):
         return _compiled_automorphisms(lattice, rel_tol)
     vectors = _short_vectors().to(device)

@@ -49,10 +49,41 @@ def test_unknown_dataset_and_split_name_the_valid_ones(tmp_path):
     with pytest.raises(ValueError, match="mp_20"):
         load_dataset("mp20")
     with pytest.raises(ValueError, match="train"):
-        load_dataset("aflow", split="test")
+        load_dataset("aflow", split="holdout")
     with pytest.raises(FileNotFoundError, match="perov_5"):
         load_dataset("perov_5", data_dir=tmp_path)
     assert "aflow" in DATASETS
+
+
+def test_splits_come_from_their_own_files_csv_or_gzip_and_say_where_they_came_from(tmp_path):
+    import csv
+    import gzip
+    import shutil
+
+    from soft_niggli.datasets import split_source
+
+    source = shared_data_file("perov_5", "val")
+    folder = tmp_path / "perov_5"
+    folder.mkdir()
+    with gzip.open(source, "rt", newline="") as fh:
+        reader = csv.DictReader(fh)
+        rows = [row for _, row in zip(range(9), reader)]
+        fields = reader.fieldnames
+    for name, part in (("train.csv", rows[:6]), ("val.csv", rows[6:9])):
+        with open(folder / name, "w", newline="") as fh:
+            writer = csv.DictWriter(fh, fields)
+            writer.writeheader()
+            writer.writerows(part)
+    shutil.copy(source, folder / "test.csv.gz")
+    assert len(load_dataset("perov_5", "train", tmp_path)) == 6
+    assert len(load_dataset("perov_5", "val", tmp_path)) == 3
+    assert len(load_dataset("perov_5", "test", tmp_path, limit=4)) == 4
+    assert split_source("perov_5", "test", tmp_path) == "perov_5/test.csv.gz"
+    (folder / "test.csv.gz").unlink()
+    assert split_source("perov_5", "test", tmp_path) == "perov_5/val.csv (no test file)"
+    (folder / "train.csv").unlink()
+    assert split_source("perov_5", "val", tmp_path) == "perov_5/val.csv, the held-out 20% (seed 0)"
+    assert split_source("perov_5", "train", tmp_path) == "perov_5/val.csv, the other 80% (seed 0)"
 
 
 def test_cdvae_reader_matches_pymatgen_and_caches(tmp_path, monkeypatch):
@@ -202,7 +233,7 @@ def test_a_missing_folder_or_dataset_is_named(tmp_path, monkeypatch):
         resolve_data_dir()
     monkeypatch.setenv("SOFT_NIGGLI_DATA", str(tmp_path))
     assert resolve_data_dir() == tmp_path
-    with pytest.raises(FileNotFoundError, match=r"dataset 'perov_5': neither .*train\.csv\.gz nor .*val\.csv\.gz"):
+    with pytest.raises(FileNotFoundError, match=r"dataset 'perov_5': none of train, val, test"):
         load_dataset("perov_5")
 
 

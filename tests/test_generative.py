@@ -16,18 +16,16 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import shared_data_file
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from benchmarks.flow_matching import LatticePrior, interpolate, minimum_image, sample
+from benchmarks.flow_model import FlowNet
 from soft_niggli import CrystalBatch, random_unimodular
+from soft_niggli.flow import align_rotation
 from soft_niggli.lattice import random_rotations, wrap
 from soft_niggli.testing import crystals, rotations
-
-from benchmarks.flow_matching import (LatticePrior, align_rotation, couple_reduced_forms, interpolate, minimum_image,
-                                      sample)
-from benchmarks.flow_model import FlowNet
-
-from conftest import shared_data_file
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -149,36 +147,6 @@ def test_align_rotation_is_the_best_rotation_with_the_label_handedness():
     torch.testing.assert_close(align_rotation(L1, L1), L1, atol=1e-9, rtol=0)
 
 
-def test_reduced_form_coupling_picks_the_form_nearest_the_prior_and_stays_the_same_crystal():
-    from soft_niggli import reduced_forms
-    from soft_niggli.metrics import lattice_error
-
-    g = torch.Generator().manual_seed(5)
-    cube = 4.0 * torch.eye(3, dtype=torch.float64)
-    labels = CrystalBatch(torch.stack([cube, cube + 0.3 * torch.triu(torch.ones(3, 3, dtype=torch.float64), 1)]),
-                          torch.rand(4, 3, generator=g, dtype=torch.float64), [2, 2], [8, 8, 14, 14])
-    forms = reduced_forms(labels.lattice)
-    # A prior sample equal to one of the cube's other reduced forms picks exactly that form.
-    target_form = int((forms.owner == 0).nonzero()[5])
-    L0 = torch.stack([forms.lattice[target_form], labels.lattice[1] + 0.01])
-    out = couple_reduced_forms(labels, L0, forms)
-    torch.testing.assert_close(out.lattice[0], forms.lattice[target_form])
-    assert float(lattice_error(out.lattice, labels.lattice).error.max()) < 1e-9
-    X_in, X_out = labels.cartesian(), out.cartesian()
-    diff = torch.linalg.solve(labels.lattice[labels.batch].mT, (X_out - X_in)[..., None])[..., 0]
-    torch.testing.assert_close(diff, torch.round(diff), atol=1e-9, rtol=0)  # same atoms up to lattice vectors
-    # Aligned choice: the form nearest after the best rotation (the cube's forms are all rotations of each
-    # other, so they tie; any of them is right), never a form farther than the best.
-    Q = random_rotations(2, generator=g, proper=True)
-    L0r = L0 @ Q.mT
-    out2 = couple_reduced_forms(labels, L0r, forms, aligned=True)
-    for b in range(2):
-        own = forms.owner == b
-        d_all = (align_rotation(L0r[b].expand(int(own.sum()), 3, 3), forms.lattice[own]) - forms.lattice[own]).square()
-        d_out = (align_rotation(L0r[b:b + 1], out2.lattice[b:b + 1]) - out2.lattice[b:b + 1]).square().sum()
-        assert float(d_out) <= float(d_all.sum((-1, -2)).min()) + 1e-9
-
-
 def test_prior_scale_matches_the_labels():
     g = torch.Generator().manual_seed(0)
     M = random_unimodular((50,), max_entry=1, generator=g).double()
@@ -260,10 +228,10 @@ def test_the_command_line_runs_end_to_end(tmp_path):
 
     record = main(["--dataset", "perov_5", "--limit", "24,6", "--epochs", "2", "--batch-size", "8", "--hidden", "16",
                    "--layers", "1", "--fourier", "2", "--ode-steps", "1,2", "--strategies", "mse", "softmin",
-                   "--bases", "niggli,random", "--coupling", "independent,reduced-forms", "--align-prior",
+                   "--bases", "niggli,random", "--coupling", "independent,automorphisms,reduced-forms", "--align-prior",
                    "--eval-every", "1", "--curve-size", "4", "--curve-steps", "2", "--out", str(tmp_path),
                    "--no-progress", "--threads", "1"])
-    assert len(record["runs"]) == 8 and len(record["summary"]) == 8
+    assert len(record["runs"]) == 12 and len(record["summary"]) == 12
     for name in ("generative_perov_5.md", "generative_perov_5.json", "generative_perov_5_epochs.png",
                  "generative_perov_5_steps.png"):
         assert (tmp_path / name).exists(), name
@@ -287,3 +255,18 @@ def test_seed_and_limit_arguments():
     assert parse_args(["--limit", "50"]).limit == (50,)
     with pytest.raises(SystemExit):
         parse_args(["--bases", "weird"])
+
+
+def test_a_model_of_ones_own_plugs_in_by_module_and_class(tmp_path):
+    shared_data_file("perov_5")
+    from benchmarks.generative import main
+
+    record = main(["--dataset", "perov_5", "--limit", "16,4", "--epochs", "1", "--batch-size", "8", "--ode-steps", "2",
+                   "--model", "examples.flow_matching_step:TinyFlowNet", "--coupling", "automorphisms",
+                   "--align-prior", "--out", str(tmp_path), "--no-progress", "--threads", "1", "--no-match"])
+    (run,) = record["runs"]
+    assert run["config"]["model"] == "examples.flow_matching_step:TinyFlowNet"
+    assert run["parameters"] < 50_000  # TinyFlowNet, not the default FlowNet
+    assert "held out" in record["data"]["source"]
+    with pytest.raises(SystemExit):
+        main(["--dataset", "perov_5", "--model", "no_such_module:Net", "--out", str(tmp_path), "--no-progress"])

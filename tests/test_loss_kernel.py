@@ -119,7 +119,7 @@ def test_window_kernel_on_pathological_and_non_finite_cells(metric):
 
 
 LOSSES = [("softmin", {}), ("gram", {}), ("softmin", {"center": "both"}), ("softmin", {"lattice_metric": "gram"}),
-          ("reduced-forms", {"cache_size": 0}), ("proxy", {})]
+          ("reduced-forms", {"cache_bytes": 0}), ("proxy", {})]
 
 
 @settings(max_examples=12, deadline=None)

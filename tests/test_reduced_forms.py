@@ -185,7 +185,7 @@ def test_proxy_label_forms_option_is_checked():
 @settings(max_examples=8, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(batch=symmetric_crystals(max_crystals=4, noise=0.01), seed=st.integers(0, 2**16))
 def test_reduced_forms_loss_with_its_cache_equals_the_loss_without(batch, seed):
-    cached, uncached = get_loss("reduced-forms", cache_size=3), get_loss("reduced-forms", cache_size=0)
+    cached, uncached = get_loss("reduced-forms", cache_bytes=30_000), get_loss("reduced-forms", cache_bytes=0)
     pred = _noisy(batch, seed, 0.05, 0.02)
     # The same labels again (cache hits), reversed, and in float32 (another key), past the cache's size.
     order = torch.arange(len(batch) - 1, -1, -1)
@@ -193,7 +193,7 @@ def test_reduced_forms_loss_with_its_cache_equals_the_loss_without(batch, seed):
         a, b = cached(p, t), uncached(p, t)
         torch.testing.assert_close(a.per_crystal, b.per_crystal, rtol=0, atol=0)
         torch.testing.assert_close(a.terms["forms"], b.terms["forms"], rtol=0, atol=0)
-    assert len(cached._cache) <= 3
+    assert cached._cache.nbytes <= 30_000
 
 
 def test_reduced_forms_loss_cache_takes_half_precision_and_empty_batches():

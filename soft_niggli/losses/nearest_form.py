@@ -17,13 +17,10 @@ towards a re-based one.
 
 from __future__ import annotations
 
-from collections import OrderedDict
-
 import torch
 
-from .._checks import has_values
-from ..canonical import ReducedForms, reduced_forms
 from ..crystal import CrystalBatch
+from ..forms_cache import ReducedFormsCache
 from ..lattice import integer_inverse
 from ..unimodular import LatticeAutomorphisms
 from .base import CrystalLoss, LossResult, int_option, register_loss, rel_tol_option
@@ -51,12 +48,9 @@ class NearestFormLoss(CrystalLoss):
             blur: Sinkhorn blur, Å, in (0, 10) (as every loss).
         rel_tol: the tolerance of the reduced forms (and of the reducer), in
             :data:`~soft_niggli.niggli.REL_TOL_RANGE`.
-        cache_size: labels whose reduced forms are remembered (0 to 100 000 000; default 100 000, 0 turns
-            it off). A training loop shows the same labels every epoch, and their forms are a function
-            of the label's lattice alone (:func:`~soft_niggli.canonical.reduced_forms`), so they are
-            computed once per distinct lattice (keyed by its exact values, least recently used first
-            out); this takes the loss's cost on cubic labels (48 forms each) from about that of
-            ``"proxy"`` to a few lookups.
+        cache_bytes: memory for the labels' reduced forms (0 to 2**40 bytes; default 256 MiB, 0 turns
+            it off): a :class:`~soft_niggli.forms_cache.ReducedFormsCache`, thread-safe, so that the
+            forms of a label seen before are a lookup (a cubic label has 48).
 
     >>> label = CrystalBatch(4.0 * torch.eye(3)[None], torch.tensor([[0.0, 0.0, 0.0], [0.5, 0.5, 0.5]]), [2])
     >>> rebased = label.apply_basis_change(torch.tensor([[1, 1, 0], [0, 1, 0], [0, 1, 1]]))
@@ -66,46 +60,19 @@ class NearestFormLoss(CrystalLoss):
     """
 
     def __init__(self, *, lattice_weight: float = 1.0, coord_weight: float = 1.0, lattice_metric: str = "cartesian",
-                 coords: str = "periodic", blur: float = 0.1, rel_tol: float = 1e-5, cache_size: int = 100_000):
+                 coords: str = "periodic", blur: float = 0.1, rel_tol: float = 1e-5, cache_bytes: int = 256 * 2**20):
         super().__init__()
         self.set_term_options(lattice_weight=lattice_weight, coord_weight=coord_weight,
                               lattice_metric=lattice_metric, coords=coords, blur=blur)
         self.rel_tol = rel_tol_option(rel_tol)
-        self.cache_size = int_option("cache_size", cache_size, 0, 100_000_000)
-        self._cache: OrderedDict[bytes, tuple] = OrderedDict()
-
-    def _forms(self, lattice: torch.Tensor) -> ReducedForms:
-        """:func:`~soft_niggli.canonical.reduced_forms` of ``lattice (B, 3, 3)``, through the cache."""
-        lattice = lattice.detach()
-        if not self.cache_size or not has_values(lattice) or not lattice.shape[0]:
-            return reduced_forms(lattice, rel_tol=self.rel_tol)
-        B, device = lattice.shape[0], lattice.device
-        values = lattice.to("cpu", torch.float64).contiguous().numpy()  # exact for every float dtype (bfloat16 too)
-        keys = [str(lattice.dtype).encode() + values[b].tobytes() for b in range(B)]
-        missing = [b for b, key in enumerate(keys) if key not in self._cache]
-        if missing:
-            new = reduced_forms(lattice[missing], rel_tol=self.rel_tol)
-            counts = new.counts(len(missing)).tolist()
-            for b, transform, form, status in zip(missing, new.transform.to("cpu").split(counts),
-                                                  new.lattice.to("cpu").split(counts), new.status.tolist()):
-                self._cache[keys[b]] = (transform, form, status, len(transform))
-        entries = []
-        for key in keys:
-            self._cache.move_to_end(key)
-            entries.append(self._cache[key])
-        while len(self._cache) > self.cache_size:
-            self._cache.popitem(last=False)
-        transform, form, status, counts = zip(*entries)
-        counts = torch.tensor(counts, device=device)
-        return ReducedForms(owner=torch.repeat_interleave(torch.arange(B, device=device), counts),
-                            transform=torch.cat(transform).to(device), lattice=torch.cat(form).to(device),
-                            status=torch.tensor(status, dtype=torch.int64, device=device))
+        self.cache_bytes = int_option("cache_bytes", cache_bytes, 0, 2**40)
+        self._cache = ReducedFormsCache(self.cache_bytes, rel_tol=self.rel_tol)
 
     def compute(self, pred: CrystalBatch, target: CrystalBatch) -> LossResult:
         B, dtype = len(pred), pred.dtype
         included = self.scorable(pred)
         L, F = self.sanitized(pred, target, included)
-        forms = self._forms(target.lattice)
+        forms = self._cache(target.lattice)
         X = closest_automorphism(
             L.detach(), F.detach(), target, None, None, lattice_metric=self.lattice_metric, coords=self.coords,
             lattice_weight=self.lattice_weight, coord_weight=self.coord_weight, blur=self.blur,

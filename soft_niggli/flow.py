@@ -1,0 +1,287 @@
+"""Canonical targets for diffusion and flow-matching models: prior alignment and the reduced-form coupling.
+
+Row convention: lattices are ``(B, 3, 3)`` with the lattice vectors as rows, Cartesian positions
+``X = F @ L``; a change of basis is ``L' = M @ L``, ``F' = wrap(F @ M^{-1})``; a rotation is ``L' = L Qᵀ``.
+
+A generative model cannot be indifferent to the basis the way a regression loss can (no probability
+distribution over bases is invariant under GL(3,Z)), so it generates canonical (Niggli-reduced) cells and
+trains on canonical labels. What is still free is *which* of a label's equally canonical bases each
+noise sample is paired with, and how the noise is oriented:
+
+* :func:`align_rotation` turns the prior lattice ``L_0`` by the orthogonal ``R`` nearest in Frobenius norm
+  to the label (Kabsch), so the straight path ``L_t = (1 − t) L_0 + t L_1`` neither wastes length on a
+  rotation the model cannot see nor passes through a singular lattice where the handedness differs.
+* :func:`couple_reduced_forms` re-bases each label to the one of its reduced forms
+  (:func:`~soft_niggli.canonical.reduced_forms`) nearest its prior sample. The target never leaves the
+  Niggli cone (the model still generates canonical cells), but noise-to-data paths get shorter, as batch
+  optimal transport over atoms does for coordinates. ``among="automorphisms"`` chooses only among the
+  forms with the label's own metric (its point group in the reduced basis: 48 for a cube, 2 for a
+  triclinic cell); ``among="reduced-forms"`` among all forms, including those with other metrics where
+  the label sits on a face of the Niggli cone (right angles, equal lengths). The benchmark
+  (``python -m benchmarks.generative``) measures both.
+
+>>> import torch
+>>> from soft_niggli import CrystalBatch
+>>> labels = CrystalBatch(4.0 * torch.eye(3)[None], torch.tensor([[0.1, 0.2, 0.3]]), [1])
+>>> prior = torch.tensor([[[0.0, 3.9, 0.1], [-4.1, 0.0, 0.0], [0.0, 0.2, 4.0]]])
+>>> coupled = couple_reduced_forms(prior, labels, align=False)
+>>> coupled.transform[0].tolist(), coupled.choices.tolist()
+([[0, 1, 0], [-1, 0, 0], [0, 0, 1]], [48])
+"""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass
+
+import torch
+
+from ._checks import as_float_tensor, check_matrix_shape
+from .crystal import CrystalBatch
+from .forms_cache import ReducedFormsCache
+from .lattice import wrap
+from .niggli import Status, niggli_reduce
+
+__all__ = ["AMONG", "CoupledLabels", "align_rotation", "couple_reduced_forms"]
+
+#: What :func:`couple_reduced_forms` chooses among.
+AMONG = ("automorphisms", "reduced-forms")
+
+# Forms whose distance to the prior is within this fraction of the squared norms of the cell tie (an
+# automorphism of a symmetric cell is a rotation of it: after alignment every one is at the same distance).
+_TIE = 1e-9
+
+
+def align_rotation(prior_lattice, target_lattice) -> torch.Tensor:
+    """``L_0 R``: the prior lattice turned by the orthogonal ``R`` that minimises ``‖L_0 R − L_1‖_F``.
+
+    Kabsch (orthogonal Procrustes): with ``L_0ᵀ L_1 = U S Vᵀ``, ``R = U Vᵀ``. Its determinant has the sign
+    of ``det(L_0ᵀ L_1)``, so ``L_0 R`` has the handedness of ``L_1`` and the straight path between them
+    never crosses a singular lattice through a change of handedness. A singular ``L_0`` or ``L_1`` still
+    gets a proper or improper ``R`` that attains the minimum.
+
+    Args:
+        prior_lattice, target_lattice: ``(..., 3, 3)`` floating tensors or arrays of the same shape.
+
+    Returns:
+        ``(..., 3, 3)`` the aligned prior, in the prior's dtype and on its device (no gradient is
+        blocked: differentiable where the singular values of ``L_0ᵀ L_1`` are distinct).
+
+    >>> L0 = torch.tensor([[0.0, 2.0, 0.0], [-2.0, 0.0, 0.0], [0.0, 0.0, 2.0]])
+    >>> align_rotation(L0, 2 * torch.eye(3)).round(decimals=6).tolist()
+    [[2.0, 0.0, 0.0], [0.0, 2.0, 0.0], [0.0, 0.0, 2.0]]
+    """
+    L0 = as_float_tensor(prior_lattice, "prior_lattice")
+    L1 = as_float_tensor(target_lattice, "target_lattice")
+    check_matrix_shape(L0, "prior_lattice")
+    if L1.shape != L0.shape:
+        raise ValueError(f"target_lattice: expected the prior's shape {tuple(L0.shape)}, got {tuple(L1.shape)}")
+    L1 = L1.to(L0)
+    U, _, Vh = torch.linalg.svd(L0.transpose(-1, -2) @ L1)
+    return L0 @ (U @ Vh)
+
+
+def _aligned_distance(L0: torch.Tensor, L1: torch.Tensor) -> torch.Tensor:
+    """``min over R ∈ O(3) of ‖L_0 R − L_1‖²_F = ‖L_0‖² + ‖L_1‖² − 2 ‖L_0ᵀ L_1‖_*`` (nuclear norm)."""
+    product = L0.transpose(-1, -2) @ L1
+    finite = torch.isfinite(product).flatten(-2).all(-1)
+    nuclear = torch.linalg.svdvals(torch.where(finite[..., None, None], product, 0.0)).sum(-1)
+    out = (L0.square().sum((-1, -2)) + L1.square().sum((-1, -2)) - 2 * nuclear).clamp_min(0)
+    return torch.where(finite, out, float("nan"))
+
+
+def _aligned_distance_per_metric(prior: torch.Tensor, owner: torch.Tensor, F: torch.Tensor,
+                                 metric: torch.Tensor) -> torch.Tensor:
+    """:func:`_aligned_distance` of ``prior[owner]`` and forms ``F (P, 3, 3)``, computed once per metric.
+
+    Forms of one label with the same metric are rotations of each other (``F' F'ᵀ = F Fᵀ`` gives
+    ``F' = F Q``), so they are at the same distance after alignment: one SVD per ``metric`` group
+    (:attr:`~soft_niggli.forms_cache.CachedForms.metric`).
+    """
+    if not len(owner):
+        return torch.zeros(0, dtype=torch.float64)
+    group = torch.unique(metric, return_inverse=True)[1]
+    first = torch.full((int(group.max()) + 1,), len(group), dtype=torch.int64).scatter_reduce(
+        0, group, torch.arange(len(group)), "amin")
+    return _aligned_distance(prior[owner[first]], F[first])[group]
+
+
+@dataclass(frozen=True)
+class CoupledLabels:
+    """The result of :func:`couple_reduced_forms`.
+
+    Attributes:
+        batch: the labels re-based to the chosen form (lattice from the reducer's accurate cell, fractional
+            coordinates ``wrap(F T⁻¹)``), in the labels' dtype and on their device.
+        transform: ``(B, 3, 3)`` int64 unimodular ``T`` with ``batch.lattice == T @ labels.lattice``; the
+            identity for a label passed through.
+        distance: ``(B,)`` float64 squared Frobenius distance from the prior sample to the chosen form
+            (after the rotation alignment when ``align``).
+        status: ``(B,)`` int64 :class:`~soft_niggli.niggli.Status` of the label's reduction; a label that is
+            not ``OK`` is passed through unchanged.
+        choices: ``(B,)`` int64 number of forms chosen among (1 for a label passed through).
+    """
+
+    batch: CrystalBatch
+    transform: torch.Tensor
+    distance: torch.Tensor
+    status: torch.Tensor
+    choices: torch.Tensor
+
+
+_default_caches: dict[float, ReducedFormsCache] = {}
+_default_lock = threading.Lock()
+
+
+def _default_cache(rel_tol: float) -> ReducedFormsCache:
+    with _default_lock:
+        if rel_tol not in _default_caches:
+            _default_caches[rel_tol] = ReducedFormsCache(64 * 2**20, rel_tol=rel_tol)
+        return _default_caches[rel_tol]
+
+
+def couple_reduced_forms(prior_lattice, labels: CrystalBatch, *, prior_frac=None, among: str = "automorphisms",
+                         align: bool = True, rel_tol: float = 1e-5,
+                         cache: ReducedFormsCache | None = None) -> CoupledLabels:
+    """Each canonical label re-based to the one of its reduced forms nearest its prior sample.
+
+    For label ``b`` with reduced forms ``T_p L_b`` (:func:`~soft_niggli.canonical.reduced_forms`), the
+    chosen form minimises
+
+        d_p = ‖L_0,b − T_p L_b‖²_F,   or with ``align``:   min over R ∈ O(3) of ‖L_0,b R − T_p L_b‖²_F,
+
+    and the label becomes ``(T_p L_b, wrap(F_b T_p⁻¹))``. Forms within ``1e-9`` (relative) of the
+    smallest distance tie (``100 ε`` for float32 labels); with ``prior_frac`` the tie goes to the forms whose fractional coordinates are
+    nearest the prior's, ``Σ_atoms ‖mi(F_b T_p⁻¹ − f_0)‖²`` with ``mi(d) = d − round(d)`` (within ``1e-9``
+    per atom); with ``align``, what still ties (rotations of each other that place the atoms alike) goes to
+    the form nearest the prior without rotation, and what then still ties to the first in the forms'
+    basis-independent order. (With ``align`` every automorphism of a symmetric cell
+    ties, being a rotation of it: then only the coordinates tell them apart.)
+
+    ``among="automorphisms"`` (default) keeps the forms whose metric ``G = L Lᵀ`` equals the label's
+    within the tolerance: the label's point group in its reduced basis. When the label is not itself one of
+    its reduced forms, the guarded reducer's Niggli cell gives the metric. ``among="reduced-forms"`` keeps
+    every form, other metrics on cone faces included.
+
+    The canonical label is one of the forms, so ``distance`` is never larger than the label's own. The
+    result does not depend on the basis the label came in, wherever the label's reduced forms do not
+    (away from a hair of the tolerance's edge). Forms are computed on the host, in float64, once per
+    distinct label (``cache``); the outputs are on the labels' device and in their dtype.
+
+    Args:
+        prior_lattice: ``(B, 3, 3)`` prior lattices ``L_0`` (rows are lattice vectors), ``B = len(labels)``.
+        labels: a :class:`~soft_niggli.crystal.CrystalBatch` of canonical (Niggli-reduced) labels.
+        prior_frac: optional ``(N, 3)`` prior fractional coordinates, one row per atom of ``labels``.
+        among: ``"automorphisms"`` or ``"reduced-forms"``.
+        align: compare after the rotation alignment (:func:`align_rotation`), as a model whose prior is
+            aligned trains.
+        rel_tol: the reduced forms' tolerance (raised for float32 labels, see
+            :func:`~soft_niggli.canonical.effective_rel_tol`).
+        cache: a :class:`~soft_niggli.forms_cache.ReducedFormsCache` (its own ``rel_tol`` is used); by
+            default one shared 64 MiB cache per ``rel_tol``. ``ReducedFormsCache(0)`` turns it off.
+
+    Returns:
+        :class:`CoupledLabels`.
+
+    Raises:
+        TypeError: ``labels`` not a CrystalBatch; ValueError: wrong shapes, an unknown ``among``.
+    """
+    if not isinstance(labels, CrystalBatch):
+        raise TypeError(f"labels: expected a CrystalBatch, got {type(labels).__name__}")
+    if among not in AMONG:
+        raise ValueError(f"among: expected one of {AMONG}, got {among!r}")
+    B, device, dtype = len(labels), labels.device, labels.dtype
+    L0 = as_float_tensor(prior_lattice, "prior_lattice")
+    if tuple(L0.shape) != (B, 3, 3):
+        raise ValueError(f"prior_lattice: expected shape (B, 3, 3) = ({B}, 3, 3), got {tuple(L0.shape)}")
+    f0 = None
+    if prior_frac is not None:
+        f0 = as_float_tensor(prior_frac, "prior_frac")
+        if tuple(f0.shape) != (labels.frac.shape[0], 3):
+            raise ValueError(f"prior_frac: expected shape (N, 3) = ({labels.frac.shape[0]}, 3), got {tuple(f0.shape)}")
+        f0 = f0.detach().to("cpu", torch.float64)
+    if cache is None:
+        niggli_reduce(torch.zeros(0, 3, 3), rel_tol=rel_tol)  # checks rel_tol before it keys the shared caches
+        cache = _default_cache(float(rel_tol))
+    eye = torch.eye(3, dtype=torch.int64)
+    if B == 0:
+        return CoupledLabels(labels, eye.expand(0, 3, 3).to(device), torch.zeros(0, dtype=torch.float64, device=device),
+                             torch.zeros(0, dtype=torch.int64, device=device),
+                             torch.zeros(0, dtype=torch.int64, device=device))
+    L1 = labels.lattice.detach()
+    looked_up = cache.lookup(L1)
+    owner = looked_up.forms.owner.cpu()
+    T, inverse = looked_up.forms.transform.cpu(), looked_up.inverse.cpu()
+    F = looked_up.forms.lattice.cpu().double()
+    status = looked_up.forms.status.cpu()
+    keep = (status == int(Status.OK))[owner]
+    if among == "automorphisms":
+        keep &= looked_up.automorphic.cpu()
+    owner, T, inverse, F = owner[keep], T[keep], inverse[keep], F[keep]
+    metric = looked_up.metric.cpu()[keep]
+
+    prior = L0.detach().to("cpu", torch.float64)
+    L1_host = L1.to("cpu", torch.float64)
+    own = _aligned_distance(prior, L1_host) if align else (L1_host - prior).square().sum((-1, -2))
+    if align and among == "automorphisms":
+        # The forms share the label's metric, so they are rotations of each other: one distance per label.
+        dist = own[owner]
+    elif align:
+        dist = _aligned_distance_per_metric(prior, owner, F, metric)
+    else:
+        dist = (F - prior[owner]).square().sum((-1, -2))
+    scale = prior[owner].square().sum((-1, -2)) + F.square().sum((-1, -2))
+    tie = max(_TIE, 100 * torch.finfo(dtype).eps)  # float32 labels break symmetries by their rounding
+    tied = _nearest(dist, owner, B, tie * scale, torch.ones_like(dist, dtype=torch.bool))
+    if f0 is not None:
+        # Among tied forms, the coordinates nearest the prior's (minimum image on the torus).
+        rank = torch.full_like(dist, float("inf"))
+        rank[tied] = _coordinate_distance(labels, f0, owner[tied], inverse[tied])
+        tied = _nearest(rank, owner, B, tie * labels.num_atoms.cpu().double()[owner], tied)
+    if align:
+        # Forms that are rotations of each other and place the atoms alike: the one nearest unturned.
+        tied = _nearest((F - prior[owner]).square().sum((-1, -2)), owner, B, tie * scale, tied)
+    n = len(owner)
+    first = torch.full((B,), n, dtype=torch.int64).scatter_reduce(0, owner[tied], torch.arange(n)[tied], "amin")
+    chosen = first < n
+    pick = first[chosen]
+    transform, back = eye.repeat(B, 1, 1), eye.repeat(B, 1, 1)
+    transform[chosen], back[chosen] = T[pick], inverse[pick]
+    lattice = L1.clone()
+    lattice[chosen.to(device)] = F[pick].to(device, dtype)
+    back = back.to(device, labels.frac.dtype)
+    frac = wrap((labels.frac.detach().unsqueeze(-2) @ back[labels.batch]).squeeze(-2))
+    distance = own.clone()
+    distance[chosen] = dist[pick]
+    choices = torch.bincount(owner, minlength=B).clamp_min(1)
+    return CoupledLabels(batch=CrystalBatch._unchecked(lattice, frac, labels),
+                         transform=transform.to(device), distance=distance.to(device),
+                         status=status.to(device), choices=choices.to(device))
+
+
+def _nearest(value: torch.Tensor, owner: torch.Tensor, B: int, tol: torch.Tensor, among: torch.Tensor) -> torch.Tensor:
+    """``(P,)`` bool: entries of ``among`` whose ``value`` is within ``tol`` of their crystal's smallest."""
+    masked = torch.where(among, value, torch.full_like(value, float("inf")))
+    best = torch.full((B,), float("inf"), dtype=value.dtype).scatter_reduce(0, owner, masked, "amin")
+    return among & (masked <= best[owner] + tol)
+
+
+def _coordinate_distance(labels: CrystalBatch, f0: torch.Tensor, owner: torch.Tensor, inverse: torch.Tensor
+                         ) -> torch.Tensor:
+    """``(Q,)`` ``Σ_atoms ‖mi(F T_q⁻¹ − f_0)‖²`` for candidate ``q`` of crystal ``owner[q]`` (``inverse``
+    holds ``T_q⁻¹``)."""
+    if not len(owner):
+        return torch.zeros(0, dtype=torch.float64)
+    # Padded per crystal (B, n_max, 3), zeros in the padding (which then adds nothing): one batched
+    # product for every candidate and atom.
+    frac = labels.frac.detach().to("cpu", torch.float64)
+    batch, slot = labels.batch.cpu(), labels.atom_slots.cpu()
+    n_max = int(labels.num_atoms.max())
+    padded = torch.zeros(len(labels), n_max, 3, dtype=torch.float64)
+    prior = torch.zeros_like(padded)
+    padded[batch, slot] = frac
+    prior[batch, slot] = f0
+    d = torch.baddbmm(prior.index_select(0, owner), padded.index_select(0, owner), inverse.to(torch.float64),
+                      beta=-1)  # F T⁻¹ − f_0, (Q, n_max, 3)
+    d.sub_(torch.round(d))
+    return d.mul_(d).sum((1, 2))

@@ -1,0 +1,181 @@
+"""A bounded, thread-safe memory of each label's reduced forms.
+
+Row convention: lattices ``(B, 3, 3)`` have the lattice vectors as rows; a form is ``transform @ lattice``.
+
+A training loop shows the same labels every epoch, and a label's reduced forms
+(:func:`~soft_niggli.canonical.reduced_forms`) are a function of its lattice alone, so they are computed
+once per distinct lattice and looked up afterwards. The ``"reduced-forms"`` loss and the generative
+coupling (:func:`~soft_niggli.flow.couple_reduced_forms`) both use :class:`ReducedFormsCache`.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import OrderedDict
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from ._checks import has_values
+from .canonical import ReducedForms, automorphic_forms, effective_rel_tol, reduced_forms
+from .lattice import integer_inverse
+
+__all__ = ["CachedForms", "ReducedFormsCache"]
+
+# Bytes charged per entry beyond its tensors: the key, the tuple, the tensors' headers.
+_ENTRY_OVERHEAD = 400
+
+
+@dataclass(frozen=True)
+class _Entry:
+    transform: torch.Tensor  # (k, 3, 3) int64, CPU
+    inverse: torch.Tensor  # (k, 3, 3) int64, CPU: transform⁻¹
+    automorphic: torch.Tensor  # (k,) bool: the form has the label's reference metric
+    metric: torch.Tensor  # (k,) int64: which of the label's distinct metrics the form has, 0, 1, ...
+    lattice: torch.Tensor  # (k, 3, 3) the label's dtype, CPU
+    status: int
+    nbytes: int
+
+
+@dataclass(frozen=True)
+class CachedForms:
+    """What :meth:`ReducedFormsCache.lookup` returns: the forms and two things derived from them once.
+
+    Attributes:
+        forms: the :class:`~soft_niggli.canonical.ReducedForms`.
+        inverse: ``(P, 3, 3)`` int64, ``forms.transform⁻¹`` (re-basing fractional coordinates).
+        automorphic: ``(P,)`` bool, the forms whose metric is the label's reference metric
+            (:func:`~soft_niggli.canonical.automorphic_forms`).
+        metric: ``(P,)`` int64, forms of one lattice with the same metric (the same entries on a grid of
+            1e-9 of the largest squared length) share a number; numbers of different lattices differ.
+    """
+
+    forms: ReducedForms
+    inverse: torch.Tensor
+    automorphic: torch.Tensor
+    metric: torch.Tensor
+
+
+class ReducedFormsCache:
+    """:func:`~soft_niggli.canonical.reduced_forms` of ``(B, 3, 3)`` lattices, remembered per lattice.
+
+    Keys are a lattice's exact values and dtype; the least recently used entries leave first once the
+    entries' tensors take more than ``max_bytes`` (each entry is charged its tensors plus about 400
+    bytes; a cubic label's 48 forms take about 5.5 KB, an MP-20 label's 70–80 about 8 KB, so the default
+    256 MiB holds some 30 000–45 000 labels). ``max_bytes=0`` turns remembering off. Safe to share
+    between threads (``nn.DataParallel`` replicas, data-loader threads): lookups and updates hold one
+    lock, and the forms are computed outside it.
+
+    >>> cache = ReducedFormsCache(max_bytes=2**20)
+    >>> cube = 4.0 * torch.eye(3, dtype=torch.float64)[None]
+    >>> cache(cube).counts(1).tolist(), len(cache)
+    ([48], 1)
+    """
+
+    def __init__(self, max_bytes: int = 256 * 2**20, *, rel_tol: float = 1e-5):
+        if isinstance(max_bytes, bool) or not isinstance(max_bytes, int):
+            raise TypeError(f"max_bytes: expected an int >= 0, got {type(max_bytes).__name__} {max_bytes!r}")
+        if max_bytes < 0:
+            raise ValueError(f"max_bytes: expected an int >= 0, got {max_bytes!r}")
+        reduced_forms(torch.zeros(0, 3, 3, dtype=torch.float64), rel_tol=rel_tol)  # checks rel_tol
+        self.max_bytes = max_bytes
+        self.rel_tol = rel_tol
+        self._entries: OrderedDict[bytes, _Entry] = OrderedDict()
+        self._nbytes = 0
+        self._lock = threading.Lock()
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes charged for the entries held now (at most ``max_bytes``)."""
+        return self._nbytes
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def clear(self) -> None:
+        with self._lock:
+            self._entries.clear()
+            self._nbytes = 0
+
+    def __call__(self, lattice: torch.Tensor) -> ReducedForms:
+        """The reduced forms of ``lattice (B, 3, 3)`` (a tensor), as :func:`~soft_niggli.canonical.reduced_forms`
+        returns them, on ``lattice``'s device."""
+        return self.lookup(lattice).forms
+
+    def lookup(self, lattice: torch.Tensor) -> CachedForms:
+        """:class:`CachedForms` of ``lattice (B, 3, 3)``: the forms, their inverse transforms and which are
+        automorphic, on ``lattice``'s device."""
+        lattice = lattice.detach()
+        B, device = lattice.shape[0], lattice.device
+        if not self.max_bytes or not has_values(lattice) or not B:
+            return self._derive(lattice, reduced_forms(lattice, rel_tol=self.rel_tol))
+        values = lattice.to("cpu", torch.float64).contiguous().numpy()  # exact for every float dtype
+        tag = str(lattice.dtype).encode()
+        keys = [tag + values[b].tobytes() for b in range(B)]
+        entries: list[_Entry | None] = [None] * B
+        with self._lock:
+            for b, key in enumerate(keys):
+                entry = self._entries.get(key)
+                if entry is not None:
+                    self._entries.move_to_end(key)
+                    entries[b] = entry
+        missing = [b for b in range(B) if entries[b] is None]
+        if missing:
+            new = self._derive(lattice[missing].cpu(), reduced_forms(lattice[missing], rel_tol=self.rel_tol))
+            counts = new.forms.counts(len(missing)).tolist()
+            fresh = {}
+            for b, transform, inverse, automorphic, metric, form, status in zip(
+                    missing, new.forms.transform.cpu().split(counts), new.inverse.cpu().split(counts),
+                    new.automorphic.cpu().split(counts), new.metric.cpu().split(counts),
+                    new.forms.lattice.cpu().split(counts), new.forms.status.tolist()):
+                metric = metric - metric.min() if len(metric) else metric
+                nbytes = (transform.nbytes + inverse.nbytes + automorphic.nbytes + metric.nbytes + form.nbytes
+                          + len(keys[b]) + _ENTRY_OVERHEAD)
+                entry = _Entry(transform, inverse, automorphic, metric, form, int(status), nbytes)
+                entries[b] = entry
+                fresh[keys[b]] = entry
+            with self._lock:
+                for key, entry in fresh.items():
+                    if key in self._entries:
+                        continue
+                    self._entries[key] = entry
+                    self._nbytes += entry.nbytes
+                while self._nbytes > self.max_bytes and self._entries:
+                    _, old = self._entries.popitem(last=False)
+                    self._nbytes -= old.nbytes
+        counts = torch.tensor([len(e.transform) for e in entries], device=device)
+        forms = ReducedForms(owner=torch.repeat_interleave(torch.arange(B, device=device), counts),
+                             transform=torch.cat([e.transform for e in entries]).to(device),
+                             lattice=torch.cat([e.lattice for e in entries]).to(device),
+                             status=torch.tensor([e.status for e in entries], dtype=torch.int64, device=device))
+        groups = torch.tensor([int(e.metric.max()) + 1 if len(e.metric) else 0 for e in entries])
+        offsets = torch.cumsum(groups, 0) - groups
+        metric = torch.cat([e.metric for e in entries]) + torch.repeat_interleave(offsets, counts.cpu())
+        return CachedForms(forms, torch.cat([e.inverse for e in entries]).to(device),
+                           torch.cat([e.automorphic for e in entries]).to(device), metric.to(device))
+
+    def _derive(self, lattice: torch.Tensor, forms: ReducedForms) -> CachedForms:
+        tol = effective_rel_tol(self.rel_tol, lattice.dtype)
+        return CachedForms(forms, integer_inverse(forms.transform), automorphic_forms(lattice, forms, rel_tol=tol),
+                           _metric_groups(forms))
+
+
+def _metric_groups(forms: ReducedForms) -> torch.Tensor:
+    """:attr:`CachedForms.metric`: forms grouped by owner and their metric's entries on a grid of 1e-9 of the
+    owner's largest squared length (a grid boundary only splits one metric in two)."""
+    owner = forms.owner.cpu()
+    if not len(owner):
+        return torch.zeros(0, dtype=torch.int64, device=forms.owner.device)
+    F = forms.lattice.cpu().double()
+    G = F @ F.transpose(-1, -2)
+    scale = torch.diagonal(G, dim1=-2, dim2=-1).amax(-1).clamp_min(1e-300)
+    i, j = torch.triu_indices(3, 3)
+    keys = torch.round(G[:, i, j] / (scale[:, None] * 1e-9)).to(torch.int64)
+    keys = torch.cat([owner[:, None], keys], dim=1)
+    order = torch.from_numpy(np.lexsort([keys[:, c].numpy() for c in reversed(range(7))]))
+    new = torch.ones(len(order), dtype=torch.bool)
+    new[1:] = (keys[order][1:] != keys[order][:-1]).any(1)
+    group = torch.empty_like(order)
+    group[order] = torch.cumsum(new.to(torch.int64), 0) - 1
+    return group.to(forms.owner.device)

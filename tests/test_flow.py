@@ -1,0 +1,227 @@
+"""soft_niggli.flow: the prior alignment and the reduced-form coupling, as properties."""
+
+from __future__ import annotations
+
+import functools
+import threading
+import warnings
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from soft_niggli import (CrystalBatch, ReducedFormsCache, Status, align_rotation, canonicalize_labels,
+                         couple_reduced_forms, get_loss, random_rotations, random_unimodular, reduced_forms)
+from soft_niggli.datasets import load_dataset
+
+
+@functools.lru_cache(maxsize=None)
+def _real_labels(names: str, count: int) -> CrystalBatch:
+    """Canonical (Niggli) labels of the first ``count`` crystals of each bundled dataset in ``names``
+    (comma-separated), float64."""
+    structures = []
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        for name in names.split(","):
+            structures += load_dataset(name, "all", limit=count)
+    return canonicalize_labels(CrystalBatch.from_structures(structures)).batch
+
+
+def _prior(labels: CrystalBatch, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    scale = labels.lattice.double().square().sum((-1, -2)).sqrt()[:, None, None] / 3
+    L0 = torch.randn(len(labels), 3, 3, generator=g, dtype=torch.float64) * scale
+    f0 = torch.rand(labels.frac.shape[0], 3, generator=g, dtype=torch.float64)
+    return L0, f0
+
+
+def _same_crystal(a: CrystalBatch, b: CrystalBatch, atol: float) -> None:
+    """Same lattices and the same fractional coordinates modulo 1."""
+    torch.testing.assert_close(a.lattice.double(), b.lattice.double(), atol=atol * 10, rtol=atol)
+    d = a.frac.double() - b.frac.double()
+    torch.testing.assert_close(d - torch.round(d), torch.zeros_like(d), atol=atol * 10, rtol=0)
+
+
+@pytest.mark.parametrize("among", ["automorphisms", "reduced-forms"])
+@pytest.mark.parametrize("align", [False, True])
+def test_the_coupled_target_is_a_reduced_form_of_the_label_and_never_farther_than_it(among, align):
+    labels = _real_labels("carbon_24_small", 40)
+    L0, f0 = _prior(labels, 1)
+    out = couple_reduced_forms(L0, labels, prior_frac=f0, among=among, align=align)
+    forms = reduced_forms(labels.lattice)
+    for b in range(len(labels)):
+        own = forms.transform[forms.owner == b]
+        assert (own == out.transform[b]).flatten(1).all(1).any(), "the transform is one of the label's forms"
+    torch.testing.assert_close(out.batch.lattice, out.transform.double() @ labels.lattice, atol=1e-9, rtol=1e-9)
+    # The same atoms: re-basing back gives the label's fractional coordinates modulo 1.
+    back = out.batch.apply_basis_change(torch.linalg.inv(out.transform.double()).round().long())
+    _same_crystal(back, labels, 1e-9)
+    own = ((align_rotation(L0, labels.lattice) if align else L0) - labels.lattice).square().sum((-1, -2))
+    assert bool((out.distance <= own + 1e-9 * own).all())
+    if among == "automorphisms":
+        G = out.batch.lattice @ out.batch.lattice.mT
+        G_label = labels.lattice @ labels.lattice.mT
+        torch.testing.assert_close(G, G_label, atol=1e-6, rtol=1e-6)
+    assert bool((out.status == int(Status.OK)).all()) and bool((out.choices >= 2).all())
+
+
+@settings(max_examples=12)
+@given(seed=st.integers(0, 2**16), among=st.sampled_from(["automorphisms", "reduced-forms"]),
+       align=st.booleans(), dtype=st.sampled_from([torch.float64, torch.float32]))
+def test_the_coupling_does_not_depend_on_the_basis_the_label_came_in(seed, among, align, dtype):
+    labels = _real_labels("perov_5_small,carbon_24_small", 12).to(dtype=dtype)
+    g = torch.Generator().manual_seed(seed)
+    M = random_unimodular((len(labels),), max_entry=5, generator=g)
+    rebased = labels.apply_basis_change(M)
+    L0, f0 = _prior(labels, seed)
+    a = couple_reduced_forms(L0, labels, prior_frac=f0, among=among, align=align)
+    b = couple_reduced_forms(L0, rebased, prior_frac=f0, among=among, align=align)
+    _same_crystal(a.batch, b.batch, 1e-9 if dtype == torch.float64 else 1e-4)
+    torch.testing.assert_close(a.choices, b.choices)
+
+
+def test_a_cube_chooses_among_its_48_forms_and_the_prior_decides():
+    labels = CrystalBatch(4.0 * torch.eye(3, dtype=torch.float64).expand(2, 3, 3), torch.rand(2, 3, dtype=torch.float64),
+                          [1, 1])
+    forms = reduced_forms(labels.lattice[:1])
+    assert forms.counts(1).tolist() == [48]
+    for p in (0, 17, 47):
+        L0 = torch.stack([forms.lattice[p], forms.lattice[p]]) + 0.01
+        out = couple_reduced_forms(L0, labels, align=False)
+        assert out.choices.tolist() == [48, 48]
+        torch.testing.assert_close(out.batch.lattice[0], forms.lattice[p])
+    # Aligned, every automorphism of the cube ties (each is a rotation of it): the prior's coordinates decide.
+    L0 = random_rotations(2, proper=True).double() @ labels.lattice
+    f0 = torch.rand(2, 3, dtype=torch.float64)
+    out = couple_reduced_forms(L0, labels, prior_frac=f0)
+    d = out.batch.frac - f0
+    best = torch.stack([((labels.frac[i] @ torch.linalg.inv(forms.transform.double()) - f0[i]) -
+                         torch.round(labels.frac[i] @ torch.linalg.inv(forms.transform.double()) - f0[i]))
+                        .square().sum(-1).min() for i in range(2)])
+    torch.testing.assert_close((d - torch.round(d)).square().sum(-1), best, atol=1e-12, rtol=0)
+
+
+def test_labels_that_do_not_reduce_are_passed_through_with_their_status_and_empty_batches_work():
+    lattice = torch.stack([torch.zeros(3, 3), torch.full((3, 3), float("nan")), 3.0 * torch.eye(3)]).double()
+    labels = CrystalBatch(lattice, torch.full((3, 3), 0.25, dtype=torch.float64), [1, 1, 1])
+    L0 = torch.randn(3, 3, 3, dtype=torch.float64)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        out = couple_reduced_forms(L0, labels)
+    assert out.status.tolist()[:2] == [int(Status.DEGENERATE), int(Status.NONFINITE)]
+    assert out.status.tolist()[2] == int(Status.OK)
+    eye = torch.eye(3, dtype=torch.int64)
+    assert bool((out.transform[:2] == eye).all()) and out.choices.tolist()[:2] == [1, 1]
+    torch.testing.assert_close(out.batch.lattice[:2], lattice[:2], equal_nan=True)
+    empty = CrystalBatch(torch.zeros(0, 3, 3), torch.zeros(0, 3), torch.zeros(0, dtype=torch.int64))
+    res = couple_reduced_forms(torch.zeros(0, 3, 3), empty)
+    assert len(res.batch) == 0 and res.transform.shape == (0, 3, 3)
+
+
+def test_coupling_arguments_are_checked():
+    labels = _real_labels("perov_5_small", 2)
+    with pytest.raises(ValueError, match="among: expected one of"):
+        couple_reduced_forms(torch.zeros(2, 3, 3), labels, among="all")
+    with pytest.raises(ValueError, match=r"prior_lattice: expected shape \(B, 3, 3\) = \(2, 3, 3\)"):
+        couple_reduced_forms(torch.zeros(3, 3, 3), labels)
+    with pytest.raises(ValueError, match="prior_frac: expected shape"):
+        couple_reduced_forms(torch.zeros(2, 3, 3), labels, prior_frac=torch.zeros(1, 3))
+    with pytest.raises(TypeError, match="labels: expected a CrystalBatch"):
+        couple_reduced_forms(torch.zeros(2, 3, 3), labels.lattice)
+    with pytest.raises(ValueError, match="rel_tol"):
+        couple_reduced_forms(torch.zeros(2, 3, 3), labels, rel_tol=0.5)
+
+
+def test_align_rotation_is_the_nearest_orthogonal_turn_and_keeps_the_targets_handedness():
+    g = torch.Generator().manual_seed(3)
+    L1 = torch.randn(64, 3, 3, generator=g, dtype=torch.float64)
+    L0 = torch.randn(64, 3, 3, generator=g, dtype=torch.float64)
+    out = align_rotation(L0, L1)
+    R = torch.linalg.solve(L0, out)
+    torch.testing.assert_close(R @ R.mT, torch.eye(3, dtype=torch.float64).expand(64, 3, 3), atol=1e-9, rtol=0)
+    assert bool((torch.sign(torch.linalg.det(out)) == torch.sign(torch.linalg.det(L1))).all())
+    best = (out - L1).square().sum((-1, -2))
+    for Q in random_rotations(50, generator=g).double():
+        assert bool(((L0 @ Q - L1).square().sum((-1, -2)) >= best - 1e-9).all())
+    with pytest.raises(ValueError, match="target_lattice: expected the prior's shape"):
+        align_rotation(L0, L1[:2])
+
+
+# ------------------------------------------------------------------------------ the cache and reduced_forms
+
+
+def test_the_forms_cache_is_bounded_in_bytes_and_gives_what_reduced_forms_gives():
+    labels = _real_labels("carbon_24_small", 30)
+    cache = ReducedFormsCache(max_bytes=20_000)
+    for _ in range(2):
+        got = cache(labels.lattice)
+        want = reduced_forms(labels.lattice)
+        for name in ("owner", "transform", "lattice", "status"):
+            torch.testing.assert_close(getattr(got, name), getattr(want, name), rtol=0, atol=0)
+        assert 0 < cache.nbytes <= 20_000
+    with pytest.raises(ValueError, match="max_bytes"):
+        ReducedFormsCache(-1)
+
+
+def test_one_loss_shared_by_two_threads_with_a_full_cache_raises_nothing():
+    labels = _real_labels("carbon_24_small", 24)
+    loss = get_loss("reduced-forms", cache_bytes=30_000)
+    errors = []
+
+    def work(offset):
+        try:
+            for i in range(150):
+                idx = torch.arange(offset + i, offset + i + 4) % len(labels)
+                loss(labels[idx], labels[idx])
+        except Exception as err:  # noqa: BLE001 - any error in a thread fails the test
+            errors.append(err)
+
+    threads = [threading.Thread(target=work, args=(k * 7,)) for k in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors, errors
+
+
+def test_reduced_forms_keeps_its_set_for_float32_labels_rebased_with_entries_up_to_5():
+    # MP-20 cells: two in three sit on a face of the Niggli cone, where forms enter at the tolerance's edge.
+    from conftest import load_shared_cells
+
+    from soft_niggli import niggli_reduce
+
+    cells = niggli_reduce(torch.as_tensor(load_shared_cells("mp_20", "val")[:300])).lattice.float()
+    for seed in range(3):
+        M = random_unimodular((len(cells),), max_entry=5, generator=torch.Generator().manual_seed(seed))
+        rebased = (M.float() @ cells)
+        torch.testing.assert_close(reduced_forms(cells).counts(len(cells)), reduced_forms(rebased).counts(len(cells)),
+                                   rtol=0, atol=0)
+    labels = _real_labels("carbon_24_small", 60).to(dtype=torch.float32)
+    M = random_unimodular((len(labels),), max_entry=5, generator=torch.Generator().manual_seed(0))
+    rebased = labels.apply_basis_change(M)
+    loss = get_loss("reduced-forms", cache_bytes=0)
+    pred = labels.apply_basis_change(random_unimodular((len(labels),), max_entry=1,
+                                                       generator=torch.Generator().manual_seed(1)))
+    pred = CrystalBatch(pred.lattice * 1.01, pred.frac, pred.num_atoms, pred.species)
+    torch.testing.assert_close(loss(pred, labels).per_crystal, loss(pred, rebased).per_crystal, rtol=1e-3, atol=1e-4)
+
+
+def test_reduced_forms_processes_large_batches_in_pieces(monkeypatch):
+    import soft_niggli.canonical as canonical
+
+    labels = _real_labels("carbon_24_small", 30)
+    whole = reduced_forms(labels.lattice)
+    monkeypatch.setattr(canonical, "_CHUNK", 7)
+    pieces = reduced_forms(labels.lattice)
+    for name in ("owner", "transform", "lattice", "status"):
+        torch.testing.assert_close(getattr(pieces, name), getattr(whole, name), rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("scale", [1e-150, 1.0, 1.4e154, 1e300])
+def test_huge_and_tiny_cells_keep_their_forms_and_automorphisms(scale):
+    from soft_niggli import lattice_automorphisms
+
+    cube = scale * torch.eye(3, dtype=torch.float64)[None]
+    assert reduced_forms(cube).counts(1).tolist() == [48]
+    assert lattice_automorphisms(cube).counts(1).tolist() == [48]
