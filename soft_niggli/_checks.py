@@ -91,6 +91,31 @@ def as_index_tensor(x, name: str, device: torch.device | str | None = None) -> t
     return x.to(device=device, dtype=torch.int64)
 
 
+#: Accepted range of every ``rel_tol``: ``REL_TOL_RANGE[0] <= rel_tol < REL_TOL_RANGE[1]``.
+REL_TOL_RANGE = (1e-12, 0.1)
+#: The one default relative tolerance of the reducer, the reduced forms, the automorphisms and the losses.
+DEFAULT_REL_TOL = 1e-5
+
+
+def check_rel_tol(value, name: str = "rel_tol") -> float:
+    """``value`` as a float in :data:`REL_TOL_RANGE`: ``TypeError`` unless a real number (not a bool),
+    ``ValueError`` outside the range; one message for every function and loss that takes a tolerance."""
+    low, high = REL_TOL_RANGE
+    expected = f"a float in [{low:g}, {high:g})"
+    value = check_real(value, name, expected)
+    if not low <= value < high:  # NaN fails too
+        raise ValueError(f"{name}: expected {expected}, got {value!r}")
+    return value
+
+
+def as_lattice(x, name: str = "lattice") -> torch.Tensor:
+    """The one entry point for lattices: ``x`` (tensor, NumPy array or nested list of numbers) as a floating
+    tensor of shape ``(..., 3, 3)`` (rows are lattice vectors), ``ValueError`` naming the shape otherwise."""
+    t = as_float_tensor(x, name)
+    check_matrix_shape(t, name)
+    return t
+
+
 def check_matrix_shape(x: torch.Tensor, name: str) -> None:
     if x.dim() < 2 or tuple(x.shape[-2:]) != (3, 3):
         raise ValueError(f"{name}: expected shape (..., 3, 3), got {tuple(x.shape)}")

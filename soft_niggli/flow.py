@@ -36,11 +36,11 @@ from dataclasses import dataclass
 
 import torch
 
-from ._checks import as_float_tensor, check_matrix_shape
+from ._checks import DEFAULT_REL_TOL, as_float_tensor, as_lattice, check_rel_tol
 from .crystal import CrystalBatch
 from .forms_cache import ReducedFormsCache
 from .lattice import wrap
-from .niggli import Status, niggli_reduce
+from .niggli import Status
 
 __all__ = ["AMONG", "CoupledLabels", "align_rotation", "couple_reduced_forms"]
 
@@ -71,9 +71,8 @@ def align_rotation(prior_lattice, target_lattice) -> torch.Tensor:
     >>> align_rotation(L0, 2 * torch.eye(3)).round(decimals=6).tolist()
     [[2.0, 0.0, 0.0], [0.0, 2.0, 0.0], [0.0, 0.0, 2.0]]
     """
-    L0 = as_float_tensor(prior_lattice, "prior_lattice")
-    L1 = as_float_tensor(target_lattice, "target_lattice")
-    check_matrix_shape(L0, "prior_lattice")
+    L0 = as_lattice(prior_lattice, "prior_lattice")
+    L1 = as_lattice(target_lattice, "target_lattice")
     if L1.shape != L0.shape:
         raise ValueError(f"target_lattice: expected the prior's shape {tuple(L0.shape)}, got {tuple(L1.shape)}")
     L1 = L1.to(L0)
@@ -141,7 +140,7 @@ def _default_cache(rel_tol: float) -> ReducedFormsCache:
 
 
 def couple_reduced_forms(prior_lattice, labels: CrystalBatch, *, prior_frac=None, among: str = "automorphisms",
-                         align: bool = True, rel_tol: float = 1e-5,
+                         align: bool = True, rel_tol: float = DEFAULT_REL_TOL,
                          cache: ReducedFormsCache | None = None) -> CoupledLabels:
     """Each canonical label re-based to the one of its reduced forms nearest its prior sample.
 
@@ -191,7 +190,7 @@ def couple_reduced_forms(prior_lattice, labels: CrystalBatch, *, prior_frac=None
     if among not in AMONG:
         raise ValueError(f"among: expected one of {AMONG}, got {among!r}")
     B, device, dtype = len(labels), labels.device, labels.dtype
-    L0 = as_float_tensor(prior_lattice, "prior_lattice")
+    L0 = as_lattice(prior_lattice, "prior_lattice")
     if tuple(L0.shape) != (B, 3, 3):
         raise ValueError(f"prior_lattice: expected shape (B, 3, 3) = ({B}, 3, 3), got {tuple(L0.shape)}")
     f0 = None
@@ -201,8 +200,7 @@ def couple_reduced_forms(prior_lattice, labels: CrystalBatch, *, prior_frac=None
             raise ValueError(f"prior_frac: expected shape (N, 3) = ({labels.frac.shape[0]}, 3), got {tuple(f0.shape)}")
         f0 = f0.detach().to("cpu", torch.float64)
     if cache is None:
-        niggli_reduce(torch.zeros(0, 3, 3), rel_tol=rel_tol)  # checks rel_tol before it keys the shared caches
-        cache = _default_cache(float(rel_tol))
+        cache = _default_cache(check_rel_tol(rel_tol))
     eye = torch.eye(3, dtype=torch.int64)
     if B == 0:
         return CoupledLabels(labels, eye.expand(0, 3, 3).to(device), torch.zeros(0, dtype=torch.float64, device=device),

@@ -25,8 +25,8 @@ import math
 import numpy as np
 import torch
 
-from ._checks import (as_float_tensor, as_tensor, check_dtype, check_int, check_last_dim, check_matrix_shape,
-                      has_values)
+from ._checks import (as_float_tensor, as_lattice, as_tensor, check_dtype, check_int, check_last_dim,
+                      check_matrix_shape, has_values)
 
 __all__ = [
     "gram",
@@ -47,9 +47,8 @@ def _coordinates_and_lattice(x, L, x_name: str) -> tuple[torch.Tensor, torch.Ten
     """``(x (..., N, 3), L (..., 3, 3))`` as float tensors of one dtype and device (checked here: torch
     would raise a RuntimeError deep inside)."""
     x = as_float_tensor(x, x_name)
-    L = as_float_tensor(L, "L")
+    L = as_lattice(L)
     check_last_dim(x, x_name)
-    check_matrix_shape(L, "L")
     if x.dtype != L.dtype:
         raise ValueError(f"{x_name}: expected the lattice's dtype {L.dtype}, got {x.dtype}")
     if x.device != L.device:
@@ -57,56 +56,54 @@ def _coordinates_and_lattice(x, L, x_name: str) -> tuple[torch.Tensor, torch.Ten
     return x, L
 
 
-def gram(L: torch.Tensor) -> torch.Tensor:
+def gram(lattice) -> torch.Tensor:
     """Metric tensor ``G = L L^T`` of shape ``(..., 3, 3)``; invariant to rotations ``L Q^T``."""
-    L = as_float_tensor(L, "L")
-    check_matrix_shape(L, "L")
+    L = as_lattice(lattice)
     return L @ L.transpose(-1, -2)
 
 
-def volume(L: torch.Tensor, signed: bool = False) -> torch.Tensor:
+def volume(lattice, *, signed: bool = False) -> torch.Tensor:
     """Cell volume ``det L`` (``signed=True``) or ``|det L|``, shape ``(...)``."""
     if not isinstance(signed, bool):
         raise TypeError(f"signed: expected a bool, got {type(signed).__name__} {signed!r}")
-    L = as_float_tensor(L, "L")
-    check_matrix_shape(L, "L")
+    L = as_lattice(lattice)
     det = torch.linalg.det(L)
     return det if signed else det.abs()
 
 
-def g6(L: torch.Tensor) -> torch.Tensor:
+def g6(lattice) -> torch.Tensor:
     """Niggli's G6 vector ``(A, B, C, ξ, η, ζ)`` with ``A = a·a``, ``ξ = 2 b·c``, ``η = 2 a·c``, ``ζ = 2 a·b``.
 
     Shape ``(..., 6)``. The one definition of G6 in soft_niggli (the metrics use it too).
     """
-    G = gram(L)
+    G = gram(lattice)
     return torch.stack(
         [G[..., 0, 0], G[..., 1, 1], G[..., 2, 2], 2 * G[..., 1, 2], 2 * G[..., 0, 2], 2 * G[..., 0, 1]],
         dim=-1,
     )
 
 
-def wrap(F: torch.Tensor) -> torch.Tensor:
+def wrap(frac) -> torch.Tensor:
     """Fractional coordinates wrapped into ``[0, 1)``.
 
     ``F - floor(F)`` can round to exactly 1.0 for tiny negative inputs; those are mapped to 0.0 so the
     result always lies in the half-open interval. The gradient is the identity (floor is piecewise
     constant).
     """
-    F = as_float_tensor(F, "F")
+    F = as_float_tensor(frac, "frac")
     out = F - torch.floor(F).detach()
     return torch.where(out >= 1.0, out - 1.0, out)
 
 
-def to_cartesian(F: torch.Tensor, L: torch.Tensor) -> torch.Tensor:
-    """Cartesian positions ``X = F @ L``; ``F (..., N, 3)``, ``L (..., 3, 3)`` → ``(..., N, 3)``."""
-    F, L = _coordinates_and_lattice(F, L, "F")
+def to_cartesian(frac, lattice) -> torch.Tensor:
+    """Cartesian positions ``X = F @ L``; ``frac F (..., N, 3)``, ``lattice L (..., 3, 3)`` → ``(..., N, 3)``."""
+    F, L = _coordinates_and_lattice(frac, lattice, "frac")
     return F @ L
 
 
-def to_fractional(X: torch.Tensor, L: torch.Tensor) -> torch.Tensor:
-    """Fractional coordinates ``F = X @ L^{-1}`` (not wrapped); ``X (..., N, 3)``, ``L (..., 3, 3)``."""
-    X, L = _coordinates_and_lattice(X, L, "X")
+def to_fractional(cartesian, lattice) -> torch.Tensor:
+    """Fractional coordinates ``F = X @ L^{-1}`` (not wrapped); ``cartesian X (..., N, 3)``, ``lattice L (..., 3, 3)``."""
+    X, L = _coordinates_and_lattice(cartesian, lattice, "cartesian")
     # Solve X = F L  <=>  L^T F^T = X^T, avoiding an explicit inverse.
     return torch.linalg.solve(L.transpose(-1, -2), X.transpose(-1, -2)).transpose(-1, -2)
 
@@ -150,12 +147,12 @@ def lattice_from_parameters(a, b, c, alpha, beta, gamma) -> torch.Tensor:
     return torch.stack(rows, dim=-2)
 
 
-def lattice_parameters(L: torch.Tensor) -> torch.Tensor:
+def lattice_parameters(lattice) -> torch.Tensor:
     """Lengths and angles ``(a, b, c, α, β, γ)`` of shape ``(..., 6)``, angles in degrees.
 
     α is the angle between b and c, β between a and c, γ between a and b.
     """
-    G = gram(L)
+    G = gram(lattice)
     lengths = torch.sqrt(torch.diagonal(G, dim1=-2, dim2=-1))
     a, b, c = lengths.unbind(-1)
 
@@ -252,24 +249,25 @@ def integer_inverse(M: torch.Tensor) -> torch.Tensor:
     return adjugate * det[..., None, None]  # 1/det == det for det = ±1
 
 
-def apply_basis_change(L: torch.Tensor, F: torch.Tensor, M: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def apply_basis_change(lattice, frac, M) -> tuple[torch.Tensor, torch.Tensor]:
     """Re-express a crystal in the basis ``M L``: returns ``(M @ L, wrap(F @ M^{-1}))``.
 
-    ``L (..., 3, 3)``, ``F (..., N, 3)`` and unimodular ``M (..., 3, 3)`` (integer or integral float).
+    ``lattice L (..., 3, 3)``, ``frac F (..., N, 3)`` and unimodular ``M (..., 3, 3)`` (integer or integral float).
     ``M^{-1}`` is computed exactly in integers (:func:`integer_inverse`), which raises ``ValueError``
     for a non-unimodular ``M`` or one whose inverse does not fit in int64. Cartesian positions modulo
     the lattice are unchanged: ``F' @ L' = F @ L`` up to lattice translations.
     """
-    F, L = _coordinates_and_lattice(F, L, "F")
+    F, L = _coordinates_and_lattice(frac, lattice, "frac")
     M = as_tensor(M, "M").to(L.device)
     Minv = integer_inverse(M)
     Mf = (torch.round(M) if M.is_floating_point() else M).to(dtype=L.dtype)
     return Mf @ L, wrap(F @ Minv.to(dtype=F.dtype, device=F.device))
 
 
-def random_rotations(n, *, generator: torch.Generator | None = None, dtype: torch.dtype = torch.float64,
+def random_rotations(shape=(), *, generator: torch.Generator | None = None, dtype: torch.dtype = torch.float64,
                      device: torch.device | str | None = None, proper: bool = False) -> torch.Tensor:
-    """Haar-distributed random orthogonal matrices ``(n, 3, 3)`` (``n`` an int, or a shape tuple).
+    """Haar-distributed random orthogonal matrices ``(*shape, 3, 3)`` (``shape`` an int or a tuple, as for
+    :func:`~soft_niggli.unimodular.random_unimodular`).
 
     The QR decomposition of a Gaussian matrix with the signs of ``R``'s diagonal moved into ``Q``
     (Mezzadri 2007) gives a uniform draw from O(3): rotations and, with ``proper=False``, reflections
@@ -283,8 +281,8 @@ def random_rotations(n, *, generator: torch.Generator | None = None, dtype: torc
     >>> Q.shape, bool(torch.allclose(Q @ Q.mT, torch.eye(3, dtype=torch.float64).expand(4, 3, 3)))
     (torch.Size([4, 3, 3]), True)
     """
-    shape = (n,) if not isinstance(n, (tuple, list, torch.Size)) else tuple(n)
-    shape = tuple(check_int(k, "n", minimum=0) for k in shape)
+    shape = (shape,) if not isinstance(shape, (tuple, list, torch.Size)) else tuple(shape)
+    shape = tuple(check_int(k, "shape", minimum=0) for k in shape)
     dtype = check_dtype(dtype, "dtype")
     if not isinstance(proper, bool):
         raise TypeError(f"proper: expected a bool, got {type(proper).__name__} {proper!r}")

@@ -113,7 +113,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from ._checks import as_float_tensor, check_int, check_matrix_shape, check_real, require_values
+from ._checks import DEFAULT_REL_TOL, REL_TOL_RANGE, as_lattice, check_int, check_rel_tol, require_values
 from ._exact import exact_int_matmul
 
 try:  # the compiled per-cell loop (soft_niggli/_niggli_kernel.c); optional, see niggli_reduce
@@ -213,9 +213,6 @@ _DEGENERATE_VOLUME_RATIO = 1e-12
 _MAX_TRANSFORM_ENTRY = 2.0**44
 # Transforms with entries beyond this always use the error-free product (they are about to need it anyway).
 _PLAIN_PRODUCT_LIMIT = 2.0**10
-#: Accepted range of ``rel_tol``: ``REL_TOL_RANGE[0] <= rel_tol < REL_TOL_RANGE[1]`` (see "Tolerance" in
-#: the module docstring).
-REL_TOL_RANGE = (1e-12, 0.1)
 # Finished items are dropped from working arrays of more than _COMPACT_MIN items once this share of
 # them is done: dropping costs a few copies of everything, so it pays only when many have finished
 # (and below a few hundred items every operation costs its call overhead whatever its size).
@@ -329,17 +326,6 @@ def _relative_volume(B: np.ndarray) -> np.ndarray:
     a, b, c = B
     volume = np.abs((a * (b[[1, 2, 0]] * c[[2, 0, 1]] - b[[2, 0, 1]] * c[[1, 2, 0]])).sum(axis=0))
     return volume / np.maximum(lengths.prod(axis=0), np.finfo(np.float64).tiny)
-
-
-def _check_rel_tol(rel_tol) -> float:
-    """``rel_tol`` as a float: ``TypeError`` unless a real number (not a bool), ``ValueError`` outside
-    :data:`REL_TOL_RANGE` (NaN included)."""
-    lo, hi = REL_TOL_RANGE
-    expected = f"a float in [{lo:g}, {hi:g})"
-    value = check_real(rel_tol, "rel_tol", expected)
-    if not lo <= value < hi:
-        raise ValueError(f"rel_tol: expected {expected}, got {rel_tol!r}")
-    return value
 
 
 def _swap(rows: list, i: int, j: int, where: np.ndarray) -> None:
@@ -670,8 +656,7 @@ def _niggli_conditions(G: np.ndarray, e: float) -> np.ndarray:
 def _host_items(L, name: str):
     """Validate ``L`` and return ``(X (n, 3, 3) float64 C-contiguous on the host, lead, dtype, device)``.
     ``X`` may share memory with ``L``: read only."""
-    L = as_float_tensor(L, name)
-    check_matrix_shape(L, name)
+    L = as_lattice(L, name)
     require_values(L, f"{name}: the Niggli reduction (a loop on the host over the cells' values)")
     X = np.ascontiguousarray(L.detach().to("cpu", torch.float64).reshape(-1, 3, 3).numpy())
     return X, L.shape[:-2], L.dtype, L.device
@@ -690,8 +675,8 @@ def _normalized(X: np.ndarray):
     return _times_power_of_two(X, -exponent), exponent, nonfinite, zero
 
 
-def is_niggli_reduced(L, rel_tol: float = 1e-5):
-    """Whether each cell of ``L (..., 3, 3)`` satisfies the Niggli conditions, with relative tolerances.
+def is_niggli_reduced(lattice, *, rel_tol: float = DEFAULT_REL_TOL):
+    """Whether each cell of ``lattice (..., 3, 3)`` satisfies the Niggli conditions, with relative tolerances.
 
     Checks (G6 = A, B, C, ξ, η, ζ): A ≤ B ≤ C; |ξ| ≤ B, |η| ≤ A, |ζ| ≤ A; ξ, η, ζ all positive or
     all non-positive; A + B + ξ + η + ζ ≥ 0; and the special conditions on the boundaries (A = B ⇒
@@ -706,15 +691,15 @@ def is_niggli_reduced(L, rel_tol: float = 1e-5):
     "Resolution" in the module docstring). So every ``OK`` result of :func:`niggli_reduce` passes this
     check, every ``DEGENERATE`` input fails it, and a cell that passes it at ``rel_tol`` itself comes back
     from :func:`niggli_reduce` (same ``rel_tol``) as ``OK`` with the identity transform.
-    Returns a bool tensor of shape ``(...)`` on ``L``'s device (also for NumPy or list input).
+    Returns a bool tensor of shape ``(...)`` on ``lattice``'s device (also for NumPy or list input).
 
     Raises:
-        TypeError: if ``L`` is not a tensor, array or list of numbers, or ``rel_tol`` not a real number.
-        ValueError: if ``L`` is not a floating ``(..., 3, 3)`` tensor/array or is on the meta device, or
+        TypeError: if ``lattice`` is not a tensor, array or list of numbers, or ``rel_tol`` not a real number.
+        ValueError: if ``lattice`` is not a floating ``(..., 3, 3)`` tensor/array or is on the meta device, or
             ``rel_tol`` is outside :data:`REL_TOL_RANGE`.
     """
-    X, lead, _, device = _host_items(L, "L")
-    rel_tol = _check_rel_tol(rel_tol)
+    X, lead, _, device = _host_items(lattice, "lattice")
+    rel_tol = check_rel_tol(rel_tol)
     with np.errstate(all="ignore"):
         Xn, _, nonfinite, zero = _normalized(np.ascontiguousarray(X.transpose(1, 2, 0)))
         ell = np.sqrt((Xn * Xn).sum(axis=1))
@@ -729,26 +714,26 @@ def is_niggli_reduced(L, rel_tol: float = 1e-5):
     return torch.from_numpy(ok).to(device)
 
 
-def niggli_reduce(L, *, rel_tol: float = 1e-5, max_iter: int = 1000) -> NiggliResult:
-    """Niggli-reduce every cell of ``L (..., 3, 3)`` (rows are lattice vectors); never raises on values.
+def niggli_reduce(lattice, *, rel_tol: float = DEFAULT_REL_TOL, max_iter: int = 1000) -> NiggliResult:
+    """Niggli-reduce every cell of ``lattice (..., 3, 3)`` (rows are lattice vectors); never raises on values.
 
     Args:
-        L: torch tensor (any device but ``meta``), NumPy array or (nested) list of numbers, floating
+        lattice: torch tensor (any device but ``meta``), NumPy array or (nested) list of numbers, floating
             (a list of integers is taken as numbers). Gradients are not tracked: the computation runs on
-            ``L.detach()`` in float64, on the host.
+            ``lattice.detach()`` in float64, on the host.
         rel_tol: relative tolerance of every comparison (lengths against each other, cosines), in
             :data:`REL_TOL_RANGE` (the lower end included; see "Tolerance" in the module docstring).
         max_iter: cap on the rounds (each a size-reduction sweep plus one Křivý–Gruber pass).
 
     Returns:
         :class:`NiggliResult` with ``lattice``, ``transform`` (int64), ``status`` and ``iterations``:
-        torch tensors on ``L``'s device, whatever ``L`` is (a NumPy float64 array gives a float64
+        torch tensors on ``lattice``'s device, whatever ``lattice`` is (a NumPy float64 array gives a float64
         ``lattice``).
 
     Raises:
-        TypeError: ``L`` not a tensor, array or list of numbers; ``rel_tol`` not a real number;
+        TypeError: ``lattice`` not a tensor, array or list of numbers; ``rel_tol`` not a real number;
             ``max_iter`` not an int (a float, even integral, or a bool).
-        ValueError: ``L`` not floating or not of shape ``(..., 3, 3)``, or on the meta device (no values
+        ValueError: ``lattice`` not floating or not of shape ``(..., 3, 3)``, or on the meta device (no values
             to reduce); ``rel_tol`` outside :data:`REL_TOL_RANGE`; ``max_iter`` below 1.
 
     Example:
@@ -758,8 +743,8 @@ def niggli_reduce(L, *, rel_tol: float = 1e-5, max_iter: int = 1000) -> NiggliRe
         >>> print(Status(int(res.status)))
         OK
     """
-    X, lead, dtype, device = _host_items(L, "L")
-    rel_tol = _check_rel_tol(rel_tol)
+    X, lead, dtype, device = _host_items(lattice, "lattice")
+    rel_tol = check_rel_tol(rel_tol)
     max_iter = check_int(max_iter, "max_iter", minimum=1)
     if _kernel is not None:
         lattice, transform = np.empty_like(X), np.empty(X.shape, dtype=np.int64)

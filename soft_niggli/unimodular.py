@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from ._checks import has_values
+from ._checks import DEFAULT_REL_TOL, as_lattice, check_rel_tol, has_values
 from .lattice import adjugate_and_determinant
 
 try:  # the compiled loop of lattice_automorphisms (soft_niggli/_loss_kernel.c); optional
@@ -97,7 +97,7 @@ def signed_permutations(dtype: torch.dtype = torch.int64, device: torch.device |
     return torch.from_numpy(_signed_permutations_numpy().copy()).to(dtype=dtype, device=device)
 
 
-def random_unimodular(shape=(), max_entry: int = 2, num_operations: int = 12,
+def random_unimodular(shape=(), *, max_entry: int = 2, num_operations: int = 12,
                       generator: torch.Generator | None = None, proper: bool = False,
                       device: torch.device | str | None = None) -> torch.Tensor:
     """Random unimodular matrices ``(*shape, 3, 3)`` (int64) with all entries in ``[-max_entry, max_entry]``.
@@ -135,7 +135,7 @@ def random_unimodular(shape=(), max_entry: int = 2, num_operations: int = 12,
     return M.reshape(*shape, 3, 3)
 
 
-def is_unimodular(M: torch.Tensor, atol: float = 1e-6) -> torch.Tensor:
+def is_unimodular(M: torch.Tensor, *, atol: float = 1e-6) -> torch.Tensor:
     """Boolean ``(...)``: entries integral (within ``atol`` for float input) and ``det = ±1``."""
     if not isinstance(M, torch.Tensor):
         M = torch.as_tensor(M)
@@ -177,7 +177,7 @@ class LatticeAutomorphisms:
         return torch.bincount(self.owner, minlength=num_lattices)
 
 
-def lattice_automorphisms(lattice: torch.Tensor, rel_tol: float = 1e-4) -> LatticeAutomorphisms:
+def lattice_automorphisms(lattice, *, rel_tol: float = DEFAULT_REL_TOL) -> LatticeAutomorphisms:
     """Unimodular ``A`` with entries in {-1, 0, 1} and ``A G Aᵀ = G`` (``G = L Lᵀ``), for each lattice.
 
     For a Niggli- (indeed Buerger-) reduced basis these are *all* automorphisms of the lattice (its
@@ -189,8 +189,9 @@ def lattice_automorphisms(lattice: torch.Tensor, rel_tol: float = 1e-4) -> Latti
     get the identity only.
 
     Args:
-        lattice: ``(B, 3, 3)``, rows are lattice vectors; not differentiated.
-        rel_tol: relative tolerance in (0, 0.1).
+        lattice: ``(..., 3, 3)`` tensor, array or nested list, rows are lattice vectors; not
+            differentiated. Leading dimensions are flattened: ``owner`` indexes ``lattice.reshape(-1, 3, 3)``.
+        rel_tol: relative tolerance, keyword-only, in :data:`~soft_niggli.niggli.REL_TOL_RANGE`.
 
     Returns:
         :class:`LatticeAutomorphisms` ``(owner, matrices)``.
@@ -206,14 +207,8 @@ def lattice_automorphisms(lattice: torch.Tensor, rel_tol: float = 1e-4) -> Latti
     6960 bound-1 unimodular matrices per lattice. On CPU tensors a compiled loop does the same tests,
     cell by cell, and returns the same matrices in the same order (``soft_niggli/_loss_kernel.c``).
     """
-    if not isinstance(lattice, torch.Tensor):
-        raise TypeError(f"lattice: expected a tensor of shape (B, 3, 3), got {type(lattice).__name__}")
-    if lattice.dim() != 3 or tuple(lattice.shape[1:]) != (3, 3):
-        raise ValueError(f"lattice: expected a tensor of shape (B, 3, 3), got {tuple(lattice.shape)}")
-    if isinstance(rel_tol, bool) or not isinstance(rel_tol, (int, float)):
-        raise TypeError(f"rel_tol: expected a number in (0, 0.1), got {type(rel_tol).__name__}")
-    if not 0 < rel_tol < 0.1:
-        raise ValueError(f"rel_tol: expected a number in (0, 0.1), got {rel_tol!r}")
+    lattice = as_lattice(lattice).reshape(-1, 3, 3)
+    rel_tol = check_rel_tol(rel_tol)
     device = lattice.device
     if has_values(lattice) and lattice.shape[0]:
         # Automorphisms do not depend on the scale: divide by the largest entry first, so that squared

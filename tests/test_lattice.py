@@ -185,9 +185,9 @@ def test_random_rotations_dtype_device_and_shape():
 
 
 @pytest.mark.parametrize("call, error, match", [
-    (lambda: random_rotations(2.0), TypeError, "n: expected an int >= 0, got float"),
-    (lambda: random_rotations(True), TypeError, "n: expected an int"),
-    (lambda: random_rotations(-1), ValueError, "n: expected an int >= 0, got -1"),
+    (lambda: random_rotations(2.0), TypeError, "shape: expected an int >= 0, got float"),
+    (lambda: random_rotations(True), TypeError, "shape: expected an int"),
+    (lambda: random_rotations(-1), ValueError, "shape: expected an int >= 0, got -1"),
     (lambda: random_rotations(2, dtype=torch.int64), ValueError, "dtype: expected a floating dtype"),
     (lambda: random_rotations(2, dtype="float64"), TypeError, "dtype: expected a torch.dtype"),
     (lambda: random_rotations(2, proper=1), TypeError, "proper: expected a bool"),
@@ -218,14 +218,14 @@ def test_numpy_and_lists_in_tensors_out():
 
 
 @pytest.mark.parametrize("call, match", [
-    (lambda: gram("L"), "L: expected a torch.Tensor"),
-    (lambda: gram(None), "L: expected .* got None"),
-    (lambda: wrap(True), "F: expected .* got bool"),
+    (lambda: gram("L"), "lattice: expected a torch.Tensor"),
+    (lambda: gram(None), "lattice: expected .* got None"),
+    (lambda: wrap(True), "frac: expected .* got bool"),
     (lambda: volume(torch.eye(3), signed="yes"), "signed: expected a bool"),
     (lambda: integer_inverse("M"), "M: expected"),
     (lambda: apply_basis_change(torch.eye(3), torch.zeros(1, 3), None), "M: expected"),
     (lambda: lattice_from_parameters(3.0, 4.0, None, 90, 90, 90), "c: expected"),
-    (lambda: gram([["a", "b", "c"]] * 3), "L: expected"),
+    (lambda: gram([["a", "b", "c"]] * 3), "lattice: expected"),
 ])
 def test_wrong_python_types_raise_type_error(call, match):
     with pytest.raises(TypeError, match=match):
@@ -234,8 +234,8 @@ def test_wrong_python_types_raise_type_error(call, match):
 
 @pytest.mark.parametrize("call, match", [
     (lambda: to_cartesian(torch.zeros(2, 3), torch.eye(3, dtype=torch.float64)),
-     "F: expected the lattice's dtype torch.float64, got torch.float32"),
-    (lambda: to_fractional(torch.zeros(2, 3, dtype=torch.float64), torch.eye(3)), "X: expected the lattice's dtype"),
+     "frac: expected the lattice's dtype torch.float64, got torch.float32"),
+    (lambda: to_fractional(torch.zeros(2, 3, dtype=torch.float64), torch.eye(3)), "cartesian: expected the lattice's dtype"),
     (lambda: gram(np.eye(3).astype(object)), "floating dtype"),
     (lambda: gram([[1.0, 2.0], [3.0]]), "regular shape"),
     (lambda: integer_inverse(torch.eye(3, dtype=torch.bool)), "M: expected an integer"),

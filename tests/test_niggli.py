@@ -298,9 +298,9 @@ def test_bad_values_raise_value_error(bad, match):
 
 @pytest.mark.parametrize("bad", ["eye", None, {"L": 1}, True, [["a", "b", "c"]] * 3])
 def test_bad_types_raise_type_error(bad):
-    with pytest.raises(TypeError, match="L: expected"):
+    with pytest.raises(TypeError, match="lattice: expected"):
         niggli_reduce(bad)
-    with pytest.raises(TypeError, match="L: expected"):
+    with pytest.raises(TypeError, match="lattice: expected"):
         is_niggli_reduced(bad)
 
 
