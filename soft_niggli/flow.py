@@ -221,16 +221,19 @@ def couple_reduced_forms(prior_lattice, labels: CrystalBatch, *, prior_frac=None
     prior = L0.detach().to("cpu", torch.float64)
     L1_host = L1.to("cpu", torch.float64)
     own = _aligned_distance(prior, L1_host) if align else (L1_host - prior).square().sum((-1, -2))
-    if align and among == "automorphisms":
-        # The forms share the label's metric, so they are rotations of each other: one distance per label.
-        dist = own[owner]
-    elif align:
-        dist = _aligned_distance_per_metric(prior, owner, F, metric)
-    else:
-        dist = (F - prior[owner]).square().sum((-1, -2))
-    scale = prior[owner].square().sum((-1, -2)) + F.square().sum((-1, -2))
+    prior_owner = prior[owner]
+    scale = prior_owner.square().sum((-1, -2)) + F.square().sum((-1, -2))
     tie = max(_TIE, 100 * torch.finfo(dtype).eps)  # float32 labels break symmetries by their rounding
-    tied = _nearest(dist, owner, B, tie * scale, torch.ones_like(dist, dtype=torch.bool))
+    if align and among == "automorphisms":
+        # The forms share the label's metric, so they are rotations of each other: all at one distance.
+        dist = own[owner]
+        tied = torch.ones(len(owner), dtype=torch.bool)
+    else:
+        if align:
+            dist = _aligned_distance_per_metric(prior, owner, F, metric)
+        else:
+            dist = (F - prior_owner).square().sum((-1, -2))
+        tied = _nearest(dist, owner, B, tie * scale, torch.ones_like(dist, dtype=torch.bool))
     if f0 is not None:
         # Among tied forms, the coordinates nearest the prior's (minimum image on the torus).
         rank = torch.full_like(dist, float("inf"))
@@ -238,7 +241,7 @@ def couple_reduced_forms(prior_lattice, labels: CrystalBatch, *, prior_frac=None
         tied = _nearest(rank, owner, B, tie * labels.num_atoms.cpu().double()[owner], tied)
     if align:
         # Forms that are rotations of each other and place the atoms alike: the one nearest unturned.
-        tied = _nearest((F - prior[owner]).square().sum((-1, -2)), owner, B, tie * scale, tied)
+        tied = _nearest((F - prior_owner).square().sum((-1, -2)), owner, B, tie * scale, tied)
     n = len(owner)
     first = torch.full((B,), n, dtype=torch.int64).scatter_reduce(0, owner[tied], torch.arange(n)[tied], "amin")
     chosen = first < n

@@ -8,12 +8,13 @@ automorphisms) give the same metric.
 What makes it safe to call on whatever a model emits:
 
 * It never raises on values and never loops unbounded. Non-finite input is ``NONFINITE``; a cell that
-  float64 cannot resolve (see "Resolution" below: a vanishing or unresolvable reduced vector, a flat
-  reduced basis, a reduction needing transform entries above 2**44) is ``DEGENERATE``; both come back
-  unchanged with the identity transform. Hitting ``max_iter`` gives ``NOT_CONVERGED`` with the best
-  basis so far and its valid unimodular transform.
+  float64 cannot resolve (a vanishing or unresolvable reduced vector, a flat reduced basis, a reduction
+  needing transform entries above 2**44) is ``DEGENERATE``; both come back unchanged with the identity
+  transform. Hitting ``max_iter`` gives ``NOT_CONVERGED`` with the best basis so far and its valid
+  unimodular transform.
 * It is scale-free: the cell is first scaled by a power of two (exact), and every tolerance is
-  relative: lengths are compared with each other, angles through their cosines.
+  relative: lengths are compared with each other, angles through their cosines; ``rel_tol`` is accepted
+  in :data:`REL_TOL_RANGE` = [1e-12, 0.1).
 * It is fast on skewed cells: each round size-reduces by rounding (Gauss/LLL style, so the number of
   rounds is logarithmic in the skew) before the Křivý–Gruber steps.
 * It does not drift: the transform is tracked exactly in integers and the metric is recomputed from
@@ -21,89 +22,17 @@ What makes it safe to call on whatever a model emits:
 * It verifies: the result is checked against the full Niggli conditions, special boundary conditions
   included (the conditions of :func:`is_niggli_reduced`).
 
-The reduction works on detached values in float64 whatever the input dtype; the returned lattice is
-cast back to the input's dtype and device. It carries no gradient (use ``transform`` with the
-original, differentiable ``L`` when you need one: ``transform.to(L.dtype) @ L``).
-
-Resolution (what ``DEGENERATE`` means). The cell is taken as exact: its float64 entries define the
-lattice, however skewed or mixed in scale the basis (``diag(1e-6, 1, 1e6)`` is a fine, already reduced
-cell). What float64 limits is how well the reducer knows the basis vectors ``b_i = Σ_j T_ij L_j`` it
-works with, and that is what it tests, every round and on the result (the cell scaled so that its
-largest entry is in [0.5, 1); ``e = rel_tol / 64``, the finest tolerance used, see "Tolerance"):
-
-* the plain float product is off by at most ``2**-50 r_i``, ``r_i = Σ_j |T_ij| ‖L_j‖`` (the vector's size
-  before cancellation); it is used where that is below ``e / 16`` of ``‖b_i‖`` and ``T`` has entries up
-  to ``2**10``. Elsewhere the error-free product (``soft_niggli/_exact.py``) runs, off by at most
-  ``ε‖b_i‖ + 2**-98 s_i``, with ``s_i`` the size of its partial products (``r_i`` plus ``2**27 ‖L_j‖`` for
-  each negative ``T_ij``, its split's cost; it runs on ``±`` the row of ``T``, whichever costs less);
-* a vector that the error-free product does not know to ``e / 16`` (``‖b_i‖ <= 2**-88 s_i / rel_tol``,
-  about ``3e-22 s_i`` at the default rel_tol), or whose squared length is below ``2**-968`` (float64's
-  subnormal range, ~1e-146 of the largest entry), is unresolved: ``DEGENERATE``. An exactly singular
-  cell (rank 2, a zero row) gets there through a vanishing vector;
-* so does a reduction that needs transform entries above ``2**44`` (the error-free product needs them
-  below ``2**52``; that far, the lattice is numerically dense);
-* a basis that passes the Niggli conditions, or that the reduction is stuck on, must also know the
-  products ``b_i · b_j`` (their rounding and the vectors' errors) to 1/16 of the smaller squared length,
-  which the bounds ``|ξ| <= B``, ``|η|, |ζ| <= A`` compare them with: for vectors computed without
-  cancellation, a length ratio up to ~2e13 (so ``diag(1e-6, 1, 1e6)`` is reduced, ``diag(1e-8, 1, 1e8)``,
-  whose products are rounded to more than its shortest squared length, is ``DEGENERATE``);
-* and a result whose volume is below ``1e-12`` of the product of its lengths (a Niggli-reduced basis has
-  more than half) is ``DEGENERATE``.
-
-There is no fixed ratio of the reduced lengths to the input's scale below which a cell counts as
-degenerate (an earlier version flagged reduced vectors shorter than 1e-12 of the largest input row,
-which rejected well-conditioned cells). So a cell re-based by a unimodular ``M`` comes back reduced as
-long as the reducing transform (about ``M⁻¹``) has entries up to ``2**44`` and the bound on ``s_i`` holds:
-a 4 Å cube re-based so that reducing it takes transform entries of 2.9e9 and its rows are 1e13 long is
-reduced exactly at every rel_tol (tests/test_niggli.py), one that takes an entry above ``2**44`` is
-``DEGENERATE``, and one whose transform row puts -1000 next to a 1e10-long row is reduced down to
-rel_tol 1e-5 but ``DEGENERATE`` at 1e-12 (the bound ``2**27 * 1e10`` then exceeds what 1e-12 allows).
-:func:`is_niggli_reduced` applies the same tests to the cell as given (transform = identity), so it says
-False for a zero, rank-deficient or flat cell, and a cell that it accepts at ``rel_tol`` itself comes
-back ``OK`` with the identity transform.
-
-Tolerance. ``rel_tol`` is the relative tolerance of every comparison (lengths with each other, angles
-through cosines, boundaries of the Niggli cone such as ``|ξ| = B`` within ``rel_tol B``), accepted in
-:data:`REL_TOL_RANGE` = [1e-12, 0.1). Tolerant comparisons make the reduced form stable under noise,
-but they can make the conditions inconsistent for a cell whose deviations from boundaries are close to
-``rel_tol`` (a hexagonal or face-centred cell distorted by about rel_tol, as float32 rounding or a model
-easily gives): the Křivý–Gruber steps then cycle between bases that all fail the check. Three rules
-remove that:
-
-* the sign condition accepts type I within tolerance (no entry of ξ, η, ζ clearly negative) where type
-  II is blocked (an entry at its bound, ``|ξ| = B`` say, with its partner clearly non-zero, so that type
-  II would fail ``ξ = −B ⇒ ζ = 0``); see :func:`_sign_rule`;
-* in steps 5–7 an entry beyond its bound is reduced before any boundary case is (two boundary cases can
-  undo each other while another entry stays too large);
-* an item that stops making progress (a round changes nothing, or ``A + B + C`` has not gone down for
-  8 rounds) goes on with the tolerance divided by 8, at most twice (``rel_tol / 64``); it is then
-  accepted when it satisfies the conditions at any of the levels it went through, and
-  :func:`is_niggli_reduced` accepts a cell that satisfies them at ``rel_tol``, ``rel_tol / 8`` or
-  ``rel_tol / 64``. (An item stuck at the finest level is ``NOT_CONVERGED`` without waiting for
-  ``max_iter``.)
-
-These rules are what let every accepted ``rel_tol`` converge, including on cells distorted by a
-fraction of ``rel_tol`` from a symmetric one (where a reducer without them cycles between two bases
-that each fail the conditions by less than the tolerance): ``tests/test_niggli.py`` checks it at both
-ends of the range on re-based hexagonal, face-centred and Gaussian cells. Below 1e-12 the finest
-tolerance would approach float64's resolution, hence the range.
-
-Where it runs: the reduction is a data-dependent loop over 3×3 matrices. Its main core is compiled C
-(``soft_niggli/_niggli_kernel.c``, built at install time), which reduces the cells one by one on the
-host. Where that extension could not be built (no C compiler), the NumPy core below does the same
-work, with the same arithmetic in the same order and therefore bit-identical results, only slower
-(:data:`COMPILED_KERNEL` says which one runs). The NumPy core works on component-major arrays: a batch
-of matrices is an array ``X (3, 3, n)`` whose entry ``X[i, j]`` is a contiguous vector over the batch,
-so every formula below is a handful of vector operations.
-
-Inputs and outputs: ``L`` may be a torch tensor on any device, a NumPy array or a (nested) list of
-numbers; the results are always torch tensors (a NumPy float64 array gives float64 tensors, as
-``torch.as_tensor`` would), on ``L``'s device. A tensor on another device than the CPU (CUDA, say) is
-copied to the host, reduced there, and the results copied back (72 bytes per cell each way). A tensor
-on the ``meta`` device has no values to reduce: :func:`niggli_reduce` and :func:`is_niggli_reduced`
-raise ``ValueError`` for it. Wrong Python types (a string for ``L``, a float for ``max_iter``, a bool or
-``None`` for ``rel_tol``) raise ``TypeError``; wrong values (shapes, dtypes, ranges) ``ValueError``.
+The reduction works on detached values in float64, on the host, whatever the input dtype and device;
+the results are torch tensors cast back to the input's dtype and device (72 bytes per cell each way for
+a GPU tensor). Its loop is compiled C (``soft_niggli/_niggli_kernel.c``, built at install time) or,
+where that could not be built, the NumPy core of this module with bit-identical results
+(:data:`COMPILED_KERNEL` says which runs). The NumPy core works on component-major arrays ``X (3, 3, n)``
+whose entry ``X[i, j]`` is a contiguous vector over the batch. The documentation's design notes on the
+reducer give the full account: what ``DEGENERATE`` means exactly (the error bounds of the products), how
+the tolerance levels ``rel_tol / 8`` and ``rel_tol / 64`` keep cells distorted by about ``rel_tol``
+from cycling, and why the range of ``rel_tol`` stops at 1e-12.
 """
+
 
 from __future__ import annotations
 
