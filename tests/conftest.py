@@ -1,4 +1,4 @@
-"""Shared test settings: seeded RNG, hypothesis profiles, the benchmark data folder.
+"""Shared test settings: seeded RNG, hypothesis profiles ("default", "ci", "random"), the benchmark data folder.
 
 The data folder: ``$SOFT_NIGGLI_DATA`` if set, else ``../shared/data`` relative to the repository root
 (where this project's CSV files live in a development checkout). The library itself never looks there
@@ -17,11 +17,20 @@ import pytest
 import torch
 from hypothesis import HealthCheck, settings
 
-settings.register_profile(
-    "default", deadline=None, max_examples=60, suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much])
-settings.register_profile(
-    "ci", deadline=None, max_examples=60, derandomize=True,
-    suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much])
+# Profiles. "default" (a laptop) draws fresh random examples and replays past failures from the local
+# example database. "ci" is derandomised: the same examples on every run, so a red CI run reproduces
+# exactly. "random" draws fresh examples with a fixed count and no database, so that CI also explores
+# as a laptop does; CI runs the properties marked `invariance` again under it:
+#     python -m pytest -q -m "invariance and not slow" --hypothesis-profile=random
+# A failure prints its @reproduce_failure blob; pin the failing input as an explicit @example.
+# The deadline is off because a loss on a busy CI machine can take longer than 200 ms per example, and
+# that is not what these tests check; the strategies themselves must stay fast
+# (tests/test_testing.py checks their draw time).
+_SUPPRESSED = [HealthCheck.too_slow, HealthCheck.filter_too_much]
+settings.register_profile("default", deadline=None, max_examples=60, suppress_health_check=_SUPPRESSED)
+settings.register_profile("ci", deadline=None, max_examples=60, derandomize=True, suppress_health_check=_SUPPRESSED)
+settings.register_profile("random", deadline=None, max_examples=60, derandomize=False, database=None,
+                          print_blob=True, suppress_health_check=_SUPPRESSED)
 settings.load_profile("ci" if os.environ.get("CI") else "default")
 
 REPO_ROOT = Path(__file__).resolve().parents[1]

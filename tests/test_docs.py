@@ -1,7 +1,9 @@
 """The documentation runs: every ```python block of README.md, and the doctests of every module.
 
 README blocks run in order, each in a fresh namespace, with the README's own line numbers in
-tracebacks. A block that truly cannot run (it needs a user's model or data) may be excluded by an
+tracebacks; then all of them once more in a separate interpreter while other processes keep every core
+busy, under hypothesis's own default settings (a 200 ms deadline, health checks), as a user runs them
+on a busy laptop. A block that truly cannot run (it needs a user's model or data) may be excluded by an
 HTML comment ``<!-- no-test -->`` on the line before its opening fence; prefer self-contained blocks.
 
 Doctests: every module of ``soft_niggli`` and of ``soft_niggli.baselines`` (found by walking the
@@ -13,7 +15,11 @@ from __future__ import annotations
 
 import doctest
 import importlib
+import json
+import os
 import pkgutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -59,6 +65,34 @@ def test_readme_python_block_runs(first_line, code):
     compiled = compile("\n" * (first_line - 1) + code, str(README), "exec")
     namespace = {"__name__": "__readme__"}
     exec(compiled, namespace)  # noqa: S102 -- running the documentation is the point
+
+
+# Runs the README blocks given as JSON (file, [[first line, code], ...]) in order, each in a fresh namespace.
+_RUN_BLOCKS = """
+import json, sys
+readme, blocks = json.load(open(sys.argv[1]))
+for first_line, code in blocks:
+    exec(compile("\\n" * (first_line - 1) + code, readme, "exec"), {"__name__": "__readme__"})
+"""
+
+
+def test_readme_python_blocks_pass_on_a_busy_machine(tmp_path):
+    # This suite's hypothesis profiles turn the deadline and the slow-generation health check off; a
+    # user's run has them on, and shares the machine with other work. One busy loop per core, and no
+    # OMP_NUM_THREADS, so that torch's thread pool competes for the cores as on a user's machine.
+    blocks = [list(p.values) for p in README_BLOCKS if not p.marks]
+    (tmp_path / "blocks.json").write_text(json.dumps([str(README), blocks]), encoding="utf-8")
+    (tmp_path / "run.py").write_text(_RUN_BLOCKS, encoding="utf-8")
+    env = {k: v for k, v in os.environ.items() if k not in ("OMP_NUM_THREADS", "MKL_NUM_THREADS")}
+    busy = [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(os.cpu_count() or 2)]
+    try:
+        run = subprocess.run([sys.executable, str(tmp_path / "run.py"), str(tmp_path / "blocks.json")],
+                             cwd=README.parent, env=env, capture_output=True, text=True, timeout=600, check=False)
+    finally:
+        for process in busy:
+            process.kill()
+            process.wait()
+    assert run.returncode == 0, f"README blocks failed on a busy machine:\n{run.stdout}\n{run.stderr}"
 
 
 def _modules() -> list[str]:

@@ -7,15 +7,18 @@ import sys
 
 import pytest
 import torch
-from hypothesis import given, settings
+from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+import soft_niggli.testing
 from soft_niggli import CrystalBatch, is_unimodular, lattice_parameters, niggli_reduce, volume
-from soft_niggli.unimodular import lattice_automorphisms
-from soft_niggli.testing import (AUTOMORPHISM_COUNTS, SYMMETRIC_FAMILIES, SYMMETRIC_PROTOTYPES, aflow_crystals,
-                                 assert_gl3z_invariant, crystals, lattices, real_crystals, rotations,
+from soft_niggli.lattice import gram
+from soft_niggli.testing import (AUTOMORPHISM_COUNTS, LATTICE_KINDS, NEAR_FACE_STRAINS, NEAR_FACES, SYMMETRIC_FAMILIES,
+                                 SYMMETRIC_PROTOTYPES, aflow_crystals, assert_gl3z_invariant, crystals, lattices,
+                                 near_face_crystals, near_face_lattices, prototypes, real_crystals, rotations,
                                  symmetric_crystals, symmetric_lattices, unimodular_matrices)
-import soft_niggli.testing as testing
+from soft_niggli.testing._draw import _rebasings
+from soft_niggli.unimodular import lattice_automorphisms
 
 
 @given(lattices("realistic"))
@@ -76,6 +79,7 @@ def test_crystal_strategy_builds_consistent_batches(batch):
     assert bool(((batch.frac >= 0) & (batch.frac < 1)).all())
 
 
+@pytest.mark.invariance
 @settings(max_examples=10)
 @given(crystals(max_atoms=4))
 def test_assert_gl3z_invariant_accepts_invariant_functions(batch):
@@ -222,6 +226,7 @@ def test_crystals_with_symmetric_kind_are_valid_batches_of_small_crystals(batch)
     _assert_valid_batch(batch, 3, 6)
 
 
+@pytest.mark.invariance
 @settings(max_examples=10)
 @given(symmetric_crystals(noise=0.0, max_crystals=2))
 def test_assert_gl3z_invariant_accepts_invariant_functions_on_symmetric_crystals(batch):
@@ -247,6 +252,7 @@ def test_aflow_crystals_are_the_bundled_prototypes():
         aflow_crystals(limit=-1)
 
 
+@pytest.mark.invariance
 @_needs_pymatgen
 @settings(max_examples=15)
 @given(real_crystals(max_crystals=2, max_atoms=8))
@@ -256,11 +262,11 @@ def test_real_crystals_are_valid_rebased_aflow_cells(batch):
 
 
 def test_aflow_crystals_names_pymatgen_when_it_is_missing(monkeypatch):
-    testing._aflow_structures.cache_clear()
+    prototypes._aflow_structures.cache_clear()
     monkeypatch.setitem(sys.modules, "pymatgen.core", None)
     with pytest.raises(ImportError, match="pip install pymatgen"):
         aflow_crystals(limit=1)
-    testing._aflow_structures.cache_clear()
+    prototypes._aflow_structures.cache_clear()
 
 
 # ------------------------------------------------------------------------------ assert_gl3z_invariant details
@@ -339,6 +345,14 @@ def test_assert_gl3z_invariant_rejects_wrong_types(call, match):
     (lambda: lattices(3), TypeError, "kind: expected one of"),
     (lambda: aflow_crystals(limit=2.0), TypeError, "limit: expected an int >= 0 or None"),
     (lambda: real_crystals(max_atoms="8"), TypeError, "max_atoms"),
+    (lambda: near_face_lattices("cubic"), ValueError, "face: expected None, one of"),
+    (lambda: near_face_lattices(strain=0.0), ValueError, "strain: expected a float > 0"),
+    (lambda: near_face_lattices(strain="1"), TypeError, "strain: expected a float > 0"),
+    (lambda: near_face_lattices(strain=1e3, rel_tol=1e-5), ValueError, "strain \\* rel_tol <= 0.001"),
+    (lambda: near_face_lattices(rel_tol=0.5), ValueError, "rel_tol: expected a float in"),
+    (lambda: near_face_lattices(max_entry=0), ValueError, "max_entry: expected an int >= 1"),
+    (lambda: near_face_lattices(rebase=1), TypeError, "rebase: expected a bool"),
+    (lambda: near_face_crystals(max_atoms=0), ValueError, "max_atoms: expected an int >= 1"),
 ])
 def test_strategy_arguments_type_error_vs_value_error(call, error, match):
     with pytest.raises(error, match=match):
@@ -351,3 +365,145 @@ def test_rotations_strategy_draws_from_random_rotations(Q, R):
     assert Q.shape == R.shape == (3, 3) and Q.dtype == R.dtype == torch.float64
     assert float(torch.linalg.det(Q)) == pytest.approx(1.0, abs=1e-12)
     assert abs(float(torch.linalg.det(R))) == pytest.approx(1.0, abs=1e-12)
+
+
+# ------------------------------------------------------------------------------ near-face lattices
+
+
+def _g6(L: torch.Tensor) -> tuple[float, ...]:
+    G = gram(L)
+    return (float(G[0, 0]), float(G[1, 1]), float(G[2, 2]), 2 * float(G[1, 2]), 2 * float(G[0, 2]), 2 * float(G[0, 1]))
+
+
+def _distance_from_face(face: str, g6) -> float:
+    """How far a basis with metric ``g6`` is from ``face``, in the units of soft_niggli.testing.near_face."""
+    A, B, C, xi, eta, zeta = g6
+
+    def unequal(x, y):
+        return abs(y - x) / ((x + y) / 2)
+
+    if face == "equal_lengths":
+        return min(unequal(A, B), unequal(B, C))
+    if face == "angle_90":
+        return min(abs(xi) / (B * C) ** 0.5, abs(eta) / (A * C) ** 0.5, abs(zeta) / (A * B) ** 0.5)
+    if face in ("angle_60", "angle_120"):
+        return max(unequal(A, B), abs(abs(zeta) / A - 1))
+    lengths, angles = (A, B, C), (xi, eta, zeta)
+    mean = sum(lengths) / 3
+    return max(abs(x - sum(group) / 3) for group in (lengths, angles) for x in group) / mean
+
+
+def _face_and_strain(rebase: bool, faces=NEAR_FACES):
+    return st.tuples(st.sampled_from(faces), st.sampled_from(NEAR_FACE_STRAINS)).flatmap(
+        lambda fk: st.tuples(st.just(fk[0]), st.just(fk[1]), near_face_lattices(fk[0], strain=fk[1], rebase=rebase)))
+
+
+@settings(max_examples=60)
+@given(_face_and_strain(rebase=False))
+def test_near_face_lattices_sit_at_the_drawn_distance_from_their_face(face_strain_lattice):
+    face, strain, L = face_strain_lattice
+    assert L.shape == (3, 3) and L.dtype == torch.float64 and _is_valid_cell(L)
+    assert _distance_from_face(face, _g6(L)) == pytest.approx(strain * 1e-5, rel=1e-6)
+
+
+@settings(max_examples=40)
+@given(_face_and_strain(rebase=True, faces=("equal_lengths", "angle_90")))
+def test_rebasing_near_face_lattices_keeps_the_lattice_and_its_distance_from_the_face(face_strain_lattice):
+    # The Niggli form is unique at a tolerance far below the distance, and on these two faces it is the
+    # basis the strategy built: re-basing changed the basis, not the lattice.
+    face, strain, L = face_strain_lattice
+    reduced = niggli_reduce(L, rel_tol=1e-12)
+    assert bool(reduced.ok)
+    assert _distance_from_face(face, _g6(reduced.lattice)) == pytest.approx(strain * 1e-5, rel=1e-6)
+
+
+@settings(max_examples=60)
+@given(lattices("near_face"))
+def test_near_face_lattices_are_valid_cells_the_reducer_reduces(L):
+    assert L.shape == (3, 3) and L.dtype == torch.float64 and _is_valid_cell(L)
+    assert bool(niggli_reduce(L).ok) and bool(niggli_reduce(L, rel_tol=1e-12).ok)
+
+
+@pytest.mark.parametrize("max_entry", [1, 2, 5])
+def test_near_face_rebasings_are_unimodular_with_entries_up_to_max_entry(max_entry):
+    largest = set()
+
+    @settings(max_examples=150, database=None)
+    @given(_rebasings(max_entry))
+    def check(M):
+        assert M.dtype == torch.int64 and bool(is_unimodular(M))
+        largest.add(int(M.abs().max()))
+
+    check()
+    assert max(largest) == max_entry
+
+
+@settings(max_examples=30)
+@given(near_face_crystals(max_atoms=3, max_crystals=2))
+def test_near_face_crystals_are_valid_batches_with_species(batch):
+    _assert_valid_batch(batch, 2, 3)
+
+
+@pytest.mark.invariance
+@settings(max_examples=40)
+@given(near_face_crystals(max_atoms=1))
+def test_reduced_lengths_near_cone_faces_agree_in_every_basis_to_rel_tol(batch):
+    # Within rel_tol of a face several reduced forms pass the Niggli conditions and the reducer's
+    # choice among them depends on the input basis; their squared edge lengths still agree to rel_tol.
+    def reduced_lengths(b):
+        return niggli_reduce(b.lattice).lattice.pow(2).sum(-1)
+
+    assert_gl3z_invariant(reduced_lengths, batch, max_entry=5, atol=0.0, rtol=2e-5)
+
+
+def test_every_public_name_is_exported_and_the_lattice_kinds_include_near_face():
+    assert sorted(soft_niggli.testing.__all__) == sorted(set(soft_niggli.testing.__all__))
+    assert all(hasattr(soft_niggli.testing, name) for name in soft_niggli.testing.__all__)
+    assert "near_face" in LATTICE_KINDS
+
+
+# ------------------------------------------------------------------------------ speed on a busy machine
+
+
+def _draw_milliseconds(strategy, n: int = 40) -> float:
+    """Median milliseconds of thread CPU time per draw (not wall time, which another process can take)."""
+    import statistics
+    import time
+
+    times = []
+
+    @settings(max_examples=n, database=None, deadline=None, suppress_health_check=list(HealthCheck))
+    @given(st.data())
+    def probe(data):
+        start = time.thread_time()
+        data.draw(strategy)
+        times.append(1e3 * (time.thread_time() - start))
+
+    probe()
+    return statistics.median(times)
+
+
+_STRATEGIES = {
+    "crystals": lambda: crystals(max_atoms=6), "crystals-symmetric": lambda: crystals(lattice_kind="symmetric"),
+    "pathological": lambda: lattices("pathological"), "symmetric_lattices": lambda: symmetric_lattices(),
+    "symmetric_crystals": lambda: symmetric_crystals(max_crystals=2),
+    "near_face_crystals": lambda: near_face_crystals(),
+    "rotations": lambda: rotations(), "unimodular_matrices": lambda: unimodular_matrices(2, depth=2),
+}
+
+
+@pytest.mark.parametrize("name", sorted(_STRATEGIES))
+def test_strategies_draw_in_a_few_milliseconds(name):
+    assert _draw_milliseconds(_STRATEGIES[name]()) < 20.0
+
+
+@pytest.mark.parametrize("name", sorted(_STRATEGIES))
+def test_strategies_make_no_lapack_call(name, monkeypatch):
+    # With two OpenMP threads on a busy machine one 3x3 QR through MKL takes about 8 ms instead of 30 us:
+    # enough to fail hypothesis's slow-generation health check in a user's test.
+    def forbidden(*args, **kwargs):
+        raise AssertionError("a strategy called a LAPACK factorisation")
+
+    for fn in ("qr", "svd", "eig", "eigh", "inv", "solve", "lstsq", "cholesky"):
+        monkeypatch.setattr(torch.linalg, fn, forbidden)
+    _draw_milliseconds(_STRATEGIES[name](), n=20)
