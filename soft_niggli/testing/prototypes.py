@@ -171,7 +171,7 @@ def aflow_crystals(limit: int | None = None, max_atoms: int = 20) -> CrystalBatc
     return CrystalBatch.from_structures(_aflow_pool(max_atoms)[:limit])
 
 
-def real_crystals(max_crystals: int = 1, max_atoms: int = 20, rebase: bool = True):
+def real_crystals(max_atoms: int = 20, max_crystals: int = 1, *, rebase: bool = True):
     """Strategy for a :class:`~soft_niggli.CrystalBatch` of 1 to ``max_crystals`` real crystals: the
     AFLOW prototypes.
 
