@@ -1,24 +1,25 @@
 """Canonicalise a small dataset, then test a model of your own for GL(3,Z) (change-of-basis) invariance.
 
-Rows of a lattice are its vectors; a change of basis is ``L' = M L``, ``F' = wrap(F M^-1)``, ``M`` an
-integer matrix of determinant ±1. The same crystal has infinitely many such descriptions.
+Rows of a lattice are its vectors; a change of basis is L' = M L, F' = wrap(F M^-1), M an integer
+matrix of determinant +-1. The same crystal has infinitely many such descriptions.
 
 1. Canonicalise: every crystal of the bundled Carbon-24 subset (real cells, most of them not
    Niggli-reduced as stored) into its Niggli basis with the guarded reducer, with the reducer's status
    and integer transform per crystal. For a CSV file on disk the command line does the same:
-   ``soft-niggli canonicalize IN.csv OUT.csv``.
-2. Test: :func:`soft_niggli.testing.assert_gl3z_invariant` re-bases every crystal at random and checks
-   that a model's outputs do not change. A model reading the lattice matrix directly fails; the same
-   model fed the Niggli-reduced metric passes. Put the same call in your test suite (with
-   ``hypothesis`` and ``soft_niggli.testing.crystals()`` / ``symmetric_crystals()`` for generated
-   crystals, see the README).
+   `soft-niggli canonicalize IN.csv OUT.csv`.
+2. Test: `soft_niggli.testing.assert_gl3z_invariant` re-bases every crystal at random and checks that a
+   model's outputs do not change. A model reading the lattice matrix directly fails; the same model fed
+   the Niggli-reduced metric passes. Put the same call in your test suite (with hypothesis and
+   `soft_niggli.testing.crystals()` / `symmetric_crystals()` for generated crystals:
+   pip install "soft-niggli[test]").
 
-Needs pymatgen to read the bundled crystals.
+Needs pymatgen to read the bundled crystals (CIFs): pip install "soft-niggli[bench]" (or pymatgen).
 
     python examples/canonicalize_and_test.py [--crystals 64]
 """
 
 import argparse
+import sys
 
 import torch
 from torch import nn
@@ -67,6 +68,12 @@ def main(crystals: int) -> None:
 
 
 if __name__ == "__main__":
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--crystals", type=int, default=64)
-    main(parser.parse_args().crystals)
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] + " Needs pymatgen.",
+                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser.add_argument("--crystals", type=int, default=64, help="bundled Carbon-24 crystals to canonicalise and test")
+    args = parser.parse_args()
+    try:
+        import pymatgen  # noqa: F401 - the bundled crystals are CIFs
+    except ImportError:
+        sys.exit("this example reads CIF files with pymatgen: pip install \"soft-niggli[bench]\" (or pymatgen)")
+    main(args.crystals)

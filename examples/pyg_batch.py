@@ -1,12 +1,12 @@
-"""From a DiffCSP/PyG-style batch to a soft_niggli loss, and back.
+"""From a DiffCSP/PyG-style batch to a soft_niggli loss, and back. Needs only the core install.
 
-DiffCSP (and CDVAE, FlowMM) hand the model a torch_geometric ``Batch`` whose crystals are flat tensors:
-``frac_coords (N, 3)``, ``atom_types (N,)``, ``num_atoms (B,)``, ``lattices (B, 3, 3)`` (rows are the
-lattice vectors, as in soft_niggli) and ``batch (N,)``, each atom's crystal index. That is exactly a
-:class:`soft_niggli.CrystalBatch`. This script builds such a batch with plain torch (no torch_geometric
-needed; a real ``Batch`` has the same attributes), scores a prediction with a basis-invariant loss (the
-same value whichever basis the labels are stored in; plain MSE changes), and writes canonical (Niggli)
-labels back into the batch, lengths and angles included.
+DiffCSP (and CDVAE, FlowMM) hand the model a torch_geometric Batch whose crystals are flat tensors:
+frac_coords (N, 3), atom_types (N,), num_atoms (B,), lattices (B, 3, 3) (rows are the lattice vectors,
+as in soft_niggli) and batch (N,), each atom's crystal index. That is exactly a soft_niggli.CrystalBatch.
+This script builds such a batch with plain torch (no torch_geometric needed; a real Batch has the same
+attributes), scores a prediction with a basis-invariant loss (the same value whichever basis the labels
+are stored in; plain MSE changes), and writes canonical (Niggli) labels back into the batch, lengths and
+angles included.
 
     python examples/pyg_batch.py [--crystals 8]
 """
@@ -69,6 +69,7 @@ def main(num_crystals: int) -> None:
 
 
 if __name__ == "__main__":
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--crystals", type=int, default=8)
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser.add_argument("--crystals", type=int, default=8, help="random crystals in the fake DiffCSP batch")
     main(parser.parse_args().crystals)

@@ -30,6 +30,11 @@ Two sources:
 :func:`load_dataset` resolves a name to structures and a split; :func:`train_val_split` is the
 deterministic split used where a benchmark ships a single file.
 
+For tools of your own: :func:`open_csv` streams the rows of such a CSV file (every column, duplicate
+names too, each row with its line in the file, malformed rows flagged rather than fatal; the reader of
+``soft-niggli canonicalize``), and :func:`cif_cell_parameters` reads a CIF's six cell parameters
+without pymatgen.
+
 pymatgen is an optional dependency of soft_niggli: it is imported inside the functions that need it.
 
 Outputs are pymatgen ``Structure`` lists, or torch tensors (:func:`read_cdvae_cells`), never NumPy
@@ -53,6 +58,7 @@ import os
 import re
 import warnings
 import zlib
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence, TypeVar
 
@@ -76,6 +82,10 @@ __all__ = [
     "load_dataset",
     "split_files",
     "split_source",
+    "open_csv",
+    "CsvRows",
+    "CsvRow",
+    "cif_cell_parameters",
 ]
 
 #: Datasets read from a data folder (``<data_dir>/<name>/{train,val,test}.csv[.gz]``, CDVAE/DiffCSP CSV
@@ -202,32 +212,177 @@ def _check_count(value, name: str) -> int | None:
 
 
 # Errors of decompressing or decoding a damaged file; they name neither the file nor the problem.
-_READ_ERRORS = (EOFError, gzip.BadGzipFile, zlib.error, UnicodeDecodeError, csv.Error)
+_READ_ERRORS = (EOFError, gzip.BadGzipFile, zlib.error, UnicodeDecodeError)
 
 
-def _csv_rows(path: Path, required: tuple[str, ...] = ("cif",)):
-    """``(row number, row)`` of a CSV file, gzipped (recognised by its magic bytes) or plain.
+@dataclass(frozen=True)
+class CsvRow:
+    """One record of a CSV file, as :func:`open_csv` yields it.
 
-    Rows are numbered from 1, the header not counted. A missing column or a damaged file raises
-    ``ValueError`` naming the file; errors raised by the caller's loop body are not touched.
+    Attributes:
+        number: the record's place among the data rows, from 1 (the header and blank lines not counted).
+        line: the line of the file where the record starts; the header is line 1, and a quoted field
+            (a CIF) spans several lines, so ``line`` is what an editor shows, not ``number + 1``.
+        fields: the fields as read, in file order: as many as the header has, or more or fewer in a
+            malformed row.
+        problem: ``""`` for a well-formed row, else why it is malformed, e.g. ``"4 fields where the header
+            has 3 columns"``.
     """
+
+    number: int
+    line: int
+    fields: list
+    problem: str = ""
+
+
+class CsvRows:
+    """A CSV file opened by :func:`open_csv`: its header, and its rows streamed one at a time.
+
+    ``columns`` is the header as written, duplicate names included; iterating yields :class:`CsvRow`
+    (once: the file is read as it goes, never held whole). A row whose field count differs from the
+    header's, or that the csv module cannot read, comes with a ``problem`` and reading goes on; a file
+    that ends mid-stream (truncated gzip) or does not decode raises ``ValueError`` naming the file and
+    the last row read. Use it as a context manager, or call :meth:`close`.
+    """
+
+    def __init__(self, path: Path, raw, fh, reader, columns: tuple[str, ...], gzipped: bool):
+        self.path, self.columns, self.gzipped = path, columns, gzipped
+        self._raw, self._fh, self._reader = raw, fh, reader
+        self._read_at_close = 0
+
+    def index(self, name: str) -> int:
+        """Position of the column ``name`` (its first occurrence); ``ValueError`` listing the columns if absent."""
+        if name not in self.columns:
+            raise ValueError(f"{self.path}: no column {name!r}; columns present: {list(self.columns)}")
+        return self.columns.index(name)
+
+    def __iter__(self):
+        reader, width = self._reader, len(self.columns)
+        number, line = 0, reader.line_num
+        try:
+            while True:
+                start = reader.line_num + 1
+                try:
+                    fields = next(reader)
+                except StopIteration:
+                    break
+                except csv.Error as err:  # one unreadable record: flag it, the reader starts afresh after it
+                    if reader.line_num < start:
+                        raise  # nothing consumed: reading on would not advance
+                    number += 1
+                    yield CsvRow(number, start, [], f"unreadable CSV record ({err})")
+                    continue
+                line = reader.line_num
+                if not fields:
+                    continue  # a blank line holds no record
+                number += 1
+                problem = "" if len(fields) == width else \
+                    f"{len(fields)} fields where the header has {width} columns"
+                yield CsvRow(number, start, fields, problem)
+        except _READ_ERRORS + (csv.Error,) as err:
+            raise ValueError(f"{self.path}: the file is truncated or corrupt: reading failed after row {number} "
+                             f"(line {line}; {'gzip' if self.gzipped else 'text'}: {type(err).__name__}: {err})"
+                             ) from err
+        finally:
+            self.close()
+
+    def bytes_read(self) -> int:
+        """How far reading has come in the file on disk, in bytes (compressed bytes for a gzipped file),
+        read ahead included: with the file's size, a progress measure that needs no counting pass."""
+        return self._read_at_close if self._raw.closed else self._raw.tell()
+
+    def close(self) -> None:
+        if not self._raw.closed:
+            self._read_at_close = self._raw.tell()
+        self._fh.close()
+        self._raw.close()  # a GzipFile leaves the file object it was given open
+
+    def __enter__(self) -> CsvRows:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+def open_csv(path: str | os.PathLike, required: Sequence[str] = ("cif",), *, errors: str = "strict") -> CsvRows:
+    """Open a CSV file, gzipped (recognised by its magic bytes, whatever its name) or plain, for streaming.
+
+    The reader of the CDVAE/DiffCSP files and of ``soft-niggli canonicalize``: every column is kept
+    (duplicate names too), rows come with their file line, and a malformed row is reported in its
+    :class:`CsvRow` rather than ending the read.
+
+    Args:
+        path: the file.
+        required: columns that must each appear exactly once in the header.
+        errors: how undecodable bytes are handled, as in :func:`open`: ``"strict"`` raises (as
+            ``ValueError``); ``"surrogateescape"`` carries them through, so that writing the fields back
+            with ``errors="surrogateescape"`` restores the bytes.
+
+    Returns:
+        :class:`CsvRows`: ``columns``, and its rows when iterated.
+
+    Raises:
+        FileNotFoundError: no such file.
+        ValueError: an empty file; a required column missing (the message lists the columns present) or
+            repeated; a damaged file (also while iterating, naming the last row read).
+
+    >>> with open_csv(bundled_path("perov_5_small")) as rows:
+    ...     first = next(iter(rows))
+    >>> rows.columns[:2], first.number, first.line, first.problem
+    (('', 'material_id'), 1, 2, '')
+    """
+    path = Path(path).expanduser()
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no such file" + (" (a folder)" if path.is_dir() else ""))
     with open(path, "rb") as fh:
         gzipped = fh.read(2) == b"\x1f\x8b"
     csv.field_size_limit(1 << 30)  # a CIF per field: far past csv's 128 KiB default for large cells
-    done = 0  # rows read whole, for the message should the file end early
+    # utf-8-sig: a byte-order mark is not part of the first column's name.
+    raw = open(path, "rb")
+    fh = io.TextIOWrapper(gzip.GzipFile(fileobj=raw, mode="rb") if gzipped else raw, encoding="utf-8-sig",
+                          errors=errors, newline="")
     try:
-        with (gzip.open if gzipped else open)(path, "rt", newline="") as fh:
-            reader = csv.DictReader(fh)
-            columns = list(reader.fieldnames or [])
-            missing = [c for c in required if c not in columns]
-            if missing:
-                raise ValueError(f"{path}: expected a CSV with the columns {list(required)} (CDVAE/DiffCSP "
-                                 f"format: one CIF per row in 'cif'), missing {missing}; columns present: {columns}")
-            for done, row in enumerate(reader, start=1):
-                yield done, row
-    except _READ_ERRORS as err:
-        raise ValueError(f"{path}: the file is truncated or corrupt: reading failed after row {done} "
+        reader = csv.reader(fh)
+        header = None
+        for header in reader:
+            if header:
+                break
+        if not header:
+            raise ValueError(f"{path}: the file is empty: expected a CSV header line with the columns "
+                             f"{list(required)} (CDVAE/DiffCSP format: one CIF per row in 'cif')")
+        columns = tuple(header)
+        missing = [c for c in required if c not in columns]
+        if missing:
+            raise ValueError(f"{path}: expected a CSV with the columns {list(required)} (CDVAE/DiffCSP format: one "
+                             f"CIF per row in 'cif'), missing {missing}; columns present: {list(columns)}")
+        for c in required:
+            if columns.count(c) > 1:
+                where = [i + 1 for i, name in enumerate(columns) if name == c]
+                raise ValueError(f"{path}: expected the column {c!r} once, got it {len(where)} times (columns "
+                                 f"{', '.join(map(str, where))} of {list(columns)}): which one to read is ambiguous")
+    except _READ_ERRORS + (csv.Error,) as err:
+        fh.close()
+        raw.close()
+        raise ValueError(f"{path}: the file is truncated or corrupt: its header could not be read "
                          f"({'gzip' if gzipped else 'text'}: {type(err).__name__}: {err})") from err
+    except BaseException:
+        fh.close()
+        raw.close()
+        raise
+    return CsvRows(path, raw, fh, reader, columns, gzipped)
+
+
+def _csv_rows(path: Path, required: tuple[str, ...] = ("cif",)):
+    """``(row number, row dict)`` of a CSV file for the dataset readers, which need whole rows.
+
+    A malformed row raises ``ValueError`` naming the file, the row and its line: a row with a field too
+    many or too few would shift the CIF into another column.
+    """
+    with open_csv(path, required) as rows:
+        for row in rows:
+            if row.problem:
+                raise ValueError(f"{path}: row {row.number} (line {row.line}): {row.problem}")
+            yield row.number, dict(zip(rows.columns, row.fields))
 
 
 def _where(path: Path, i: int, row: dict) -> str:
@@ -331,7 +486,38 @@ def read_cdvae_csv(path: str | os.PathLike, limit: int | None = None, max_atoms:
 
 _CELL_KEYS = ("_cell_length_a", "_cell_length_b", "_cell_length_c", "_cell_angle_alpha", "_cell_angle_beta",
               "_cell_angle_gamma")
-_CELL_PATTERN = re.compile(r"^(" + "|".join(_CELL_KEYS) + r")\s+([-+0-9.eE]+)", re.M)
+_CELL_PATTERN = re.compile(r"^(" + "|".join(_CELL_KEYS) + r")\s+([-+0-9.eE]+|\S+)", re.M)
+
+
+def cif_cell_parameters(cif: str) -> tuple[float, float, float, float, float, float]:
+    r"""The six cell parameters ``(a, b, c, alpha, beta, gamma)`` of a CIF (Å, degrees), read as text.
+
+    No pymatgen: enough for the metric of a cell, and for saying why a CIF that pymatgen refuses is
+    refused (a zero, flat or non-finite cell). Values are taken as written, ``nan`` and ``inf`` included;
+    a standard uncertainty in parentheses (``5.4307(2)``) is dropped.
+
+    >>> cif_cell_parameters("data_x\n_cell_length_a 3\n_cell_length_b 4\n_cell_length_c 5.0(1)\n"
+    ...                     "_cell_angle_alpha 90\n_cell_angle_beta 90\n_cell_angle_gamma 120\n")
+    (3.0, 4.0, 5.0, 90.0, 90.0, 120.0)
+
+    Raises:
+        ValueError: a parameter missing or not a number (the message names which).
+    """
+    if not isinstance(cif, str):
+        raise TypeError(f"cif: expected the text of a CIF (str), got {type(cif).__name__}")
+    found = dict(_CELL_PATTERN.findall(cif))
+    missing = [k for k in _CELL_KEYS if k not in found]
+    if missing:
+        raise ValueError(f"expected a CIF with the six cell parameters {', '.join(_CELL_KEYS)}, "
+                         f"missing {', '.join(missing)}")
+    values = []
+    for k in _CELL_KEYS:
+        text = re.sub(r"\(\d+\)$", "", found[k])
+        try:
+            values.append(float(text))
+        except ValueError:
+            raise ValueError(f"{k}: expected a number, got {found[k]!r}") from None
+    return tuple(values)
 
 
 def read_cdvae_cells(path: str | os.PathLike, limit: int | None = None):
@@ -361,15 +547,10 @@ def read_cdvae_cells(path: str | os.PathLike, limit: int | None = None):
     for i, row in _csv_rows(path):
         if limit is not None and len(params) >= limit:
             break
-        found = dict(_CELL_PATTERN.findall(row["cif"] or ""))
-        missing = [k for k in _CELL_KEYS if k not in found]
         try:
-            if missing:
-                raise ValueError(f"missing {', '.join(missing)}")
-            params.append([float(found[k]) for k in _CELL_KEYS])
-        except ValueError as err:  # missing keys, or a value such as "1.2.3" that the pattern lets through
-            raise ValueError(f"{_where(path, i, row)}: expected a CIF with the six cell parameters "
-                             f"{', '.join(_CELL_KEYS)}, got one that does not parse ({err})") from err
+            params.append(cif_cell_parameters(row["cif"] or ""))
+        except ValueError as err:  # a parameter missing, or a value such as "1.2.3" or "?"
+            raise ValueError(f"{_where(path, i, row)}: {err}") from err
     p = torch.tensor(params, dtype=torch.float64).reshape(-1, 6)
     return lattice_from_parameters(*p.unbind(1))
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import numpy as np
 import pytest
 
@@ -103,7 +105,7 @@ def test_cdvae_reader_matches_pymatgen_and_caches(tmp_path, monkeypatch):
     assert 1 <= len(small) <= 4 and all(len(s) <= min(len(t) for t in expected) for s in small)
 
 
-# ---------------------------------------------------------------------------- issue #11: bad rows, bad files, bad arguments
+# ---------------------------------------------------------------------------- bad rows, bad files, bad arguments
 
 
 def _cif(structure) -> str:
@@ -277,7 +279,7 @@ def test_wrong_argument_types_raise_type_error(call, match):
         call()
 
 
-# ---------------------------------------------------------------------------- issue #13: the bundled real crystals
+# ---------------------------------------------------------------------------- the bundled real crystals
 
 
 @pytest.mark.parametrize("name, sizes, max_atoms", [("perov_5_small", (400, 100), 5), ("carbon_24_small", (240, 60), 24)])
@@ -317,3 +319,78 @@ def test_bundled_files_are_what_the_committed_script_makes():
         assert blob == bundled_path(name).read_bytes(), f"{name}: rerun python -m benchmarks.make_bundled_data"
         total += len(blob)
     assert total <= 500_000
+
+
+# ---------------------------------------------------------------------------- the public CSV reader
+
+
+def test_open_csv_streams_rows_with_their_lines_and_flags_malformed_ones(tmp_path):
+    from soft_niggli.datasets import CsvRow, open_csv
+
+    path = tmp_path / "rows.csv"
+    path.write_text('id,cif,id\na,"two\nlines",x\n\nb,one,y,extra\nc\n')
+    with open_csv(path) as rows:
+        assert rows.columns == ("id", "cif", "id") and rows.index("cif") == 1
+        got = list(rows)
+    assert got == [CsvRow(1, 2, ["a", "two\nlines", "x"]),
+                   CsvRow(2, 5, ["b", "one", "y", "extra"], "4 fields where the header has 3 columns"),
+                   CsvRow(3, 6, ["c"], "1 fields where the header has 3 columns")]
+
+
+@pytest.mark.parametrize("content, match", [
+    (b"", "the file is empty"),
+    (b"\n\n", "the file is empty"),
+    (b"a,b\n1,2\n", r"missing \['cif'\]; columns present: \['a', 'b'\]"),
+    (b"cif,x,cif\n1,2,3\n", r"'cif' once, got it 2 times \(columns 1, 3"),
+])
+def test_open_csv_refuses_a_file_it_cannot_read_rows_from(tmp_path, content, match):
+    from soft_niggli.datasets import open_csv
+
+    path = tmp_path / "bad.csv"
+    path.write_bytes(content)
+    with pytest.raises(ValueError, match=match):
+        open_csv(path)
+
+
+def test_open_csv_carries_undecodable_bytes_and_drops_a_byte_order_mark(tmp_path):
+    import gzip
+
+    from soft_niggli.datasets import open_csv
+
+    path = tmp_path / "latin1.csv.gz"
+    with gzip.open(path, "wb") as fh:
+        fh.write(b"\xef\xbb\xbfcif,name\nx,Fe\xe9\n")
+    with pytest.raises(ValueError, match="truncated or corrupt"):
+        list(open_csv(path))
+    with open_csv(path, errors="surrogateescape") as rows:
+        (row,) = rows
+    assert rows.columns == ("cif", "name") and row.fields[1].encode("utf-8", "surrogateescape") == b"Fe\xe9"
+
+
+def test_dataset_readers_refuse_a_malformed_row_naming_its_line(tmp_path):
+    from soft_niggli.datasets import read_cdvae_cells
+
+    cif = _cif(_ordered())
+    path = tmp_path / "shifted.csv"
+    path.write_text(f'material_id,cif\na,"{cif}"\nb,"{cif}",stray\n')
+    line = 2 + cif.count("\n") + 1
+    for reader in (read_cdvae_cells, lambda p: read_cdvae_csv(p, use_cache=False)):
+        with pytest.raises(ValueError, match=rf"shifted\.csv: row 2 \(line {line}\): 3 fields where the header has 2"):
+            reader(path)
+
+
+def test_cif_cell_parameters_reads_the_six_numbers_or_names_what_is_missing():
+    from soft_niggli.datasets import cif_cell_parameters
+
+    cif = _cif(_ordered(4.5))
+    assert cif_cell_parameters(cif) == (4.5, 4.5, 4.5, 90.0, 90.0, 90.0)
+
+    def with_value(key, value):
+        return re.sub(rf"^{key}\s+\S+", f"{key}   {value}", cif, flags=re.M)
+
+    assert np.isnan(cif_cell_parameters(with_value("_cell_length_a", "nan"))[0])
+    assert cif_cell_parameters(with_value("_cell_length_c", "5.4307(2)"))[2] == 5.4307
+    with pytest.raises(ValueError, match="missing _cell_angle_beta"):
+        cif_cell_parameters("\n".join(x for x in cif.splitlines() if not x.startswith("_cell_angle_beta")))
+    with pytest.raises(ValueError, match=r"_cell_length_b: expected a number, got '\?'"):
+        cif_cell_parameters(with_value("_cell_length_b", "?"))
