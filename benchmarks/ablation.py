@@ -70,7 +70,7 @@ from soft_niggli.datasets import BUNDLED, DATASETS, resolve_data_dir
 
 from .ablation_report import LEGEND, compact_table, run_key, summarize, write_outputs, write_overview
 from .data import CHECKOUT_DATA, data_dir, load_data
-from .models import MODELS
+from .models import MODELS, import_object
 from .report import RESULTS, command_line, machine_description
 from .training import BASES, parse_strategy, train_one
 
@@ -140,7 +140,9 @@ def parse_args(argv=None) -> argparse.Namespace:
                          "(e.g. proxy:frame=prediction); unregistered names are skipped with a warning "
                          f"(default: {' '.join(DEFAULT_STRATEGIES)}; the published proxy is 'proxy-spglib')")
     ap.add_argument("--bases", nargs="+", default=list(BASES), choices=BASES)
-    ap.add_argument("--models", nargs="+", default=["mlp"], choices=sorted(MODELS))
+    ap.add_argument("--models", nargs="+", default=["mlp"], metavar="MODEL",
+                    help=f"{', '.join(sorted(MODELS))}, or your own as package.module:Class "
+                         "(benchmarks.models says what it is given and returns) (default: mlp)")
     ap.add_argument("--epochs", type=int, default=DEFAULT_EPOCHS)
     ap.add_argument("--seeds", type=int, default=DEFAULT_SEEDS, help="number of seeds (0, 1, ..., n-1)")
     ap.add_argument("--batch-size", type=int, default=DEFAULT_BATCH)
@@ -202,6 +204,12 @@ def main(argv=None) -> dict:
     if not strategies:
         raise SystemExit("no registered strategy to run")
 
+    for m in args.models:  # a wrong model name fails before any data is read
+        try:
+            import_object(m) if ":" in m else MODELS[m]
+        except (ValueError, KeyError) as err:
+            raise SystemExit(f"--models: unknown model {m!r} ({err}); valid: {', '.join(sorted(MODELS))}, "
+                             "or package.module:Class") from err
     out_dir = Path(args.out) if args.out is not None else scratch_dir()
     out_dir.mkdir(parents=True, exist_ok=True)
     machine = machine_description([f"device {device}"])

@@ -66,6 +66,7 @@ from soft_niggli.metrics import evaluate, spglib_niggli_g6
 
 from .data import Data
 from .flow_model import FlowNet
+from .models import import_object
 from .training import epoch_labels, parse_strategy
 
 __all__ = ["COUPLINGS", "FlowConfig", "LatticePrior", "distributed_context", "evaluate_samples", "flow_loss",
@@ -166,19 +167,6 @@ def build_model(config: FlowConfig, volume_per_atom: float) -> torch.nn.Module:
         return FlowNet(volume_per_atom, hidden=config.hidden, layers=config.layers, fourier=config.fourier)
     cls = import_object(config.model)
     return cls(volume_per_atom=volume_per_atom, hidden=config.hidden, layers=config.layers, fourier=config.fourier)
-
-
-def import_object(spec: str):
-    """``"package.module:Name"`` → the object; ``ValueError`` naming the spec when it cannot be found."""
-    import importlib
-
-    module, sep, name = spec.partition(":")
-    if not sep or not module or not name:
-        raise ValueError(f"model: expected 'package.module:Class', got {spec!r}")
-    try:
-        return getattr(importlib.import_module(module), name)
-    except (ImportError, AttributeError) as err:
-        raise ValueError(f"model: cannot import {spec!r} ({err})") from err
 
 
 def build_loss(config: FlowConfig):

@@ -8,7 +8,7 @@ bases of the right lattice is an equally correct answer, and the loss decides wh
 Both models see only the composition, as in CSP with known composition: the atomic numbers of a
 crystal in the label's atom order (atoms are matched to the label's by that order, as DiffCSP does).
 
-* :class:`CompositionMLP` (``"mlp"``), the original study's model: the element-count vector over
+* :class:`CompositionMLP` (``"mlp"``), the model of the discrete-proxy study this project starts from: the element-count vector over
   Z = 1..100 normalised to fractions, plus ``n_atoms / max_atoms``, through an MLP to 9 lattice
   numbers and ``max_atoms × 3`` fractional coordinates, one triple per atom *slot* (slot ``i`` is the
   ``i``-th atom of the crystal).
@@ -19,8 +19,13 @@ crystal in the label's atom order (atoms are matched to the label's by that orde
 Lattice outputs are in units of a length scale ``s = (v · n_atoms)^(1/3)`` with ``v`` the mean volume
 per atom of the training labels (a fixed buffer): the same normalisation for every strategy, so an
 untrained model emits cells of about the right size but in a random, generally skewed, basis. With
-``volume_per_atom=None`` the lattice numbers are used as emitted (Å), as in the original study's
-model, whose untrained cells are of any size (:mod:`benchmarks.proxy_training`).
+``volume_per_atom=None`` the lattice numbers are used as emitted (Å), as in that study's model, whose
+untrained cells are of any size (:mod:`benchmarks.proxy_training`).
+
+A model of your own plugs in by name, ``"package.module:Class"`` (``--models`` of the ablation): it is
+built as ``Class(max_atoms, volume_per_atom, **options)`` and called as ``model(batch)`` with a
+:class:`~soft_niggli.CrystalBatch` (only its ``species`` and ``num_atoms`` should be read), returning
+``(lattice (B, 3, 3), frac (N, 3))``.
 Fractional coordinates are emitted unwrapped; every loss in the study is periodic, and evaluation
 wraps them.
 
@@ -39,7 +44,7 @@ from torch import nn
 
 from soft_niggli import CrystalBatch
 
-__all__ = ["MODELS", "CompositionMLP", "SetTransformer", "build_model"]
+__all__ = ["MODELS", "CompositionMLP", "SetTransformer", "build_model", "import_object"]
 
 NUM_ELEMENTS = 100
 
@@ -131,9 +136,25 @@ MODELS = {"mlp": CompositionMLP, "transformer": SetTransformer}
 
 
 def build_model(name: str, *, max_atoms: int, volume_per_atom: float | None, **options) -> nn.Module:
-    """Build ``"mlp"`` or ``"transformer"``; ``ValueError`` listing the names for anything else.
+    """Build ``"mlp"``, ``"transformer"`` or a model of your own, ``"package.module:Class"`` (module
+    docstring); ``ValueError`` listing the names for anything else.
 
     ``options`` go to the model's constructor (e.g. ``layers=2`` for the MLP)."""
+    if ":" in name:
+        return import_object(name)(max_atoms, volume_per_atom, **options)
     if name not in MODELS:
-        raise ValueError(f"unknown model {name!r}; valid names: {', '.join(MODELS)}")
+        raise ValueError(f"unknown model {name!r}; valid names: {', '.join(MODELS)}, or 'package.module:Class'")
     return MODELS[name](max_atoms, volume_per_atom, **options)
+
+
+def import_object(spec: str):
+    """``"package.module:Name"`` → the object; ``ValueError`` naming the spec when it cannot be found."""
+    import importlib
+
+    module, sep, name = spec.partition(":")
+    if not sep or not module or not name:
+        raise ValueError(f"model: expected 'package.module:Class', got {spec!r}")
+    try:
+        return getattr(importlib.import_module(module), name)
+    except (ImportError, AttributeError) as err:
+        raise ValueError(f"model: cannot import {spec!r} ({err})") from err

@@ -108,3 +108,25 @@ def test_strategy_spec_parses_options():
     assert parse_strategy("proxy:frame=prediction,skew_weight=0.5,labels_canonical=true") == (
         "proxy", {"frame": "prediction", "skew_weight": 0.5, "labels_canonical": True})
     assert parse_strategy("mse") == ("mse", {})
+
+
+def test_a_model_of_ones_own_plugs_in_by_module_and_class(tmp_path, monkeypatch):
+    # A user's package, importable from the path: composition in, (lattice, frac) out.
+    (tmp_path / "my_csp_model.py").write_text(
+        "import torch\n"
+        "class MeanCell(torch.nn.Module):\n"
+        "    def __init__(self, max_atoms, volume_per_atom, **options):\n"
+        "        super().__init__()\n"
+        "        self.side = torch.nn.Parameter(torch.tensor(3.0))\n"
+        "    def forward(self, batch):\n"
+        "        eye = torch.eye(3, dtype=self.side.dtype).expand(len(batch), 3, 3)\n"
+        "        return self.side * eye, torch.zeros(len(batch.species), 3, dtype=self.side.dtype)\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    argv = ["--models", "my_csp_model:MeanCell", "--epochs", "1", "--strategies", "mse", "--bases", "niggli",
+            "--seeds", "1", "--train-size", "8", "--val-size", "4", "--out", str(tmp_path / "out"), "--no-progress",
+            "--no-match"]
+    records = ablation.main(argv)
+    (run,) = records["perov_5_small"]["runs"]
+    assert run["model"] == "my_csp_model:MeanCell" and math.isfinite(run["metrics"]["lattice_error"])
+    with pytest.raises(SystemExit, match="unknown model"):
+        ablation.main(["--models", "no_such_module:Net", "--out", str(tmp_path / "out")])
