@@ -2,12 +2,8 @@
 
 Everything else (metadata, dependencies, version) is in pyproject.toml.
 
-Packages: ``soft_niggli`` and its subpackages, found automatically, plus the repository folder
-``baselines/`` installed as ``soft_niggli.baselines`` (the peer reducers and the ``"proxy-spglib"``
-loss; a top-level ``baselines`` would clash with an unrelated, well-known package of that name).
-The mapping is here rather than in pyproject.toml because a declarative ``package-dir`` mapping needs
-an explicit list of every package, which would have to be kept in step with ``soft_niggli``'s
-subpackages by hand.
+Packages: ``soft_niggli`` and its subpackages (among them ``soft_niggli.baselines``, the peer reducers
+and the ``"proxy-spglib"`` loss), found automatically.
 
 Extensions: the reducer's per-cell loop (``soft_niggli/_niggli_kernel.c``) and the losses' per-pair
 loop of the periodic coordinate term (``soft_niggli/_loss_kernel.c``). Both are optional: where they
@@ -43,8 +39,7 @@ class BuildExt(build_ext):
 
 
 setup(
-    packages=[*find_packages(include=["soft_niggli", "soft_niggli.*"]), "soft_niggli.baselines"],
-    package_dir={"soft_niggli.baselines": "baselines"},
+    packages=find_packages(include=["soft_niggli", "soft_niggli.*"]),
     ext_modules=[
         Extension("soft_niggli._niggli_kernel", sources=["soft_niggli/_niggli_kernel.c"], optional=True),
         Extension("soft_niggli._loss_kernel", sources=["soft_niggli/_loss_kernel.c"], optional=True),

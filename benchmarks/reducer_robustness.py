@@ -10,10 +10,15 @@ For each suite and tool, every lattice is counted as one of
 A degenerate lattice (suite ``rank2``) has no reduced cell: there the right answer is ``flagged``.
 Rows of a lattice are its vectors a, b, c.
 
+The peers (soft_niggli.baselines.reducers: spglib, pymatgen, ASE, cctbx, moyopy) each run in a worker
+process killed past the per-call budget, except spglib, which runs in-process. The budget is wall
+time, so a loaded machine can turn a slow call into ``hung``.
+
 From the repository root::
 
     python -m benchmarks.reducer_robustness                 # 500 per suite, every tool, writes results/
     python -m benchmarks.reducer_robustness --quick         # 100 per suite, prints the table only
+    python -m benchmarks.reducer_robustness --tools moyopy --update   # redo one tool's rows in results/
 
 Writes ``benchmarks/results/reducer_robustness.{md,json}``.
 """
@@ -34,6 +39,7 @@ from soft_niggli.baselines.reducers import PEER_REDUCERS, reduce_with, shutdown_
 from soft_niggli.datasets import read_cdvae_cells, resolve_data_dir
 
 from .data import data_dir
+from .reducer_speed import load_average
 from .reduction_check import classify
 from .report import RESULTS, command_line, header, machine_description, write_results
 
@@ -173,6 +179,7 @@ def main(argv=None) -> int:
         if s not in SUITES:
             parser.error(f"unknown suite {s!r}; valid: {', '.join(SUITES)}")
     warnings.filterwarnings("ignore")  # spglib's deprecation notice, pymatgen's CIF notes
+    load = load_average()  # the budget is wall time: a loaded machine turns slow calls into "hung"
 
     rows = []
     try:
@@ -196,7 +203,7 @@ def main(argv=None) -> int:
     finally:
         shutdown_workers()
 
-    record = {"command": command_line("reducer_robustness", argv), "machine": machine_description(),
+    record = {"command": command_line("reducer_robustness", argv), "machine": machine_description([load]),
               "n_per_suite": args.n, "seed": args.seed, "timeout_s": args.timeout, "rows": rows}
     if args.update and not args.quick:
         record = merged_with_committed(record, Path(args.out) / "reducer_robustness.json")
@@ -220,9 +227,11 @@ def merged_with_committed(record: dict, path: Path) -> dict:
     keys = sorted(old.keys() | new.keys(), key=lambda k: (list(SUITES).index(k[0]), TOOLS.index(k[1])))
     update = {"command": record["command"], "machine": record["machine"],
               "tools": sorted({r["tool"] for r in record["rows"]}, key=TOOLS.index)}
-    # The peers' rows keep the budget, command and machine of the run that made them.
+    # The peers' rows keep the budget, command and machine of the run that made them; an earlier update
+    # keeps only the tools that this one did not redo.
+    earlier = [{**u, "tools": [t for t in u["tools"] if t not in update["tools"]]} for u in committed.get("updates", [])]
     return {**committed, "machine": committed.get("machine", "not recorded"),
-            "updates": committed.get("updates", []) + [update], "rows": [new.get(k, old.get(k)) for k in keys]}
+            "updates": [u for u in earlier if u["tools"]] + [update], "rows": [new.get(k, old.get(k)) for k in keys]}
 
 
 def markdown(record: dict) -> str:
@@ -233,7 +242,7 @@ def markdown(record: dict) -> str:
         "singular: there `flagged` is the right answer and a returned cell counts as wrong.", "",
     ]
     for u in record.get("updates", []):
-        lines += [f"Rows of {', '.join(u['tools'])} refreshed on the same lattices with `{u['command']}` "
+        lines += [f"Rows of {', '.join(u['tools'])} from a separate run on the same lattices: `{u['command']}` "
                   f"(machine: {u['machine']}).", ""]
     lines += ["| suite | tool | reduced | flagged | wrong | hung | time (s) | raw outcomes |",
               "|---|---|---|---|---|---|---|---|"]

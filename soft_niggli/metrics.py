@@ -66,10 +66,10 @@ import warnings
 from dataclasses import dataclass
 
 import numpy as np
-import spglib
 import torch
 
 from ._checks import as_float_tensor, check_real, require_values
+from ._spglib import spglib_niggli_reduce
 from .crystal import CrystalBatch
 from .lattice import g6 as _g6
 from .niggli import Status, niggli_reduce
@@ -156,25 +156,18 @@ def spglib_niggli_g6(lattices, spglib_eps: float = 1e-5) -> SpglibG6:
     device = _device_of(lattices)
     L = _lattices(lattices, "lattices")
     eps = _check_spglib_eps(spglib_eps)
-    reduced = torch.full_like(L, float("nan"))
-    ok = torch.zeros(len(L), dtype=torch.bool)
-    for b, cell in enumerate(L.numpy()):
-        if not np.all(np.isfinite(cell)):
-            continue
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            try:
-                out = spglib.niggli_reduce(np.ascontiguousarray(cell), eps=eps)
-            except Exception:  # noqa: BLE001 - spglib's errors vary by version; any is a failure here
-                out = None
-        if out is None:
-            continue
-        out = np.asarray(out, dtype=np.float64)
-        v_in, v_out = abs(np.linalg.det(cell)), abs(np.linalg.det(out))
-        if not (np.isfinite(v_out) and v_in > 0 and abs(v_out - v_in) <= 1e-6 * v_in):
-            continue
-        reduced[b], ok[b] = torch.from_numpy(out), True
-    return SpglibG6(g6=_g6(reduced).to(device), ok=ok.to(device))
+    cells = L.numpy()
+    finite = np.isfinite(cells).all(axis=(1, 2))
+    reduced = np.full_like(cells, np.nan)
+    ok = np.zeros(len(cells), dtype=bool)
+    spglib_result = spglib_niggli_reduce(cells[finite], eps=eps)
+    reduced[finite], ok[finite] = spglib_result.lattice, spglib_result.ok
+    # spglib's absolute tolerance lets it return a cell of another volume: not a change of basis.
+    with np.errstate(invalid="ignore"):
+        v_in, v_out = np.abs(np.linalg.det(cells)), np.abs(np.linalg.det(reduced))
+        ok &= np.isfinite(v_out) & (v_in > 0) & (np.abs(v_out - v_in) <= 1e-6 * v_in)
+    reduced[~ok] = np.nan
+    return SpglibG6(g6=_g6(torch.from_numpy(reduced)).to(device), ok=torch.from_numpy(ok).to(device))
 
 
 @dataclass(frozen=True)

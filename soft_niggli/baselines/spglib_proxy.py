@@ -24,19 +24,16 @@ an exception.
 
 Registration: the distribution declares ``proxy-spglib = soft_niggli.baselines.spglib_proxy:SpglibProxyLoss``
 in the ``soft_niggli.losses`` entry-point group, so :func:`soft_niggli.get_loss` imports this module
-on the first request for that name (installed from the repository, ``baselines/`` is the subpackage
-``soft_niggli.baselines``). It is not imported by ``baselines/__init__.py``, which must stay free of
-torch (see :mod:`soft_niggli.baselines.reducers`).
+on the first request for that name. ``soft_niggli.baselines`` does not import it, so that the loss is
+loaded only when asked for by name, as a plugin's would be.
 """
 
 from __future__ import annotations
 
-import warnings
-
 import numpy as np
-import spglib
 import torch
 
+from soft_niggli._spglib import spglib_niggli_reduce
 from soft_niggli.crystal import CrystalBatch
 from soft_niggli.lattice import integer_inverse
 from soft_niggli.losses import CrystalLoss, LossResult, choice_option, flag_option, positive_option, weight_option
@@ -44,9 +41,6 @@ from soft_niggli.losses.periodic import periodic_coordinate_loss
 from soft_niggli.losses.terms import LATTICE_METRICS, lattice_term
 
 __all__ = ["SpglibProxyError", "SpglibProxyLoss", "spglib_reduce_with_transform"]
-
-
-_SPGLIB_ERRORS = tuple(e for e in (getattr(getattr(spglib, "error", None), "SpglibError", None),) if e is not None)
 
 
 class SpglibProxyError(RuntimeError):
@@ -61,24 +55,19 @@ def spglib_reduce_with_transform(lattice: np.ndarray, spglib_eps: float = 1e-5, 
     integral (within 1e-3) with determinant ±1.
     """
     lattice = np.ascontiguousarray(lattice, dtype=np.float64)
+    result = spglib_niggli_reduce(lattice, eps=spglib_eps)
+    if not result.ok:
+        raise SpglibProxyError(f"spglib.niggli_reduce failed (returned None or raised) for {what} {lattice.tolist()}")
+    reduced = result.lattice
     try:
-        with warnings.catch_warnings():
-            # spglib 2.7+ warns that its None-on-failure API is deprecated; both behaviours are handled.
-            warnings.simplefilter("ignore", DeprecationWarning)
-            reduced = spglib.niggli_reduce(lattice, eps=spglib_eps)
-    except _SPGLIB_ERRORS as err:  # spglib >= 3 (or OLD_ERROR_HANDLING off) raises instead of returning None
-        raise SpglibProxyError(f"spglib.niggli_reduce failed for {what} {lattice.tolist()}: {err}") from err
-    if reduced is None:
-        raise SpglibProxyError(f"spglib.niggli_reduce returned None for {what} {lattice.tolist()}")
-    try:
-        raw = np.asarray(reduced) @ np.linalg.inv(lattice)
+        raw = reduced @ np.linalg.inv(lattice)
     except np.linalg.LinAlgError as err:
         raise SpglibProxyError(f"cannot recover the transform of {what} {lattice.tolist()}: {err}") from err
     N = np.round(raw)
     if not np.all(np.isfinite(raw)) or np.abs(raw - N).max() > 1e-3 or round(abs(np.linalg.det(N))) != 1:
         raise SpglibProxyError(f"spglib's reduced cell is not a unimodular change of basis of {what} "
                                f"{lattice.tolist()}: L_red @ inv(L) = {raw.tolist()}")
-    return np.asarray(reduced), N.astype(np.int64)
+    return reduced, N.astype(np.int64)
 
 
 class SpglibProxyLoss(CrystalLoss):

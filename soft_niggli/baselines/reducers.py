@@ -11,7 +11,7 @@ Public API
 ``reduce_with(tool, lattices, timeout=2.0) -> list[PeerResult]``
     Reduce every lattice of an (n, 3, 3) float64 array with one peer tool.
 ``PEER_REDUCERS``
-    The valid tool names: ``("spglib", "pymatgen", "ase", "cctbx")``.
+    The valid tool names: ``("spglib", "pymatgen", "ase", "cctbx", "moyopy")``.
 ``PeerResult``
     ``lattice`` (3x3 float64 or None), ``transform`` (3x3 int64 or None),
     ``outcome`` ("ok" | "none" | "error" | "timeout"), ``message``, ``seconds``.
@@ -20,10 +20,11 @@ Public API
 
 How each tool is called and where its transform comes from
 ----------------------------------------------------------
-* spglib   -- ``spglib.niggli_reduce(L, eps=1e-5)``, in-process (it returns
-  None on failure and has never been seen to hang).  spglib returns an oriented
-  lattice (integer combination of the input rows); the transform is recovered
-  EXACTLY by rounding (see below).
+* spglib   -- ``spglib.niggli_reduce(L, eps=1e-5)`` through
+  ``soft_niggli._spglib.spglib_niggli_reduce``, in-process (it returns None
+  or raises on failure, both reported as "none", and has never been seen to
+  hang).  spglib returns an oriented lattice (integer combination of the input
+  rows); the transform is recovered EXACTLY by rounding (see below).
 * pymatgen -- ``Lattice(L).get_niggli_reduced_lattice(tol=1e-5)`` in a worker
   process.  pymatgen reduces the metric, rebuilds a cell from lengths/angles and
   then searches for an oriented lattice with ``find_mapping``; that search can
@@ -44,8 +45,15 @@ How each tool is called and where its transform comes from
   basis, e.g. cb op "a,c,-a-b+2*c" <-> r_inv rows (1,0,-1),(0,0,-1),(0,1,2))
   and the reported lattice is the oriented ``T @ L``.  Angles are computed with
   atan2(|u x v|, u.v), which stays accurate near 0 and 180 degrees.
+* moyopy   -- ``moyopy.niggli_reduce(L)`` (moyopy >= 0.4, the Python binding
+  of the Rust library moyo) in a worker process: it can run for minutes on
+  mixed-scale cells (lengths 1e-4, 1, 1e4), hence the worker + timeout.  It
+  takes no tolerance, raises ValueError on a singular or non-finite cell, and
+  returns ``(basis, transformation)`` with ``basis = transformation.T @ L``
+  (column convention), so the transform is ``T = transformation.T`` and the
+  reported lattice is moyopy's own basis.
 
-For ASE and cctbx the adapter also checks that the metric of ``T @ L`` agrees
+For ASE, cctbx and moyopy the adapter also checks that the metric of ``T @ L`` agrees
 with the tool's own reduced metric and appends a note to ``message`` if the
 relative difference exceeds 1e-6 (the outcome stays "ok").
 
@@ -101,10 +109,11 @@ import numpy as np
 
 __all__ = ["PEER_REDUCERS", "PeerResult", "reduce_with", "shutdown_workers"]
 
-PEER_REDUCERS = ("spglib", "pymatgen", "ase", "cctbx")
+PEER_REDUCERS = ("spglib", "pymatgen", "ase", "cctbx", "moyopy")
 
-#: tolerance handed to every tool (spglib eps, pymatgen tol, ASE epsfactor,
-#: cctbx relative_epsilon); these are the tools' documented defaults.
+#: tolerance handed to every tool that takes one (spglib eps, pymatgen tol, ASE
+#: epsfactor, cctbx relative_epsilon); these are the tools' documented defaults.
+#: moyopy takes none.
 TOOL_EPS = 1e-5
 #: how long a worker may take to import its tool and say "ready".
 STARTUP_TIMEOUT = 120.0
@@ -198,15 +207,16 @@ def _metric_note(L_oriented: np.ndarray, g6_tool) -> str:
 # ----------------------------------------------------------------------------
 
 def _call_spglib(L: np.ndarray):
-    import spglib
+    # Imported here, not at the top: workers load this file without the package (see _Worker.start),
+    # and spglib never runs in a worker.
+    from soft_niggli._spglib import spglib_niggli_reduce
 
     t0 = time.perf_counter()
-    out = spglib.niggli_reduce(L, eps=TOOL_EPS)
+    result = spglib_niggli_reduce(L, eps=TOOL_EPS)
     dt = time.perf_counter() - t0
-    if out is None:
-        return None, None, "spglib.niggli_reduce returned None", dt
-    out = np.array(out, dtype=np.float64).reshape(3, 3)
-    return out, _exact_transform(L, out), "", dt
+    if not result.ok:
+        return None, None, "spglib.niggli_reduce returned None or raised", dt
+    return result.lattice, _exact_transform(L, result.lattice), "", dt
 
 
 def _call_pymatgen(L: np.ndarray):
@@ -266,7 +276,22 @@ def _call_cctbx(L: np.ndarray):
     return out, T, msg, dt
 
 
-_CALLS = {"spglib": _call_spglib, "pymatgen": _call_pymatgen, "ase": _call_ase, "cctbx": _call_cctbx}
+def _call_moyopy(L: np.ndarray):
+    import moyopy
+
+    t0 = time.perf_counter()
+    basis, transformation = moyopy.niggli_reduce(L)
+    dt = time.perf_counter() - t0
+    out = np.array(basis, dtype=np.float64).reshape(3, 3)
+    T = np.array(transformation, dtype=np.int64).reshape(3, 3).T  # column convention
+    msg = _metric_note(T.astype(np.float64) @ L, _g6(out))
+    if round(abs(np.linalg.det(T.astype(np.float64)))) != 1:
+        return out, None, (msg + "; " if msg else "") + "moyopy transformation is not unimodular", dt
+    return out, T, msg, dt
+
+
+_CALLS = {"spglib": _call_spglib, "pymatgen": _call_pymatgen, "ase": _call_ase, "cctbx": _call_cctbx,
+          "moyopy": _call_moyopy}
 
 
 def _run_call(tool: str, L: np.ndarray):
@@ -513,7 +538,7 @@ def reduce_with(tool: str, lattices: np.ndarray, timeout: float = 2.0) -> list[P
 
     Returns one :class:`PeerResult` per lattice, in order.  ``timeout`` is the
     per-call budget in seconds for the worker-backed tools (pymatgen, ase,
-    cctbx); spglib runs in-process and is not interrupted.  Raises ValueError
+    cctbx, moyopy); spglib runs in-process and is not interrupted.  Raises ValueError
     only for an unknown tool, an array that is not (n, 3, 3), or timeout <= 0.
     """
     if tool not in PEER_REDUCERS:

@@ -1,7 +1,6 @@
-"""Peer Niggli reducers (spglib, pymatgen, ASE, cctbx) behind one signature, and the published proxy loss.
+"""Peer Niggli reducers (spglib, pymatgen, ASE, cctbx, moyopy) behind one signature, and the published proxy loss.
 
-Installed as ``soft_niggli.baselines`` (the repository keeps it in ``baselines/``). Used by the
-benchmarks to compare soft_niggli's guarded reducer with the reducers that ship in common
+Used by the benchmarks to compare soft_niggli's guarded reducer with the reducers that ship in common
 crystallography libraries (:mod:`soft_niggli.baselines.reducers`), and to train with the proxy loss as
 first published (:mod:`soft_niggli.baselines.spglib_proxy`, the ``"proxy-spglib"`` entry point of the
 ``soft_niggli.losses`` group, imported by ``get_loss`` on first request). Lattices follow the package
