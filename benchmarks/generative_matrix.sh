@@ -47,13 +47,13 @@ for c in independent automorphisms reduced-forms; do add perov_5 0 mse niggli $c
 for c in independent automorphisms; do add carbon_24 0 mse niggli $c "--eval-every 20"; done
 for c in independent automorphisms reduced-forms; do add mp_20_biternary 0 mse niggli $c "--eval-every 6"; done
 add carbon_24 0 mse niggli reduced-forms
-# More seeds.
+# More seeds on perov_5, and labels in random bases with the coupling, and softmin as the x1-loss.
 for seed in 1 2; do for c in independent automorphisms; do add perov_5 $seed mse niggli $c; done; done
-for c in independent automorphisms reduced-forms; do add carbon_24 1 mse niggli $c; done
-for c in independent automorphisms reduced-forms; do add mp_20_biternary 1 mse niggli $c; done
-# Labels in random bases with the coupling, and other x1-losses, on perov_5.
 add perov_5 0 mse random automorphisms
 add perov_5 0 softmin niggli independent
+# A second seed on mp_20 and carbon_24, then a third on carbon_24.
+for c in independent automorphisms reduced-forms; do add mp_20_biternary 1 mse niggli $c; done
+for c in independent automorphisms reduced-forms; do add carbon_24 1 mse niggli $c; done
 for c in independent automorphisms reduced-forms; do add carbon_24 2 mse niggli $c; done
 add perov_5 0 reduced-forms niggli independent
 add perov_5 0 proxy niggli independent
@@ -61,7 +61,7 @@ add perov_5 0 proxy niggli independent
 if [[ "${1:-}" == "--list" ]]; then printf '%s\n' "${commands[@]}"; exit 0; fi
 for cmd in "${commands[@]}"; do
   # At most two runs at a time on this machine, counting runs started elsewhere.
-  while (( $(pgrep -fc "python -m benchmarks.generative") >= 2 )); do sleep 20; done
+  while (( $(pgrep -fc "^python -m benchmarks.generative") >= 2 )); do sleep 20; done
   echo "$(date +%T) $cmd"
   bash -c "$cmd > /dev/null" &
   sleep 5
