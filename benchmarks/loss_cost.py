@@ -131,6 +131,8 @@ def main(argv=None) -> int:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--no-write", action="store_true", help="print the table only")
     parser.add_argument("--out", default=str(RESULTS), help="output folder (default benchmarks/results)")
+    parser.add_argument("--note", default="", help="a line on the conditions of the run (load, threads), printed "
+                                                   "under the header")
     args = parser.parse_args(argv)
     command = command_line("loss_cost", argv)
     warnings.filterwarnings("ignore")
@@ -144,6 +146,10 @@ def main(argv=None) -> int:
     variants["softmin (center=both)"] = ("softmin", {"center": "both"})
     variants["softmin (zero_at_match=False)"] = ("softmin", {"zero_at_match": False})
     variants["gram (zero_at_match=False)"] = ("gram", {"zero_at_match": False})
+    # Without the memory of the labels' side (their reduced forms, the classes and weights of those, and
+    # gram's theta series): the cost of a batch of new labels.
+    variants["softmin (new labels)"] = ("softmin", {"cache_bytes": 0})
+    variants["gram (new labels)"] = ("gram", {"cache_bytes": 0})
     slow = {"softmin (coords=sinkhorn)": ("softmin", {"coords": "sinkhorn"}),
             "gram (coords=sinkhorn)": ("gram", {"coords": "sinkhorn"})}
     timed, errors = {}, {}
@@ -192,9 +198,11 @@ def main(argv=None) -> int:
         f"B = {args.batch} crystals ({source}, at most 20 atoms, {int(pred.num_atoms.sum())} atoms in all), float32, "
         f"CPU. Median of {args.repeats} runs, taken in turn (one pass of every loss and of the lattice-only "
         f"reference, then the next), then {slow_repeats} of the Sinkhorn variants and the full naive form; "
-        "`reduced-forms` without its cache of the labels' forms (the cost of a batch of new labels). Python's "
-        "garbage collector frozen after setup (`gc.freeze`), so that no pass pays for walking the objects of "
-        "torch and pymatgen.", "",
+        "`reduced-forms` without its cache of the labels' forms (the cost of a batch of new labels); `softmin` "
+        "and `gram` with the memory of their labels' side (the batch repeats, as labels do over epochs) and, as "
+        "`(new labels)`, without it. Python's garbage collector frozen after setup (`gc.freeze`), so that no "
+        "pass pays for walking the objects of torch and pymatgen.", "",
+        *([f"Conditions: {args.note}", ""] if args.note else []),
         "Two references: the *lattice-only naive* softmin (the explicit `(B, K, 3, 3)` tensor over all "
         "K = 6960 candidates, no coordinate term) and the full naive softmin (the same plus a coordinate "
         "term for every candidate).", "",
@@ -211,7 +219,7 @@ def main(argv=None) -> int:
     print(table)
     if not args.no_write:
         write_results(args.out, "loss_cost", table, {"command": command, "machine": machine, "batch": args.batch,
-                                                     "source": source, "rows": rows})
+                                                     "source": source, "note": args.note, "rows": rows})
     return 0
 
 

@@ -1,12 +1,15 @@
 /*
  * Compiled loops of the continuous losses, written once per pair or per cell instead of once per array
  * operation (on a CPU the PyTorch versions spend most of their time in the overhead of many small
- * operations). Three parts, each the counterpart of a PyTorch function that stays the reference and
+ * operations). Each part is the counterpart of a PyTorch (or NumPy) function that stays the reference and
  * the fallback where this module was not built (or the tensors are on a GPU):
  *
  *   periodic_pairs, periodic_pairs_grad   soft_niggli/losses/periodic.py, `periodic_loss_of_pairs`
  *   window, window_margin                  soft_niggli/losses/candidates.py, `window_candidates`
+ *   window_groups                          soft_niggli/losses/candidates.py, `grouped_window_candidates`
  *   automorphisms                          soft_niggli/unimodular.py, `lattice_automorphisms`
+ *   reduced_forms                          soft_niggli/canonical.py, `reduced_forms`
+ *   ball_vectors                           soft_niggli/losses/invariants.py, `theta_series`
  *
  * tests/test_loss_kernel.py compares each with its counterpart. Buffers come from NumPy views of
  * contiguous CPU tensors; every size and index is checked here (a mismatch is a ValueError).
@@ -219,6 +222,7 @@ typedef struct {
     int64_t n;
     const int64_t *V;  /* n x 3 */
     double unit, size; /* size: |P|^2 (metric) */
+    double gscale;     /* 36 trace(Gr) (metric): at least sum_a v_a Gr v_a^T of any candidate, bound 1 or 2 */
     double Gp[9];
     double *cost;      /* 3 x n: c_a (Cartesian) or f_a (metric) */
     double *Q;         /* n x n: v Gr w^T (metric) */
@@ -227,11 +231,14 @@ typedef struct {
      * t + min(rel t + abs, cap) + extra (Å^2; window_limit converts to scaled units). */
     int merged;
     double rel, abs, cap, extra;
+    /* Grouped search (window_groups): the row's penalty (A^2) added to its terms when they are ranked
+     * against the other rows of its group; the margin is that of the penalised term. 0 otherwise. */
+    double pen;
 } Window;
 
 static double window_limit(const Window *w, double t) {
     double x = t * w->unit;
-    return (x + fmin(w->rel * x + w->abs, w->cap) + w->extra) / w->unit;
+    return (x + fmin(w->rel * (x + w->pen) + w->abs, w->cap) + w->extra) / w->unit;
 }
 
 static int64_t det3(const int64_t *a, const int64_t *b, const int64_t *c) {
@@ -278,12 +285,21 @@ static int window_setup(Window *w, const double *P_in, const double *R_in) {
             Gr[3 * a + b] = gr;
         }
     for (int a = 0; a < 3; a++) w->size += w->Gp[4 * a];
+    w->gscale = 36.0 * (Gr[0] + Gr[4] + Gr[8]);
     for (int64_t j = 0; j < n; j++) {
         double vG[3];
         for (int c = 0; c < 3; c++) vG[c] = V[3 * j] * Gr[c] + V[3 * j + 1] * Gr[3 + c] + V[3 * j + 2] * Gr[6 + c];
         for (int64_t l = 0; l < n; l++) w->Q[j * n + l] = vG[0] * V[3 * l] + vG[1] * V[3 * l + 1] + vG[2] * V[3 * l + 2];
     }
     return 1;
+}
+
+/* Metric: the right-hand side A |P|^2 of the bound a candidate within A meets, with a rounding slack.
+ * The slack is relative to A times the largest denominator |P|^2 + sum_a v_a Gr v_a^T a candidate can
+ * have, not to A |P|^2 alone: for a prediction of all zeros (or below 1e-160 of the reference, whose
+ * squares underflow) A |P|^2 is 0, and a relative slack would leave rounding to prune every candidate. */
+static double metric_budget(const Window *w, double A) {
+    return A * w->size * (1 + 1e-12) + 1e-12 * A * w->gscale;
 }
 
 /* Metric: the row bounds f_a for threshold A (in scaled units). */
@@ -369,23 +385,32 @@ typedef struct {
     Item *items; /* merged search: everything reached within the current limit, filtered at the end */
     int64_t n_items, items_capacity;
     int failed;  /* out of memory */
+    int to_items; /* a collection (no heap) appends to items instead of the output (window_groups) */
 } Sink;
+
+static void sink_append(Sink *s, double term, int64_t j0, int64_t j1, int64_t j2) {
+    if (s->n_items == s->items_capacity) {
+        int64_t grown = s->items_capacity ? 2 * s->items_capacity : 256;
+        Item *more = realloc(s->items, (size_t)grown * sizeof(Item));
+        if (more == NULL) {
+            s->failed = 1;
+            return;
+        }
+        s->items = more;
+        s->items_capacity = grown;
+    }
+    s->items[s->n_items++] = (Item){term, {j0, j1, j2}};
+}
 
 static void sink_take(Sink *s, double term, int64_t j0, int64_t j1, int64_t j2) {
     if (s->heap) {
         heap_offer(s->heap, term);
         if (s->items_capacity < 0) return; /* not merged: the k-th term only */
-        if (s->n_items == s->items_capacity) {
-            int64_t grown = s->items_capacity ? 2 * s->items_capacity : 256;
-            Item *more = realloc(s->items, (size_t)grown * sizeof(Item));
-            if (more == NULL) {
-                s->failed = 1;
-                return;
-            }
-            s->items = more;
-            s->items_capacity = grown;
-        }
-        s->items[s->n_items++] = (Item){term, {j0, j1, j2}};
+        sink_append(s, term, j0, j1, j2);
+        return;
+    }
+    if (s->to_items) {
+        sink_append(s, term, j0, j1, j2);
         return;
     }
     if (s->count < s->capacity) {
@@ -445,7 +470,7 @@ static void metric_search(const Window *w, double A, Sink *sink, uint64_t *mask,
     const int64_t n = w->n, *V = w->V, *o0 = w->order, *o1 = w->order + n, *o2 = w->order + 2 * n;
     const double *c0 = w->cost, *c1 = w->cost + n, *c2 = w->cost + 2 * n, *Q = w->Q, *G = w->Gp;
     const double min0 = c0[o0[0]], min1 = c1[o1[0]], min2 = c2[o2[0]];
-    const double budget = A * w->size * (1 + 1e-12);
+    const double budget = metric_budget(w, A);
     const Heap *heap = sink->heap;
     memset(made, 0, (size_t)(2 * n));
     for (int64_t i0 = 0; i0 < n; i0++) {
@@ -462,7 +487,7 @@ static void metric_search(const Window *w, double A, Sink *sink, uint64_t *mask,
                 /* Finding t_k: once the heap holds k, only terms below its largest, A' <= A, matter.
                  * The rows' bounds at A' are f_a + (A - A') g_a (the orders stay those made at A). */
                 double At = w->merged ? fmin(window_limit(w, heap->v[0]), A) : heap->v[0];
-                if (s1 + (A - At) * (Q[j0 * n + j0] + Q[j1 * n + j1]) + p01 + min2 > At * w->size * (1 + 1e-12)) continue;
+                if (s1 + (A - At) * (Q[j0 * n + j0] + Q[j1 * n + j1]) + p01 + min2 > metric_budget(w, At)) continue;
             }
             const int64_t *v0 = V + 3 * j0, *v1 = V + 3 * j1;
             int64_t cross[3] = {v0[1] * v1[2] - v0[2] * v1[1], v0[2] * v1[0] - v0[0] * v1[2], v0[0] * v1[1] - v0[1] * v1[0]};
@@ -504,15 +529,15 @@ static void metric_search(const Window *w, double A, Sink *sink, uint64_t *mask,
  * sink also gathers the candidates reached within the limit of the heap's k-th term. Returns the
  * threshold of the last search (everything within it, up to that limit, was reached), or -1 when
  * nothing was gathered (the metric's first bound enumerated every candidate). */
-static double window_kth(Window *w, int64_t k, Sink *sink, uint64_t *mask, char *made, int64_t words) {
+static double window_kth(Window *w, int64_t k, Sink *sink, uint64_t *mask, char *made, int64_t words, double cap) {
     const int64_t n = w->n;
     Heap *heap = sink->heap;
     heap->size = 0;
     sink->n_items = 0;
     if (!w->metric) {
         window_sort_rows(w);
-        cartesian_search(w, INFINITY, sink);
-        return INFINITY;
+        cartesian_search(w, cap, sink);
+        return cap;
     }
     /* An upper bound of t_k first: the k-th term among the candidates whose rows are each among the 4
      * best by the diagonal alone (f_a with A = 0), taking one of each pair ±v (which tie on the
@@ -559,7 +584,7 @@ static double window_kth(Window *w, int64_t k, Sink *sink, uint64_t *mask, char 
     /* Then t_k exactly, by searches below growing thresholds A: one that finds k candidates has found
      * the k smallest. Far from a match the upper bound can be loose by orders of magnitude, and a
      * search costs more the larger A is: start below it. */
-    double bound = heap->v[0], A = bound / 8;
+    double bound = fmin(heap->v[0], cap), A = bound / 8;
     for (;; A *= 2) {
         A = fmin(A, bound);
         heap->size = 0;
@@ -621,14 +646,14 @@ static PyObject *window_run(PyObject *args, int merged) {
     const double *P = b[0].buf, *R = b[1].buf, *limit = b[3].buf, *extra = merged ? b[7].buf : NULL;
     double *kth = b[4].buf;
     int64_t words = (n + 63) / 64;
-    Window w = {metric, proper, n, b[2].buf, 0, 0, {0}, NULL, NULL, NULL, merged, rel, 0, cap, 0};
+    Window w = {metric, proper, n, b[2].buf, 0, 0, 0, {0}, NULL, NULL, NULL, merged, rel, 0, cap, 0, 0};
     w.cost = malloc((size_t)(3 * n) * sizeof(double));
     w.order = malloc((size_t)(3 * n) * sizeof(int64_t));
     w.Q = metric ? malloc((size_t)(n * n) * sizeof(double)) : NULL;
     uint64_t *mask = metric ? malloc((size_t)(2 * n * words) * sizeof(uint64_t)) : NULL;
     char *made = metric ? malloc((size_t)(2 * n)) : NULL;
     Heap heap = {k > 0 ? malloc((size_t)k * sizeof(double)) : NULL, 0, k};
-    Sink sink = {k > 0 ? &heap : NULL, 0, b[5].buf, b[6].buf, capacity, 0, NULL, 0, merged ? 0 : -1, 0};
+    Sink sink = {k > 0 ? &heap : NULL, 0, b[5].buf, b[6].buf, capacity, 0, NULL, 0, merged ? 0 : -1, 0, 0};
     if (!w.cost || !w.order || (metric && (!w.Q || !mask || !made)) || (k > 0 && !heap.v)) {
         free(w.cost), free(w.order), free(w.Q), free(mask), free(made), free(heap.v);
         RELEASE_ALL(b, nb);
@@ -647,7 +672,7 @@ static PyObject *window_run(PyObject *args, int merged) {
         }
         w.abs = merged ? limit[c] : 0;
         w.extra = merged ? extra[c] : 0;
-        double reached = window_kth(&w, k, &sink, mask, made, words);
+        double reached = window_kth(&w, k, &sink, mask, made, words, INFINITY);
         double t = heap.size ? heap.v[0] : INFINITY;
         kth[c] = t * w.unit;
         if (!merged) continue;
@@ -672,6 +697,196 @@ static PyObject *window_run(PyObject *args, int merged) {
     RELEASE_ALL(b, nb);
     if (failed) return PyErr_NoMemory();
     return PyLong_FromLongLong((long long)sink.count);
+}
+
+/* window_groups(P, R, V, metric, proper, k, rel, abs, cap, extra, pen, start, X, kth, owner, rows) -> count
+ *
+ * The window of groups of rows: rows start[g] .. start[g+1] - 1 (P, R float64 (n_rows, 9) as in window;
+ * abs, extra, pen float64 (n_rows,); X int64 (n_rows, 9)) compete as one candidate set. Each row's
+ * candidate with rows (v_0, v_1, v_2) is the basis M X_r (M the matrix of those rows, X_r the row's
+ * basis relative to a common one, entries such that 3 bound |X_r| < 64), ranked by e = term + pen_r
+ * (A^2). Per group: t_k is the k-th smallest e over *distinct* bases (a basis reached from several rows
+ * counts once, at its smallest e: the rows come in order of increasing pen); every distinct basis with
+ * e <= t_k + min(rel (t_k) + abs_g, cap) + extra_g is returned once (owner: its row; rows: indices into
+ * V), abs_g and extra_g the smallest of the group's rows; t_k (A^2, the largest e where a group has
+ * fewer than k) goes to kth (float64, n_groups). Returns the count (call again with more capacity if
+ * above it).
+ *
+ * Complete because a row needs no candidate beyond its own k-th term plus the group's margin (the
+ * group's t_k is at most any row's k-th e), nor beyond the group's current limit once k distinct bases
+ * are known; later rows of a group search below that limit, which the first rows make tight. */
+
+typedef struct {
+    double e;
+    int64_t row, j[3];
+    uint64_t key;
+} GroupItem;
+
+static uint64_t basis_key(const int64_t *V, const int64_t j[3], const int64_t *X) {
+    uint64_t key = 0;
+    for (int a = 0; a < 3; a++) {
+        const int64_t *v = V + 3 * j[a];
+        for (int b = 0; b < 3; b++) {
+            int64_t entry = v[0] * X[b] + v[1] * X[3 + b] + v[2] * X[6 + b];
+            key |= (uint64_t)(entry + 64) << (7 * (3 * a + b));
+        }
+    }
+    return key;
+}
+
+/* Open addressing set of nonzero keys; returns 1 if `key` was new (and inserts it), 0 if present, -1 on
+ * failure to grow. */
+typedef struct {
+    uint64_t *slots;
+    int64_t size, used;
+} KeySet;
+
+static int keyset_insert(KeySet *set, uint64_t key) {
+    if (2 * (set->used + 1) > set->size) {
+        int64_t grown = set->size ? 2 * set->size : 1024;
+        uint64_t *slots = calloc((size_t)grown, sizeof(uint64_t));
+        if (slots == NULL) return -1;
+        for (int64_t i = 0; i < set->size; i++) {
+            uint64_t x = set->slots[i];
+            if (!x) continue;
+            int64_t h = (int64_t)((x * 0x9E3779B97F4A7C15ull) >> 17) & (grown - 1);
+            while (slots[h]) h = (h + 1) & (grown - 1);
+            slots[h] = x;
+        }
+        free(set->slots);
+        set->slots = slots;
+        set->size = grown;
+    }
+    int64_t h = (int64_t)((key * 0x9E3779B97F4A7C15ull) >> 17) & (set->size - 1);
+    while (set->slots[h]) {
+        if (set->slots[h] == key) return 0;
+        h = (h + 1) & (set->size - 1);
+    }
+    set->slots[h] = key;
+    set->used++;
+    return 1;
+}
+
+static PyObject *window_groups(PyObject *self, PyObject *args) {
+    Py_buffer b[11];
+    int metric, proper;
+    long long k;
+    double rel, cap;
+    if (!PyArg_ParseTuple(args, "y*y*y*iiLdy*dy*y*y*y*w*w*w*", &b[0], &b[1], &b[2], &metric, &proper, &k, &rel, &b[3],
+                          &cap, &b[4], &b[5], &b[6], &b[7], &b[8], &b[9], &b[10]))
+        return NULL;
+    Py_ssize_t n_rows = b[0].len / (Py_ssize_t)(9 * sizeof(double)), n = b[2].len / (Py_ssize_t)(3 * sizeof(int64_t));
+    Py_ssize_t G = b[6].len / (Py_ssize_t)sizeof(int64_t) - 1, capacity = b[9].len / (Py_ssize_t)sizeof(int64_t);
+    const int64_t *start = b[6].buf;
+    int ok = b[1].len == b[0].len && b[3].len == n_rows * (Py_ssize_t)sizeof(double) && b[4].len == b[3].len &&
+             b[5].len == b[3].len && b[7].len == n_rows * 9 * (Py_ssize_t)sizeof(int64_t) && G >= 0 &&
+             b[8].len == G * (Py_ssize_t)sizeof(double) && b[10].len == 3 * b[9].len && n > 0 && k > 0 &&
+             (metric == 0 || metric == 1);
+    for (Py_ssize_t g = 0; ok && g < G; g++) ok = start[g] >= 0 && start[g] <= start[g + 1] && start[g + 1] <= n_rows;
+    if (ok && G >= 0) ok = start[0] == 0 || G == 0;
+    if (!ok) {
+        RELEASE_ALL(b, 11);
+        PyErr_SetString(PyExc_ValueError, "window_groups: buffer sizes or options do not match");
+        return NULL;
+    }
+    const double *P = b[0].buf, *R = b[1].buf, *absv = b[3].buf, *extrav = b[4].buf, *pen = b[5].buf;
+    const int64_t *V = b[2].buf, *X = b[7].buf;
+    double *kth = b[8].buf;
+    int64_t *out_owner = b[9].buf, *out_rows = b[10].buf, count = 0;
+    int64_t words = (n + 63) / 64;
+    Window w = {metric, proper, n, V, 0, 0, 0, {0}, NULL, NULL, NULL, 1, rel, 0, cap, 0, 0};
+    w.cost = malloc((size_t)(3 * n) * sizeof(double));
+    w.order = malloc((size_t)(3 * n) * sizeof(int64_t));
+    w.Q = metric ? malloc((size_t)(n * n) * sizeof(double)) : NULL;
+    uint64_t *mask = metric ? malloc((size_t)(2 * n * words) * sizeof(uint64_t)) : NULL;
+    char *made = metric ? malloc((size_t)(2 * n)) : NULL;
+    Heap heap = {malloc((size_t)k * sizeof(double)), 0, k}, gheap = {malloc((size_t)k * sizeof(double)), 0, k};
+    Sink sink = {&heap, 0, NULL, NULL, 0, 0, NULL, 0, 0, 0, 0};
+    GroupItem *items = NULL;
+    int64_t n_items = 0, items_capacity = 0;
+    KeySet set = {NULL, 0, 0};
+    int failed = !w.cost || !w.order || (metric && (!w.Q || !mask || !made)) || !heap.v || !gheap.v;
+    Py_BEGIN_ALLOW_THREADS;
+    for (Py_ssize_t g = 0; g < G && !failed; g++) {
+        double abs_g = INFINITY, extra_g = INFINITY;
+        for (int64_t r = start[g]; r < start[g + 1]; r++) {
+            abs_g = fmin(abs_g, absv[r]);
+            extra_g = fmin(extra_g, extrav[r]);
+        }
+        gheap.size = 0;
+        n_items = 0;
+        if (set.slots) memset(set.slots, 0, (size_t)set.size * sizeof(uint64_t));
+        set.used = 0;
+        for (int64_t r = start[g]; r < start[g + 1] && !failed; r++) {
+            if (!window_setup(&w, P + 9 * r, R + 9 * r)) continue;
+            w.abs = abs_g;
+            w.extra = extra_g;
+            w.pen = pen[r];
+            /* The group's limit so far (A^2), as a threshold on this row's terms (scaled units). */
+            double limit_g = INFINITY;
+            if (gheap.size == k) {
+                double t = gheap.v[0];
+                limit_g = t + fmin(rel * t + abs_g, cap) + extra_g;
+            }
+            double L = (limit_g - pen[r]) / w.unit;
+            if (!(L >= 0)) continue;
+            sink.heap = &heap;
+            sink.to_items = 0;
+            sink.n_items = 0;
+            double reached = -1.0;
+            if (gheap.size < k) { /* no group limit yet: this row's own k-th term bounds what it needs */
+                reached = window_kth(&w, k, &sink, mask, made, words, INFINITY);
+                if (heap.size == k) L = window_limit(&w, heap.v[0]);
+            }
+            if (!(reached >= L)) { /* not everything within L was gathered: collect it (once the group has a
+                                    * limit, that is all a row does) */
+                sink.n_items = 0;
+                sink.heap = NULL;
+                sink.to_items = 1;
+                window_collect(&w, L, &sink, mask, made, words);
+                sink.heap = &heap;
+            }
+            failed |= sink.failed;
+            for (int64_t i = 0; i < sink.n_items && !failed; i++) {
+                const Item *it = sink.items + i;
+                if (!(it->term <= L)) continue;
+                uint64_t key = basis_key(V, it->j, X + 9 * r);
+                int fresh = keyset_insert(&set, key);
+                if (fresh < 0) failed = 1;
+                if (fresh <= 0) continue;
+                double e = it->term * w.unit + pen[r];
+                if (n_items == items_capacity) {
+                    int64_t grown = items_capacity ? 2 * items_capacity : 256;
+                    GroupItem *more = realloc(items, (size_t)grown * sizeof(GroupItem));
+                    if (more == NULL) {
+                        failed = 1;
+                        break;
+                    }
+                    items = more;
+                    items_capacity = grown;
+                }
+                items[n_items++] = (GroupItem){e, r, {it->j[0], it->j[1], it->j[2]}, key};
+                heap_offer(&gheap, e);
+            }
+        }
+        double t = gheap.size ? gheap.v[0] : INFINITY;
+        kth[g] = t;
+        double limit = t + fmin(rel * t + abs_g, cap) + extra_g;
+        for (int64_t i = 0; i < n_items; i++) {
+            if (!(items[i].e <= limit)) continue;
+            if (count < capacity) {
+                out_owner[count] = items[i].row;
+                for (int a = 0; a < 3; a++) out_rows[3 * count + a] = items[i].j[a];
+            }
+            count++;
+        }
+    }
+    Py_END_ALLOW_THREADS;
+    free(w.cost), free(w.order), free(w.Q), free(mask), free(made), free(heap.v), free(gheap.v), free(sink.items);
+    free(items), free(set.slots);
+    RELEASE_ALL(b, 11);
+    if (failed) return PyErr_NoMemory();
+    return PyLong_FromLongLong((long long)count);
 }
 
 static PyObject *window(PyObject *self, PyObject *args) { return window_run(args, 0); }
@@ -761,12 +976,195 @@ static PyObject *automorphisms(PyObject *self, PyObject *args) {
     return PyLong_FromLongLong((long long)count);
 }
 
+/* ---- reduced forms (soft_niggli/canonical.py, `reduced_forms`) ----
+ *
+ * reduced_forms(R, V, rel_tol, owner, rows) -> count: for each reduced cell R (float64, B x 9, rows are
+ * lattice vectors, scaled so that its longest row is about 1), every X with rows among the 26 vectors V
+ * of {-1,0,1}^3, |det X| = 1, whose basis X R satisfies the main Niggli conditions within rel_tol
+ * (niggli_violation <= rel_tol). Candidates are built as the PyTorch code builds them: rows whose
+ * squared length matches the cell's (A <= B <= C) within 8 rel_tol, pairwise products |2 b_i.b_j| at
+ * most the shorter squared length (1 + 8 rel_tol), the three products all >= or all <= 0 within
+ * 8 rel_tol of the cosines; then the exact test on the basis X R, whose metric is formed by explicit
+ * sums in the order of canonical.py's `_metric_of` (so both agree bit for bit). owner (int64, capacity)
+ * and rows (int64, capacity x 3, indices into V) receive the forms while count < capacity, cell by
+ * cell, rows in lexicographic order of their indices; the total is returned. */
+
+/* The largest relative violation of the main Niggli conditions by the metric G (0 or below: met), in
+ * the order of operations of canonical.py's `_violation`. */
+static double niggli_violation(const double G[9]) {
+    double A = G[0], B = G[4], C = G[8], xi = 2.0 * G[5], eta = 2.0 * G[2], zeta = 2.0 * G[1];
+    double v = (A - B) / ((A + B) / 2.0);
+    v = fmax(v, (B - C) / ((B + C) / 2.0));
+    v = fmax(v, (fabs(xi) - B) / B);
+    v = fmax(v, (fabs(eta) - A) / A);
+    v = fmax(v, (fabs(zeta) - A) / A);
+    double sBC = sqrt(B * C), sAC = sqrt(A * C), sAB = sqrt(A * B);
+    double neg = fmax(fmax(-xi / sBC, -eta / sAC), -zeta / sAB);
+    double pos = fmax(fmax(xi / sBC, eta / sAC), zeta / sAB);
+    v = fmax(v, fmin(neg, pos));
+    v = fmax(v, -((((A + B) + xi) + eta) + zeta) / ((A + B) / 2.0));
+    return v;
+}
+
+static PyObject *reduced_forms(PyObject *self, PyObject *args) {
+    Py_buffer b[4];
+    double rel_tol;
+    if (!PyArg_ParseTuple(args, "y*y*dw*w*", &b[0], &b[1], &rel_tol, &b[2], &b[3])) return NULL;
+    Py_ssize_t B = b[0].len / (Py_ssize_t)(9 * sizeof(double)), capacity = b[2].len / (Py_ssize_t)sizeof(int64_t);
+    if (b[0].len != B * 9 * (Py_ssize_t)sizeof(double) || b[1].len != 26 * 3 * (Py_ssize_t)sizeof(int64_t) ||
+        b[3].len != 3 * b[2].len) {
+        RELEASE_ALL(b, 4);
+        PyErr_SetString(PyExc_ValueError, "reduced_forms: buffer sizes do not match");
+        return NULL;
+    }
+    const double *cells = b[0].buf;
+    const int64_t *V = b[1].buf;
+    int64_t *owner = b[2].buf, *rows = b[3].buf, count = 0;
+    const double slack = 8.0 * rel_tol;
+    Py_BEGIN_ALLOW_THREADS;
+    for (Py_ssize_t c = 0; c < B; c++) {
+        const double *R = cells + 9 * c;
+        int finite = 1;
+        for (int i = 0; i < 9; i++) finite &= isfinite(R[i]) != 0;
+        if (!finite) continue;
+        double G[9], len[3], Q[26][26], VG[26][3];
+        for (int i = 0; i < 3; i++)
+            for (int j = 0; j < 3; j++) G[3 * i + j] = R[3 * i] * R[3 * j] + R[3 * i + 1] * R[3 * j + 1] + R[3 * i + 2] * R[3 * j + 2];
+        for (int i = 0; i < 3; i++) len[i] = G[4 * i];
+        for (int v = 0; v < 26; v++)
+            for (int k = 0; k < 3; k++) VG[v][k] = V[3 * v] * G[k] + V[3 * v + 1] * G[3 + k] + V[3 * v + 2] * G[6 + k];
+        for (int v = 0; v < 26; v++)
+            for (int w = 0; w < 26; w++) Q[v][w] = VG[v][0] * V[3 * w] + VG[v][1] * V[3 * w + 1] + VG[v][2] * V[3 * w + 2];
+        /* Each row's vectors of the right length (a handful: 2 for a generic cell, 6 for a cube). */
+        int list[3][26], size[3] = {0, 0, 0};
+        for (int i = 0; i < 3; i++)
+            for (int v = 0; v < 26; v++)
+                if (fabs(Q[v][v] - len[i]) <= slack * len[i]) list[i][size[i]++] = v;
+        double b01 = fmin(len[0], len[1]) * (1 + slack), b02 = fmin(len[0], len[2]) * (1 + slack);
+        double b12 = fmin(len[1], len[2]) * (1 + slack);
+        double c12 = slack * sqrt(len[1] * len[2]), c02 = slack * sqrt(len[0] * len[2]), c01 = slack * sqrt(len[0] * len[1]);
+        for (int i0 = 0; i0 < size[0]; i0++) {
+            int r0 = list[0][i0];
+            for (int i1 = 0; i1 < size[1]; i1++) {
+                int r1 = list[1][i1];
+                if (!(fabs(2 * Q[r0][r1]) <= b01)) continue;
+                for (int i2 = 0; i2 < size[2]; i2++) {
+                    int r2 = list[2][i2];
+                    if (!(fabs(2 * Q[r0][r2]) <= b02) || !(fabs(2 * Q[r1][r2]) <= b12)) continue;
+                    double p12 = Q[r1][r2], p02 = Q[r0][r2], p01 = Q[r0][r1];
+                    int signs = (p12 >= -c12 && p02 >= -c02 && p01 >= -c01) || (p12 <= c12 && p02 <= c02 && p01 <= c01);
+                    if (!signs) continue;
+                    const int64_t *x[3] = {V + 3 * r0, V + 3 * r1, V + 3 * r2};
+                    int64_t d = det3(x[0], x[1], x[2]);
+                    if (d != 1 && d != -1) continue;
+                    double Y[9], H[9];
+                    for (int i = 0; i < 3; i++)
+                        for (int j = 0; j < 3; j++)
+                            Y[3 * i + j] = ((double)x[i][0] * R[j] + (double)x[i][1] * R[3 + j]) + (double)x[i][2] * R[6 + j];
+                    for (int i = 0; i < 3; i++)
+                        for (int j = 0; j < 3; j++)
+                            H[3 * i + j] = (Y[3 * i] * Y[3 * j] + Y[3 * i + 1] * Y[3 * j + 1]) + Y[3 * i + 2] * Y[3 * j + 2];
+                    if (!(niggli_violation(H) <= rel_tol)) continue;
+                    if (count < capacity) {
+                        owner[count] = c;
+                        rows[3 * count] = r0;
+                        rows[3 * count + 1] = r1;
+                        rows[3 * count + 2] = r2;
+                    }
+                    count++;
+                }
+            }
+        }
+    }
+    Py_END_ALLOW_THREADS;
+    RELEASE_ALL(b, 4);
+    return PyLong_FromLongLong((long long)count);
+}
+
+/* ---- lattice vectors in a ball (soft_niggli/losses/invariants.py, `theta_series`) ----
+ *
+ * ball_vectors(G, radius2, cap, owner, n) -> count: for each metric G (float64, B x 9, symmetric positive
+ * definite, in the units of the ball), every integer vector x != 0 with x G x^T <= radius2, one of each
+ * pair +-x (the last nonzero coordinate positive), by Fincke-Pohst enumeration over the decomposition
+ * x G x^T = a11 (x1 + a12 x2 + a13 x3)^2 + a22 (x2 + a23 x3)^2 + a33 x3^2 (last coordinate outermost);
+ * the exact test decides points the bounds' rounding lets in. owner (int64, capacity) and n (int64,
+ * capacity x 3) receive them while count < capacity; the total is returned. A cell whose enumeration
+ * visits more than `cap` candidate points (a nearly flat metric, whose ball holds a long line of points)
+ * stops there: its list is then truncated, never endless. Non-finite or non-positive metrics give none. */
+static PyObject *ball_vectors(PyObject *self, PyObject *args) {
+    Py_buffer b[3];
+    double radius2;
+    long long cap;
+    if (!PyArg_ParseTuple(args, "y*dLw*w*", &b[0], &radius2, &cap, &b[1], &b[2])) return NULL;
+    Py_ssize_t B = b[0].len / (Py_ssize_t)(9 * sizeof(double)), capacity = b[1].len / (Py_ssize_t)sizeof(int64_t);
+    if (b[0].len != B * 9 * (Py_ssize_t)sizeof(double) || b[2].len != 3 * b[1].len || !(radius2 >= 0) || cap < 0) {
+        RELEASE_ALL(b, 3);
+        PyErr_SetString(PyExc_ValueError, "ball_vectors: buffer sizes or options do not match");
+        return NULL;
+    }
+    const double *metrics = b[0].buf;
+    int64_t *owner = b[1].buf, *out = b[2].buf, count = 0;
+    const double slack = 1e-9 * radius2 + 1e-300;
+    Py_BEGIN_ALLOW_THREADS;
+    for (Py_ssize_t c = 0; c < B; c++) {
+        const double *G = metrics + 9 * c;
+        int finite = 1;
+        for (int i = 0; i < 9; i++) finite &= isfinite(G[i]) != 0;
+        if (!finite || !(G[0] > 0)) continue;
+        double a11 = G[0], a12 = G[1] / G[0], a13 = G[2] / G[0];
+        double a22 = G[4] - G[1] * G[1] / G[0];
+        if (!(a22 > 0)) continue;
+        double a23 = (G[5] - G[1] * G[2] / G[0]) / a22;
+        double a33 = G[8] - G[2] * G[2] / G[0] - a22 * a23 * a23;
+        if (!(a33 > 0)) continue;
+        long long visited = 0;
+        double m3 = floor(sqrt((radius2 + slack) / a33));
+        for (double x3 = 0; x3 <= m3 && visited <= cap; x3++) {
+            double rest3 = radius2 + slack - a33 * x3 * x3;
+            if (rest3 < 0) break;
+            double half2 = sqrt(rest3 / a22), centre2 = -a23 * x3;
+            double lo2 = ceil(centre2 - half2), hi2 = floor(centre2 + half2);
+            if (x3 == 0) lo2 = fmax(lo2, 0);
+            for (double x2 = lo2; x2 <= hi2 && visited <= cap; x2++) {
+                double u = x2 + a23 * x3, rest2 = rest3 - a22 * u * u;
+                if (rest2 < 0) continue;
+                double half1 = sqrt(rest2 / a11), centre1 = -(a12 * x2 + a13 * x3);
+                double lo1 = ceil(centre1 - half1), hi1 = floor(centre1 + half1);
+                if (x3 == 0 && x2 == 0) lo1 = fmax(lo1, 1);
+                for (double x1 = lo1; x1 <= hi1; x1++) {
+                    visited++;
+                    double x[3] = {x1, x2, x3}, q = 0.0;
+                    for (int i = 0; i < 3; i++)
+                        for (int j = 0; j < 3; j++) q += x[i] * G[3 * i + j] * x[j];
+                    if (!(q <= radius2)) continue;
+                    if (count < capacity) {
+                        owner[count] = c;
+                        out[3 * count] = (int64_t)x1;
+                        out[3 * count + 1] = (int64_t)x2;
+                        out[3 * count + 2] = (int64_t)x3;
+                    }
+                    count++;
+                }
+            }
+        }
+    }
+    Py_END_ALLOW_THREADS;
+    RELEASE_ALL(b, 3);
+    return PyLong_FromLongLong((long long)count);
+}
+
 static PyMethodDef methods[] = {
     {"periodic_pairs", periodic_pairs, METH_VARARGS,
      "Periodic coordinate term and residuals of many (crystal, re-basing) pairs (see soft_niggli/losses/periodic.py)."},
     {"periodic_pairs_grad", periodic_pairs_grad, METH_VARARGS, "Gradient of periodic_pairs from its residuals."},
+    {"ball_vectors", ball_vectors, METH_VARARGS,
+     "Integer vectors of a metric within a ball, one of each +- pair (see soft_niggli/losses/invariants.py)."},
+    {"reduced_forms", reduced_forms, METH_VARARGS,
+     "Reduced forms of reduced cells: bases from {-1, 0, 1} meeting the Niggli conditions (see soft_niggli/canonical.py)."},
     {"automorphisms", automorphisms, METH_VARARGS, "Lattice automorphisms with entries in {-1, 0, 1} (see soft_niggli/unimodular.py)."},
     {"window_margin", window_margin, METH_VARARGS, "The window within a margin of the k-th term, in one search (see window)."},
+    {"window_groups", window_groups, METH_VARARGS,
+     "The window of groups of rows ranked together, each basis once (see window_groups above)."},
     {"window", window, METH_VARARGS, "The k-th term, or the candidates within a limit (see soft_niggli/losses/candidates.py)."},
     {NULL, NULL, 0, NULL},
 };

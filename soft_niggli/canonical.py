@@ -27,6 +27,11 @@ from ._checks import as_float_tensor, check_matrix_shape
 from .crystal import CrystalBatch
 from .niggli import NiggliResult, Status, niggli_reduce
 
+try:  # the compiled enumeration of the forms (soft_niggli/_loss_kernel.c); optional
+    from ._loss_kernel import reduced_forms as _compiled_reduced_forms
+except ImportError:  # not built: the PyTorch enumeration gives the same forms
+    _compiled_reduced_forms = None
+
 __all__ = [
     "CanonicalLabels",
     "ReducedForms",
@@ -125,6 +130,30 @@ class ReducedForms:
         return torch.zeros(num_lattices, dtype=torch.int64, device=self.owner.device).index_add(
             0, self.owner, torch.ones_like(self.owner))
 
+    def weights(self, rel_tol: float = 1e-5) -> torch.Tensor:
+        """``(P,)`` float64 weight in [0, 1] of each form: how fully it is canonical.
+
+        With ``v`` the form's relative violation of the Niggli conditions (``_violation``: 0 or below
+        where they hold) and ``t`` the tolerance the forms were found with (:func:`effective_rel_tol` of
+        ``rel_tol`` for the forms' dtype), the weight is 1 for ``v <= t / 2`` and falls as ``(1 + cos πx)
+        / 2``, ``x = 2v / t - 1``, to 0 at ``v = t``, the edge beyond which :func:`reduced_forms` lists no
+        form. A form entering or leaving the set (a label strained across the edge) therefore does so
+        with weight 0: what is built on the weights moves continuously with the label. Exact
+        symmetries and faces weigh 1. Cells that do not reduce ``OK`` have one form, of weight 1.
+
+        >>> cell = torch.diag(torch.tensor([2.0, 2.0 * (1 + 4e-5), 3.0], dtype=torch.float64))[None]
+        >>> sorted(set(reduced_forms(cell, rel_tol=1e-4).weights(1e-4).round(decimals=2).tolist()))
+        [0.35, 1.0]
+        """
+        t = effective_rel_tol(rel_tol, self.lattice.dtype)
+        if not self.owner.numel():
+            return torch.zeros(0, dtype=torch.float64, device=self.owner.device)
+        L = _unit_scale(self.lattice.detach().to(torch.float64))
+        x = (2 * _violation(L @ L.transpose(-1, -2)) / t - 1).clamp(0, 1)
+        w = 0.5 * (1 + torch.cos(torch.pi * x))
+        ok = self.status[self.owner] == int(Status.OK)
+        return torch.where(ok & torch.isfinite(w), w, torch.ones_like(w))
+
     def distinct_metrics(self, num_lattices: int, rel_tol: float = 1e-5) -> torch.Tensor:
         """``(B,)`` bool: the lattice has forms whose metrics ``G = L Lᵀ`` differ (by more than ``rel_tol``
         of the squared lengths), i.e. it sits on a face of the Niggli cone, not only on a symmetry."""
@@ -137,31 +166,49 @@ class ReducedForms:
         return torch.zeros(num_lattices, dtype=torch.int64, device=G.device).index_add(0, self.owner, differs) > 0
 
 
-def _near_a_reduced_metric(Y: torch.Tensor, rel_tol: float) -> torch.Tensor:
-    """``(P,)`` bool: the metric of each basis ``Y (P, 3, 3)`` (float64, scaled to about 1) is within
-    ``rel_tol`` of one that satisfies the Niggli conditions.
+def _metric_of(X: torch.Tensor, R: torch.Tensor) -> torch.Tensor:
+    """``(P, 3, 3)`` metric of the bases ``X R`` (``X (P, 3, 3)`` integer, ``R (P, 3, 3)`` float64), by
+    explicit sums in a fixed order: the compiled enumeration (``soft_niggli/_loss_kernel.c``) forms it
+    the same way, so both decide the tolerance's edge alike."""
+    X = X.to(R.dtype)
+    Y = X[:, :, 0:1] * R[:, None, 0] + X[:, :, 1:2] * R[:, None, 1] + X[:, :, 2:3] * R[:, None, 2]
+    return (Y[:, :, None, 0] * Y[:, None, :, 0] + Y[:, :, None, 1] * Y[:, None, :, 1]) + Y[:, :, None, 2] * Y[:, None, :, 2]
 
-    The Niggli conditions are the *main* conditions (A ≤ B ≤ C; |ξ| ≤ B, |η| ≤ A, |ζ| ≤ A; ξ, η, ζ all
-    positive or all non-positive; A + B + ξ + η + ζ ≥ 0), which cut out a closed cone, plus *special*
-    conditions that hold only on its faces and pick one of the bases that meet there (A = B ⇒
-    |ξ| ≤ |η|, ξ = B ⇒ ζ ≤ 2η, ...). Every metric that satisfies the main conditions within the
-    tolerance is within it of the cone's interior, where the special conditions do not apply: so these
-    are exactly the main conditions, each within ``rel_tol`` (of the squared lengths, and of the
-    products' bounds ``√(G_ii G_jj)``), with zero products allowed either sign.
-    :func:`~soft_niggli.niggli.is_niggli_reduced` instead decides every face one way: what the reducer
-    needs to return one form.
+
+def _violation(G: torch.Tensor) -> torch.Tensor:
+    """``(P,)`` largest relative violation of the *main* Niggli conditions by the metrics ``G (P, 3, 3)``
+    (float64): 0 or less where they hold, and a metric is within ``t`` of them iff this is ``<= t``.
+
+    The main conditions (A ≤ B ≤ C; |ξ| ≤ B, |η| ≤ A, |ζ| ≤ A; ξ, η, ζ all positive or all non-positive;
+    A + B + ξ + η + ζ ≥ 0) cut out a closed cone; the *special* conditions hold only on its faces and
+    pick one of the bases that meet there (A = B ⇒ |ξ| ≤ |η|, ξ = B ⇒ ζ ≤ 2η, ...), so a metric within
+    a tolerance of the main conditions is as close to the cone's interior, and these alone decide
+    which bases are equally canonical. Each condition is measured relative to its own scale: lengths
+    to their mean, products to their bound (``B``, ``A``), signs to the cosines' scale ``√(G_ii G_jj)``,
+    the last to ``(A + B) / 2``. A continuous function of ``G`` (a maximum and a minimum of ratios), so
+    weights built on it fade forms in and out without jumps. Same operations, in the same order, as
+    the compiled enumeration.
     """
-    G = Y @ Y.transpose(-1, -2)
     A, B, C = G[:, 0, 0], G[:, 1, 1], G[:, 2, 2]
     xi, eta, zeta = 2 * G[:, 1, 2], 2 * G[:, 0, 2], 2 * G[:, 0, 1]
-    t = rel_tol
-    ok = (A <= B + t * (A + B) / 2) & (B <= C + t * (B + C) / 2)
-    ok &= (xi.abs() <= B * (1 + t)) & (eta.abs() <= A * (1 + t)) & (zeta.abs() <= A * (1 + t))
-    s = t * torch.stack([(B * C).sqrt(), (A * C).sqrt(), (A * B).sqrt()], dim=1)
-    products = torch.stack([xi, eta, zeta], dim=1)
-    ok &= (products >= -s).all(1) | (products <= s).all(1)
-    ok &= A + B + xi + eta + zeta >= -t * (A + B) / 2
-    return ok
+    v = (A - B) / ((A + B) / 2)
+    v = torch.maximum(v, (B - C) / ((B + C) / 2))
+    v = torch.maximum(v, (xi.abs() - B) / B)
+    v = torch.maximum(v, (eta.abs() - A) / A)
+    v = torch.maximum(v, (zeta.abs() - A) / A)
+    sBC, sAC, sAB = (B * C).sqrt(), (A * C).sqrt(), (A * B).sqrt()
+    neg = torch.maximum(torch.maximum(-xi / sBC, -eta / sAC), -zeta / sAB)
+    pos = torch.maximum(torch.maximum(xi / sBC, eta / sAC), zeta / sAB)
+    v = torch.maximum(v, torch.minimum(neg, pos))
+    return torch.maximum(v, -(A + B + xi + eta + zeta) / ((A + B) / 2))
+
+
+def _near_a_reduced_metric(X: torch.Tensor, R: torch.Tensor, rel_tol: float) -> torch.Tensor:
+    """``(P,)`` bool: the basis ``X R`` (``R`` float64, scaled to about 1) is within ``rel_tol`` of one
+    that satisfies the Niggli conditions (:func:`_violation`).
+    :func:`~soft_niggli.niggli.is_niggli_reduced` instead decides every face one way: what the reducer
+    needs to return one form."""
+    return _violation(_metric_of(X, R)) <= rel_tol
 
 
 _SHORT_VECTORS = torch.tensor([[i, j, k] for i in (-1, 0, 1) for j in (-1, 0, 1) for k in (-1, 0, 1)
@@ -188,7 +235,7 @@ def reduced_forms(lattice, *, rel_tol: float = 1e-5) -> ReducedForms:
     face of the Niggli cone (the all-acute and the all-obtuse form of a cell with an angle within the
     tolerance of 90°, equal lengths in either order, the 120° and 60° forms of a hexagonal cell, 336
     bases with seven metrics for fcc). Forms are listed per cell in an order that does not depend on the input
-    basis (by their Cartesian entries). Not differentiable (transforms are integers); the reducer runs on
+    basis (by a hash of their Cartesian entries). Not differentiable (transforms are integers); the reducer runs on
     the host (as :func:`~soft_niggli.niggli.niggli_reduce`).
 
     Args:
@@ -248,6 +295,40 @@ def _reduced_forms(L: torch.Tensor, rel_tol: float) -> ReducedForms:
     # Scale-free: the reduced cells are bounded, and the tolerances below relative.
     R_unit = torch.where(ok[:, None, None], R, torch.eye(3, dtype=torch.float64))
     R_unit = _unit_scale(R_unit)
+    if _compiled_reduced_forms is not None:
+        owner, X = _compiled_candidates(R_unit, ok, rel_tol)
+    else:
+        owner, X = _candidates(R_unit, ok, rel_tol)
+    forms = torch.from_numpy(X.double().numpy() @ R.numpy()[owner.numpy()])
+    # Cells that are not OK, or (never expected) found no form: the reducer's output alone.
+    alone = torch.ones(B, dtype=torch.bool)
+    alone[owner] = False
+    rows = alone.nonzero().flatten()
+    owner = torch.cat([owner, rows])
+    X = torch.cat([X, torch.eye(3, dtype=torch.int64).expand(len(rows), 3, 3)])
+    forms = torch.cat([forms, R[rows]])
+    # An order independent of the input basis: by owner, then by a hash of the forms' Cartesian entries
+    # on a grid far finer than any two distinct forms' difference and far coarser than rounding (one
+    # 64-bit key instead of nine: sorting nine keys costs more than finding the forms).
+    scale = _row_norm_scale(R)[owner]
+    keys = torch.round(forms.flatten(1) / (scale[:, None] * 1e-9)).to(torch.int64).numpy()
+    digest = (keys * _HASH_WEIGHTS).sum(1)  # int64 arithmetic wraps: a hash, exact and portable
+    order = torch.from_numpy(np.lexsort([digest, owner.numpy()]))
+    owner, X, forms = owner[order], X[order], forms[order]
+    transform = torch.from_numpy(X.numpy() @ N.numpy()[owner.numpy()])
+    return ReducedForms(owner=owner.to(device), transform=transform.to(device), lattice=forms.to(device, dtype),
+                        status=status.to(device))
+
+
+#: Odd 64-bit multipliers of the sort key of :func:`_reduced_forms` (as signed int64).
+_HASH_WEIGHTS = np.array([w - 2**64 if w >= 2**63 else w for w in (
+    0x9E3779B97F4A7C15, 0xC2B2AE3D27D4EB4F, 0x165667B19E3779F9, 0xD6E8FEB86659FD93, 0xFF51AFD7ED558CCD,
+    0xC4CEB9FE1A85EC53, 0x27D4EB2F165667C5, 0x94D049BB133111EB, 0xBF58476D1CE4E5B9)], dtype=np.int64)
+
+
+def _candidates(R_unit: torch.Tensor, ok: torch.Tensor, rel_tol: float):
+    """``(owner (P,), X (P, 3, 3) int64)``: the bases ``X R_unit[owner]`` with rows in {-1, 0, 1}³ that meet
+    the Niggli conditions within ``rel_tol`` (the enumeration of :func:`reduced_forms`, in PyTorch)."""
     G = R_unit @ R_unit.transpose(-1, -2)
     lengths = torch.diagonal(G, dim1=-2, dim2=-1)  # (B, 3): A, B, C
     V = _SHORT_VECTORS.to(torch.float64)
@@ -277,28 +358,23 @@ def _reduced_forms(L: torch.Tensor, rel_tol: float) -> ReducedForms:
     signs_ok = (pairs >= -cos_tol).all(1) | (pairs <= cos_tol).all(1)
     unimodular = torch.linalg.det(X.double()).round().abs() == 1
     owner, X = owner[unimodular & signs_ok], X[unimodular & signs_ok]
-    forms = X.double() @ R[owner]
-    keep = _near_a_reduced_metric(X.double() @ R_unit[owner], rel_tol)
-    owner, X, forms = owner[keep], X[keep], forms[keep]
-    # Cells that are not OK, or (never expected) found no form: the reducer's output alone.
-    alone = torch.ones(B, dtype=torch.bool)
-    alone[owner] = False
-    rows = alone.nonzero().flatten()
-    owner = torch.cat([owner, rows])
-    X = torch.cat([X, torch.eye(3, dtype=torch.int64).expand(len(rows), 3, 3)])
-    forms = torch.cat([forms, R[rows]])
-    # An order independent of the input basis: by owner, then the forms' Cartesian entries on a grid far
-    # finer than any two distinct forms' difference and far coarser than rounding.
-    scale = _row_norm_scale(R)[owner]
-    keys = torch.round(forms.flatten(1) / (scale[:, None] * 1e-9)).to(torch.int64).numpy()
-    # np.lexsort: the last key is the primary one (owner), then the entries in order.
-    order = torch.from_numpy(np.lexsort([keys[:, c] for c in reversed(range(9))] + [owner.numpy()]))
-    owner, X, forms = owner[order], X[order], forms[order]
-    transform = X @ N[owner]
-    return ReducedForms(owner=owner.to(device), transform=transform.to(device), lattice=forms.to(device, dtype),
-                        status=status.to(device))
+    keep = _near_a_reduced_metric(X, R_unit[owner], rel_tol)
+    owner, X = owner[keep], X[keep]
+    return owner, X
 
 
+def _compiled_candidates(R_unit: torch.Tensor, ok: torch.Tensor, rel_tol: float):
+    """``(owner, X)`` of :func:`_candidates` through the compiled enumeration (the same forms)."""
+    cells = R_unit[ok].reshape(-1, 9).contiguous()
+    rows_of = ok.nonzero().flatten()
+    capacity = 96 * max(len(cells), 1)
+    while True:
+        owner = torch.empty(capacity, dtype=torch.int64)
+        rows = torch.empty(capacity, 3, dtype=torch.int64)
+        count = _compiled_reduced_forms(cells.numpy(), _SHORT_VECTORS.numpy(), float(rel_tol), owner.numpy(), rows.numpy())
+        if count <= capacity:
+            return rows_of[owner[:count]], _SHORT_VECTORS[rows[:count]]
+        capacity = count
 def _row_norm_scale(L: torch.Tensor) -> torch.Tensor:
     """``(B,)`` largest row length of ``L (B, 3, 3)`` (float64), without overflow or underflow: entries are
     divided by the largest magnitude before squaring (cells with entries above 1e154 stay finite)."""

@@ -6,11 +6,11 @@ import math
 
 import pytest
 import torch
-from hypothesis import given, settings
+from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
 from soft_niggli import CrystalBatch, canonicalize_labels, get_loss, random_unimodular
-from soft_niggli.testing import assert_gl3z_invariant, crystals, lattices, rotations
+from soft_niggli.testing import assert_gl3z_invariant, crystals, lattices, rotations, symmetric_crystals
 
 from benchmarks.continuity import run as continuity_path
 
@@ -25,6 +25,7 @@ def noisy_copy(batch: CrystalBatch, seed: int, scale: float = 0.05) -> CrystalBa
                         batch.num_atoms, batch.species)
 
 
+@pytest.mark.invariance
 @pytest.mark.parametrize("name, options", CONTINUOUS)
 @settings(max_examples=8)
 @given(label=crystals(max_atoms=4), seed=st.integers(0, 1000))
@@ -34,6 +35,7 @@ def test_loss_is_invariant_to_label_basis(name, options, label, seed):
     assert_gl3z_invariant(lambda lab: loss(pred, lab).per_crystal, label, trials=2, atol=1e-8, rtol=1e-6)
 
 
+@pytest.mark.invariance
 @pytest.mark.parametrize("name, options", [("softmin", {"lattice_metric": "gram"}), ("gram", {})])
 @settings(max_examples=8)
 @given(label=crystals(max_atoms=4), seed=st.integers(0, 1000), q1=rotations(), q2=rotations())
@@ -46,6 +48,7 @@ def test_metric_losses_are_invariant_to_rotating_prediction_and_label(name, opti
     torch.testing.assert_close(turned, base, rtol=1e-6, atol=1e-8)
 
 
+@pytest.mark.invariance
 @pytest.mark.parametrize("name, options", CONTINUOUS[:4])
 @settings(max_examples=8)
 @given(label=crystals(max_atoms=4), seed=st.integers(0, 1000),
@@ -148,3 +151,89 @@ def test_gram_softmin_is_finite_at_extreme_scales(scale):
     result = get_loss("softmin", lattice_metric="gram")(CrystalBatch(L, label.frac, label.num_atoms), label)
     result.loss.backward()
     assert math.isfinite(float(result.loss.detach())) and bool(torch.isfinite(L.grad).all())
+
+
+# --------------------------------------------------------------------------------------- gradients
+
+
+def _finite_difference_gradient(fn, x: torch.Tensor, h: float) -> torch.Tensor:
+    grad = torch.zeros_like(x)
+    for i in range(x.numel()):
+        e = torch.zeros_like(x).flatten()
+        e[i] = h
+        e = e.reshape(x.shape)
+        grad.view(-1)[i] = (fn(x + e) - fn(x - e)) / (2 * h)
+    return grad
+
+
+@pytest.mark.parametrize("name, options", [("softmin", {"zero_at_match": False}), ("gram", {"zero_at_match": False}),
+                                           ("softmin", {"lattice_metric": "gram", "zero_at_match": False}),
+                                           ("softmin", {"center": "both", "zero_at_match": False})])
+@settings(max_examples=6, deadline=None)
+@given(label=st.one_of(crystals(max_atoms=3, max_crystals=1), symmetric_crystals(max_atoms=3, max_crystals=1)),
+       seed=st.integers(0, 2**16))
+def test_the_backward_pass_is_the_derivative_where_every_candidate_weighs_0_or_1(name, options, label, seed):
+    # The window's taper weight is held fixed in backward (a surrogate): exact where no candidate is
+    # strictly inside the taper band, which is what this test picks (and the steps stay in).
+    loss = get_loss(name, **options)
+    pred = noisy_copy(label, seed, scale=0.05)
+    h = 1e-6
+
+    def tapers_are_0_or_1(L):
+        _, taper = loss._tapers(CrystalBatch(L, pred.frac, pred.num_atoms, pred.species), label)
+        return bool(((taper <= 1e-12) | (taper >= 1 - 1e-12)).all())
+
+    L0 = pred.lattice.clone()
+    near = [L0 + h * d for d in (torch.zeros_like(L0), *torch.eye(9, dtype=L0.dtype).reshape(9, 1, 3, 3),
+                                 *-torch.eye(9, dtype=L0.dtype).reshape(9, 1, 3, 3))]
+    assume(all(tapers_are_0_or_1(L) for L in near))
+    L = L0.clone().requires_grad_()
+    F = pred.frac.clone().requires_grad_()
+    loss(CrystalBatch(L, F, pred.num_atoms, pred.species), label).loss.backward()
+
+    def value_of_lattice(x):
+        return float(loss(CrystalBatch(x, pred.frac, pred.num_atoms, pred.species), label).loss)
+
+    def value_of_frac(x):
+        return float(loss(CrystalBatch(L0, x, pred.num_atoms, pred.species), label).loss)
+
+    fd_L = _finite_difference_gradient(value_of_lattice, L0, h)
+    torch.testing.assert_close(L.grad, fd_L, rtol=1e-4, atol=1e-6 * max(1.0, float(fd_L.abs().max())))
+    fd_F = _finite_difference_gradient(value_of_frac, pred.frac.clone(), h)
+    torch.testing.assert_close(F.grad, fd_F, rtol=1e-4, atol=1e-6 * max(1.0, float(fd_F.abs().max())))
+
+
+def test_the_backward_pass_differs_from_the_derivative_inside_the_taper_band():
+    # The documented exception: with a candidate inside the band, the weight's own derivative is left out.
+    label = CrystalBatch(torch.diag(torch.tensor([4.0, 4.0, 6.5], dtype=torch.float64))[None],
+                         torch.tensor([[0.0, 0, 0], [0.3, 0.4, 0.5]], dtype=torch.float64), [2], [3, 8])
+    loss = get_loss("softmin", zero_at_match=False, top_k=1)
+    # Between two bases of the label, the second one inside the band of the first.
+    L0 = label.lattice.clone()
+    L0[0, 1, 0] = 2.0 - 0.002
+    _, taper = loss._tapers(CrystalBatch(L0, label.frac, [2], [3, 8]), label)
+    assert bool(((taper > 1e-6) & (taper < 1 - 1e-6)).any())
+    L = L0.clone().requires_grad_()
+    loss(CrystalBatch(L, label.frac, [2], [3, 8]), label).loss.backward()
+    fd = _finite_difference_gradient(
+        lambda x: float(loss(CrystalBatch(x, label.frac, [2], [3, 8]), label).loss), L0, 1e-7)
+    assert float((L.grad - fd).abs().max()) > 1e-6
+
+
+@pytest.mark.parametrize("name, options", [("softmin", {}), ("gram", {}), ("softmin", {"lattice_metric": "gram"})])
+@settings(max_examples=6, deadline=None)
+@given(label=st.one_of(crystals(max_atoms=3, max_crystals=2), symmetric_crystals(max_atoms=3, max_crystals=2)),
+       seed=st.integers(0, 2**16))
+def test_the_offset_of_zero_at_match_shifts_the_value_and_leaves_the_gradient(name, options, label, seed):
+    # The offset (what a perfect prediction would score) is detached: the backward pass is the plain
+    # softmin's. Its value moves with the prediction only through which candidate is nearest.
+    pred = noisy_copy(label, seed, scale=0.05)
+    grads = []
+    for zero_at_match in (True, False):
+        L = pred.lattice.clone().requires_grad_()
+        F = pred.frac.clone().requires_grad_()
+        get_loss(name, zero_at_match=zero_at_match, **options)(CrystalBatch(L, F, pred.num_atoms, pred.species),
+                                                               label).loss.backward()
+        grads.append((L.grad, F.grad))
+    for a, b in zip(*grads):
+        torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-14)

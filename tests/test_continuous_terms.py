@@ -17,7 +17,8 @@ from soft_niggli.losses.candidates import (
     metric_distances_naive,
     softmin,
 )
-from soft_niggli.testing import lattices, rotations, unimodular_matrices
+from soft_niggli import random_unimodular
+from soft_niggli.testing import lattices, near_face_lattices, rotations, unimodular_matrices
 from soft_niggli.losses.sinkhorn import sinkhorn_coordinate_loss
 
 pairs = st.lists(st.tuples(lattices("realistic"), lattices("realistic")), min_size=1, max_size=4).map(
@@ -51,11 +52,45 @@ def test_softmin_tends_to_the_minimum_as_tau_vanishes():
     assert gaps == sorted(gaps, reverse=True) and gaps[-1] < 1e-6
 
 
-@given(lattices("realistic"), unimodular_matrices(1, depth=3), rotations())
-def test_theta_series_is_basis_and_rotation_invariant(L, M, Q):
+@pytest.mark.invariance
+@given(st.one_of(lattices("realistic"), lattices("symmetric"), near_face_lattices()), rotations(),
+       st.integers(0, 2**16))
+def test_theta_series_is_basis_and_rotation_invariant(L, Q, seed):
+    # A sum over a ball of lattice vectors: whichever basis (entries up to 5) the cell comes in, and
+    # whichever of its reduced forms the reducer returns, the same vectors with the same weights. Only
+    # rounding is left (a box of coefficients in the reduced basis left 4e-5).
+    M = random_unimodular((1,), max_entry=5, generator=torch.Generator().manual_seed(seed)).double()
     a = theta_series(L[None])
-    b = theta_series((M.double() @ L @ Q.T)[None])
-    torch.testing.assert_close(a, b, rtol=1e-7, atol=1e-9)
+    b = theta_series(M @ L @ Q.T)
+    torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-14)
+
+
+@given(lattices("realistic"), st.floats(-1.0, 1.0), st.sampled_from([1e-9, 1e-6, 1e-3]))
+def test_theta_series_moves_in_proportion_to_a_move_of_the_cell(L, direction, step):
+    # Vectors enter and leave the ball with weight 0 (a smooth cutoff): no jump when one crosses it.
+    E = torch.zeros(3, 3, dtype=torch.float64)
+    E[0, 0], E[1, 2] = 1.0, direction
+    a, b = theta_series(L[None]), theta_series((L + step * float(L.abs().max()) * E)[None])
+    assert float((a - b).abs().max()) <= 1e3 * step
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_theta_term_is_continuous_at_a_zero_cell_with_a_bounded_gradient(dtype):
+    # The series sees a cell's shape, which a shrinking cell keeps and a zero cell does not have: the term
+    # fades out as the prediction's volume vanishes, so it tends to its value at zero (0), and its
+    # gradient stays bounded instead of growing as 1 / scale (7e8 at 1e-16 in float32).
+    L = torch.tensor([[[4.0, 0, 0], [0.5, 4.2, 0], [0.3, 0.2, 5.0]]], dtype=dtype)
+    target = torch.tensor([[[3.0, 0, 0], [0, 3.5, 0.2], [0.1, 0, 4.0]]], dtype=dtype)
+    previous = None
+    for scale in (1.0, 0.3, 0.1, 1e-2, 1e-4, 1e-8, 1e-16, 1e-30, 0.0):
+        P = (scale * L).requires_grad_()
+        value = theta_term(P, target)
+        value.sum().backward()
+        assert math.isfinite(float(value.detach())) and float(P.grad.abs().max()) <= 0.1, (scale, P.grad)
+        if scale <= 1e-8:
+            assert float(value.detach()) <= 1e-12 * max(1.0, float(previous))
+        previous = float(value.detach())
+    assert float(theta_term(torch.zeros_like(L), target)) == 0.0
 
 
 @given(lattices("realistic"), lattices("realistic"), unimodular_matrices(1, depth=3), rotations())

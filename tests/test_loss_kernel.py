@@ -2,9 +2,10 @@
 
 The kernel computes in float64 and the PyTorch code in the input's precision, so the two agree to
 rounding rather than bit for bit: the periodic term of many pairs (values and gradients, also with
-respect to the target's coordinates) and the candidate window (the same candidates, on cells of every
-kind: symmetric, noisy, re-based far from every candidate, pathological). The losses built on them
-must then give the same values and gradients either way. The window's exactness against scoring all
+respect to the target's coordinates), the candidate window (the same candidates, on cells of every
+kind: symmetric, noisy, re-based far from every candidate, pathological, a prediction of all zeros),
+the window of grouped rows, the reduced forms (the same forms, bit for bit) and the lattice vectors in
+a ball. The losses built on them must then give the same values and gradients either way. The window's exactness against scoring all
 candidates is tested in test_continuous_terms.py, for both paths.
 """
 
@@ -16,24 +17,26 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+import soft_niggli.canonical as canonical
 import soft_niggli.losses.candidates as candidates
+import soft_niggli.losses.invariants as invariants
 import soft_niggli.losses.periodic as periodic
 from soft_niggli import CrystalBatch, get_loss, random_unimodular
 from soft_niggli.lattice import integer_inverse
-from soft_niggli.testing import lattices, symmetric_crystals, symmetric_lattices
+from soft_niggli.testing import lattices, near_face_lattices, symmetric_crystals, symmetric_lattices
 
 pytestmark = pytest.mark.skipif(periodic._kernel is None, reason="the compiled loss kernel was not built")
 
 
 class pytorch_code:
-    """Context manager: run the PyTorch code instead of the kernel (both modules)."""
+    """Context manager: run the PyTorch (and NumPy) code instead of the kernel, in every module that uses it."""
 
     def __enter__(self):
-        self.saved = periodic._kernel, candidates._kernel
-        periodic._kernel = candidates._kernel = None
+        self.saved = periodic._kernel, candidates._kernel, invariants._kernel, canonical._compiled_reduced_forms
+        periodic._kernel = candidates._kernel = invariants._kernel = canonical._compiled_reduced_forms = None
 
     def __exit__(self, *exc):
-        periodic._kernel, candidates._kernel = self.saved
+        periodic._kernel, candidates._kernel, invariants._kernel, canonical._compiled_reduced_forms = self.saved
 
 
 def _pairs_inputs(seed, dtype, counts):
@@ -172,12 +175,115 @@ def test_automorphisms_kernel_matches_the_pytorch_code_in_content_and_order(cell
 
     L = torch.stack([c.to(torch.float64).reshape(3, 3) for c in cells])
     L = torch.cat([L, niggli_reduce(L).lattice])  # as given, and reduced (where all automorphisms are found)
-    compiled = unimodular.lattice_automorphisms(L, rel_tol)
+    compiled = unimodular.lattice_automorphisms(L, rel_tol=rel_tol)
     saved, unimodular._kernel = unimodular._kernel, None
     try:
-        reference = unimodular.lattice_automorphisms(L, rel_tol)
+        reference = unimodular.lattice_automorphisms(L, rel_tol=rel_tol)
     finally:
         unimodular._kernel = saved
     # The order matters: closest_automorphism keeps the first of tied choices.
     assert torch.equal(compiled.owner, reference.owner)
     assert torch.equal(compiled.matrices, reference.matrices)
+
+
+@settings(max_examples=40, deadline=None)
+@given(cells=st.lists(st.one_of(symmetric_lattices(noise=0.0), symmetric_lattices(noise=1e-3), near_face_lattices(),
+                                lattices("realistic"), lattices("pathological")), min_size=1, max_size=4),
+       rel_tol=st.sampled_from([1e-5, 1e-4, 1e-2]), dtype=st.sampled_from([torch.float64, torch.float32]))
+def test_reduced_forms_kernel_finds_the_forms_of_the_pytorch_enumeration(cells, rel_tol, dtype):
+    # Both decide the tolerance's edge on the same metric, formed by the same sums: the same forms, in
+    # the same order, bit for bit.
+    L = torch.stack([c.reshape(3, 3) for c in cells]).to(dtype)
+    compiled = canonical.reduced_forms(L, rel_tol=rel_tol)
+    with pytorch_code():
+        reference = canonical.reduced_forms(L, rel_tol=rel_tol)
+    for a, b in zip((compiled.owner, compiled.transform, compiled.lattice, compiled.status),
+                    (reference.owner, reference.transform, reference.lattice, reference.status)):
+        assert torch.equal(a, b)
+
+
+@settings(max_examples=30, deadline=None)
+@given(cells=st.lists(st.one_of(symmetric_lattices(), lattices("realistic")), min_size=1, max_size=3),
+       radius=st.floats(0.5, 6.0))
+def test_ball_vectors_kernel_finds_the_vectors_of_the_numpy_enumeration(cells, radius):
+    L = torch.stack([c.reshape(3, 3) for c in cells]).to(torch.float64)
+    G = L @ L.transpose(1, 2) / torch.linalg.det(L).abs()[:, None, None] ** (2 / 3)
+    compiled = invariants.ball_vectors(G, radius)
+    with pytorch_code():
+        reference = invariants.ball_vectors(G, radius)
+    as_set = lambda r: {(int(b), tuple(n.tolist())) for b, n in zip(*r)}  # noqa: E731
+    assert as_set(compiled) == as_set(reference)
+    # Each is one of a ± pair, inside the ball.
+    owner, n = compiled
+    q = torch.einsum("pi,pij,pj->p", n.double(), G[owner], n.double())
+    assert bool((q <= radius**2).all()) and not bool((n == 0).all(1).any())
+
+
+@settings(max_examples=20, deadline=None)
+@given(labels=st.lists(st.one_of(symmetric_lattices(), near_face_lattices()), min_size=1, max_size=3),
+       metric=st.sampled_from(["cartesian", "gram"]), k=st.sampled_from([1, 8, 30]), seed=st.integers(0, 2**16))
+def test_grouped_window_kernel_returns_the_window_of_the_pytorch_code(labels, metric, k, seed):
+    # Rows: the classes of each label's reduced forms, penalised by made-up weights; the prediction a
+    # noisy copy of the label. Both paths choose the same bases, each once, from the same row.
+    loss = get_loss("softmin", lattice_metric=metric, top_k=k, cache_bytes=0)
+    L = torch.stack([c.reshape(3, 3) for c in labels]).to(torch.float64)
+    crystal, T, T_inv, relative, R, log_weight = loss._label_frame(L)
+    g = torch.Generator().manual_seed(seed)
+    P = (L + 0.05 * torch.randn(L.shape, generator=g, dtype=torch.float64))[crystal]
+    penalty = torch.where(torch.rand(len(crystal), generator=g) < 0.3, 0.05 * torch.rand(len(crystal), generator=g),
+                          torch.zeros(len(crystal))).double()
+    # Rows in order of increasing penalty within each crystal, as the function expects.
+    order = torch.from_numpy(np.lexsort((penalty.numpy(), crystal.numpy())))
+    P, R, penalty, relative, crystal = P[order], R[order], penalty[order], relative[order], crystal[order]
+    counts = torch.bincount(crystal, minlength=len(L))
+    start = torch.cat([torch.zeros(1, dtype=torch.int64), torch.cumsum(counts, 0)])
+    scale = P.square().sum(dim=(1, 2)) + R.square().sum(dim=(1, 2))
+    margin = candidates.WindowMargin(relative=0.01, absolute=1e-6 * scale / 18, cap=0.1, extra=1e-12 * scale)
+
+    def run():
+        owner, X = candidates.grouped_window_candidates(P, R, k, margin, penalty, start, relative, 1, False, metric)
+        return {(int(crystal[o]), tuple((x @ relative[o]).flatten().tolist())): int(o) for o, x in zip(owner, X)}
+
+    compiled = run()
+    with pytorch_code():
+        reference = run()
+    # Bases tied at the window's edge may differ by rounding (float64 sums against the exact terms).
+    assert len(set(compiled) ^ set(reference)) <= 2, (len(compiled), len(reference))
+    assert all(compiled[b] == reference[b] for b in set(compiled) & set(reference))
+
+
+@pytest.mark.parametrize("name, options", [("softmin", {"lattice_metric": "gram"}), ("gram", {}), ("softmin", {}),
+                                           ("gram", {"center": "both"})])
+def test_a_prediction_of_all_zeros_scores_alike_with_the_kernel_and_without_and_is_a_limit(name, options):
+    # A zero-initialised lattice head emits exactly this: the metric window's budget A |P|^2 is then 0,
+    # and without a slack of its own rounding pruned every candidate. Scaled copies below 1e-160 of the
+    # label square to zero as well; the loss tends to its value at zero as the scale does.
+    L = torch.tensor([[[4.0, 0, 0], [0.5, 4.2, 0], [0.3, 0.2, 5.0]], [[3.9, 0, 0], [0, 3.9, 0], [0, 0, 3.9]],
+                      [[0.0, 2.0, 2.0], [2.0, 0.0, 2.0], [2.0, 2.0, 0.0]]], dtype=torch.float64)
+    F = torch.tensor([[0.0, 0, 0], [0.3, 0.4, 0.5], [0.0, 0, 0], [0.5, 0.5, 0.5], [0.0, 0, 0]], dtype=torch.float64)
+    label = CrystalBatch(L, F, [2, 2, 1], [8, 14, 26, 8, 29])
+    loss = get_loss(name, **options)
+    values = {}
+    for scale in (0.0, 1e-300, 1e-200, 1e-170, 1e-160, 1e-100, 1e-30):
+        pred = CrystalBatch(L * scale, F, label.num_atoms, label.species)
+        compiled = loss(pred, label).per_crystal
+        with pytorch_code():
+            reference = loss(pred, label).per_crystal
+        torch.testing.assert_close(compiled, reference, rtol=1e-9, atol=1e-12)
+        values[scale] = compiled
+    for scale in (1e-300, 1e-100, 1e-30):
+        torch.testing.assert_close(values[scale], values[0.0], rtol=1e-9, atol=1e-12)
+
+
+def test_new_kernels_reject_mismatched_buffers():
+    kernel = periodic._kernel
+    V = np.zeros((26, 3), dtype=np.int64)
+    with pytest.raises(ValueError, match="do not match"):  # a cell of 8 numbers
+        kernel.reduced_forms(np.zeros(8), V, 1e-5, np.zeros(4, dtype=np.int64), np.zeros((4, 3), dtype=np.int64))
+    with pytest.raises(ValueError, match="do not match"):  # a negative radius
+        kernel.ball_vectors(np.eye(3).reshape(1, 9), -1.0, 100, np.zeros(4, dtype=np.int64),
+                            np.zeros((4, 3), dtype=np.int64))
+    f, i = np.zeros((1, 9)), np.zeros(1, dtype=np.int64)
+    with pytest.raises(ValueError, match="do not match"):  # a group past the last row
+        kernel.window_groups(f, f, V, 0, 0, 8, 0.01, np.zeros(1), 0.1, np.zeros(1), np.zeros(1), np.array([0, 2]),
+                             np.zeros((1, 9), dtype=np.int64), np.zeros(1), i, np.zeros((1, 3), dtype=np.int64))

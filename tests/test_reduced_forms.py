@@ -69,6 +69,7 @@ def test_exact_symmetric_cells_have_at_least_their_point_group_as_forms(family, 
         assert int(forms.counts(1)) == int(lattice_automorphisms(forms.lattice[:1]).counts(1))
 
 
+@pytest.mark.invariance
 @settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(L=st.one_of(lattices("realistic"), symmetric_lattices(noise=0.0), symmetric_lattices(noise=1e-3)),
        M=st.integers(0, 2**31 - 1), Q=rotations())
@@ -125,6 +126,7 @@ def test_reduced_forms_loss_equals_mse_away_from_the_boundary():
                                    get_loss("mse", **options)(pred, label).per_crystal)
 
 
+@pytest.mark.invariance
 @settings(max_examples=10, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(batch=symmetric_crystals(max_crystals=3, noise=0.0), seed=st.integers(0, 2**16))
 def test_reduced_forms_loss_does_not_care_which_form_the_label_came_in(batch, seed):
@@ -143,6 +145,7 @@ def test_reduced_forms_loss_does_not_care_which_form_the_label_came_in(batch, se
                        torch.eye(3, dtype=torch.int64).expand(len(batch), 3, 3))
 
 
+@pytest.mark.invariance
 @pytest.mark.parametrize("options", [{}, {"lattice_metric": "gram"}])
 @settings(max_examples=6, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(batch=symmetric_crystals(max_crystals=3, noise=0.0))

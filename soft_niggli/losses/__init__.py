@@ -8,12 +8,16 @@ module                 what
 =====================  ==========================================================================
 ``base``               :class:`LossResult`, :class:`CrystalLoss`, the registry (:func:`get_loss`,
                        :func:`register_loss`, entry points), the option checks every loss uses
-``terms``              the lattice term, the coordinate term, the label's automorphic basis
-                       nearest the prediction (:func:`~soft_niggli.losses.terms.closest_automorphism`)
+``terms``              the lattice term, the coordinate term, the label's automorphic basis or
+                       reduced form nearest the prediction
+                       (:func:`~soft_niggli.losses.terms.closest_automorphism`), the penalty of a
+                       reduced form near the tolerance's edge (``form_penalty``)
 ``periodic``           the periodic coordinate MSE with the best translation removed
 ``sinkhorn``           the permutation-invariant coordinate term (geomloss Sinkhorn divergence)
-``invariants``         basis-free lattice invariants: volume and theta series
-``candidates``         the bounded candidate set of unimodular matrices and its distances, softmin
+``invariants``         basis-free lattice invariants: volume and theta series (over a ball)
+``candidates``         the bounded candidate set of unimodular matrices and its distances, the
+                       windows of candidates nearest a prediction (per row, and per group of rows),
+                       softmin
 ``mse``                ``"mse"``: the reference that compares lattices as given
 ``nearest_form``       ``"reduced-forms"``: MSE against the nearest of the label's reduced forms
 ``proxy``              ``"proxy"``: the discrete Niggli proxy loss

@@ -51,9 +51,8 @@ from typing import Callable, ClassVar
 import torch
 from torch import nn
 
-from .._checks import has_values
+from .._checks import check_rel_tol, has_values
 from ..crystal import CrystalBatch
-from ..niggli import REL_TOL_RANGE
 
 __all__ = [
     "ENTRY_POINT_GROUP",
@@ -86,17 +85,23 @@ _HALF_DTYPES = (torch.float16, torch.bfloat16)
 # ----------------------------------------------------------------------------------------- result
 
 
-@dataclass
+@dataclass(frozen=True)
 class LossResult:
-    """What every :class:`CrystalLoss` returns for ``B`` crystals.
+    """What every :class:`CrystalLoss` returns for ``B`` crystals (frozen: a result is a record of one call).
 
     Attributes:
-        loss: scalar, mean of ``per_crystal`` over the crystals not excluded (0 if all are).
-        per_crystal: ``(B,)`` weighted sum of the terms; 0 for excluded crystals.
-        terms: name → ``(B,)`` unweighted terms, at least ``"lattice"`` (Å²) and ``"coords"``; 0 for
-            excluded crystals.
-        status: ``(B,)`` int64 :class:`~soft_niggli.niggli.Status` of the prediction's lattice from
-            the reducer, where the loss uses one; zeros (``OK``) otherwise.
+        loss: scalar tensor in the prediction's dtype, the mean of ``per_crystal`` over the crystals not
+            excluded (0 if all are); what to call ``backward()`` on.
+        per_crystal: ``(B,)`` the weighted sum of the terms; 0 for excluded crystals.
+        terms: name → ``(B,)`` unweighted terms, at least ``"lattice"`` (Å²) and ``"coords"`` (fractional²
+            with periodic coordinates, Å² with Sinkhorn); 0 for excluded crystals. The dict is the
+            loss's own: read it, do not change it.
+        status: ``(B,)`` int64 tensor of :class:`~soft_niggli.niggli.Status` values, the reducer's verdict
+            on each prediction's lattice where the loss reduces it (``"proxy"``; ``"softmin"`` and
+            ``"gram"`` with ``center="both"``), ``Status.OK`` (0) everywhere otherwise. A tensor, so it
+            stays on the batch's device; ``Status`` is an ``IntEnum``, so it compares directly:
+            ``result.status == Status.OK`` is a ``(B,)`` bool tensor, and
+            ``Status(int(result.status[i]))`` names one crystal's.
         excluded: ``(B,)`` bool, crystals left out of ``loss`` (fallback ``"skip"``, or a prediction
             that cannot be scored).
         fallback: ``(B,)`` bool, crystals whose prediction was finite but whose reduction was not
@@ -243,13 +248,12 @@ def blur_option(value) -> float:
     return fraction_option("blur", value, high=10.0)
 
 
-def rel_tol_option(value) -> float:
-    """The reducer's relative tolerance: in :data:`~soft_niggli.niggli.REL_TOL_RANGE` (lower end included)."""
-    low, high = REL_TOL_RANGE
-    value = _number("rel_tol", value, f"a number in [{low}, {high})")
-    if not low <= value < high:
-        raise ValueError(f"rel_tol: expected a number in [{low}, {high}), got {value!r}")
-    return value
+def rel_tol_option(value, name: str = "rel_tol") -> float:
+    """A relative tolerance (``rel_tol``, ``automorphism_rel_tol``): in
+    :data:`~soft_niggli.niggli.REL_TOL_RANGE`, lower end included, the range and the message of every
+    function of the library that takes one, so that an option accepted here never fails at the first
+    call."""
+    return check_rel_tol(value, name)
 
 
 def int_option(name: str, value, low: int, high: int) -> int:

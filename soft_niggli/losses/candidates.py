@@ -54,6 +54,7 @@ __all__ = [
     "candidate_set",
     "candidate_lattice_terms",
     "window_candidates",
+    "grouped_window_candidates",
     "WindowMargin",
     "lattice_distances",
     "lattice_distances_naive",
@@ -243,6 +244,100 @@ def window_candidates(L_pred: torch.Tensor, L_ref: torch.Tensor, k: int, margin,
         if not owners:
             return torch.zeros(0, dtype=torch.int64, device=device), torch.zeros(0, 3, 3, dtype=torch.int64, device=device)
         return torch.cat(owners), torch.cat(matrices)
+
+
+def grouped_window_candidates(L_pred: torch.Tensor, L_ref: torch.Tensor, k: int, margin: "WindowMargin",
+                              penalty: torch.Tensor, start: torch.Tensor, relative: torch.Tensor, bound: int = 1,
+                              proper: bool = False, metric: str = "cartesian") -> tuple[torch.Tensor, torch.Tensor]:
+    """:func:`window_candidates` for groups of rows that compete as one candidate set: packed ``(owner (Q,),
+    X (Q, 3, 3) int64)``, ``owner`` a row.
+
+    Rows ``start[g] .. start[g+1] - 1`` (``start (G + 1,)`` int64, rows in order of increasing
+    ``penalty``) form group ``g``. Row ``r``'s candidate ``X`` is the basis ``X relative[r]`` of a
+    common one (``relative (n, 3, 3)`` int64; several rows may reach one basis), ranked by ``e = term +
+    penalty[r]`` (``penalty (n,)``, Å²). Per group, ``t_k`` is the k-th smallest ``e`` over distinct
+    bases (each at its smallest ``e``), and every distinct basis with ``e <= t_k + margin_g(t_k)`` is
+    returned once, from the row of its smallest ``e`` (the first such row); ``margin_g`` is the
+    :class:`WindowMargin` with the smallest ``absolute`` and ``extra`` of the group's rows.
+
+    On CPU tensors one compiled search per group (``soft_niggli/_loss_kernel.c``, ``window_groups``): its
+    later rows search only below the group's limit so far. Elsewhere :func:`window_candidates` per row,
+    then the same choice in PyTorch (tests/test_loss_kernel.py checks that both agree).
+    """
+    with torch.no_grad():
+        n, device = L_pred.shape[0], L_pred.device
+        G = start.shape[0] - 1
+        group = torch.repeat_interleave(torch.arange(G, device=device), start[1:] - start[:-1], output_size=n)
+        low = lambda x: torch.full((G,), math.inf, dtype=x.dtype, device=device).scatter_reduce(0, group, x, "amin")
+        absolute_g, extra_g = low(margin.absolute.detach().to(torch.float64)), low(margin.extra.detach().to(torch.float64))
+        compiled = (_kernel is not None and hasattr(_kernel, "window_groups") and device.type == "cpu" and n
+                    and has_values(L_pred) and int(relative.abs().max()) * 3 * bound < 64)
+        if compiled:
+            V = _row_vectors(bound, _device_key(L_pred))
+            P = L_pred.detach().to(torch.float64).reshape(n, 9).contiguous().numpy()
+            R = L_ref.detach().to(torch.float64).reshape(n, 9).contiguous().numpy()
+            kth = torch.empty(G, dtype=torch.float64)
+            args = (P, R, V.contiguous().numpy(), int(metric == "gram"), int(proper), k, float(margin.relative),
+                    absolute_g[group].contiguous().numpy(), float(margin.cap), extra_g[group].contiguous().numpy(),
+                    penalty.detach().to(torch.float64).contiguous().numpy(), start.to(torch.int64).contiguous().numpy(),
+                    relative.to(torch.int64).reshape(n, 9).contiguous().numpy(), kth.numpy())
+            capacity = 32 * max(n, 1)
+            while True:
+                owner = torch.empty(capacity, dtype=torch.int64)
+                rows = torch.empty(capacity, 3, dtype=torch.int64)
+                count = _kernel.window_groups(*args, owner.numpy(), rows.numpy())
+                if count <= capacity:
+                    return owner[:count], V[rows[:count]]
+                capacity = count
+        # Each row's window, wide enough for its group's (whose t_k is at most the row's k-th e), then the
+        # group's choice.
+        pen = penalty.detach().to(torch.float64)
+
+        def row_margin(kth, rows=None):
+            rows = torch.arange(n, device=device) if rows is None else rows
+            e = kth.to(torch.float64) + pen[rows]
+            wide = torch.clamp(margin.relative * e + absolute_g[group[rows]], max=margin.cap) + extra_g[group[rows]]
+            return wide.to(kth.dtype)
+
+        owner, X = window_candidates(L_pred, L_ref, k, row_margin, bound, proper, metric)
+        if not owner.numel():
+            return owner, X
+        from .terms import lattice_term  # the exact terms rank the rows' candidates
+        term = lattice_term(L_pred[owner].double(), X.double() @ L_ref[owner].double(), metric)
+        e = term + pen[owner]
+        order = torch.sort(owner, stable=True).indices  # rows in order, each row's candidates as returned
+        owner, X, e = owner[order], X[order], e[order]
+        basis = X @ relative[owner]
+        keys = torch.cat([group[owner, None], basis.flatten(1)], 1)
+        first = _first_of_each(keys)
+        owner, X, e = owner[first], X[first], e[first]
+        g = group[owner]
+        kth = _kth_per_group(e, g, G, k)
+        limit = kth + torch.clamp(margin.relative * kth + absolute_g, max=margin.cap) + extra_g
+        keep = e <= limit[g]
+        return owner[keep], X[keep]
+
+
+def _first_of_each(keys: torch.Tensor) -> torch.Tensor:
+    """Indices (ascending) of the first occurrence of each distinct row of ``keys (Q, m)`` int64."""
+    _, inverse = torch.unique(keys, dim=0, return_inverse=True)
+    Q = keys.shape[0]
+    first = torch.full((int(inverse.max()) + 1,), Q, dtype=torch.int64, device=keys.device).scatter_reduce(
+        0, inverse, torch.arange(Q, device=keys.device), "amin")
+    return torch.sort(first).values
+
+
+def _kth_per_group(values: torch.Tensor, group: torch.Tensor, G: int, k: int) -> torch.Tensor:
+    """``(G,)`` the k-th smallest of ``values`` per ``group`` (the largest where a group has fewer; +inf
+    for an empty group)."""
+    order = torch.sort(values, stable=True).indices
+    order = order[torch.sort(group[order], stable=True).indices]
+    grouped = group[order]
+    counts = torch.bincount(group, minlength=G)
+    rank = torch.arange(order.shape[0], device=values.device) - (torch.cumsum(counts, 0) - counts)[grouped]
+    pick = rank == torch.minimum(counts[grouped], torch.full_like(grouped, k)) - 1
+    out = torch.full((G,), math.inf, dtype=values.dtype, device=values.device)
+    return out.index_put((grouped[pick],), values[order][pick])
 
 
 @dataclass(frozen=True)

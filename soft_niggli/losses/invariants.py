@@ -9,22 +9,26 @@ for integer row vectors ``n``.
   scales ``s``. It depends on the lattice only (not on the basis) and on no orientation; the lengths are
   measured in units of ``V^{1/3}`` so it describes the *shape*, leaving size to :func:`volume_term`.
   Theta series at all scales determine a 3-D lattice up to isometry (Schiemann 1997); a handful of
-  scales is a strong, smooth fingerprint, not a proof of equality. The sum runs over the integer box
-  ``|n_i| <= radius`` in the prediction's own *Niggli-reduced* basis (from the guarded reducer, detached),
-  where every short vector has small coefficients; the truncation error is below
-  ``exp(-s (radius+1)² λ₁² / V^{2/3})``, λ₁ the shortest vector, negligible for the defaults.
+  scales is a strong, smooth fingerprint, not a proof of equality. The sum runs over a ball of lattice
+  vectors (``|v| <= radius · V^{1/3}``) with a smooth cutoff, so neither the basis nor a vector entering
+  the ball moves it.
 """
 
 from __future__ import annotations
 
-import functools
-import itertools
+import math
 
+import numpy as np
 import torch
 
 from ..niggli import niggli_reduce
 
-__all__ = ["volume_term", "theta_series", "theta_term"]
+try:  # the compiled enumeration of a ball's lattice vectors (soft_niggli/_loss_kernel.c); optional
+    from .. import _loss_kernel as _kernel
+except ImportError:  # not built: NumPy does the same, slower
+    _kernel = None
+
+__all__ = ["volume_term", "theta_series", "theta_term", "ball_vectors"]
 
 
 def _power_of_two_scale(L: torch.Tensor) -> torch.Tensor:
@@ -45,7 +49,9 @@ def _smooth_cbrt_volume(L: torch.Tensor, rel_floor: float) -> torch.Tensor:
     """
     s = _power_of_two_scale(L)
     V = torch.linalg.det(L / s[..., None, None])
-    return (V.square() + rel_floor**2).pow(1.0 / 6.0) * s
+    # A cell of all zeros has no size to measure the floor by: its value is the limit of shrinking cells, 0.
+    zero = (L.detach() == 0).flatten(-2).all(-1)
+    return torch.where(zero, torch.zeros_like(V), (V.square() + rel_floor**2).pow(1.0 / 6.0) * s)
 
 
 def volume_term(L_pred: torch.Tensor, L_target: torch.Tensor) -> torch.Tensor:
@@ -58,39 +64,115 @@ def volume_term(L_pred: torch.Tensor, L_target: torch.Tensor) -> torch.Tensor:
     return (_smooth_cbrt_volume(L_pred, 1e-12) - _smooth_cbrt_volume(L_target, 1e-12)).square()
 
 
-@functools.lru_cache(maxsize=8)
-def _half_box(radius: int, dtype: torch.dtype, device: str) -> torch.Tensor:
-    """One of each pair ``±n`` of nonzero integer vectors with ``|n_i| <= radius`` (the first nonzero
-    entry positive): ``n`` and ``-n`` have the same length, so the sum counts each pair twice."""
-    n = [v for v in itertools.product(range(-radius, radius + 1), repeat=3) if any(v) and v > (0, 0, 0)]
-    return torch.tensor(n, dtype=dtype, device=device)
+#: Smallest and largest scaled distance² of the theta series' cutoff (:func:`theta_series`): full weight up
+#: to ``(0.8 radius)²``, a cosine down to 0 at ``radius²``.
+_CUTOFF_START = 0.64
+
+#: Points a cell's ball enumeration may visit (:func:`ball_vectors`); only nearly flat cells reach it.
+_BALL_CAP = 200_000
 
 
-def theta_series(L: torch.Tensor, scales=(1.0, 2.0, 4.0), radius: int = 3) -> torch.Tensor:
+def ball_vectors(G: torch.Tensor, radius: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(owner (Q,), n (Q, 3) int64)``: every integer vector ``n ≠ 0`` with ``n G nᵀ <= radius²`` for the
+    metrics ``G (B, 3, 3)`` (detached; one of each pair ``±n``, the last nonzero coordinate positive).
+
+    On the host: a compiled Fincke–Pohst enumeration (``soft_niggli/_loss_kernel.c``), or the same in
+    NumPy, a box per cell from ``|n_i| <= radius √(G⁻¹)_ii`` filtered to the ball. A cell whose
+    enumeration would visit more than 200 000 points (only a nearly flat one) is truncated."""
+    Gd = G.detach().to("cpu", torch.float64).reshape(-1, 9).contiguous()
+    r2 = float(radius) ** 2
+    if _kernel is not None and hasattr(_kernel, "ball_vectors"):
+        capacity = 512 * max(Gd.shape[0], 1)
+        while True:
+            owner = torch.empty(capacity, dtype=torch.int64)
+            n = torch.empty(capacity, 3, dtype=torch.int64)
+            count = _kernel.ball_vectors(Gd.numpy(), r2, _BALL_CAP, owner.numpy(), n.numpy())
+            if count <= capacity:
+                return owner[:count].to(G.device), n[:count].to(G.device)
+            capacity = count
+    owners, vectors = [], []
+    for b, g in enumerate(Gd.reshape(-1, 3, 3).numpy()):
+        if not (np.isfinite(g).all() and np.linalg.eigvalsh(g).min() > 0):
+            continue
+        m = np.floor(float(radius) * np.sqrt(np.clip(np.diag(np.linalg.inv(g)), 0, None)) * (1 + 1e-9)).astype(np.int64)
+        if np.prod(2 * m + 1) > 4 * _BALL_CAP:
+            m = np.minimum(m, int(round((4 * _BALL_CAP) ** (1 / 3) / 2)))
+        grid = np.stack(np.meshgrid(*[np.arange(-k, k + 1) for k in m], indexing="ij"), -1).reshape(-1, 3)
+        positive = (grid[:, 2] > 0) | ((grid[:, 2] == 0) & ((grid[:, 1] > 0) | ((grid[:, 1] == 0) & (grid[:, 0] > 0))))
+        grid = grid[positive]
+        q = np.einsum("pi,ij,pj->p", grid.astype(np.float64), g, grid.astype(np.float64))
+        grid = grid[q <= r2]
+        owners.append(np.full(len(grid), b, dtype=np.int64))
+        vectors.append(grid)
+    if not owners:
+        return (torch.zeros(0, dtype=torch.int64, device=G.device), torch.zeros(0, 3, dtype=torch.int64, device=G.device))
+    return (torch.from_numpy(np.concatenate(owners)).to(G.device),
+            torch.from_numpy(np.concatenate(vectors)).to(G.device))
+
+
+def theta_series(L: torch.Tensor, scales=(1.0, 2.0, 4.0), radius: float = 5.0) -> torch.Tensor:
     """Normalised lattice theta series ``(B, S)`` at ``scales``; differentiable in ``L``.
 
-    ``L`` is reduced first (detached, guarded reducer) and the sum runs over ``n @ (N L)`` with ``N`` the
-    reducer's transform, so gradients flow through ``L`` itself. Degenerate or non-finite cells (the
-    reducer's non-OK statuses) are left unreduced; their volume is floored, so the value and gradient
-    stay finite (the series tends to 0 as the cell flattens).
+    ``θ(s) = Σ_v c(q_v) exp(-s q_v)`` over the nonzero lattice vectors ``v``, ``q_v = |v|² / V^{2/3}``, with
+    a smooth cutoff ``c``: 1 for ``q <= (0.8 radius)²``, falling as a cosine to 0 at ``q = radius²``. The
+    sum runs over a ball of the lattice, so it does not depend on the basis ``L`` is given in (a box of
+    coefficients in some basis would: which vectors it holds changes with the basis), and the cutoff is
+    smooth, so nothing jumps as vectors enter or leave the ball. The vectors are found in the cell's
+    Niggli-reduced basis (guarded reducer, detached; :func:`ball_vectors`), and gradients flow through
+    ``L`` itself. The terms cut off weigh at most ``exp(-16 s)`` of a shortest vector's in a cubic cell.
+    Degenerate or non-finite cells (the reducer's non-OK statuses) are left unreduced; their volume is
+    floored, so the value and gradient stay finite (the series tends to 0 as the cell flattens).
     """
     if L.dim() != 3 or L.shape[1:] != (3, 3):
         raise ValueError(f"L: expected shape (B, 3, 3), got {tuple(L.shape)}")
     scales_t = torch.as_tensor(scales, dtype=torch.float64)  # checked on the host: L may have no values
     if scales_t.dim() != 1 or not bool((scales_t > 0).all()):
         raise ValueError(f"scales: expected a 1-D sequence of positive floats, got {scales!r}")
+    if not (isinstance(radius, (int, float)) and not isinstance(radius, bool) and 0 < radius <= 12):
+        raise ValueError(f"radius: expected a number in (0, 12], got {radius!r}")
     scales_t = scales_t.to(dtype=L.dtype, device=L.device)
+    B = L.shape[0]
     N = niggli_reduce(L.detach()).transform.to(L.dtype)
     Lr = N @ L
     # Shape only: divide by an exact power of two first, so tiny or huge cells neither under- nor overflow.
     Lr = Lr / _power_of_two_scale(Lr)[:, None, None]
-    G = Lr @ Lr.transpose(1, 2)
     norm = _smooth_cbrt_volume(Lr, 1e-9).square()  # ≈ V^{2/3}
-    n = _half_box(radius, L.dtype, str(L.device))
-    sq = torch.einsum("pi,bij,pj->bp", n, G, n) / norm[:, None]
-    return 2 * torch.exp(-sq[:, None, :] * scales_t[None, :, None]).sum(-1)
+    norm = torch.where(norm > 0, norm, torch.ones_like(norm))  # a zero cell: no vector is in any ball
+    G = Lr @ Lr.transpose(1, 2) / norm[:, None, None]
+    owner, n = ball_vectors(G.detach(), radius)
+    # Each cell's vectors padded to the longest list: one batched product instead of a gather per vector.
+    counts = torch.bincount(owner, minlength=B)
+    width = int(counts.max()) if owner.numel() else 0
+    slot = torch.arange(owner.shape[0], device=L.device) - (torch.cumsum(counts, 0) - counts)[owner]
+    padded = torch.zeros(B, width, 3, dtype=L.dtype, device=L.device).index_put((owner, slot), n.to(L.dtype))
+    valid = torch.zeros(B, width, dtype=torch.bool, device=L.device).index_put((owner, slot), torch.ones_like(owner,
+                                                                                                         dtype=torch.bool))
+    q = (padded @ Lr).square().sum(-1) / norm[:, None]
+    x = ((q - _CUTOFF_START * radius**2) / ((1 - _CUTOFF_START) * radius**2)).clamp(0, 1)
+    cutoff = torch.where(valid, 0.5 * (1 + torch.cos(math.pi * x)), torch.zeros_like(x))
+    return 2 * (cutoff[:, :, None] * torch.exp(-q[:, :, None] * scales_t)).sum(1)
 
 
-def theta_term(L_pred: torch.Tensor, L_target: torch.Tensor, scales=(1.0, 2.0, 4.0), radius: int = 3) -> torch.Tensor:
-    """Mean squared difference of the theta series of prediction and target, ``(B,)`` (dimensionless)."""
-    return (theta_series(L_pred, scales, radius) - theta_series(L_target, scales, radius)).square().mean(-1)
+def theta_term(L_pred: torch.Tensor, L_target: torch.Tensor, scales=(1.0, 2.0, 4.0), radius: float = 5.0,
+               target_series: torch.Tensor | None = None) -> torch.Tensor:
+    """Mean squared difference of the theta series of prediction and target, ``(B,)`` (dimensionless),
+    faded out for a prediction much smaller than the target.
+
+    The series describes a cell's shape, which a cell shrinking towards zero no longer has: the series
+    of ``s L`` is that of ``L`` for every ``s > 0`` and undefined at ``s = 0``, and its gradient grows as
+    ``1 / s``. So the term is multiplied by ``1 - exp(-(r / 0.1)²)``, ``r`` the ratio of the cube roots of
+    the volumes (prediction over target): 1 to within 1e-11 for ``r >= 1/2``, 0.98 at ``r = 1/10``, 0 for a
+    cell of zero volume (where the volume term alone compares sizes). The term is then continuous at a
+    zero cell and its gradient bounded as the prediction shrinks. ``target_series``: the target's
+    :func:`theta_series` if already known (``(B, S)``, a loss remembers its labels').
+    """
+    if target_series is None:
+        target_series = theta_series(L_target, scales, radius)
+    diff = (theta_series(L_pred, scales, radius) - target_series.detach()).square().mean(-1)
+    ratio = _smooth_cbrt_volume(L_pred, 1e-12) / _smooth_cbrt_volume(L_target.detach(), 1e-12)
+    fade = -torch.expm1(-(ratio / _THETA_FADE).square())
+    return torch.where(fade > 0, fade * diff, torch.zeros_like(diff))
+
+
+#: Ratio of cube-root volumes (prediction / target) below which :func:`theta_term` fades out.
+_THETA_FADE = 0.1

@@ -24,7 +24,7 @@ from ..forms_cache import ReducedFormsCache
 from ..lattice import integer_inverse
 from ..unimodular import LatticeAutomorphisms
 from .base import CrystalLoss, LossResult, int_option, register_loss, rel_tol_option
-from .terms import closest_automorphism, coordinate_term, lattice_term
+from .terms import closest_automorphism, coordinate_term, form_penalty, lattice_term
 
 __all__ = ["NearestFormLoss"]
 
@@ -37,10 +37,14 @@ class NearestFormLoss(CrystalLoss):
     The form is chosen without gradient by the full weighted loss (lattice and coordinates: with
     ``lattice_metric="gram"`` the automorphic forms of a symmetric label tie on the lattice term and only
     the coordinates tell them apart; with Sinkhorn coordinates the lattice term alone chooses, among
-    forms tied on it the coordinates decide). Invariant to the basis the label came in, exactly where
-    the label is not within a hair of the tolerance's edge (:func:`~soft_niggli.canonical.reduced_forms`).
-    ``status`` is all zeros (the prediction is never reduced); a label that does not reduce ``OK`` has
-    one form, the reducer's output. ``terms["forms"]`` holds the number of forms each label has.
+    forms tied on it the coordinates decide). A form near the edge of the tolerance counts with a
+    penalty, ``terms["fade"]`` (:func:`~soft_niggli.losses.terms.form_penalty` of its weight,
+    :meth:`~soft_niggli.canonical.ReducedForms.weights`: 0 within half the tolerance of the Niggli
+    conditions, growing without bound as the form leaves the set at the tolerance), so the minimum moves
+    continuously where a form enters or leaves, and the loss is invariant to the basis the label came in
+    there too. ``status`` is all zeros (the prediction is never reduced); a label that does not reduce
+    ``OK`` has one form, the reducer's output. ``terms["forms"]`` holds the number of forms each label
+    has (a count, not a loss term).
 
     Args (keyword-only, checked at construction):
         lattice_weight, coord_weight: finite weights >= 0.
@@ -73,21 +77,29 @@ class NearestFormLoss(CrystalLoss):
         included = self.scorable(pred)
         L, F = self.sanitized(pred, target, included)
         forms = self._cache(target.lattice)
+        weight = forms.weights(self.rel_tol)
+        live = weight > 0  # a form of weight 0 (at the tolerance's edge) is not a candidate at all
+        penalty = form_penalty(weight[live], forms.lattice[live], self.lattice_weight, self.coord_weight, self.coords)
         X = closest_automorphism(
             L.detach(), F.detach(), target, None, None, lattice_metric=self.lattice_metric, coords=self.coords,
             lattice_weight=self.lattice_weight, coord_weight=self.coord_weight, blur=self.blur,
             rel_tol=self.rel_tol, species=pred.species,
-            group=LatticeAutomorphisms(owner=forms.owner, matrices=forms.transform),
-            lattice_first=self.coords == "sinkhorn")
+            group=LatticeAutomorphisms(owner=forms.owner[live], matrices=forms.transform[live]),
+            lattice_first=self.coords == "sinkhorn", penalty=penalty)
         # The chosen form's lattice from the reducer's accurate cell (X L_t rounds for skewed labels).
-        chosen = (forms.transform[:, None] == X[forms.owner].unsqueeze(1)).flatten(1).all(1)
+        chosen = live & (forms.transform == X[forms.owner]).flatten(1).all(1)
         form_lattice = torch.zeros_like(target.lattice).index_put((forms.owner[chosen],), forms.lattice[chosen])
+        fade = torch.zeros(B, dtype=torch.float64, device=pred.device).index_put(
+            (forms.owner[chosen],), form_penalty(weight[chosen], forms.lattice[chosen], self.lattice_weight,
+                                                 self.coord_weight, self.coords))
         T_frac = (target.frac.detach()[:, None, :] @ integer_inverse(X).to(dtype)[target.batch]).squeeze(1)
         terms = {
             "lattice": lattice_term(L, form_lattice.detach(), self.lattice_metric),
             "coords": coordinate_term(self.coords, F, T_frac, pred.batch, form_lattice, pred.species, target.species,
                                       self.blur),
             "forms": forms.counts(B).to(dtype),
+            "fade": fade.to(dtype),
         }
         status = torch.zeros(B, dtype=torch.int64, device=pred.device)
-        return self.assemble(terms, {"lattice": self.lattice_weight, "coords": self.coord_weight}, included, status)
+        return self.assemble(terms, {"lattice": self.lattice_weight, "coords": self.coord_weight, "fade": 1.0}, included,
+                             status)

@@ -13,9 +13,9 @@ from ..crystal import CrystalBatch
 from ..lattice import integer_inverse
 from ..niggli import Status
 from ..unimodular import LatticeAutomorphisms
-from .base import (CrystalLoss, LossResult, choice_option, flag_option, fraction_option, register_loss, rel_tol_option,
+from .base import (CrystalLoss, LossResult, choice_option, flag_option, register_loss, rel_tol_option,
                    weight_option)
-from .terms import closest_automorphism, coordinate_term, lattice_term
+from .terms import closest_automorphism, coordinate_term, form_penalty, lattice_term
 
 __all__ = ["NiggliProxyLoss", "FALLBACKS", "FRAMES", "LABEL_FORMS"]
 
@@ -72,8 +72,10 @@ class NiggliProxyLoss(CrystalLoss):
     removes it near the label: the targets are then all the label's reduced forms
     (:func:`~soft_niggli.canonical.reduced_forms` within ``automorphism_rel_tol``: its automorphisms
     and the other Niggli forms of a cell on a cone face), so a prediction that reduces to the other
-    side of the face meets the label's form on that side. Across boundaries away from the label, only
-    a loss without the hard reduction (the softmin) is continuous.
+    side of the face meets the label's form on that side; a form near the tolerance's edge counts with
+    a penalty (``terms["fade"]``, :func:`~soft_niggli.losses.terms.form_penalty`) that grows without
+    bound as it leaves the set, so the label's edge makes no jump either. Across boundaries away from
+    the label, only a loss without the hard reduction (the softmin) is continuous.
 
     Fallback, for predictions that are finite but whose reduction is not ``OK`` (``NOT_CONVERGED``,
     ``DEGENERATE``, or a reduced cell overflowing):
@@ -97,8 +99,8 @@ class NiggliProxyLoss(CrystalLoss):
         label_forms: ``"automorphisms"`` (default: the label's automorphisms) or ``"reduced"`` (all its
             reduced forms, see above).
         automorphism_rel_tol: relative tolerance of :func:`lattice_automorphisms` (and of the reduced
-            forms), in (0, 0.1); keep it
-            above ``rel_tol`` so near-ties the reducer may break either way are covered.
+            forms), in [1e-12, 0.1) like every tolerance; keep it above ``rel_tol`` so near-ties the
+            reducer may break either way are covered.
         rel_tol: the reducer's relative tolerance, in :data:`~soft_niggli.niggli.REL_TOL_RANGE`.
         coords: ``"periodic"`` or ``"sinkhorn"`` (:func:`coordinate_term`; with Sinkhorn, atom order is
             free and the lattice term alone picks the automorphism). blur: Sinkhorn blur, Å.
@@ -130,7 +132,7 @@ class NiggliProxyLoss(CrystalLoss):
         self.frame = choice_option("frame", frame, FRAMES)
         self.labels_canonical = flag_option("labels_canonical", labels_canonical)
         self.label_forms = choice_option("label_forms", label_forms, LABEL_FORMS)
-        self.automorphism_rel_tol = fraction_option("automorphism_rel_tol", automorphism_rel_tol)
+        self.automorphism_rel_tol = rel_tol_option(automorphism_rel_tol, "automorphism_rel_tol")
         self.rel_tol = rel_tol_option(rel_tol)
 
     def compute(self, pred: CrystalBatch, target: CrystalBatch) -> LossResult:
@@ -160,15 +162,25 @@ class NiggliProxyLoss(CrystalLoss):
             P_lat, P_frac = L_p, F_p
             left, right = N_inv_f, N_f
 
-        group = None  # closest_automorphism's default: the label's automorphisms
+        group = penalty = None  # closest_automorphism's default: the label's automorphisms
+        fade = torch.zeros(B, dtype=torch.float64, device=device)
         if self.label_forms == "reduced":
+            # Every reduced form, faded out by its distance from the Niggli conditions (form_penalty): a
+            # form entering or leaving the set at the tolerance's edge moves the loss continuously.
             forms = reduced_forms(L_n, rel_tol=self.automorphism_rel_tol)
-            group = LatticeAutomorphisms(owner=forms.owner, matrices=forms.transform)
+            weight = forms.weights(self.automorphism_rel_tol)
+            live = weight > 0
+            group = LatticeAutomorphisms(owner=forms.owner[live], matrices=forms.transform[live])
+            penalty = form_penalty(weight[live], forms.lattice[live], self.lattice_weight, self.coord_weight,
+                                   self.coords)
         A = closest_automorphism(P_lat.detach(), P_frac.detach(), labels, left, right, group=group,
                                  lattice_metric=self.lattice_metric, coords=self.coords,
                                  lattice_weight=self.lattice_weight, coord_weight=self.coord_weight, blur=self.blur,
                                  rel_tol=self.automorphism_rel_tol, species=pred.species,
-                                 lattice_first=self.coords == "sinkhorn")
+                                 lattice_first=self.coords == "sinkhorn", penalty=penalty)
+        if penalty is not None:
+            chosen = (group.matrices == A[group.owner]).flatten(1).all(1)
+            fade = fade.index_put((group.owner[chosen],), penalty[chosen])
         A_f, A_inv_f = A.to(dtype), integer_inverse(A).to(dtype)
         T_lat = left @ A_f @ L_n
         T_frac = (F_n[:, None, :] @ (A_inv_f @ right)[pred.batch]).squeeze(1)
@@ -178,6 +190,7 @@ class NiggliProxyLoss(CrystalLoss):
             "coords": coordinate_term(self.coords, P_frac, T_frac, pred.batch, T_lat, pred.species, labels.species,
                                       self.blur),
             "skew": skew,
+            "fade": fade.to(dtype),
         }
-        weights = {"lattice": self.lattice_weight, "coords": self.coord_weight, "skew": self.skew_weight}
+        weights = {"lattice": self.lattice_weight, "coords": self.coord_weight, "skew": self.skew_weight, "fade": 1.0}
         return self.assemble(terms, weights, included, status, fallback)

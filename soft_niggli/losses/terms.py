@@ -26,6 +26,7 @@ __all__ = [
     "coordinate_term",
     "tie_tolerance",
     "closest_automorphism",
+    "form_penalty",
 ]
 
 def lattice_term(pred_lattice: torch.Tensor, target_lattice: torch.Tensor, metric: str = "cartesian") -> torch.Tensor:
@@ -85,7 +86,7 @@ def tie_tolerance(scale: torch.Tensor) -> torch.Tensor:
 def closest_automorphism(P_lat: torch.Tensor, P_frac: torch.Tensor, labels: CrystalBatch, left: torch.Tensor | None,
                          right: torch.Tensor | None, *, lattice_metric: str, coords: str, lattice_weight: float,
                          coord_weight: float, blur: float, rel_tol: float, species=None, group=None,
-                         lattice_first: bool = False) -> torch.Tensor:
+                         lattice_first: bool = False, penalty: torch.Tensor | None = None) -> torch.Tensor:
     """``(B, 3, 3)`` int64: per crystal, the automorphism ``A`` of the reduced label whose target
     ``(left A L_n, F_n A^{-1} right)`` is closest to the prediction ``(P_lat, P_frac)``.
 
@@ -102,11 +103,13 @@ def closest_automorphism(P_lat: torch.Tensor, P_frac: torch.Tensor, labels: Crys
     symmetries of the whole crystal, whose targets are the same crystal, so which one wins changes no
     value. Evaluated without gradient; ``labels`` is the reduced label batch (``L_n``, ``F_n``).
     ``group``: the :class:`~soft_niggli.unimodular.LatticeAutomorphisms` to choose from, if already
-    known (each crystal's identity first); by default those of ``labels.lattice``.
+    known (each crystal's identity first); by default those of ``labels.lattice``. ``penalty``: ``(P,)``
+    float, added to each element's distance before choosing (the fade of a reduced form near the
+    tolerance's edge, :func:`form_penalty`); none by default.
     """
     L_n, F_n = labels.lattice.detach(), labels.frac.detach()
     B, device = L_n.shape[0], L_n.device
-    group = lattice_automorphisms(L_n, rel_tol) if group is None else group
+    group = lattice_automorphisms(L_n, rel_tol=rel_tol) if group is None else group
     owner, A = group.owner, group.matrices
     if owner.numel() == B:  # only identities: nothing to choose
         return A
@@ -117,6 +120,9 @@ def closest_automorphism(P_lat: torch.Tensor, P_frac: torch.Tensor, labels: Crys
         lat = lattice_term(P_lat[owner], T_lat, lattice_metric)
         best_lat = torch.full((B,), math.inf, dtype=lat.dtype, device=device).scatter_reduce(0, owner, lat, "amin")
         slack = tie_tolerance((P_lat.square().sum(dim=(1, 2)) + L_n.square().sum(dim=(1, 2))) / 9)[owner]
+        if penalty is not None:  # a faded element competes with its penalty added to its lattice term
+            lat = lat + (penalty / lattice_weight if lattice_weight else penalty * 0).to(lat.dtype)
+            best_lat = torch.full((B,), math.inf, dtype=lat.dtype, device=device).scatter_reduce(0, owner, lat, "amin")
         if lattice_first:
             keep = lat <= best_lat[owner] + slack
         elif coords == "periodic":
@@ -140,8 +146,27 @@ def closest_automorphism(P_lat: torch.Tensor, P_frac: torch.Tensor, labels: Crys
                                   blur)
         total = torch.full((P,), math.inf, dtype=lat.dtype, device=device)
         total[pairs] = lattice_weight * lat[pairs] + coord_weight * crd
+        if penalty is not None and not lattice_weight:
+            total[pairs] = total[pairs] + penalty[pairs].to(total.dtype)
         best = torch.full((B,), math.inf, dtype=total.dtype, device=device).scatter_reduce(0, owner, total, "amin")
         # First pair attaining the minimum (the automorphisms are listed in a fixed order per crystal).
         candidate = torch.where(total <= best[owner], torch.arange(P, device=device), P)
         chosen = torch.full((B,), P, dtype=torch.int64, device=device).scatter_reduce(0, owner, candidate, "amin")
     return A[chosen]
+
+
+def form_penalty(weight: torch.Tensor, lattice: torch.Tensor, lattice_weight: float, coord_weight: float,
+                 coords: str) -> torch.Tensor:
+    """``(P,)`` what choosing a reduced form of weight ``weight (P,)`` (in (0, 1],
+    :meth:`~soft_niggli.canonical.ReducedForms.weights`) adds to a loss that takes the nearest form:
+    ``(1 / w - 1)`` times the loss's own scale, ``lattice_weight · ‖R‖² / 9`` (the lattice term of
+    predicting a zero cell against the form ``R``, ``lattice (P, 3, 3)``) plus ``coord_weight / 4`` (the
+    periodic term's largest value; with Sinkhorn, the same quarter of ``‖R‖² / 9``).
+
+    0 for a form that meets the Niggli conditions (``w = 1``) and growing without bound as the form
+    fades out at the tolerance's edge (``w → 0``): the minimum over forms then moves continuously where a
+    form enters or leaves the set, instead of jumping to or from it.
+    """
+    size = lattice.detach().double().square().sum(dim=(-1, -2)) / 9
+    scale = lattice_weight * size + coord_weight * (0.25 if coords == "periodic" else 0.25 * size)
+    return (1 / weight.double() - 1) * scale
