@@ -93,6 +93,22 @@ def _flat_frac(kind: str, atoms: int = 2):
         torch.arange(n).repeat_interleave(atoms)
 
 
+def _grouped_window(kind: str):
+    """``grouped_window_candidates`` with every row its own group, the identity as its relative basis."""
+    import torch
+
+    n = _count(kind)
+    eye = torch.eye(3, dtype=torch.int64).expand(n, 3, 3).clone()
+    return _fn()(_cells(kind), _cells(kind), 8, _window_margin, torch.zeros(n, dtype=torch.float64),
+                 torch.arange(n + 1), eye)
+
+
+def _form_penalty(kind: str):
+    import torch
+
+    return _fn()(torch.ones(_count(kind), dtype=torch.float64), _cells(kind), 1.0, 1.0, "periodic")
+
+
 def _window_margin(kth, rows=None):
     import torch
 
@@ -148,6 +164,9 @@ PROBES = {
     "soft_niggli.losses.candidates.candidate_lattice_terms": (lambda k: _fn()(_cells(k), _cells(k)), "pred and reference"),
     "soft_niggli.losses.candidates.window_candidates": (lambda k: _fn()(_cells(k), _cells(k), 8, _window_margin),
                                                         "pred and reference"),
+    "soft_niggli.losses.candidates.grouped_window_candidates": (lambda k: _grouped_window(k),
+                                                                "pred and reference rows, one group per cell"),
+    "soft_niggli.losses.terms.form_penalty": (lambda k: _form_penalty(k), "with one weight per form"),
     "soft_niggli.losses.candidates.lattice_distances": (lambda k: _fn()(_cells(k), _cells(k)), "pred and reference"),
     "soft_niggli.losses.candidates.lattice_distances_naive": (lambda k: _fn()(_cells(k), _cells(k)),
                                                               "pred and reference"),
