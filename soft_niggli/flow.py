@@ -149,13 +149,15 @@ def couple_reduced_forms(prior_lattice, labels: CrystalBatch, *, prior_frac=None
 
         d_p = ‖L_0,b − T_p L_b‖²_F,   or with ``align``:   min over R ∈ O(3) of ‖L_0,b R − T_p L_b‖²_F,
 
-    and the label becomes ``(T_p L_b, wrap(F_b T_p⁻¹))``. Forms within ``1e-9`` (relative) of the
-    smallest distance tie (``100 ε`` for float32 labels); with ``prior_frac`` the tie goes to the forms whose fractional coordinates are
-    nearest the prior's, ``Σ_atoms ‖mi(F_b T_p⁻¹ − f_0)‖²`` with ``mi(d) = d − round(d)`` (within ``1e-9``
-    per atom); with ``align``, what still ties (rotations of each other that place the atoms alike) goes to
-    the form nearest the prior without rotation, and what then still ties to the first in the forms'
-    basis-independent order. (With ``align`` every automorphism of a symmetric cell
-    ties, being a rotation of it: then only the coordinates tell them apart.)
+    and the label becomes ``(T_p L_b, wrap(F_b T_p⁻¹))``. Ties are broken in turn by:
+
+    1. the distance itself, within ``1e-9`` of the smallest, relative (``100 ε`` for float32 labels);
+    2. with ``prior_frac``, the coordinates nearest the prior's, ``Σ_atoms ‖mi(F_b T_p⁻¹ − f_0)‖²`` with
+       ``mi(d) = d − round(d)`` (within ``1e-9`` per atom); with ``align`` every automorphism of a
+       symmetric cell ties on the distance, being a rotation of it, and only the coordinates tell them
+       apart;
+    3. with ``align``, the form nearest the prior without rotation;
+    4. the first in the forms' basis-independent order.
 
     ``among="automorphisms"`` (default) keeps the forms whose metric ``G = L Lᵀ`` equals the label's
     within the tolerance: the label's point group in its reduced basis. When the label is not itself one of
