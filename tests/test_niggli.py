@@ -120,8 +120,14 @@ def test_reduction_is_scale_free(L, log_scale):
     c = 10.0**log_scale
     base, scaled = niggli_reduce(L), niggli_reduce(L * c)
     assert scaled.status.item() == Status.OK
-    assert torch.equal(scaled.transform, base.transform)
-    torch.testing.assert_close(scaled.lattice / c, base.lattice, rtol=1e-12, atol=1e-12 * L.abs().max().item())
+    if not torch.equal(scaled.transform, base.transform):
+        # On a face of the Niggli cone (a drawn cell with equal lengths or right angles) the rounding of the
+        # scaled cell may pick another of the equally valid reduced forms: it must be one of them.
+        from soft_niggli import reduced_forms
+
+        assert bool((reduced_forms(L[None]).transform == scaled.transform).flatten(1).all(1).any())
+    expected = scaled.transform.to(torch.float64) @ L
+    torch.testing.assert_close(scaled.lattice / c, expected, rtol=1e-12, atol=1e-12 * L.abs().max().item())
 
 
 @given(lattices("realistic"), rotations())
