@@ -101,6 +101,8 @@ class ReducedFormsCache:
     def __call__(self, lattice: torch.Tensor) -> ReducedForms:
         """The reduced forms of ``lattice (B, 3, 3)`` (a tensor), as :func:`~soft_niggli.canonical.reduced_forms`
         returns them, on ``lattice``'s device."""
+        if not self.max_bytes:
+            return reduced_forms(lattice.detach(), rel_tol=self.rel_tol)  # nothing to remember, nothing derived
         return self.lookup(lattice).forms
 
     def lookup(self, lattice: torch.Tensor) -> CachedForms:

@@ -144,6 +144,8 @@ def test_align_rotation_is_the_nearest_orthogonal_turn_and_keeps_the_targets_han
     best = (out - L1).square().sum((-1, -2))
     for Q in random_rotations(50, generator=g).double():
         assert bool(((L0 @ Q - L1).square().sum((-1, -2)) >= best - 1e-9).all())
+    # An already aligned L0 is left alone.
+    torch.testing.assert_close(align_rotation(L1, L1), L1, atol=1e-9, rtol=0)
     with pytest.raises(ValueError, match="target_lattice: expected the prior's shape"):
         align_rotation(L0, L1[:2])
 

@@ -23,8 +23,7 @@ from hypothesis import strategies as st
 from benchmarks.flow_matching import LatticePrior, interpolate, minimum_image, sample
 from benchmarks.flow_model import FlowNet
 from soft_niggli import CrystalBatch, random_unimodular
-from soft_niggli.flow import align_rotation
-from soft_niggli.lattice import random_rotations, wrap
+from soft_niggli.lattice import wrap
 from soft_niggli.testing import crystals, rotations
 
 REPO = Path(__file__).resolve().parents[1]
@@ -128,23 +127,6 @@ def test_an_exact_prediction_transports_the_prior_to_the_data(steps):
     assert len(seen) == steps and seen[0] == 0.0
     torch.testing.assert_close(out.lattice, L1, atol=1e-10, rtol=1e-10)
     _frac_close(out.frac, f1, atol=1e-10)
-
-
-def test_align_rotation_is_the_best_rotation_with_the_label_handedness():
-    g = torch.Generator().manual_seed(3)
-    L0 = torch.randn(64, 3, 3, generator=g, dtype=torch.float64)
-    L1 = torch.randn(64, 3, 3, generator=g, dtype=torch.float64)
-    A = align_rotation(L0, L1)
-    R = torch.linalg.solve(L0, A)
-    torch.testing.assert_close(R @ R.mT, torch.eye(3, dtype=torch.float64).expand(64, 3, 3), atol=1e-9, rtol=0)
-    assert bool((torch.sign(torch.linalg.det(A)) == torch.sign(torch.linalg.det(L1))).all())
-    best = (A - L1).square().sum((-1, -2))
-    for _ in range(20):  # no random orthogonal matrix of the same determinant does better
-        Q = random_rotations(64, generator=g)
-        Q = Q * torch.sign(torch.linalg.det(Q) * torch.linalg.det(R))[:, None, None]
-        assert bool(((L0 @ Q - L1).square().sum((-1, -2)) >= best - 1e-9).all())
-    # An already aligned L0 is left alone.
-    torch.testing.assert_close(align_rotation(L1, L1), L1, atol=1e-9, rtol=0)
 
 
 def test_prior_scale_matches_the_labels():

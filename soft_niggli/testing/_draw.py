@@ -129,6 +129,19 @@ _SIGNED_PERMUTATIONS = tuple(
     for p in itertools.permutations(range(3)) for s in itertools.product((1, -1), repeat=3))
 
 
+def _row_operations(M: list, count: int, rng: random.Random, max_entry: int) -> list:
+    """``M`` (3 lists of 3 Python ints) after ``count`` random elementary row operations (row i ±= row j),
+    each skipped where it would push an entry past ``max_entry``; ``M`` is changed in place and returned."""
+    for _ in range(count):
+        i = rng.randrange(3)
+        j = (i + rng.randrange(1, 3)) % 3
+        sign = rng.choice((1, -1))
+        row = [M[i][c] + sign * M[j][c] for c in range(3)]
+        if max(abs(v) for v in row) <= max_entry:
+            M[i] = row
+    return M
+
+
 def _rebasings(max_entry: int, max_operations: int = 24):
     """Strategy for int64 unimodular ``(3, 3)`` with entries in ``[-max_entry, max_entry]``: a signed
     permutation times up to ``max_operations`` random elementary row operations (row i += ±row j), each
@@ -138,15 +151,7 @@ def _rebasings(max_entry: int, max_operations: int = 24):
 
     def build(args) -> torch.Tensor:
         n, seed, k = args
-        rng = random.Random(seed)
-        M = [list(row) for row in _SIGNED_PERMUTATIONS[k]]
-        for _ in range(n):
-            i = rng.randrange(3)
-            j = (i + rng.randrange(1, 3)) % 3
-            sign = rng.choice((1, -1))
-            row = [M[i][c] + sign * M[j][c] for c in range(3)]
-            if max(abs(v) for v in row) <= max_entry:
-                M[i] = row
+        M = _row_operations([list(row) for row in _SIGNED_PERMUTATIONS[k]], n, random.Random(seed), max_entry)
         return torch.tensor(M, dtype=torch.int64)
 
     # sampled_from: as many long products as short ones (integers() favours small counts).

@@ -18,7 +18,7 @@ from collections.abc import Sequence
 import torch
 
 from .._checks import check_int
-from ._draw import (AUTOMORPHISM_COUNTS, SYMMETRIC_FAMILIES, _check_bool, _choices, _disturb, _exact_cell,
+from ._draw import (_row_operations, AUTOMORPHISM_COUNTS, SYMMETRIC_FAMILIES, _check_bool, _choices, _disturb, _exact_cell,
                     _noise_level, _random_atoms, _rotations, _rows_from_parameters, _st, _tensor, _unimodular)
 from .near_face import near_face_lattices
 from .prototypes import symmetric_crystals
@@ -73,15 +73,8 @@ def _realistic():
 def _skew(seed: int, num_operations: int, max_entry: int = 10**5) -> torch.Tensor:
     """A unimodular int64 ``(3, 3)``: ``num_operations`` random elementary row operations (row i ±= row j,
     skipped past ``max_entry``), in Python integers."""
-    rng = random.Random(seed)
-    M = [[int(i == j) for j in range(3)] for i in range(3)]
-    for _ in range(num_operations):
-        i = rng.randrange(3)
-        j = (i + rng.randrange(1, 3)) % 3
-        sign = rng.choice((1, -1))
-        row = [M[i][c] + sign * M[j][c] for c in range(3)]
-        if max(abs(v) for v in row) <= max_entry:
-            M[i] = row
+    M = _row_operations([[int(i == j) for j in range(3)] for i in range(3)], num_operations, random.Random(seed),
+                        max_entry)
     return torch.tensor(M, dtype=torch.int64)
 
 
