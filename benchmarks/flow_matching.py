@@ -21,7 +21,8 @@ run's label basis, :func:`benchmarks.training.epoch_labels`); ``"automorphisms"`
 re-express every label in the one of its equally-canonical reduced forms nearest its prior sample
 (:func:`soft_niggli.flow.couple_reduced_forms` with that ``among``: forms with the label's metric, or all
 forms; Frobenius distance, or after the Kabsch rotation with ``align_prior``; ties by the prior's
-fractional coordinates), so the target never leaves the Niggli cone but follows the prior where the label
+fractional coordinates, or drawn at random for ``"automorphisms:random"`` and ``"reduced-forms:random"``,
+its ``ties="random"``), so the target never leaves the Niggli cone but follows the prior where the label
 has several reduced bases.
 
 **Training** (x₁-prediction): the network maps ``(L_t, f_t, t, species)`` to ``(L̂_1, f̂_1)``, and the
@@ -73,8 +74,8 @@ __all__ = ["COUPLINGS", "FlowConfig", "LatticePrior", "distributed_context", "ev
            "interpolate", "minimum_image", "sample", "train_flow"]
 
 #: ``"independent"``: the label as given; the others: :func:`soft_niggli.flow.couple_reduced_forms` with
-#: ``among`` set to the coupling's name.
-COUPLINGS = ("independent", "automorphisms", "reduced-forms")
+#: ``among`` set to the coupling's name, and ``ties="random"`` after a ``:random``.
+COUPLINGS = ("independent", "automorphisms", "reduced-forms", "automorphisms:random", "reduced-forms:random")
 
 
 def minimum_image(d: torch.Tensor) -> torch.Tensor:
@@ -220,7 +221,7 @@ def distributed_context() -> DistributedContext:
 
 def flow_loss(model, loss_fn, labels: CrystalBatch, L0: torch.Tensor, f0: torch.Tensor, t: torch.Tensor,
               config: FlowConfig, ctx: DistributedContext, cache: ReducedFormsCache | None = None,
-              dtype=torch.float32):
+              dtype=torch.float32, tie_generator: torch.Generator | None = None):
     """One step's loss on this rank's crystals ``labels`` (with their noise ``L0, f0, t``).
 
     Returns ``(loss to backpropagate, global loss value (float), LossResult)``: the backpropagated value is
@@ -228,8 +229,9 @@ def flow_loss(model, loss_fn, labels: CrystalBatch, L0: torch.Tensor, f0: torch.
     ``Σ w ℓ / Σ w``.
     """
     if config.coupling != "independent":
-        labels = couple_reduced_forms(L0, labels, prior_frac=f0, among=config.coupling, align=config.align_prior,
-                                      cache=cache).batch
+        among, _, ties = config.coupling.partition(":")
+        labels = couple_reduced_forms(L0, labels, prior_frac=f0, among=among, align=config.align_prior,
+                                      ties=ties or "coordinates", generator=tie_generator, cache=cache).batch
     if config.align_prior:
         L0 = align_rotation(L0, labels.lattice.double().cpu()).to(L0)
     labels = labels.to(dtype=dtype)
@@ -344,6 +346,7 @@ def train_flow(data: Data, config: FlowConfig, *, device="cpu", ctx: Distributed
     order_gen = torch.Generator().manual_seed(10_000 + config.seed)
     basis_gen = torch.Generator().manual_seed(20_000 + config.seed)
     noise_gen = torch.Generator().manual_seed(30_000 + config.seed)
+    tie_gen = torch.Generator().manual_seed(40_000 + config.seed + 1_000 * ctx.rank)
     n = len(data.train_niggli)
     steps_per_epoch = max(1, math.ceil(n / config.batch_size))
     total_steps = config.epochs * steps_per_epoch
@@ -376,7 +379,7 @@ def train_flow(data: Data, config: FlowConfig, *, device="cpu", ctx: Distributed
             atom_mask[mine] = True
             f0_local = f0[atom_mask[glob.batch.cpu()]]
             loss, value, _ = flow_loss(net, loss_fn, local.to(device), L0[mine], f0_local, t[mine], config, ctx,
-                                       cache)
+                                       cache, tie_generator=tie_gen)
             step += 1
             if not math.isfinite(value):
                 skipped += 1

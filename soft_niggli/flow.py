@@ -42,10 +42,12 @@ from .forms_cache import ReducedFormsCache
 from .lattice import wrap
 from .niggli import Status
 
-__all__ = ["AMONG", "CoupledLabels", "align_rotation", "couple_reduced_forms"]
+__all__ = ["AMONG", "TIES", "CoupledLabels", "align_rotation", "couple_reduced_forms"]
 
 #: What :func:`couple_reduced_forms` chooses among.
 AMONG = ("automorphisms", "reduced-forms")
+#: How :func:`couple_reduced_forms` chooses among forms at the same lattice distance.
+TIES = ("coordinates", "random")
 
 # Forms whose distance to the prior is within this fraction of the squared norms of the cell tie (an
 # automorphism of a symmetric cell is a rotation of it: after alignment every one is at the same distance).
@@ -140,8 +142,8 @@ def _default_cache(rel_tol: float) -> ReducedFormsCache:
 
 
 def couple_reduced_forms(prior_lattice, labels: CrystalBatch, *, prior_frac=None, among: str = "automorphisms",
-                         align: bool = True, rel_tol: float = DEFAULT_REL_TOL,
-                         cache: ReducedFormsCache | None = None) -> CoupledLabels:
+                         align: bool = True, ties: str = "coordinates", generator: torch.Generator | None = None,
+                         rel_tol: float = DEFAULT_REL_TOL, cache: ReducedFormsCache | None = None) -> CoupledLabels:
     """Each canonical label re-based to the one of its reduced forms nearest its prior sample.
 
     For label ``b`` with reduced forms ``T_p L_b`` (:func:`~soft_niggli.canonical.reduced_forms`), the
@@ -149,9 +151,13 @@ def couple_reduced_forms(prior_lattice, labels: CrystalBatch, *, prior_frac=None
 
         d_p = ‖L_0,b − T_p L_b‖²_F,   or with ``align``:   min over R ∈ O(3) of ‖L_0,b R − T_p L_b‖²_F,
 
-    and the label becomes ``(T_p L_b, wrap(F_b T_p⁻¹))``. Ties are broken in turn by:
+    and the label becomes ``(T_p L_b, wrap(F_b T_p⁻¹))``. Forms within ``1e-9`` of the smallest distance,
+    relative (``100 ε`` for float32 labels), tie. With ``ties="random"`` one of them is drawn uniformly
+    (from ``generator``): the label's symmetry-equivalent bases are then all seen in training, as data
+    augmentation by the point group would show them. With ``ties="coordinates"`` (default, deterministic)
+    ties are broken in turn by:
 
-    1. the distance itself, within ``1e-9`` of the smallest, relative (``100 ε`` for float32 labels);
+    1. the distance itself;
     2. with ``prior_frac``, the coordinates nearest the prior's, ``Σ_atoms ‖mi(F_b T_p⁻¹ − f_0)‖²`` with
        ``mi(d) = d − round(d)`` (within ``1e-9`` per atom); with ``align`` every automorphism of a
        symmetric cell ties on the distance, being a rotation of it, and only the coordinates tell them
@@ -176,6 +182,8 @@ def couple_reduced_forms(prior_lattice, labels: CrystalBatch, *, prior_frac=None
         among: ``"automorphisms"`` or ``"reduced-forms"``.
         align: compare after the rotation alignment (:func:`align_rotation`), as a model whose prior is
             aligned trains.
+        ties: ``"coordinates"`` or ``"random"`` (see above).
+        generator: the ``torch.Generator`` (CPU) that ``ties="random"`` draws from; torch's default if None.
         rel_tol: the reduced forms' tolerance (raised for float32 labels, see
             :func:`~soft_niggli.canonical.effective_rel_tol`).
         cache: a :class:`~soft_niggli.forms_cache.ReducedFormsCache` (its own ``rel_tol`` is used); by
@@ -191,6 +199,8 @@ def couple_reduced_forms(prior_lattice, labels: CrystalBatch, *, prior_frac=None
         raise TypeError(f"labels: expected a CrystalBatch, got {type(labels).__name__}")
     if among not in AMONG:
         raise ValueError(f"among: expected one of {AMONG}, got {among!r}")
+    if ties not in TIES:
+        raise ValueError(f"ties: expected one of {TIES}, got {ties!r}")
     B, device, dtype = len(labels), labels.device, labels.dtype
     L0 = as_lattice(prior_lattice, "prior_lattice")
     if tuple(L0.shape) != (B, 3, 3):
@@ -236,12 +246,16 @@ def couple_reduced_forms(prior_lattice, labels: CrystalBatch, *, prior_frac=None
         else:
             dist = (F - prior_owner).square().sum((-1, -2))
         tied = _nearest(dist, owner, B, tie * scale, torch.ones_like(dist, dtype=torch.bool))
-    if f0 is not None:
+    if ties == "random":
+        # One uniform key per tied form; the smallest wins (a tie between keys has probability zero).
+        key = torch.rand(len(owner), generator=generator, dtype=torch.float64)
+        tied = _nearest(key, owner, B, torch.zeros(()), tied)
+    elif f0 is not None:
         # Among tied forms, the coordinates nearest the prior's (minimum image on the torus).
         rank = torch.full_like(dist, float("inf"))
         rank[tied] = _coordinate_distance(labels, f0, owner[tied], inverse[tied])
         tied = _nearest(rank, owner, B, tie * labels.num_atoms.cpu().double()[owner], tied)
-    if align:
+    if align and ties == "coordinates":
         # Forms that are rotations of each other and place the atoms alike: the one nearest unturned.
         tied = _nearest((F - prior_owner).square().sum((-1, -2)), owner, B, tie * scale, tied)
     n = len(owner)

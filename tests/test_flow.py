@@ -102,6 +102,29 @@ def test_a_cube_chooses_among_its_48_forms_and_the_prior_decides():
     torch.testing.assert_close((d - torch.round(d)).square().sum(-1), best, atol=1e-12, rtol=0)
 
 
+@pytest.mark.parametrize("among", ["automorphisms", "reduced-forms"])
+def test_random_ties_draw_uniformly_among_the_forms_at_the_smallest_distance(among):
+    # Aligned, the cube's 48 automorphisms tie: each is drawn about 1/48 of the time, and every draw is
+    # one of the forms (the label re-based, never farther from the prior than the label itself).
+    labels = CrystalBatch(4.0 * torch.eye(3, dtype=torch.float64)[None], torch.tensor([[0.1, 0.2, 0.3]]).double(), [1])
+    L0 = torch.randn(1, 3, 3, generator=torch.Generator().manual_seed(3), dtype=torch.float64)
+    g = torch.Generator().manual_seed(0)
+    seen = {}
+    for _ in range(960):
+        out = couple_reduced_forms(L0, labels, among=among, ties="random", generator=g)
+        key = tuple(out.transform[0].flatten().tolist())
+        seen[key] = seen.get(key, 0) + 1
+        assert abs(abs(int(torch.linalg.det(out.transform[0].double()).round())) - 1) == 0
+    assert len(seen) == 48 and max(seen.values()) < 45  # 20 expected each; a bias would pile up
+    # The same generator state gives the same draw; without alignment only one form is nearest.
+    a = couple_reduced_forms(L0, labels, ties="random", generator=torch.Generator().manual_seed(5))
+    b = couple_reduced_forms(L0, labels, ties="random", generator=torch.Generator().manual_seed(5))
+    assert torch.equal(a.transform, b.transform)
+    unaligned = {tuple(couple_reduced_forms(L0, labels, align=False, ties="random").transform[0].flatten().tolist())
+                 for _ in range(20)}
+    assert len(unaligned) == 1
+
+
 def test_labels_that_do_not_reduce_are_passed_through_with_their_status_and_empty_batches_work():
     lattice = torch.stack([torch.zeros(3, 3), torch.full((3, 3), float("nan")), 3.0 * torch.eye(3)]).double()
     labels = CrystalBatch(lattice, torch.full((3, 3), 0.25, dtype=torch.float64), [1, 1, 1])
@@ -123,6 +146,8 @@ def test_coupling_arguments_are_checked():
     labels = _real_labels("perov_5_small", 2)
     with pytest.raises(ValueError, match="among: expected one of"):
         couple_reduced_forms(torch.zeros(2, 3, 3), labels, among="all")
+    with pytest.raises(ValueError, match="ties: expected one of"):
+        couple_reduced_forms(torch.zeros(2, 3, 3), labels, ties="first")
     with pytest.raises(ValueError, match=r"prior_lattice: expected shape \(B, 3, 3\) = \(2, 3, 3\)"):
         couple_reduced_forms(torch.zeros(3, 3, 3), labels)
     with pytest.raises(ValueError, match="prior_frac: expected shape"):
