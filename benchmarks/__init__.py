@@ -73,5 +73,6 @@ class _MovedModules(importlib.abc.MetaPathFinder, importlib.abc.Loader):
         module.__spec__ = self._specs.pop(module.__spec__.name)
 
 
-if not any(isinstance(f, _MovedModules) for f in sys.meta_path):
+# By class name: a re-imported package defines a new class, and one finder is enough.
+if not any(type(f).__name__ == _MovedModules.__name__ for f in sys.meta_path):
     sys.meta_path.append(_MovedModules())
