@@ -14,9 +14,8 @@ import time
 import numpy as np
 import pytest
 
-# `benchmarks` is not installed: it is importable through pytest's `pythonpath = ["."]` (pyproject.toml).
-from benchmarks.reduction_check import classify
 from soft_niggli.baselines.reducers import PEER_REDUCERS, PeerResult, reduce_with, shutdown_workers
+from soft_niggli.testing.reduction_check import classify
 
 # spglib 2.x warns about its legacy error handling on every call
 pytestmark = pytest.mark.filterwarnings("ignore:Set OLD_ERROR_HANDLING:DeprecationWarning")

@@ -63,8 +63,8 @@ Exact transform recovery (spglib, pymatgen)
 entries are exact binary rationals, so no rounding error enters even for
 ill-conditioned inputs) and rounded.  T is kept only if every entry is within
 1e-3 of its integer and the integer matrix has |det| == 1; otherwise
-``transform`` is None while ``outcome`` stays "ok" (the checker in
-benchmarks/reduction_check.py will then call the result wrong).
+``transform`` is None while ``outcome`` stays "ok" (the checker
+:mod:`soft_niggli.testing.reduction_check` will then call the result wrong).
 
 Outcomes and timing
 -------------------
