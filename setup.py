@@ -5,7 +5,7 @@ Everything else (metadata, dependencies, version) is in pyproject.toml.
 Packages: ``soft_niggli`` and its subpackages (among them ``soft_niggli.baselines``, the peer reducers
 and the ``"proxy-spglib"`` loss), found automatically.
 
-Extensions: the reducer's per-cell loop (``soft_niggli/_niggli_kernel.c``) and the losses' per-pair
+Extensions: the reducer's per-cell loop (``soft_niggli/niggli/_niggli_kernel.c``) and the losses' per-pair
 loop of the periodic coordinate term (``soft_niggli/_loss_kernel.c``). Both are optional: where they
 cannot be built (no C compiler), the package installs anyway and runs their NumPy / PyTorch
 counterparts, which give the same results, slower. The flags are chosen per compiler:
@@ -41,7 +41,7 @@ class BuildExt(build_ext):
 setup(
     packages=find_packages(include=["soft_niggli", "soft_niggli.*"]),
     ext_modules=[
-        Extension("soft_niggli._niggli_kernel", sources=["soft_niggli/_niggli_kernel.c"], optional=True),
+        Extension("soft_niggli.niggli._niggli_kernel", sources=["soft_niggli/niggli/_niggli_kernel.c"], optional=True),
         Extension("soft_niggli._loss_kernel", sources=["soft_niggli/_loss_kernel.c"], optional=True),
     ],
     cmdclass={"build_ext": BuildExt},

@@ -38,7 +38,8 @@ from soft_niggli.crystal import CrystalBatch
 from soft_niggli.lattice import integer_inverse
 from soft_niggli.losses import CrystalLoss, LossResult, choice_option, flag_option, positive_option, weight_option
 from soft_niggli.losses.periodic import periodic_coordinate_loss
-from soft_niggli.losses.terms import LATTICE_METRICS, lattice_term
+from soft_niggli.losses.options import LATTICE_METRICS
+from soft_niggli.losses.terms import lattice_term
 
 __all__ = ["SpglibProxyError", "SpglibProxyLoss", "spglib_reduce_with_transform"]
 

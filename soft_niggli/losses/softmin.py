@@ -92,11 +92,13 @@ from .._checks import has_values
 from ..canonical import reduce_or_identity, reduced_forms
 from ..crystal import CrystalBatch, atom_slots, repeat_atoms
 from ..lattice import integer_inverse
-from .base import (CrystalLoss, LossResult, choice_option, flag_option, int_option, positive_option, register_loss,
-                   rel_tol_option, weight_option)
+from .base import CrystalLoss
 from .candidates import WindowMargin, candidate_set, grouped_window_candidates
 from .invariants import theta_series, theta_term, volume_term
+from .options import choice_option, flag_option, int_option, positive_option, rel_tol_option, weight_option
 from .periodic import periodic_loss_of_pairs
+from .registry import register_loss
+from .result import LossResult
 from .sinkhorn import MAX_ANCHOR_PAIRS
 from .terms import coordinate_term, lattice_term, tie_tolerance
 

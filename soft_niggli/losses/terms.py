@@ -15,7 +15,7 @@ import torch
 from ..crystal import CrystalBatch, repeat_atoms
 from ..lattice import integer_inverse
 from ..unimodular import lattice_automorphisms
-from .base import COORDINATE_TERMS, LATTICE_METRICS, choice_option
+from .options import COORDINATE_TERMS, LATTICE_METRICS, choice_option
 from .periodic import periodic_coordinate_loss, periodic_loss_of_pairs
 from .sinkhorn import sinkhorn_coordinate_loss_flat
 
