@@ -26,7 +26,7 @@ from hypothesis import given, settings  # noqa: E402
 from hypothesis import strategies as st  # noqa: E402
 
 from soft_niggli import CrystalBatch  # noqa: E402
-from soft_niggli.canonical import ReducedForms, automorphic_forms, reduce_or_identity, reduced_forms  # noqa: E402
+from soft_niggli.canonical import automorphic_forms, reduce_or_identity, reduced_forms  # noqa: E402
 from soft_niggli.flow import align_rotation, couple_reduced_forms  # noqa: E402
 from soft_niggli.forms_cache import ReducedFormsCache  # noqa: E402
 from soft_niggli.lattice import g6, gram, lattice_parameters, volume  # noqa: E402
