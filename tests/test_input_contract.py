@@ -30,11 +30,17 @@ from soft_niggli.canonical import automorphic_forms, reduce_or_identity, reduced
 from soft_niggli.flow import align_rotation, couple_reduced_forms  # noqa: E402
 from soft_niggli.forms_cache import ReducedFormsCache  # noqa: E402
 from soft_niggli.lattice import g6, gram, lattice_parameters, volume  # noqa: E402
+from soft_niggli.losses.candidates import (candidate_lattice_terms, lattice_distances,  # noqa: E402
+                                           lattice_distances_naive, metric_distances, metric_distances_naive,
+                                           window_candidates)
+from soft_niggli.losses.invariants import theta_series, theta_term, volume_term  # noqa: E402
+from soft_niggli.losses.terms import form_penalty, lattice_term  # noqa: E402
 from soft_niggli.niggli import is_niggli_reduced, niggli_reduce  # noqa: E402
 from soft_niggli.testing import lattices, symmetric_lattices  # noqa: E402
 from soft_niggli.unimodular import lattice_automorphisms  # noqa: E402
 
 spglib = pytest.importorskip("spglib")
+from soft_niggli.baselines.spglib_proxy import spglib_reduce_with_transform  # noqa: E402
 from soft_niggli.metrics import lattice_error, spglib_niggli_g6, volume_error  # noqa: E402
 
 STACK = (2, 4)
@@ -82,7 +88,32 @@ PER_CELL = {
     "spglib_niggli_g6": (spglib_niggli_g6, True),
     "lattice_error": (lambda L: lattice_error(L, _like(L, _strained)), True),
     "volume_error": (lambda L: volume_error(L, _like(L, _strained)), True),
+    "spglib_reduce_with_transform": (lambda L: tuple(map(torch.from_numpy, spglib_reduce_with_transform(L))), True),
+    "lattice_term": (lambda L: lattice_term(L, _like(L, _strained)), False),
+    "lattice_term(gram)": (lambda L: lattice_term(L, _like(L, _strained), "gram"), False),
+    "volume_term": (lambda L: volume_term(L, _like(L, _strained)), False),
+    "theta_series": (theta_series, False),
+    "theta_term": (lambda L: theta_term(L, _like(L, _strained)), False),
+    "form_penalty": (lambda L: form_penalty(torch.full(np.shape(L)[:-2], 0.5, dtype=torch.float64), L, 1.0, 1.0,
+                                            "periodic"), False),
+    "lattice_distances": (lambda L: lattice_distances(L, _like(L, _strained)), False),
+    "lattice_distances_naive": (lambda L: lattice_distances_naive(L, _like(L, _strained)), False),
+    "metric_distances": (lambda L: metric_distances(L, _like(L, _strained)), False),
+    "metric_distances_naive": (lambda L: metric_distances_naive(L, _like(L, _strained)), False),
+    "candidate_lattice_terms": (lambda L: candidate_lattice_terms(L, _like(L, _strained), metric="gram"), False),
 }
+
+
+@dataclasses.dataclass
+class _Window:
+    """:func:`window_candidates`'s ``(owner, X)`` with names, as the other ragged results have."""
+
+    owner: torch.Tensor
+    matrices: torch.Tensor
+
+
+def _window(L):
+    return _Window(*window_candidates(L, _like(L, _strained), 8, lambda kth, rows=None: 1e-3 * kth))
 
 #: Public functions of lattices with ragged results (items listed over the flattened cells).
 RAGGED = {
@@ -92,6 +123,7 @@ RAGGED = {
     "ReducedFormsCache.lookup": lambda L: ReducedFormsCache(2**20).lookup(L),
     "automorphic_forms": lambda L: automorphic_forms(L, reduced_forms(L)),
     "lattice_automorphisms": lattice_automorphisms,
+    "window_candidates": _window,
 }
 
 
