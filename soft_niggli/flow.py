@@ -201,8 +201,8 @@ def couple_reduced_forms(prior_lattice, labels: CrystalBatch, *, prior_frac=None
         :class:`CoupledLabels`.
 
     Raises:
-        TypeError: ``labels`` not a CrystalBatch; ValueError: wrong shapes (the message names the expected
-        and the given shape), an unknown ``among``.
+        TypeError: ``labels`` not a CrystalBatch.
+        ValueError: wrong shapes (the message names the expected and the given shape), an unknown ``among``.
     """
     if not isinstance(labels, CrystalBatch):
         raise TypeError(f"labels: expected a CrystalBatch, got {type(labels).__name__}")
