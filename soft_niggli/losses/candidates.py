@@ -1,7 +1,10 @@
 """Softmin over a bounded set of unimodular matrices: the continuous answer to the basis ambiguity.
 
-Row convention: lattices ``(B, 3, 3)`` have the lattice vectors as rows; a candidate ``M`` re-bases a
-reference lattice as ``M @ L_ref`` and its metric as ``M G_ref Mᵀ``.
+Row convention: lattices ``(..., 3, 3)`` have the lattice vectors as rows; a candidate ``M`` re-bases a
+reference lattice as ``M @ L_ref`` and its metric as ``M G_ref Mᵀ``. The public functions take one cell
+``(3, 3)`` or any stack ``(..., 3, 3)`` (tensors, NumPy arrays, nested lists), prediction and reference
+of the same shape; a result per cell and candidate is ``(..., K)``, and the packed windows of
+:func:`window_candidates` index the flattened cells ``reshape(-1, 3, 3)``.
 
 For a prediction and a reference (the label, usually in its Niggli basis) the softmin over the
 candidates ``U = {M}`` of a distance ``d_M``,
@@ -42,7 +45,7 @@ from dataclasses import dataclass
 
 import torch
 
-from .._checks import has_values
+from .._checks import as_lattice, has_values
 from ..unimodular import enumerate_unimodular
 
 try:  # the compiled branch and bound of window_candidates (soft_niggli/_loss_kernel.c); optional
@@ -90,11 +93,26 @@ def _device_key(t: torch.Tensor) -> str:
     return str(t.device)
 
 
-def lattice_distances(L_pred: torch.Tensor, L_ref: torch.Tensor, bound: int = 1, proper: bool = False) -> torch.Tensor:
-    """Mean squared entry difference ``||L_pred - M L_ref||² / 9`` for every candidate, ``(B, K)``.
+def _flat_pair(pred, ref, pred_name: str, ref_name: str) -> tuple[torch.Tensor, torch.Tensor, torch.Size]:
+    """Prediction and reference ``(..., 3, 3)`` of one shape as ``(pred (B, 3, 3), ref (B, 3, 3), (...))``."""
+    P, R = as_lattice(pred, pred_name), as_lattice(ref, ref_name)
+    if P.shape != R.shape:
+        raise ValueError(f"{ref_name}: expected the shape of {pred_name} {tuple(P.shape)}, got {tuple(R.shape)}")
+    return P.reshape(-1, 3, 3), R.reshape(-1, 3, 3), P.shape[:-2]
+
+
+def lattice_distances(L_pred, L_ref, bound: int = 1, proper: bool = False) -> torch.Tensor:
+    """Mean squared entry difference ``||L_pred - M L_ref||² / 9`` for every candidate, ``(..., K)`` for
+    lattices ``(..., 3, 3)``.
 
     Inner-product form (two small matrix products); differentiable in both lattices.
     """
+    P, R, lead = _flat_pair(L_pred, L_ref, "L_pred", "L_ref")
+    d = _lattice_distances(P, R, bound, proper)
+    return d.reshape(*lead, d.shape[-1])
+
+
+def _lattice_distances(L_pred: torch.Tensor, L_ref: torch.Tensor, bound: int, proper: bool) -> torch.Tensor:
     U = candidate_set(bound, proper, L_pred.dtype, L_pred.device)
     UtU = _gram_of_candidates(bound, proper, L_pred.dtype, _device_key(L_pred))
     B = L_pred.shape[0]
@@ -134,11 +152,11 @@ def _sym6(G: torch.Tensor) -> torch.Tensor:
     return torch.stack([G[:, i, j] for i, j in _SYM], 1)
 
 
-def candidate_lattice_terms(L_pred: torch.Tensor, L_ref: torch.Tensor, bound: int = 1, proper: bool = False,
+def candidate_lattice_terms(L_pred, L_ref, bound: int = 1, proper: bool = False,
                             metric: str = "cartesian") -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Every candidate's :func:`~soft_niggli.losses.lattice_term` against ``L_pred``, as ``(score, a, b)``:
-    ``lattice_term(L_pred, M L_ref) = a · score + b`` per row (``score (B, K)``, ``a, b (B,)``, ``a > 0``),
-    so that ranking and thresholds need no pass over the whole table.
+    ``lattice_term(L_pred, M L_ref) = a · score + b`` per cell (``score (..., K)``, ``a, b (...)``, ``a > 0``
+    for lattices ``(..., 3, 3)``), so that ranking and thresholds need no pass over the whole table.
 
     For choosing candidates (not differentiated), in inner-product form: one ``(B, 18) @ (18, K)``
     product for Cartesian entries; for the metric, ``‖G_p - M G_r Mᵀ‖²`` on the 6 distinct entries of
@@ -146,6 +164,14 @@ def candidate_lattice_terms(L_pred: torch.Tensor, L_ref: torch.Tensor, bound: in
     are divided by a common power of two first, so nothing overflows. Candidates tied in exact
     arithmetic (automorphisms of a symmetric reference) come out within a few ulps of each other.
     """
+    P, R, lead = _flat_pair(L_pred, L_ref, "L_pred", "L_ref")
+    score, a, b = _candidate_lattice_terms(P, R, bound, proper, metric)
+    return score.reshape(*lead, score.shape[-1]), a.reshape(lead), b.reshape(lead)
+
+
+def _candidate_lattice_terms(L_pred: torch.Tensor, L_ref: torch.Tensor, bound: int, proper: bool,
+                             metric: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """:func:`candidate_lattice_terms` of checked lattices ``(B, 3, 3)``."""
     with torch.no_grad():
         B = L_pred.shape[0]
         m = torch.maximum(L_pred.abs().amax(dim=(1, 2)), L_ref.abs().amax(dim=(1, 2)))
@@ -187,7 +213,7 @@ def _row_vectors(bound: int, device: str) -> torch.Tensor:
 _ROW_RANKS = {"cartesian": (6, 10), "gram": (6, 12)}
 
 
-def window_candidates(L_pred: torch.Tensor, L_ref: torch.Tensor, k: int, margin, bound: int = 1,
+def window_candidates(L_pred, L_ref, k: int, margin, bound: int = 1,
                       proper: bool = False, metric: str = "cartesian") -> tuple[torch.Tensor, torch.Tensor]:
     """Packed ``(owner (Q,), X (Q, 3, 3) int64)``: per crystal, every candidate ``X`` whose
     :func:`~soft_niggli.losses.terms.lattice_term` against ``L_pred`` is at most ``t_k + margin(t_k)``,
@@ -208,7 +234,17 @@ def window_candidates(L_pred: torch.Tensor, L_ref: torch.Tensor, k: int, margin,
     the proof fails (tiny or strongly skewed cells, or ``k`` beyond the triples) try more vectors,
     then are scored against all K candidates through :func:`candidate_lattice_terms`. On CPU tensors
     the compiled kernel does the same search exactly, by branch and bound (:func:`_compiled_window`).
+
+    Lattices ``(..., 3, 3)``: ``owner`` indexes the flattened cells ``L_pred.reshape(-1, 3, 3)`` (0 for one
+    cell ``(3, 3)``), and ``margin`` sees ``t_k`` of the flattened cells.
     """
+    P, R, _ = _flat_pair(L_pred, L_ref, "L_pred", "L_ref")
+    return _window_candidates(P, R, k, margin, bound, proper, metric)
+
+
+def _window_candidates(L_pred: torch.Tensor, L_ref: torch.Tensor, k: int, margin, bound: int, proper: bool,
+                       metric: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """:func:`window_candidates` of checked lattices ``(B, 3, 3)``."""
     with torch.no_grad():
         B, device = L_pred.shape[0], L_pred.device
         V = _row_vectors(bound, _device_key(L_pred))
@@ -235,7 +271,7 @@ def window_candidates(L_pred: torch.Tensor, L_ref: torch.Tensor, k: int, margin,
                 break
         rows = torch.cat(full + [rows])
         if len(rows):
-            score, a, b = candidate_lattice_terms(L_pred[rows], L_ref[rows], bound, proper, metric)
+            score, a, b = _candidate_lattice_terms(L_pred[rows], L_ref[rows], bound, proper, metric)
             kth = a * torch.topk(score, min(k, score.shape[1]), dim=1, largest=False).values[:, -1] + b
             limit = kth + margin(kth, rows)
             sub, candidate = (score <= ((limit - b) / a)[:, None]).nonzero(as_tuple=True)
@@ -299,7 +335,7 @@ def grouped_window_candidates(L_pred: torch.Tensor, L_ref: torch.Tensor, k: int,
             wide = torch.clamp(margin.relative * e + absolute_g[group[rows]], max=margin.cap) + extra_g[group[rows]]
             return wide.to(kth.dtype)
 
-        owner, X = window_candidates(L_pred, L_ref, k, row_margin, bound, proper, metric)
+        owner, X = _window_candidates(L_pred, L_ref, k, row_margin, bound, proper, metric)
         if not owner.numel():
             return owner, X
         from .terms import lattice_term  # the exact terms rank the rows' candidates
@@ -479,32 +515,38 @@ def _window_by_rows(costs: _RowCosts, k, margin, proper, V, r):
     return owner, X, ~complete, kth
 
 
-def lattice_distances_naive(L_pred: torch.Tensor, L_ref: torch.Tensor, bound: int = 1, proper: bool = False) -> torch.Tensor:
+def lattice_distances_naive(L_pred, L_ref, bound: int = 1, proper: bool = False) -> torch.Tensor:
     """Same as :func:`lattice_distances` through the explicit ``(B, K, 3, 3)`` tensor (reference, slow)."""
+    L_pred, L_ref, lead = _flat_pair(L_pred, L_ref, "L_pred", "L_ref")
     U = candidate_set(bound, proper, L_pred.dtype, L_pred.device)
     targets = torch.einsum("kij,bjl->bkil", U, L_ref)
-    return (L_pred[:, None] - targets).pow(2).mean(dim=(2, 3))
+    d = (L_pred[:, None] - targets).pow(2).mean(dim=(2, 3))
+    return d.reshape(*lead, d.shape[-1])
 
 
-def metric_distances(G_pred: torch.Tensor, G_ref: torch.Tensor, bound: int = 1, proper: bool = False) -> torch.Tensor:
-    """Mean squared entry difference ``||G_pred - M G_ref Mᵀ||² / 9`` for every candidate, ``(B, K)``.
+def metric_distances(G_pred, G_ref, bound: int = 1, proper: bool = False) -> torch.Tensor:
+    """Mean squared entry difference ``||G_pred - M G_ref Mᵀ||² / 9`` for every candidate, ``(..., K)`` for
+    metrics ``(..., 3, 3)``.
 
     ``G = L Lᵀ`` is rotation-invariant, so this distance needs no alignment of prediction and label.
     """
+    G_pred, G_ref, lead = _flat_pair(G_pred, G_ref, "G_pred", "G_ref")
     kron, quartic = _kron_of_candidates(bound, proper, G_pred.dtype, _device_key(G_pred))
     B = G_pred.shape[0]
     gp, gr = G_pred.reshape(B, 9), G_ref.reshape(B, 9)
     cross = (gp[:, :, None] * gr[:, None, :]).reshape(B, 81) @ kron
     quad = (gr[:, :, None] * gr[:, None, :]).reshape(B, 81) @ quartic
     sq = gp.pow(2).sum(1)[:, None] - 2 * cross + quad
-    return sq.clamp_min(0) / 9
+    return (sq.clamp_min(0) / 9).reshape(*lead, sq.shape[-1])
 
 
-def metric_distances_naive(G_pred: torch.Tensor, G_ref: torch.Tensor, bound: int = 1, proper: bool = False) -> torch.Tensor:
+def metric_distances_naive(G_pred, G_ref, bound: int = 1, proper: bool = False) -> torch.Tensor:
     """Same as :func:`metric_distances` through the explicit ``(B, K, 3, 3)`` tensor (reference, slow)."""
+    G_pred, G_ref, lead = _flat_pair(G_pred, G_ref, "G_pred", "G_ref")
     U = candidate_set(bound, proper, G_pred.dtype, G_pred.device)
     targets = torch.einsum("kai,bij,kcj->bkac", U, G_ref, U)
-    return (G_pred[:, None] - targets).pow(2).mean(dim=(2, 3))
+    d = (G_pred[:, None] - targets).pow(2).mean(dim=(2, 3))
+    return d.reshape(*lead, d.shape[-1])
 
 
 def softmin(d: torch.Tensor, tau: float, normalize: bool = False, dim: int = -1) -> torch.Tensor:
