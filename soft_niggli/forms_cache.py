@@ -39,6 +39,8 @@ class _Entry:
     lattice: torch.Tensor  # (k, 3, 3) the label's dtype, CPU
     status: int
     nbytes: int
+    count: int  # k, kept as a Python int: a lookup packs hundreds of entries per call
+    groups: int  # number of distinct metrics, metric.max() + 1
 
 
 @dataclass(frozen=True)
@@ -157,7 +159,8 @@ class ReducedFormsCache:
                 metric = metric - metric.min() if len(metric) else metric
                 nbytes = (transform.nbytes + inverse.nbytes + automorphic.nbytes + metric.nbytes + form.nbytes
                           + len(keys[b]) + _ENTRY_OVERHEAD)
-                entry = _Entry(transform, inverse, automorphic, metric, form, int(status), nbytes)
+                entry = _Entry(transform, inverse, automorphic, metric, form, int(status), nbytes, len(transform),
+                               int(metric.max()) + 1 if len(metric) else 0)
                 entries[b] = entry
                 fresh[keys[b]] = entry
             with self._lock:
@@ -169,12 +172,12 @@ class ReducedFormsCache:
                 while self._nbytes > self.max_bytes and self._entries:
                     _, old = self._entries.popitem(last=False)
                     self._nbytes -= old.nbytes
-        counts = torch.tensor([len(e.transform) for e in entries], device=device)
+        counts = torch.tensor([e.count for e in entries], device=device)
         forms = ReducedForms(owner=torch.repeat_interleave(torch.arange(B, device=device), counts),
                              transform=torch.cat([e.transform for e in entries]).to(device),
                              lattice=torch.cat([e.lattice for e in entries]).to(device),
                              status=torch.tensor([e.status for e in entries], dtype=torch.int64, device=device))
-        groups = torch.tensor([int(e.metric.max()) + 1 if len(e.metric) else 0 for e in entries])
+        groups = torch.tensor([e.groups for e in entries])
         offsets = torch.cumsum(groups, 0) - groups
         metric = torch.cat([e.metric for e in entries]) + torch.repeat_interleave(offsets, counts.cpu())
         return CachedForms(forms, torch.cat([e.inverse for e in entries]).to(device),
