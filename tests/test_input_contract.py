@@ -334,12 +334,14 @@ def test_couple_reduced_forms_takes_array_likes_and_one_cell_for_one_label(kind)
     labels = _labels(8)
     prior = _cells((8,), seed=3)
     convert = {"tensor": lambda t: t, "numpy": lambda t: t.numpy(), "list": lambda t: t.tolist()}[kind]
-    reference = couple_reduced_forms(_flat_of(convert(prior), False), labels, cache=ReducedFormsCache(0))
-    _coupled_equal(couple_reduced_forms(convert(prior), labels, cache=ReducedFormsCache(0)), reference)
+    reference = couple_reduced_forms(_flat_of(convert(prior), False), labels, ties="coordinates",
+                                     cache=ReducedFormsCache(0))
+    _coupled_equal(couple_reduced_forms(convert(prior), labels, ties="coordinates", cache=ReducedFormsCache(0)),
+                   reference)
     for k in (1, 2, 5):
-        one = couple_reduced_forms(convert(prior[k]), labels[k], cache=ReducedFormsCache(0))
+        one = couple_reduced_forms(convert(prior[k]), labels[k], ties="coordinates", cache=ReducedFormsCache(0))
         _coupled_equal(one, couple_reduced_forms(_flat_of(convert(prior), False)[k:k + 1], labels[k],
-                                                 cache=ReducedFormsCache(0)))
+                                                 ties="coordinates", cache=ReducedFormsCache(0)))
         assert one.transform.shape == (1, 3, 3) and one.distance.shape == (1,)
 
 
