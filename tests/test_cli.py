@@ -290,7 +290,7 @@ def test_a_malformed_row_is_flagged_with_its_line_and_the_run_goes_on(tmp_path):
 
 @pytest.mark.parametrize("where", ["under a file", "an existing folder", "a missing folder"])
 def test_output_path_problems_are_one_line_before_any_work(tmp_path, capsys, monkeypatch, where):
-    import soft_niggli.cli as cli
+    import soft_niggli.cli._rows as rows_module
 
     columns, rows = _bundled_rows("perov_5_small", 2)
     src = tmp_path / "in.csv"
@@ -299,7 +299,7 @@ def test_output_path_problems_are_one_line_before_any_work(tmp_path, capsys, mon
     (tmp_path / "a_folder").mkdir()
     dst = {"under a file": tmp_path / "a_file" / "out.csv", "an existing folder": tmp_path / "a_folder",
            "a missing folder": tmp_path / "nowhere" / "out.csv"}[where]
-    monkeypatch.setattr(cli, "_parse", lambda cif: pytest.fail("a CIF was parsed before the output path was checked"))
+    monkeypatch.setattr(rows_module, "parse_cif", lambda cif: pytest.fail("a CIF was parsed before the output path was checked"))
     with pytest.raises(SystemExit) as exc:
         main(["canonicalize", str(src), str(dst), "--no-progress"])
     err = capsys.readouterr().err
@@ -386,15 +386,17 @@ def test_jobs_and_shards_write_the_same_rows_as_one_process(tmp_path):
 
 
 def test_memory_is_bounded_by_the_chunks_in_flight(tmp_path):
-    import soft_niggli.cli as cli
+    from soft_niggli.cli._parallel import ordered_results
+    from soft_niggli.cli._rows import Layout
+    from soft_niggli.cli._source import open_source
 
     columns, rows = _bundled_rows("perov_5_small", 12)
     src = tmp_path / "in.csv"
     _write_csv(src, columns, rows)
-    source = cli._open_source(src)
-    layout = cli._Layout(cif=columns.index("cif"), width=len(columns), out_width=len(columns) + 3,
-                         status=len(columns), transform=len(columns) + 1, note=len(columns) + 2, input_cif=None,
-                         ident=columns.index("material_id"), rel_tol=1e-5, compare_spglib=False)
+    source = open_source(src)
+    layout = Layout(cif=columns.index("cif"), width=len(columns), out_width=len(columns) + 3,
+                    status=len(columns), transform=len(columns) + 1, note=len(columns) + 2, input_cif=None,
+                    ident=columns.index("material_id"), rel_tol=1e-5, compare_spglib=False)
     pulled = []
 
     def tasks():
@@ -402,7 +404,7 @@ def test_memory_is_bounded_by_the_chunks_in_flight(tmp_path):
             pulled.append(record[0])
             yield layout, [record], source.columns
 
-    results = cli._ordered_results(tasks(), jobs=2)
+    results = ordered_results(tasks(), jobs=2)
     next(results)
     assert len(pulled) <= 2 * 2 + 1  # not the whole file
     assert sum(1 for _ in results) == 11
@@ -426,9 +428,9 @@ def test_bad_arguments_name_what_was_expected_and_what_came(tmp_path, kwargs, ma
 
 
 def test_help_is_plain_text_with_defaults():
-    import soft_niggli.cli as cli
+    from soft_niggli.cli._command import build_parser
 
-    parser = cli._parser()
+    parser = build_parser()
     top = parser.format_help()
     sub = parser._subparsers._group_actions[0].choices["canonicalize"].format_help()
     for text in (top, sub):
