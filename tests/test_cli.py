@@ -385,29 +385,62 @@ def test_jobs_and_shards_write_the_same_rows_as_one_process(tmp_path):
     assert "".join(body for _, body in parts) == whole.split("\n", 1)[1]
 
 
-def test_memory_is_bounded_by_the_chunks_in_flight(tmp_path):
+def test_worker_processes_write_the_same_rows_as_this_process(tmp_path):
+    """Every chunk computed by a worker (``share=False``), compared with the same chunk computed here."""
+    import os
+
     from soft_niggli.cli._parallel import ordered_results
-    from soft_niggli.cli._rows import Layout
+    from soft_niggli.cli._rows import Layout, run_chunk
     from soft_niggli.cli._source import open_source
 
-    columns, rows = _bundled_rows("perov_5_small", 12)
+    columns, rows = _bundled_rows("carbon_24_small", 14)
     src = tmp_path / "in.csv"
     _write_csv(src, columns, rows)
     source = open_source(src)
     layout = Layout(cif=columns.index("cif"), width=len(columns), out_width=len(columns) + 3,
                     status=len(columns), transform=len(columns) + 1, note=len(columns) + 2, input_cif=None,
                     ident=columns.index("material_id"), rel_tol=1e-5, compare_spglib=False)
+    records = list(source.records())
+    tasks = [(layout, records[i:i + 3], source.columns) for i in range(0, len(records), 3)]
+    here = [run_chunk(*task) for task in tasks]
+    there = list(ordered_results(run_chunk, iter(tasks), jobs=2, share=False))
+    assert all(res.process not in (0, os.getpid()) for res in there)
+    assert [res.rows for res in there] == [res.rows for res in here]
+    assert [res.statuses for res in there] == [res.statuses for res in here]
+
+
+@pytest.mark.parametrize("jobs", [2, 3])
+def test_results_come_in_order_with_bounded_memory_and_this_process_sharing_the_work(jobs):
+    """Chunks of random durations, a thread pool standing in for the workers: results in input order, at
+    most ``held_at_most(jobs)`` tasks read and not yet handed back, and both this thread and the pool
+    computing chunks."""
+    import random
+    import threading
+    import time
+    from concurrent.futures import ThreadPoolExecutor
+
+    from soft_niggli.cli._parallel import held_at_most, ordered_results
+
+    durations = random.Random(jobs).choices([0.0, 0.002, 0.01], k=120)
     pulled = []
 
-    def tasks():
-        for record in source.records():
-            pulled.append(record[0])
-            yield layout, [record], source.columns
+    def work(i, seconds):
+        time.sleep(seconds)
+        return i, threading.get_ident()
 
-    results = ordered_results(tasks(), jobs=2)
-    next(results)
-    assert len(pulled) <= 2 * 2 + 1  # not the whole file
-    assert sum(1 for _ in results) == 11
+    def tasks():
+        for i, seconds in enumerate(durations):
+            pulled.append(i)
+            yield i, seconds
+
+    computed_by = set()
+    results = ordered_results(work, tasks(), jobs, pool=ThreadPoolExecutor(jobs - 1))
+    for k, (i, ident) in enumerate(results):
+        assert i == k
+        assert len(pulled) - k <= held_at_most(jobs)
+        computed_by.add(ident == threading.get_ident())
+    assert computed_by == {True, False}
+    assert held_at_most(jobs) < len(durations)  # so that the bound says something
 
 
 @pytest.mark.parametrize("kwargs, match", [

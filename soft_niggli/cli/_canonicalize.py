@@ -15,7 +15,7 @@ import numpy as np
 
 from .._checks import DEFAULT_REL_TOL
 from ._parallel import ordered_results
-from ._rows import STATUSES, Layout
+from ._rows import STATUSES, Layout, run_chunk
 from ._source import open_output, open_source
 
 EXTRA_COLUMNS = ("niggli_status", "niggli_transform", "niggli_note")
@@ -73,9 +73,9 @@ def canonicalize_file(src: str | os.PathLike, dst: str | os.PathLike, *, rel_tol
     Args:
         src, dst: input and output paths; ``dst`` ending in ``.gz`` is gzipped. Its folder must exist.
         rel_tol: the reducer's relative tolerance (:func:`soft_niggli.niggli_reduce`).
-        jobs: processes parsing and writing CIFs; 0 for one per available core. With ``jobs > 1`` the
-            workers start as multiprocessing's forkserver (or spawn) does: a script calling this must do so
-            under ``if __name__ == "__main__":``.
+        jobs: processes parsing and writing CIFs, this one included; 0 for one per available core. With
+            ``jobs > 1`` the ``jobs - 1`` workers start as multiprocessing's forkserver (or spawn) does: a
+            script calling this must do so under ``if __name__ == "__main__":``.
         shard: ``"K/N"`` or ``(K, N)``: only the K-th of N contiguous parts of the rows (K from 1).
         chunk: rows per task (and per batch of the reducer).
         keep_input_cif: also write each row's input CIF in a column ``input_cif``.
@@ -169,16 +169,19 @@ def canonicalize_file(src: str | os.PathLike, dst: str | os.PathLike, *, rel_tol
             bar = None
     statuses, flagged, spglib, seconds = Counter(), {}, Counter(), Counter()
     already = rows_written = 0
+    own = 0.0  # CPU time of the chunks this process computed
     tmp = dst.with_name(f".{dst.name}.tmp{os.getpid()}")
     try:
         with open_output(tmp, gz=dst.name.endswith(".gz")) as fh:
             writer = csv.writer(fh, lineterminator="\n")
             writer.writerow(out_columns)
-            for res in ordered_results(tasks(), jobs):
+            for res in ordered_results(run_chunk, tasks(), jobs):
                 writer.writerows(res.rows)
                 rows_written += len(res.rows)
                 statuses += res.statuses
                 seconds += res.seconds
+                if res.process == os.getpid():
+                    own += sum(res.seconds.values())
                 spglib += res.spglib
                 already += res.already
                 for name, where in res.flagged:
@@ -196,9 +199,8 @@ def canonicalize_file(src: str | os.PathLike, dst: str | os.PathLike, *, rel_tol
         if tmp.exists():
             tmp.unlink()
     seconds["total"] = time.perf_counter() - t_all
-    # This process's own share: reading, dispatching and writing the CSV (with one job, the rest too).
-    seconds["csv"] = time.process_time() - cpu_all - (sum(seconds[k] for k in ("parse", "reduce", "write", "spglib"))
-                                                     if jobs == 1 else 0.0)
+    # This process's share that is not chunks: reading, dispatching and writing the CSV.
+    seconds["csv"] = time.process_time() - cpu_all - own
     report = {"input": str(src), "output": str(dst), "rows": rows_written,
               "row_range": [first, first + rows_written - 1] if rows_written else None,
               "input_rows": total, "status": {k: statuses[k] for k in STATUSES if statuses[k]},

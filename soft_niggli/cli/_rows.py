@@ -8,6 +8,7 @@ lattice is ``T @ L``.
 from __future__ import annotations
 
 import json
+import os
 import time
 from collections import Counter
 from dataclasses import dataclass, field
@@ -55,6 +56,7 @@ class ChunkResult:
     already: int = 0
     seconds: Counter = field(default_factory=Counter)
     spglib: Counter = field(default_factory=Counter)
+    process: int = 0  # the id of the process that computed it: its seconds are that process's CPU time
 
 
 def compare_spglib(lattices: np.ndarray, reduced: np.ndarray, rel_tol: float) -> Counter:
@@ -93,7 +95,7 @@ def run_chunk(layout: Layout, records: list, columns: tuple) -> ChunkResult:
     from ..lattice import integer_inverse
     from ..niggli import Status, niggli_reduce
 
-    result = ChunkResult(rows=[], flagged=[])
+    result = ChunkResult(rows=[], flagged=[], process=os.getpid())
     t0 = time.process_time()
     outs, status, notes, pending = [], [], [], []  # pending: (index, structure, block name)
     for i, (_, where, fields, problem) in enumerate(records):
