@@ -299,7 +299,8 @@ def test_output_path_problems_are_one_line_before_any_work(tmp_path, capsys, mon
     (tmp_path / "a_folder").mkdir()
     dst = {"under a file": tmp_path / "a_file" / "out.csv", "an existing folder": tmp_path / "a_folder",
            "a missing folder": tmp_path / "nowhere" / "out.csv"}[where]
-    monkeypatch.setattr(rows_module, "parse_cif", lambda cif: pytest.fail("a CIF was parsed before the output path was checked"))
+    monkeypatch.setattr(rows_module, "parse_cif",
+                        lambda cif: pytest.fail("a CIF was parsed before the output path was checked"))
     with pytest.raises(SystemExit) as exc:
         main(["canonicalize", str(src), str(dst), "--no-progress"])
     err = capsys.readouterr().err
@@ -385,11 +386,13 @@ def test_jobs_and_shards_write_the_same_rows_as_one_process(tmp_path):
     assert "".join(body for _, body in parts) == whole.split("\n", 1)[1]
 
 
-def test_worker_processes_write_the_same_rows_as_this_process(tmp_path):
-    """Every chunk computed by a worker (``share=False``), compared with the same chunk computed here."""
+@pytest.mark.parametrize("fork", [False, True])
+def test_worker_processes_write_the_same_rows_as_this_process(tmp_path, fork):
+    """Every chunk computed by a worker (``share=False``), forked or from the forkserver, compared with the
+    same chunk computed here."""
     import os
 
-    from soft_niggli.cli._parallel import ordered_results
+    from soft_niggli.cli._parallel import ordered_results, process_pool
     from soft_niggli.cli._rows import Layout, run_chunk
     from soft_niggli.cli._source import open_source
 
@@ -403,10 +406,30 @@ def test_worker_processes_write_the_same_rows_as_this_process(tmp_path):
     records = list(source.records())
     tasks = [(layout, records[i:i + 3], source.columns) for i in range(0, len(records), 3)]
     here = [run_chunk(*task) for task in tasks]
-    there = list(ordered_results(run_chunk, iter(tasks), jobs=2, share=False))
+    pool = process_pool(1, fork=fork)
+    try:
+        there = list(ordered_results(run_chunk, iter(tasks), jobs=2, pool=pool, share=False))
+    finally:
+        pool.shutdown()
     assert all(res.process not in (0, os.getpid()) for res in there)
     assert [res.rows for res in there] == [res.rows for res in here]
     assert [res.statuses for res in there] == [res.statuses for res in here]
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="workers are forked on Linux only")
+def test_the_command_forks_its_workers_and_writes_what_one_process_writes(tmp_path):
+    columns, rows = _bundled_rows("carbon_24_small", 9)
+    src = tmp_path / "in.csv"
+    _write_csv(src, columns, rows)
+    method = subprocess.run([sys.executable, "-c", "from soft_niggli.cli._parallel import pool_context; "
+                             "print(pool_context(fork=True).get_start_method())"],
+                            capture_output=True, text=True, check=True).stdout.strip()
+    assert method == "fork"
+    for jobs in (1, 2):
+        subprocess.run([sys.executable, "-m", "soft_niggli.cli", "canonicalize", str(src),
+                        str(tmp_path / f"{jobs}.csv"), "--jobs", str(jobs), "--chunk", "2", "--no-progress"],
+                       capture_output=True, check=True)
+    assert (tmp_path / "2.csv").read_bytes() == (tmp_path / "1.csv").read_bytes()
 
 
 @pytest.mark.parametrize("jobs", [2, 3])
@@ -434,11 +457,11 @@ def test_results_come_in_order_with_bounded_memory_and_this_process_sharing_the_
             yield i, seconds
 
     computed_by = set()
-    results = ordered_results(work, tasks(), jobs, pool=ThreadPoolExecutor(jobs - 1))
-    for k, (i, ident) in enumerate(results):
-        assert i == k
-        assert len(pulled) - k <= held_at_most(jobs)
-        computed_by.add(ident == threading.get_ident())
+    with ThreadPoolExecutor(jobs - 1) as pool:
+        for k, (i, ident) in enumerate(ordered_results(work, tasks(), jobs, pool=pool)):
+            assert i == k
+            assert len(pulled) - k <= held_at_most(jobs)
+            computed_by.add(ident == threading.get_ident())
     assert computed_by == {True, False}
     assert held_at_most(jobs) < len(durations)  # so that the bound says something
 

@@ -37,10 +37,10 @@ The input CIF's other items (symmetry operations, displacement parameters, metad
 carried: --keep-input-cif writes each row's input CIF, unchanged, in a column input_cif.
 
 Scale. Rows are streamed: memory does not grow with the file. --jobs N parses and writes CIFs in N
-processes (the part that takes the time; the reducer takes microseconds per cell). --shard K/N
-canonicalizes the K-th of N contiguous parts of the rows (K from 1 to N), for the tasks of a cluster
-job array; each part is a complete CSV file with the header, and the parts in order hold the whole
-input. The run prints counts per status with the first few flagged rows, how many cells were reduced
+processes, this one among them (the part that takes the time; the reducer takes microseconds per
+cell). --shard K/N canonicalizes the K-th of N contiguous parts of the rows (K from 1 to N), for the
+tasks of a cluster job array; each part is a complete CSV file with the header, and the parts in order
+hold the whole input. The run prints counts per status with the first few flagged rows, how many cells were reduced
 as given, and the time of each part.
 """
 

@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from .._checks import DEFAULT_REL_TOL
-from ._parallel import ordered_results
+from ._parallel import ordered_results, process_pool
 from ._rows import STATUSES, Layout, run_chunk
 from ._source import open_output, open_source
 
@@ -97,6 +97,15 @@ def canonicalize_file(src: str | os.PathLike, dst: str | os.PathLike, *, rel_tol
             it twice: all before any row is parsed; and a file that turns out truncated part-way (then
             nothing is written; with ``shard``, found before any work).
     """
+    return canonicalize(src, dst, rel_tol=rel_tol, jobs=jobs, shard=shard, chunk=chunk, keep_input_cif=keep_input_cif,
+                        progress=progress, compare_spglib=compare_spglib)
+
+
+def canonicalize(src, dst, *, rel_tol: float = DEFAULT_REL_TOL, jobs: int = 1, shard=None, chunk: int = 256,
+                 keep_input_cif: bool = False, progress: bool = True, compare_spglib: bool = False,
+                 fork: bool = False) -> dict:
+    """:func:`canonicalize_file`, and ``fork``: the workers may be forked from this process (the command's
+    own process asks for it; see :func:`._parallel.process_pool`)."""
     from ..niggli import niggli_reduce
 
     src, dst = Path(src).expanduser(), Path(dst).expanduser()
@@ -117,11 +126,11 @@ def canonicalize_file(src: str | os.PathLike, dst: str | os.PathLike, *, rel_tol
                              "writes, so which one to replace is ambiguous")
     out_columns = list(columns) + extra
     layout = Layout(cif=columns.index("cif"), width=len(columns), out_width=len(out_columns),
-                     status=out_columns.index("niggli_status"), transform=out_columns.index("niggli_transform"),
-                     note=out_columns.index("niggli_note"),
-                     input_cif=out_columns.index(INPUT_CIF_COLUMN) if keep_input_cif else None,
-                     ident=columns.index("material_id") if "material_id" in columns else None,
-                     rel_tol=float(rel_tol), compare_spglib=compare_spglib)
+                    status=out_columns.index("niggli_status"), transform=out_columns.index("niggli_transform"),
+                    note=out_columns.index("niggli_note"),
+                    input_cif=out_columns.index(INPUT_CIF_COLUMN) if keep_input_cif else None,
+                    ident=columns.index("material_id") if "material_id" in columns else None,
+                    rel_tol=float(rel_tol), compare_spglib=compare_spglib)
 
     total = None
     if shard is not None:
@@ -151,31 +160,20 @@ def canonicalize_file(src: str | os.PathLike, dst: str | os.PathLike, *, rel_tol
             marks.append(source.position())
             yield layout, block, columns
 
-    bar = None
-    if progress:
-        try:
-            from tqdm.auto import tqdm
-
-            # Rows where they are counted (a shard); otherwise how much of the input has been read, which
-            # needs no counting pass.
-            if shard is not None:
-                unit = {"total": max(0, last - first + 1), "unit": "row"}
-            elif source.folder_files is not None:
-                unit = {"total": source.size, "unit": "file"}
-            else:
-                unit = {"total": source.size, "unit": "B", "unit_scale": True, "unit_divisor": 1024}
-            bar = tqdm(desc="canonicalize", file=sys.stderr, dynamic_ncols=True, **unit)
-        except ImportError:
-            bar = None
     statuses, flagged, spglib, seconds = Counter(), {}, Counter(), Counter()
     already = rows_written = 0
     own = 0.0  # CPU time of the chunks this process computed
     tmp = dst.with_name(f".{dst.name}.tmp{os.getpid()}")
+    # The workers start before the progress bar starts its thread: forked ones must (process_pool).
+    pool = process_pool(jobs - 1, fork) if jobs > 1 else None
+    bar = None
     try:
+        if progress:
+            bar = _progress_bar(source, None if shard is None else max(0, last - first + 1))
         with open_output(tmp, gz=dst.name.endswith(".gz")) as fh:
             writer = csv.writer(fh, lineterminator="\n")
             writer.writerow(out_columns)
-            for res in ordered_results(run_chunk, tasks(), jobs):
+            for res in ordered_results(run_chunk, tasks(), jobs, pool=pool):
                 writer.writerows(res.rows)
                 rows_written += len(res.rows)
                 statuses += res.statuses
@@ -198,6 +196,8 @@ def canonicalize_file(src: str | os.PathLike, dst: str | os.PathLike, *, rel_tol
             bar.close()
         if tmp.exists():
             tmp.unlink()
+        if pool is not None:
+            pool.shutdown(wait=True, cancel_futures=True)
     seconds["total"] = time.perf_counter() - t_all
     # This process's share that is not chunks: reading, dispatching and writing the CSV.
     seconds["csv"] = time.process_time() - cpu_all - own
@@ -212,3 +212,19 @@ def canonicalize_file(src: str | os.PathLike, dst: str | os.PathLike, *, rel_tol
     if compare_spglib:
         report["spglib"] = dict(spglib)
     return report
+
+
+def _progress_bar(source, rows: int | None):
+    """A tqdm bar on stderr, or None without tqdm: of ``rows`` where they are counted (a shard); otherwise
+    of how much of the input has been read, which needs no counting pass."""
+    try:
+        from tqdm.auto import tqdm
+    except ImportError:
+        return None
+    if rows is not None:
+        unit = {"total": rows, "unit": "row"}
+    elif source.folder_files is not None:
+        unit = {"total": source.size, "unit": "file"}
+    else:
+        unit = {"total": source.size, "unit": "B", "unit_scale": True, "unit_divisor": 1024}
+    return tqdm(desc="canonicalize", file=sys.stderr, dynamic_ncols=True, **unit)

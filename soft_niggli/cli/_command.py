@@ -8,7 +8,7 @@ from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
 
 from .._checks import DEFAULT_REL_TOL
-from ._canonicalize import canonicalize_file
+from ._canonicalize import canonicalize
 from ._report import format_report
 
 
@@ -70,7 +70,7 @@ def main(argv=None) -> int:
         if json_path.is_dir() or not json_path.parent.is_dir():
             parser.exit(2, f"{cmd}: error: --json {json_path}: expected a file in an existing folder\n")
     try:
-        report = canonicalize_file(args.input, args.output, rel_tol=args.rel_tol, jobs=args.jobs, shard=args.shard,
+        report = canonicalize(args.input, args.output, rel_tol=args.rel_tol, jobs=args.jobs, shard=args.shard,
                                    chunk=args.chunk, keep_input_cif=args.keep_input_cif,
                                    progress=not args.no_progress, compare_spglib=args.compare_spglib)
     except (ValueError, TypeError, OSError) as err:

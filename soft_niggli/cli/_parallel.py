@@ -1,13 +1,14 @@
 """``--jobs``: chunks canonicalised by this process and worker processes, their results handed back in
 input order.
 
-With ``jobs`` processes on ``jobs`` cores, this process is one of them: it reads the input, hands chunks
-to ``jobs - 1`` workers while they have fewer than two each, canonicalises the next chunk itself
-otherwise, and writes the results in order. Two things keep that close to ``jobs`` times as fast as one
-process:
+With ``jobs`` processes on ``jobs`` cores, this process is one of them: it reads the input, hands the
+next chunk to the ``jobs - 1`` workers while they hold fewer than two chunks each, canonicalises it
+itself otherwise, and writes the results in order. Two things keep that close to ``jobs`` times as fast
+as one process:
 
-* a worker's start is slow (the forkserver imports torch, soft_niggli and pymatgen: seconds), so the
-  pool starts in a background thread while this process works through the first chunks alone;
+* importing torch, soft_niggli and pymatgen takes seconds: the command's own process forks its workers,
+  which share its imports; elsewhere they come from a forkserver that imports them first, and the pool
+  starts in a background thread while this process works through the first chunks alone;
 * this process's own share of the work (reading and writing the CSV, a few percent) leaves it most of
   a core, which it spends on chunks rather than waiting.
 
@@ -27,12 +28,21 @@ def init_worker() -> None:
     torch.set_num_threads(1)  # one process per core: threads inside each would only compete
 
 
-def pool_context():
+def pool_context(fork: bool = False):
+    """The multiprocessing context of the workers: ``fork`` where ``fork`` is asked for and safe (Linux, no
+    thread of Python's but this one), else forkserver (or spawn where there is none)."""
     import multiprocessing
+    import sys
 
-    # forkserver: workers are forked from a clean server that has imported pymatgen and torch once, rather
-    # than from this process (fork after torch has started threads can hang) or from scratch (spawn).
     methods = multiprocessing.get_all_start_methods()
+    if fork and sys.platform.startswith("linux") and "fork" in methods and threading.active_count() == 1:
+        # The workers share this process's imports (torch, pymatgen: seconds each to import again). The
+        # command's own process asks for it: its only threads are the BLAS pools, which fork safely, and
+        # torch's, which the workers leave unused (one thread each).
+        return multiprocessing.get_context("fork")
+    # forkserver: workers are forked from a clean server that has imported pymatgen and torch once, rather
+    # than from a process whose threads are unknown (fork after torch has started threads can hang) or from
+    # scratch (spawn).
     if "forkserver" in methods:
         ctx = multiprocessing.get_context("forkserver")
         ctx.set_forkserver_preload(["soft_niggli", "soft_niggli.cli", "pymatgen.core", "pymatgen.io.cif"])
@@ -40,11 +50,20 @@ def pool_context():
     return multiprocessing.get_context("spawn")
 
 
-def process_pool(workers: int):
-    """The worker processes of :func:`ordered_results`: ``workers`` of them, one torch thread each."""
+def process_pool(workers: int, fork: bool = False):
+    """The worker processes of :func:`ordered_results`: ``workers`` of them, one torch thread each.
+
+    ``fork=True`` (the command's own process, before it starts any thread): forked from this process
+    where :func:`pool_context` allows it, and started here, before any other thread of this process
+    exists. Otherwise they start on the first task given to them (seconds, in a forkserver).
+    """
     from concurrent.futures import ProcessPoolExecutor
 
-    return ProcessPoolExecutor(max_workers=workers, mp_context=pool_context(), initializer=init_worker)
+    context = pool_context(fork)
+    pool = ProcessPoolExecutor(max_workers=workers, mp_context=context, initializer=init_worker)
+    if context.get_start_method() == "fork":
+        pool.submit(int).result()  # every worker is forked at the first task
+    return pool
 
 
 def held_at_most(jobs: int) -> int:
@@ -54,8 +73,8 @@ def held_at_most(jobs: int) -> int:
 
 def ordered_results(function, tasks, jobs: int, *, pool=None, share: bool = True):
     """``function(*task)`` for each of ``tasks`` (an iterable, read as it goes), in order, computed by
-    ``jobs`` processes: this one and the ``jobs - 1`` workers of ``pool`` (by default
-    :func:`process_pool`; shut down at the end).
+    ``jobs`` processes: this one and the ``jobs - 1`` workers of ``pool`` (an executor, which the caller
+    shuts down; by default a :func:`process_pool`, shut down at the end).
 
     ``share=False``: the workers compute every chunk (this process waits for them to start, then only
     reads and hands back), so that a test can compare their results with this process's.
@@ -64,7 +83,8 @@ def ordered_results(function, tasks, jobs: int, *, pool=None, share: bool = True
         for task in tasks:
             yield function(*task)
         return
-    pool = process_pool(jobs - 1) if pool is None else pool
+    own_pool = pool is None
+    pool = process_pool(jobs - 1) if own_pool else pool
     ready, started = threading.Event(), []
 
     def start():
@@ -102,7 +122,8 @@ def ordered_results(function, tasks, jobs: int, *, pool=None, share: bool = True
         while window:
             yield _result(window.popleft())
     finally:
-        pool.shutdown(wait=True, cancel_futures=True)
+        if own_pool:
+            pool.shutdown(wait=True, cancel_futures=True)
         starter.join()
 
 
