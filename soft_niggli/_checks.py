@@ -162,6 +162,16 @@ def check_int(value, name: str, *, minimum: int | None = None, allow_none: bool 
     return int(value)
 
 
+def check_count(value, name: str) -> int | None:
+    """``value`` as an int, for arguments that must be ``None`` or an int >= 0 (``limit``, ``max_atoms``).
+
+    A negative count would slice from the end (``limit=-1`` drops the last structure, ``ValueError``), and
+    ``True`` would read as 1 (``TypeError``, as for floats and strings): both are refused rather than given
+    a meaning. NumPy integers are accepted.
+    """
+    return check_int(value, name, minimum=0, allow_none=True)
+
+
 def check_real(value, name: str, expected: str) -> float:
     """``value`` as a ``float``: ``TypeError`` unless it is a real number (ints and NumPy floats included,
     bools not). ``expected`` describes the accepted values for the message; the range is the caller's."""

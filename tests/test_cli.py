@@ -290,7 +290,7 @@ def test_a_malformed_row_is_flagged_with_its_line_and_the_run_goes_on(tmp_path):
 
 @pytest.mark.parametrize("where", ["under a file", "an existing folder", "a missing folder"])
 def test_output_path_problems_are_one_line_before_any_work(tmp_path, capsys, monkeypatch, where):
-    import soft_niggli.cli as cli
+    import soft_niggli.cli._rows as rows_module
 
     columns, rows = _bundled_rows("perov_5_small", 2)
     src = tmp_path / "in.csv"
@@ -299,7 +299,8 @@ def test_output_path_problems_are_one_line_before_any_work(tmp_path, capsys, mon
     (tmp_path / "a_folder").mkdir()
     dst = {"under a file": tmp_path / "a_file" / "out.csv", "an existing folder": tmp_path / "a_folder",
            "a missing folder": tmp_path / "nowhere" / "out.csv"}[where]
-    monkeypatch.setattr(cli, "_parse", lambda cif: pytest.fail("a CIF was parsed before the output path was checked"))
+    monkeypatch.setattr(rows_module, "parse_cif",
+                        lambda cif: pytest.fail("a CIF was parsed before the output path was checked"))
     with pytest.raises(SystemExit) as exc:
         main(["canonicalize", str(src), str(dst), "--no-progress"])
     err = capsys.readouterr().err
@@ -385,27 +386,84 @@ def test_jobs_and_shards_write_the_same_rows_as_one_process(tmp_path):
     assert "".join(body for _, body in parts) == whole.split("\n", 1)[1]
 
 
-def test_memory_is_bounded_by_the_chunks_in_flight(tmp_path):
-    import soft_niggli.cli as cli
+@pytest.mark.parametrize("fork", [False, True])
+def test_worker_processes_write_the_same_rows_as_this_process(tmp_path, fork):
+    """Every chunk computed by a worker (``share=False``), forked or from the forkserver, compared with the
+    same chunk computed here."""
+    import os
 
-    columns, rows = _bundled_rows("perov_5_small", 12)
+    from soft_niggli.cli._parallel import ordered_results, process_pool
+    from soft_niggli.cli._rows import Layout, run_chunk
+    from soft_niggli.cli._source import open_source
+
+    columns, rows = _bundled_rows("carbon_24_small", 14)
     src = tmp_path / "in.csv"
     _write_csv(src, columns, rows)
-    source = cli._open_source(src)
-    layout = cli._Layout(cif=columns.index("cif"), width=len(columns), out_width=len(columns) + 3,
-                         status=len(columns), transform=len(columns) + 1, note=len(columns) + 2, input_cif=None,
-                         ident=columns.index("material_id"), rel_tol=1e-5, compare_spglib=False)
+    source = open_source(src)
+    layout = Layout(cif=columns.index("cif"), width=len(columns), out_width=len(columns) + 3,
+                    status=len(columns), transform=len(columns) + 1, note=len(columns) + 2, input_cif=None,
+                    ident=columns.index("material_id"), rel_tol=1e-5, compare_spglib=False)
+    records = list(source.records())
+    tasks = [(layout, records[i:i + 3], source.columns) for i in range(0, len(records), 3)]
+    here = [run_chunk(*task) for task in tasks]
+    pool = process_pool(1, fork=fork)
+    try:
+        there = list(ordered_results(run_chunk, iter(tasks), jobs=2, pool=pool, share=False))
+    finally:
+        pool.shutdown()
+    assert all(res.process not in (0, os.getpid()) for res in there)
+    assert [res.rows for res in there] == [res.rows for res in here]
+    assert [res.statuses for res in there] == [res.statuses for res in here]
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="workers are forked on Linux only")
+def test_the_command_forks_its_workers_and_writes_what_one_process_writes(tmp_path):
+    columns, rows = _bundled_rows("carbon_24_small", 9)
+    src = tmp_path / "in.csv"
+    _write_csv(src, columns, rows)
+    method = subprocess.run([sys.executable, "-c", "from soft_niggli.cli._parallel import pool_context; "
+                             "print(pool_context(fork=True).get_start_method())"],
+                            capture_output=True, text=True, check=True).stdout.strip()
+    assert method == "fork"
+    for jobs in (1, 2):
+        subprocess.run([sys.executable, "-m", "soft_niggli.cli", "canonicalize", str(src),
+                        str(tmp_path / f"{jobs}.csv"), "--jobs", str(jobs), "--chunk", "2", "--no-progress"],
+                       capture_output=True, check=True)
+    assert (tmp_path / "2.csv").read_bytes() == (tmp_path / "1.csv").read_bytes()
+
+
+@pytest.mark.parametrize("jobs", [2, 3])
+def test_results_come_in_order_with_bounded_memory_and_this_process_sharing_the_work(jobs):
+    """Chunks of random durations, a thread pool standing in for the workers: results in input order, at
+    most ``held_at_most(jobs)`` tasks read and not yet handed back, and both this thread and the pool
+    computing chunks."""
+    import random
+    import threading
+    import time
+    from concurrent.futures import ThreadPoolExecutor
+
+    from soft_niggli.cli._parallel import held_at_most, ordered_results
+
+    durations = random.Random(jobs).choices([0.0, 0.002, 0.01], k=120)
     pulled = []
 
-    def tasks():
-        for record in source.records():
-            pulled.append(record[0])
-            yield layout, [record], source.columns
+    def work(i, seconds):
+        time.sleep(seconds)
+        return i, threading.get_ident()
 
-    results = cli._ordered_results(tasks(), jobs=2)
-    next(results)
-    assert len(pulled) <= 2 * 2 + 1  # not the whole file
-    assert sum(1 for _ in results) == 11
+    def tasks():
+        for i, seconds in enumerate(durations):
+            pulled.append(i)
+            yield i, seconds
+
+    computed_by = set()
+    with ThreadPoolExecutor(jobs - 1) as pool:
+        for k, (i, ident) in enumerate(ordered_results(work, tasks(), jobs, pool=pool)):
+            assert i == k
+            assert len(pulled) - k <= held_at_most(jobs)
+            computed_by.add(ident == threading.get_ident())
+    assert computed_by == {True, False}
+    assert held_at_most(jobs) < len(durations)  # so that the bound says something
 
 
 @pytest.mark.parametrize("kwargs, match", [
@@ -426,9 +484,9 @@ def test_bad_arguments_name_what_was_expected_and_what_came(tmp_path, kwargs, ma
 
 
 def test_help_is_plain_text_with_defaults():
-    import soft_niggli.cli as cli
+    from soft_niggli.cli._command import build_parser
 
-    parser = cli._parser()
+    parser = build_parser()
     top = parser.format_help()
     sub = parser._subparsers._group_actions[0].choices["canonicalize"].format_help()
     for text in (top, sub):
