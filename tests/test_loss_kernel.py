@@ -18,9 +18,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import soft_niggli.canonical as canonical
-import soft_niggli.losses.candidates as candidates
 import soft_niggli.losses.invariants as invariants
 import soft_niggli.losses.periodic as periodic
+import soft_niggli.losses.windows as windows
 from soft_niggli import CrystalBatch, get_loss, random_unimodular
 from soft_niggli.lattice import integer_inverse
 from soft_niggli.testing import lattices, near_face_lattices, symmetric_crystals, symmetric_lattices
@@ -32,11 +32,11 @@ class pytorch_code:
     """Context manager: run the PyTorch (and NumPy) code instead of the kernel, in every module that uses it."""
 
     def __enter__(self):
-        self.saved = periodic._kernel, candidates._kernel, invariants._kernel, canonical._compiled_reduced_forms
-        periodic._kernel = candidates._kernel = invariants._kernel = canonical._compiled_reduced_forms = None
+        self.saved = periodic._kernel, windows._kernel, invariants._kernel, canonical._compiled_reduced_forms
+        periodic._kernel = windows._kernel = invariants._kernel = canonical._compiled_reduced_forms = None
 
     def __exit__(self, *exc):
-        periodic._kernel, candidates._kernel, invariants._kernel, canonical._compiled_reduced_forms = self.saved
+        periodic._kernel, windows._kernel, invariants._kernel, canonical._compiled_reduced_forms = self.saved
 
 
 def _pairs_inputs(seed, dtype, counts):
@@ -90,9 +90,9 @@ def _window_pair(L_pred, L_ref, k, metric, bound=1, proper=False):
     def margin(kth, rows=None):
         return torch.clamp(0.01 * kth + 1e-6, max=0.1)
 
-    out = candidates.window_candidates(L_pred, L_ref, k, margin, bound, proper, metric)
+    out = windows.window_candidates(L_pred, L_ref, k, margin, bound, proper, metric)
     with pytorch_code():
-        ref = candidates.window_candidates(L_pred, L_ref, k, margin, bound, proper, metric)
+        ref = windows.window_candidates(L_pred, L_ref, k, margin, bound, proper, metric)
     return [{(int(b), tuple(x.flatten().tolist())) for b, x in zip(*r)} for r in (out, ref)]
 
 
@@ -238,10 +238,10 @@ def test_grouped_window_kernel_returns_the_window_of_the_pytorch_code(labels, me
     counts = torch.bincount(crystal, minlength=len(L))
     start = torch.cat([torch.zeros(1, dtype=torch.int64), torch.cumsum(counts, 0)])
     scale = P.square().sum(dim=(1, 2)) + R.square().sum(dim=(1, 2))
-    margin = candidates.WindowMargin(relative=0.01, absolute=1e-6 * scale / 18, cap=0.1, extra=1e-12 * scale)
+    margin = windows.WindowMargin(relative=0.01, absolute=1e-6 * scale / 18, cap=0.1, extra=1e-12 * scale)
 
     def run():
-        owner, X = candidates.grouped_window_candidates(P, R, k, margin, penalty, start, relative, 1, False, metric)
+        owner, X = windows.grouped_window_candidates(P, R, k, margin, penalty, start, relative, 1, False, metric)
         return {(int(crystal[o]), tuple((x @ relative[o]).flatten().tolist())): int(o) for o, x in zip(owner, X)}
 
     compiled = run()

@@ -118,6 +118,48 @@ def test_baselines_are_a_subpackage_on_disk_as_installed():
     assert "package_dir" not in (ROOT / "setup.py").read_text(encoding="utf-8")
 
 
+_MOVED_NAMES = textwrap.dedent("""
+    import importlib, warnings
+
+    moved = [  # (module, name, where it lives)
+        ("soft_niggli.losses.candidates", "softmin", "soft_niggli.losses.candidates.soft_minimum"),
+        ("soft_niggli.losses.candidates", "window_candidates", "soft_niggli.losses.windows.window_candidates"),
+        ("soft_niggli.losses.candidates", "grouped_window_candidates",
+         "soft_niggli.losses.windows.grouped_window_candidates"),
+        ("soft_niggli.losses.candidates", "WindowMargin", "soft_niggli.losses.windows.WindowMargin"),
+        ("soft_niggli.losses.softmin", "GramLoss", "soft_niggli.losses.gram.GramLoss"),
+        ("soft_niggli.losses.softmin", "packed_softmin", "soft_niggli.losses._packed.packed_soft_minimum"),
+    ]
+    for module, name, place in moved:
+        path, attribute = place.rsplit(".", 1)
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            first = getattr(importlib.import_module(module), name)
+            again = getattr(importlib.import_module(module), name)
+            exec(f"from {module} import {name} as third")
+        assert first is again is third is getattr(importlib.import_module(path), attribute), name
+        messages = [str(w.message) for w in caught if issubclass(w.category, DeprecationWarning)]
+        assert messages == [f"{module}.{name} is {place}: import it from there"], messages
+        # The warning points at the line that asked for the name, not at soft_niggli.
+        assert all(w.filename == "<string>" for w in caught if issubclass(w.category, DeprecationWarning))
+    try:
+        importlib.import_module("soft_niggli.losses.candidates").no_such_name
+    except AttributeError as error:
+        assert "no_such_name" in str(error)
+    else:
+        raise AssertionError("an unknown name was found")
+    print("OK")
+""")
+
+
+def test_moved_names_are_found_where_they_live_and_warn_once_naming_that_place():
+    # A fresh interpreter: each name warns only on its first lookup in a process.
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(Path(soft_niggli.__file__).resolve().parents[1]),
+                                                        *filter(None, [os.environ.get("PYTHONPATH")])])}
+    out = subprocess.run([sys.executable, "-c", _MOVED_NAMES], capture_output=True, text=True, env=env, timeout=120)
+    assert out.returncode == 0 and out.stdout.strip().endswith("OK"), out.stderr
+
+
 def test_version_is_defined_once_and_metadata_is_complete():
     meta = importlib.metadata.metadata("soft-niggli")
     hint = ("installed metadata out of date: reinstall (pip install -e .), and remove any stale "
@@ -246,9 +288,9 @@ _BLOCK_LOSS_KERNEL = textwrap.dedent("""
     sys.meta_path.insert(0, BlockKernel())
     import torch
     from soft_niggli import CrystalBatch, get_loss, lattice_automorphisms
-    from soft_niggli.losses import candidates, periodic
+    from soft_niggli.losses import periodic, windows
 
-    assert not periodic.COMPILED_PAIRS and candidates._kernel is None
+    assert not periodic.COMPILED_PAIRS and windows._kernel is None
     L = torch.tensor([[[4.0, 0, 0], [0, 4, 0], [0, 0, 4]]], dtype=torch.float64)
     label = CrystalBatch(L, torch.tensor([[0.0, 0, 0], [0.5, 0.5, 0.5]], dtype=torch.float64), [2], [11, 17])
     pred = CrystalBatch(L + 0.1, label.frac + 0.02, [2], [11, 17])

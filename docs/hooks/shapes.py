@@ -26,8 +26,9 @@ log = logging.getLogger(f"mkdocs.hooks.{__name__}")
 MODULES = (
     "soft_niggli.lattice", "soft_niggli.niggli", "soft_niggli.canonical", "soft_niggli.unimodular",
     "soft_niggli.flow", "soft_niggli.forms_cache", "soft_niggli.crystal", "soft_niggli.metrics",
-    "soft_niggli.losses.terms", "soft_niggli.losses.candidates", "soft_niggli.losses.invariants",
-    "soft_niggli.losses.sinkhorn", "soft_niggli.baselines", "soft_niggli.baselines.spglib_proxy",
+    "soft_niggli.losses.terms", "soft_niggli.losses.candidates", "soft_niggli.losses.windows",
+    "soft_niggli.losses.invariants", "soft_niggli.losses.sinkhorn", "soft_niggli.baselines",
+    "soft_niggli.baselines.spglib_proxy",
 )
 _LATTICE_PARAM = re.compile(r"^(lattices?|\w+_lattices?|L|L_\w+|G_\w+|P_lat|M)$")
 SHAPES = ("one", "batch", "stack", "numpy", "list")
@@ -162,9 +163,9 @@ PROBES = {
                         coords="periodic", lattice_weight=1.0, coord_weight=1.0, blur=0.1, rel_tol=1e-5),
         "prediction for a CrystalBatch of as many labels"),
     "soft_niggli.losses.candidates.candidate_lattice_terms": (lambda k: _fn()(_cells(k), _cells(k)), "pred and reference"),
-    "soft_niggli.losses.candidates.window_candidates": (lambda k: _fn()(_cells(k), _cells(k), 8, _window_margin),
+    "soft_niggli.losses.windows.window_candidates": (lambda k: _fn()(_cells(k), _cells(k), 8, _window_margin),
                                                         "pred and reference"),
-    "soft_niggli.losses.candidates.grouped_window_candidates": (lambda k: _grouped_window(k),
+    "soft_niggli.losses.windows.grouped_window_candidates": (lambda k: _grouped_window(k),
                                                                 "pred and reference rows, one group per cell"),
     "soft_niggli.losses.terms.form_penalty": (lambda k: _form_penalty(k), "with one weight per form"),
     "soft_niggli.losses.candidates.lattice_distances": (lambda k: _fn()(_cells(k), _cells(k)), "pred and reference"),
