@@ -8,6 +8,7 @@ import os
 import shutil
 import subprocess
 import sys
+import tarfile
 import textwrap
 import zipfile
 from pathlib import Path
@@ -187,9 +188,9 @@ def _setuptools_for_build() -> None:
         pytest.skip(f"setuptools {setuptools.__version__} < 77 (pyproject.toml's build requirement)")
 
 
-def test_wheel_holds_only_soft_niggli_and_its_dist_info(tmp_path):
-    _setuptools_for_build()
-    # Build from a clean copy: an in-tree build/ folder can hold stale files that a wheel would pick up.
+def _clean_copy(tmp_path) -> Path:
+    """The sources a build reads, copied without build outputs: an in-tree build/ folder can hold stale
+    files that a wheel would pick up."""
     src = tmp_path / "src"
     src.mkdir()
     for name in _SOURCES:
@@ -198,6 +199,12 @@ def test_wheel_holds_only_soft_niggli_and_its_dist_info(tmp_path):
             shutil.copytree(path, src / name, ignore=shutil.ignore_patterns("__pycache__", "*.so", "*.pyd", "*.pyc"))
         elif path.exists():
             shutil.copy2(path, src / name)
+    return src
+
+
+def test_wheel_holds_only_soft_niggli_and_its_dist_info(tmp_path):
+    _setuptools_for_build()
+    src = _clean_copy(tmp_path)
     out = subprocess.run(
         [sys.executable, "-m", "pip", "wheel", str(src), "--no-deps", "--no-build-isolation", "--no-index",
          "-q", "-w", str(tmp_path / "dist")],
@@ -220,9 +227,11 @@ def test_wheel_holds_only_soft_niggli_and_its_dist_info(tmp_path):
         assert "proxy-spglib = soft_niggli.baselines.spglib_proxy:SpglibProxyLoss" in entry_points
         assert "[console_scripts]" in entry_points and "soft-niggli = soft_niggli.cli:main" in entry_points
         assert f"{dist_info}/licenses/LICENSE" in names
-        # The compiled parts (optional: both where a C compiler built them, neither where none did).
+        # The compiled parts (optional: all where a C compiler built them, none where none did), and none
+        # of their C sources.
         compiled = {n.split("/")[1].split(".")[0] for n in names if n.endswith((".so", ".pyd"))}
-        assert compiled in (set(), {"_niggli_kernel", "_loss_kernel"}), compiled
+        assert compiled in (set(), {"_niggli_kernel", "_loss_kernel", "_lattice_kernel"}), compiled
+        assert not [n for n in names if n.endswith((".c", ".h"))]
         # The bundled crystals and their NOTICE, byte for byte, and nothing else under data/.
         from soft_niggli.datasets import BUNDLED
 
@@ -230,6 +239,21 @@ def test_wheel_holds_only_soft_niggli_and_its_dist_info(tmp_path):
         assert data == sorted([f"soft_niggli/data/{name}.csv.gz" for name in BUNDLED] + ["soft_niggli/data/NOTICE"])
         for name in data:
             assert zf.read(name) == (ROOT / name).read_bytes(), name
+
+
+def test_sdist_holds_every_c_source_and_header_of_the_extensions(tmp_path):
+    _setuptools_for_build()
+    src = _clean_copy(tmp_path)
+    out = subprocess.run([sys.executable, "setup.py", "-q", "sdist", "-d", str(tmp_path / "dist")], cwd=src,
+                         capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, f"sdist failed:\n{out.stdout}\n{out.stderr}"
+    (sdist,) = (tmp_path / "dist").glob("soft_niggli-*.tar.gz")
+    with tarfile.open(sdist) as tf:
+        names = {n.split("/", 1)[1] for n in tf.getnames() if "/" in n}
+    sources = {str(p.relative_to(ROOT)).replace(os.sep, "/") for p in (ROOT / "soft_niggli").rglob("*")
+               if p.suffix in (".c", ".h")}
+    assert "soft_niggli/_kernels/kernels.h" in sources and "soft_niggli/_niggli_kernel.c" in sources
+    assert sources <= names, sorted(sources - names)
 
 
 # ------------------------------------------------------------------------------ kernel warning
@@ -276,21 +300,31 @@ def test_a_missing_kernel_warns_once_unless_silenced(silenced):
         assert "pip install" in warnings[0] and "SOFT_NIGGLI_NO_KERNEL_WARNING=1" in warnings[0]
 
 
-_BLOCK_LOSS_KERNEL = textwrap.dedent("""
-    import sys
+_BLOCK_LOSS_KERNELS = textwrap.dedent("""
+    import importlib.machinery, importlib.util, sys
 
-    class BlockKernel:  # as if the losses' C extension had not been built
+    blocked = set(sys.argv[1:])
+    # Which extensions this checkout has, found without importing soft_niggli (which imports them).
+    package = importlib.util.find_spec("soft_niggli").submodule_search_locations
+    built = {name: importlib.machinery.PathFinder.find_spec(name, package) is not None
+             for name in ("_loss_kernel", "_lattice_kernel")}
+
+    class BlockKernel:  # as if these C extensions had not been built
         def find_spec(self, name, path=None, target=None):
-            if name == "soft_niggli._loss_kernel":
+            if name in blocked:
                 raise ImportError("blocked by the test")
             return None
 
     sys.meta_path.insert(0, BlockKernel())
     import torch
-    from soft_niggli import CrystalBatch, get_loss, lattice_automorphisms
-    from soft_niggli.losses import periodic, windows
+    from soft_niggli import CrystalBatch, canonical, get_loss, lattice_automorphisms, unimodular
+    from soft_niggli.losses import invariants, periodic, windows
 
-    assert not periodic.COMPILED_PAIRS and windows._kernel is None
+    # Each extension stands alone: a blocked one takes its own loops with it, and no other.
+    losses = built["_loss_kernel"] and "soft_niggli._loss_kernel" not in blocked
+    lattice = built["_lattice_kernel"] and "soft_niggli._lattice_kernel" not in blocked
+    assert periodic.COMPILED_PAIRS == (windows._kernel is not None) == (invariants._kernel is not None) == losses
+    assert (unimodular._kernel is not None) == (canonical._compiled_reduced_forms is not None) == lattice
     L = torch.tensor([[[4.0, 0, 0], [0, 4, 0], [0, 0, 4]]], dtype=torch.float64)
     label = CrystalBatch(L, torch.tensor([[0.0, 0, 0], [0.5, 0.5, 0.5]], dtype=torch.float64), [2], [11, 17])
     pred = CrystalBatch(L + 0.1, label.frac + 0.02, [2], [11, 17])
@@ -302,9 +336,12 @@ _BLOCK_LOSS_KERNEL = textwrap.dedent("""
 """)
 
 
-def test_the_losses_work_without_their_compiled_loops():
+@pytest.mark.parametrize("blocked", [["soft_niggli._loss_kernel"], ["soft_niggli._lattice_kernel"],
+                                     ["soft_niggli._loss_kernel", "soft_niggli._lattice_kernel"]],
+                         ids=["loss-kernel", "lattice-kernel", "both"])
+def test_the_losses_and_the_lattice_enumerations_work_without_their_compiled_loops(blocked):
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(Path(soft_niggli.__file__).resolve().parents[1]),
                                                         *filter(None, [os.environ.get("PYTHONPATH")])])}
-    out = subprocess.run([sys.executable, "-c", _BLOCK_LOSS_KERNEL], capture_output=True, text=True, env=env,
-                         timeout=120)
+    out = subprocess.run([sys.executable, "-c", _BLOCK_LOSS_KERNELS, *blocked], capture_output=True, text=True,
+                         env=env, timeout=120)
     assert out.returncode == 0 and out.stdout.strip().endswith("OK"), out.stderr

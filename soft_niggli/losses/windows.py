@@ -9,7 +9,7 @@ reference lattice as ``M @ L_ref``.
 that compete as one candidate set (the classes of a label's reduced forms), with the margin in closed
 form (:class:`WindowMargin`). A candidate's rows are short vectors ``v`` of ``[-bound, bound]³``, and
 its lattice term is a sum over its rows (Cartesian entries) or bounded below by one (the metric's
-diagonal). On CPU tensors a compiled branch and bound over the rows (``soft_niggli/_loss_kernel.c``)
+diagonal). On CPU tensors a compiled branch and bound over the rows (``soft_niggli/_kernels/window.c``)
 enumerates exactly the candidates within reach, for any cell; elsewhere (GPU tensors, or no C
 compiler at install) PyTorch combines the ``r`` best vectors per row, ``r³`` triples instead of K
 matrices, with a bound that proves no other candidate is in the window (else that crystal is scored
@@ -28,7 +28,7 @@ import torch
 from .._checks import has_values
 from .candidates import _device_key, candidate_lattice_terms, candidate_set
 
-try:  # the compiled branch and bound of window_candidates (soft_niggli/_loss_kernel.c); optional
+try:  # the compiled branch and bound of window_candidates (soft_niggli/_kernels/window.c); optional
     from .. import _loss_kernel as _kernel
 except ImportError:  # not built (no C compiler at install time): the PyTorch stages below do the same
     _kernel = None
@@ -124,7 +124,7 @@ def grouped_window_candidates(L_pred: torch.Tensor, L_ref: torch.Tensor, k: int,
     returned once, from the row of its smallest ``e`` (the first such row); ``margin_g`` is the
     :class:`WindowMargin` with the smallest ``absolute`` and ``extra`` of the group's rows.
 
-    On CPU tensors one compiled search per group (``soft_niggli/_loss_kernel.c``, ``window_groups``): its
+    On CPU tensors one compiled search per group (``soft_niggli/_kernels/window.c``, ``window_groups``): its
     later rows search only below the group's limit so far. Elsewhere :func:`window_candidates` per row,
     then the same choice in PyTorch (tests/test_loss_kernel.py checks that both agree).
     """
@@ -225,7 +225,7 @@ class WindowMargin:
 
 
 def _compiled_window(L_pred, L_ref, k, margin, proper, metric, V):
-    """:func:`window_candidates` through the compiled branch and bound (``soft_niggli/_loss_kernel.c``):
+    """:func:`window_candidates` through the compiled branch and bound (``soft_niggli/_kernels/window.c``):
     exact for every cell (terms in float64), no stages and no scoring of the whole candidate set. With
     a :class:`WindowMargin`, one search finds each crystal's ``t_k`` and its window; with any other
     margin, one pass finds ``t_k`` and a second collects the window."""
