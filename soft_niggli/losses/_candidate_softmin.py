@@ -278,7 +278,7 @@ class CandidateSoftmin(CrystalLoss):
         """``(crystal (Q,), taper (Q,) float64)``: the window's taper weight of every candidate the
         prediction's windows hold (1 up to the k-th, 0 at the window's edge, between inside the band).
         Not part of the loss: what a test needs to know where the backward pass is the value's exact
-        derivative (no candidate strictly inside the band, see the module docstring's "Gradients")."""
+        derivative (no candidate strictly inside the band; "Gradients" in :mod:`soft_niggli.losses.softmin`)."""
         with torch.no_grad():
             target = target.to(dtype=pred.dtype)
             L, F = self.sanitized(pred, target, self.scorable(pred))

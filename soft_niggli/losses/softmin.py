@@ -80,7 +80,6 @@ softmin itself is evaluated in float64 and shifted by its minimum, so it is fini
 The machinery both losses share is :class:`~soft_niggli.losses._candidate_softmin.CandidateSoftmin`.
 """
 
-
 from __future__ import annotations
 
 from .._moved import moved_names
