@@ -5,7 +5,8 @@ Everything else (metadata, dependencies, version) is in pyproject.toml.
 Packages: ``soft_niggli`` and its subpackages (among them ``soft_niggli.baselines``, the peer reducers
 and the ``"proxy-spglib"`` loss), found automatically.
 
-Extensions: the reducer's per-cell loop (``soft_niggli/_niggli_kernel.c``); the losses' loops
+Extensions: the reducer's per-cell loop (``soft_niggli/niggli/_niggli_kernel.c``, built as
+``soft_niggli.niggli._niggli_kernel``); the losses' loops
 (``soft_niggli._loss_kernel``: the periodic coordinate term of many pairs, the candidate windows, the
 lattice vectors in a ball); the enumerations on single lattices that code outside the losses uses
 (``soft_niggli._lattice_kernel``: automorphisms, reduced forms). The last two are built from the
@@ -52,7 +53,8 @@ class BuildExt(build_ext):
 setup(
     packages=find_packages(include=["soft_niggli", "soft_niggli.*"]),
     ext_modules=[
-        Extension("soft_niggli._niggli_kernel", sources=["soft_niggli/_niggli_kernel.c"], optional=True),
+        Extension("soft_niggli.niggli._niggli_kernel", sources=["soft_niggli/niggli/_niggli_kernel.c"],
+                  optional=True),
         Extension("soft_niggli._loss_kernel", sources=_kernel_sources("loss_kernel", "periodic_pairs", "window",
                                                                        "ball_vectors"),
                   depends=[_KERNEL_HEADER], optional=True),

@@ -13,7 +13,7 @@ same random bases for a given seed; then it is evaluated on a held-out split.
   registered here are skipped with a warning.
 * **Label bases**: ``niggli`` (what DiffCSP does, the reference: every label Niggli-reduced once with
   :func:`soft_niggli.canonicalize_labels` and put in the standard orientation of its cell
-  parameters, see :func:`benchmarks.data.diffcsp_canonical`); ``raw`` (the cells as stored, in the
+  parameters, see :func:`benchmarks.harness.data.diffcsp_canonical`); ``raw`` (the cells as stored, in the
   orientation the file gives); ``random`` (every epoch, each ``niggli`` label re-based by a fresh random unimodular
   matrix with entries bounded by 2, :func:`soft_niggli.random_unimodular`: the same Cartesian lattice
   as ``niggli``, only the basis differs; with ``--rotate`` also rotated by a random proper rotation,
@@ -45,9 +45,9 @@ the README gives the measured time and machine). Data needing no folder: ``perov
 the full CDVAE files (``perov_5``, ``carbon_24``, ``mp_20``, ``mpts_52``) come from ``--data-dir``,
 ``$SOFT_NIGGLI_DATA`` or ``../shared/data`` next to this checkout.
 
-Modules: :mod:`benchmarks.data` (the data holder), :mod:`benchmarks.models`, :mod:`benchmarks.training`
-(fitting one model), :mod:`benchmarks.ablation_report` (tables, JSON, figures); this one is the command
-line. From the repository root::
+Modules: :mod:`benchmarks.harness.data` (the data holder), :mod:`benchmarks.harness.models`,
+:mod:`benchmarks.harness.training` (fitting one model), :mod:`benchmarks.ablation_report` (tables, JSON,
+figures); this one is the command line. From the repository root::
 
     python -m benchmarks.ablation                     # default: perov_5_small (bundled), ~4 minutes
     python -m benchmarks.ablation --datasets perov_5 carbon_24 --train-size 1000 --val-size 200 --epochs 25 \\
@@ -69,10 +69,10 @@ from soft_niggli import available_losses, get_loss
 from soft_niggli.datasets import BUNDLED, DATASETS, resolve_data_dir
 
 from .ablation_report import LEGEND, compact_table, run_key, summarize, write_outputs, write_overview
-from .data import CHECKOUT_DATA, data_dir, load_data
-from .models import MODELS, import_object
-from .report import RESULTS, command_line, machine_description
-from .training import BASES, parse_strategy, train_one
+from .harness.data import CHECKOUT_DATA, data_dir, load_data
+from .harness.models import MODELS, import_object
+from .harness.report import RESULTS, command_line, machine_description
+from .harness.training import BASES, parse_strategy, train_one
 
 #: The default run (module docstring): sized to show the result in about 4 minutes of one CPU core (README).
 DEFAULT_DATASETS = ("perov_5_small",)
@@ -142,7 +142,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     ap.add_argument("--bases", nargs="+", default=list(BASES), choices=BASES)
     ap.add_argument("--models", nargs="+", default=["mlp"], metavar="MODEL",
                     help=f"{', '.join(sorted(MODELS))}, or your own as package.module:Class "
-                         "(benchmarks.models says what it is given and returns) (default: mlp)")
+                         "(benchmarks.harness.models says what it is given and returns) (default: mlp)")
     ap.add_argument("--epochs", type=int, default=DEFAULT_EPOCHS)
     ap.add_argument("--seeds", type=int, default=DEFAULT_SEEDS, help="number of seeds (0, 1, ..., n-1)")
     ap.add_argument("--batch-size", type=int, default=DEFAULT_BATCH)
@@ -180,8 +180,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     return args
 
 
-def main(argv=None) -> dict:
-    """Run the ablation; returns ``{dataset: record}`` (the JSON written for each dataset)."""
+def main(argv=None) -> int:
+    """Run the ablation (or ``--rebuild`` its tables); writes ``ablation_<dataset>.{md,json}``, figures and
+    ``ablation_overview.md`` under ``--out`` and prints the compact table; returns the exit status 0."""
     argv = list(sys.argv[1:] if argv is None else argv)
     args = parse_args(argv)
     torch.set_num_threads(max(1, args.threads))
@@ -189,7 +190,8 @@ def main(argv=None) -> dict:
     from tqdm.auto import tqdm
 
     if args.rebuild:
-        return rebuild(Path(args.out), args.datasets)
+        rebuild(Path(args.out), args.datasets)
+        return 0
     registered = set(available_losses())
     strategies = []
     for s in args.strategies:
@@ -214,7 +216,6 @@ def main(argv=None) -> dict:
     out_dir.mkdir(parents=True, exist_ok=True)
     machine = machine_description([f"device {device}"])
     command = command_line("ablation", argv)
-    records = {}
     t_start = time.perf_counter()
     for dataset in args.datasets:
         try:
@@ -257,7 +258,6 @@ def main(argv=None) -> dict:
             "summary": summarize(runs), "runs": runs,
         }
         write_outputs(dataset, record, out_dir)
-        records[dataset] = record
         print(f"\n{dataset}: held-out crystals, mean ± std over {args.seeds} seed(s)\n")
         print(compact_table(record, strategies))
         print(LEGEND)
@@ -265,8 +265,8 @@ def main(argv=None) -> dict:
               flush=True)
     write_overview(out_dir)
     print(f"total wall time {time.perf_counter() - t_start:.0f} s")
-    return records
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(main())

@@ -1,6 +1,6 @@
 """Reporting of the ablation (:mod:`benchmarks.ablation`): summary over seeds, tables, JSON, figures.
 
-Everything here is computed from run records (the dicts of :func:`benchmarks.training.train_one`), so
+Everything here is computed from run records (the dicts of :func:`benchmarks.harness.training.train_one`), so
 the tables and figures can be rebuilt from a results JSON without training (``--rebuild``).
 A dataset's record holds ``dataset``, ``commands`` (every command whose runs it holds), ``machine``,
 ``data`` (sizes, source, reference scores), ``summary`` (:func:`summarize`) and ``runs``.
@@ -15,8 +15,8 @@ from pathlib import Path
 
 import numpy as np
 
-from .report import pyplot, write_results
-from .training import BASES, STRATEGIES, parse_strategy
+from .harness.report import markdown_table, pyplot, write_results
+from .harness.training import BASES, STRATEGIES, parse_strategy
 
 __all__ = ["LEGEND", "SUMMARY_METRICS", "compact_table", "figures", "markdown", "run_key", "summarize", "table",
            "write_outputs", "write_overview"]
@@ -72,25 +72,29 @@ def _pm(mean: float, std: float, digits: int = 3) -> str:
     return f"{mean:.{digits}f} ± {std:.{digits}f}" if np.isfinite(std) else f"{mean:.{digits}f}"
 
 
+#: The columns of :func:`table`.
+COLUMNS = ("model", "strategy", "basis", "lattice err ↓", "best epoch err", "volume err ↓", "match rate ↑",
+           "RMSE ↓", "spglib fails", "skew", "exc. steps", "first exc. step", "NaN steps", "non-OK", "fallback",
+           "s/epoch")
+
+
+def _cells(r: dict) -> list[str]:
+    first = ("—" if r["first_exception_step"] is None
+             else f"{r['first_exception_step']} ({r['runs_with_exceptions']}/{r['seeds']})")
+    skew = "—" if not np.isfinite(r["basis_skew"]) else (f"{r['basis_skew']:.2f}" if r["basis_skew"] < 100
+                                                          else f"{r['basis_skew']:.1e}")
+    return [r["model"], r["strategy"], r["basis"] + ("+rot" if r["rotate"] else ""),
+            _pm(r["lattice_error"], r["lattice_error_std"]),
+            _pm(r["best_val_lattice_error"], r["best_val_lattice_error_std"]),
+            _pm(r["volume_error"], r["volume_error_std"]), _pm(r["match_rate"], r["match_rate_std"]),
+            _pm(r["rmse"], r["rmse_std"], 4), f"{r['lattice_failures']:.1f}", skew,
+            f"{r['exception_steps']:.0f}/{r['steps']:.0f}", first, f"{r['nan_steps']:.0f}",
+            f"{r['non_ok_status']:.0f}", f"{r['fallback']:.0f}", _pm(r["time_per_epoch"], r["time_per_epoch_std"], 2)]
+
+
 def table(rows: list[dict]) -> str:
-    head = ("| model | strategy | basis | lattice err ↓ | best epoch err | volume err ↓ | match rate ↑ | RMSE ↓ "
-            "| spglib fails | skew | exc. steps | first exc. step | NaN steps | non-OK | fallback | s/epoch |")
-    lines = [head, "|" + "---|" * (head.count("|") - 1)]
-    for r in rows:
-        basis = r["basis"] + ("+rot" if r["rotate"] else "")
-        first = ("—" if r["first_exception_step"] is None
-                 else f"{r['first_exception_step']} ({r['runs_with_exceptions']}/{r['seeds']})")
-        exc = f"{r['exception_steps']:.0f}/{r['steps']:.0f}"
-        skew = "—" if not np.isfinite(r["basis_skew"]) else (f"{r['basis_skew']:.2f}" if r["basis_skew"] < 100
-                                                              else f"{r['basis_skew']:.1e}")
-        lines.append(
-            f"| {r['model']} | {r['strategy']} | {basis} | {_pm(r['lattice_error'], r['lattice_error_std'])} "
-            f"| {_pm(r['best_val_lattice_error'], r['best_val_lattice_error_std'])} "
-            f"| {_pm(r['volume_error'], r['volume_error_std'])} | {_pm(r['match_rate'], r['match_rate_std'])} "
-            f"| {_pm(r['rmse'], r['rmse_std'], 4)} | {r['lattice_failures']:.1f} | {skew} | {exc} | {first} "
-            f"| {r['nan_steps']:.0f} | {r['non_ok_status']:.0f} | {r['fallback']:.0f} "
-            f"| {_pm(r['time_per_epoch'], r['time_per_epoch_std'], 2)} |")
-    return "\n".join(lines)
+    """The full markdown table of a dataset's summary rows (:func:`summarize`), one row per configuration."""
+    return "\n".join(markdown_table(COLUMNS, rows, _cells))
 
 
 #: The one-line legend printed under :func:`compact_table`.
@@ -292,16 +296,15 @@ def write_overview(out_dir: Path) -> Path | None:
              "the command, data sizes, budget and the stability columns). Mean ± sample std over seeds.", ""]
     for metric, title in (("lattice_error", "Basis-invariant lattice error ↓"), ("match_rate", "Match rate ↑"),
                           ("volume_error", "Volume error ↓")):
-        lines += [f"## {title}", "", "| model | strategy | " + " | ".join(f"{d} {b}" for d, b in cols) + " |",
-                  "|" + "---|" * (len(cols) + 2)]
+        rows = []
         for model, strategy in keys:
-            cells = []
+            cells = [model, strategy]
             for d, b in cols:
                 rec = next(x for x in records if x["dataset"] == d)
                 row = _row(rec["summary"], model, strategy, b)
                 cells.append(_pm(row[metric], row[metric + "_std"]) if row else "")
-            lines.append(f"| {model} | {strategy} | " + " | ".join(cells) + " |")
-        lines.append("")
+            rows.append(cells)
+        lines += [f"## {title}", "", *markdown_table(["model", "strategy", *(f"{d} {b}" for d, b in cols)], rows), ""]
     refs = ", ".join(f"{rec['dataset']} {rec['data']['reference']['lattice_error']:.3f}" for rec in records)
     lines += [f"Reference lattice error of a cube of the training mean volume per atom (no learning): {refs}.", ""]
     path = out_dir / "ablation_overview.md"

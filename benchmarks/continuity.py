@@ -23,7 +23,7 @@ import torch
 
 from soft_niggli import CrystalBatch, get_loss
 
-from .report import RESULTS, command_line, header, machine_description, pyplot, table_rows, write_results
+from .harness.report import RESULTS, command_line, header, machine_description, markdown_table, pyplot, write_results
 
 LOSSES = {
     "mse": ("mse", {}),
@@ -70,10 +70,11 @@ def main(argv=None) -> int:
     dt = float(ts[1] - ts[0])
     lines = header("Continuity across a Niggli-cone boundary", command, machine) + [
         f"{len(ts)} predictions along b(t) = (4t, 4.5, 0), t in [{float(ts[0])}, {float(ts[-1])}] (step {dt:.1e}); "
-        "the prediction's Niggli basis changes at t = 0.5; label at t = 0.45.", "",
-        "| loss | largest step-to-step change | at t | median step | range along the path |",
-        "|---|---|---|---|---|"] + table_rows(rows, lambda r: [
-            r["loss"], f"{r['max_step']:.3e}", f"{r['at_t']:.4f}", f"{r['median_step']:.3e}", f"{r['range']:.3e}"])
+        "the prediction's Niggli basis changes at t = 0.5; label at t = 0.45.", ""]
+    lines += markdown_table(
+        ["loss", "largest step-to-step change", "at t", "median step", "range along the path"], rows,
+        lambda r: [r["loss"], f"{r['max_step']:.3e}", f"{r['at_t']:.4f}", f"{r['median_step']:.3e}",
+                   f"{r['range']:.3e}"])
     table = "\n".join(lines) + "\n"
     print(table)
     write_results(args.out, "continuity", table, {"command": command, "machine": machine, "t": ts.tolist(),

@@ -3,7 +3,7 @@
 Row convention: lattices are ``(B, 3, 3)`` with the lattice vectors as rows, ``X = F @ L``; a change of
 basis is ``L' = M @ L``, ``F' = wrap(F @ M^{-1})`` with ``M`` unimodular.
 
-One flow model (:mod:`benchmarks.flow_model`, :mod:`benchmarks.flow_matching`) is trained per
+One flow model (:mod:`benchmarks.harness.flow_model`, :mod:`benchmarks.harness.flow_matching`) is trained per
 (strategy, label basis, coupling, seed) with the same data, budget, initial weights, batch order and
 prior noise for a given seed, then evaluated as DiffCSP does: one sample per held-out composition of
 ``val.csv.gz`` (or the first ``--limit`` ones), StructureMatcher(stol=0.5, angle_tol=10, ltol=0.3) match
@@ -20,13 +20,13 @@ epoch on a small held-out subset (``--eval-every``, ``--curve-size``).
 
 Results (rank 0 only) go to ``<out>/generative_<dataset>.{md,json}`` and figures
 ``generative_<dataset>_epochs.png`` (match rate vs epoch) and ``generative_<dataset>_steps.png`` (match rate
-vs Euler steps), through :mod:`benchmarks.report`; runs are merged into an existing JSON of that name
+vs Euler steps), through :mod:`benchmarks.harness.report`; runs are merged into an existing JSON of that name
 (a run with the same strategy, basis, coupling, alignment and seed is replaced), under a file lock, so
 several commands can write into one folder. ``--out`` defaults to a scratch folder under the system's
 temporary directory; give ``--out benchmarks/results/generative`` to write the committed results.
 
 Runs unchanged under ``torchrun --nproc_per_node 2 -m benchmarks.generative ...`` (gloo,
-DistributedDataParallel; see :mod:`benchmarks.flow_matching`). From the repository root::
+DistributedDataParallel; see :mod:`benchmarks.harness.flow_matching`). From the repository root::
 
     python -m benchmarks.generative --dataset perov_5 --strategies mse softmin --seeds 2
     python -m benchmarks.generative --dataset carbon_24 --coupling reduced-forms --align-prior \\
@@ -52,10 +52,10 @@ import torch
 from soft_niggli import available_losses
 from soft_niggli.datasets import DATASETS
 
-from .data import load_data
-from .flow_matching import COUPLINGS, FlowConfig, build_loss, distributed_context, import_object, train_flow
-from .report import command_line, header, machine_description, pyplot, write_results
-from .training import BASES, parse_strategy
+from .harness.data import load_data
+from .harness.flow_matching import COUPLINGS, FlowConfig, build_loss, distributed_context, import_object, train_flow
+from .harness.report import command_line, header, machine_description, markdown_table, pyplot, write_results
+from .harness.training import BASES, parse_strategy
 
 __all__ = ["main", "markdown", "run_key", "summarize"]
 
@@ -115,9 +115,9 @@ def summarize(runs: list[dict]) -> list[dict]:
 def table(rows: list[dict]) -> str:
     steps = sorted({int(k.split("@")[1]) for r in rows for k in r if k.startswith("match_rate@") and
                     not k.endswith("_std")})
-    head = ("| strategy | basis | coupling | align prior | seeds | match rate ↑ | per seed | RMSE ↓ | lattice err ↓ "
-            "| reducer OK | spglib fails | " + " | ".join(f"match@{k}" for k in steps) + " | min/run |")
-    lines = [head, "|" + "---|" * (head.count("|") - 1)]
+    columns = ["strategy", "basis", "coupling", "align prior", "seeds", "match rate ↑", "per seed", "RMSE ↓",
+               "lattice err ↓", "reducer OK", "spglib fails", *(f"match@{k}" for k in steps), "min/run"]
+    body = []
     for r in rows:
         seeds = ", ".join("—" if v is None else f"{v:.3f}" for v in r["match_rate_per_seed"])
         cells = [r["strategy"], r["basis"], r["coupling"], "yes" if r["align_prior"] else "no", str(r["seeds"]),
@@ -126,8 +126,8 @@ def table(rows: list[dict]) -> str:
                  _pm(r["spglib_failures"], r["spglib_failures_std"], 1)]
         cells += [_pm(r.get(f"match_rate@{k}", math.nan), r.get(f"match_rate@{k}_std", math.nan)) for k in steps]
         cells.append(f"{r['minutes']:.1f}")
-        lines.append("| " + " | ".join(cells) + " |")
-    return "\n".join(lines)
+        body.append(cells)
+    return "\n".join(markdown_table(columns, body))
 
 
 def markdown(dataset: str, record: dict) -> str:
@@ -253,8 +253,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     ap.add_argument("--coord-weight", type=float, default=DEFAULTS.coord_weight)
     ap.add_argument("--t-floor", type=float, default=DEFAULTS.t_floor, help="loss weight 1/max(1-t, t_floor)^2")
     ap.add_argument("--model", default="", metavar="MODULE:CLASS",
-                    help="your own network instead of the CSPNet-style FlowNet (benchmarks.flow_matching.build_model "
-                         "says what it is given and must return); default: FlowNet")
+                    help="your own network instead of the CSPNet-style FlowNet "
+                         "(benchmarks.harness.flow_matching.build_model says what it is given and must return); "
+                         "default: FlowNet")
     ap.add_argument("--hidden", type=int, default=DEFAULTS.hidden)
     ap.add_argument("--layers", type=int, default=DEFAULTS.layers)
     ap.add_argument("--fourier", type=int, default=DEFAULTS.fourier)
@@ -293,8 +294,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     return args
 
 
-def main(argv=None) -> dict:
-    """Run the benchmark; returns the dataset's record (rank 0) or ``{}`` (other ranks)."""
+def main(argv=None) -> int:
+    """Run the benchmark; rank 0 writes ``generative_<dataset>.{md,json}`` and the figures under ``--out``
+    and prints the table; returns the exit status 0 (on every rank)."""
     argv = list(sys.argv[1:] if argv is None else argv)
     args = parse_args(argv)
     if args.threads:
@@ -347,7 +349,6 @@ def main(argv=None) -> dict:
                           f"/seed {config.seed}: match {m.get('match_rate', math.nan):.3f} "
                           f"lattice err {m.get('lattice_error', math.nan):.3f} "
                           f"({run['train_time']:.0f} s train, {run.get('eval_time', 0):.0f} s eval)")
-    record = {}
     if ctx.rank == 0:
         out_dir = Path(args.out)
         source = f"training: {data.sources.get('train')}; held out: {data.sources.get('held_out')}"
@@ -360,8 +361,8 @@ def main(argv=None) -> dict:
               f"{time.perf_counter() - t0:.0f} s")
     ctx.barrier()
     ctx.close()
-    return record
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(main())

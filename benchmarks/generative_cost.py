@@ -29,18 +29,18 @@ from pathlib import Path
 
 import torch
 
-from .data import load_data
 from soft_niggli import ReducedFormsCache
 
-from .flow_matching import DistributedContext, FlowConfig, LatticePrior, build_loss, build_model, flow_loss
-from .report import command_line, header, machine_description, write_results
+from .harness.data import load_data
+from .harness.flow_matching import DistributedContext, FlowConfig, LatticePrior, build_loss, build_model, flow_loss
+from .harness.report import command_line, header, machine_description, markdown_table, write_results
 
 DEFAULT_OUT = Path(tempfile.gettempdir()) / "soft_niggli_generative"
 # "reduced-forms" and the couplings cache each label's forms (warm after the first repeat, as in every epoch
 # after the first); the cold cost of the loss is its own row, the coupling's first pass its own column.
 VARIANTS = (("mse", "independent"), ("reduced-forms", "independent"), ("reduced-forms:cache_bytes=0", "independent"),
             ("softmin", "independent"), ("gram", "independent"), ("proxy", "independent"), ("mse", "automorphisms"),
-            ("mse", "reduced-forms"))
+            ("mse", "automorphisms:random"), ("mse", "reduced-forms"), ("mse", "reduced-forms:random"))
 
 
 def time_steps(dataset: str, batch: int, repeats: int, hidden: int, layers: int) -> tuple[list[dict], dict]:
@@ -66,7 +66,8 @@ def time_steps(dataset: str, batch: int, repeats: int, hidden: int, layers: int)
             t0 = time.perf_counter()
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
-                loss, _, _ = flow_loss(model, loss_fn, labels, L0, f0, t, config, ctx, cache)
+                loss, _, _ = flow_loss(model, loss_fn, labels, L0, f0, t, config, ctx, cache,
+                                       tie_generator=torch.Generator().manual_seed(0))
             loss.backward()
             elapsed = time.perf_counter() - t0
             first = elapsed if first is None else first
@@ -107,13 +108,11 @@ def main(argv=None) -> int:
         f"aligned prior, float32, CPU, best of {args.repeats}. Overhead = (t − t_mse) / t_mse; the target for "
         "the couplings is at most 15%. `reduced-forms` and the couplings cache each label's forms (warm after the "
         "first repeat, as in every epoch after the first; the couplings' first, cold step is its own column); "
-        "`reduced-forms:cache_bytes=0` is the loss's cold cost.", "",
-        "| dataset | loss | coupling | atoms | ms per step | overhead vs mse | first (cold) step, s |",
-        "|---|---|---|---|---|---|---|"]
-    for r in rows:
-        cold = f"{r['first_step_s']:.2f}" if "first_step_s" in r else "–"
-        lines.append(f"| {r['dataset']} | `{r['loss']}` | {r['coupling']} | {r['atoms']} | {r['ms']:.1f} "
-                     f"| {100 * r['overhead_vs_mse']:+.0f}% | {cold} |")
+        "`reduced-forms:cache_bytes=0` is the loss's cold cost.", ""]
+    lines += markdown_table(
+        ["dataset", "loss", "coupling", "atoms", "ms per step", "overhead vs mse", "first (cold) step, s"], rows,
+        lambda r: [r["dataset"], f"`{r['loss']}`", r["coupling"], str(r["atoms"]), f"{r['ms']:.1f}",
+                   f"{100 * r['overhead_vs_mse']:+.0f}%", f"{r['first_step_s']:.2f}" if "first_step_s" in r else "–"])
     text = "\n".join(lines) + "\n"
     print("\n" + text)
     write_results(args.out, "generative_cost", text, {"command": command, "machine": machine, "rows": rows,
@@ -122,4 +121,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(main())

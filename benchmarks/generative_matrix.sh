@@ -7,7 +7,7 @@
 #     bash benchmarks/generative_matrix.sh            # everything below, most important first
 #     bash benchmarks/generative_matrix.sh --list     # print the commands still to run
 #
-# Budgets (optimiser steps; the model is benchmarks.flow_model.FlowNet, hidden 96, 3 layers, 235k
+# Budgets (optimiser steps; the model is benchmarks.harness.flow_model.FlowNet, hidden 96, 3 layers, 235k
 # parameters; the prior's rotation aligned to the label):
 #   perov_5          4000 steps of batch 256; held out: all 757 (the 20% of val.csv.gz not trained on)
 #   carbon_24        4000 steps of batch 64;  held out: the first 300 of 406

@@ -1,7 +1,7 @@
 """Forward + backward cost of every registered loss on one batch, as ratios in one process.
 
 B = 256 crystals of up to 20 atoms, float32, CPU. Labels are real MP-20 cells when the benchmark data
-folder is present (:func:`benchmarks.data.data_dir`; else pymatgen's bundled AFLOW prototypes),
+folder is present (:func:`benchmarks.harness.data.data_dir`; else pymatgen's bundled AFLOW prototypes),
 re-based by random unimodular matrices; predictions are the labels plus noise. Each loss is timed as
 the median of ``--repeats`` forward+backward passes, the losses taking turns, and reported as a ratio
 to ``"mse"`` and to two naive softmins: the lattice term alone over all K = 6960 candidates through
@@ -38,8 +38,8 @@ from soft_niggli.datasets import load_dataset
 from soft_niggli.losses.candidates import candidate_set, lattice_distances_naive, soft_minimum
 from soft_niggli.losses.periodic import periodic_coordinate_loss
 
-from .data import data_dir
-from .report import RESULTS, command_line, header, machine_description, write_results
+from .harness.data import data_dir
+from .harness.report import RESULTS, command_line, header, machine_description, markdown_table, write_results
 
 
 LATTICE_NAIVE = "softmin, naive form, lattice term only"
@@ -206,14 +206,13 @@ def main(argv=None) -> int:
         "Two references: the *lattice-only naive* softmin (the explicit `(B, K, 3, 3)` tensor over all "
         "K = 6960 candidates, no coordinate term) and the full naive softmin (the same plus a coordinate "
         "term for every candidate).", "",
-        "| loss | ms per batch (median) | range over the passes | × mse | lattice-only naive ÷ this "
-        "| full naive ÷ this |", "|---|---|---|---|---|---|",
     ]
-    for r in rows:
-        err = f" ({r['error']})" if "error" in r else ""
-        spread = f"{min(r['all_ms']):.1f}–{max(r['all_ms']):.1f}" if r["all_ms"] else "–"
-        lines.append(f"| {r['loss']}{err} | {r['ms']:.1f} | {spread} | {r['vs_mse']:.1f} "
-                     f"| {_ratio(r['lattice_naive_over_this'])} | {_ratio(r['naive_over_this'])} |")
+    lines += markdown_table(
+        ["loss", "ms per batch (median)", "range over the passes", "× mse", "lattice-only naive ÷ this",
+         "full naive ÷ this"], rows,
+        lambda r: [r["loss"] + (f" ({r['error']})" if "error" in r else ""), f"{r['ms']:.1f}",
+                   f"{min(r['all_ms']):.1f}–{max(r['all_ms']):.1f}" if r["all_ms"] else "–", f"{r['vs_mse']:.1f}",
+                   _ratio(r["lattice_naive_over_this"]), _ratio(r["naive_over_this"])])
     table = "\n".join(lines) + "\n"
     print()
     print(table)

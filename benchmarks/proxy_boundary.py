@@ -22,8 +22,8 @@ import torch
 from soft_niggli import CrystalBatch, canonicalize_labels, get_loss
 from soft_niggli.datasets import load_dataset
 
-from .data import data_dir
-from .report import RESULTS, command_line, header, machine_description, table_rows, write_results
+from .harness.data import data_dir
+from .harness.report import RESULTS, command_line, header, machine_description, markdown_table, write_results
 
 
 def main(argv=None) -> int:
@@ -57,9 +57,10 @@ def main(argv=None) -> int:
     lines = header("The proxy loss next to its label: jumps at the Niggli-cone boundary", command, machine) + [
         f"{len(labels)} {args.dataset} validation cells in their Niggli basis; prediction = label + Gaussian noise "
         "on the lattice entries (coordinates exact); `proxy(labels_canonical=True)`. Share of crystals whose "
-        "lattice term exceeds 0.1 and 1 Å² (the noise alone gives about noise²).", "",
-        "| noise (Å) | lattice metric | label targets | tolerance | > 0.1 Å² | > 1 Å² | median (Å²) |",
-        "|---|---|---|---|---|---|---|"] + table_rows(rows, lambda r: [
+        "lattice term exceeds 0.1 and 1 Å² (the noise alone gives about noise²).", ""]
+    lines += markdown_table(
+        ["noise (Å)", "lattice metric", "label targets", "tolerance", "> 0.1 Å²", "> 1 Å²", "median (Å²)"], rows,
+        lambda r: [
             f"{r['noise']:g}", r["lattice_metric"], r["label_forms"], f"{r['tolerance']:g}", f"{r['above_0.1']:.1%}",
             f"{r['above_1']:.1%}", f"{r['median']:.2e}"])
     markdown = "\n".join(lines) + "\n"

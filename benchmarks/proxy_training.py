@@ -10,14 +10,14 @@ run, and what does it meet on the way?
 Setup, identical for every strategy (same seed, same initial weights, same batches):
 
 * data: the first rows of ``mp_20/train.csv.gz`` in the benchmark data folder
-  (:func:`benchmarks.data.data_dir`: ``--data-dir``, ``$SOFT_NIGGLI_DATA`` or ``../shared/data``),
+  (:func:`benchmarks.harness.data.data_dir`: ``--data-dir``, ``$SOFT_NIGGLI_DATA`` or ``../shared/data``),
   labels in the basis stored in the file (not canonical), the last ``--held-out`` rows held out
-  (:class:`benchmarks.data.Data`);
-* model: the ablation's composition MLP (:class:`benchmarks.models.CompositionMLP`) shaped as in the
+  (:class:`benchmarks.harness.data.Data`);
+* model: the ablation's composition MLP (:class:`benchmarks.harness.models.CompositionMLP`) shaped as in the
   original study: two hidden layers of 256, 9 lattice numbers used as emitted (Å,
   ``volume_per_atom=None``) and 20 × 3 fractional coordinates, one triple per atom slot, atoms
   matched to the label's by order;
-* training: Adam, float32, one torch thread, the guarded step of :func:`benchmarks.training.guarded_step`
+* training: Adam, float32, one torch thread, the guarded step of :func:`benchmarks.harness.training.guarded_step`
   (no gradient clipping).
 
 Strategies: ``proxy-spglib`` (labels reduced by spglib inside the loss, as published), ``proxy``
@@ -55,10 +55,10 @@ import torch
 from soft_niggli import Status, canonicalize_labels, g6, get_loss, niggli_reduce
 from soft_niggli.datasets import read_cdvae_csv, resolve_data_dir
 
-from .data import Data, data_dir
-from .models import build_model
-from .report import RESULTS, command_line, header, machine_description, write_results
-from .training import StepLog, guarded_step, predict
+from .harness.data import Data, data_dir
+from .harness.models import build_model
+from .harness.report import RESULTS, command_line, header, machine_description, markdown_table, write_results
+from .harness.training import StepLog, guarded_step, predict
 
 MAX_ATOMS = 20
 STRATEGIES = [
@@ -162,24 +162,24 @@ def markdown(command: str, machine: str, config: dict, records: list[dict], refe
         f"{MAX_ATOMS}×3 coordinates), untrained at step 0. {config['steps']} steps, batch {config['batch_size']}, "
         f"Adam lr {config['lr']}, seed {config['seed']}, float32, {config['threads']} thread(s).",
         "",
-        "| strategy | updates | stopped at step | steps raised | non-OK statuses (NOT_CONVERGED / DEGENERATE / "
-        "NONFINITE) | fallback uses | skipped | final loss | held-out lattice error | held-out basis skew | s |",
-        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
-    for r in records:
-        st = r["statuses"]
-        statuses = "—" if r["loss"] == "proxy-spglib" else \
-            f"{st['NOT_CONVERGED']} / {st['DEGENERATE']} / {st['NONFINITE']}"
-        fallback = "—" if r["loss"] == "proxy-spglib" else str(r["fallback_uses"])
-        skipped = "—" if r["loss"] == "proxy-spglib" else str(r["skipped"])
-        lines.append(
-            f"| {r['strategy']} | {r['updates']} / {config['steps']} | {_fmt(r['first_exception_step'])} | "
-            f"{r['steps_raised']} | {statuses} | {fallback} | {skipped} | {_fmt(r['final_loss'])} | "
-            f"{_fmt(r['heldout_lattice_error_median'])} | {_fmt(r['heldout_basis_skew_median'])} | "
-            f"{r['seconds']:.1f} |")
-    for r in references:
-        lines.append(f"| *{r['strategy']}* | — | — | — | — | — | — | — | {_fmt(r['heldout_lattice_error_median'])} | "
-                     f"{_fmt(r['heldout_basis_skew_median'])} | — |")
+
+    def cells(r: dict) -> list[str]:
+        if "updates" not in r:  # a reference row: no training
+            return [f"*{r['strategy']}*", *["—"] * 7, _fmt(r["heldout_lattice_error_median"]),
+                    _fmt(r["heldout_basis_skew_median"]), "—"]
+        st, spglib = r["statuses"], r["loss"] == "proxy-spglib"
+        return [r["strategy"], f"{r['updates']} / {config['steps']}", _fmt(r["first_exception_step"]),
+                str(r["steps_raised"]),
+                "—" if spglib else f"{st['NOT_CONVERGED']} / {st['DEGENERATE']} / {st['NONFINITE']}",
+                "—" if spglib else str(r["fallback_uses"]), "—" if spglib else str(r["skipped"]),
+                _fmt(r["final_loss"]), _fmt(r["heldout_lattice_error_median"]),
+                _fmt(r["heldout_basis_skew_median"]), f"{r['seconds']:.1f}"]
+
+    lines += markdown_table(
+        ["strategy", "updates", "stopped at step", "steps raised",
+         "non-OK statuses (NOT_CONVERGED / DEGENERATE / NONFINITE)", "fallback uses", "skipped", "final loss",
+         "held-out lattice error", "held-out basis skew", "s"], [*records, *references], cells)
     lines += [
         "",
         "Columns: *updates*: optimiser steps taken (a step whose loss raised, or whose loss or gradient is not "
@@ -218,7 +218,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
-def main(argv=None) -> list[dict]:
+def main(argv=None) -> int:
+    """Train with every strategy; prints the table and writes ``proxy_training.{md,json}`` under ``--out``;
+    returns the exit status 0."""
     args = parse_args(argv)
     torch.set_num_threads(1)  # small tensors: one thread leaves the other cores free
     command = command_line("proxy_training", argv)
@@ -240,8 +242,8 @@ def main(argv=None) -> list[dict]:
     print(text)
     write_results(args.out, "proxy_training", text, {"command": command, "machine": machine, "config": config,
                                                      "results": records, "references": references})
-    return records
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(main())

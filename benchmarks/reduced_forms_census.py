@@ -23,8 +23,8 @@ import torch
 from soft_niggli import reduced_forms
 from soft_niggli.datasets import read_cdvae_cells
 
-from .data import data_dir
-from .report import RESULTS, command_line, header, machine_description, table_rows, write_results
+from .harness.data import data_dir
+from .harness.report import RESULTS, command_line, header, machine_description, markdown_table, write_results
 
 DATASETS = ("perov_5", "carbon_24", "mp_20", "mp_20_biternary", "mpts_52")
 
@@ -71,9 +71,10 @@ def main(argv=None) -> int:
         f"`soft_niggli.reduced_forms(L, rel_tol={args.rel_tol:g})` on every cell of each file. *> ±R*: cells "
         "with more reduced forms than the Niggli cell and its negative (symmetric cells, cone faces); "
         "*distinct metrics*: cells whose forms have different metrics (a true boundary: which one a "
-        "reducer returns depends on rounding and on the input basis).", "",
-        "| dataset | split | cells | > ±R | distinct metrics | mean forms | max forms | seconds |",
-        "|---|---|---|---|---|---|---|---|"] + table_rows(rows, lambda r: [
+        "reducer returns depends on rounding and on the input basis).", ""]
+    lines += markdown_table(
+        ["dataset", "split", "cells", "> ±R", "distinct metrics", "mean forms", "max forms", "seconds"], rows,
+        lambda r: [
             r["dataset"], r["split"], str(r["cells"]), f"{r['more_than_two_forms']:.1%}",
             f"{r['distinct_metrics']:.1%}", f"{r['mean_forms']:.1f}", str(r["max_forms"]), f"{r['seconds']:.2f}"])
     markdown = "\n".join(lines) + "\n"

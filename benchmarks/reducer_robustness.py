@@ -1,7 +1,7 @@
 """Robustness of Niggli reducers on the lattices an untrained model emits, and on re-based real cells.
 
 For each suite and tool, every lattice is counted as one of
-  reduced  the tool returned a cell that the independent checker (benchmarks/reduction_check.py)
+  reduced  the tool returned a cell that the independent checker (soft_niggli/testing/reduction_check.py)
            accepts: same lattice (exact transform, volume kept), Niggli conditions, and no {-1,0,1}
            change of basis shortens a+b+c;
   flagged  the tool said it failed (None, an exception, or a non-OK status);
@@ -37,11 +37,11 @@ import torch
 from soft_niggli import Status, niggli_reduce, random_unimodular
 from soft_niggli.baselines.reducers import PEER_REDUCERS, reduce_with, shutdown_workers
 from soft_niggli.datasets import read_cdvae_cells, resolve_data_dir
+from soft_niggli.testing.reduction_check import classify
 
-from .data import data_dir
-from .reducer_speed import load_average
-from .reduction_check import classify
-from .report import RESULTS, command_line, header, machine_description, write_results
+from .harness.data import data_dir
+from .harness.report import (RESULTS, command_line, header, load_average, machine_description, markdown_table,
+                              write_results)
 
 TOOLS = ("soft_niggli",) + PEER_REDUCERS
 DEGENERATE_SUITES = {"rank2"}
@@ -238,18 +238,16 @@ def markdown(record: dict) -> str:
     lines = header("Niggli reducer robustness", record["command"], record["machine"]) + [
         f"{record['n_per_suite']} lattices per suite; per-call budget {record['timeout_s']} s for the peer tools "
         "(each runs in a worker process that is killed past it).",
-        "", "Verdicts from the independent checker `benchmarks/reduction_check.py`. `rank2` cells are exactly "
+        "", "Verdicts from the independent checker `soft_niggli/testing/reduction_check.py`. `rank2` cells are exactly "
         "singular: there `flagged` is the right answer and a returned cell counts as wrong.", "",
     ]
     for u in record.get("updates", []):
         lines += [f"Rows of {', '.join(u['tools'])} from a separate run on the same lattices: `{u['command']}` "
                   f"(machine: {u['machine']}).", ""]
-    lines += ["| suite | tool | reduced | flagged | wrong | hung | time (s) | raw outcomes |",
-              "|---|---|---|---|---|---|---|---|"]
-    for r in record["rows"]:
-        detail = ", ".join(f"{k}: {v}" for k, v in sorted(r["detail"].items()))
-        lines.append(f"| {r['suite']} | {r['tool']} | {r['reduced']} | {r['flagged']} | {r['wrong']} | "
-                     f"{r['hung']} | {r['seconds']:.2f} | {detail} |")
+    lines += markdown_table(
+        ["suite", "tool", "reduced", "flagged", "wrong", "hung", "time (s)", "raw outcomes"], record["rows"],
+        lambda r: [r["suite"], r["tool"], str(r["reduced"]), str(r["flagged"]), str(r["wrong"]), str(r["hung"]),
+                   f"{r['seconds']:.2f}", ", ".join(f"{k}: {v}" for k, v in sorted(r["detail"].items()))])
     return "\n".join(lines) + "\n"
 
 

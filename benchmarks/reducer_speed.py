@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import faulthandler
-import os
 import time
 from pathlib import Path
 
@@ -31,8 +30,10 @@ import torch
 import soft_niggli.niggli as niggli_module
 from soft_niggli import Status, lattice_from_parameters, niggli_reduce, random_unimodular
 from soft_niggli._spglib import spglib_niggli_reduce
+from soft_niggli.niggli import _kernel as kernel_glue
 
-from .report import RESULTS, command_line, header, machine_description, pyplot, write_results
+from .harness.report import (RESULTS, command_line, header, load_average, machine_description, markdown_table,
+                              pyplot, write_results)
 
 
 def realistic_cells(n: int, seed: int) -> np.ndarray:
@@ -91,15 +92,15 @@ def time_moyopy(L: np.ndarray) -> tuple[float, int]:
 def time_ours(L: torch.Tensor, core: str = "default"):
     """Our reducer on the whole batch; ``core="numpy"`` forces the NumPy fallback core (the one that runs
     where the C extension was not built)."""
-    saved = niggli_module._kernel
+    saved = kernel_glue.compiled
     if core == "numpy":
-        niggli_module._kernel = None
+        kernel_glue.compiled = None
     try:
         start = time.perf_counter()
         res = niggli_reduce(L)
         return time.perf_counter() - start, res
     finally:
-        niggli_module._kernel = saved
+        kernel_glue.compiled = saved
 
 
 def best_of(fn, repeats: int):
@@ -169,19 +170,10 @@ def skew_rows(levels, n, repeats, seed):
 
 
 def machine() -> str:
-    """:func:`benchmarks.report.machine_description` plus what the reducers' speed depends on."""
+    """:func:`benchmarks.harness.report.machine_description` plus what the reducers' speed depends on."""
     core = "compiled C core (one thread)" if niggli_module.COMPILED_KERNEL else "NumPy core only (C core not built)"
     return machine_description([f"soft_niggli {core}", f"numpy {np.__version__} (the fallback core, one thread)",
                                 f"spglib {spglib.__version__}", f"moyopy {moyopy.__version__}", load_average()])
-
-
-def load_average() -> str:
-    """The 1-minute load average as the run starts: above the CPU count, other jobs share the cores and
-    every wall-clock time here grows (the ratios much less)."""
-    try:
-        return f"load average {os.getloadavg()[0]:.1f} at the start"
-    except (AttributeError, OSError):  # not on every platform
-        return "load average not available"
 
 
 def write_outputs(out: Path, command: str, batch, skew) -> Path:
@@ -194,32 +186,30 @@ def write_outputs(out: Path, command: str, batch, skew) -> Path:
         "`ours` is the reducer as installed (compiled core); `NumPy core` is the fallback that runs where "
         "the C extension could not be built (same results, bit for bit); speed-ups are the peer's time "
         "over ours (the NumPy core's: spglib's over the NumPy core's).", "",
-        "| lattices | batch | spglib loop (µs) | moyopy loop (µs) | ours (µs) | speed-up vs spglib "
-        "| speed-up vs moyopy | NumPy core (µs) | NumPy core speed-up | ours OK | ours iterations mean / max "
-        "| spglib / moyopy failures |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
-    for r in batch:
-        lines.append(f"| {r['family']} | {r['batch']} | {r['spglib_us_per_lattice']:.2f} | "
-                     f"{r['moyopy_us_per_lattice']:.2f} | {r['ours_us_per_lattice']:.2f} | {r['speedup']:.2f}× | "
-                     f"{r['moyopy_speedup']:.2f}× | {r['numpy_core_us_per_lattice']:.2f} | "
-                     f"{r['numpy_core_speedup']:.2f}× | {r['ours_ok']}/{r['batch']} | "
-                     f"{r['ours_iterations_mean']:.2f} / {r['ours_iterations_max']} | "
-                     f"{r['spglib_failures']} / {r['moyopy_failures']} |")
+    lines += markdown_table(
+        ["lattices", "batch", "spglib loop (µs)", "moyopy loop (µs)", "ours (µs)", "speed-up vs spglib",
+         "speed-up vs moyopy", "NumPy core (µs)", "NumPy core speed-up", "ours OK", "ours iterations mean / max",
+         "spglib / moyopy failures"], batch,
+        lambda r: [r["family"], str(r["batch"]), f"{r['spglib_us_per_lattice']:.2f}",
+                   f"{r['moyopy_us_per_lattice']:.2f}", f"{r['ours_us_per_lattice']:.2f}", f"{r['speedup']:.2f}×",
+                   f"{r['moyopy_speedup']:.2f}×", f"{r['numpy_core_us_per_lattice']:.2f}",
+                   f"{r['numpy_core_speedup']:.2f}×", f"{r['ours_ok']}/{r['batch']}",
+                   f"{r['ours_iterations_mean']:.2f} / {r['ours_iterations_max']}",
+                   f"{r['spglib_failures']} / {r['moyopy_failures']}"])
     lines += [
         "", "## Iterations against skew", "",
         "A 4 Å cubic cell times random unimodular matrices with entries up to the cap; the transform that "
         "reduces it back has entries of the same size.", "",
-        "| cap | input max entry | transform max entry | ours iterations mean / max | ours OK | ours (µs) "
-        "| spglib (µs) | spglib failures | moyopy (µs) | moyopy failures |",
-        "|---|---|---|---|---|---|---|---|---|---|",
     ]
-    for r in skew:
-        lines.append(f"| {r['max_entry_cap']} | {r['input_max_entry']} | {r['transform_max_entry']} | "
-                     f"{r['ours_iterations_mean']:.1f} / {r['ours_iterations_max']} | {r['ours_ok']}/{r['batch']} | "
-                     f"{r['ours_us_per_lattice']:.1f} | {r['spglib_us_per_lattice']:.1f} | "
-                     f"{r['spglib_failures']}/{r['batch']} | {r['moyopy_us_per_lattice']:.1f} | "
-                     f"{r['moyopy_failures']}/{r['batch']} |")
+    lines += markdown_table(
+        ["cap", "input max entry", "transform max entry", "ours iterations mean / max", "ours OK", "ours (µs)",
+         "spglib (µs)", "spglib failures", "moyopy (µs)", "moyopy failures"], skew,
+        lambda r: [str(r["max_entry_cap"]), str(r["input_max_entry"]), str(r["transform_max_entry"]),
+                   f"{r['ours_iterations_mean']:.1f} / {r['ours_iterations_max']}", f"{r['ours_ok']}/{r['batch']}",
+                   f"{r['ours_us_per_lattice']:.1f}", f"{r['spglib_us_per_lattice']:.1f}",
+                   f"{r['spglib_failures']}/{r['batch']}", f"{r['moyopy_us_per_lattice']:.1f}",
+                   f"{r['moyopy_failures']}/{r['batch']}"])
     md, _ = write_results(out, "reducer_speed", "\n".join(lines), {"command": command, "machine": description,
                                                                     "batch": batch, "skew": skew})
     plot(skew, out / "reducer_speed.png")

@@ -96,7 +96,8 @@ def main(crystals: int, loss_name: str, steps: int, among: str) -> None:
         L1, f1 = model(Lt, ft, t, target.species, target.num_atoms)
         after = loss_fn(CrystalBatch(L1, f1, target.num_atoms, target.species), target).loss.item()
     print(f"same batch after {steps} step(s): {after:.4f}")
-    # Sampling integrates v = (L̂_1 - L_t) / (1 - t) from t = 0 to 1 (benchmarks/flow_matching.py, in a checkout).
+    # Sampling integrates v = (L̂_1 - L_t) / (1 - t) from t = 0 to 1 (benchmarks/harness/flow_matching.py in a
+    # checkout).
 
 
 if __name__ == "__main__":

@@ -116,6 +116,29 @@ def as_lattice(x, name: str = "lattice") -> torch.Tensor:
     return t
 
 
+def as_crystal_lattices(x, name: str = "lattice", batch_size: int | None = None) -> torch.Tensor:
+    """Lattices of a flat batch of crystals: ``x`` as a floating ``(B, 3, 3)`` tensor, one cell ``(3, 3)``
+    taken as a batch of one crystal ``(1, 3, 3)``.
+
+    A stack ``(..., 3, 3)`` with more than one leading dimension has no place in a flat batch, whose
+    per-atom data (``frac``, ``batch``) follow the crystals in one order: ``ValueError``, as for a size
+    other than ``batch_size`` (when given)."""
+    t = as_float_tensor(x, name)
+    expected = "(B, 3, 3) or (3, 3) (one crystal)" if batch_size is None else \
+        f"(B, 3, 3) = ({batch_size}, 3, 3)" + (" or (3, 3)" if batch_size == 1 else "")
+    if t.dim() not in (2, 3) or tuple(t.shape[-2:]) != (3, 3):
+        stacked = t.dim() > 3 and tuple(t.shape[-2:]) == (3, 3)
+        hint = (f"; a stack of batches does not fit a flat batch of crystals: reshape it to (-1, 3, 3) "
+                f"= ({int(np.prod(t.shape[:-2]))}, 3, 3) with the per-crystal data in that order") if stacked else ""
+        raise ValueError(f"{name}: expected shape {expected}, got {tuple(t.shape)}{hint}")
+    shape = tuple(t.shape)
+    if t.dim() == 2:
+        t = t.unsqueeze(0)
+    if batch_size is not None and t.shape[0] != batch_size:
+        raise ValueError(f"{name}: expected shape {expected}, got {shape}")
+    return t
+
+
 def check_matrix_shape(x: torch.Tensor, name: str) -> None:
     if x.dim() < 2 or tuple(x.shape[-2:]) != (3, 3):
         raise ValueError(f"{name}: expected shape (..., 3, 3), got {tuple(x.shape)}")

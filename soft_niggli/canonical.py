@@ -1,7 +1,13 @@
 """Canonical bases: every crystal of a batch in its Niggli basis, through the guarded reducer.
 
-Row convention: lattices ``(B, 3, 3)`` have the lattice vectors as rows; a crystal is re-based by a
+Row convention: lattices ``(..., 3, 3)`` have the lattice vectors as rows; a crystal is re-based by a
 unimodular ``N`` as ``(N L, wrap(F N^{-1}))``.
+
+Shapes: :func:`reduced_forms`, :func:`automorphic_forms` and :func:`reduce_or_identity` take one cell
+``(3, 3)`` or any stack ``(..., 3, 3)`` (tensors, NumPy arrays, nested lists); per-cell results have the
+input's leading shape. The forms themselves are ragged, a list over the flattened cells: ``owner``
+indexes ``lattice.reshape(-1, 3, 3)`` and :attr:`ReducedForms.batch_shape` gives the leading shape back.
+:func:`canonicalize_labels` takes a :class:`~soft_niggli.crystal.CrystalBatch`, a flat batch.
 
 This is what a data pipeline does once to its labels (:func:`canonicalize_labels`), and what a loss
 does to a detached prediction (:func:`reduce_or_identity`: the reducer's transform, the identity where
@@ -23,7 +29,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from ._checks import as_float_tensor, check_matrix_shape
+from ._checks import as_lattice, as_tensor, check_rel_tol
 from .crystal import CrystalBatch
 from .niggli import NiggliResult, Status, niggli_reduce
 
@@ -89,20 +95,28 @@ def canonicalize_labels(batch: CrystalBatch, *, rel_tol: float = 1e-5) -> Canoni
                            status=res.status.to(batch.device), transform=transform)
 
 
-def reduce_or_identity(lattice: torch.Tensor, usable: torch.Tensor, *, rel_tol: float = 1e-5) -> NiggliResult:
-    """:func:`~soft_niggli.niggli.niggli_reduce` of detached ``(B, 3, 3)`` lattices, with the identity
-    as ``transform`` where the reducer is not ``OK`` or the crystal is not ``usable`` (``(B,)`` bool).
+def reduce_or_identity(lattice, usable, *, rel_tol: float = 1e-5) -> NiggliResult:
+    """:func:`~soft_niggli.niggli.niggli_reduce` of detached ``(..., 3, 3)`` lattices, with the identity
+    as ``transform`` where the reducer is not ``OK`` or the crystal is not ``usable`` (bool, of the
+    lattices' leading shape ``(...)``).
 
     ``status`` and ``lattice`` are the reducer's (``lattice`` is meaningful where ``status`` is
-    ``OK``); every field is on ``lattice``'s device. What every loss that looks at the prediction's
-    Niggli basis needs, written once.
+    ``OK``), every field shaped like the input and on ``lattice``'s device. What every loss that looks
+    at the prediction's Niggli basis needs, written once.
     """
+    lattice = as_lattice(lattice, "lattice")
+    usable = as_tensor(usable, "usable")
+    if usable.dtype != torch.bool:
+        raise ValueError(f"usable: expected dtype torch.bool, got {usable.dtype}")
+    if usable.shape != lattice.shape[:-2]:
+        raise ValueError(f"usable: expected the lattices' leading shape {tuple(lattice.shape[:-2])}, "
+                         f"got {tuple(usable.shape)}")
     res = niggli_reduce(lattice.detach(), rel_tol=rel_tol)
     device = lattice.device
     status = res.status.to(device)
-    ok = (status == int(Status.OK)) & usable
+    ok = (status == int(Status.OK)) & usable.to(device)
     eye = torch.eye(3, dtype=torch.int64, device=device)
-    transform = torch.where(ok[:, None, None], res.transform.to(device), eye)
+    transform = torch.where(ok[..., None, None], res.transform.to(device), eye)
     return NiggliResult(lattice=res.lattice.to(device), transform=transform, status=status,
                         iterations=res.iterations.to(device))
 
@@ -111,13 +125,17 @@ def reduce_or_identity(lattice: torch.Tensor, usable: torch.Tensor, *, rel_tol: 
 class ReducedForms:
     """Every Niggli-reduced basis of each lattice, packed: crystal ``owner[p]`` has the form ``lattice[p]``.
 
+    For lattices ``(..., 3, 3)`` the forms are listed over the flattened cells ``lattice.reshape(-1, 3, 3)``:
+    ``owner`` indexes that flat list (all zeros for one cell ``(3, 3)``), :attr:`batch_shape` is the
+    leading shape ``(...)`` and :meth:`owner_index` turns ``owner`` back into indices of it.
+
     Attributes:
-        owner: ``(P,)`` int64 crystal index of each form, sorted.
+        owner: ``(P,)`` int64 index of each form's cell in the flattened batch, sorted.
         transform: ``(P, 3, 3)`` int64 unimodular, the form is ``transform @ input lattice``.
         lattice: ``(P, 3, 3)`` the forms (input dtype and device), computed from the reducer's accurate
             reduced cell.
-        status: ``(B,)`` int64 :class:`~soft_niggli.niggli.Status` of the reduction; a cell that is not
-            ``OK`` has one form, the reducer's output.
+        status: ``(...)`` int64 :class:`~soft_niggli.niggli.Status` of each cell's reduction, of the
+            input's leading shape; a cell that is not ``OK`` has one form, the reducer's output.
     """
 
     owner: torch.Tensor
@@ -125,10 +143,34 @@ class ReducedForms:
     lattice: torch.Tensor
     status: torch.Tensor
 
-    def counts(self, num_lattices: int) -> torch.Tensor:
-        """``(B,)`` number of reduced forms of each lattice (2 for a generic cell: ``±`` the Niggli cell)."""
-        return torch.zeros(num_lattices, dtype=torch.int64, device=self.owner.device).index_add(
-            0, self.owner, torch.ones_like(self.owner))
+    @property
+    def batch_shape(self) -> tuple[int, ...]:
+        """The leading shape ``(...)`` of the lattices the forms came from (``()`` for one cell)."""
+        return tuple(self.status.shape)
+
+    @property
+    def num_lattices(self) -> int:
+        """How many cells the forms came from, ``prod(batch_shape)``: the range of ``owner``."""
+        return self.status.numel()
+
+    def owner_index(self) -> tuple[torch.Tensor, ...]:
+        """``owner`` as indices of :attr:`batch_shape`: one ``(P,)`` int64 tensor per leading dimension
+        (none for one cell), so form ``p`` belongs to the cell ``lattice[tuple(i[p] for i in index)]``.
+
+        >>> L = torch.eye(3, dtype=torch.float64).expand(2, 4, 3, 3) * torch.arange(1.0, 9.0).reshape(2, 4, 1, 1)
+        >>> forms = reduced_forms(L)
+        >>> first, second = forms.owner_index()
+        >>> bool(torch.equal(forms.owner, first * 4 + second)), forms.counts().shape
+        (True, torch.Size([2, 4]))
+        """
+        return _unravel(self.owner, self.batch_shape)
+
+    def counts(self, num_lattices: int | None = None) -> torch.Tensor:
+        """Number of reduced forms of each lattice (2 for a generic cell: ``±`` the Niggli cell), of
+        :attr:`batch_shape`; ``(num_lattices,)`` over the flattened cells where ``num_lattices`` is given."""
+        flat = torch.zeros(self.num_lattices if num_lattices is None else num_lattices, dtype=torch.int64,
+                           device=self.owner.device).index_add(0, self.owner, torch.ones_like(self.owner))
+        return flat.reshape(self.batch_shape) if num_lattices is None else flat
 
     def weights(self, rel_tol: float = 1e-5) -> torch.Tensor:
         """``(P,)`` float64 weight in [0, 1] of each form: how fully it is canonical.
@@ -151,12 +193,18 @@ class ReducedForms:
         L = _unit_scale(self.lattice.detach().to(torch.float64))
         x = (2 * _violation(L @ L.transpose(-1, -2)) / t - 1).clamp(0, 1)
         w = 0.5 * (1 + torch.cos(torch.pi * x))
-        ok = self.status[self.owner] == int(Status.OK)
+        ok = self.status.reshape(-1)[self.owner] == int(Status.OK)
         return torch.where(ok & torch.isfinite(w), w, torch.ones_like(w))
 
-    def distinct_metrics(self, num_lattices: int, rel_tol: float = 1e-5) -> torch.Tensor:
-        """``(B,)`` bool: the lattice has forms whose metrics ``G = L Lᵀ`` differ (by more than ``rel_tol``
-        of the squared lengths), i.e. it sits on a face of the Niggli cone, not only on a symmetry."""
+    def distinct_metrics(self, num_lattices: int | None = None, rel_tol: float = 1e-5) -> torch.Tensor:
+        """Bool of :attr:`batch_shape` (``(num_lattices,)`` over the flattened cells where given): the
+        lattice has forms whose metrics ``G = L Lᵀ`` differ (by more than ``rel_tol`` of the squared
+        lengths), i.e. it sits on a face of the Niggli cone, not only on a symmetry."""
+        if num_lattices is None:
+            return self._distinct_metrics(self.num_lattices, rel_tol).reshape(self.batch_shape)
+        return self._distinct_metrics(num_lattices, rel_tol)
+
+    def _distinct_metrics(self, num_lattices: int, rel_tol: float) -> torch.Tensor:
         L = self.lattice.double()
         G = L @ L.transpose(-1, -2)
         first = torch.full((num_lattices,), G.shape[0], dtype=torch.int64, device=G.device).scatter_reduce(
@@ -164,6 +212,15 @@ class ReducedForms:
         scale = torch.diagonal(G, dim1=-2, dim2=-1).amax(-1)
         differs = ((G - G[first][self.owner]).abs().flatten(1).amax(1) > rel_tol * scale).to(torch.int64)
         return torch.zeros(num_lattices, dtype=torch.int64, device=G.device).index_add(0, self.owner, differs) > 0
+
+
+def _unravel(flat: torch.Tensor, shape: tuple[int, ...]) -> tuple[torch.Tensor, ...]:
+    """Indices of ``shape`` of the flat indices ``flat`` (row-major, as ``reshape(-1)`` orders them)."""
+    out = []
+    for size in reversed(shape):
+        out.append(flat % size if size else flat)
+        flat = flat // size if size else flat
+    return tuple(reversed(out))
 
 
 def _metric_of(X: torch.Tensor, R: torch.Tensor) -> torch.Tensor:
@@ -239,7 +296,10 @@ def reduced_forms(lattice, *, rel_tol: float = 1e-5) -> ReducedForms:
     the host (as :func:`~soft_niggli.niggli.niggli_reduce`).
 
     Args:
-        lattice: ``(B, 3, 3)`` floating tensor or array (rows are lattice vectors).
+        lattice: ``(..., 3, 3)`` floating tensor, NumPy array or nested list (rows are lattice vectors):
+            one cell ``(3, 3)``, a batch ``(B, 3, 3)`` or a stack ``(B1, B2, ..., 3, 3)``. The forms are
+            listed over the flattened cells (``owner`` indexes ``lattice.reshape(-1, 3, 3)``); ``status``
+            and :meth:`ReducedForms.counts` have the leading shape (:attr:`ReducedForms.batch_shape`).
         rel_tol: the Niggli conditions' relative tolerance, in :data:`~soft_niggli.niggli.REL_TOL_RANGE`;
             raised for float32 and half-precision lattices to what their rounding needs
             (:func:`effective_rel_tol`: 1.2e-4 for float32), so that a re-based and re-rounded label
@@ -248,15 +308,25 @@ def reduced_forms(lattice, *, rel_tol: float = 1e-5) -> ReducedForms:
     Large batches are processed 2048 cells at a time (peak memory about 1 KB per candidate basis).
 
     >>> cube = torch.eye(3, dtype=torch.float64)[None] * 4.0
-    >>> reduced_forms(cube).counts(1).tolist()
+    >>> reduced_forms(cube).counts().tolist()
     [48]
+    >>> reduced_forms(cube[0]).counts().tolist()  # one cell: per-cell results of shape ()
+    48
     """
-    L = as_float_tensor(lattice, "lattice")
-    check_matrix_shape(L, "lattice")
-    if L.dim() != 3:
-        raise ValueError(f"lattice: expected shape (B, 3, 3), got {tuple(L.shape)}")
-    niggli_reduce(L[:0], rel_tol=rel_tol)  # validates rel_tol once
-    tol = effective_rel_tol(rel_tol, L.dtype)
+    L = as_lattice(lattice, "lattice")
+    batch_shape = L.shape[:-2]
+    L = L.reshape(-1, 3, 3)
+    niggli_reduce(L[:0], rel_tol=rel_tol)  # validates rel_tol (and that the cells have values) once
+    forms = _reduced_forms_checked(L, effective_rel_tol(rel_tol, L.dtype))
+    if len(batch_shape) == 1:
+        return forms
+    return ReducedForms(owner=forms.owner, transform=forms.transform, lattice=forms.lattice,
+                        status=forms.status.reshape(batch_shape))
+
+
+def _reduced_forms_checked(L: torch.Tensor, tol: float) -> ReducedForms:
+    """:func:`reduced_forms` of validated lattices ``L (B, 3, 3)`` at the tolerance ``tol`` (already
+    raised for the dtype), in chunks of :data:`_CHUNK` cells."""
     B = L.shape[0]
     if B <= _CHUNK:
         return _reduced_forms(L.detach(), tol)
@@ -389,7 +459,7 @@ def _unit_scale(L: torch.Tensor) -> torch.Tensor:
     return unit / torch.linalg.vector_norm(unit, dim=-1).amax(-1).clamp_min(1e-300)[:, None, None]
 
 
-def automorphic_forms(lattice: torch.Tensor, forms: ReducedForms, *, rel_tol: float = 1e-5) -> torch.Tensor:
+def automorphic_forms(lattice, forms: ReducedForms, *, rel_tol: float = 1e-5) -> torch.Tensor:
     """``(P,)`` bool: the reduced forms whose metric ``G = L Lᵀ`` is the lattice's reference metric within
     ``rel_tol`` of its largest squared length, i.e. the lattice's automorphisms in its reduced basis.
 
@@ -398,13 +468,28 @@ def automorphic_forms(lattice: torch.Tensor, forms: ReducedForms, *, rel_tol: fl
     ``OK`` keep their one form.
 
     Args:
-        lattice: ``(B, 3, 3)``, the lattices ``forms`` was computed from.
-        forms: their :func:`reduced_forms`.
+        lattice: ``(..., 3, 3)`` tensor, NumPy array or nested list, the lattices ``forms`` was computed from.
+        forms: their :func:`reduced_forms` (``forms.batch_shape`` the leading shape of ``lattice``).
+        rel_tol: in :data:`~soft_niggli.niggli.REL_TOL_RANGE`.
+
+    Returns:
+        ``(P,)`` bool on the forms' device, one per form (the forms are ragged: see :class:`ReducedForms`).
     """
+    lattice = as_lattice(lattice, "lattice")
+    if not isinstance(forms, ReducedForms):
+        raise TypeError(f"forms: expected ReducedForms, got {type(forms).__name__}")
+    if tuple(lattice.shape[:-2]) != forms.batch_shape:
+        raise ValueError(f"lattice: expected shape {forms.batch_shape + (3, 3)} (forms.batch_shape + (3, 3)), "
+                         f"got {tuple(lattice.shape)}")
+    return _automorphic_forms(lattice.reshape(-1, 3, 3), forms, check_rel_tol(rel_tol))
+
+
+def _automorphic_forms(lattice: torch.Tensor, forms: ReducedForms, rel_tol: float) -> torch.Tensor:
+    """:func:`automorphic_forms` of validated lattices ``(B, 3, 3)``."""
     B = lattice.shape[0]
     owner, T = forms.owner.cpu(), forms.transform.cpu()
     F = forms.lattice.cpu().double()
-    ok = forms.status.cpu() == int(Status.OK)
+    ok = forms.status.reshape(-1).cpu() == int(Status.OK)
     reference = lattice.detach().to("cpu", torch.float64).clone()
     is_identity = (T == torch.eye(3, dtype=T.dtype)).flatten(1).all(1)
     has_identity = torch.zeros(B, dtype=torch.bool)

@@ -8,6 +8,11 @@ Atoms of crystal ``b`` are the rows ``ptr[b]:ptr[b + 1]`` of ``frac`` (and ``spe
 ``ptr = [0, cumsum(num_atoms)]``; ``batch[i]`` is the crystal of atom ``i`` and ``atom_slots[i]`` its
 position within that crystal (:func:`atom_slots`, :attr:`CrystalBatch.atom_slots`).
 
+Shapes: a batch is flat, so its constructors take lattices ``(B, 3, 3)``, or one cell ``(3, 3)`` for a
+batch of one crystal (its atom count may then be a number). A stack ``(..., 3, 3)`` of several leading
+dimensions raises ``ValueError``: the atoms follow the crystals in one order, and which order a stack
+means is the caller's to say (``lattice.reshape(-1, 3, 3)`` with the atoms in that order).
+
 Inputs and outputs: constructors accept torch tensors, NumPy arrays or (nested) lists of numbers and
 every method returns torch tensors (or batches of them), never NumPy arrays; a NumPy float64 array stays
 float64, as ``torch.as_tensor`` would keep it. A wrong Python type (a string or ``None`` for a tensor, a
@@ -34,7 +39,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from ._checks import as_float_tensor, as_index_tensor, as_tensor, check_dtype, has_values, require_values
+from ._checks import (as_crystal_lattices, as_float_tensor, as_index_tensor, as_tensor, check_dtype, has_values,
+                      require_values)
 from .lattice import integer_inverse, wrap
 from .unimodular import is_unimodular
 
@@ -113,7 +119,8 @@ class CrystalBatch:
 
     Attributes (tensors are stored as given, not copied, so gradients flow through them):
 
-    - ``lattice`` ``(B, 3, 3)`` floating, rows are lattice vectors (Å for data from files);
+    - ``lattice`` ``(B, 3, 3)`` floating, rows are lattice vectors (Å for data from files); the
+      constructor also takes one cell ``(3, 3)`` (a batch of one) and refuses stacks ``(..., 3, 3)``;
     - ``frac`` ``(N_total, 3)`` fractional coordinates, same dtype and device as ``lattice``, not
       necessarily wrapped into ``[0, 1)``;
     - ``num_atoms`` ``(B,)`` int64, zero allowed;
@@ -136,13 +143,15 @@ class CrystalBatch:
 
     def __init__(self, lattice, frac, num_atoms, species=None):
         lattice = as_float_tensor(lattice, "lattice")
-        if lattice.dim() != 3 or _shape(lattice)[1:] != (3, 3):
-            raise ValueError(f"lattice: expected shape (B, 3, 3), got {_shape(lattice)}")
+        one = lattice.dim() == 2  # one cell: a batch of one crystal
+        lattice = as_crystal_lattices(lattice, "lattice")
         B = lattice.shape[0]
         device = lattice.device
         values = has_values(lattice)  # False on the meta device: counts cannot be checked there
 
         num_atoms = as_index_tensor(num_atoms, "num_atoms", device)
+        if one and num_atoms.dim() == 0:  # one crystal: its atom count may come as a number
+            num_atoms = num_atoms.reshape(1)
         if _shape(num_atoms) != (B,):
             raise ValueError(f"num_atoms: expected shape (B,) = ({B},) to match lattice, got {_shape(num_atoms)}")
         if values and B and bool((num_atoms < 0).any()):
@@ -200,17 +209,24 @@ class CrystalBatch:
         """From ``frac (B, Nmax, 3)`` and a boolean ``mask (B, Nmax)`` marking real atoms.
 
         ``species`` is ``(B, Nmax)`` or ``None``. Atoms keep their row-major order; the mask need not
-        be left-aligned (but :meth:`to_padded` always returns left-aligned masks). Not on the meta
-        device: which atoms the mask selects is a matter of values.
+        be left-aligned (but :meth:`to_padded` always returns left-aligned masks). One cell ``lattice (3,
+        3)`` takes ``frac (Nmax, 3)``, ``mask`` and ``species (Nmax,)``: a batch of one crystal. Not on the
+        meta device: which atoms the mask selects is a matter of values.
         """
         lattice = as_float_tensor(lattice, "lattice")
+        one = lattice.dim() == 2  # one cell: a batch of one crystal
+        lattice = as_crystal_lattices(lattice, "lattice")
         frac = as_float_tensor(frac, "frac")
-        if lattice.dim() != 3 or _shape(lattice)[1:] != (3, 3):
-            raise ValueError(f"lattice: expected shape (B, 3, 3), got {_shape(lattice)}")
+        mask = as_tensor(mask, "mask")
+        if one:  # one crystal: frac (Nmax, 3), mask and species (Nmax,)
+            frac, mask = frac.unsqueeze(0), mask.unsqueeze(0)
+            if species is not None:
+                species = as_tensor(species, "species").unsqueeze(0)
         B = lattice.shape[0]
         if frac.dim() != 3 or frac.shape[0] != B or frac.shape[2] != 3:
-            raise ValueError(f"frac: expected shape (B, Nmax, 3) with B = {B}, got {_shape(frac)}")
-        mask = as_tensor(mask, "mask")
+            expected = "(Nmax, 3) for one cell" if one else f"(B, Nmax, 3) with B = {B}"
+            shape = _shape(frac)[1:] if one else _shape(frac)
+            raise ValueError(f"frac: expected shape {expected}, got {shape}")
         if mask.dtype != torch.bool:
             raise ValueError(f"mask: expected dtype torch.bool, got {mask.dtype}")
         if _shape(mask) != _shape(frac)[:2]:
@@ -228,13 +244,12 @@ class CrystalBatch:
     def from_flat(cls, lattice, frac, batch, species=None) -> "CrystalBatch":
         """From concatenated atoms ``frac (N, 3)`` and their crystal index ``batch (N,)``.
 
-        ``batch`` must be sorted (non-decreasing) with values in ``[0, B)``, ``B = lattice.shape[0]``;
+        ``batch`` must be sorted (non-decreasing) with values in ``[0, B)``, ``B = len(lattice)`` (1 for one
+        cell ``(3, 3)``);
         crystals that no atom points to get ``num_atoms = 0``. (On the meta device these conditions
         cannot be checked and are assumed.)
         """
-        lattice = as_float_tensor(lattice, "lattice")
-        if lattice.dim() != 3 or _shape(lattice)[1:] != (3, 3):
-            raise ValueError(f"lattice: expected shape (B, 3, 3), got {_shape(lattice)}")
+        lattice = as_crystal_lattices(lattice, "lattice")
         B = lattice.shape[0]
         frac = as_float_tensor(frac, "frac")
         batch = as_index_tensor(batch, "batch", lattice.device)

@@ -1,7 +1,12 @@
 """Canonical targets for diffusion and flow-matching models: prior alignment and the reduced-form coupling.
 
-Row convention: lattices are ``(B, 3, 3)`` with the lattice vectors as rows, Cartesian positions
+Row convention: lattices are ``(..., 3, 3)`` with the lattice vectors as rows, Cartesian positions
 ``X = F @ L``; a change of basis is ``L' = M @ L``, ``F' = wrap(F @ M^{-1})``; a rotation is ``L' = L Qᵀ``.
+
+Shapes: :func:`align_rotation` takes any stack ``(..., 3, 3)``. :func:`couple_reduced_forms` pairs
+prior samples with the crystals of a :class:`~soft_niggli.crystal.CrystalBatch`, a flat batch, so its
+prior is ``(B, 3, 3)``, one per label (or one cell ``(3, 3)`` for a batch of one label); a stack
+``(..., 3, 3)`` is refused, as the batch refuses it.
 
 A generative model cannot be indifferent to the basis the way a regression loss can (no probability
 distribution over bases is invariant under GL(3,Z)), so it generates canonical (Niggli-reduced) cells and
@@ -36,7 +41,7 @@ from dataclasses import dataclass
 
 import torch
 
-from ._checks import DEFAULT_REL_TOL, as_float_tensor, as_lattice, check_rel_tol
+from ._checks import DEFAULT_REL_TOL, as_crystal_lattices, as_float_tensor, as_lattice, check_rel_tol
 from .crystal import CrystalBatch
 from .forms_cache import ReducedFormsCache
 from .lattice import wrap
@@ -176,7 +181,10 @@ def couple_reduced_forms(prior_lattice, labels: CrystalBatch, *, prior_frac=None
     distinct label (``cache``); the outputs are on the labels' device and in their dtype.
 
     Args:
-        prior_lattice: ``(B, 3, 3)`` prior lattices ``L_0`` (rows are lattice vectors), ``B = len(labels)``.
+        prior_lattice: ``(B, 3, 3)`` prior lattices ``L_0`` (rows are lattice vectors), ``B = len(labels)``,
+            one per label in the labels' order (tensor, NumPy array or nested list); one cell ``(3, 3)``
+            where ``B = 1``. A stack ``(..., 3, 3)`` raises ``ValueError`` (a batch of labels is flat:
+            reshape the prior to ``(B, 3, 3)`` in the labels' order).
         labels: a :class:`~soft_niggli.crystal.CrystalBatch` of canonical (Niggli-reduced) labels.
         prior_frac: optional ``(N, 3)`` prior fractional coordinates, one row per atom of ``labels``.
         among: ``"automorphisms"`` or ``"reduced-forms"``.
@@ -193,7 +201,8 @@ def couple_reduced_forms(prior_lattice, labels: CrystalBatch, *, prior_frac=None
         :class:`CoupledLabels`.
 
     Raises:
-        TypeError: ``labels`` not a CrystalBatch; ValueError: wrong shapes, an unknown ``among``.
+        TypeError: ``labels`` not a CrystalBatch.
+        ValueError: wrong shapes (the message names the expected and the given shape), an unknown ``among``.
     """
     if not isinstance(labels, CrystalBatch):
         raise TypeError(f"labels: expected a CrystalBatch, got {type(labels).__name__}")
@@ -202,9 +211,7 @@ def couple_reduced_forms(prior_lattice, labels: CrystalBatch, *, prior_frac=None
     if ties not in TIES:
         raise ValueError(f"ties: expected one of {TIES}, got {ties!r}")
     B, device, dtype = len(labels), labels.device, labels.dtype
-    L0 = as_lattice(prior_lattice, "prior_lattice")
-    if tuple(L0.shape) != (B, 3, 3):
-        raise ValueError(f"prior_lattice: expected shape (B, 3, 3) = ({B}, 3, 3), got {tuple(L0.shape)}")
+    L0 = as_crystal_lattices(prior_lattice, "prior_lattice", batch_size=B)
     f0 = None
     if prior_frac is not None:
         f0 = as_float_tensor(prior_frac, "prior_frac")

@@ -1,6 +1,8 @@
 """A bounded, thread-safe memory of each label's reduced forms.
 
-Row convention: lattices ``(B, 3, 3)`` have the lattice vectors as rows; a form is ``transform @ lattice``.
+Row convention: lattices ``(..., 3, 3)`` have the lattice vectors as rows; a form is ``transform @ lattice``.
+Like :func:`~soft_niggli.canonical.reduced_forms`, the cache takes one cell ``(3, 3)`` or any stack
+``(..., 3, 3)`` (tensors, NumPy arrays, nested lists) and lists the forms over the flattened cells.
 
 A training loop shows the same labels every epoch, and a label's reduced forms
 (:func:`~soft_niggli.canonical.reduced_forms`) are a function of its lattice alone, so they are computed
@@ -17,8 +19,9 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from ._checks import has_values
-from .canonical import ReducedForms, automorphic_forms, effective_rel_tol, reduced_forms
+from ._checks import as_lattice, has_values
+from .canonical import (ReducedForms, _automorphic_forms, _reduced_forms_checked, effective_rel_tol,
+                        reduced_forms)
 from .lattice import integer_inverse
 
 __all__ = ["CachedForms", "ReducedFormsCache"]
@@ -36,6 +39,8 @@ class _Entry:
     lattice: torch.Tensor  # (k, 3, 3) the label's dtype, CPU
     status: int
     nbytes: int
+    count: int  # k, kept as a Python int: a lookup packs hundreds of entries per call
+    groups: int  # number of distinct metrics, metric.max() + 1
 
 
 @dataclass(frozen=True)
@@ -43,7 +48,8 @@ class CachedForms:
     """What :meth:`ReducedFormsCache.lookup` returns: the forms and two things derived from them once.
 
     Attributes:
-        forms: the :class:`~soft_niggli.canonical.ReducedForms`.
+        forms: the :class:`~soft_niggli.canonical.ReducedForms` (``forms.batch_shape`` the lattices'
+            leading shape; the other fields list the forms over the flattened cells).
         inverse: ``(P, 3, 3)`` int64, ``forms.transform⁻¹`` (re-basing fractional coordinates).
         automorphic: ``(P,)`` bool, the forms whose metric is the label's reference metric
             (:func:`~soft_niggli.canonical.automorphic_forms`).
@@ -58,7 +64,7 @@ class CachedForms:
 
 
 class ReducedFormsCache:
-    """:func:`~soft_niggli.canonical.reduced_forms` of ``(B, 3, 3)`` lattices, remembered per lattice.
+    """:func:`~soft_niggli.canonical.reduced_forms` of ``(..., 3, 3)`` lattices, remembered per lattice.
 
     Keys are a lattice's exact values and dtype; the least recently used entries leave first once the
     entries' tensors take more than ``max_bytes`` (each entry is charged its tensors plus about 400
@@ -69,8 +75,10 @@ class ReducedFormsCache:
 
     >>> cache = ReducedFormsCache(max_bytes=2**20)
     >>> cube = 4.0 * torch.eye(3, dtype=torch.float64)[None]
-    >>> cache(cube).counts(1).tolist(), len(cache)
+    >>> cache(cube).counts().tolist(), len(cache)
     ([48], 1)
+    >>> cache(cube[0]).counts().tolist(), len(cache)  # one cell (3, 3): counts of shape ()
+    (48, 1)
     """
 
     def __init__(self, max_bytes: int = 256 * 2**20, *, rel_tol: float = 1e-5):
@@ -98,20 +106,37 @@ class ReducedFormsCache:
             self._entries.clear()
             self._nbytes = 0
 
-    def __call__(self, lattice: torch.Tensor) -> ReducedForms:
-        """The reduced forms of ``lattice (B, 3, 3)`` (a tensor), as :func:`~soft_niggli.canonical.reduced_forms`
-        returns them, on ``lattice``'s device."""
+    def __call__(self, lattice) -> ReducedForms:
+        """The reduced forms of ``lattice (..., 3, 3)`` (tensor, NumPy array or nested list), as
+        :func:`~soft_niggli.canonical.reduced_forms` returns them, on ``lattice``'s device."""
+        lattice = as_lattice(lattice, "lattice").detach()
         if not self.max_bytes:
-            return reduced_forms(lattice.detach(), rel_tol=self.rel_tol)  # nothing to remember, nothing derived
-        return self.lookup(lattice).forms
+            return reduced_forms(lattice, rel_tol=self.rel_tol)  # nothing to remember, nothing derived
+        return self._shaped(self._lookup(lattice.reshape(-1, 3, 3)), lattice.shape[:-2]).forms
 
-    def lookup(self, lattice: torch.Tensor) -> CachedForms:
-        """:class:`CachedForms` of ``lattice (B, 3, 3)``: the forms, their inverse transforms and which are
-        automorphic, on ``lattice``'s device."""
-        lattice = lattice.detach()
+    def lookup(self, lattice) -> CachedForms:
+        """:class:`CachedForms` of ``lattice (..., 3, 3)``: the forms, their inverse transforms and which are
+        automorphic, on ``lattice``'s device, listed over the flattened cells."""
+        lattice = as_lattice(lattice, "lattice").detach()
+        return self._shaped(self._lookup(lattice.reshape(-1, 3, 3)), lattice.shape[:-2])
+
+    @staticmethod
+    def _shaped(found: CachedForms, batch_shape: torch.Size) -> CachedForms:
+        """``found`` (of flattened cells) with its per-cell ``status`` of the lattices' leading shape."""
+        if len(batch_shape) == 1:
+            return found
+        forms = found.forms
+        forms = ReducedForms(forms.owner, forms.transform, forms.lattice, forms.status.reshape(batch_shape))
+        return CachedForms(forms, found.inverse, found.automorphic, found.metric)
+
+    def _forms(self, lattice: torch.Tensor) -> ReducedForms:
+        return _reduced_forms_checked(lattice, effective_rel_tol(self.rel_tol, lattice.dtype))
+
+    def _lookup(self, lattice: torch.Tensor) -> CachedForms:
+        """:meth:`lookup` of validated, detached lattices ``(B, 3, 3)``."""
         B, device = lattice.shape[0], lattice.device
         if not self.max_bytes or not has_values(lattice) or not B:
-            return self._derive(lattice, reduced_forms(lattice, rel_tol=self.rel_tol))
+            return self._derive(lattice, self._forms(lattice))
         values = lattice.to("cpu", torch.float64).contiguous().numpy()  # exact for every float dtype
         tag = str(lattice.dtype).encode()
         keys = [tag + values[b].tobytes() for b in range(B)]
@@ -124,7 +149,7 @@ class ReducedFormsCache:
                     entries[b] = entry
         missing = [b for b in range(B) if entries[b] is None]
         if missing:
-            new = self._derive(lattice[missing].cpu(), reduced_forms(lattice[missing], rel_tol=self.rel_tol))
+            new = self._derive(lattice[missing].cpu(), self._forms(lattice[missing]))
             counts = new.forms.counts(len(missing)).tolist()
             fresh = {}
             for b, transform, inverse, automorphic, metric, form, status in zip(
@@ -134,7 +159,8 @@ class ReducedFormsCache:
                 metric = metric - metric.min() if len(metric) else metric
                 nbytes = (transform.nbytes + inverse.nbytes + automorphic.nbytes + metric.nbytes + form.nbytes
                           + len(keys[b]) + _ENTRY_OVERHEAD)
-                entry = _Entry(transform, inverse, automorphic, metric, form, int(status), nbytes)
+                entry = _Entry(transform, inverse, automorphic, metric, form, int(status), nbytes, len(transform),
+                               int(metric.max()) + 1 if len(metric) else 0)
                 entries[b] = entry
                 fresh[keys[b]] = entry
             with self._lock:
@@ -146,12 +172,12 @@ class ReducedFormsCache:
                 while self._nbytes > self.max_bytes and self._entries:
                     _, old = self._entries.popitem(last=False)
                     self._nbytes -= old.nbytes
-        counts = torch.tensor([len(e.transform) for e in entries], device=device)
+        counts = torch.tensor([e.count for e in entries], device=device)
         forms = ReducedForms(owner=torch.repeat_interleave(torch.arange(B, device=device), counts),
                              transform=torch.cat([e.transform for e in entries]).to(device),
                              lattice=torch.cat([e.lattice for e in entries]).to(device),
                              status=torch.tensor([e.status for e in entries], dtype=torch.int64, device=device))
-        groups = torch.tensor([int(e.metric.max()) + 1 if len(e.metric) else 0 for e in entries])
+        groups = torch.tensor([e.groups for e in entries])
         offsets = torch.cumsum(groups, 0) - groups
         metric = torch.cat([e.metric for e in entries]) + torch.repeat_interleave(offsets, counts.cpu())
         return CachedForms(forms, torch.cat([e.inverse for e in entries]).to(device),
@@ -159,7 +185,7 @@ class ReducedFormsCache:
 
     def _derive(self, lattice: torch.Tensor, forms: ReducedForms) -> CachedForms:
         tol = effective_rel_tol(self.rel_tol, lattice.dtype)
-        return CachedForms(forms, integer_inverse(forms.transform), automorphic_forms(lattice, forms, rel_tol=tol),
+        return CachedForms(forms, integer_inverse(forms.transform), _automorphic_forms(lattice, forms, tol),
                            _metric_groups(forms))
 
 

@@ -1,11 +1,13 @@
 """Basis-invariant evaluation of predicted crystals against their targets.
 
-Row convention: lattices are ``(B, 3, 3)`` with the lattice vectors a, b, c as *rows*; Cartesian
+Row convention: lattices are ``(..., 3, 3)`` with the lattice vectors a, b, c as *rows*; Cartesian
 positions are ``X = F @ L``; a change of basis ``L' = M @ L``, ``F' = wrap(F @ M^{-1})`` (``M``
 unimodular) describes the same crystal, and every metric here gives the same value for it.
 
-Inputs and outputs: lattices may be torch tensors, NumPy arrays, (nested) lists or :class:`CrystalBatch`
-objects; per-crystal results are always torch tensors (float64, or bool), on the device of ``pred`` when
+Inputs and outputs: lattices may be torch tensors, NumPy arrays, (nested) lists of shape ``(..., 3, 3)``
+(one cell, a batch or a stack) or :class:`CrystalBatch` objects (``(B, 3, 3)``). Per-crystal results of the
+lattice metrics (:func:`spglib_niggli_g6`, :func:`lattice_error`, :func:`volume_error`) have the
+lattices' leading shape ``(...)`` (``()`` for one cell); they are always torch tensors (float64, or bool), on the device of ``pred`` when
 it is a tensor or a batch (else the CPU), never NumPy arrays. The computations themselves run on the host
 (spglib, pymatgen), so tensors on the ``meta`` device, which hold no values, raise ``ValueError``. Wrong
 Python types raise ``TypeError``, wrong values (shapes, ranges) ``ValueError``.
@@ -88,8 +90,8 @@ __all__ = [
 ]
 
 
-def _lattices(x, name: str) -> torch.Tensor:
-    """Lattices as a float64 CPU tensor ``(B, 3, 3)`` (a single ``(3, 3)`` becomes ``(1, 3, 3)``)."""
+def _lattices(x, name: str) -> tuple[torch.Tensor, torch.Size]:
+    """Lattices ``(..., 3, 3)`` as ``(float64 CPU tensor (B, 3, 3) of the flattened cells, leading shape (...))``."""
     if isinstance(x, CrystalBatch):
         x = x.lattice
     if isinstance(x, (list, tuple)):
@@ -101,15 +103,12 @@ def _lattices(x, name: str) -> torch.Tensor:
     if isinstance(x, (torch.Tensor, np.ndarray, list, tuple)):
         t = as_float_tensor(x, name)
     else:
-        raise TypeError(f"{name}: expected lattices (a tensor, array or list of shape (B, 3, 3)) or a "
+        raise TypeError(f"{name}: expected lattices (a tensor, array or list of shape (..., 3, 3)) or a "
                         f"CrystalBatch, got {type(x).__name__}")
+    if t.dim() < 2 or tuple(t.shape[-2:]) != (3, 3):
+        raise ValueError(f"{name}: expected lattices of shape (..., 3, 3) (or a CrystalBatch), got {tuple(t.shape)}")
     require_values(t, f"{name}: the metrics (spglib and pymatgen run on the host, on values)")
-    t = t.detach().to("cpu", torch.float64)
-    if t.dim() == 2:
-        t = t[None]
-    if t.dim() != 3 or tuple(t.shape[1:]) != (3, 3):
-        raise ValueError(f"{name}: expected lattices of shape (B, 3, 3) (or a CrystalBatch), got {tuple(t.shape)}")
-    return t
+    return t.detach().to("cpu", torch.float64).reshape(-1, 3, 3), t.shape[:-2]
 
 
 def _device_of(x) -> torch.device:
@@ -137,8 +136,8 @@ class SpglibG6:
     """Result of :func:`spglib_niggli_g6`.
 
     Attributes:
-        g6: ``(B, 6)`` float64, G6 vectors of the spglib-Niggli-reduced cells (NaN where not ``ok``).
-        ok: ``(B,)`` bool, whether spglib reduced the cell (see :func:`spglib_niggli_g6`).
+        g6: ``(..., 6)`` float64, G6 vectors of the spglib-Niggli-reduced cells (NaN where not ``ok``).
+        ok: ``(...)`` bool, whether spglib reduced the cell (see :func:`spglib_niggli_g6`).
     """
 
     g6: torch.Tensor
@@ -146,7 +145,8 @@ class SpglibG6:
 
 
 def spglib_niggli_g6(lattices, spglib_eps: float = 1e-5) -> SpglibG6:
-    """G6 vectors of the spglib-Niggli-reduced cells, as :class:`SpglibG6` ``(g6 (B, 6), ok (B,))``.
+    """G6 vectors of the spglib-Niggli-reduced cells of ``lattices (..., 3, 3)``, as :class:`SpglibG6`
+    ``(g6 (..., 6), ok (...))``.
 
     ``spglib_eps`` is spglib's absolute tolerance (``spglib.niggli_reduce(L, eps=spglib_eps)``). ``ok`` is
     False (and ``g6`` NaN) where the input is not finite, spglib returns ``None``, or the returned cell's
@@ -154,8 +154,14 @@ def spglib_niggli_g6(lattices, spglib_eps: float = 1e-5) -> SpglibG6:
     input). Tensors on the device of ``lattices`` (CPU for arrays and lists).
     """
     device = _device_of(lattices)
-    L = _lattices(lattices, "lattices")
+    L, lead = _lattices(lattices, "lattices")
     eps = _check_spglib_eps(spglib_eps)
+    g6, ok = _spglib_niggli_g6(L, eps)
+    return SpglibG6(g6=g6.reshape(*lead, 6).to(device), ok=ok.reshape(lead).to(device))
+
+
+def _spglib_niggli_g6(L: torch.Tensor, eps: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """:func:`spglib_niggli_g6` of checked float64 CPU lattices ``(B, 3, 3)``: ``(g6 (B, 6), ok (B,))``."""
     cells = L.numpy()
     finite = np.isfinite(cells).all(axis=(1, 2))
     reduced = np.full_like(cells, np.nan)
@@ -167,7 +173,7 @@ def spglib_niggli_g6(lattices, spglib_eps: float = 1e-5) -> SpglibG6:
         v_in, v_out = np.abs(np.linalg.det(cells)), np.abs(np.linalg.det(reduced))
         ok &= np.isfinite(v_out) & (v_in > 0) & (np.abs(v_out - v_in) <= 1e-6 * v_in)
     reduced[~ok] = np.nan
-    return SpglibG6(g6=_g6(torch.from_numpy(reduced)).to(device), ok=torch.from_numpy(ok).to(device))
+    return _g6(torch.from_numpy(reduced)), torch.from_numpy(ok)
 
 
 @dataclass(frozen=True)
@@ -175,8 +181,8 @@ class LatticeError:
     """Result of :func:`lattice_error`.
 
     Attributes:
-        error: ``(B,)`` float64, the relative G6 distance per crystal (``failure_value`` where failed).
-        failed: ``(B,)`` bool, where spglib could not reduce the prediction (or it was not finite).
+        error: ``(...)`` float64, the relative G6 distance per crystal (``failure_value`` where failed).
+        failed: ``(...)`` bool, where spglib could not reduce the prediction (or it was not finite).
     """
 
     error: torch.Tensor
@@ -184,44 +190,46 @@ class LatticeError:
 
 
 def lattice_error(pred, target, *, spglib_eps: float = 1e-5, failure_value: float = 1.0) -> LatticeError:
-    """Basis-invariant lattice error per crystal, as :class:`LatticeError` ``(error (B,), failed (B,))``.
+    """Basis-invariant lattice error per crystal, as :class:`LatticeError` ``(error (...), failed (...))``.
 
     ``error = ‖g6_pred - g6_target‖ / ‖g6_target‖`` on spglib-Niggli-reduced cells (module docstring),
-    ``failure_value`` where the prediction's reduction failed. ``pred`` and ``target`` are ``(B, 3, 3)``
-    lattices (tensors, arrays, lists or :class:`CrystalBatch`); ``spglib_eps`` is spglib's absolute
-    tolerance.
+    ``failure_value`` where the prediction's reduction failed. ``pred`` and ``target`` are ``(..., 3, 3)``
+    lattices of the same shape (tensors, arrays, lists or :class:`CrystalBatch`); ``spglib_eps`` is
+    spglib's absolute tolerance.
 
     Raises:
-        ValueError: shapes differ; a target that spglib cannot reduce (a data error).
+        ValueError: shapes differ; a target that spglib cannot reduce (a data error; the message lists
+            indices of the flattened cells).
     """
     device = _device_of(pred)
-    P, T = _lattices(pred, "pred"), _lattices(target, "target")
-    if P.shape != T.shape:
-        raise ValueError(f"pred: expected the target's shape {tuple(T.shape)}, got {tuple(P.shape)}")
+    (P, lead), (T, lead_t) = _lattices(pred, "pred"), _lattices(target, "target")
+    if lead != lead_t:
+        raise ValueError(f"pred: expected the target's shape {(*lead_t, 3, 3)}, got {(*lead, 3, 3)}")
+    eps = _check_spglib_eps(spglib_eps)
     failure_value = _check_failure_value(failure_value)
-    red_p = spglib_niggli_g6(P, spglib_eps)
-    red_t = spglib_niggli_g6(T, spglib_eps)
-    if not bool(red_t.ok.all()):
-        bad = (~red_t.ok).nonzero().flatten()[:8].tolist()
+    g6_p, ok_p = _spglib_niggli_g6(P, eps)
+    g6_t, ok_t = _spglib_niggli_g6(T, eps)
+    if not bool(ok_t.all()):
+        bad = (~ok_t).nonzero().flatten()[:8].tolist()
         raise ValueError(f"target: spglib could not Niggli-reduce targets {bad}")
-    err = torch.linalg.vector_norm(red_p.g6 - red_t.g6, dim=1) / torch.linalg.vector_norm(red_t.g6, dim=1)
-    err = torch.where(red_p.ok, err, torch.full_like(err, failure_value))
-    return LatticeError(error=err.to(device), failed=(~red_p.ok).to(device))
+    err = torch.linalg.vector_norm(g6_p - g6_t, dim=1) / torch.linalg.vector_norm(g6_t, dim=1)
+    err = torch.where(ok_p, err, torch.full_like(err, failure_value))
+    return LatticeError(error=err.reshape(lead).to(device), failed=(~ok_p).reshape(lead).to(device))
 
 
 def volume_error(pred, target, *, failure_value: float = 1.0) -> torch.Tensor:
-    """``|V_pred - V_target| / V_target`` per crystal, float64 ``(B,)``; ``failure_value`` for non-finite
-    predictions."""
+    """``|V_pred - V_target| / V_target`` per crystal of ``pred`` and ``target (..., 3, 3)`` (the same
+    shape), float64 ``(...)``; ``failure_value`` for non-finite predictions."""
     device = _device_of(pred)
-    P, T = _lattices(pred, "pred"), _lattices(target, "target")
-    if P.shape != T.shape:
-        raise ValueError(f"pred: expected the target's shape {tuple(T.shape)}, got {tuple(P.shape)}")
+    (P, lead), (T, lead_t) = _lattices(pred, "pred"), _lattices(target, "target")
+    if lead != lead_t:
+        raise ValueError(f"pred: expected the target's shape {(*lead_t, 3, 3)}, got {(*lead, 3, 3)}")
     failure_value = _check_failure_value(failure_value)
     finite = torch.isfinite(P).all(dim=-1).all(dim=-1)
     v_p = torch.linalg.det(torch.where(finite[:, None, None], P, torch.zeros_like(P))).abs()
     v_t = torch.linalg.det(T).abs()
     out = torch.where(finite, (v_p - v_t).abs() / v_t, torch.full_like(v_t, failure_value))
-    return out.to(device)
+    return out.reshape(lead).to(device)
 
 
 def structure_valid(structure, cutoff: float = 0.5) -> bool:
@@ -399,7 +407,7 @@ def evaluate(pred: CrystalBatch, target: CrystalBatch, *, match: bool = True, sp
     if not isinstance(match, bool):
         raise TypeError(f"match: expected a bool, got {type(match).__name__} {match!r}")
     lat = lattice_error(pred, target, spglib_eps=spglib_eps, failure_value=failure_value)
-    err = lat.error.cpu()
+    err = lat.error.cpu().reshape(-1)
     n = len(err)
     out = {
         "n": float(n),

@@ -15,21 +15,20 @@ pytest.importorskip("tqdm")
 
 import torch  # noqa: E402
 
-import benchmarks.data  # noqa: E402
+import benchmarks.harness.data  # noqa: E402
 from benchmarks import ablation, ablation_report  # noqa: E402
-from benchmarks.data import load_data  # noqa: E402
-from benchmarks.training import epoch_labels, parse_strategy  # noqa: E402
+from benchmarks.harness.data import load_data  # noqa: E402
+from benchmarks.harness.training import epoch_labels, parse_strategy  # noqa: E402
 from soft_niggli.metrics import lattice_error  # noqa: E402
 
 
 def test_ablation_main_writes_finite_results(tmp_path):
     argv = ["--datasets", "aflow", "--epochs", "1", "--strategies", "mse", "proxy", "--bases", "niggli", "random",
             "--seeds", "1", "--train-size", "24", "--val-size", "8", "--out", str(tmp_path), "--no-progress"]
-    records = ablation.main(argv)
+    assert ablation.main(argv) == 0
     md = (tmp_path / "ablation_aflow.md").read_text()
     assert "python -m benchmarks.ablation --datasets aflow" in md and "| mlp | proxy | random |" in md
     data = json.loads((tmp_path / "ablation_aflow.json").read_text())
-    assert data == json.loads(json.dumps(records["aflow"], default=float))
     assert data["commands"] == ["python -m benchmarks.ablation " + shlex.join(argv)]
     assert len(data["runs"]) == 4 and len(data["summary"]) == 4
     for run in data["runs"]:
@@ -42,8 +41,9 @@ def test_ablation_main_writes_finite_results(tmp_path):
     assert "| aflow niggli | aflow random |" in (tmp_path / "ablation_overview.md").read_text()
 
     (tmp_path / "ablation_aflow.md").unlink()
-    rebuilt = ablation.main(["--rebuild", "--datasets", "aflow", "--out", str(tmp_path)])
-    assert json.dumps(rebuilt["aflow"]["summary"]) == json.dumps(data["summary"])  # NaN-safe comparison
+    assert ablation.main(["--rebuild", "--datasets", "aflow", "--out", str(tmp_path)]) == 0
+    rebuilt = json.loads((tmp_path / "ablation_aflow.json").read_text())
+    assert json.dumps(rebuilt["summary"]) == json.dumps(data["summary"])  # NaN-safe comparison
     assert (tmp_path / "ablation_aflow.md").read_text() == md
 
 
@@ -59,15 +59,17 @@ def test_default_run_reads_the_bundled_crystals_and_writes_to_a_scratch_folder(t
     # The defaults at a tiny budget: bundled perov_5 crystals, every default strategy and basis, no --out.
     monkeypatch.setattr(ablation.tempfile, "gettempdir", lambda: str(tmp_path))
     monkeypatch.delenv("SOFT_NIGGLI_DATA", raising=False)
-    records = ablation.main(["--epochs", "1", "--seeds", "2", "--train-size", "16", "--val-size", "4", "--no-progress"])
+    assert ablation.main(["--epochs", "1", "--seeds", "2", "--train-size", "16", "--val-size", "4",
+                          "--no-progress"]) == 0
     out = capsys.readouterr().out
     (folder,) = (tmp_path / "soft_niggli_ablation").iterdir()
     assert f"{folder}/ablation_perov_5_small.*" in out
     assert {p.name for p in folder.iterdir()} >= {"ablation_perov_5_small.json", "ablation_perov_5_small.md",
                                                    "ablation_overview.md"}
-    runs = records["perov_5_small"]["runs"]
+    record = json.loads((folder / "ablation_perov_5_small.json").read_text())
+    runs = record["runs"]
     assert {r["strategy"] for r in runs} == set(ablation.DEFAULT_STRATEGIES) and len(runs) == 5 * 3 * 2
-    assert "soft_niggli/data/NOTICE" in records["perov_5_small"]["data"]["source"]
+    assert "soft_niggli/data/NOTICE" in record["data"]["source"]
     # The compact table: one row per strategy plus the reference, lattice error and match rate per basis.
     lines = out.splitlines()
     header = next(i for i, line in enumerate(lines) if line.startswith("strategy"))
@@ -81,7 +83,7 @@ def test_default_run_reads_the_bundled_crystals_and_writes_to_a_scratch_folder(t
 def test_no_folder_dataset_names_the_ways_to_get_one(tmp_path, monkeypatch, capsys):
     monkeypatch.delenv("SOFT_NIGGLI_DATA", raising=False)
     monkeypatch.setattr(ablation, "data_dir", lambda path=None: path)  # as from an installed copy: no ../shared
-    monkeypatch.setattr(benchmarks.data, "data_dir", lambda path=None: path)
+    monkeypatch.setattr(benchmarks.harness.data, "data_dir", lambda path=None: path)
     with pytest.raises(SystemExit) as exc:
         ablation.main(["--datasets", "mp_20", "--epochs", "0", "--out", str(tmp_path), "--no-progress"])
     message = str(exc.value.code)
@@ -125,8 +127,8 @@ def test_a_model_of_ones_own_plugs_in_by_module_and_class(tmp_path, monkeypatch)
     argv = ["--models", "my_csp_model:MeanCell", "--epochs", "1", "--strategies", "mse", "--bases", "niggli",
             "--seeds", "1", "--train-size", "8", "--val-size", "4", "--out", str(tmp_path / "out"), "--no-progress",
             "--no-match"]
-    records = ablation.main(argv)
-    (run,) = records["perov_5_small"]["runs"]
+    assert ablation.main(argv) == 0
+    (run,) = json.loads((tmp_path / "out" / "ablation_perov_5_small.json").read_text())["runs"]
     assert run["model"] == "my_csp_model:MeanCell" and math.isfinite(run["metrics"]["lattice_error"])
     with pytest.raises(SystemExit, match="unknown model"):
         ablation.main(["--models", "no_such_module:Net", "--out", str(tmp_path / "out")])

@@ -295,7 +295,7 @@ def _lattice(B=2, dtype=torch.float64):
     "make, match",
     [
         (lambda: CrystalBatch(_lattice()[:, :2], torch.zeros(3, 3, dtype=torch.float64), [1, 2]),
-         r"lattice: expected shape \(B, 3, 3\), got \(2, 2, 3\)"),
+         r"lattice: expected shape \(B, 3, 3\) or \(3, 3\) \(one crystal\), got \(2, 2, 3\)"),
         (lambda: CrystalBatch(_lattice().long(), torch.zeros(3, 3), [1, 2]),
          r"lattice: expected a floating dtype"),
         (lambda: CrystalBatch(_lattice(), torch.zeros(10, 3, dtype=torch.float64), torch.tensor([5, 7])),

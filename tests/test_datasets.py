@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import importlib.util
 import re
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -309,14 +311,19 @@ def test_bundled_path_names_the_bundled_sets(monkeypatch):
 
 
 def test_bundled_files_are_what_the_committed_script_makes():
-    from benchmarks.make_bundled_data import SUBSETS, subset_csv
     from soft_niggli.datasets import BUNDLED, bundled_path
+
+    script = Path(__file__).resolve().parents[1] / "tools" / "make_bundled_data.py"
+    spec = importlib.util.spec_from_file_location("make_bundled_data", script)
+    tool = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(tool)
+    SUBSETS, subset_csv = tool.SUBSETS, tool.subset_csv
 
     assert set(SUBSETS) == set(BUNDLED)
     total = 0
     for name, (dataset, _) in SUBSETS.items():
         blob, _ = subset_csv(shared_data_file(dataset, "val"), SUBSETS[name][1])
-        assert blob == bundled_path(name).read_bytes(), f"{name}: rerun python -m benchmarks.make_bundled_data"
+        assert blob == bundled_path(name).read_bytes(), f"{name}: rerun python tools/make_bundled_data.py"
         total += len(blob)
     assert total <= 500_000
 

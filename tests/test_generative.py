@@ -1,4 +1,4 @@
-"""The flow-matching benchmark (benchmarks.flow_model, benchmarks.flow_matching, benchmarks.generative):
+"""The flow-matching benchmark (benchmarks.harness.flow_model, benchmarks.harness.flow_matching, benchmarks.generative):
 the network's symmetries, the velocity formula, the prior alignment and reduced-form coupling, distributed
 training (2 gloo processes equal one process on the same global batch) and the command line end to end.
 
@@ -20,10 +20,11 @@ from conftest import shared_data_file
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from benchmarks.flow_matching import LatticePrior, interpolate, minimum_image, sample
-from benchmarks.flow_model import FlowNet
+from benchmarks.harness.flow_matching import LatticePrior, interpolate, sample
+from benchmarks.harness.flow_model import FlowNet
 from soft_niggli import CrystalBatch, random_unimodular
 from soft_niggli.lattice import wrap
+from soft_niggli.losses.periodic import minimum_image
 from soft_niggli.testing import crystals, rotations
 
 REPO = Path(__file__).resolve().parents[1]
@@ -148,7 +149,7 @@ def test_prior_scale_matches_the_labels():
 def _ddp_worker(rank: int, world: int, init_file: str, out_dir: str):
     import torch.distributed as dist
 
-    from benchmarks.flow_matching import FlowConfig, distributed_context, train_flow
+    from benchmarks.harness.flow_matching import FlowConfig, distributed_context, train_flow
 
     torch.set_num_threads(1)
     if world > 1:
@@ -165,7 +166,7 @@ def _ddp_worker(rank: int, world: int, init_file: str, out_dir: str):
 
 
 def _tiny_data():
-    from benchmarks.data import Data
+    from benchmarks.harness.data import Data
     from soft_niggli.testing import aflow_crystals
 
     batch = aflow_crystals(limit=24, max_atoms=6)
@@ -208,16 +209,16 @@ def test_the_command_line_runs_end_to_end(tmp_path):
     shared_data_file("perov_5")
     from benchmarks.generative import main
 
-    record = main(["--dataset", "perov_5", "--limit", "24,6", "--epochs", "2", "--batch-size", "8", "--hidden", "16",
-                   "--layers", "1", "--fourier", "2", "--ode-steps", "1,2", "--strategies", "mse", "softmin",
-                   "--bases", "niggli,random", "--coupling", "independent,automorphisms,reduced-forms", "--align-prior",
-                   "--eval-every", "1", "--curve-size", "4", "--curve-steps", "2", "--out", str(tmp_path),
-                   "--no-progress", "--threads", "1"])
-    assert len(record["runs"]) == 12 and len(record["summary"]) == 12
+    assert main(["--dataset", "perov_5", "--limit", "24,6", "--epochs", "2", "--batch-size", "8", "--hidden", "16",
+                 "--layers", "1", "--fourier", "2", "--ode-steps", "1,2", "--strategies", "mse", "softmin",
+                 "--bases", "niggli,random", "--coupling", "independent,automorphisms,reduced-forms", "--align-prior",
+                 "--eval-every", "1", "--curve-size", "4", "--curve-steps", "2", "--out", str(tmp_path),
+                 "--no-progress", "--threads", "1"]) == 0
     for name in ("generative_perov_5.md", "generative_perov_5.json", "generative_perov_5_epochs.png",
                  "generative_perov_5_steps.png"):
         assert (tmp_path / name).exists(), name
     saved = json.loads((tmp_path / "generative_perov_5.json").read_text())
+    assert len(saved["runs"]) == 12 and len(saved["summary"]) == 12
     assert saved["commands"][0].startswith("python -m benchmarks.generative --dataset perov_5")
     assert saved["machine"]
     run = saved["runs"][0]
@@ -243,9 +244,10 @@ def test_a_model_of_ones_own_plugs_in_by_module_and_class(tmp_path):
     shared_data_file("perov_5")
     from benchmarks.generative import main
 
-    record = main(["--dataset", "perov_5", "--limit", "16,4", "--epochs", "1", "--batch-size", "8", "--ode-steps", "2",
-                   "--model", "examples.flow_matching_step:TinyFlowNet", "--coupling", "automorphisms",
-                   "--align-prior", "--out", str(tmp_path), "--no-progress", "--threads", "1", "--no-match"])
+    assert main(["--dataset", "perov_5", "--limit", "16,4", "--epochs", "1", "--batch-size", "8", "--ode-steps", "2",
+                 "--model", "examples.flow_matching_step:TinyFlowNet", "--coupling", "automorphisms",
+                 "--align-prior", "--out", str(tmp_path), "--no-progress", "--threads", "1", "--no-match"]) == 0
+    record = json.loads((tmp_path / "generative_perov_5.json").read_text())
     (run,) = record["runs"]
     assert run["config"]["model"] == "examples.flow_matching_step:TinyFlowNet"
     assert run["parameters"] < 50_000  # TinyFlowNet, not the default FlowNet

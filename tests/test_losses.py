@@ -143,6 +143,26 @@ def test_invalid_option_values_raise_at_construction(name, options, error, expec
         get_loss(name, **options)
 
 
+@pytest.mark.parametrize("module, names", [
+    ("result", ["LossResult"]),
+    ("options", ["LATTICE_METRICS", "COORDINATE_TERMS", "weight_option", "choice_option", "flag_option",
+                 "fraction_option", "positive_option", "int_option", "blur_option", "rel_tol_option"]),
+    ("registry", ["ENTRY_POINT_GROUP", "register_loss", "get_loss", "available_losses"]),
+    ("base", ["CrystalLoss", "max_magnitude"]),
+])
+def test_every_name_of_the_loss_interface_is_importable_from_base_as_the_same_object(module, names):
+    import importlib
+
+    import soft_niggli.losses.base as base
+
+    home = importlib.import_module(f"soft_niggli.losses.{module}")
+    for name in names:
+        assert name in home.__all__, name
+        assert getattr(base, name) is getattr(home, name), name
+    with pytest.raises(AttributeError, match="no attribute 'get_losses'"):
+        base.get_losses
+
+
 def test_register_loss_rejects_a_taken_name_and_non_losses():
     with pytest.raises(ValueError, match="'proxy': already registered"):
         @register_loss("proxy")

@@ -13,19 +13,20 @@ from conftest import load_shared_cells
 import soft_niggli.niggli as niggli_module
 from soft_niggli import Status, g6, is_niggli_reduced, is_unimodular, niggli_reduce
 from soft_niggli.lattice import random_rotations
+from soft_niggli.niggli import _core, _kernel
 from soft_niggli.testing import lattices, rotations, unimodular_matrices
 
 
 @pytest.fixture(autouse=True, scope="module", params=["compiled", "numpy"])
 def reducer_core(request):
     """Every test here runs on both cores of the reducer: the compiled loop and the NumPy fallback."""
-    saved = niggli_module._kernel
+    saved = _kernel.compiled
     if request.param == "compiled" and saved is None:
         pytest.skip("the compiled kernel was not built")
     if request.param == "numpy":
-        niggli_module._kernel = None
+        _kernel.compiled = None
     yield request.param
-    niggli_module._kernel = saved
+    _kernel.compiled = saved
 
 
 def relative_g6_distance(L1, L2):
@@ -342,8 +343,8 @@ def test_result_does_not_depend_on_chunking_or_batch_neighbours(monkeypatch):
                        torch.tensor([[1.0, 0, 0], [0, 1, 0], [2, 3, 0]])]).double()
     L = torch.cat([good, skewed, bad.repeat(20, 1, 1)])[torch.from_numpy(rng.permutation(1860))]
     whole = niggli_reduce(L)
-    monkeypatch.setattr(niggli_module, "_kernel", None)
-    monkeypatch.setattr(niggli_module, "_CHUNK", 256)
+    monkeypatch.setattr(_kernel, "compiled", None)
+    monkeypatch.setattr(_core, "_CHUNK", 256)
     chunked = niggli_reduce(L)
     torch.testing.assert_close(whole.lattice, chunked.lattice, rtol=0, atol=0, equal_nan=True)
     for field in ("transform", "status", "iterations"):
@@ -461,7 +462,7 @@ def test_checker_says_false_on_reduced_cells_with_a_vanishing_vector_or_a_flat_b
 def test_orthogonal_cell_with_mixed_scales_is_reduced_as_is_and_checker_agrees(log_lengths, Q):
     """diag(1e-6, 1, 1e6) and the like: orthogonal, hence reduced, up to a length ratio of 1e12 at least. Up
     to about 2e13 float64 resolves the products of the vectors to 1/16 of the shorter one's squared length
-    (module docstring, "Resolution"); beyond, the cell is DEGENERATE, and the checker says False."""
+    (the reducer's design notes, "Resolution"); beyond, the cell is DEGENERATE, and the checker says False."""
     log_lengths = sorted(log_lengths)
     assume(min(b - a for a, b in zip(log_lengths, log_lengths[1:])) > 1e-3)
     L = torch.diag(10.0 ** torch.tensor(log_lengths, dtype=torch.float64)) @ Q.T
@@ -496,7 +497,7 @@ def rebased_cube(x, z, w):
 
 
 def test_cube_rebased_so_that_reducing_needs_transform_entries_of_2p9e9_is_reduced_exactly():
-    """The documented limits (module docstring, "Resolution"): reduced while the reducing transform needs
+    """The documented limits (the reducer's design notes, "Resolution"): reduced while the reducing transform needs
     entries up to 2**44 and the error-free product resolves the reduced vectors to rel_tol / 1024 (a bound
     that grows with the rows' lengths and with 2**27 per negative entry of the transform's row); beyond,
     DEGENERATE."""

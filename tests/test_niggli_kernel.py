@@ -1,4 +1,4 @@
-"""The compiled reducer core (soft_niggli/_niggli_kernel.c) against the NumPy core it ports.
+"""The compiled reducer core (soft_niggli/niggli/_niggli_kernel.c) against the NumPy core it ports.
 
 Both cores must give the same transform, status and iteration count, and bit for bit the same
 lattice: the C code repeats the NumPy core's arithmetic in the same order (and is compiled without
@@ -17,17 +17,18 @@ from hypothesis import strategies as st
 
 import soft_niggli.niggli as niggli_module
 from soft_niggli import niggli_reduce, random_unimodular
+from soft_niggli.niggli import _constants, _kernel
 from soft_niggli.testing import lattices
 
-needs_kernel = pytest.mark.skipif(niggli_module._kernel is None, reason="the compiled kernel was not built")
+needs_kernel = pytest.mark.skipif(_kernel.compiled is None, reason="the compiled kernel was not built")
 
 
 def reduce_with_numpy_core(L, **options):
-    saved, niggli_module._kernel = niggli_module._kernel, None
+    saved, _kernel.compiled = _kernel.compiled, None
     try:
         return niggli_reduce(L, **options)
     finally:
-        niggli_module._kernel = saved
+        _kernel.compiled = saved
 
 
 def assert_same_results(L, **options):
@@ -59,11 +60,11 @@ def test_compiled_core_matches_on_skewed_cells_and_iteration_caps(max_iter):
 
 @needs_kernel
 def test_compiled_core_uses_the_numpy_cores_constants():
-    kernel = niggli_module._kernel
+    kernel = _kernel.compiled
     for name in ("PLAIN_PRODUCT_ERROR", "EXACT_PRODUCT_ERROR", "SPLIT", "ACCURACY_MARGIN", "CROSS_MARGIN", "EPS",
                  "MIN_SQUARED_LENGTH", "DEGENERATE_VOLUME_RATIO", "MAX_TRANSFORM_ENTRY", "PLAIN_PRODUCT_LIMIT",
                  "SWEEPS", "LEVELS", "LEVEL_FACTOR", "STALL_ROUNDS"):
-        assert getattr(kernel, name) == getattr(niggli_module, "_" + name), name
+        assert getattr(kernel, name) == getattr(_constants, name), name
 
 
 def test_compiled_core_is_built_in_ci():

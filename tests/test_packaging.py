@@ -58,20 +58,33 @@ class ToyLoss(CrystalLoss):
 '''
 
 
-@pytest.fixture
-def toy_distribution(tmp_path, monkeypatch):
-    """A distribution 'toy-loss-pkg' on sys.path declaring the loss 'toy-loss' as an entry point;
+def _install_toy_distribution(tmp_path, monkeypatch, loss_name: str):
+    """A distribution 'toy-loss-pkg' on sys.path declaring ``ToyLoss`` as the entry point ``loss_name``;
     whatever registering it changes in the loss registry is undone afterwards."""
     (tmp_path / "toy_loss_pkg.py").write_text(TOY_MODULE, encoding="utf-8")
     info = tmp_path / "toy_loss_pkg-0.1.dist-info"
     info.mkdir()
     (info / "METADATA").write_text("Metadata-Version: 2.1\nName: toy-loss-pkg\nVersion: 0.1\n", encoding="utf-8")
-    (info / "entry_points.txt").write_text(f"[{GROUP}]\ntoy-loss = toy_loss_pkg:ToyLoss\n", encoding="utf-8")
+    (info / "entry_points.txt").write_text(f"[{GROUP}]\n{loss_name} = toy_loss_pkg:ToyLoss\n", encoding="utf-8")
     registry_module = sys.modules[get_loss.__module__]
     if isinstance(getattr(registry_module, "_REGISTRY", None), dict):  # keep "toy-loss" out of other tests
         monkeypatch.setattr(registry_module, "_REGISTRY", dict(registry_module._REGISTRY))
     monkeypatch.syspath_prepend(str(tmp_path))
+
+
+@pytest.fixture
+def toy_distribution(tmp_path, monkeypatch):
+    """The toy distribution declaring the loss 'toy-loss'."""
+    _install_toy_distribution(tmp_path, monkeypatch, "toy-loss")
     yield tmp_path
+    sys.modules.pop("toy_loss_pkg", None)
+
+
+@pytest.fixture(params=["proxy", "mse", "softmin"])
+def shadowing_distribution(request, tmp_path, monkeypatch):
+    """The toy distribution declaring its loss under the name of a built-in one; returns that name."""
+    _install_toy_distribution(tmp_path, monkeypatch, request.param)
+    yield request.param
     sys.modules.pop("toy_loss_pkg", None)
 
 
@@ -91,6 +104,39 @@ def test_a_loss_declared_by_another_distribution_is_listed_and_built(toy_distrib
     assert torch.isfinite(pred.lattice.grad).all()
     with pytest.raises(ValueError, match="weigth"):
         get_loss("toy-loss", weigth=1.0)
+
+
+def test_an_entry_point_named_like_a_builtin_loss_warns_naming_both_and_the_builtin_keeps_the_name(
+        shadowing_distribution):
+    import soft_niggli.losses.registry as registry
+
+    name = shadowing_distribution
+    builtin = type(get_loss(name))
+    expected = rf"entry point {name} = 'toy_loss_pkg:ToyLoss' of the distribution 'toy-loss-pkg'.*" \
+               rf"loss '{name}'.*{builtin.__module__}\.{builtin.__qualname__}"
+    with pytest.warns(UserWarning, match=expected):
+        names = available_losses()
+    assert names.count(name) == 1
+    # get_loss of a registered name reads the entry points on its first call in a process.
+    registry._check_entry_points_once.cache_clear()
+    with pytest.warns(UserWarning, match=expected):
+        built = get_loss(name)
+    assert type(built) is builtin
+    assert "toy_loss_pkg" not in sys.modules  # the shadowed plugin is never imported
+
+
+def test_an_entry_point_of_the_registered_class_itself_does_not_warn():
+    import warnings
+
+    import soft_niggli.losses.registry as registry
+
+    get_loss("proxy-spglib")  # registered now, under the class its entry point names
+    registry._check_entry_points_once.cache_clear()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert "proxy-spglib" in available_losses()
+        get_loss("proxy-spglib")
+        get_loss("proxy")
 
 
 def test_proxy_spglib_is_an_entry_point_of_this_distribution():
@@ -227,11 +273,12 @@ def test_wheel_holds_only_soft_niggli_and_its_dist_info(tmp_path):
         assert "proxy-spglib = soft_niggli.baselines.spglib_proxy:SpglibProxyLoss" in entry_points
         assert "[console_scripts]" in entry_points and "soft-niggli = soft_niggli.cli:main" in entry_points
         assert f"{dist_info}/licenses/LICENSE" in names
-        # The compiled parts (optional: all where a C compiler built them, none where none did), and none
-        # of their C sources.
-        compiled = {n.split("/")[1].split(".")[0] for n in names if n.endswith((".so", ".pyd"))}
-        assert compiled in (set(), {"_niggli_kernel", "_loss_kernel", "_lattice_kernel"}), compiled
-        assert not [n for n in names if n.endswith((".c", ".h"))]
+        # The compiled parts, where their modules import them (optional: all where a C compiler built them,
+        # none where none did), and none of their C sources or header: those stay in the sdist.
+        compiled = {n.split(".")[0] for n in names if n.endswith((".so", ".pyd"))}
+        assert compiled in (set(), {"soft_niggli/niggli/_niggli_kernel", "soft_niggli/_loss_kernel",
+                                    "soft_niggli/_lattice_kernel"}), compiled
+        assert not [n for n in names if n.endswith((".c", ".h"))], names
         # The bundled crystals and their NOTICE, byte for byte, and nothing else under data/.
         from soft_niggli.datasets import BUNDLED
 
@@ -252,7 +299,7 @@ def test_sdist_holds_every_c_source_and_header_of_the_extensions(tmp_path):
         names = {n.split("/", 1)[1] for n in tf.getnames() if "/" in n}
     sources = {str(p.relative_to(ROOT)).replace(os.sep, "/") for p in (ROOT / "soft_niggli").rglob("*")
                if p.suffix in (".c", ".h")}
-    assert "soft_niggli/_kernels/kernels.h" in sources and "soft_niggli/_niggli_kernel.c" in sources
+    assert "soft_niggli/_kernels/kernels.h" in sources and "soft_niggli/niggli/_niggli_kernel.c" in sources
     assert sources <= names, sorted(sources - names)
 
 
@@ -263,7 +310,7 @@ _BLOCK_KERNEL = textwrap.dedent("""
 
     class BlockKernel:  # as if the C extension had not been built
         def find_spec(self, name, path=None, target=None):
-            if name == "soft_niggli._niggli_kernel":
+            if name == "soft_niggli.niggli._niggli_kernel":
                 raise ImportError("blocked by the test")
             return None
 

@@ -14,9 +14,8 @@ import time
 import numpy as np
 import pytest
 
-# `benchmarks` is not installed: it is importable through pytest's `pythonpath = ["."]` (pyproject.toml).
-from benchmarks.reduction_check import classify
 from soft_niggli.baselines.reducers import PEER_REDUCERS, PeerResult, reduce_with, shutdown_workers
+from soft_niggli.testing.reduction_check import classify
 
 # spglib 2.x warns about its legacy error handling on every call
 pytestmark = pytest.mark.filterwarnings("ignore:Set OLD_ERROR_HANDLING:DeprecationWarning")
@@ -61,9 +60,14 @@ def test_unknown_tool_and_bad_shape():
         reduce_with("nope", np.eye(3)[None])
     for name in PEER_REDUCERS:
         assert name in str(exc.value)
-    with pytest.raises(ValueError, match=r"\(n, 3, 3\)"):
-        reduce_with("spglib", np.eye(3))
+    with pytest.raises(ValueError, match=r"lattices: expected shape \(\.\.\., 3, 3\), got \(3, 4\)"):
+        reduce_with("spglib", np.ones((3, 4)))
     assert reduce_with("spglib", np.zeros((0, 3, 3))) == []
+    # One cell is a list of one; a stack is listed over its flattened cells.
+    (one,) = reduce_with("spglib", 2 * np.eye(3))
+    stack = reduce_with("spglib", 2 * np.eye(3) * np.arange(1.0, 7.0)[:, None, None].reshape(2, 3, 1, 1))
+    assert len(stack) == 6 and np.array_equal(stack[0].lattice, one.lattice)
+    assert [float(np.abs(r.lattice).max()) for r in stack] == [2.0 * k for k in range(1, 7)]
 
 
 def test_tool_exception_is_error_not_raised():

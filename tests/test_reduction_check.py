@@ -1,12 +1,11 @@
-"""Tests for the independent reduction checker benchmarks/reduction_check.py (rows = lattice vectors)."""
+"""Tests for the independent reduction checker soft_niggli.testing.reduction_check (rows = lattice vectors)."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
-# `benchmarks` is not installed: it is importable through pytest's `pythonpath = ["."]` (pyproject.toml).
-from benchmarks.reduction_check import (
+from soft_niggli.testing.reduction_check import (
     check_details,
     classify,
     unimodular_ternary_matrices,

@@ -6,6 +6,11 @@ list, and the marker ``<!-- lattice-shapes -->`` becomes a table of what it acce
 message of the first shape it refused. The table therefore says what the installed code does, not
 what it was meant to do.
 
+Each row also states what the function documents that it accepts (:data:`CONTRACTS`): any stack
+``(..., 3, 3)`` by default, a flat batch for what pairs lattices with per-crystal or per-atom data. A
+function documented for stacks that refuses one of the probes is a build warning too (the table and the
+code disagree).
+
 A public function with a lattice argument (a parameter called ``lattice``, ``lattices``, ``L``,
 ``L_pred``, ``pred_lattice``, ...) that has no probe below is a build warning (a failure in strict
 mode): add one to ``PROBES``.
@@ -30,6 +35,18 @@ MODULES = (
     "soft_niggli.losses.invariants", "soft_niggli.losses.sinkhorn", "soft_niggli.baselines",
     "soft_niggli.baselines.spglib_proxy",
 )
+#: What a function documents that it accepts, where it is not any stack ``(..., 3, 3)``.
+STACKS = "`(..., 3, 3)`"
+FLAT = "`(B, 3, 3)` or one `(3, 3)`; a stack is refused (`ValueError`)"
+CONTRACTS = {
+    "soft_niggli.flow.couple_reduced_forms": FLAT + ", the prior one per label",
+    "soft_niggli.crystal.CrystalBatch": FLAT,
+    "soft_niggli.losses.terms.coordinate_term": "`(B, 3, 3)` (or one `(3, 3)`) with the flat per-atom data",
+    "soft_niggli.losses.terms.closest_automorphism": "`(B, 3, 3)` tensor, the prediction for a `CrystalBatch` of `B` labels",
+    "soft_niggli.losses.windows.grouped_window_candidates": "`(B, 3, 3)` tensors, rows of the groups",
+    "soft_niggli.losses.sinkhorn.sinkhorn_coordinate_loss": "`(B, 3, 3)` tensor with padded coordinates `(B, N, 3)`",
+    "soft_niggli.losses.sinkhorn.sinkhorn_coordinate_loss_flat": "`(B, 3, 3)` tensor with the flat per-atom data",
+}
 _LATTICE_PARAM = re.compile(r"^(lattices?|\w+_lattices?|L|L_\w+|G_\w+|P_lat|M)$")
 SHAPES = ("one", "batch", "stack", "numpy", "list")
 HEADERS = ("`(3, 3)`", "`(5, 3, 3)`", "`(2, 4, 3, 3)`", "NumPy `(5, 3, 3)`", "list `(5, 3, 3)`")
@@ -94,6 +111,13 @@ def _flat_frac(kind: str, atoms: int = 2):
         torch.arange(n).repeat_interleave(atoms)
 
 
+def _batch_frac(kind: str):
+    """Coordinates ``(N, 3)`` for a batch of the probe's lattices, a list where the lattices are one (a
+    list becomes the default dtype, and a batch holds one dtype)."""
+    frac = _flat_frac(kind)[0]
+    return frac.tolist() if kind == "list" else frac
+
+
 def _grouped_window(kind: str):
     """``grouped_window_candidates`` with every row its own group, the identity as its relative basis."""
     import torch
@@ -107,7 +131,7 @@ def _grouped_window(kind: str):
 def _form_penalty(kind: str):
     import torch
 
-    return _fn()(torch.ones(_count(kind), dtype=torch.float64), _cells(kind), 1.0, 1.0, "periodic")
+    return _fn()(_ones(kind).to(torch.float64), _cells(kind), 1.0, 1.0, "periodic")
 
 
 def _window_margin(kth, rows=None):
@@ -149,8 +173,8 @@ PROBES = {
     "soft_niggli.flow.couple_reduced_forms": (lambda k: _fn()(_cells(k), _labels(_count(k))),
                                               "prior lattices for a CrystalBatch of as many labels"),
     "soft_niggli.forms_cache.ReducedFormsCache": (lambda k: _fn()(2**20)(_cells(k)), "calling a cache"),
-    "soft_niggli.crystal.CrystalBatch": (lambda k: _fn()(_cells(k), _flat_frac(k)[0], [2] * _count(k)),
-                                         "the constructor, coordinates flat `(N, 3)`"),
+    "soft_niggli.crystal.CrystalBatch": (lambda k: _fn()(_cells(k), _batch_frac(k), [2] * _count(k)),
+                                         "the constructor, coordinates flat `(N, 3)` of the same kind"),
     "soft_niggli.metrics.spglib_niggli_g6": (lambda k: _fn()(_cells(k)), ""),
     "soft_niggli.metrics.lattice_error": (lambda k: _fn()(_cells(k), _cells(k)), "pred and target"),
     "soft_niggli.metrics.volume_error": (lambda k: _fn()(_cells(k), _cells(k)), "pred and target"),
@@ -220,7 +244,7 @@ def _first_tensor_shape(result) -> str:
 
     if isinstance(result, torch.Tensor):
         return str(tuple(result.shape))
-    if isinstance(result, (tuple, list)) and result and isinstance(result[0], torch.Tensor):
+    if isinstance(result, (tuple, list)) and result and hasattr(result[0], "shape"):  # tensors, NumPy arrays
         return str(tuple(result[0].shape))
     if dataclasses.is_dataclass(result):
         for f in dataclasses.fields(result):
@@ -259,8 +283,8 @@ def probe_table() -> str:
     for path in missing:
         log.warning("shapes: %s takes lattices but has no probe in docs/hooks/shapes.py", path)
 
-    rows = ["| function | " + " | ".join(HEADERS) + " | `(2, 4, 3, 3)` gives | refused with | arguments |",
-            "|---|" + "---|" * len(HEADERS) + "---|---|---|"]
+    rows = ["| function | accepts | " + " | ".join(HEADERS) + " | `(2, 4, 3, 3)` gives | refused with | arguments |",
+            "|---|---|" + "---|" * len(HEADERS) + "---|---|---|"]
     for path, (call, note) in PROBES.items():
         try:
             fn = _resolve(path)
@@ -280,7 +304,11 @@ def probe_table() -> str:
                 if kind == "stack":
                     stack_result = _first_tensor_shape(result)
         module, _, name = path.rpartition(".")
-        rows.append(f"| [`{name}`][{path}] | " + " | ".join(marks) +
+        contract = CONTRACTS.get(path, STACKS)
+        if contract == STACKS and "✗" in marks:
+            log.warning("shapes: %s is documented for (..., 3, 3) but refused a probe (%s); fix it or "
+                        "state its contract in CONTRACTS in docs/hooks/shapes.py", path, first_error)
+        rows.append(f"| [`{name}`][{path}] | {contract} | " + " | ".join(marks) +
                     f" | {stack_result or '—'} | {first_error or '—'} | {note} |")
     return "\n".join(rows)
 

@@ -10,7 +10,7 @@
  *     automorphisms                         automorphisms.c    soft_niggli/unimodular.py, `lattice_automorphisms`
  *     reduced_forms                         reduced_forms.c    soft_niggli/canonical.py, `reduced_forms`
  *
- * (The reducer's loop is an extension of its own, soft_niggli/_niggli_kernel.c.) Each function is the
+ * (The reducer's loop is an extension of its own, soft_niggli/niggli/_niggli_kernel.c.) Each function is the
  * counterpart of a PyTorch (or NumPy) function that stays the reference and the fallback where its
  * extension was not built (or the tensors are on a GPU); tests/test_loss_kernel.py and
  * tests/test_lattice_kernel.py compare each with its counterpart. Buffers come from NumPy views of

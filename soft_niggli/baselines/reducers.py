@@ -63,8 +63,8 @@ Exact transform recovery (spglib, pymatgen)
 entries are exact binary rationals, so no rounding error enters even for
 ill-conditioned inputs) and rounded.  T is kept only if every entry is within
 1e-3 of its integer and the integer matrix has |det| == 1; otherwise
-``transform`` is None while ``outcome`` stays "ok" (the checker in
-benchmarks/reduction_check.py will then call the result wrong).
+``transform`` is None while ``outcome`` stays "ok" (the checker
+:mod:`soft_niggli.testing.reduction_check` will then call the result wrong).
 
 Outcomes and timing
 -------------------
@@ -534,20 +534,21 @@ atexit.register(shutdown_workers)
 
 
 def reduce_with(tool: str, lattices: np.ndarray, timeout: float = 2.0) -> list[PeerResult]:
-    """Niggli-reduce each lattice of an (n, 3, 3) array (rows = a, b, c) with a peer tool.
+    """Niggli-reduce each lattice of a ``(..., 3, 3)`` array-like (rows = a, b, c) with a peer tool.
 
-    Returns one :class:`PeerResult` per lattice, in order.  ``timeout`` is the
+    Returns one :class:`PeerResult` per lattice, in the order of the flattened cells
+    ``lattices.reshape(-1, 3, 3)`` (a list of one for one cell ``(3, 3)``).  ``timeout`` is the
     per-call budget in seconds for the worker-backed tools (pymatgen, ase,
     cctbx, moyopy); spglib runs in-process and is not interrupted.  Raises ValueError
-    only for an unknown tool, an array that is not (n, 3, 3), or timeout <= 0.
+    only for an unknown tool, an array that is not (..., 3, 3), or timeout <= 0.
     """
     if tool not in PEER_REDUCERS:
         raise ValueError(f"unknown peer reducer {tool!r}; valid tools are {', '.join(PEER_REDUCERS)}")
     arr = np.asarray(lattices)
-    if arr.ndim != 3 or arr.shape[1:] != (3, 3):
-        raise ValueError(f"lattices must have shape (n, 3, 3); received shape {arr.shape}")
+    if arr.ndim < 2 or arr.shape[-2:] != (3, 3):
+        raise ValueError(f"lattices: expected shape (..., 3, 3), got {arr.shape}")
     try:
-        arr = np.ascontiguousarray(arr, dtype=np.float64)
+        arr = np.ascontiguousarray(arr, dtype=np.float64).reshape(-1, 3, 3)
     except (TypeError, ValueError) as exc:
         raise ValueError(f"lattices must be convertible to float64: {exc}") from None
     try:

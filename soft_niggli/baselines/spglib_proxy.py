@@ -1,6 +1,6 @@
 """The Niggli proxy loss exactly as first published, on spglib, for comparison: ``"proxy-spglib"``.
 
-Row convention: lattices are ``(3, 3)`` with the lattice vectors as rows (spglib-python uses rows
+Row convention: lattices are ``(..., 3, 3)`` with the lattice vectors as rows (spglib-python uses rows
 too); a change of basis is ``L' = M @ L``, ``F' = wrap(F @ M^{-1})``.
 
 What it does, crystal by crystal in a Python loop (as the original training code did):
@@ -38,7 +38,8 @@ from soft_niggli.crystal import CrystalBatch
 from soft_niggli.lattice import integer_inverse
 from soft_niggli.losses import CrystalLoss, LossResult, choice_option, flag_option, positive_option, weight_option
 from soft_niggli.losses.periodic import periodic_coordinate_loss
-from soft_niggli.losses.terms import LATTICE_METRICS, lattice_term
+from soft_niggli.losses.options import LATTICE_METRICS
+from soft_niggli.losses.terms import lattice_term
 
 __all__ = ["SpglibProxyError", "SpglibProxyLoss", "spglib_reduce_with_transform"]
 
@@ -47,14 +48,29 @@ class SpglibProxyError(RuntimeError):
     """spglib could not reduce a cell, or its result is not a change of basis of the input."""
 
 
-def spglib_reduce_with_transform(lattice: np.ndarray, spglib_eps: float = 1e-5, *, what: str = "cell") -> tuple[np.ndarray, np.ndarray]:
+def spglib_reduce_with_transform(lattice, spglib_eps: float = 1e-5, *, what: str = "cell") -> tuple[np.ndarray, np.ndarray]:
     """``(L_red, N)`` with ``L_red = spglib.niggli_reduce(lattice, spglib_eps)`` and ``N = round(L_red inv(lattice))``.
 
-    ``lattice`` is a float64 ``(3, 3)`` array (rows are lattice vectors). Raises
-    :class:`SpglibProxyError` when spglib returns ``None``, the input is singular, or ``N`` is not
-    integral (within 1e-3) with determinant ±1.
+    ``lattice`` is a ``(..., 3, 3)`` array-like (rows are lattice vectors; one cell ``(3, 3)`` or a stack),
+    read in float64; ``L_red`` float64 and ``N`` int64 have its shape. Raises :class:`SpglibProxyError`
+    when spglib returns ``None`` for a cell, a cell is singular, or its ``N`` is not integral (within
+    1e-3) with determinant ±1 (the message names the cell's index in the stack).
     """
     lattice = np.ascontiguousarray(lattice, dtype=np.float64)
+    if lattice.ndim < 2 or lattice.shape[-2:] != (3, 3):
+        raise ValueError(f"lattice: expected shape (..., 3, 3), got {lattice.shape}")
+    if lattice.ndim == 2:
+        return _reduce_one(lattice, spglib_eps, what)
+    lead = lattice.shape[:-2]
+    reduced, N = np.empty(lattice.shape), np.empty(lattice.shape, dtype=np.int64)
+    for i, cell in enumerate(lattice.reshape(-1, 3, 3)):
+        index = np.unravel_index(i, lead)
+        reduced[index], N[index] = _reduce_one(cell, spglib_eps, f"{what} {tuple(int(j) for j in index)}")
+    return reduced, N
+
+
+def _reduce_one(lattice: np.ndarray, spglib_eps: float, what: str) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`spglib_reduce_with_transform` of one float64 cell ``(3, 3)``."""
     result = spglib_niggli_reduce(lattice, eps=spglib_eps)
     if not result.ok:
         raise SpglibProxyError(f"spglib.niggli_reduce failed (returned None or raised) for {what} {lattice.tolist()}")

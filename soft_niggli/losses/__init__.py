@@ -6,8 +6,10 @@ rows; Cartesian ``X = F @ L``; a change of basis is ``L' = M @ L``, ``F' = wrap(
 =====================  ==========================================================================
 module                 what
 =====================  ==========================================================================
-``base``               :class:`LossResult`, :class:`CrystalLoss`, the registry (:func:`get_loss`,
-                       :func:`register_loss`, entry points), the option checks every loss uses
+``base``               :class:`CrystalLoss`, the base class: what every loss checks and offers
+``result``             :class:`LossResult`, what every loss returns
+``registry``           :func:`get_loss`, :func:`register_loss`, :func:`available_losses`, entry points
+``options``            the option checks every loss uses (``weight_option``, ``choice_option``, ...)
 ``terms``              the lattice term, the coordinate term, the label's automorphic basis or
                        reduced form nearest the prediction
                        (:func:`~soft_niggli.losses.terms.closest_automorphism`), the penalty of a
@@ -31,29 +33,26 @@ label's forms ``_label_forms``, the offset of ``zero_at_match`` ``_match_offset`
 packed values ``_packed``).
 
 Importing this package registers ``"mse"``, ``"reduced-forms"``, ``"proxy"``, ``"softmin"`` and ``"gram"``; losses of
-other installed packages come through the ``soft_niggli.losses`` entry-point group (``base``).
+other installed packages come through the ``soft_niggli.losses`` entry-point group (``registry``).
 """
 
-from .base import (
-    ENTRY_POINT_GROUP,
-    CrystalLoss,
-    LossResult,
-    available_losses,
+from .base import CrystalLoss
+from .gram import GramLoss
+from .mse import MSELoss
+from .nearest_form import NearestFormLoss
+from .options import (
     blur_option,
     choice_option,
     flag_option,
     fraction_option,
-    get_loss,
     int_option,
     positive_option,
-    register_loss,
     rel_tol_option,
     weight_option,
 )
-from .mse import MSELoss
-from .nearest_form import NearestFormLoss
 from .proxy import NiggliProxyLoss
-from .gram import GramLoss
+from .registry import ENTRY_POINT_GROUP, available_losses, get_loss, register_loss
+from .result import LossResult
 from .softmin import SoftminLoss
 
 __all__ = [

@@ -19,8 +19,9 @@ from ..lattice import integer_inverse
 from ._label_forms import FrameCache, Rows, weighted_form_classes
 from ._match_offset import match_offset
 from ._packed import group_slots, kth_smallest, packed_soft_minimum
-from .base import CrystalLoss, choice_option, flag_option, int_option, positive_option, rel_tol_option
+from .base import CrystalLoss
 from .candidates import candidate_set
+from .options import choice_option, flag_option, int_option, positive_option, rel_tol_option
 from .periodic import periodic_loss_of_pairs
 from .terms import coordinate_term, lattice_term, tie_tolerance
 from .windows import WindowMargin, grouped_window_candidates

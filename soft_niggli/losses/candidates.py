@@ -1,8 +1,10 @@
 """The bounded set of unimodular matrices that the softmin losses search, the distances of a prediction
 to every re-basing of a reference by them, and the soft minimum over those distances.
 
-Row convention: lattices ``(B, 3, 3)`` have the lattice vectors as rows; a candidate ``M`` re-bases a
-reference lattice as ``M @ L_ref`` and its metric as ``M G_ref Mᵀ``.
+Row convention: lattices ``(..., 3, 3)`` have the lattice vectors as rows; a candidate ``M`` re-bases a
+reference lattice as ``M @ L_ref`` and its metric as ``M G_ref Mᵀ``. The public functions take one cell
+``(3, 3)`` or any stack ``(..., 3, 3)`` (tensors, NumPy arrays, nested lists), prediction and reference
+of the same shape; a result per cell and candidate is ``(..., K)``.
 
 For a prediction and a reference (the label, usually in its Niggli basis) the soft minimum over the
 candidates ``U = {M}`` of a distance ``d_M``,
@@ -35,6 +37,7 @@ import math
 
 import torch
 
+from .._checks import as_lattice
 from .._moved import moved_names
 from ..unimodular import enumerate_unimodular
 
@@ -83,11 +86,26 @@ def _device_key(t: torch.Tensor) -> str:
     return str(t.device)
 
 
-def lattice_distances(L_pred: torch.Tensor, L_ref: torch.Tensor, bound: int = 1, proper: bool = False) -> torch.Tensor:
-    """Mean squared entry difference ``||L_pred - M L_ref||² / 9`` for every candidate, ``(B, K)``.
+def _flat_pair(pred, ref, pred_name: str, ref_name: str) -> tuple[torch.Tensor, torch.Tensor, torch.Size]:
+    """Prediction and reference ``(..., 3, 3)`` of one shape as ``(pred (B, 3, 3), ref (B, 3, 3), (...))``."""
+    P, R = as_lattice(pred, pred_name), as_lattice(ref, ref_name)
+    if P.shape != R.shape:
+        raise ValueError(f"{ref_name}: expected the shape of {pred_name} {tuple(P.shape)}, got {tuple(R.shape)}")
+    return P.reshape(-1, 3, 3), R.reshape(-1, 3, 3), P.shape[:-2]
+
+
+def lattice_distances(L_pred, L_ref, bound: int = 1, proper: bool = False) -> torch.Tensor:
+    """Mean squared entry difference ``||L_pred - M L_ref||² / 9`` for every candidate, ``(..., K)`` for
+    lattices ``(..., 3, 3)``.
 
     Inner-product form (two small matrix products); differentiable in both lattices.
     """
+    P, R, lead = _flat_pair(L_pred, L_ref, "L_pred", "L_ref")
+    d = _lattice_distances(P, R, bound, proper)
+    return d.reshape(*lead, d.shape[-1])
+
+
+def _lattice_distances(L_pred: torch.Tensor, L_ref: torch.Tensor, bound: int, proper: bool) -> torch.Tensor:
     U = candidate_set(bound, proper, L_pred.dtype, L_pred.device)
     UtU = _gram_of_candidates(bound, proper, L_pred.dtype, _device_key(L_pred))
     B = L_pred.shape[0]
@@ -127,11 +145,11 @@ def _sym6(G: torch.Tensor) -> torch.Tensor:
     return torch.stack([G[:, i, j] for i, j in _SYM], 1)
 
 
-def candidate_lattice_terms(L_pred: torch.Tensor, L_ref: torch.Tensor, bound: int = 1, proper: bool = False,
+def candidate_lattice_terms(L_pred, L_ref, bound: int = 1, proper: bool = False,
                             metric: str = "cartesian") -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Every candidate's :func:`~soft_niggli.losses.lattice_term` against ``L_pred``, as ``(score, a, b)``:
-    ``lattice_term(L_pred, M L_ref) = a · score + b`` per row (``score (B, K)``, ``a, b (B,)``, ``a > 0``),
-    so that ranking and thresholds need no pass over the whole table.
+    ``lattice_term(L_pred, M L_ref) = a · score + b`` per cell (``score (..., K)``, ``a, b (...)``, ``a > 0``
+    for lattices ``(..., 3, 3)``), so that ranking and thresholds need no pass over the whole table.
 
     For choosing candidates (not differentiated), in inner-product form: one ``(B, 18) @ (18, K)``
     product for Cartesian entries; for the metric, ``‖G_p - M G_r Mᵀ‖²`` on the 6 distinct entries of
@@ -139,6 +157,14 @@ def candidate_lattice_terms(L_pred: torch.Tensor, L_ref: torch.Tensor, bound: in
     are divided by a common power of two first, so nothing overflows. Candidates tied in exact
     arithmetic (automorphisms of a symmetric reference) come out within a few ulps of each other.
     """
+    P, R, lead = _flat_pair(L_pred, L_ref, "L_pred", "L_ref")
+    score, a, b = _candidate_lattice_terms(P, R, bound, proper, metric)
+    return score.reshape(*lead, score.shape[-1]), a.reshape(lead), b.reshape(lead)
+
+
+def _candidate_lattice_terms(L_pred: torch.Tensor, L_ref: torch.Tensor, bound: int, proper: bool,
+                             metric: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """:func:`candidate_lattice_terms` of checked lattices ``(B, 3, 3)``."""
     with torch.no_grad():
         B = L_pred.shape[0]
         m = torch.maximum(L_pred.abs().amax(dim=(1, 2)), L_ref.abs().amax(dim=(1, 2)))
@@ -165,32 +191,38 @@ def candidate_lattice_terms(L_pred: torch.Tensor, L_ref: torch.Tensor, bound: in
         return score, up2 / 9, torch.zeros_like(pp)
 
 
-def lattice_distances_naive(L_pred: torch.Tensor, L_ref: torch.Tensor, bound: int = 1, proper: bool = False) -> torch.Tensor:
+def lattice_distances_naive(L_pred, L_ref, bound: int = 1, proper: bool = False) -> torch.Tensor:
     """Same as :func:`lattice_distances` through the explicit ``(B, K, 3, 3)`` tensor (reference, slow)."""
+    L_pred, L_ref, lead = _flat_pair(L_pred, L_ref, "L_pred", "L_ref")
     U = candidate_set(bound, proper, L_pred.dtype, L_pred.device)
     targets = torch.einsum("kij,bjl->bkil", U, L_ref)
-    return (L_pred[:, None] - targets).pow(2).mean(dim=(2, 3))
+    d = (L_pred[:, None] - targets).pow(2).mean(dim=(2, 3))
+    return d.reshape(*lead, d.shape[-1])
 
 
-def metric_distances(G_pred: torch.Tensor, G_ref: torch.Tensor, bound: int = 1, proper: bool = False) -> torch.Tensor:
-    """Mean squared entry difference ``||G_pred - M G_ref Mᵀ||² / 9`` for every candidate, ``(B, K)``.
+def metric_distances(G_pred, G_ref, bound: int = 1, proper: bool = False) -> torch.Tensor:
+    """Mean squared entry difference ``||G_pred - M G_ref Mᵀ||² / 9`` for every candidate, ``(..., K)`` for
+    metrics ``(..., 3, 3)``.
 
     ``G = L Lᵀ`` is rotation-invariant, so this distance needs no alignment of prediction and label.
     """
+    G_pred, G_ref, lead = _flat_pair(G_pred, G_ref, "G_pred", "G_ref")
     kron, quartic = _kron_of_candidates(bound, proper, G_pred.dtype, _device_key(G_pred))
     B = G_pred.shape[0]
     gp, gr = G_pred.reshape(B, 9), G_ref.reshape(B, 9)
     cross = (gp[:, :, None] * gr[:, None, :]).reshape(B, 81) @ kron
     quad = (gr[:, :, None] * gr[:, None, :]).reshape(B, 81) @ quartic
     sq = gp.pow(2).sum(1)[:, None] - 2 * cross + quad
-    return sq.clamp_min(0) / 9
+    return (sq.clamp_min(0) / 9).reshape(*lead, sq.shape[-1])
 
 
-def metric_distances_naive(G_pred: torch.Tensor, G_ref: torch.Tensor, bound: int = 1, proper: bool = False) -> torch.Tensor:
+def metric_distances_naive(G_pred, G_ref, bound: int = 1, proper: bool = False) -> torch.Tensor:
     """Same as :func:`metric_distances` through the explicit ``(B, K, 3, 3)`` tensor (reference, slow)."""
+    G_pred, G_ref, lead = _flat_pair(G_pred, G_ref, "G_pred", "G_ref")
     U = candidate_set(bound, proper, G_pred.dtype, G_pred.device)
     targets = torch.einsum("kai,bij,kcj->bkac", U, G_ref, U)
-    return (G_pred[:, None] - targets).pow(2).mean(dim=(2, 3))
+    d = (G_pred[:, None] - targets).pow(2).mean(dim=(2, 3))
+    return d.reshape(*lead, d.shape[-1])
 
 
 def soft_minimum(d: torch.Tensor, tau: float, normalize: bool = False, dim: int = -1) -> torch.Tensor:

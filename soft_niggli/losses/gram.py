@@ -14,8 +14,10 @@ import torch
 from ..crystal import CrystalBatch
 from ._candidate_softmin import CandidateSoftmin
 from ._label_forms import FrameCache
-from .base import LossResult, register_loss, weight_option
 from .invariants import theta_series, theta_term, volume_term
+from .options import weight_option
+from .registry import register_loss
+from .result import LossResult
 
 __all__ = ["GramLoss"]
 

@@ -1,7 +1,8 @@
 """Continuous lattice invariants that need neither a rotation alignment nor a choice of basis.
 
-Row convention: lattices ``(B, 3, 3)`` have the lattice vectors as rows; lattice vectors are ``n @ L``
-for integer row vectors ``n``.
+Row convention: lattices ``(..., 3, 3)`` have the lattice vectors as rows; lattice vectors are ``n @ L``
+for integer row vectors ``n``. Every term takes one cell ``(3, 3)`` or any stack ``(..., 3, 3)`` (tensors,
+NumPy arrays, nested lists) and returns values of its leading shape.
 
 * :func:`volume_term` compares cell volumes: invariant to rotations, reflections and every change of
   basis (``|det M| = 1``).
@@ -21,6 +22,7 @@ import math
 import numpy as np
 import torch
 
+from .._checks import as_lattice
 from ..niggli import niggli_reduce
 
 try:  # the compiled enumeration of a ball's lattice vectors (soft_niggli/_kernels/ball_vectors.c); optional
@@ -55,11 +57,13 @@ def _smooth_cbrt_volume(L: torch.Tensor, rel_floor: float) -> torch.Tensor:
 
 
 def volume_term(L_pred: torch.Tensor, L_target: torch.Tensor) -> torch.Tensor:
-    """``(V_pred^{1/3} - V_target^{1/3})²`` per crystal, in Å² for lattices in Å, shape ``(B,)``.
+    """``(V_pred^{1/3} - V_target^{1/3})²`` per crystal, in Å² for lattices in Å, of shape ``(...)`` for
+    lattices ``(..., 3, 3)`` (the two shapes broadcast).
 
     Cube roots put the term on the scale of lengths. Invariant to any change of basis and any
     rotation or reflection of either lattice.
     """
+    L_pred, L_target = as_lattice(L_pred, "L_pred"), as_lattice(L_target, "L_target")
     # The floor is tiny so that re-basing by a skewed M (which changes the scaling) moves nothing visibly.
     return (_smooth_cbrt_volume(L_pred, 1e-12) - _smooth_cbrt_volume(L_target, 1e-12)).square()
 
@@ -111,7 +115,8 @@ def ball_vectors(G: torch.Tensor, radius: float) -> tuple[torch.Tensor, torch.Te
 
 
 def theta_series(L: torch.Tensor, scales=(1.0, 2.0, 4.0), radius: float = 5.0) -> torch.Tensor:
-    """Normalised lattice theta series ``(B, S)`` at ``scales``; differentiable in ``L``.
+    """Normalised lattice theta series ``(..., S)`` of lattices ``L (..., 3, 3)`` at ``scales``;
+    differentiable in ``L``.
 
     ``θ(s) = Σ_v c(q_v) exp(-s q_v)`` over the nonzero lattice vectors ``v``, ``q_v = |v|² / V^{2/3}``, with
     a smooth cutoff ``c``: 1 for ``q <= (0.8 radius)²``, falling as a cosine to 0 at ``q = radius²``. The
@@ -123,14 +128,19 @@ def theta_series(L: torch.Tensor, scales=(1.0, 2.0, 4.0), radius: float = 5.0) -
     Degenerate or non-finite cells (the reducer's non-OK statuses) are left unreduced; their volume is
     floored, so the value and gradient stay finite (the series tends to 0 as the cell flattens).
     """
-    if L.dim() != 3 or L.shape[1:] != (3, 3):
-        raise ValueError(f"L: expected shape (B, 3, 3), got {tuple(L.shape)}")
+    L = as_lattice(L, "L")
     scales_t = torch.as_tensor(scales, dtype=torch.float64)  # checked on the host: L may have no values
     if scales_t.dim() != 1 or not bool((scales_t > 0).all()):
         raise ValueError(f"scales: expected a 1-D sequence of positive floats, got {scales!r}")
     if not (isinstance(radius, (int, float)) and not isinstance(radius, bool) and 0 < radius <= 12):
         raise ValueError(f"radius: expected a number in (0, 12], got {radius!r}")
-    scales_t = scales_t.to(dtype=L.dtype, device=L.device)
+    lead = L.shape[:-2]
+    series = _theta_series(L.reshape(-1, 3, 3), scales_t.to(dtype=L.dtype, device=L.device), radius)
+    return series.reshape(*lead, series.shape[-1])
+
+
+def _theta_series(L: torch.Tensor, scales_t: torch.Tensor, radius: float) -> torch.Tensor:
+    """:func:`theta_series` of checked lattices ``(B, 3, 3)``: ``(B, S)``."""
     B = L.shape[0]
     N = niggli_reduce(L.detach()).transform.to(L.dtype)
     Lr = N @ L
@@ -155,7 +165,7 @@ def theta_series(L: torch.Tensor, scales=(1.0, 2.0, 4.0), radius: float = 5.0) -
 
 def theta_term(L_pred: torch.Tensor, L_target: torch.Tensor, scales=(1.0, 2.0, 4.0), radius: float = 5.0,
                target_series: torch.Tensor | None = None) -> torch.Tensor:
-    """Mean squared difference of the theta series of prediction and target, ``(B,)`` (dimensionless),
+    """Mean squared difference of the theta series of prediction and target, ``(...)`` (dimensionless),
     faded out for a prediction much smaller than the target.
 
     The series describes a cell's shape, which a cell shrinking towards zero no longer has: the series
@@ -164,8 +174,10 @@ def theta_term(L_pred: torch.Tensor, L_target: torch.Tensor, scales=(1.0, 2.0, 4
     the volumes (prediction over target): 1 to within 1e-11 for ``r >= 1/2``, 0.98 at ``r = 1/10``, 0 for a
     cell of zero volume (where the volume term alone compares sizes). The term is then continuous at a
     zero cell and its gradient bounded as the prediction shrinks. ``target_series``: the target's
-    :func:`theta_series` if already known (``(B, S)``, a loss remembers its labels').
+    :func:`theta_series` if already known (``(..., S)``, a loss remembers its labels'). Lattices
+    ``(..., 3, 3)``, the two shapes broadcast; the result has their leading shape.
     """
+    L_pred, L_target = as_lattice(L_pred, "L_pred"), as_lattice(L_target, "L_target")
     if target_series is None:
         target_series = theta_series(L_target, scales, radius)
     diff = (theta_series(L_pred, scales, radius) - target_series.detach()).square().mean(-1)

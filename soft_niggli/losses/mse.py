@@ -8,7 +8,9 @@ from __future__ import annotations
 import torch
 
 from ..crystal import CrystalBatch
-from .base import CrystalLoss, LossResult, register_loss
+from .base import CrystalLoss
+from .registry import register_loss
+from .result import LossResult
 from .terms import coordinate_term, lattice_term
 
 __all__ = ["MSELoss"]

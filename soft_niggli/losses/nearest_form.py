@@ -23,7 +23,10 @@ from ..crystal import CrystalBatch
 from ..forms_cache import ReducedFormsCache
 from ..lattice import integer_inverse
 from ..unimodular import LatticeAutomorphisms
-from .base import CrystalLoss, LossResult, int_option, register_loss, rel_tol_option
+from .base import CrystalLoss
+from .options import int_option, rel_tol_option
+from .registry import register_loss
+from .result import LossResult
 from .terms import closest_automorphism, coordinate_term, form_penalty, lattice_term
 
 __all__ = ["NearestFormLoss"]

@@ -13,8 +13,10 @@ from ..crystal import CrystalBatch
 from ..lattice import integer_inverse
 from ..niggli import Status
 from ..unimodular import LatticeAutomorphisms
-from .base import (CrystalLoss, LossResult, choice_option, flag_option, register_loss, rel_tol_option,
-                   weight_option)
+from .base import CrystalLoss
+from .options import choice_option, flag_option, rel_tol_option, weight_option
+from .registry import register_loss
+from .result import LossResult
 from .terms import closest_automorphism, coordinate_term, form_penalty, lattice_term
 
 __all__ = ["NiggliProxyLoss", "FALLBACKS", "FRAMES", "LABEL_FORMS"]

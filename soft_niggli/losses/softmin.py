@@ -85,7 +85,8 @@ from __future__ import annotations
 from .._moved import moved_names
 from ..crystal import CrystalBatch
 from ._candidate_softmin import CENTERS, CandidateSoftmin
-from .base import LossResult, register_loss
+from .registry import register_loss
+from .result import LossResult
 
 __all__ = ["SoftminLoss", "CENTERS"]
 

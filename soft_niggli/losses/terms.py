@@ -12,10 +12,11 @@ import math
 
 import torch
 
+from .._checks import as_float_tensor, as_lattice
 from ..crystal import CrystalBatch, repeat_atoms
 from ..lattice import integer_inverse
 from ..unimodular import lattice_automorphisms
-from .base import COORDINATE_TERMS, LATTICE_METRICS, choice_option
+from .options import COORDINATE_TERMS, LATTICE_METRICS, choice_option
 from .periodic import periodic_coordinate_loss, periodic_loss_of_pairs
 from .sinkhorn import sinkhorn_coordinate_loss_flat
 
@@ -30,7 +31,8 @@ __all__ = [
 ]
 
 def lattice_term(pred_lattice: torch.Tensor, target_lattice: torch.Tensor, metric: str = "cartesian") -> torch.Tensor:
-    """Lattice error ``(...)`` in Å² between ``(..., 3, 3)`` lattices (rows are lattice vectors).
+    """Lattice error ``(...)`` in Å² between ``(..., 3, 3)`` lattices (rows are lattice vectors; tensors,
+    NumPy arrays or nested lists; the two shapes broadcast).
 
     ``"cartesian"``: ``mean_ij (L_p - L_t)_ij²``, the plain MSE (depends on orientation).
     ``"gram"``: ``mean_ij (G_p - G_t)_ij² / (‖L_p‖²_F + ‖L_t‖²_F)`` with ``G = L Lᵀ``: invariant to
@@ -40,6 +42,7 @@ def lattice_term(pred_lattice: torch.Tensor, target_lattice: torch.Tensor, metri
     lattices are scaled by a common power of two (exact, detached) before squaring.
     """
     choice_option("metric", metric, LATTICE_METRICS)
+    pred_lattice, target_lattice = as_lattice(pred_lattice, "pred_lattice"), as_lattice(target_lattice, "target_lattice")
     if metric == "cartesian":
         return (pred_lattice - target_lattice).square().mean(dim=(-1, -2))
     m = torch.maximum(pred_lattice.detach().abs().amax(dim=(-1, -2)), target_lattice.detach().abs().amax(dim=(-1, -2)))
@@ -157,16 +160,17 @@ def closest_automorphism(P_lat: torch.Tensor, P_frac: torch.Tensor, labels: Crys
 
 def form_penalty(weight: torch.Tensor, lattice: torch.Tensor, lattice_weight: float, coord_weight: float,
                  coords: str) -> torch.Tensor:
-    """``(P,)`` what choosing a reduced form of weight ``weight (P,)`` (in (0, 1],
+    """``(...)`` what choosing a reduced form of weight ``weight (...)`` (in (0, 1],
     :meth:`~soft_niggli.canonical.ReducedForms.weights`) adds to a loss that takes the nearest form:
     ``(1 / w - 1)`` times the loss's own scale, ``lattice_weight · ‖R‖² / 9`` (the lattice term of
-    predicting a zero cell against the form ``R``, ``lattice (P, 3, 3)``) plus ``coord_weight / 4`` (the
+    predicting a zero cell against the form ``R``, ``lattice (..., 3, 3)``, shapes broadcast) plus ``coord_weight / 4`` (the
     periodic term's largest value; with Sinkhorn, the same quarter of ``‖R‖² / 9``).
 
     0 for a form that meets the Niggli conditions (``w = 1``) and growing without bound as the form
     fades out at the tolerance's edge (``w → 0``): the minimum over forms then moves continuously where a
     form enters or leaves the set, instead of jumping to or from it.
     """
+    weight, lattice = as_float_tensor(weight, "weight"), as_lattice(lattice, "lattice")
     size = lattice.detach().double().square().sum(dim=(-1, -2)) / 9
     scale = lattice_weight * size + coord_weight * (0.25 if coords == "periodic" else 0.25 * size)
     return (1 / weight.double() - 1) * scale

@@ -2,8 +2,10 @@
 lattice term against a prediction lies within a margin of the k-th nearest, found without scoring the
 whole candidate set of :mod:`soft_niggli.losses.candidates`.
 
-Row convention: lattices ``(B, 3, 3)`` have the lattice vectors as rows; a candidate ``M`` re-bases a
-reference lattice as ``M @ L_ref``.
+Row convention: lattices ``(..., 3, 3)`` have the lattice vectors as rows; a candidate ``M`` re-bases a
+reference lattice as ``M @ L_ref``. :func:`window_candidates` takes one cell ``(3, 3)`` or any stack
+``(..., 3, 3)`` (tensors, NumPy arrays, nested lists), prediction and reference of the same shape, and its
+packed windows index the flattened cells ``reshape(-1, 3, 3)``.
 
 :func:`window_candidates` finds them per crystal, :func:`grouped_window_candidates` per group of rows
 that compete as one candidate set (the classes of a label's reduced forms), with the margin in closed
@@ -26,7 +28,7 @@ from dataclasses import dataclass
 import torch
 
 from .._checks import has_values
-from .candidates import _device_key, candidate_lattice_terms, candidate_set
+from .candidates import _candidate_lattice_terms, _device_key, _flat_pair, candidate_set
 
 try:  # the compiled branch and bound of window_candidates (soft_niggli/_kernels/window.c); optional
     from .. import _loss_kernel as _kernel
@@ -51,7 +53,7 @@ def _row_vectors(bound: int, device: str) -> torch.Tensor:
 _ROW_RANKS = {"cartesian": (6, 10), "gram": (6, 12)}
 
 
-def window_candidates(L_pred: torch.Tensor, L_ref: torch.Tensor, k: int, margin, bound: int = 1,
+def window_candidates(L_pred, L_ref, k: int, margin, bound: int = 1,
                       proper: bool = False, metric: str = "cartesian") -> tuple[torch.Tensor, torch.Tensor]:
     """Packed ``(owner (Q,), X (Q, 3, 3) int64)``: per crystal, every candidate ``X`` whose
     :func:`~soft_niggli.losses.terms.lattice_term` against ``L_pred`` is at most ``t_k + margin(t_k)``,
@@ -70,9 +72,20 @@ def window_candidates(L_pred: torch.Tensor, L_ref: torch.Tensor, k: int, margin,
     dropped), ``t_k`` is taken among them, and a bound on the per-row cost that any candidate in
     the window must meet proves that the (r+1)-th vectors, and all beyond, are out. Crystals where
     the proof fails (tiny or strongly skewed cells, or ``k`` beyond the triples) try more vectors,
-    then are scored against all K candidates through :func:`candidate_lattice_terms`. On CPU tensors
-    the compiled kernel does the same search exactly, by branch and bound (:func:`_compiled_window`).
+    then are scored against all K candidates through
+    :func:`~soft_niggli.losses.candidates.candidate_lattice_terms`. On CPU tensors the compiled kernel
+    does the same search exactly, by branch and bound (:func:`_compiled_window`).
+
+    Lattices ``(..., 3, 3)``: ``owner`` indexes the flattened cells ``L_pred.reshape(-1, 3, 3)`` (0 for one
+    cell ``(3, 3)``), and ``margin`` sees ``t_k`` of the flattened cells.
     """
+    P, R, _ = _flat_pair(L_pred, L_ref, "L_pred", "L_ref")
+    return _window_candidates(P, R, k, margin, bound, proper, metric)
+
+
+def _window_candidates(L_pred: torch.Tensor, L_ref: torch.Tensor, k: int, margin, bound: int, proper: bool,
+                       metric: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """:func:`window_candidates` of checked lattices ``(B, 3, 3)``."""
     with torch.no_grad():
         B, device = L_pred.shape[0], L_pred.device
         V = _row_vectors(bound, _device_key(L_pred))
@@ -99,7 +112,7 @@ def window_candidates(L_pred: torch.Tensor, L_ref: torch.Tensor, k: int, margin,
                 break
         rows = torch.cat(full + [rows])
         if len(rows):
-            score, a, b = candidate_lattice_terms(L_pred[rows], L_ref[rows], bound, proper, metric)
+            score, a, b = _candidate_lattice_terms(L_pred[rows], L_ref[rows], bound, proper, metric)
             kth = a * torch.topk(score, min(k, score.shape[1]), dim=1, largest=False).values[:, -1] + b
             limit = kth + margin(kth, rows)
             sub, candidate = (score <= ((limit - b) / a)[:, None]).nonzero(as_tuple=True)
@@ -163,7 +176,7 @@ def grouped_window_candidates(L_pred: torch.Tensor, L_ref: torch.Tensor, k: int,
             wide = torch.clamp(margin.relative * e + absolute_g[group[rows]], max=margin.cap) + extra_g[group[rows]]
             return wide.to(kth.dtype)
 
-        owner, X = window_candidates(L_pred, L_ref, k, row_margin, bound, proper, metric)
+        owner, X = _window_candidates(L_pred, L_ref, k, row_margin, bound, proper, metric)
         if not owner.numel():
             return owner, X
         from .terms import lattice_term  # the exact terms rank the rows' candidates

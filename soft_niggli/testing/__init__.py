@@ -10,7 +10,9 @@ equal lengths, right angles, 60°/120°, fcc, bcc and rhombohedral settings, re-
 5. Prototypes (:mod:`~soft_niggli.testing.prototypes`): :func:`symmetric_crystals` (rock-salt,
 perovskite, wurtzite, ...: :data:`SYMMETRIC_PROTOTYPES`), :func:`real_crystals` (the AFLOW prototypes
 bundled with pymatgen) and :func:`aflow_crystals` (those as one :class:`~soft_niggli.CrystalBatch`).
-The check (:mod:`~soft_niggli.testing.assertions`): :func:`assert_gl3z_invariant`.
+The check (:mod:`~soft_niggli.testing.assertions`): :func:`assert_gl3z_invariant`. The referee of
+reducers (:mod:`~soft_niggli.testing.reduction_check`, NumPy only, imported by its own path):
+``classify(L_in, L_out)`` says whether ``L_out`` is a Niggli-reduced basis of the lattice of ``L_in``.
 
 Real crystals sit on the boundaries of the Niggli cone and have many lattice automorphisms (48 for a
 cubic cell), and relaxed ones sit just off them: a loss that picks one of several equally good bases,

@@ -17,7 +17,7 @@ independent pairs interpolate through singular lattices (det changes sign).
 ``mi(d) = d − round(d)`` the minimum image; ``t ~ U[0, 1)`` per crystal.
 
 **Coupling** (which basis of the label is the target): ``"independent"`` uses the label as given (in the
-run's label basis, :func:`benchmarks.training.epoch_labels`); ``"automorphisms"`` and ``"reduced-forms"``
+run's label basis, :func:`benchmarks.harness.training.epoch_labels`); ``"automorphisms"`` and ``"reduced-forms"``
 re-express every label in the one of its equally-canonical reduced forms nearest its prior sample
 (:func:`soft_niggli.flow.couple_reduced_forms` with that ``among``: forms with the label's metric, or all
 forms; Frobenius distance, or after the Kabsch rotation with ``align_prior``; ties by the prior's
@@ -63,6 +63,7 @@ import torch.distributed as dist
 from soft_niggli import CrystalBatch, ReducedFormsCache, Status, get_loss, niggli_reduce
 from soft_niggli.flow import align_rotation, couple_reduced_forms
 from soft_niggli.lattice import wrap
+from soft_niggli.losses.periodic import minimum_image
 from soft_niggli.metrics import evaluate, spglib_niggli_g6
 
 from .data import Data
@@ -71,16 +72,11 @@ from .models import import_object
 from .training import epoch_labels, parse_strategy
 
 __all__ = ["COUPLINGS", "FlowConfig", "LatticePrior", "distributed_context", "evaluate_samples", "flow_loss",
-           "interpolate", "minimum_image", "sample", "train_flow"]
+           "interpolate", "sample", "train_flow"]
 
 #: ``"independent"``: the label as given; the others: :func:`soft_niggli.flow.couple_reduced_forms` with
 #: ``among`` set to the coupling's name, and ``ties="random"`` after a ``:random``.
 COUPLINGS = ("independent", "automorphisms", "reduced-forms", "automorphisms:random", "reduced-forms:random")
-
-
-def minimum_image(d: torch.Tensor) -> torch.Tensor:
-    """``d − round(d)``, in ``[−½, ½]``."""
-    return d - torch.round(d)
 
 
 # ------------------------------------------------------------------------------------------ prior
@@ -155,7 +151,8 @@ class FlowConfig:
 
 
 def build_model(config: FlowConfig, volume_per_atom: float) -> torch.nn.Module:
-    """The flow network: :class:`~benchmarks.flow_model.FlowNet`, or ``config.model`` (``"package.module:Class"``).
+    """The flow network: :class:`~benchmarks.harness.flow_model.FlowNet`, or ``config.model``
+    (``"package.module:Class"``).
 
     A model of your own is built as ``Class(volume_per_atom=v, hidden=h, layers=l, fourier=f)`` (the
     training set's mean volume per atom in Å³ and the run's size options; accept ``**kwargs`` to ignore

@@ -1,11 +1,17 @@
 """The one writer of every benchmark's results: the command that ran, the machine, markdown and JSON.
 
 Every results file records the exact command that produced it (:func:`command_line`) and a description
-of the machine computed where it ran (:func:`machine_description`): nothing about the hardware is
-written by hand. :func:`write_results` refuses a record without them.
+of the machine computed where it ran (:func:`machine_description`, :func:`load_average`): nothing about
+the hardware is written by hand. :func:`write_results` refuses a record without them. :func:`header`
+opens a results markdown file, and every table in one is written by :func:`markdown_table`.
 
 >>> command_line("loss_cost", ["--repeats", "9"])
 'python -m benchmarks.loss_cost --repeats 9'
+>>> for line in markdown_table(["loss", "ms"], [("mse", 1.5)], lambda r: [r[0], f"{r[1]:.1f}"]):
+...     print(line)
+| loss | ms |
+|---|---|
+| mse | 1.5 |
 """
 
 from __future__ import annotations
@@ -15,16 +21,16 @@ import os
 import platform
 import shlex
 import sys
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
-from collections.abc import Iterable, Sequence
 
 import torch
 
-__all__ = ["RESULTS", "command_line", "cpu_model", "header", "machine_description", "pyplot", "table_rows",
-           "write_results"]
+__all__ = ["RESULTS", "command_line", "cpu_model", "header", "load_average", "machine_description",
+           "markdown_table", "pyplot", "write_results"]
 
 #: Where the committed results live; every benchmark's ``--out`` defaults to it.
-RESULTS = Path(__file__).resolve().parent / "results"
+RESULTS = Path(__file__).resolve().parents[1] / "results"
 
 
 def command_line(module: str, argv: Sequence[str] | None = None) -> str:
@@ -59,9 +65,29 @@ def header(title: str, command: str, machine: str) -> list[str]:
     return [f"# {title}", "", f"Command: `{command}`", "", f"Machine: {machine}.", ""]
 
 
-def table_rows(rows: Iterable[dict], cells) -> list[str]:
-    """Markdown table rows, one per record: ``cells(record)`` gives that row's cell strings."""
-    return ["| " + " | ".join(cells(r)) + " |" for r in rows]
+def load_average() -> str:
+    """The 1-minute load average as the run starts: above the CPU count, other jobs share the cores and
+    every wall-clock time grows (ratios of times taken in one process much less)."""
+    try:
+        return f"load average {os.getloadavg()[0]:.1f} at the start"
+    except (AttributeError, OSError):  # not on every platform
+        return "load average not available"
+
+
+def markdown_table(columns: Sequence[str], rows: Iterable = (), cells: Callable[[object], Sequence[str]] | None = None
+                   ) -> list[str]:
+    """A markdown table as lines: the ``columns`` header, the ``|---|`` rule, then one line per row.
+
+    ``cells(row)`` gives that row's cell strings; without ``cells`` each row is already its sequence of
+    cell strings. A row with another number of cells than ``columns`` is a ``ValueError``.
+    """
+    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+    for row in rows:
+        values = list(cells(row) if cells is not None else row)
+        if len(values) != len(columns):
+            raise ValueError(f"markdown_table: {len(values)} cells for {len(columns)} columns: {values}")
+        lines.append("| " + " | ".join(values) + " |")
+    return lines
 
 
 def write_results(out_dir: str | os.PathLike, name: str, markdown: str, record: dict) -> tuple[Path, Path]:

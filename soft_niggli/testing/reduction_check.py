@@ -1,7 +1,11 @@
 """Independent checker: is ``L_out`` a Niggli-reduced basis of the lattice spanned by ``L_in``?
 
-This module deliberately does NOT import soft_niggli (nor baselines): it is the
-referee for every reducer in the benchmarks, including ours.
+It runs none of soft_niggli's code (NumPy and the standard library only): it is the
+referee for every reducer that the tests and benchmarks compare, soft_niggli's
+included, and it checks a reducer of your own the same way::
+
+    from soft_niggli.testing.reduction_check import classify
+    assert classify(L_in, my_reduce(L_in)) == "reduced"
 
 Conventions
 -----------

@@ -32,7 +32,7 @@ from soft_niggli.metrics import lattice_error, volume_error
 __all__ = ["CHECKOUT_DATA", "Data", "data_dir", "diffcsp_canonical", "load_data"]
 
 #: The data folder next to this checkout: ``<repository>/../shared/data``.
-CHECKOUT_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+CHECKOUT_DATA = Path(__file__).resolve().parents[3] / "shared" / "data"
 
 
 def data_dir(path: str | os.PathLike | None = None) -> str | os.PathLike | None:

@@ -1,7 +1,7 @@
 /*
- * Compiled core of soft_niggli's reducer: what soft_niggli/niggli.py's `_reduce_numpy` does for a
- * batch (normalize, `_iterate` with its tolerance levels, `_round`, `_niggli_conditions` with
- * `_sign_rule`, `_basis_and_metric` with its resolution tests, soft_niggli/_exact.py's error-free
+ * Compiled core of soft_niggli's reducer: what the NumPy core (soft_niggli/niggli/_core.py) does for a
+ * batch (normalize, `_iterate` with its tolerance levels, `reduction_round`, `niggli_conditions` with
+ * `sign_rule`, `basis_and_metric` with its resolution tests, soft_niggli/_exact.py's error-free
  * product, then the final flatness and overflow checks), written once per cell instead of once per
  * array operation.
  *
@@ -23,7 +23,7 @@
 #include <stdint.h>
 #include <string.h>
 
-/* Must match soft_niggli/niggli.py (exported as module attributes; tests/test_niggli_kernel.py compares). */
+/* Must match soft_niggli/niggli/_constants.py (exported as module attributes; tests/test_niggli_kernel.py compares). */
 #define PLAIN_PRODUCT_ERROR 0x1p-50
 #define EXACT_PRODUCT_ERROR 0x1p-98
 #define SPLIT 67108864.0 /* 2**26, as TWO26 below */
@@ -99,7 +99,7 @@ static void exact_int_matmul(const double T[9], const double L[9], double out[9]
 }
 
 /* The plain product T @ L. Left to right from the first term (no 0.0 start, which would turn a -0.0
- * sum into +0.0), as niggli.py's _matmul and _metric_of. */
+ * sum into +0.0), as _resolution.py's _matmul and _metric_of. */
 static void plain_product(const double T[9], const double L[9], double out[9]) {
     for (int i = 0; i < 3; i++)
         for (int k = 0; k < 3; k++) {
@@ -118,17 +118,17 @@ static void metric_of(const double B[9], double G[9]) {
         }
 }
 
-/* niggli.py: _sizes, sum_j W_ij ell_j. */
+/* _resolution.py: _sizes, sum_j W_ij ell_j. */
 static inline double size_of(double w0, double w1, double w2, const double ell[3]) {
     return w0 * ell[0] + w1 * ell[1] + w2 * ell[2];
 }
 
-static inline double split_size(double t) { /* niggli.py: _split_sizes */
+static inline double split_size(double t) { /* _resolution.py: _split_sizes */
     double hi = floor(t / SPLIT) * SPLIT;
     return fabs(hi) + fabs(t - hi);
 }
 
-/* niggli.py: _basis_and_metric. The plain product where it is accurate enough (T entries up to
+/* _resolution.py: basis_and_metric. The plain product where it is accurate enough (T entries up to
  * PLAIN_PRODUCT_LIMIT and every |b_i| >= k_plain r_i), else the error-free one, on whichever sign of each
  * row of T makes its partial products smaller, whose vectors must have |b_i| > k_exact s_i. Returns
  * whether every vector is resolved (false where NaN); *products_resolved whether the products of two are. */
@@ -181,9 +181,9 @@ static int basis_and_metric(const double T[9], const double L[9], const double e
     return resolved;
 }
 
-/* ---- Niggli conditions (niggli.py: _niggli_conditions) ---- */
+/* ---- Niggli conditions (_conditions.py: niggli_conditions) ---- */
 
-/* niggli.py: _type2_blocked. O = (xi, eta, zeta), s their tolerances, P their bounds (B, A, A). */
+/* _conditions.py: _type2_blocked. O = (xi, eta, zeta), s their tolerances, P their bounds (B, A, A). */
 static int type2_blocked(const double O[3], const double s[3], const double P[3], double e) {
     static const int partner[3] = {2, 2, 1};
     for (int i = 0; i < 3; i++) {
@@ -193,7 +193,7 @@ static int type2_blocked(const double O[3], const double s[3], const double P[3]
     return 0;
 }
 
-/* niggli.py: _sign_rule. */
+/* _conditions.py: sign_rule. */
 static int sign_rule(const int pos[3], const int neg[3], int blocked) {
     return (pos[0] && pos[1] && pos[2]) || !(pos[0] || pos[1] || pos[2]) || (!(neg[0] || neg[1] || neg[2]) && blocked);
 }
@@ -235,7 +235,7 @@ static int niggli_conditions(const double G[9], double e) {
     return 1;
 }
 
-/* ---- one reduction round (niggli.py: _round) ---- */
+/* ---- one reduction round (_round.py: reduction_round) ---- */
 
 /* Per-vector state: its row of T, its squared length, the product of the other two vectors. */
 typedef struct {
@@ -354,7 +354,7 @@ static int reduction_round(double T[9], const double G[9], double e) {
 #undef LENGTHS_AND_TOLERANCES
     Vec *a = &r[0], *b = &r[1], *c = &r[2];
 
-    /* steps 3-4 (niggli.py: _type2_blocked, _sign_rule) */
+    /* steps 3-4 (_conditions.py: _type2_blocked, sign_rule) */
     int pos[3], neg[3], zero[3], any_zero = 0;
     for (int i = 0; i < 3; i++) {
         pos[i] = O[i] > t[i];
@@ -422,7 +422,7 @@ static int reduction_round(double T[9], const double G[9], double e) {
     return changed;
 }
 
-/* ---- the per-cell loop (niggli.py: _iterate) ---- */
+/* ---- the per-cell loop (_core.py: _iterate) ---- */
 
 static void reduce_cell(const double L[9], const double ell[3], double e, int64_t max_iter, double T[9], double B[9],
                         int64_t *iters, int64_t *status) {
@@ -430,7 +430,7 @@ static void reduce_cell(const double L[9], const double ell[3], double e, int64_
     memcpy(T, eye, sizeof eye);
     int changed = 1;
     double G[9];
-    /* tolerance levels (niggli.py: _LEVELS, _LEVEL_FACTOR, _STALL_ROUNDS, _accuracy_factors) */
+    /* tolerance levels (_constants.py: LEVELS, LEVEL_FACTOR, STALL_ROUNDS; _resolution.py: accuracy_factors) */
     double e_k = e, best = INFINITY, e_min = e * LEVEL_MIN_SCALE;
     int level = 0;
     int64_t stall = 0;
@@ -485,7 +485,7 @@ static void reduce_cell(const double L[9], const double ell[3], double e, int64_
     }
 }
 
-/* ---- one cell end to end (niggli.py: _reduce_numpy) ---- */
+/* ---- one cell end to end (_core.py: reduce_cells) ---- */
 
 /* 2**h for -1022 <= h <= 1023, from its bits. */
 static inline double power_of_two(int h) {
@@ -496,7 +496,7 @@ static inline double power_of_two(int h) {
     return u.value;
 }
 
-/* x * 2**k, in two halves since 2**±1074 over/underflows (niggli.py: _times_power_of_two, which
+/* x * 2**k, in two halves since 2**±1074 over/underflows (_resolution.py: times_power_of_two, which
  * halves with Python's floor division). A product by a power of two rounds as ldexp does (exact but
  * for subnormal results), without a libm call. */
 static double times_power_of_two(double x, int k) {
@@ -534,7 +534,7 @@ static void reduce_item(const double X[9], double e, int64_t max_iter, double la
     reduce_cell(Xn, ell, e, max_iter, T, B, iters, status);
 
     /* A flat basis (volume relative to the product of lengths): DEGENERATE (only a converged basis is
-     * short enough to judge). B is the basis the loop checked last, as niggli.py recomputes it. */
+     * short enough to judge). B is the basis the loop checked last, as _core.py recomputes it. */
     double lengths[3];
     for (int i = 0; i < 3; i++) {
         double sq = 0.0;
@@ -569,7 +569,7 @@ static void reduce_item(const double X[9], double e, int64_t max_iter, double la
 
 /* reduce(X, lattice, T, iters, status, rel_tol, max_iter): X and lattice C-contiguous float64 buffers
  * of n * 9 items, T int64 of n * 9, iters and status int64 of n (sizes checked by the caller,
- * niggli.py, and again here). */
+ * _kernel.py, and again here). */
 static PyObject *reduce(PyObject *self, PyObject *args) {
     Py_buffer X, lattice, T, iters, status;
     double e;
@@ -599,13 +599,13 @@ static PyObject *reduce(PyObject *self, PyObject *args) {
 }
 
 static PyMethodDef methods[] = {
-    {"reduce", reduce, METH_VARARGS, "Niggli-reduce n cells, one by one (see soft_niggli/niggli.py)."},
+    {"reduce", reduce, METH_VARARGS, "Niggli-reduce n cells, one by one (see soft_niggli/niggli/_core.py)."},
     {NULL, NULL, 0, NULL},
 };
 
 static struct PyModuleDef module = {PyModuleDef_HEAD_INIT, "_niggli_kernel", NULL, -1, methods};
 
-/* The constants the NumPy core checks against at import (soft_niggli/niggli.py), so the two cannot drift. */
+/* The constants of soft_niggli/niggli/_constants.py, exported so that the tests compare the two. */
 static const char *const FLOAT_NAMES[] = {
     "PLAIN_PRODUCT_ERROR", "EXACT_PRODUCT_ERROR", "SPLIT", "CROSS_MARGIN", "EPS", "ACCURACY_MARGIN",
     "MIN_SQUARED_LENGTH", "DEGENERATE_VOLUME_RATIO", "MAX_TRANSFORM_ENTRY", "PLAIN_PRODUCT_LIMIT", "LEVEL_FACTOR"};

@@ -1,4 +1,4 @@
-"""A small CSPNet-style network for flow matching (:mod:`benchmarks.flow_matching`), plain torch.
+"""A small CSPNet-style network for flow matching (:mod:`benchmarks.harness.flow_matching`), plain torch.
 
 Row convention: lattices are ``(B, 3, 3)`` with the lattice vectors as rows, ``X = F @ L``; a change of
 basis is ``L' = M @ L``, ``F' = wrap(F @ M^{-1})`` with ``M`` unimodular; a rotation is ``L' = L Qᵀ``.

@@ -19,7 +19,10 @@ properties). Written gzipped with a zero timestamp, so rerunning the script give
 checks that every CIF parses to an ordered structure and that the files stay under 500 KB in all.
 The sources and licences are in ``soft_niggli/data/NOTICE``.
 
-    python -m benchmarks.make_bundled_data [--data-dir ../shared/data]
+    python tools/make_bundled_data.py [--data-dir ../shared/data]
+
+The data folder: ``--data-dir``, else ``$SOFT_NIGGLI_DATA``, else ``../shared/data`` next to this checkout
+(as the benchmarks find it).
 """
 
 from __future__ import annotations
@@ -28,19 +31,21 @@ import argparse
 import csv
 import gzip
 import io
+import os
 import sys
 import warnings
 from pathlib import Path
 
 import numpy as np
 
-from .data import data_dir
-
 #: Bundled name -> (source dataset, rows kept).
 SUBSETS = {"perov_5_small": ("perov_5", 500), "carbon_24_small": ("carbon_24", 300)}
 SEED = 0
 MAX_BYTES = 500_000
-TARGET = Path(__file__).resolve().parents[1] / "soft_niggli" / "data"
+REPOSITORY = Path(__file__).resolve().parents[1]
+TARGET = REPOSITORY / "soft_niggli" / "data"
+#: The data folder next to this checkout, the last place looked at.
+CHECKOUT_DATA = REPOSITORY.parent / "shared" / "data"
 
 
 def select_rows(n_rows: int, keep: int, seed: int = SEED) -> np.ndarray:
@@ -85,11 +90,7 @@ def main(argv=None) -> int:
                                                      "else ../shared/data next to this checkout)")
     ap.add_argument("--out", default=str(TARGET), help=f"where to write (default {TARGET})")
     args = ap.parse_args(argv)
-    folder = data_dir(args.data_dir)
-    if folder is None:
-        import os
-
-        folder = os.environ.get("SOFT_NIGGLI_DATA")
+    folder = args.data_dir or os.environ.get("SOFT_NIGGLI_DATA") or (CHECKOUT_DATA if CHECKOUT_DATA.is_dir() else None)
     if folder is None or not Path(folder).is_dir():
         raise SystemExit("no data folder: pass --data-dir or set SOFT_NIGGLI_DATA to the folder of the CDVAE files")
     out = Path(args.out)
