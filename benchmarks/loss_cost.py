@@ -35,7 +35,7 @@ from soft_niggli import (
     random_unimodular,
 )
 from soft_niggli.datasets import load_dataset
-from soft_niggli.losses.candidates import candidate_set, lattice_distances_naive, softmin
+from soft_niggli.losses.candidates import candidate_set, lattice_distances_naive, soft_minimum
 from soft_niggli.losses.periodic import periodic_coordinate_loss
 
 from .harness.data import data_dir
@@ -89,14 +89,14 @@ def naive_softmin(pred: CrystalBatch, target: CrystalBatch, tau: float = 0.1) ->
         batch = (pred.batch[None] + B * torch.arange(k)[:, None]).reshape(-1)
         coords.append(periodic_coordinate_loss(P, T, batch, k * B).reshape(k, B).T)
     d = d_lat + torch.cat(coords, 1)
-    return softmin(d, tau).mean()
+    return soft_minimum(d, tau).mean()
 
 
 def naive_lattice_softmin(pred: CrystalBatch, target: CrystalBatch, tau: float = 0.1) -> torch.Tensor:
     """The lattice-only naive reference: softmin over all K candidates of ``‖L_p - M L_n‖²/9`` through the
     explicit ``(B, K, 3, 3)`` tensor, no coordinate term, no pruning."""
     labels = canonicalize_labels(target).batch
-    return softmin(lattice_distances_naive(pred.lattice, labels.lattice.detach()), tau).mean()
+    return soft_minimum(lattice_distances_naive(pred.lattice, labels.lattice.detach()), tau).mean()
 
 
 def time_once(fn, pred: CrystalBatch, target: CrystalBatch) -> float:

@@ -33,8 +33,8 @@ from ._checks import as_lattice, as_tensor, check_rel_tol
 from .crystal import CrystalBatch
 from .niggli import NiggliResult, Status, niggli_reduce
 
-try:  # the compiled enumeration of the forms (soft_niggli/_loss_kernel.c); optional
-    from ._loss_kernel import reduced_forms as _compiled_reduced_forms
+try:  # the compiled enumeration of the forms (soft_niggli/_kernels/reduced_forms.c); optional
+    from ._lattice_kernel import reduced_forms as _compiled_reduced_forms
 except ImportError:  # not built: the PyTorch enumeration gives the same forms
     _compiled_reduced_forms = None
 
@@ -225,7 +225,7 @@ def _unravel(flat: torch.Tensor, shape: tuple[int, ...]) -> tuple[torch.Tensor, 
 
 def _metric_of(X: torch.Tensor, R: torch.Tensor) -> torch.Tensor:
     """``(P, 3, 3)`` metric of the bases ``X R`` (``X (P, 3, 3)`` integer, ``R (P, 3, 3)`` float64), by
-    explicit sums in a fixed order: the compiled enumeration (``soft_niggli/_loss_kernel.c``) forms it
+    explicit sums in a fixed order: the compiled enumeration (``soft_niggli/_kernels/reduced_forms.c``) forms it
     the same way, so both decide the tolerance's edge alike."""
     X = X.to(R.dtype)
     Y = X[:, :, 0:1] * R[:, None, 0] + X[:, :, 1:2] * R[:, None, 1] + X[:, :, 2:3] * R[:, None, 2]

@@ -17,8 +17,8 @@ import torch
 from ._checks import DEFAULT_REL_TOL, as_lattice, check_rel_tol, has_values
 from .lattice import adjugate_and_determinant
 
-try:  # the compiled loop of lattice_automorphisms (soft_niggli/_loss_kernel.c); optional
-    from . import _loss_kernel as _kernel
+try:  # the compiled loop of lattice_automorphisms (soft_niggli/_kernels/automorphisms.c); optional
+    from . import _lattice_kernel as _kernel
 except ImportError:  # not built (no C compiler at install time): the PyTorch code does the same
     _kernel = None
 
@@ -205,7 +205,7 @@ def lattice_automorphisms(lattice, *, rel_tol: float = DEFAULT_REL_TOL) -> Latti
     rows checked against ``G``'s off-diagonal as soon as both exist; only a handful of partial
     matrices survive each stage, so this costs a few small boolean tensors instead of testing all
     6960 bound-1 unimodular matrices per lattice. On CPU tensors a compiled loop does the same tests,
-    cell by cell, and returns the same matrices in the same order (``soft_niggli/_loss_kernel.c``).
+    cell by cell, and returns the same matrices in the same order (``soft_niggli/_kernels/automorphisms.c``).
     """
     lattice = as_lattice(lattice).reshape(-1, 3, 3)
     rel_tol = check_rel_tol(rel_tol)
@@ -260,7 +260,7 @@ def lattice_automorphisms(lattice, *, rel_tol: float = DEFAULT_REL_TOL) -> Latti
 
 
 def _compiled_automorphisms(lattice: torch.Tensor, rel_tol: float) -> LatticeAutomorphisms:
-    """:func:`lattice_automorphisms` through the compiled loop (``soft_niggli/_loss_kernel.c``): the same
+    """:func:`lattice_automorphisms` through the compiled loop (``soft_niggli/_kernels/automorphisms.c``): the same
     tests, cell by cell, in the same order (each identity first, then by the rows' places in the
     26 short vectors)."""
     B = lattice.shape[0]

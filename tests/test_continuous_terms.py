@@ -15,7 +15,7 @@ from soft_niggli.losses.candidates import (
     lattice_distances_naive,
     metric_distances,
     metric_distances_naive,
-    softmin,
+    soft_minimum,
 )
 from soft_niggli import random_unimodular
 from soft_niggli.testing import lattices, near_face_lattices, rotations, unimodular_matrices
@@ -37,18 +37,18 @@ def test_inner_product_distances_equal_the_naive_form(pair, bound):
 
 
 @given(st.lists(st.floats(0.0, 100.0), min_size=2, max_size=50), st.floats(1e-3, 10.0))
-def test_softmin_is_bounded_by_the_minimum(values, tau):
+def test_soft_minimum_is_bounded_by_the_minimum(values, tau):
     d = torch.tensor(values, dtype=torch.float64)
-    s = softmin(d, tau)
+    s = soft_minimum(d, tau)
     assert float(s) <= float(d.min()) + 1e-12
     assert float(s) >= float(d.min()) - tau * math.log(len(values)) - 1e-9
-    normalized = softmin(d, tau, normalize=True)
+    normalized = soft_minimum(d, tau, normalize=True)
     assert float(normalized) >= float(d.min()) - 1e-9
 
 
-def test_softmin_tends_to_the_minimum_as_tau_vanishes():
+def test_soft_minimum_tends_to_the_minimum_as_tau_vanishes():
     d = torch.tensor([3.0, 1.0, 1.5, 7.0], dtype=torch.float64)
-    gaps = [float(d.min() - softmin(d, tau)) for tau in (1.0, 0.1, 0.01, 0.001)]
+    gaps = [float(d.min() - soft_minimum(d, tau)) for tau in (1.0, 0.1, 0.01, 0.001)]
     assert gaps == sorted(gaps, reverse=True) and gaps[-1] < 1e-6
 
 
@@ -157,8 +157,9 @@ def test_sinkhorn_term_has_finite_gradients_and_rejects_bad_shapes():
 @pytest.mark.parametrize("bound, proper, k", [(1, False, 8), (1, True, 3), (2, False, 8), (1, False, 1), (1, False, 600)])
 def test_window_candidates_returns_exactly_the_window_of_the_whole_candidate_set(metric, bound, proper, k, compiled,
                                                                                   closed_form, monkeypatch):
-    import soft_niggli.losses.candidates as candidates
-    from soft_niggli.losses.candidates import WindowMargin, candidate_set, window_candidates
+    import soft_niggli.losses.windows as windows
+    from soft_niggli.losses.candidates import candidate_set
+    from soft_niggli.losses.windows import WindowMargin, window_candidates
     from soft_niggli.losses.terms import lattice_term
     from soft_niggli.lattice import lattice_from_parameters
 
@@ -175,8 +176,8 @@ def test_window_candidates_returns_exactly_the_window_of_the_whole_candidate_set
                    0.05 * torch.randn(4, 3, 3, generator=g, dtype=torch.float64)])
     U = candidate_set(bound, proper, torch.int64, "cpu")
     if not compiled:  # the PyTorch stages (GPU tensors, or no C compiler at install)
-        monkeypatch.setattr(candidates, "_kernel", None)
-    elif candidates._kernel is None:
+        monkeypatch.setattr(windows, "_kernel", None)
+    elif windows._kernel is None:
         pytest.skip("the compiled loss kernel was not built")
 
     def margin(kth, rows=None):
@@ -238,7 +239,7 @@ def _check_pairs_against_the_flat_loss(counts, seed, dtype):
 
 def test_rows_in_matches_a_set_lookup_for_small_and_huge_entries():
     # center="both" drops frame-1 candidates that frame 2 also reaches: keys in base 2m+1, or whole rows.
-    from soft_niggli.losses.softmin import _rows_in
+    from soft_niggli.losses._candidate_softmin import rows_in
 
     def reference(o1, X1, o2, X2):
         seen = {(int(o), tuple(x.flatten().tolist())) for o, x in zip(o2, X2)}
@@ -251,6 +252,6 @@ def test_rows_in_matches_a_set_lookup_for_small_and_huge_entries():
         o2, X2 = torch.randint(0, 4, (n2,), generator=g), torch.randint(-b - 2, b + 3, (n2, 3, 3), generator=g)
         k = min(n1, n2, 5)  # some exact matches
         o2[:k], X2[:k] = o1[:k], X1[:k]
-        assert torch.equal(_rows_in(o1, X1, o2, X2), reference(o1, X1, o2, X2))
+        assert torch.equal(rows_in(o1, X1, o2, X2), reference(o1, X1, o2, X2))
     huge = torch.tensor([[[10**6, 0, 0], [0, 1, 0], [0, 0, 1]]])  # keys would overflow: whole rows compared
-    assert _rows_in(torch.tensor([0]), huge, torch.tensor([0, 1]), huge.repeat(2, 1, 1)).tolist() == [True]
+    assert rows_in(torch.tensor([0]), huge, torch.tensor([0, 1]), huge.repeat(2, 1, 1)).tolist() == [True]

@@ -245,7 +245,7 @@ def _term_calls():
         "lattice_distances": lambda L, F, b: candidates.lattice_distances(L, 1.01 * L),
         "metric_distances": lambda L, F, b: candidates.metric_distances(L @ L.mT, 1.01 * L @ L.mT),
         "candidate_lattice_terms": lambda L, F, b: candidates.candidate_lattice_terms(L, 1.01 * L)[0],
-        "softmin": lambda L, F, b: candidates.softmin(L.flatten(1), 0.1),
+        "soft_minimum": lambda L, F, b: candidates.soft_minimum(L.flatten(1), 0.1),
         "volume_term": lambda L, F, b: invariants.volume_term(L, 1.01 * L),
     }
 

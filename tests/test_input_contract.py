@@ -31,10 +31,10 @@ from soft_niggli.flow import align_rotation, couple_reduced_forms  # noqa: E402
 from soft_niggli.forms_cache import ReducedFormsCache  # noqa: E402
 from soft_niggli.lattice import g6, gram, lattice_parameters, volume  # noqa: E402
 from soft_niggli.losses.candidates import (candidate_lattice_terms, lattice_distances,  # noqa: E402
-                                           lattice_distances_naive, metric_distances, metric_distances_naive,
-                                           window_candidates)
+                                           lattice_distances_naive, metric_distances, metric_distances_naive)
 from soft_niggli.losses.invariants import theta_series, theta_term, volume_term  # noqa: E402
 from soft_niggli.losses.terms import form_penalty, lattice_term  # noqa: E402
+from soft_niggli.losses.windows import window_candidates  # noqa: E402
 from soft_niggli.niggli import is_niggli_reduced, niggli_reduce  # noqa: E402
 from soft_niggli.testing import lattices, symmetric_lattices  # noqa: E402
 from soft_niggli.unimodular import lattice_automorphisms  # noqa: E402

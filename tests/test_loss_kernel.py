@@ -1,13 +1,14 @@
-"""The compiled loops of the losses (soft_niggli/_loss_kernel.c) against the PyTorch code they replace.
+"""The compiled loops of the losses (``soft_niggli._loss_kernel``, sources in soft_niggli/_kernels/) against
+the PyTorch code they replace.
 
 The kernel computes in float64 and the PyTorch code in the input's precision, so the two agree to
 rounding rather than bit for bit: the periodic term of many pairs (values and gradients, also with
 respect to the target's coordinates), the candidate window (the same candidates, on cells of every
 kind: symmetric, noisy, re-based far from every candidate, pathological, a prediction of all zeros),
-the window of grouped rows, the reduced forms (the same forms, bit for bit) and the lattice vectors in
-a ball. The losses built on them must then give the same values and gradients either way. The window's exactness against scoring all
-candidates is tested in test_continuous_terms.py, for both paths.
-"""
+the window of grouped rows and the lattice vectors in a ball. The losses built on them (and on the
+reduced forms of ``soft_niggli._lattice_kernel``, tests/test_lattice_kernel.py) must then give the
+same values and gradients either way. The window's exactness against scoring all candidates is tested
+in test_continuous_terms.py, for both paths."""
 
 from __future__ import annotations
 
@@ -18,9 +19,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import soft_niggli.canonical as canonical
-import soft_niggli.losses.candidates as candidates
 import soft_niggli.losses.invariants as invariants
 import soft_niggli.losses.periodic as periodic
+import soft_niggli.losses.windows as windows
 from soft_niggli import CrystalBatch, get_loss, random_unimodular
 from soft_niggli.lattice import integer_inverse
 from soft_niggli.testing import lattices, near_face_lattices, symmetric_crystals, symmetric_lattices
@@ -29,14 +30,15 @@ pytestmark = pytest.mark.skipif(periodic._kernel is None, reason="the compiled l
 
 
 class pytorch_code:
-    """Context manager: run the PyTorch (and NumPy) code instead of the kernel, in every module that uses it."""
+    """Context manager: run the PyTorch (and NumPy) code instead of the compiled loops, in every module the
+    losses use (the reduced forms of the labels included)."""
 
     def __enter__(self):
-        self.saved = periodic._kernel, candidates._kernel, invariants._kernel, canonical._compiled_reduced_forms
-        periodic._kernel = candidates._kernel = invariants._kernel = canonical._compiled_reduced_forms = None
+        self.saved = periodic._kernel, windows._kernel, invariants._kernel, canonical._compiled_reduced_forms
+        periodic._kernel = windows._kernel = invariants._kernel = canonical._compiled_reduced_forms = None
 
     def __exit__(self, *exc):
-        periodic._kernel, candidates._kernel, invariants._kernel, canonical._compiled_reduced_forms = self.saved
+        periodic._kernel, windows._kernel, invariants._kernel, canonical._compiled_reduced_forms = self.saved
 
 
 def _pairs_inputs(seed, dtype, counts):
@@ -90,9 +92,9 @@ def _window_pair(L_pred, L_ref, k, metric, bound=1, proper=False):
     def margin(kth, rows=None):
         return torch.clamp(0.01 * kth + 1e-6, max=0.1)
 
-    out = candidates.window_candidates(L_pred, L_ref, k, margin, bound, proper, metric)
+    out = windows.window_candidates(L_pred, L_ref, k, margin, bound, proper, metric)
     with pytorch_code():
-        ref = candidates.window_candidates(L_pred, L_ref, k, margin, bound, proper, metric)
+        ref = windows.window_candidates(L_pred, L_ref, k, margin, bound, proper, metric)
     return [{(int(b), tuple(x.flatten().tolist())) for b, x in zip(*r)} for r in (out, ref)]
 
 
@@ -165,43 +167,6 @@ def test_kernel_rejects_mismatched_buffers():
                       np.zeros(0, dtype=np.int64), np.zeros((0, 3), dtype=np.int64))
 
 
-@settings(max_examples=40, deadline=None)
-@given(cells=st.lists(st.one_of(symmetric_lattices(noise=0.0), symmetric_lattices(noise=1e-3), lattices("realistic"),
-                                lattices("pathological")), min_size=1, max_size=4),
-       rel_tol=st.sampled_from([1e-4, 1e-2, 0.09]))
-def test_automorphisms_kernel_matches_the_pytorch_code_in_content_and_order(cells, rel_tol):
-    import soft_niggli.unimodular as unimodular
-    from soft_niggli.niggli import niggli_reduce
-
-    L = torch.stack([c.to(torch.float64).reshape(3, 3) for c in cells])
-    L = torch.cat([L, niggli_reduce(L).lattice])  # as given, and reduced (where all automorphisms are found)
-    compiled = unimodular.lattice_automorphisms(L, rel_tol=rel_tol)
-    saved, unimodular._kernel = unimodular._kernel, None
-    try:
-        reference = unimodular.lattice_automorphisms(L, rel_tol=rel_tol)
-    finally:
-        unimodular._kernel = saved
-    # The order matters: closest_automorphism keeps the first of tied choices.
-    assert torch.equal(compiled.owner, reference.owner)
-    assert torch.equal(compiled.matrices, reference.matrices)
-
-
-@settings(max_examples=40, deadline=None)
-@given(cells=st.lists(st.one_of(symmetric_lattices(noise=0.0), symmetric_lattices(noise=1e-3), near_face_lattices(),
-                                lattices("realistic"), lattices("pathological")), min_size=1, max_size=4),
-       rel_tol=st.sampled_from([1e-5, 1e-4, 1e-2]), dtype=st.sampled_from([torch.float64, torch.float32]))
-def test_reduced_forms_kernel_finds_the_forms_of_the_pytorch_enumeration(cells, rel_tol, dtype):
-    # Both decide the tolerance's edge on the same metric, formed by the same sums: the same forms, in
-    # the same order, bit for bit.
-    L = torch.stack([c.reshape(3, 3) for c in cells]).to(dtype)
-    compiled = canonical.reduced_forms(L, rel_tol=rel_tol)
-    with pytorch_code():
-        reference = canonical.reduced_forms(L, rel_tol=rel_tol)
-    for a, b in zip((compiled.owner, compiled.transform, compiled.lattice, compiled.status),
-                    (reference.owner, reference.transform, reference.lattice, reference.status)):
-        assert torch.equal(a, b)
-
-
 @settings(max_examples=30, deadline=None)
 @given(cells=st.lists(st.one_of(symmetric_lattices(), lattices("realistic")), min_size=1, max_size=3),
        radius=st.floats(0.5, 6.0))
@@ -238,10 +203,10 @@ def test_grouped_window_kernel_returns_the_window_of_the_pytorch_code(labels, me
     counts = torch.bincount(crystal, minlength=len(L))
     start = torch.cat([torch.zeros(1, dtype=torch.int64), torch.cumsum(counts, 0)])
     scale = P.square().sum(dim=(1, 2)) + R.square().sum(dim=(1, 2))
-    margin = candidates.WindowMargin(relative=0.01, absolute=1e-6 * scale / 18, cap=0.1, extra=1e-12 * scale)
+    margin = windows.WindowMargin(relative=0.01, absolute=1e-6 * scale / 18, cap=0.1, extra=1e-12 * scale)
 
     def run():
-        owner, X = candidates.grouped_window_candidates(P, R, k, margin, penalty, start, relative, 1, False, metric)
+        owner, X = windows.grouped_window_candidates(P, R, k, margin, penalty, start, relative, 1, False, metric)
         return {(int(crystal[o]), tuple((x @ relative[o]).flatten().tolist())): int(o) for o, x in zip(owner, X)}
 
     compiled = run()
@@ -275,11 +240,9 @@ def test_a_prediction_of_all_zeros_scores_alike_with_the_kernel_and_without_and_
         torch.testing.assert_close(values[scale], values[0.0], rtol=1e-9, atol=1e-12)
 
 
-def test_new_kernels_reject_mismatched_buffers():
+def test_ball_and_group_kernels_reject_mismatched_buffers():
     kernel = periodic._kernel
     V = np.zeros((26, 3), dtype=np.int64)
-    with pytest.raises(ValueError, match="do not match"):  # a cell of 8 numbers
-        kernel.reduced_forms(np.zeros(8), V, 1e-5, np.zeros(4, dtype=np.int64), np.zeros((4, 3), dtype=np.int64))
     with pytest.raises(ValueError, match="do not match"):  # a negative radius
         kernel.ball_vectors(np.eye(3).reshape(1, 9), -1.0, 100, np.zeros(4, dtype=np.int64),
                             np.zeros((4, 3), dtype=np.int64))

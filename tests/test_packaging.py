@@ -8,6 +8,7 @@ import os
 import shutil
 import subprocess
 import sys
+import tarfile
 import textwrap
 import zipfile
 from pathlib import Path
@@ -164,6 +165,48 @@ def test_baselines_are_a_subpackage_on_disk_as_installed():
     assert "package_dir" not in (ROOT / "setup.py").read_text(encoding="utf-8")
 
 
+_MOVED_NAMES = textwrap.dedent("""
+    import importlib, warnings
+
+    moved = [  # (module, name, where it lives)
+        ("soft_niggli.losses.candidates", "softmin", "soft_niggli.losses.candidates.soft_minimum"),
+        ("soft_niggli.losses.candidates", "window_candidates", "soft_niggli.losses.windows.window_candidates"),
+        ("soft_niggli.losses.candidates", "grouped_window_candidates",
+         "soft_niggli.losses.windows.grouped_window_candidates"),
+        ("soft_niggli.losses.candidates", "WindowMargin", "soft_niggli.losses.windows.WindowMargin"),
+        ("soft_niggli.losses.softmin", "GramLoss", "soft_niggli.losses.gram.GramLoss"),
+        ("soft_niggli.losses.softmin", "packed_softmin", "soft_niggli.losses._packed.packed_soft_minimum"),
+    ]
+    for module, name, place in moved:
+        path, attribute = place.rsplit(".", 1)
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            first = getattr(importlib.import_module(module), name)
+            again = getattr(importlib.import_module(module), name)
+            exec(f"from {module} import {name} as third")
+        assert first is again is third is getattr(importlib.import_module(path), attribute), name
+        messages = [str(w.message) for w in caught if issubclass(w.category, DeprecationWarning)]
+        assert messages == [f"{module}.{name} is {place}: import it from there"], messages
+        # The warning points at the line that asked for the name, not at soft_niggli.
+        assert all(w.filename == "<string>" for w in caught if issubclass(w.category, DeprecationWarning))
+    try:
+        importlib.import_module("soft_niggli.losses.candidates").no_such_name
+    except AttributeError as error:
+        assert "no_such_name" in str(error)
+    else:
+        raise AssertionError("an unknown name was found")
+    print("OK")
+""")
+
+
+def test_moved_names_are_found_where_they_live_and_warn_once_naming_that_place():
+    # A fresh interpreter: each name warns only on its first lookup in a process.
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(Path(soft_niggli.__file__).resolve().parents[1]),
+                                                        *filter(None, [os.environ.get("PYTHONPATH")])])}
+    out = subprocess.run([sys.executable, "-c", _MOVED_NAMES], capture_output=True, text=True, env=env, timeout=120)
+    assert out.returncode == 0 and out.stdout.strip().endswith("OK"), out.stderr
+
+
 def test_version_is_defined_once_and_metadata_is_complete():
     meta = importlib.metadata.metadata("soft-niggli")
     hint = ("installed metadata out of date: reinstall (pip install -e .), and remove any stale "
@@ -191,9 +234,9 @@ def _setuptools_for_build() -> None:
         pytest.skip(f"setuptools {setuptools.__version__} < 77 (pyproject.toml's build requirement)")
 
 
-def test_wheel_holds_only_soft_niggli_and_its_dist_info(tmp_path):
-    _setuptools_for_build()
-    # Build from a clean copy: an in-tree build/ folder can hold stale files that a wheel would pick up.
+def _clean_copy(tmp_path) -> Path:
+    """The sources a build reads, copied without build outputs: an in-tree build/ folder can hold stale
+    files that a wheel would pick up."""
     src = tmp_path / "src"
     src.mkdir()
     for name in _SOURCES:
@@ -202,6 +245,12 @@ def test_wheel_holds_only_soft_niggli_and_its_dist_info(tmp_path):
             shutil.copytree(path, src / name, ignore=shutil.ignore_patterns("__pycache__", "*.so", "*.pyd", "*.pyc"))
         elif path.exists():
             shutil.copy2(path, src / name)
+    return src
+
+
+def test_wheel_holds_only_soft_niggli_and_its_dist_info(tmp_path):
+    _setuptools_for_build()
+    src = _clean_copy(tmp_path)
     out = subprocess.run(
         [sys.executable, "-m", "pip", "wheel", str(src), "--no-deps", "--no-build-isolation", "--no-index",
          "-q", "-w", str(tmp_path / "dist")],
@@ -224,11 +273,12 @@ def test_wheel_holds_only_soft_niggli_and_its_dist_info(tmp_path):
         assert "proxy-spglib = soft_niggli.baselines.spglib_proxy:SpglibProxyLoss" in entry_points
         assert "[console_scripts]" in entry_points and "soft-niggli = soft_niggli.cli:main" in entry_points
         assert f"{dist_info}/licenses/LICENSE" in names
-        # The compiled parts, where their modules import them (optional: both where a C compiler built
-        # them, neither where none did); their C sources stay in the sdist.
+        # The compiled parts, where their modules import them (optional: all where a C compiler built them,
+        # none where none did), and none of their C sources or header: those stay in the sdist.
         compiled = {n.split(".")[0] for n in names if n.endswith((".so", ".pyd"))}
-        assert compiled in (set(), {"soft_niggli/niggli/_niggli_kernel", "soft_niggli/_loss_kernel"}), compiled
-        assert not [n for n in names if n.endswith(".c")], names
+        assert compiled in (set(), {"soft_niggli/niggli/_niggli_kernel", "soft_niggli/_loss_kernel",
+                                    "soft_niggli/_lattice_kernel"}), compiled
+        assert not [n for n in names if n.endswith((".c", ".h"))], names
         # The bundled crystals and their NOTICE, byte for byte, and nothing else under data/.
         from soft_niggli.datasets import BUNDLED
 
@@ -236,6 +286,21 @@ def test_wheel_holds_only_soft_niggli_and_its_dist_info(tmp_path):
         assert data == sorted([f"soft_niggli/data/{name}.csv.gz" for name in BUNDLED] + ["soft_niggli/data/NOTICE"])
         for name in data:
             assert zf.read(name) == (ROOT / name).read_bytes(), name
+
+
+def test_sdist_holds_every_c_source_and_header_of_the_extensions(tmp_path):
+    _setuptools_for_build()
+    src = _clean_copy(tmp_path)
+    out = subprocess.run([sys.executable, "setup.py", "-q", "sdist", "-d", str(tmp_path / "dist")], cwd=src,
+                         capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, f"sdist failed:\n{out.stdout}\n{out.stderr}"
+    (sdist,) = (tmp_path / "dist").glob("soft_niggli-*.tar.gz")
+    with tarfile.open(sdist) as tf:
+        names = {n.split("/", 1)[1] for n in tf.getnames() if "/" in n}
+    sources = {str(p.relative_to(ROOT)).replace(os.sep, "/") for p in (ROOT / "soft_niggli").rglob("*")
+               if p.suffix in (".c", ".h")}
+    assert "soft_niggli/_kernels/kernels.h" in sources and "soft_niggli/niggli/_niggli_kernel.c" in sources
+    assert sources <= names, sorted(sources - names)
 
 
 # ------------------------------------------------------------------------------ kernel warning
@@ -282,21 +347,31 @@ def test_a_missing_kernel_warns_once_unless_silenced(silenced):
         assert "pip install" in warnings[0] and "SOFT_NIGGLI_NO_KERNEL_WARNING=1" in warnings[0]
 
 
-_BLOCK_LOSS_KERNEL = textwrap.dedent("""
-    import sys
+_BLOCK_LOSS_KERNELS = textwrap.dedent("""
+    import importlib.machinery, importlib.util, sys
 
-    class BlockKernel:  # as if the losses' C extension had not been built
+    blocked = set(sys.argv[1:])
+    # Which extensions this checkout has, found without importing soft_niggli (which imports them).
+    package = importlib.util.find_spec("soft_niggli").submodule_search_locations
+    built = {name: importlib.machinery.PathFinder.find_spec(name, package) is not None
+             for name in ("_loss_kernel", "_lattice_kernel")}
+
+    class BlockKernel:  # as if these C extensions had not been built
         def find_spec(self, name, path=None, target=None):
-            if name == "soft_niggli._loss_kernel":
+            if name in blocked:
                 raise ImportError("blocked by the test")
             return None
 
     sys.meta_path.insert(0, BlockKernel())
     import torch
-    from soft_niggli import CrystalBatch, get_loss, lattice_automorphisms
-    from soft_niggli.losses import candidates, periodic
+    from soft_niggli import CrystalBatch, canonical, get_loss, lattice_automorphisms, unimodular
+    from soft_niggli.losses import invariants, periodic, windows
 
-    assert not periodic.COMPILED_PAIRS and candidates._kernel is None
+    # Each extension stands alone: a blocked one takes its own loops with it, and no other.
+    losses = built["_loss_kernel"] and "soft_niggli._loss_kernel" not in blocked
+    lattice = built["_lattice_kernel"] and "soft_niggli._lattice_kernel" not in blocked
+    assert periodic.COMPILED_PAIRS == (windows._kernel is not None) == (invariants._kernel is not None) == losses
+    assert (unimodular._kernel is not None) == (canonical._compiled_reduced_forms is not None) == lattice
     L = torch.tensor([[[4.0, 0, 0], [0, 4, 0], [0, 0, 4]]], dtype=torch.float64)
     label = CrystalBatch(L, torch.tensor([[0.0, 0, 0], [0.5, 0.5, 0.5]], dtype=torch.float64), [2], [11, 17])
     pred = CrystalBatch(L + 0.1, label.frac + 0.02, [2], [11, 17])
@@ -308,9 +383,12 @@ _BLOCK_LOSS_KERNEL = textwrap.dedent("""
 """)
 
 
-def test_the_losses_work_without_their_compiled_loops():
+@pytest.mark.parametrize("blocked", [["soft_niggli._loss_kernel"], ["soft_niggli._lattice_kernel"],
+                                     ["soft_niggli._loss_kernel", "soft_niggli._lattice_kernel"]],
+                         ids=["loss-kernel", "lattice-kernel", "both"])
+def test_the_losses_and_the_lattice_enumerations_work_without_their_compiled_loops(blocked):
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(Path(soft_niggli.__file__).resolve().parents[1]),
                                                         *filter(None, [os.environ.get("PYTHONPATH")])])}
-    out = subprocess.run([sys.executable, "-c", _BLOCK_LOSS_KERNEL], capture_output=True, text=True, env=env,
-                         timeout=120)
+    out = subprocess.run([sys.executable, "-c", _BLOCK_LOSS_KERNELS, *blocked], capture_output=True, text=True,
+                         env=env, timeout=120)
     assert out.returncode == 0 and out.stdout.strip().endswith("OK"), out.stderr

@@ -31,8 +31,9 @@ log = logging.getLogger(f"mkdocs.hooks.{__name__}")
 MODULES = (
     "soft_niggli.lattice", "soft_niggli.niggli", "soft_niggli.canonical", "soft_niggli.unimodular",
     "soft_niggli.flow", "soft_niggli.forms_cache", "soft_niggli.crystal", "soft_niggli.metrics",
-    "soft_niggli.losses.terms", "soft_niggli.losses.candidates", "soft_niggli.losses.invariants",
-    "soft_niggli.losses.sinkhorn", "soft_niggli.baselines", "soft_niggli.baselines.spglib_proxy",
+    "soft_niggli.losses.terms", "soft_niggli.losses.candidates", "soft_niggli.losses.windows",
+    "soft_niggli.losses.invariants", "soft_niggli.losses.sinkhorn", "soft_niggli.baselines",
+    "soft_niggli.baselines.spglib_proxy",
 )
 #: What a function documents that it accepts, where it is not any stack ``(..., 3, 3)``.
 STACKS = "`(..., 3, 3)`"
@@ -42,7 +43,7 @@ CONTRACTS = {
     "soft_niggli.crystal.CrystalBatch": FLAT,
     "soft_niggli.losses.terms.coordinate_term": "`(B, 3, 3)` (or one `(3, 3)`) with the flat per-atom data",
     "soft_niggli.losses.terms.closest_automorphism": "`(B, 3, 3)` tensor, the prediction for a `CrystalBatch` of `B` labels",
-    "soft_niggli.losses.candidates.grouped_window_candidates": "`(B, 3, 3)` tensors, rows of the groups",
+    "soft_niggli.losses.windows.grouped_window_candidates": "`(B, 3, 3)` tensors, rows of the groups",
     "soft_niggli.losses.sinkhorn.sinkhorn_coordinate_loss": "`(B, 3, 3)` tensor with padded coordinates `(B, N, 3)`",
     "soft_niggli.losses.sinkhorn.sinkhorn_coordinate_loss_flat": "`(B, 3, 3)` tensor with the flat per-atom data",
 }
@@ -186,9 +187,9 @@ PROBES = {
                         coords="periodic", lattice_weight=1.0, coord_weight=1.0, blur=0.1, rel_tol=1e-5),
         "prediction for a CrystalBatch of as many labels"),
     "soft_niggli.losses.candidates.candidate_lattice_terms": (lambda k: _fn()(_cells(k), _cells(k)), "pred and reference"),
-    "soft_niggli.losses.candidates.window_candidates": (lambda k: _fn()(_cells(k), _cells(k), 8, _window_margin),
+    "soft_niggli.losses.windows.window_candidates": (lambda k: _fn()(_cells(k), _cells(k), 8, _window_margin),
                                                         "pred and reference"),
-    "soft_niggli.losses.candidates.grouped_window_candidates": (lambda k: _grouped_window(k),
+    "soft_niggli.losses.windows.grouped_window_candidates": (lambda k: _grouped_window(k),
                                                                 "pred and reference rows, one group per cell"),
     "soft_niggli.losses.terms.form_penalty": (lambda k: _form_penalty(k), "with one weight per form"),
     "soft_niggli.losses.candidates.lattice_distances": (lambda k: _fn()(_cells(k), _cells(k)), "pred and reference"),

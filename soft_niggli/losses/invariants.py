@@ -25,7 +25,7 @@ import torch
 from .._checks import as_lattice
 from ..niggli import niggli_reduce
 
-try:  # the compiled enumeration of a ball's lattice vectors (soft_niggli/_loss_kernel.c); optional
+try:  # the compiled enumeration of a ball's lattice vectors (soft_niggli/_kernels/ball_vectors.c); optional
     from .. import _loss_kernel as _kernel
 except ImportError:  # not built: NumPy does the same, slower
     _kernel = None
@@ -80,7 +80,7 @@ def ball_vectors(G: torch.Tensor, radius: float) -> tuple[torch.Tensor, torch.Te
     """``(owner (Q,), n (Q, 3) int64)``: every integer vector ``n ≠ 0`` with ``n G nᵀ <= radius²`` for the
     metrics ``G (B, 3, 3)`` (detached; one of each pair ``±n``, the last nonzero coordinate positive).
 
-    On the host: a compiled Fincke–Pohst enumeration (``soft_niggli/_loss_kernel.c``), or the same in
+    On the host: a compiled Fincke–Pohst enumeration (``soft_niggli/_kernels/ball_vectors.c``), or the same in
     NumPy, a box per cell from ``|n_i| <= radius √(G⁻¹)_ii`` filtered to the ball. A cell whose
     enumeration would visit more than 200 000 points (only a nearly flat one) is truncated."""
     Gd = G.detach().to("cpu", torch.float64).reshape(-1, 9).contiguous()

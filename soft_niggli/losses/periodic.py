@@ -40,7 +40,7 @@ import torch
 from .._checks import as_float_tensor, check_last_dim, has_values
 from ..crystal import atom_slots
 
-try:  # the compiled per-pair loop of periodic_loss_of_pairs (soft_niggli/_loss_kernel.c); optional
+try:  # the compiled per-pair loop of periodic_loss_of_pairs (soft_niggli/_kernels/periodic_pairs.c); optional
     from .. import _loss_kernel as _kernel
 except ImportError:  # not built (no C compiler at install time): the PyTorch code below does the same
     _kernel = None
@@ -181,7 +181,7 @@ def periodic_loss_of_pairs(frac_pred: torch.Tensor, frac_target: torch.Tensor, n
     What the losses need to score one crystal against many re-based copies of its label (candidate
     bases, automorphisms, reduced forms) without repeating every atom per pair. On CPU tensors (and a
     ``target_transform`` without gradient) one compiled loop does every pair in float64
-    (``soft_niggli/_loss_kernel.c``, :data:`COMPILED_PAIRS`); elsewhere atoms are laid out per crystal
+    (``soft_niggli/_kernels/periodic_pairs.c``, :data:`COMPILED_PAIRS`); elsewhere atoms are laid out per crystal
     once (``(B, n_max, 3)``), and each pair is one small matrix product and a few padded operations.
     ``frac_*`` are flat ``(N_total, 3)`` grouped by crystal, ``num_atoms (B,)``, ``crystal (Q,)``
     int64, ``target_transform (Q, 3, 3)`` floating. Gradients flow to ``frac_pred`` (and to
@@ -215,7 +215,7 @@ def periodic_loss_of_pairs(frac_pred: torch.Tensor, frac_target: torch.Tensor, n
 
 
 class _CompiledPairs(torch.autograd.Function):
-    """:func:`periodic_loss_of_pairs` through the compiled loop (``soft_niggli/_loss_kernel.c``), in
+    """:func:`periodic_loss_of_pairs` through the compiled loop (``soft_niggli/_kernels/periodic_pairs.c``), in
     float64: the forward pass keeps each pair's residuals, from which the backward pass accumulates
     ``2 r_i g_q / (3 n)`` into the predicted atoms (and minus that times ``X_qᵀ`` into the target's)."""
 
