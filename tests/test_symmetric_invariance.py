@@ -324,3 +324,33 @@ def test_continuous_losses_ignore_the_label_basis_on_the_reducers_tolerance_edge
     values = [float(loss(pred, label.apply_basis_change(random_unimodular((1,), max_entry=5, generator=g))).loss)
               for _ in range(12)]
     assert max(values) - min(values) <= 1e-9 * max(abs(v) for v in values), values
+
+
+# Found by the random profile (pinned, as the CHANGELOG lists): with the metric lattice term and Sinkhorn
+# coordinates (top_k 2), an fcc-like two-atom label (336 reduced forms, all of weight 1) moved by 1e-7
+# changes softmin by 0.0078 while its lattice and coordinate parts do not move: the window over many
+# exactly tied metric candidates keeps a different number of them. Not yet fixed; strict, so that a fix
+# shows up here.
+@pytest.mark.xfail(strict=True, reason="softmin(gram, sinkhorn): the candidate window over exactly tied "
+                                       "metrics jumps under a 1e-7 move of an fcc-like label")
+def test_softmin_with_metric_and_sinkhorn_moves_continuously_with_an_fcc_like_label():
+    def batch(lattice, frac):
+        return CrystalBatch(torch.tensor(lattice, dtype=torch.float64), torch.tensor(frac, dtype=torch.float64),
+                            [2], [1, 2])
+
+    pred = batch([[[0.3929255281328545, -1.787006392053239, 1.583209748482662],
+                   [-0.6593145187881037, -0.9768928867872968, 2.1145941339377456],
+                   [-0.6418329389127116, -2.293577677129676, 2.4675819403644708]]],
+                 [[-0.008066870498643491, -0.011932707252302546, 0.0036407297012261107],
+                  [-0.017133491865927487, 0.022012083418068543, 0.728576252737817]])
+    label = batch([[[0.34669564488553317, -1.7782035248804107, 1.6485734299448986],
+                    [-0.6763674571065237, -0.9443572165145762, 2.156551995798872],
+                    [-0.6539333443415907, -2.3187184671196057, 2.4891596677185515]]],
+                  [[0.0, 0.0, 0.0], [0.0, 0.0, 0.75]])
+    moved = batch([[[0.3466956841152157, -1.7782035472368125, 1.6485733979948722],
+                    [-0.6763675776102348, -0.9443571120682217, 2.1565519324760984],
+                    [-0.6539332870309168, -2.318718413024864, 2.4891596285279656]]],
+                  [[-1.0426788307393723e-07, 1.3186173054054699e-07, 7.476389752940184e-08],
+                   [-1.3264806766986035e-07, -1.241297177880561e-07, 0.7499999897195071]])
+    loss = get_loss("softmin", lattice_metric="gram", coords="sinkhorn")
+    assert abs(float(loss(pred, moved).loss) - float(loss(pred, label).loss)) <= 1e4 * 1e-7
