@@ -193,3 +193,23 @@ def test_reduced_form_weights_fade_continuously_to_zero_at_the_bands_edge():
                 assert abs(current.get(key, 0.0) - previous.get(key, 0.0)) <= 0.1, (x, key)
         previous = current
     assert math.isclose(float(reduced_forms(_stretched(0.0).lattice, rel_tol=tol).weights(tol).min()), 1.0)
+
+
+# Found when the derandomised profile drew other examples (tests moved to other paths draw other ones):
+# a one-atom cell 1e-4 off equal lengths (metric [[16, 8, 0], [8, 16.0016, 2], [0, 2, 36]]), given in a
+# skewed basis, whose 8 reduced forms all weigh 1 and agree between bases to 1.6e-13, yet softmin moves by
+# 1.1e-7 relative (its softmin-weighted lattice part by 4e-8) when the label is re-based once more. Not yet
+# explained; strict, so that a fix shows up here.
+@pytest.mark.xfail(strict=True, reason="softmin moves by 1e-7 relative on a re-based near-face label whose "
+                                       "forms agree to 1e-13 (unexplained)")
+def test_softmin_ignores_the_basis_of_a_skewed_one_atom_label_off_equal_lengths():
+    label = CrystalBatch(torch.tensor([[[2.604912817165582, 3.022067837137687, 0.2855436966637732],
+                                        [-10.25391868212827, 9.970206478331507, -11.977417699978297],
+                                        [-5.936969551311425, 8.406117733430122, -6.78904833378852]]],
+                                      dtype=torch.float64),
+                         torch.zeros(1, 3, dtype=torch.float64), [1], [1])
+    loss = get_loss("softmin")
+    pred = _noisy(label, 0)
+    M = random_unimodular((1,), max_entry=5, generator=torch.Generator().manual_seed(0))
+    torch.testing.assert_close(loss(pred, label.apply_basis_change(M)).per_crystal, loss(pred, label).per_crystal,
+                               rtol=1e-9, atol=1e-12)
