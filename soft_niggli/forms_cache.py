@@ -20,8 +20,8 @@ import numpy as np
 import torch
 
 from ._checks import as_lattice, has_values
-from .canonical import (ReducedForms, _automorphic_forms, _reduced_forms_checked, effective_rel_tol,
-                        reduced_forms)
+from ._reduced_forms import automorphic_forms_unchecked, reduced_forms_unchecked
+from .canonical import ReducedForms, effective_rel_tol, reduced_forms
 from .lattice import integer_inverse
 
 __all__ = ["CachedForms", "ReducedFormsCache"]
@@ -130,7 +130,7 @@ class ReducedFormsCache:
         return CachedForms(forms, found.inverse, found.automorphic, found.metric)
 
     def _forms(self, lattice: torch.Tensor) -> ReducedForms:
-        return _reduced_forms_checked(lattice, effective_rel_tol(self.rel_tol, lattice.dtype))
+        return ReducedForms(*reduced_forms_unchecked(lattice, effective_rel_tol(self.rel_tol, lattice.dtype)))
 
     def _lookup(self, lattice: torch.Tensor) -> CachedForms:
         """:meth:`lookup` of validated, detached lattices ``(B, 3, 3)``."""
@@ -185,7 +185,7 @@ class ReducedFormsCache:
 
     def _derive(self, lattice: torch.Tensor, forms: ReducedForms) -> CachedForms:
         tol = effective_rel_tol(self.rel_tol, lattice.dtype)
-        return CachedForms(forms, integer_inverse(forms.transform), _automorphic_forms(lattice, forms, tol),
+        return CachedForms(forms, integer_inverse(forms.transform), automorphic_forms_unchecked(lattice, forms, tol),
                            _metric_groups(forms))
 
 

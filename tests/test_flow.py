@@ -247,11 +247,11 @@ def test_reduced_forms_keeps_its_set_for_float32_labels_rebased_with_entries_up_
 
 
 def test_reduced_forms_processes_large_batches_in_pieces(monkeypatch):
-    import soft_niggli.canonical as canonical
+    import soft_niggli._reduced_forms as enumeration
 
     labels = _real_labels("carbon_24_small", 30)
     whole = reduced_forms(labels.lattice)
-    monkeypatch.setattr(canonical, "_CHUNK", 7)
+    monkeypatch.setattr(enumeration, "_CHUNK", 7)
     pieces = reduced_forms(labels.lattice)
     for name in ("owner", "transform", "lattice", "status"):
         torch.testing.assert_close(getattr(pieces, name), getattr(whole, name), rtol=0, atol=0)

@@ -10,6 +10,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+import soft_niggli._reduced_forms as enumeration
 import soft_niggli.canonical as canonical
 import soft_niggli.unimodular as unimodular
 from soft_niggli.niggli import niggli_reduce
@@ -45,11 +46,11 @@ def test_reduced_forms_kernel_finds_the_forms_of_the_pytorch_enumeration(cells, 
     # the same order, bit for bit.
     L = torch.stack([c.reshape(3, 3) for c in cells]).to(dtype)
     compiled = canonical.reduced_forms(L, rel_tol=rel_tol)
-    saved, canonical._compiled_reduced_forms = canonical._compiled_reduced_forms, None
+    saved, enumeration._compiled_reduced_forms = enumeration._compiled_reduced_forms, None
     try:
         reference = canonical.reduced_forms(L, rel_tol=rel_tol)
     finally:
-        canonical._compiled_reduced_forms = saved
+        enumeration._compiled_reduced_forms = saved
     for a, b in zip((compiled.owner, compiled.transform, compiled.lattice, compiled.status),
                     (reference.owner, reference.transform, reference.lattice, reference.status)):
         assert torch.equal(a, b)

@@ -18,7 +18,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-import soft_niggli.canonical as canonical
+import soft_niggli._reduced_forms as enumeration
 import soft_niggli.losses.invariants as invariants
 import soft_niggli.losses.periodic as periodic
 import soft_niggli.losses.windows as windows
@@ -34,11 +34,11 @@ class pytorch_code:
     losses use (the reduced forms of the labels included)."""
 
     def __enter__(self):
-        self.saved = periodic._kernel, windows._kernel, invariants._kernel, canonical._compiled_reduced_forms
-        periodic._kernel = windows._kernel = invariants._kernel = canonical._compiled_reduced_forms = None
+        self.saved = periodic._kernel, windows._kernel, invariants._kernel, enumeration._compiled_reduced_forms
+        periodic._kernel = windows._kernel = invariants._kernel = enumeration._compiled_reduced_forms = None
 
     def __exit__(self, *exc):
-        periodic._kernel, windows._kernel, invariants._kernel, canonical._compiled_reduced_forms = self.saved
+        periodic._kernel, windows._kernel, invariants._kernel, enumeration._compiled_reduced_forms = self.saved
 
 
 def _pairs_inputs(seed, dtype, counts):

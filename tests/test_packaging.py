@@ -364,14 +364,14 @@ _BLOCK_LOSS_KERNELS = textwrap.dedent("""
 
     sys.meta_path.insert(0, BlockKernel())
     import torch
-    from soft_niggli import CrystalBatch, canonical, get_loss, lattice_automorphisms, unimodular
+    from soft_niggli import CrystalBatch, _reduced_forms, get_loss, lattice_automorphisms, unimodular
     from soft_niggli.losses import invariants, periodic, windows
 
     # Each extension stands alone: a blocked one takes its own loops with it, and no other.
     losses = built["_loss_kernel"] and "soft_niggli._loss_kernel" not in blocked
     lattice = built["_lattice_kernel"] and "soft_niggli._lattice_kernel" not in blocked
     assert periodic.COMPILED_PAIRS == (windows._kernel is not None) == (invariants._kernel is not None) == losses
-    assert (unimodular._kernel is not None) == (canonical._compiled_reduced_forms is not None) == lattice
+    assert (unimodular._kernel is not None) == (_reduced_forms._compiled_reduced_forms is not None) == lattice
     L = torch.tensor([[[4.0, 0, 0], [0, 4, 0], [0, 0, 4]]], dtype=torch.float64)
     label = CrystalBatch(L, torch.tensor([[0.0, 0, 0], [0.5, 0.5, 0.5]], dtype=torch.float64), [2], [11, 17])
     pred = CrystalBatch(L + 0.1, label.frac + 0.02, [2], [11, 17])

@@ -17,7 +17,7 @@ from soft_niggli.testing import (AUTOMORPHISM_COUNTS, LATTICE_KINDS, NEAR_FACE_S
                                  SYMMETRIC_PROTOTYPES, aflow_crystals, assert_gl3z_invariant, crystals, lattices,
                                  near_face_crystals, near_face_lattices, prototypes, real_crystals, rotations,
                                  symmetric_crystals, symmetric_lattices, unimodular_matrices)
-from soft_niggli.testing._draw import _rebasings
+from soft_niggli.testing._draw import rebasings
 from soft_niggli.unimodular import lattice_automorphisms
 
 
@@ -430,7 +430,7 @@ def test_near_face_rebasings_are_unimodular_with_entries_up_to_max_entry(max_ent
     largest = set()
 
     @settings(max_examples=150, database=None)
-    @given(_rebasings(max_entry))
+    @given(rebasings(max_entry))
     def check(M):
         assert M.dtype == torch.int64 and bool(is_unimodular(M))
         largest.add(int(M.abs().max()))

@@ -8,7 +8,7 @@
  *     ball_vectors                          ball_vectors.c     soft_niggli/losses/invariants.py, `theta_series`
  *   soft_niggli._lattice_kernel (lattice_kernel.c), enumerations on single lattices, used outside the losses
  *     automorphisms                         automorphisms.c    soft_niggli/unimodular.py, `lattice_automorphisms`
- *     reduced_forms                         reduced_forms.c    soft_niggli/canonical.py, `reduced_forms`
+ *     reduced_forms                         reduced_forms.c    soft_niggli/_reduced_forms.py, `reduced_forms_unchecked`
  *
  * (The reducer's loop is an extension of its own, soft_niggli/niggli/_niggli_kernel.c.) Each function is the
  * counterpart of a PyTorch (or NumPy) function that stays the reference and the fallback where its

@@ -7,7 +7,7 @@
 
 static PyMethodDef methods[] = {
     {"reduced_forms", sn_reduced_forms, METH_VARARGS,
-     "Reduced forms of reduced cells: bases from {-1, 0, 1} meeting the Niggli conditions (see soft_niggli/canonical.py)."},
+     "Reduced forms of reduced cells: bases from {-1, 0, 1} meeting the Niggli conditions (see soft_niggli/_reduced_forms.py)."},
     {"automorphisms", sn_automorphisms, METH_VARARGS, "Lattice automorphisms with entries in {-1, 0, 1} (see soft_niggli/unimodular.py)."},
     {NULL, NULL, 0, NULL},
 };

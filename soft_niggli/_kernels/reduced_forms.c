@@ -1,5 +1,5 @@
 /*
- * Reduced forms (soft_niggli/canonical.py, `reduced_forms`; see kernels.h).
+ * Reduced forms (soft_niggli/_reduced_forms.py, `reduced_forms_unchecked`; see kernels.h).
  *
  * reduced_forms(R, V, rel_tol, owner, rows) -> count: for each reduced cell R (float64, B x 9, rows are
  * lattice vectors, scaled so that its longest row is about 1), every X with rows among the 26 vectors V
@@ -8,13 +8,13 @@
  * squared length matches the cell's (A <= B <= C) within 8 rel_tol, pairwise products |2 b_i.b_j| at
  * most the shorter squared length (1 + 8 rel_tol), the three products all >= or all <= 0 within
  * 8 rel_tol of the cosines; then the exact test on the basis X R, whose metric is formed by explicit
- * sums in the order of canonical.py's `_metric_of` (so both agree bit for bit). owner (int64, capacity)
+ * sums in the order of _reduced_forms.py's `_metric_of` (so both agree bit for bit). owner (int64, capacity)
  * and rows (int64, capacity x 3, indices into V) receive the forms while count < capacity, cell by
  * cell, rows in lexicographic order of their indices; the total is returned. */
 #include "kernels.h"
 
 /* The largest relative violation of the main Niggli conditions by the metric G (0 or below: met), in
- * the order of operations of canonical.py's `_violation`. */
+ * the order of operations of _reduced_forms.py's `violation`. */
 static double niggli_violation(const double G[9]) {
     double A = G[0], B = G[4], C = G[8], xi = 2.0 * G[5], eta = 2.0 * G[2], zeta = 2.0 * G[1];
     double v = (A - B) / ((A + B) / 2.0);

@@ -28,7 +28,8 @@ from dataclasses import dataclass
 import torch
 
 from .._checks import has_values
-from .candidates import _candidate_lattice_terms, _device_key, _flat_pair, candidate_set
+from ._candidate_terms import candidate_lattice_terms_unchecked, device_key, flat_pair
+from .candidates import candidate_set
 
 try:  # the compiled branch and bound of window_candidates (soft_niggli/_kernels/window.c); optional
     from .. import _loss_kernel as _kernel
@@ -79,7 +80,7 @@ def window_candidates(L_pred, L_ref, k: int, margin, bound: int = 1,
     Lattices ``(..., 3, 3)``: ``owner`` indexes the flattened cells ``L_pred.reshape(-1, 3, 3)`` (0 for one
     cell ``(3, 3)``), and ``margin`` sees ``t_k`` of the flattened cells.
     """
-    P, R, _ = _flat_pair(L_pred, L_ref, "L_pred", "L_ref")
+    P, R, _ = flat_pair(L_pred, L_ref, "L_pred", "L_ref")
     return _window_candidates(P, R, k, margin, bound, proper, metric)
 
 
@@ -88,7 +89,7 @@ def _window_candidates(L_pred: torch.Tensor, L_ref: torch.Tensor, k: int, margin
     """:func:`window_candidates` of checked lattices ``(B, 3, 3)``."""
     with torch.no_grad():
         B, device = L_pred.shape[0], L_pred.device
-        V = _row_vectors(bound, _device_key(L_pred))
+        V = _row_vectors(bound, device_key(L_pred))
         if _kernel is not None and device.type == "cpu" and B and has_values(L_pred):
             return _compiled_window(L_pred, L_ref, k, margin, proper, metric, V)
         owners, matrices, full = [], [], []
@@ -112,7 +113,7 @@ def _window_candidates(L_pred: torch.Tensor, L_ref: torch.Tensor, k: int, margin
                 break
         rows = torch.cat(full + [rows])
         if len(rows):
-            score, a, b = _candidate_lattice_terms(L_pred[rows], L_ref[rows], bound, proper, metric)
+            score, a, b = candidate_lattice_terms_unchecked(L_pred[rows], L_ref[rows], bound, proper, metric)
             kth = a * torch.topk(score, min(k, score.shape[1]), dim=1, largest=False).values[:, -1] + b
             limit = kth + margin(kth, rows)
             sub, candidate = (score <= ((limit - b) / a)[:, None]).nonzero(as_tuple=True)
@@ -150,7 +151,7 @@ def grouped_window_candidates(L_pred: torch.Tensor, L_ref: torch.Tensor, k: int,
         compiled = (_kernel is not None and hasattr(_kernel, "window_groups") and device.type == "cpu" and n
                     and has_values(L_pred) and int(relative.abs().max()) * 3 * bound < 64)
         if compiled:
-            V = _row_vectors(bound, _device_key(L_pred))
+            V = _row_vectors(bound, device_key(L_pred))
             P = L_pred.detach().to(torch.float64).reshape(n, 9).contiguous().numpy()
             R = L_ref.detach().to(torch.float64).reshape(n, 9).contiguous().numpy()
             kth = torch.empty(G, dtype=torch.float64)

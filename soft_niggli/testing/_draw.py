@@ -11,6 +11,9 @@ Speed: a strategy is drawn hundreds of times per test, on machines that may be b
 is plain Python arithmetic on 3×3 matrices turned into a tensor once, with no LAPACK call: a 3×3 QR
 through MKL with two OpenMP threads takes about 8 ms on a loaded two-core machine (30 µs idle), which
 made draws slow enough to fail hypothesis's health check.
+
+The module is private (outside ``soft_niggli.testing.__all__``); its shared helpers carry plain names
+because the sibling modules import them.
 """
 
 from __future__ import annotations
@@ -39,7 +42,8 @@ AUTOMORPHISM_COUNTS = {"cubic_P": 48, "cubic_I": 48, "cubic_F": 48, "hexagonal":
                        "orthorhombic_I": 8, "orthorhombic_F": 8, "monoclinic": 4}
 
 
-def _st():
+def hypothesis_strategies():
+    """``hypothesis.strategies``, or an ``ImportError`` naming the extra that installs it."""
     try:
         from hypothesis import strategies
     except ImportError as err:  # pragma: no cover - depends on the environment
@@ -47,13 +51,14 @@ def _st():
     return strategies
 
 
-def _check_bool(value, name: str) -> bool:
+def check_bool(value, name: str) -> bool:
+    """``value`` when it is a bool, else ``TypeError`` naming ``name``."""
     if not isinstance(value, bool):
         raise TypeError(f"{name}: expected a bool, got {type(value).__name__} {value!r}")
     return value
 
 
-def _choices(value, valid: tuple[str, ...], name: str) -> tuple[str, ...]:
+def choices(value, valid: tuple[str, ...], name: str) -> tuple[str, ...]:
     """``None`` (all), one name or a sequence of names, checked against ``valid``."""
     if value is None:
         return valid
@@ -67,14 +72,16 @@ def _choices(value, valid: tuple[str, ...], name: str) -> tuple[str, ...]:
     return names
 
 
-def _noise_level(noise) -> float:
+def noise_level(noise) -> float:
+    """``noise`` checked to be a real in [0, 0.1], as a float."""
     expected = "a float in [0, 0.1] (relative size of the perturbation)"
     if not 0.0 <= check_real(noise, "noise", expected) <= 0.1:
         raise ValueError(f"noise: expected {expected}, got {noise!r}")
     return float(noise)
 
 
-def _tensor(rows) -> torch.Tensor:
+def float_tensor(rows) -> torch.Tensor:
+    """Nested Python floats as a float64 tensor."""
     return torch.tensor(rows, dtype=torch.float64)
 
 
@@ -96,19 +103,19 @@ def _rotation_matrix(seed: int, proper: bool) -> torch.Tensor:
          [2 * (x * z - w * y), 2 * (y * z + w * x), 1 - 2 * (x * x + y * y)]]
     if not proper and rng.random() < 0.5:
         R = [[-v for v in row] for row in R]
-    return _tensor(R)
+    return float_tensor(R)
 
 
-def _rotations(proper: bool = False):
+def rotation_strategy(proper: bool = False):
     """Strategy for Haar-random float64 orthogonal ``(3, 3)`` matrices (see :func:`_rotation_matrix`)."""
-    st = _st()
+    st = hypothesis_strategies()
     return st.integers(0, 2**63 - 1).map(lambda seed: _rotation_matrix(seed, proper))
 
 
-def _unimodular(bound: int = 1, proper: bool = False, depth: int = 1):
+def unimodular_strategy(bound: int = 1, proper: bool = False, depth: int = 1):
     """Strategy for int64 unimodular ``(3, 3)``: ``depth`` draws from all those with entries in
     ``[-bound, bound]``, multiplied; shrinks towards the identity (the enumeration's first entry)."""
-    st = _st()
+    st = hypothesis_strategies()
     U = enumerate_unimodular(bound, proper=proper)
     one = st.integers(0, len(U) - 1).map(lambda i: U[i].clone())
     if depth == 1:
@@ -129,7 +136,7 @@ _SIGNED_PERMUTATIONS = tuple(
     for p in itertools.permutations(range(3)) for s in itertools.product((1, -1), repeat=3))
 
 
-def _row_operations(M: list, count: int, rng: random.Random, max_entry: int) -> list:
+def row_operations(M: list, count: int, rng: random.Random, max_entry: int) -> list:
     """``M`` (3 lists of 3 Python ints) after ``count`` random elementary row operations (row i ±= row j),
     each skipped where it would push an entry past ``max_entry``; ``M`` is changed in place and returned."""
     for _ in range(count):
@@ -142,16 +149,16 @@ def _row_operations(M: list, count: int, rng: random.Random, max_entry: int) -> 
     return M
 
 
-def _rebasings(max_entry: int, max_operations: int = 24):
+def rebasings(max_entry: int, max_operations: int = 24):
     """Strategy for int64 unimodular ``(3, 3)`` with entries in ``[-max_entry, max_entry]``: a signed
     permutation times up to ``max_operations`` random elementary row operations (row i += ±row j), each
     skipped where it would push an entry past ``max_entry``. Integer arithmetic in Python: exact, fast,
     and shrinking towards the identity (no operations, the first permutation)."""
-    st = _st()
+    st = hypothesis_strategies()
 
     def build(args) -> torch.Tensor:
         n, seed, k = args
-        M = _row_operations([list(row) for row in _SIGNED_PERMUTATIONS[k]], n, random.Random(seed), max_entry)
+        M = row_operations([list(row) for row in _SIGNED_PERMUTATIONS[k]], n, random.Random(seed), max_entry)
         return torch.tensor(M, dtype=torch.int64)
 
     # sampled_from: as many long products as short ones (integers() favours small counts).
@@ -162,7 +169,7 @@ def _rebasings(max_entry: int, max_operations: int = 24):
 # ------------------------------------------------------------------------------ cells from parameters
 
 
-def _rows_from_metric(A: float, B: float, C: float, xi: float, eta: float, zeta: float) -> list[list[float]] | None:
+def rows_from_metric(A: float, B: float, C: float, xi: float, eta: float, zeta: float) -> list[list[float]] | None:
     """Rows ``a, b, c`` (lower triangular, ``a`` along x, ``b`` in the xy plane) of the cell with metric
     G6 ``(A, B, C, ξ, η, ζ)``: ``A = a·a``, ..., ``ξ = 2 b·c``, ``η = 2 a·c``, ``ζ = 2 a·b``. A Cholesky
     factor written out; ``None`` when the metric is not positive definite."""
@@ -186,11 +193,11 @@ def _cos_degrees(x: float) -> float:
     return 0.0 if x == 90.0 else math.cos(math.radians(x))  # a right angle exactly, not 6e-17
 
 
-def _rows_from_parameters(a: float, b: float, c: float, alpha: float, beta: float, gamma: float):
+def rows_from_parameters(a: float, b: float, c: float, alpha: float, beta: float, gamma: float):
     """Rows of the cell with edges ``a, b, c`` and angles in degrees, oriented as
     :func:`soft_niggli.lattice.lattice_from_parameters` orients it; ``None`` for impossible angles."""
     ca, cb, cg = (_cos_degrees(x) for x in (alpha, beta, gamma))
-    return _rows_from_metric(a * a, b * b, c * c, 2 * b * c * ca, 2 * a * c * cb, 2 * a * b * cg)
+    return rows_from_metric(a * a, b * b, c * c, 2 * b * c * ca, 2 * a * c * cb, 2 * a * b * cg)
 
 
 # ------------------------------------------------------------------------------ symmetric cells
@@ -231,9 +238,9 @@ def _length(draw, st, avoid=()) -> float:
 def _cell_rows(family: str, a: float, b: float, c: float, angle: float) -> torch.Tensor:
     """Primitive cell (rows) of ``family`` from conventional edges and the family's free angle (degrees)."""
     if family == "rhombohedral":
-        return _tensor(_rows_from_parameters(a, a, a, angle, angle, angle))
+        return float_tensor(rows_from_parameters(a, a, a, angle, angle, angle))
     if family == "monoclinic":
-        return _tensor(_rows_from_parameters(a, b, c, 90.0, angle, 90.0))
+        return float_tensor(rows_from_parameters(a, b, c, 90.0, angle, 90.0))
     h = 0.5
     if family == "hexagonal":
         rows = [[a, 0.0, 0.0], [-h * a, h * _SQRT3 * a, 0.0], [0.0, 0.0, c]]
@@ -245,10 +252,10 @@ def _cell_rows(family: str, a: float, b: float, c: float, angle: float) -> torch
         rows = [[0.0, h * b, h * c], [h * a, 0.0, h * c], [h * a, h * b, 0.0]]
     else:  # orthorhombic_C
         rows = [[h * a, -h * b, 0.0], [h * a, h * b, 0.0], [0.0, 0.0, c]]
-    return _tensor(rows)
+    return float_tensor(rows)
 
 
-def _exact_cell(draw, st, family: str) -> torch.Tensor:
+def exact_cell(draw, st, family: str) -> torch.Tensor:
     """An exact primitive cell of ``family``, in its standard orientation."""
     a = _length(draw, st)
     b = c = a
@@ -280,16 +287,16 @@ def _exact_cell(draw, st, family: str) -> torch.Tensor:
     return _cell_rows(family, a, b, c, angle)
 
 
-def _disturb(draw, st, L: torch.Tensor, F: torch.Tensor | None, noise: float, rotation, rebase):
+def disturb(draw, st, L: torch.Tensor, F: torch.Tensor | None, noise: float, rotation, rebase):
     """Strain ``L`` (and shift ``F``) by a relative amount in {0} ∪ [0, noise], rotate, re-base."""
     eps = draw(st.one_of(st.just(0.0), st.floats(0.0, noise))) if noise > 0 else 0.0
     unit = st.floats(-1.0, 1.0)
     if eps > 0:
-        strain = _tensor(draw(st.lists(unit, min_size=9, max_size=9))).reshape(3, 3)
+        strain = float_tensor(draw(st.lists(unit, min_size=9, max_size=9))).reshape(3, 3)
         L = L @ (torch.eye(3, dtype=torch.float64) + eps * strain)
         if F is not None and len(F):
             n = F.shape[0]
-            F = F + eps * _tensor(draw(st.lists(unit, min_size=3 * n, max_size=3 * n))).reshape(n, 3)
+            F = F + eps * float_tensor(draw(st.lists(unit, min_size=3 * n, max_size=3 * n))).reshape(n, 3)
     L = L @ draw(rotation).T
     M = draw(rebase) if rebase is not None else None
     if F is None:
@@ -302,24 +309,24 @@ def _disturb(draw, st, L: torch.Tensor, F: torch.Tensor | None, noise: float, ro
 # ------------------------------------------------------------------------------ batches
 
 
-def _to_batch(items) -> CrystalBatch:
+def to_batch(items) -> CrystalBatch:
     """:class:`CrystalBatch` from ``(lattice (3, 3), frac (n, 3), species (n,))`` triples."""
     return CrystalBatch(torch.stack([L for L, _, _ in items]), torch.cat([F for _, F, _ in items]),
                         torch.tensor([len(F) for _, F, _ in items], dtype=torch.int64),
                         torch.cat([Z for _, _, Z in items]))
 
 
-def _random_atoms(lattice_strategy, max_atoms: int, max_crystals: int):
+def random_atoms(lattice_strategy, max_atoms: int, max_crystals: int):
     """Strategy for a :class:`CrystalBatch` of 1 to ``max_crystals`` crystals: a lattice of
     ``lattice_strategy`` and 1 to ``max_atoms`` atoms, coordinates uniform in [0, 1), species 1–94."""
-    st = _st()
+    st = hypothesis_strategies()
     coord = st.floats(0.0, 1.0, exclude_max=True)
     atom = st.tuples(st.tuples(coord, coord, coord), st.integers(1, 94))
     crystal = st.tuples(lattice_strategy, st.lists(atom, min_size=1, max_size=max_atoms))
 
     def build(items):
         lattice = torch.stack([L for L, _ in items])
-        frac = _tensor([xyz for _, atoms in items for xyz, _ in atoms])
+        frac = float_tensor([xyz for _, atoms in items for xyz, _ in atoms])
         species = torch.tensor([z for _, atoms in items for _, z in atoms], dtype=torch.int64)
         num_atoms = torch.tensor([len(atoms) for _, atoms in items], dtype=torch.int64)
         return CrystalBatch(lattice, frac, num_atoms, species)

@@ -44,7 +44,8 @@ from collections.abc import Sequence
 import torch
 
 from .._checks import DEFAULT_REL_TOL, check_int, check_real, check_rel_tol
-from ._draw import _check_bool, _choices, _random_atoms, _rebasings, _rotations, _rows_from_metric, _st, _tensor
+from ._draw import (check_bool, choices, float_tensor, hypothesis_strategies, random_atoms, rebasings,
+                    rotation_strategy, rows_from_metric)
 
 __all__ = ["NEAR_FACES", "NEAR_FACE_STRAINS", "near_face_lattices", "near_face_crystals"]
 
@@ -160,17 +161,17 @@ def near_face_lattices(face: str | Sequence[str] | None = None, *, strain: float
         @given(near_face_lattices("equal_lengths", strain=1.0))
         def test_my_loss_is_basis_invariant_at_the_band_edge(L): ...
     """
-    st = _st()
-    faces = _choices(face, NEAR_FACES, "face")
+    st = hypothesis_strategies()
+    faces = choices(face, NEAR_FACES, "face")
     strains = _strains(strain)
     rel_tol = check_rel_tol(rel_tol)
     max_entry = check_int(max_entry, "max_entry", minimum=1)
-    _check_bool(rebase, "rebase")
+    check_bool(rebase, "rebase")
     if max(strains) * rel_tol > _MAX_DISTANCE:
         raise ValueError(f"strain: expected multiples of rel_tol with strain * rel_tol <= {_MAX_DISTANCE:g} "
                          f"(near the face), got {strain!r} at rel_tol = {rel_tol:g}")
-    rotation = _rotations()
-    rebasing = _rebasings(max_entry) if rebase else None
+    rotation = rotation_strategy()
+    rebasing = rebasings(max_entry) if rebase else None
     scale = st.floats(2.0, 8.0)
 
     @st.composite
@@ -178,8 +179,8 @@ def near_face_lattices(face: str | Sequence[str] | None = None, *, strain: float
         name = draw(st.sampled_from(faces))
         distance = draw(st.sampled_from(strains)) * rel_tol
         a2 = draw(scale) ** 2
-        rows = _rows_from_metric(*(a2 * g for g in _near_face_metric(draw, st, name, distance)))
-        L = _tensor(rows) @ draw(rotation).T
+        rows = rows_from_metric(*(a2 * g for g in _near_face_metric(draw, st, name, distance)))
+        L = float_tensor(rows) @ draw(rotation).T
         return L if rebasing is None else draw(rebasing).to(torch.float64) @ L
 
     return draw_lattice()
@@ -202,4 +203,4 @@ def near_face_crystals(face: str | Sequence[str] | None = None, *, strain: float
     check_int(max_atoms, "max_atoms", minimum=1)
     check_int(max_crystals, "max_crystals", minimum=1)
     lattice = near_face_lattices(face, strain=strain, rel_tol=rel_tol, max_entry=max_entry, rebase=rebase)
-    return _random_atoms(lattice, max_atoms, max_crystals)
+    return random_atoms(lattice, max_atoms, max_crystals)

@@ -17,8 +17,8 @@ import torch
 
 from .._checks import check_int
 from ..crystal import CrystalBatch
-from ._draw import (SYMMETRIC_FAMILIES, _check_bool, _choices, _disturb, _exact_cell, _noise_level, _rotations, _st,
-                    _to_batch, _unimodular)
+from ._draw import (SYMMETRIC_FAMILIES, check_bool, choices, disturb, exact_cell, hypothesis_strategies, noise_level,
+                    rotation_strategy, to_batch, unimodular_strategy)
 
 __all__ = ["SYMMETRIC_PROTOTYPES", "symmetric_crystals", "aflow_crystals", "real_crystals"]
 
@@ -53,15 +53,15 @@ _PROTOTYPE_SITES = {
 
 def _symmetric_crystal(st, prototypes: tuple[str, ...], noise: float, rebase: bool, max_atoms: int):
     """Strategy for one crystal ``(lattice (3, 3), frac (n, 3), species (n,))`` of ``prototypes``."""
-    rotation = _rotations()
-    rebasing = _unimodular(1) if rebase else None
+    rotation = rotation_strategy()
+    rebasing = unimodular_strategy(1) if rebase else None
     element = st.integers(1, 94)
 
     @st.composite
     def draw_crystal(draw):
         name = draw(st.sampled_from(prototypes))
         if name == "generic":
-            cell = _exact_cell(draw, st, draw(st.sampled_from(SYMMETRIC_FAMILIES)))
+            cell = exact_cell(draw, st, draw(st.sampled_from(SYMMETRIC_FAMILIES)))
             coord = st.floats(0.0, 1.0, exclude_max=True)
             n = draw(st.integers(1, max_atoms))
             frac = torch.tensor(draw(st.lists(st.tuples(coord, coord, coord), min_size=n, max_size=n)),
@@ -69,12 +69,12 @@ def _symmetric_crystal(st, prototypes: tuple[str, ...], noise: float, rebase: bo
             species = torch.tensor(draw(st.lists(element, min_size=n, max_size=n)), dtype=torch.int64)
         else:
             family, sites = _PROTOTYPE_SITES[name]
-            cell = _exact_cell(draw, st, family)
+            cell = exact_cell(draw, st, family)
             kinds = 1 + max(k for k, _ in sites)
             elements = draw(st.lists(element, min_size=kinds, max_size=kinds, unique=True))
             frac = torch.tensor([x for _, x in sites], dtype=torch.float64)
             species = torch.tensor([elements[k] for k, _ in sites], dtype=torch.int64)
-        lattice, frac = _disturb(draw, st, cell, frac, noise, rotation, rebasing)
+        lattice, frac = disturb(draw, st, cell, frac, noise, rotation, rebasing)
         return lattice, frac, species
 
     return draw_crystal()
@@ -112,17 +112,17 @@ def symmetric_crystals(prototype: str | Sequence[str] | None = None, noise: floa
         @given(symmetric_crystals(("rocksalt", "perovskite"), noise=0.0))
         def test_my_loss_is_zero_on_itself(batch): ...
     """
-    st = _st()
+    st = hypothesis_strategies()
     check_int(max_crystals, "max_crystals", minimum=1)
     check_int(max_atoms, "max_atoms", minimum=1)
-    _check_bool(rebase, "rebase")
-    names = _choices(prototype, SYMMETRIC_PROTOTYPES, "prototype")
+    check_bool(rebase, "rebase")
+    names = choices(prototype, SYMMETRIC_PROTOTYPES, "prototype")
     fitting = tuple(n for n in names if n == "generic" or len(_PROTOTYPE_SITES[n][1]) <= max_atoms)
     if prototype is not None and fitting != names:
         too_big = [n for n in names if n not in fitting]
         raise ValueError(f"prototype: expected prototypes with at most max_atoms = {max_atoms} atoms, got {too_big}")
-    crystal = _symmetric_crystal(st, fitting, _noise_level(noise), rebase, max_atoms)
-    return st.lists(crystal, min_size=1, max_size=max_crystals).map(_to_batch)
+    crystal = _symmetric_crystal(st, fitting, noise_level(noise), rebase, max_atoms)
+    return st.lists(crystal, min_size=1, max_size=max_crystals).map(to_batch)
 
 
 # ------------------------------------------------------------------------------ AFLOW prototypes
@@ -180,12 +180,12 @@ def real_crystals(max_atoms: int = 20, max_crystals: int = 1, *, rebase: bool = 
     unimodular, entries in {-1, 0, 1}; fractional coordinates end in [0, 1). Needs pymatgen, imported
     at the first draw (ImportError then if it is missing).
     """
-    st = _st()
+    st = hypothesis_strategies()
     check_int(max_crystals, "max_crystals", minimum=1)
     check_int(max_atoms, "max_atoms", minimum=1)
-    _check_bool(rebase, "rebase")
-    rotation = _rotations()
-    rebasing = _unimodular(1) if rebase else None
+    check_bool(rebase, "rebase")
+    rotation = rotation_strategy()
+    rebasing = unimodular_strategy(1) if rebase else None
 
     @st.composite
     def draw_crystal(draw):
@@ -194,7 +194,7 @@ def real_crystals(max_atoms: int = 20, max_crystals: int = 1, *, rebase: bool = 
         L = torch.tensor(s.lattice.matrix, dtype=torch.float64)
         F = torch.tensor(s.frac_coords, dtype=torch.float64).reshape(-1, 3)
         Z = torch.tensor(s.atomic_numbers, dtype=torch.int64)
-        L, F = _disturb(draw, st, L, F, 0.0, rotation, rebasing)
+        L, F = disturb(draw, st, L, F, 0.0, rotation, rebasing)
         return L, F, Z
 
-    return st.lists(draw_crystal(), min_size=1, max_size=max_crystals).map(_to_batch)
+    return st.lists(draw_crystal(), min_size=1, max_size=max_crystals).map(to_batch)

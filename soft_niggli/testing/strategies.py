@@ -18,8 +18,9 @@ from collections.abc import Sequence
 import torch
 
 from .._checks import check_int
-from ._draw import (_row_operations, AUTOMORPHISM_COUNTS, SYMMETRIC_FAMILIES, _check_bool, _choices, _disturb, _exact_cell,
-                    _noise_level, _random_atoms, _rotations, _rows_from_parameters, _st, _tensor, _unimodular)
+from ._draw import (AUTOMORPHISM_COUNTS, SYMMETRIC_FAMILIES, check_bool, choices, disturb, exact_cell, float_tensor,
+                    hypothesis_strategies, noise_level, random_atoms, rotation_strategy, row_operations,
+                    rows_from_parameters, unimodular_strategy)
 from .near_face import near_face_lattices
 from .prototypes import symmetric_crystals
 
@@ -38,8 +39,8 @@ def unimodular_matrices(bound: int = 1, proper: bool = False, depth: int = 1):
     if check_int(bound, "bound") not in (1, 2):
         raise ValueError(f"bound: expected 1 or 2, got {bound!r}")
     check_int(depth, "depth", minimum=1)
-    _check_bool(proper, "proper")
-    return _unimodular(bound, proper, depth)
+    check_bool(proper, "proper")
+    return unimodular_strategy(bound, proper, depth)
 
 
 def rotations(proper: bool = False):
@@ -49,12 +50,12 @@ def rotations(proper: bool = False):
     ``proper=False`` it is negated half of the time, which gives reflections (det −1) and a uniform draw
     from O(3) (= SO(3) × {I, −I} in three dimensions).
     """
-    _check_bool(proper, "proper")
-    return _rotations(proper)
+    check_bool(proper, "proper")
+    return rotation_strategy(proper)
 
 
 def _realistic():
-    st = _st()
+    st = hypothesis_strategies()
     length = st.floats(2.0, 30.0)
     angle = st.floats(30.0, 150.0)
 
@@ -65,27 +66,28 @@ def _realistic():
         a, b, c = (math.hypot(*row) for row in rows)
         return rows[0][0] * rows[1][1] * rows[2][2] > 0.2 * a * b * c
 
-    cell = st.tuples(length, length, length, angle, angle, angle).map(lambda p: _rows_from_parameters(*p))
-    cell = cell.filter(plausible).map(_tensor)
-    return st.tuples(cell, _rotations(), _unimodular(1)).map(lambda t: t[2].to(torch.float64) @ t[0] @ t[1].T)
+    cell = st.tuples(length, length, length, angle, angle, angle).map(lambda p: rows_from_parameters(*p))
+    cell = cell.filter(plausible).map(float_tensor)
+    return st.tuples(cell, rotation_strategy(), unimodular_strategy(1)).map(
+        lambda t: t[2].to(torch.float64) @ t[0] @ t[1].T)
 
 
 def _skew(seed: int, num_operations: int, max_entry: int = 10**5) -> torch.Tensor:
     """A unimodular int64 ``(3, 3)``: ``num_operations`` random elementary row operations (row i ±= row j,
     skipped past ``max_entry``), in Python integers."""
-    M = _row_operations([[int(i == j) for j in range(3)] for i in range(3)], num_operations, random.Random(seed),
+    M = row_operations([[int(i == j) for j in range(3)] for i in range(3)], num_operations, random.Random(seed),
                         max_entry)
     return torch.tensor(M, dtype=torch.int64)
 
 
 def _pathological():
-    st = _st()
+    st = hypothesis_strategies()
     base = _realistic()
     unit = st.tuples(*[st.floats(-1.0, 1.0, allow_nan=False)] * 3).filter(lambda v: sum(x * x for x in v) > 1e-2)
 
     def squeeze(args):
         L, v, exponent = args
-        n = _tensor(v)
+        n = float_tensor(v)
         n = n / n.norm()
         P = torch.eye(3, dtype=torch.float64) - (1 - 10.0**exponent) * torch.outer(n, n)
         return L @ P
@@ -94,11 +96,11 @@ def _pathological():
     skewed = st.tuples(base, st.integers(0, 2**31 - 1), st.integers(10, 40)).map(
         lambda t: _skew(t[1], t[2]).to(torch.float64) @ t[0])
     mixed_scale = st.tuples(base, st.tuples(*[st.floats(-6.0, 6.0)] * 3)).map(
-        lambda t: t[0] * (10.0 ** _tensor(t[1]))[:, None])
+        lambda t: t[0] * (10.0 ** float_tensor(t[1]))[:, None])
     needle = st.tuples(base, st.floats(2.0, 8.0)).map(
-        lambda t: t[0] * _tensor([10.0 ** t[1], 1.0, 1.0])[:, None])
+        lambda t: t[0] * float_tensor([10.0 ** t[1], 1.0, 1.0])[:, None])
     plate = st.tuples(base, st.floats(-8.0, -2.0)).map(
-        lambda t: t[0] * _tensor([10.0 ** t[1], 1.0, 1.0])[:, None])
+        lambda t: t[0] * float_tensor([10.0 ** t[1], 1.0, 1.0])[:, None])
     overall = st.tuples(base, st.floats(-100.0, 100.0)).map(lambda t: t[0] * 10.0 ** t[1])
     rank2 = st.tuples(base, st.integers(-3, 3), st.integers(-3, 3)).map(
         lambda t: torch.stack([t[0][0], t[0][1], t[1] * t[0][0] + t[2] * t[0][1]]))
@@ -106,11 +108,11 @@ def _pathological():
 
 
 def _any_float():
-    st = _st()
+    st = hypothesis_strategies()
     special = st.sampled_from([0.0, -0.0, float("nan"), float("inf"), -float("inf"), 1e308, -1e308, 5e-324,
                                1e-300, 1.0, -1.0])
     value = st.one_of(st.floats(allow_nan=True, allow_infinity=True, width=64), special)
-    return st.lists(value, min_size=9, max_size=9).map(lambda v: _tensor(v).reshape(3, 3))
+    return st.lists(value, min_size=9, max_size=9).map(lambda v: float_tensor(v).reshape(3, 3))
 
 
 def symmetric_lattices(family: str | Sequence[str] | None = None, noise: float = 1e-3, rebase: bool = True):
@@ -135,17 +137,17 @@ def symmetric_lattices(family: str | Sequence[str] | None = None, noise: float =
         @given(symmetric_lattices(("cubic_F", "hexagonal"), noise=0.0))
         def test_reduction_keeps_volume(L): ...
     """
-    st = _st()
-    families = _choices(family, SYMMETRIC_FAMILIES, "family")
-    noise = _noise_level(noise)
-    _check_bool(rebase, "rebase")
-    rotation = _rotations()
-    rebasing = _unimodular(1) if rebase else None
+    st = hypothesis_strategies()
+    families = choices(family, SYMMETRIC_FAMILIES, "family")
+    noise = noise_level(noise)
+    check_bool(rebase, "rebase")
+    rotation = rotation_strategy()
+    rebasing = unimodular_strategy(1) if rebase else None
 
     @st.composite
     def draw_lattice(draw):
-        cell = _exact_cell(draw, st, draw(st.sampled_from(families)))
-        return _disturb(draw, st, cell, None, noise, rotation, rebasing)[0]
+        cell = exact_cell(draw, st, draw(st.sampled_from(families)))
+        return disturb(draw, st, cell, None, noise, rotation, rebasing)[0]
 
     return draw_lattice()
 
@@ -189,4 +191,4 @@ def crystals(max_atoms: int = 8, max_crystals: int = 3, lattice_kind: str = "rea
     check_int(max_crystals, "max_crystals", minimum=1)
     if lattice_kind == "symmetric":
         return symmetric_crystals(max_atoms=max_atoms, max_crystals=max_crystals)
-    return _random_atoms(lattices(lattice_kind), max_atoms, max_crystals)
+    return random_atoms(lattices(lattice_kind), max_atoms, max_crystals)
