@@ -23,7 +23,7 @@ from .base import CrystalLoss
 from .candidates import candidate_set
 from .options import choice_option, flag_option, int_option, positive_option, rel_tol_option
 from .periodic import periodic_loss_of_pairs
-from .terms import coordinate_term, lattice_term, tie_tolerance
+from .terms import coordinate_term, form_penalty, lattice_term, tie_tolerance
 from .windows import WindowMargin, grouped_window_candidates
 
 __all__ = ["CandidateSoftmin", "CENTERS"]
@@ -64,13 +64,34 @@ class CandidateSoftmin(CrystalLoss):
 
     def _label_frame(self, lattice: torch.Tensor):
         """:func:`~soft_niggli.losses._label_forms.weighted_form_classes` of ``lattice (B, 3, 3)`` with this
-        loss's ``automorphism_rel_tol`` and ``proper``."""
-        return weighted_form_classes(lattice, self.automorphism_rel_tol, self.proper)
+        loss's ``automorphism_rel_tol`` and ``proper``, each class weighted by :meth:`_class_log_weight`."""
+        return weighted_form_classes(lattice, self.automorphism_rel_tol, self.proper, self._class_log_weight)
+
+    def _class_log_weight(self, weight: torch.Tensor, form: torch.Tensor) -> torch.Tensor:
+        """``(C,)`` float64 log of the softmin's weight of a class of the label's reduced forms, of weight
+        ``weight (C,)`` (:meth:`~soft_niggli.canonical.ReducedForms.weights`, in (0, 1]) with the form
+        ``form (C, 3, 3)``: ``-p / τ``, ``p`` its :func:`~soft_niggli.losses.terms.form_penalty`,
+        ``(1 / w - 1)`` times the loss's own scale ``S`` (``lattice_weight · ‖R‖² / 9`` plus a quarter of
+        the coordinate term's), what the nearest-form losses add to a faded form too.
+
+        0 for a fully canonical class (``w = 1``: exact symmetries and faces score as without weights),
+        C¹ where a form starts to fade (``1 / w - 1`` grows as ``x²`` from the band's inner edge, ``x``
+        the form's position in the band), and ``-inf`` where it leaves the set (``w → 0``), so it leaves
+        the softmin continuously. Where a fading class holds the candidate nearest the prediction, ``Δ``
+        ahead of the others' best, the loss follows its penalty while that is below about ``Δ``, with a
+        slope in ``x`` of at most about ``π (√(Δ S) + Δ^{3/2} / √S)``; the ~1e-14 by which a label given in
+        another basis is another cell moves ``x`` by ~1e-9. With ``p = -τ log w`` that slope would reach
+        ``π τ exp(Δ / 2τ)`` (``w`` falls as ``(1 - x)²`` at the edge): 1e-7 of the loss for a lead of 23 τ.
+        """
+        return -form_penalty(weight, form, self.lattice_weight, self.coord_weight, self.coords) / self.tau
 
     def _label_rows(self, labels: CrystalBatch) -> Rows:
         """:class:`Rows` of the label batch: :meth:`_label_frame` (remembered per label lattice, see
         ``cache_bytes``) and the atoms in each row's basis."""
-        crystal, T, T_inv, relative, lattice, log_weight = self._rows_cache(labels.lattice.detach(), self._label_frame)
+        # The classes' weights depend on these options too (_class_log_weight).
+        tag = repr((self.tau, self.lattice_weight, self.coord_weight, self.coords)).encode()
+        crystal, T, T_inv, relative, lattice, log_weight = self._rows_cache(labels.lattice.detach(), self._label_frame,
+                                                                            tag)
         T_inv = T_inv.to(labels.dtype)
         atom, row_of_atom = repeat_atoms(labels.num_atoms, crystal)
         frac = (labels.frac.detach()[atom][:, None, :] @ T_inv[row_of_atom]).squeeze(1)
@@ -109,8 +130,9 @@ class CandidateSoftmin(CrystalLoss):
         return tau, max(1e-6, 256 * torch.finfo(dtype).eps)  # the floor: above the exact terms' rounding
 
     def _penalty(self, rows: Rows, lattice_weight: float) -> torch.Tensor:
-        """``(R,)`` float64 each row's weight as a lattice term: ``-τ log w / lattice_weight`` (0 for a
-        fully canonical class), what its candidates are ranked with against the other classes'."""
+        """``(R,)`` float64 each row's weight as a lattice term: ``-τ log w / lattice_weight`` with ``log w``
+        its :meth:`_class_log_weight` (0 for a fully canonical class), what its candidates are ranked with
+        against the other classes'."""
         tau, _ = self._taper_parameters(lattice_weight, torch.float64)
         return -tau * rows.log_weight
 
