@@ -118,9 +118,10 @@ class CandidateSoftmin(CrystalLoss):
     def _taper_width(self, lattice_weight: float, kth: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
         """Width ``(B,)``, in lattice-term units, of the taper beyond the k-th candidate's term ``t_k``:
         1% of ``t_k`` plus 1e-6 (float64; 256 ulps in float32) of the cells' mean squared entry
-        (``scale``: ‖L_p‖² + ‖L_ref‖²), at most τ of the distance. Wide enough that a tie broken by a small
-        move stays inside it (ties split by far less than 1% of the terms), narrow enough not to keep the
-        crowd of candidates that differ only by short vectors of a layered cell."""
+        (``scale``: ‖L_p‖² plus the label's :meth:`_label_size`), at most τ of the distance. Wide enough
+        that a tie broken by a small move stays inside it (ties split by far less than 1% of the terms),
+        narrow enough not to keep the crowd of candidates that differ only by short vectors of a layered
+        cell."""
         tau, floor = self._taper_parameters(lattice_weight, scale.dtype)
         return torch.clamp(0.01 * kth + floor * scale / 18, max=tau)
 
@@ -128,6 +129,16 @@ class CandidateSoftmin(CrystalLoss):
         """The taper's cap (τ in lattice-term units) and floor (relative to the cells' size)."""
         tau = self.tau / lattice_weight if lattice_weight > 0 else self.tau
         return tau, max(1e-6, 256 * torch.finfo(dtype).eps)  # the floor: above the exact terms' rounding
+
+    def _label_size(self, rows: Rows, B: int) -> torch.Tensor:
+        """``(B,)`` float64 the label's squared size ``‖R‖²`` (the taper's scale, with the prediction's),
+        averaged over the classes of its forms with their weights in the softmin. Neither which class a
+        candidate is taken from nor the order the classes come in (equal weights tie, in an order set by
+        the label's basis) enters, and a class fading out of the set takes its share with it."""
+        weight = torch.exp(rows.log_weight)
+        size = rows.lattice.detach().double().square().sum(dim=(1, 2))
+        total = torch.zeros(B, dtype=torch.float64, device=size.device).index_add(0, rows.crystal, weight)
+        return torch.zeros_like(total).index_add(0, rows.crystal, weight * size) / total.clamp_min(1e-300)
 
     def _penalty(self, rows: Rows, lattice_weight: float) -> torch.Tensor:
         """``(R,)`` float64 each row's weight as a lattice term: ``-τ log w / lattice_weight`` with ``log w``
@@ -156,7 +167,8 @@ class CandidateSoftmin(CrystalLoss):
         n, B, n_frames = rows.crystal.shape[0], frames[0][0].shape[0], len(frames)
         L_cmp = torch.cat([f[0].detach()[rows.crystal] for f in frames])
         L_ref = rows.lattice.repeat(n_frames, 1, 1)
-        scale = L_cmp.square().sum(dim=(1, 2)) + L_ref.square().sum(dim=(1, 2))
+        label_size = self._label_size(rows, B)[rows.crystal].repeat(n_frames).to(L_cmp.dtype)
+        scale = L_cmp.square().sum(dim=(1, 2)) + label_size
         # The taper's width (_taper_width), plus a few ulps: the search's sums round differently from
         # the exact terms.
         tau, floor = self._taper_parameters(lattice_weight, scale.dtype)
@@ -185,7 +197,7 @@ class CandidateSoftmin(CrystalLoss):
         """``(Q,)`` float64 log of each candidate's weight: its row's (the forms' class) plus the taper's,
         ``(1 + cos πx) / 2`` with ``x = (e - t_k) / w`` in [0, 1] (``-inf`` at ``x = 1``), ``e`` the lattice
         term plus the row's :meth:`_penalty`, ``t_k`` the k-th smallest ``e`` of its (frame, crystal) and
-        ``w`` :meth:`_taper_width` (of the cells' smallest size over the crystal's rows). The threshold
+        ``w`` :meth:`_taper_width` (of the prediction's size plus :meth:`_label_size`). The threshold
         comes from the exact terms, per frame: the sums that chose the window round differently in every
         basis (more than the exact terms do)."""
         B = frames[0][0].shape[0]
@@ -195,9 +207,7 @@ class CandidateSoftmin(CrystalLoss):
         e = lat.double() + self._penalty(rows, lattice_weight)[pairs.row]
         kth = kth_smallest(e, group, len(frames) * B, k)[group]
         L_cmp = torch.stack([f[0].detach() for f in frames])[pairs.frame, crystal]
-        size = (L_cmp.square().sum(dim=(1, 2)) + rows.lattice[pairs.row].square().sum(dim=(1, 2))).double()
-        size = torch.full((len(frames) * B,), math.inf, dtype=size.dtype, device=size.device).scatter_reduce(
-            0, group, size, "amin")[group]
+        size = L_cmp.square().sum(dim=(1, 2)).double() + self._label_size(rows, B)[crystal]
         width = self._taper_width(lattice_weight, kth, size.to(lat.dtype)).double()
         x = ((e - kth) / width).clamp(0, 1)
         taper = 0.5 * (1 + torch.cos(math.pi * x))
