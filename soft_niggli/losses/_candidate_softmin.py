@@ -23,7 +23,7 @@ from .base import CrystalLoss
 from .candidates import candidate_set
 from .options import choice_option, flag_option, int_option, positive_option, rel_tol_option
 from .periodic import periodic_loss_of_pairs
-from .terms import coordinate_term, lattice_term, tie_tolerance
+from .terms import coordinate_term, form_penalty, lattice_term, tie_tolerance
 from .windows import WindowMargin, grouped_window_candidates
 
 __all__ = ["CandidateSoftmin", "CENTERS"]
@@ -64,13 +64,34 @@ class CandidateSoftmin(CrystalLoss):
 
     def _label_frame(self, lattice: torch.Tensor):
         """:func:`~soft_niggli.losses._label_forms.weighted_form_classes` of ``lattice (B, 3, 3)`` with this
-        loss's ``automorphism_rel_tol`` and ``proper``."""
-        return weighted_form_classes(lattice, self.automorphism_rel_tol, self.proper)
+        loss's ``automorphism_rel_tol`` and ``proper``, each class weighted by :meth:`_class_log_weight`."""
+        return weighted_form_classes(lattice, self.automorphism_rel_tol, self.proper, self._class_log_weight)
+
+    def _class_log_weight(self, weight: torch.Tensor, form: torch.Tensor) -> torch.Tensor:
+        """``(C,)`` float64 log of the softmin's weight of a class of the label's reduced forms, of weight
+        ``weight (C,)`` (:meth:`~soft_niggli.canonical.ReducedForms.weights`, in (0, 1]) with the form
+        ``form (C, 3, 3)``: ``-p / τ``, ``p`` its :func:`~soft_niggli.losses.terms.form_penalty`,
+        ``(1 / w - 1)`` times the loss's own scale ``S`` (``lattice_weight · ‖R‖² / 9`` plus a quarter of
+        the coordinate term's), what the nearest-form losses add to a faded form too.
+
+        0 for a fully canonical class (``w = 1``: exact symmetries and faces score as without weights),
+        C¹ where a form starts to fade (``1 / w - 1`` grows as ``x²`` from the band's inner edge, ``x``
+        the form's position in the band), and ``-inf`` where it leaves the set (``w → 0``), so it leaves
+        the softmin continuously. Where a fading class holds the candidate nearest the prediction, ``Δ``
+        ahead of the others' best, the loss follows its penalty while that is below about ``Δ``, with a
+        slope in ``x`` of at most about ``π (√(Δ S) + Δ^{3/2} / √S)``; the ~1e-14 by which a label given in
+        another basis is another cell moves ``x`` by ~1e-9. With ``p = -τ log w`` that slope would reach
+        ``π τ exp(Δ / 2τ)`` (``w`` falls as ``(1 - x)²`` at the edge): 1e-7 of the loss for a lead of 23 τ.
+        """
+        return -form_penalty(weight, form, self.lattice_weight, self.coord_weight, self.coords) / self.tau
 
     def _label_rows(self, labels: CrystalBatch) -> Rows:
         """:class:`Rows` of the label batch: :meth:`_label_frame` (remembered per label lattice, see
         ``cache_bytes``) and the atoms in each row's basis."""
-        crystal, T, T_inv, relative, lattice, log_weight = self._rows_cache(labels.lattice.detach(), self._label_frame)
+        # The classes' weights depend on these options too (_class_log_weight).
+        tag = repr((self.tau, self.lattice_weight, self.coord_weight, self.coords)).encode()
+        crystal, T, T_inv, relative, lattice, log_weight = self._rows_cache(labels.lattice.detach(), self._label_frame,
+                                                                            tag)
         T_inv = T_inv.to(labels.dtype)
         atom, row_of_atom = repeat_atoms(labels.num_atoms, crystal)
         frac = (labels.frac.detach()[atom][:, None, :] @ T_inv[row_of_atom]).squeeze(1)
@@ -97,9 +118,10 @@ class CandidateSoftmin(CrystalLoss):
     def _taper_width(self, lattice_weight: float, kth: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
         """Width ``(B,)``, in lattice-term units, of the taper beyond the k-th candidate's term ``t_k``:
         1% of ``t_k`` plus 1e-6 (float64; 256 ulps in float32) of the cells' mean squared entry
-        (``scale``: ‖L_p‖² + ‖L_ref‖²), at most τ of the distance. Wide enough that a tie broken by a small
-        move stays inside it (ties split by far less than 1% of the terms), narrow enough not to keep the
-        crowd of candidates that differ only by short vectors of a layered cell."""
+        (``scale``: ‖L_p‖² plus the label's :meth:`_label_size`), at most τ of the distance. Wide enough
+        that a tie broken by a small move stays inside it (ties split by far less than 1% of the terms),
+        narrow enough not to keep the crowd of candidates that differ only by short vectors of a layered
+        cell."""
         tau, floor = self._taper_parameters(lattice_weight, scale.dtype)
         return torch.clamp(0.01 * kth + floor * scale / 18, max=tau)
 
@@ -108,9 +130,20 @@ class CandidateSoftmin(CrystalLoss):
         tau = self.tau / lattice_weight if lattice_weight > 0 else self.tau
         return tau, max(1e-6, 256 * torch.finfo(dtype).eps)  # the floor: above the exact terms' rounding
 
+    def _label_size(self, rows: Rows, B: int) -> torch.Tensor:
+        """``(B,)`` float64 the label's squared size ``‖R‖²`` (the taper's scale, with the prediction's),
+        averaged over the classes of its forms with their weights in the softmin. Neither which class a
+        candidate is taken from nor the order the classes come in (equal weights tie, in an order set by
+        the label's basis) enters, and a class fading out of the set takes its share with it."""
+        weight = torch.exp(rows.log_weight)
+        size = rows.lattice.detach().double().square().sum(dim=(1, 2))
+        total = torch.zeros(B, dtype=torch.float64, device=size.device).index_add(0, rows.crystal, weight)
+        return torch.zeros_like(total).index_add(0, rows.crystal, weight * size) / total.clamp_min(1e-300)
+
     def _penalty(self, rows: Rows, lattice_weight: float) -> torch.Tensor:
-        """``(R,)`` float64 each row's weight as a lattice term: ``-τ log w / lattice_weight`` (0 for a
-        fully canonical class), what its candidates are ranked with against the other classes'."""
+        """``(R,)`` float64 each row's weight as a lattice term: ``-τ log w / lattice_weight`` with ``log w``
+        its :meth:`_class_log_weight` (0 for a fully canonical class), what its candidates are ranked with
+        against the other classes'."""
         tau, _ = self._taper_parameters(lattice_weight, torch.float64)
         return -tau * rows.log_weight
 
@@ -134,7 +167,8 @@ class CandidateSoftmin(CrystalLoss):
         n, B, n_frames = rows.crystal.shape[0], frames[0][0].shape[0], len(frames)
         L_cmp = torch.cat([f[0].detach()[rows.crystal] for f in frames])
         L_ref = rows.lattice.repeat(n_frames, 1, 1)
-        scale = L_cmp.square().sum(dim=(1, 2)) + L_ref.square().sum(dim=(1, 2))
+        label_size = self._label_size(rows, B)[rows.crystal].repeat(n_frames).to(L_cmp.dtype)
+        scale = L_cmp.square().sum(dim=(1, 2)) + label_size
         # The taper's width (_taper_width), plus a few ulps: the search's sums round differently from
         # the exact terms.
         tau, floor = self._taper_parameters(lattice_weight, scale.dtype)
@@ -163,7 +197,7 @@ class CandidateSoftmin(CrystalLoss):
         """``(Q,)`` float64 log of each candidate's weight: its row's (the forms' class) plus the taper's,
         ``(1 + cos πx) / 2`` with ``x = (e - t_k) / w`` in [0, 1] (``-inf`` at ``x = 1``), ``e`` the lattice
         term plus the row's :meth:`_penalty`, ``t_k`` the k-th smallest ``e`` of its (frame, crystal) and
-        ``w`` :meth:`_taper_width` (of the cells' smallest size over the crystal's rows). The threshold
+        ``w`` :meth:`_taper_width` (of the prediction's size plus :meth:`_label_size`). The threshold
         comes from the exact terms, per frame: the sums that chose the window round differently in every
         basis (more than the exact terms do)."""
         B = frames[0][0].shape[0]
@@ -173,9 +207,7 @@ class CandidateSoftmin(CrystalLoss):
         e = lat.double() + self._penalty(rows, lattice_weight)[pairs.row]
         kth = kth_smallest(e, group, len(frames) * B, k)[group]
         L_cmp = torch.stack([f[0].detach() for f in frames])[pairs.frame, crystal]
-        size = (L_cmp.square().sum(dim=(1, 2)) + rows.lattice[pairs.row].square().sum(dim=(1, 2))).double()
-        size = torch.full((len(frames) * B,), math.inf, dtype=size.dtype, device=size.device).scatter_reduce(
-            0, group, size, "amin")[group]
+        size = L_cmp.square().sum(dim=(1, 2)).double() + self._label_size(rows, B)[crystal]
         width = self._taper_width(lattice_weight, kth, size.to(lat.dtype)).double()
         x = ((e - kth) / width).clamp(0, 1)
         taper = 0.5 * (1 + torch.cos(math.pi * x))

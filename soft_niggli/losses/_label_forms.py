@@ -32,7 +32,7 @@ class Rows(NamedTuple):
     first: torch.Tensor  # (R,) int64
     num_atoms: torch.Tensor  # (R,) int64
     species: torch.Tensor | None  # (A,)
-    log_weight: torch.Tensor  # (R,) float64, log of the class's weight (its members' largest)
+    log_weight: torch.Tensor  # (R,) float64, log of the class's weight in the softmin (0 if fully canonical)
 
 
 
@@ -64,14 +64,15 @@ class FrameCache:
     def __setstate__(self, state):
         self.__init__(state["max_bytes"])
 
-    def __call__(self, lattice: torch.Tensor, compute):
+    def __call__(self, lattice: torch.Tensor, compute, tag: bytes = b""):
         """``compute(lattice)`` (packed rows ``(crystal, *per-row tensors)``) with rows of lattices seen
-        before taken from memory; same result, same order."""
+        before taken from memory; same result, same order. ``tag``: what else ``compute`` depends on
+        (entries of another tag are not reused)."""
         B, device = lattice.shape[0], lattice.device
         if not self.max_bytes or not B or not has_values(lattice):
             return compute(lattice)
         values = lattice.to("cpu", torch.float64).contiguous().numpy()  # exact for every float dtype
-        tag = str(lattice.dtype).encode()
+        tag = str(lattice.dtype).encode() + b"|" + tag + b"|"
         keys = [tag + values[b].tobytes() for b in range(B)]
         with self._lock:
             entries = [self._entries.get(key) for key in keys]
@@ -104,7 +105,7 @@ class FrameCache:
                            for i in range(len(entries[0]))))
 
 
-def weighted_form_classes(lattice: torch.Tensor, rel_tol: float, proper: bool):
+def weighted_form_classes(lattice: torch.Tensor, rel_tol: float, proper: bool, log_weight_of=None):
     """``(crystal, transform, its inverse, relative, lattice, log_weight)`` of the rows of ``lattice (B, 3,
     3)`` (see :class:`Rows`).
 
@@ -112,7 +113,11 @@ def weighted_form_classes(lattice: torch.Tensor, rel_tol: float, proper: bool):
     ``rel_tol``, weighed by :meth:`~soft_niggli.canonical.ReducedForms.weights`),
     whatever basis it came in, grouped into classes that differ by a signed permutation ``S`` (``U S
     = U``: the same candidates; with ``proper``, ``det S = 1`` only), each weighted by its members'
-    largest weight; classes of weight 0 (all members at the tolerance's edge) are left out.
+    largest weight ``w``; classes of weight 0 (all members at the tolerance's edge, or a
+    ``log_weight`` of ``-inf``) are left out.
+    ``log_weight`` is ``log_weight_of(w (C,), form (C, 3, 3))``, a non-increasing function of ``w``
+    that is 0 at ``w = 1`` (``log w`` by default); within a crystal the rows come by decreasing
+    ``log_weight``.
     """
     forms = reduced_forms(lattice, rel_tol=rel_tol)
     weight = forms.weights(rel_tol)
@@ -121,15 +126,19 @@ def weighted_form_classes(lattice: torch.Tensor, rel_tol: float, proper: bool):
         0, cls, weight, "amax", include_self=False)
     keep = w > 0
     rep, w = first[keep], w[keep]
+    log_w = w.log() if log_weight_of is None else log_weight_of(w, forms.lattice[rep]).double()
+    keep = log_w > -torch.inf  # a weight too small to hold in float64 counts as 0
+    rep, log_w = rep[keep], log_w[keep]
     # Within a crystal, the heaviest class first (the window search wants rows by increasing penalty).
-    order = torch.from_numpy(np.lexsort((np.arange(rep.shape[0]), -w.cpu().numpy(), forms.owner[rep].cpu().numpy())))
-    rep, w = rep[order.to(rep.device)], w[order.to(w.device)]
+    order = torch.from_numpy(np.lexsort((np.arange(rep.shape[0]), -log_w.cpu().numpy(),
+                                         forms.owner[rep].cpu().numpy())))
+    rep, log_w = rep[order.to(rep.device)], log_w[order.to(log_w.device)]
     T, owner = forms.transform[rep], forms.owner[rep]
     T_inv = integer_inverse(T)
     head = torch.full((lattice.shape[0],), owner.shape[0], dtype=torch.int64, device=owner.device).scatter_reduce(
         0, owner, torch.arange(owner.shape[0], device=owner.device), "amin")  # each crystal's first row
     relative = torch.from_numpy(T.cpu().numpy() @ T_inv.cpu().numpy()[head[owner].cpu().numpy()]).to(owner.device)
-    return owner, T, T_inv, relative, forms.lattice[rep], w.log()
+    return owner, T, T_inv, relative, forms.lattice[rep], log_w
 
 
 def form_classes(owner: torch.Tensor, T: torch.Tensor, proper: bool) -> tuple[torch.Tensor, torch.Tensor]:

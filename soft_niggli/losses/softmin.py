@@ -30,12 +30,17 @@ came in and nothing jumps when a tiny change breaks a symmetry or moves a form a
   the input basis, and a loss centred on it does too. The candidates are the union of ``U R`` over
   every form ``R``, grouped in classes that differ by a signed permutation (``U S = U``: the same
   candidates), and each candidate counts once, with the largest weight of a class that reaches it.
-  A form's weight (:meth:`~soft_niggli.canonical.ReducedForms.weights`) is 1 while it meets the
+  A form's weight ``w`` (:meth:`~soft_niggli.canonical.ReducedForms.weights`) is 1 while it meets the
   conditions within half the tolerance and falls smoothly to 0 at the tolerance, where it leaves the
-  set: nothing jumps as a strained label moves a form across the edge. Exact symmetries and faces
-  weigh 1.
+  set. Its class's candidates enter the softmin with a penalty ``p`` added to their distances (weight
+  ``w_Y = exp(-p / τ)``), :func:`~soft_niggli.losses.terms.form_penalty`: ``(1 / w - 1)`` times the
+  loss's own scale (``lattice_weight · ‖R‖² / 9`` plus a quarter of the coordinate term's), 0 at ``w =
+  1`` and unbounded as ``w → 0``. Nothing jumps as a strained label moves a form across the edge, and
+  exact symmetries and faces score as without weights. (``p = -τ log w`` would do that too, but grows
+  so slowly that a class close to the edge can still hold the candidate nearest the prediction, and the
+  loss then follows ``log w``'s steep slope there, amplifying the label's rounding.)
 * **No hard top-k: a tapered window.** Per crystal, with ``t_k`` the ``top_k``-th smallest of the
-  distinct candidates' lattice terms, each plus ``-τ log`` of its class's weight, every candidate up
+  distinct candidates' lattice terms, each plus its class's penalty, every candidate up
   to ``t_k + w`` is kept (``w``: 1% of ``t_k`` plus 1e-6 of the cells' mean squared entry, at most τ of
   the distance), and those beyond ``t_k`` are weighed down smoothly, by ``(1 + cos πx) / 2`` with
   ``x = (e - t_k) / w``, to 0 at the edge. With ``lattice_metric="gram"`` all automorphisms of a
