@@ -11,7 +11,7 @@
  *   reduced_forms                          soft_niggli/canonical.py, `reduced_forms`
  *   ball_vectors                           soft_niggli/losses/invariants.py, `theta_series`
  *
- * tests/test_loss_kernel.py compares each with its counterpart. Buffers come from NumPy views of
+ * tests/losses/test_loss_kernel.py compares each with its counterpart. Buffers come from NumPy views of
  * contiguous CPU tensors; every size and index is checked here (a mismatch is a ValueError).
  *
  * ---- the periodic term of many pairs ----

@@ -33,7 +33,7 @@ diagonal). On CPU tensors a compiled branch and bound over the rows (``soft_nigg
 enumerates exactly the candidates within reach, for any cell; elsewhere (GPU tensors, or no C
 compiler at install) PyTorch combines the ``r`` best vectors per row, ``r³`` triples instead of K
 matrices, with a bound that proves no other candidate is in the window (else that crystal is scored
-in full). Both return the same window (tests/test_continuous_terms.py checks each against scoring
+in full). Both return the same window (tests/losses/test_continuous_terms.py checks each against scoring
 all K candidates).
 """
 
@@ -298,7 +298,7 @@ def grouped_window_candidates(L_pred: torch.Tensor, L_ref: torch.Tensor, k: int,
 
     On CPU tensors one compiled search per group (``soft_niggli/_loss_kernel.c``, ``window_groups``): its
     later rows search only below the group's limit so far. Elsewhere :func:`window_candidates` per row,
-    then the same choice in PyTorch (tests/test_loss_kernel.py checks that both agree).
+    then the same choice in PyTorch (tests/losses/test_loss_kernel.py checks that both agree).
     """
     with torch.no_grad():
         n, device = L_pred.shape[0], L_pred.device
