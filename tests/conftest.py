@@ -25,7 +25,7 @@ from hypothesis import HealthCheck, settings
 # A failure prints its @reproduce_failure blob; pin the failing input as an explicit @example.
 # The deadline is off because a loss on a busy CI machine can take longer than 200 ms per example, and
 # that is not what these tests check; the strategies themselves must stay fast
-# (tests/test_testing.py checks their draw time).
+# (tests/testing/test_testing.py checks their draw time).
 _SUPPRESSED = [HealthCheck.too_slow, HealthCheck.filter_too_much]
 settings.register_profile("default", deadline=None, max_examples=60, suppress_health_check=_SUPPRESSED)
 settings.register_profile("ci", deadline=None, max_examples=60, derandomize=True, suppress_health_check=_SUPPRESSED)

@@ -22,7 +22,7 @@ clean crystal ``(L̂_1, f̂_1)`` (x₁-prediction), as DiffCSP's CSPNet does for
 Every input feature is invariant to rotations and reflections of ``L_t`` (``G``), to a common translation
 of ``f_t`` (only differences ``f_j − f_i`` enter) and to the atom order (mean aggregation), so the lattice
 output is O(3)-equivariant, the coordinate output translation- and permutation-equivariant (tested in
-``tests/test_generative.py``). The network sees ``G``, which cannot tell a basis from its mirror image:
+``tests/benchmarks/test_generative.py``). The network sees ``G``, which cannot tell a basis from its mirror image:
 handedness is the prior's business (``--align-prior`` in :mod:`benchmarks.generative`). Crystals are
 processed padded to the batch's largest crystal (``(B, N, N, ·)`` edge tensors), which is simple and
 fast for the ≤ 24 atoms of perov_5, carbon_24 and mp_20.

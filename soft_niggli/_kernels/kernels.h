@@ -12,7 +12,7 @@
  *
  * (The reducer's loop is an extension of its own, soft_niggli/niggli/_niggli_kernel.c.) Each function is the
  * counterpart of a PyTorch (or NumPy) function that stays the reference and the fallback where its
- * extension was not built (or the tensors are on a GPU); tests/test_loss_kernel.py and
+ * extension was not built (or the tensors are on a GPU); tests/losses/test_loss_kernel.py and
  * tests/test_lattice_kernel.py compare each with its counterpart. Buffers come from NumPy views of
  * contiguous CPU tensors; every size and index is checked (a mismatch is a ValueError). Lattices are
  * 3x3 with the lattice vectors as rows, as everywhere in soft_niggli.

@@ -115,8 +115,8 @@ class SoftminLoss(CandidateSoftmin):
     order, translations removed) or the Sinkhorn divergence of
     :func:`~soft_niggli.losses.sinkhorn.sinkhorn_coordinate_loss` (``coords="sinkhorn"``, atom order free).
 
-    Invariances (tested on symmetric, near-face and real crystals, ``tests/test_symmetric_invariance.py``,
-    ``tests/test_labels_near_faces.py``): to the label's basis, exactly (the candidates are built on the
+    Invariances (tested on symmetric, near-face and real crystals, ``tests/losses/test_symmetric_invariance.py``,
+    ``tests/losses/test_labels_near_faces.py``): to the label's basis, exactly (the candidates are built on the
     set of its reduced forms, the same for every basis, weighted by their distance from the Niggli
     conditions, and ties are kept); to translations and wraps of either structure; to rotations of the
     label with ``lattice_metric="gram"``; to atom order with ``coords="sinkhorn"`` (up to its

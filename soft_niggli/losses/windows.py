@@ -16,7 +16,7 @@ enumerates exactly the candidates within reach, for any cell; elsewhere (GPU ten
 compiler at install) PyTorch combines the ``r`` best vectors per row, ``r³`` triples instead of K
 matrices, with a bound that proves no other candidate is in the window (else that crystal is scored
 in full by :func:`~soft_niggli.losses.candidates.candidate_lattice_terms`). Both return the same
-window (tests/test_continuous_terms.py checks each against scoring all K candidates).
+window (tests/losses/test_continuous_terms.py checks each against scoring all K candidates).
 """
 
 from __future__ import annotations
@@ -140,7 +140,7 @@ def grouped_window_candidates(L_pred: torch.Tensor, L_ref: torch.Tensor, k: int,
 
     On CPU tensors one compiled search per group (``soft_niggli/_kernels/window.c``, ``window_groups``): its
     later rows search only below the group's limit so far. Elsewhere :func:`window_candidates` per row,
-    then the same choice in PyTorch (tests/test_loss_kernel.py checks that both agree).
+    then the same choice in PyTorch (tests/losses/test_loss_kernel.py checks that both agree).
     """
     with torch.no_grad():
         n, device = L_pred.shape[0], L_pred.device

@@ -7,7 +7,7 @@
  *
  * It is a line-by-line port: the same comparisons, tolerances and order of floating-point operations,
  * so that it returns bit for bit the same lattices, transforms, statuses and iteration counts as the
- * NumPy core (tests/test_niggli_kernel.py checks this on hypothesis cells). The NumPy core stays the
+ * NumPy core (tests/niggli/test_niggli_kernel.py checks this on hypothesis cells). The NumPy core stays the
  * reference and the fallback where this module was not built; the comments on *why* live there.
  *
  * Row convention: a cell is 9 doubles, row-major, rows are the lattice vectors a, b, c; the basis
@@ -23,7 +23,8 @@
 #include <stdint.h>
 #include <string.h>
 
-/* Must match soft_niggli/niggli/_constants.py (exported as module attributes; tests/test_niggli_kernel.py compares). */
+/* Must match soft_niggli/niggli/_constants.py (exported as module attributes;
+ * tests/niggli/test_niggli_kernel.py compares). */
 #define PLAIN_PRODUCT_ERROR 0x1p-50
 #define EXACT_PRODUCT_ERROR 0x1p-98
 #define SPLIT 67108864.0 /* 2**26, as TWO26 below */

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import importlib.util
 import re
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -17,7 +16,7 @@ from soft_niggli.datasets import (
     train_val_split,
 )
 
-from conftest import load_shared_structures, shared_data_dir, shared_data_file
+from conftest import REPO_ROOT, load_shared_structures, shared_data_dir, shared_data_file
 
 pytest.importorskip("pymatgen")
 
@@ -313,7 +312,7 @@ def test_bundled_path_names_the_bundled_sets(monkeypatch):
 def test_bundled_files_are_what_the_committed_script_makes():
     from soft_niggli.datasets import BUNDLED, bundled_path
 
-    script = Path(__file__).resolve().parents[1] / "tools" / "make_bundled_data.py"
+    script = REPO_ROOT / "tools" / "make_bundled_data.py"
     spec = importlib.util.spec_from_file_location("make_bundled_data", script)
     tool = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(tool)

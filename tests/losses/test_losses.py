@@ -5,7 +5,6 @@ from __future__ import annotations
 import math
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 import torch
@@ -19,6 +18,7 @@ from soft_niggli.losses import CrystalLoss, LossResult, available_losses, get_lo
 from soft_niggli.losses.periodic import best_translation, periodic_coordinate_loss
 from soft_niggli.losses.terms import lattice_term
 from soft_niggli.testing import assert_gl3z_invariant, crystals, lattices, rotations, unimodular_matrices
+from conftest import REPO_ROOT
 
 FAST = settings(max_examples=25, deadline=None)
 FASTER = settings(max_examples=15, deadline=None)  # for properties run once per loss configuration
@@ -108,7 +108,7 @@ def test_proxy_spglib_is_registered_lazily_on_first_request():
     code = ("import sys, soft_niggli.losses as losses\n"
             "assert 'soft_niggli.baselines.spglib_proxy' not in sys.modules\n"
             "assert type(losses.get_loss('proxy-spglib')).__name__ == 'SpglibProxyLoss'\n")
-    subprocess.run([sys.executable, "-c", code], check=True, cwd=Path(__file__).resolve().parents[1])
+    subprocess.run([sys.executable, "-c", code], check=True, cwd=REPO_ROOT)
 
 
 def test_unknown_loss_name_raises_listing_valid_names():

@@ -12,10 +12,11 @@ import sys
 from pathlib import Path
 
 import pytest
+from conftest import REPO_ROOT
 
 import soft_niggli
 
-EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
+EXAMPLES = REPO_ROOT / "examples"
 
 #: script -> (arguments for a tiny run, a line its output must contain, the optional packages it needs)
 RUNS = {

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import shared_data_file
+from conftest import REPO_ROOT, shared_data_file
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -27,7 +27,7 @@ from soft_niggli.lattice import wrap
 from soft_niggli.losses.periodic import minimum_image
 from soft_niggli.testing import crystals, rotations
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = REPO_ROOT
 
 
 def _model(seed=0, hidden=16, layers=2):

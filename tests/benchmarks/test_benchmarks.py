@@ -12,10 +12,10 @@ import pkgutil
 import platform
 import sys
 import warnings
-from pathlib import Path
 
 import pytest
 import torch
+from conftest import REPO_ROOT
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -23,7 +23,7 @@ import benchmarks
 import benchmarks.harness
 from benchmarks.harness import report
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = REPO_ROOT
 EXPERIMENTS = sorted(m.name for m in pkgutil.iter_modules(benchmarks.__path__) if not m.ispkg)
 HARNESS = sorted(f"harness.{m.name}" for m in pkgutil.iter_modules(benchmarks.harness.__path__))
 

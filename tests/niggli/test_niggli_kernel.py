@@ -2,7 +2,7 @@
 
 Both cores must give the same transform, status and iteration count, and bit for bit the same
 lattice: the C code repeats the NumPy core's arithmetic in the same order (and is compiled without
-fused multiply-adds). The other reducer tests (test_niggli.py) run on both cores.
+fused multiply-adds). The other reducer tests (niggli/test_reducer.py) run on both cores.
 """
 
 from __future__ import annotations

@@ -20,14 +20,14 @@ import os
 import pkgutil
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
+from conftest import REPO_ROOT
 
 import soft_niggli
 import soft_niggli.baselines
 
-README = Path(__file__).resolve().parents[1] / "README.md"
+README = REPO_ROOT / "README.md"
 SKIP_MARK = "<!-- no-test -->"
 
 

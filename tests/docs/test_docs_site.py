@@ -4,7 +4,7 @@ Code. Every ```python block of the hand-written pages under ``docs/`` (home, gui
 runs. A page's blocks run in the page's order in one namespace, as a reader runs them one after the
 other, with the page's own line numbers in tracebacks. A block that a test run cannot execute (it needs
 a data folder, a GPU or minutes) is marked by the HTML comment ``<!-- no-test -->`` on the line before
-its opening fence, as in README.md (tests/test_docs.py); prefer self-contained blocks. A page whose code
+its opening fence, as in README.md (tests/docs/test_docs.py); prefer self-contained blocks. A page whose code
 imports an optional dependency that is not installed (hypothesis, pymatgen, ASE) is skipped, naming it.
 
 API reference. Every name in ``soft_niggli.__all__`` and in the ``__all__`` of every public module
@@ -28,10 +28,11 @@ import zlib
 from pathlib import Path
 
 import pytest
+from conftest import REPO_ROOT
 
 import soft_niggli
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = REPO_ROOT
 DOCS = ROOT / "docs"
 SKIP_MARK = "<!-- no-test -->"
 OPTIONAL = {"hypothesis", "pymatgen", "ase", "spglib", "moyopy", "matplotlib"}
