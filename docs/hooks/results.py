@@ -26,6 +26,7 @@ GROUPS = (
     ("Losses", ("loss_cost", "continuity", "proxy_")),
     ("Ablation (MLP)", ("ablation_",)),
     ("Generative models", ("generative/", "generative")),
+    ("Dataset command", ("cli_",)),
 )
 
 _state: dict = {}
