@@ -149,6 +149,15 @@ def check_last_dim(x: torch.Tensor, name: str, size: int = 3) -> None:
         raise ValueError(f"{name}: expected shape (..., {size}), got {tuple(x.shape)}")
 
 
+def check_choice(value, name: str, choices: tuple[str, ...]) -> str:
+    """One of the strings ``choices`` (TypeError for a non-string, ValueError for another string)."""
+    if not isinstance(value, str):
+        raise TypeError(f"{name}: expected one of {choices}, got {type(value).__name__} {value!r}")
+    if value not in choices:
+        raise ValueError(f"{name}: expected one of {choices}, got {value!r}")
+    return value
+
+
 def check_int(value, name: str, *, minimum: int | None = None, allow_none: bool = False) -> int | None:
     """``value`` as an ``int``: ``TypeError`` unless it is an int (NumPy integers included; not a bool nor
     a float, even an integral one), ``ValueError`` below ``minimum``."""

@@ -42,7 +42,7 @@ from dataclasses import dataclass
 
 import torch
 
-from ._checks import DEFAULT_REL_TOL, as_crystal_lattices, as_float_tensor, as_lattice, check_rel_tol
+from ._checks import DEFAULT_REL_TOL, as_crystal_lattices, as_float_tensor, as_lattice, check_choice, check_rel_tol
 from .crystal import CrystalBatch
 from .forms_cache import ReducedFormsCache
 from .lattice import wrap
@@ -206,15 +206,13 @@ def couple_reduced_forms(prior_lattice, labels: CrystalBatch, *, prior_frac=None
         :class:`CoupledLabels`.
 
     Raises:
-        TypeError: ``labels`` not a CrystalBatch.
+        TypeError: ``labels`` not a CrystalBatch, ``among`` or ``ties`` not a string.
         ValueError: wrong shapes (the message names the expected and the given shape), an unknown ``among``.
     """
     if not isinstance(labels, CrystalBatch):
         raise TypeError(f"labels: expected a CrystalBatch, got {type(labels).__name__}")
-    if among not in AMONG:
-        raise ValueError(f"among: expected one of {AMONG}, got {among!r}")
-    if ties not in TIES:
-        raise ValueError(f"ties: expected one of {TIES}, got {ties!r}")
+    check_choice(among, "among", AMONG)
+    check_choice(ties, "ties", TIES)
     B, device, dtype = len(labels), labels.device, labels.dtype
     L0 = as_crystal_lattices(prior_lattice, "prior_lattice", batch_size=B)
     f0 = None

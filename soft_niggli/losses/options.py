@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import math
 
-from .._checks import check_rel_tol
+from .._checks import check_choice, check_rel_tol
 
 __all__ = [
     "LATTICE_METRICS",
@@ -85,11 +85,7 @@ def int_option(name: str, value, low: int, high: int) -> int:
 
 def choice_option(name: str, value, choices: tuple[str, ...]) -> str:
     """One of the strings ``choices``."""
-    if not isinstance(value, str):
-        raise TypeError(f"{name}: expected one of {choices}, got {type(value).__name__} {value!r}")
-    if value not in choices:
-        raise ValueError(f"{name}: expected one of {choices}, got {value!r}")
-    return value
+    return check_choice(value, name, choices)
 
 
 def flag_option(name: str, value) -> bool:
