@@ -53,7 +53,8 @@ from soft_niggli import available_losses
 from soft_niggli.datasets import DATASETS
 
 from .harness.data import load_data
-from .harness.flow_matching import COUPLINGS, FlowConfig, build_loss, distributed_context, import_object, train_flow
+from .harness.flow_matching import (COUPLINGS, LR_SCHEDULES, FlowConfig, build_loss, distributed_context, import_object,
+                                   train_flow)
 from .harness.report import command_line, header, machine_description, markdown_table, pyplot, write_results
 from .harness.training import BASES, parse_strategy
 
@@ -251,6 +252,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     ap.add_argument("--lr", type=float, default=DEFAULTS.lr)
     ap.add_argument("--grad-clip", type=float, default=DEFAULTS.grad_clip)
     ap.add_argument("--coord-weight", type=float, default=DEFAULTS.coord_weight)
+    ap.add_argument("--ema", type=float, default=DEFAULTS.ema,
+                    help="sample with an exponential moving average of the weights of this decay (0: off)")
+    ap.add_argument("--lr-schedule", default=DEFAULTS.lr_schedule, choices=LR_SCHEDULES,
+                    help="constant, or cosine decay to 0 over the run's steps")
     ap.add_argument("--t-floor", type=float, default=DEFAULTS.t_floor, help="loss weight 1/max(1-t, t_floor)^2")
     ap.add_argument("--model", default="", metavar="MODULE:CLASS",
                     help="your own network instead of the CSPNet-style FlowNet "
@@ -289,6 +294,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     except ValueError as err:
         ap.error(str(err))
     args.seeds = seeds if "," in args.seeds_text else tuple(range(seeds[0]))
+    if not 0 <= args.ema < 1:
+        ap.error(f"--ema: expected a decay in [0, 1), got {args.ema}")
     if not args.ode_steps or min(args.ode_steps) < 1 or not args.seeds or args.epochs < 1 or len(args.limit) > 2:
         ap.error("--ode-steps must be >= 1, --seeds and --epochs >= 1, --limit TRAIN[,VAL]")
     return args
@@ -321,7 +328,8 @@ def main(argv=None) -> int:
                           batch_size=args.batch_size, lr=args.lr, grad_clip=args.grad_clip, t_floor=args.t_floor,
                           coord_weight=args.coord_weight, hidden=args.hidden, layers=args.layers, fourier=args.fourier,
                           ode_steps=args.ode_steps, eval_every=args.eval_every, curve_size=args.curve_size,
-                          curve_steps=args.curve_steps, max_steps=args.max_steps, model=args.model)
+                          curve_steps=args.curve_steps, max_steps=args.max_steps, model=args.model,
+                          ema=args.ema, lr_schedule=args.lr_schedule)
                for s in args.strategies for b in args.bases for c in args.coupling for seed in args.seeds]
     from tqdm.auto import tqdm
 

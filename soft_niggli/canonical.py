@@ -239,8 +239,8 @@ def reduced_forms(lattice, *, rel_tol: float = 1e-5) -> ReducedForms:
             and :meth:`ReducedForms.counts` have the leading shape (:attr:`ReducedForms.batch_shape`).
         rel_tol: the Niggli conditions' relative tolerance, in :data:`~soft_niggli.niggli.REL_TOL_RANGE`;
             raised for float32 and half-precision lattices to what their rounding needs
-            (:func:`effective_rel_tol`: 1.2e-4 for float32), so that a re-based and re-rounded label
-            keeps its set of forms.
+            (:func:`effective_rel_tol`: 1.2e-3 for float32), so that a re-based and re-rounded label
+            keeps its set of forms and their weights.
 
     Large batches are processed 2048 cells at a time (peak memory about 1 KB per candidate basis).
 
@@ -260,13 +260,16 @@ def reduced_forms(lattice, *, rel_tol: float = 1e-5) -> ReducedForms:
 
 def effective_rel_tol(rel_tol: float, dtype: torch.dtype) -> float:
     """The tolerance :func:`reduced_forms` uses for lattices of ``dtype``: ``rel_tol``, raised for
-    low-precision dtypes to ``1000 ε`` of the dtype (capped at 1e-2).
+    low-precision dtypes to ``10⁴ ε`` of the dtype (capped at 1e-2).
 
     A float32 label re-based by a unimodular matrix with entries up to 5 and rounded again moves its
-    metric by about 5e-6 relative; at ``rel_tol=1e-5`` forms near the tolerance's edge would enter or
-    leave with the basis the label came in. ``1000 ε`` is 1.2e-4 for float32 and leaves float64 alone.
+    metric by up to about 1e-5 relative. Forms fade out over the outer half of the tolerance
+    (:meth:`ReducedForms.weights`), so a label whose forms sit in that half moves their weights by
+    about that rounding over half the band: with ``10⁴ ε`` (1.2e-3 for float32) the fade starts at
+    6e-4, above the 10× ``rel_tol`` strain a relaxed cell typically shows, and a weight there moves
+    by at most ~2% under re-basing (with ``1000 ε`` it was the whole weight). float64 is left alone.
     """
-    floor = min(1000 * torch.finfo(dtype).eps, 1e-2)
+    floor = min(1e4 * torch.finfo(dtype).eps, 1e-2)
     return max(float(rel_tol), floor)
 
 
@@ -274,9 +277,12 @@ def automorphic_forms(lattice, forms: ReducedForms, *, rel_tol: float = 1e-5) ->
     """``(P,)`` bool: the reduced forms whose metric ``G = L Lᵀ`` is the lattice's reference metric within
     ``rel_tol`` of its largest squared length, i.e. the lattice's automorphisms in its reduced basis.
 
-    The reference is the input lattice's own metric where the input is one of its reduced forms (a
-    canonical label), else the metric of the guarded reducer's Niggli cell. Cells that do not reduce
-    ``OK`` keep their one form.
+    The reference is the lattice's Niggli metric whatever basis the lattice came in: the cell the guarded
+    reducer returns at the tolerance of the dtype's rounding (``1000 ε``), special conditions included.
+    A canonical label's own metric wherever it is the Niggli cell (off faces, and on exact faces); within
+    ``rel_tol`` of a face, where forms with other metrics pass the conditions too and a reducer at
+    ``rel_tol`` returns one or another depending on the basis, it may be another form's, so that the
+    result is the same in every basis. Cells that do not reduce ``OK`` keep their one form.
 
     Args:
         lattice: ``(..., 3, 3)`` tensor, NumPy array or nested list, the lattices ``forms`` was computed from.

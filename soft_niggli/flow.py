@@ -176,13 +176,19 @@ def couple_reduced_forms(prior_lattice, labels: CrystalBatch, *, prior_frac=None
     4. the first in the forms' basis-independent order.
 
     ``among="automorphisms"`` (default) keeps the forms whose metric ``G = L Lᵀ`` equals the label's
-    within the tolerance: the label's point group in its reduced basis. When the label is not itself one of
-    its reduced forms, the guarded reducer's Niggli cell gives the metric. ``among="reduced-forms"`` keeps
-    every form, other metrics on cone faces included.
+    Niggli metric within the tolerance (:func:`~soft_niggli.canonical.automorphic_forms`): the label's
+    point group in its reduced basis. The metric is found among the forms, not taken from the basis the
+    label came in, so that a label within the tolerance of a cone face (where forms with other metrics
+    pass the conditions too) is coupled alike in every basis. ``among="reduced-forms"`` keeps every form,
+    other metrics on cone faces included. Either way only the fully canonical forms count, those that
+    meet the conditions within half the tolerance (weight 1 in
+    :meth:`~soft_niggli.canonical.ReducedForms.weights`): a form at the tolerance's edge would enter or
+    leave the choice with the basis the label came in.
 
-    The canonical label is one of the forms, so ``distance`` is never larger than the label's own. The
-    result does not depend on the basis the label came in, wherever the label's reduced forms do not
-    (away from a hair of the tolerance's edge). Forms are computed on the host, in float64, once per
+    A canonical label is one of the forms (with ``"automorphisms"``: unless it sits within the tolerance
+    of a face in a form other than the Niggli metric's), so ``distance`` is then never larger than the
+    label's own. The result does not depend on the basis the label came in, wherever the label's reduced
+    forms do not (away from a hair of the tolerance's edge), near faces included (tested). Forms are computed on the host, in float64, once per
     distinct label (``cache``); the outputs are on the labels' device and in their dtype.
 
     Args:
@@ -234,7 +240,9 @@ def couple_reduced_forms(prior_lattice, labels: CrystalBatch, *, prior_frac=None
     T, inverse = looked_up.forms.transform.cpu(), looked_up.inverse.cpu()
     F = looked_up.forms.lattice.cpu().double()
     status = looked_up.forms.status.cpu()
-    keep = (status == int(Status.OK))[owner]
+    # Only the fully canonical forms: those fading out of the tolerance band (weight below 1) would enter
+    # or leave with the basis the label came in where a form sits at the band's edge.
+    keep = (status == int(Status.OK))[owner] & (looked_up.forms.weights(cache.rel_tol).cpu() >= 1)
     if among == "automorphisms":
         keep &= looked_up.automorphic.cpu()
     owner, T, inverse, F = owner[keep], T[keep], inverse[keep], F[keep]
@@ -246,16 +254,11 @@ def couple_reduced_forms(prior_lattice, labels: CrystalBatch, *, prior_frac=None
     prior_owner = prior[owner]
     scale = prior_owner.square().sum((-1, -2)) + F.square().sum((-1, -2))
     tie = max(_TIE, 100 * torch.finfo(dtype).eps)  # float32 labels break symmetries by their rounding
-    if align and among == "automorphisms":
-        # The forms share the label's metric, so they are rotations of each other: all at one distance.
-        dist = own[owner]
-        tied = torch.ones(len(owner), dtype=torch.bool)
+    if align:
+        dist = _aligned_distance_per_metric(prior, owner, F, metric)
     else:
-        if align:
-            dist = _aligned_distance_per_metric(prior, owner, F, metric)
-        else:
-            dist = (F - prior_owner).square().sum((-1, -2))
-        tied = _nearest(dist, owner, B, tie * scale, torch.ones_like(dist, dtype=torch.bool))
+        dist = (F - prior_owner).square().sum((-1, -2))
+    tied = _nearest(dist, owner, B, tie * scale, torch.ones_like(dist, dtype=torch.bool))
     if ties == "random":
         # One uniform key per tied form; the smallest wins (a tie between keys has probability zero).
         key = torch.rand(len(owner), generator=generator, dtype=torch.float64)

@@ -184,7 +184,11 @@ class ReducedFormsCache:
                            torch.cat([e.automorphic for e in entries]).to(device), metric.to(device))
 
     def _derive(self, lattice: torch.Tensor, forms: ReducedForms) -> CachedForms:
-        tol = effective_rel_tol(self.rel_tol, lattice.dtype)
+        # "The same metric" needs a tolerance just above the dtype's rounding (1000 ε, 1.2e-4 for float32),
+        # not the wider band the forms are listed and faded over (effective_rel_tol): forms 3e-4 apart
+        # near a face of a float32 label are different metrics, and the wider tolerance would also let the
+        # reference's reducer stop at either of them, depending on the basis the label came in.
+        tol = max(self.rel_tol, min(1000 * torch.finfo(lattice.dtype).eps, 1e-2))
         return CachedForms(forms, integer_inverse(forms.transform), automorphic_forms_unchecked(lattice, forms, tol),
                            _metric_groups(forms))
 

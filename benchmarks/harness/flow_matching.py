@@ -71,7 +71,7 @@ from .flow_model import FlowNet
 from .models import import_object
 from .training import epoch_labels, parse_strategy
 
-__all__ = ["COUPLINGS", "FlowConfig", "LatticePrior", "distributed_context", "evaluate_samples", "flow_loss",
+__all__ = ["COUPLINGS", "LR_SCHEDULES", "FlowConfig", "LatticePrior", "distributed_context", "evaluate_samples", "flow_loss",
            "interpolate", "sample", "train_flow"]
 
 #: ``"independent"``: the label as given; the others: :func:`soft_niggli.flow.couple_reduced_forms` with
@@ -148,6 +148,8 @@ class FlowConfig:
     max_steps: int | None = None
     loss_options: dict = field(default_factory=dict)
     model: str = ""
+    ema: float = 0.0
+    lr_schedule: str = "constant"
 
 
 def build_model(config: FlowConfig, volume_per_atom: float) -> torch.nn.Module:
@@ -316,6 +318,27 @@ def evaluate_samples(pred: CrystalBatch, target: CrystalBatch, match: bool = Tru
 
 # ---------------------------------------------------------------------------------------- training
 
+#: ``"constant"``: ``lr`` throughout; ``"cosine"``: ``lr · (1 + cos(π s / S)) / 2`` at step ``s`` of ``S``.
+LR_SCHEDULES = ("constant", "cosine")
+
+
+def _ema_copy(model: torch.nn.Module) -> torch.nn.Module:
+    import copy
+
+    ema = copy.deepcopy(model)
+    for p in ema.parameters():
+        p.requires_grad_(False)
+    return ema
+
+
+@torch.no_grad()
+def _ema_update(ema: torch.nn.Module, model: torch.nn.Module, decay: float) -> None:
+    """``θ_ema ← decay · θ_ema + (1 − decay) · θ`` (buffers copied)."""
+    for pe, p in zip(ema.parameters(), model.parameters()):
+        pe.lerp_(p.detach(), 1.0 - decay)
+    for be, b in zip(ema.buffers(), model.buffers()):
+        be.copy_(b)
+
 
 def train_flow(data: Data, config: FlowConfig, *, device="cpu", ctx: DistributedContext | None = None,
                progress=None, eval_subset: int | None = None, match: bool = True, log_every: int = 0) -> dict:
@@ -338,6 +361,10 @@ def train_flow(data: Data, config: FlowConfig, *, device="cpu", ctx: Distributed
 
         net = DistributedDataParallel(model)
     opt = torch.optim.Adam(net.parameters(), lr=config.lr)
+    # Sampling uses an exponential moving average of the weights when config.ema > 0 (as diffusion and
+    # flow models usually do): the last iterate of a constant-rate Adam run is noisy, its average is not.
+    ema_model = _ema_copy(model) if config.ema > 0 else None
+    sampler = ema_model if ema_model is not None else model
     loss_fn = build_loss(config)
     prior = LatticePrior.fit(data.train_niggli, data.volume_per_atom)
     order_gen = torch.Generator().manual_seed(10_000 + config.seed)
@@ -349,11 +376,13 @@ def train_flow(data: Data, config: FlowConfig, *, device="cpu", ctx: Distributed
     total_steps = config.epochs * steps_per_epoch
     if config.max_steps is not None:
         total_steps = min(total_steps, config.max_steps)
+    if config.lr_schedule not in LR_SCHEDULES:
+        raise ValueError(f"lr_schedule: expected one of {LR_SCHEDULES}, got {config.lr_schedule!r}")
 
     val = data.val if eval_subset is None else data.val[: min(eval_subset, len(data.val))]
     curve_val = data.val[: min(config.curve_size, len(data.val))]
-    curves = {"epoch": [], "train_loss": [], "curve_epoch": [], "curve_match_rate": [], "curve_lattice_error": [],
-              "epoch_time": []}
+    curves = {"epoch": [], "train_loss": [], "curve_epoch": [], "curve_step": [], "curve_match_rate": [],
+              "curve_rmse": [], "curve_lattice_error": [], "epoch_time": []}
     cache = ReducedFormsCache()  # each label's forms, found once per run
     step = skipped = 0
     done = False
@@ -388,7 +417,12 @@ def train_flow(data: Data, config: FlowConfig, *, device="cpu", ctx: Distributed
                 if float(ctx.all_sum(grads_ok)) == ctx.world:
                     if config.grad_clip > 0:
                         torch.nn.utils.clip_grad_norm_(net.parameters(), config.grad_clip)
+                    if config.lr_schedule == "cosine":
+                        for group in opt.param_groups:
+                            group["lr"] = config.lr * 0.5 * (1 + math.cos(math.pi * (step - 1) / total_steps))
                     opt.step()
+                    if ema_model is not None:
+                        _ema_update(ema_model, model, config.ema)
                     losses.append(value)
                 else:
                     skipped += 1
@@ -409,11 +443,13 @@ def train_flow(data: Data, config: FlowConfig, *, device="cpu", ctx: Distributed
         if config.eval_every and (epoch % config.eval_every == 0 or last) and match:
             if ctx.rank == 0:
                 gen = torch.Generator().manual_seed(40_000 + config.seed)
-                crystals = sample(model, curve_val.num_atoms, curve_val.species, config.curve_steps, prior, gen,
+                crystals = sample(sampler, curve_val.num_atoms, curve_val.species, config.curve_steps, prior, gen,
                                   right_handed=config.align_prior, device=device)
                 m = evaluate_samples(crystals, curve_val, match=True)
                 curves["curve_epoch"].append(epoch)
+                curves["curve_step"].append(step)
                 curves["curve_match_rate"].append(m["match_rate"])
+                curves["curve_rmse"].append(m["rmse"])
                 curves["curve_lattice_error"].append(m["lattice_error"])
             ctx.barrier()
         if done:
@@ -429,11 +465,11 @@ def train_flow(data: Data, config: FlowConfig, *, device="cpu", ctx: Distributed
         t_eval = time.perf_counter()
         for k in config.ode_steps:
             gen = torch.Generator().manual_seed(50_000 + config.seed)
-            crystals = sample(model, val.num_atoms, val.species, int(k), prior, gen, right_handed=config.align_prior,
-                              device=device)
+            crystals = sample(sampler, val.num_atoms, val.species, int(k), prior, gen,
+                              right_handed=config.align_prior, device=device)
             record["metrics"][str(int(k))] = evaluate_samples(crystals, val, match=match)
         record["eval_time"] = time.perf_counter() - t_eval
     record["state_checksum"] = float(sum(p.detach().double().sum() for p in model.parameters()))
-    record["model"] = model
+    record["model"] = sampler
     ctx.barrier()
     return record

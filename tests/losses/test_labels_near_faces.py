@@ -86,20 +86,19 @@ def test_losses_ignore_the_basis_of_labels_near_every_face(name, options, label,
 
 # Not in the random-profile run (marker "invariance"): the float32 bounds below are measured limits, not
 # exact properties. A float32 label re-based by a matrix with entries up to 5 and rounded again is
-# another cell, by up to ~1e-5 relative (7e-6 measured on an fcc-like cell). At 10x rel_tol from a face
-# (1e-4, inside float32's band of 1.2e-4) that moves a form across the band's edge: its weight goes from
-# 0 to ~0.09, and a form much nearer the prediction than the others then takes over the softmin within a
-# sliver of the band (the loss is continuous, with a slope of about (d_far - d_near) / band width). Measured
-# on 60 draws at 10x: softmin up to 95%, gram 0.07%, reduced-forms 22%. 10x is therefore not drawn here, and
-# "reduced-forms" (the nearest form plus its fade penalty) is left out: it moves by up to 22% at 10x.
-@pytest.mark.parametrize("name, options", [("softmin", {}), ("softmin", {"lattice_metric": "gram"}), ("gram", {})],
-                         ids=IDS[:3])
+# another cell, by up to ~1e-5 relative, and a loss whose prediction is 5% off moves by about that over
+# 5%: 1e-4 is what the dtype allows. The forms are found at float32's raised tolerance
+# (effective_rel_tol, 1.2e-3) and fade over its outer half, so at 0.1x, 1x and 10x rel_tol every form
+# weighs 1 (measured on 60 draws each: at most 0.24 of the tolerance below for the four losses here).
+# Where a form does fade (a label 60x-120x rel_tol from a face) the rounding moves its weight, and a
+# form much nearer the prediction than the others can take over the softmin within a sliver of the band:
+# up to 70% there (README, Limitations). "proxy" reduces the prediction and is left out: it moves by up
+# to 2.4x this tolerance at 10x.
+@pytest.mark.parametrize("name, options", [("softmin", {}), ("softmin", {"lattice_metric": "gram"}), ("gram", {}),
+                                           ("reduced-forms", {})], ids=IDS[:3] + [IDS[4]])
 @settings(max_examples=4, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(label=near_face_crystals(strain=(0.1, 1.0), max_atoms=3, max_crystals=2), seed=st.integers(0, 2**16))
+@given(label=near_face_crystals(strain=(0.1, 1.0, 10.0), max_atoms=3, max_crystals=2), seed=st.integers(0, 2**16))
 def test_float32_labels_near_faces_are_scored_alike_in_any_basis(name, options, label, seed):
-    # A float32 label re-based and rounded again is another cell by ~1e-6 relative: 1e-4 is what the
-    # dtype allows (the forms are found at float32's raised tolerance, effective_rel_tol: 1.2e-4). Within
-    # 1e-5 of a face every form weighs 1 (see above for 10x).
     label = label.to(dtype=torch.float32)
     loss = get_loss(name, **options)
     pred = _noisy(label, seed)
