@@ -214,10 +214,14 @@ def automorphic_forms_unchecked(lattice: torch.Tensor, forms: ReducedForms, rel_
 
     The reference metric never comes from the input's basis: near a face of the cone several forms with
     different metrics pass the conditions within ``rel_tol``, and which one a reducer at that tolerance
-    returns (or the input is) depends on the basis the lattice came in. The reducer at the tolerance of
-    the forms' rounding (``1000 ε``) returns the one Niggli cell that meets the conditions, special
-    conditions included, whatever basis it starts from; it starts here from the form that meets the main
-    conditions best (:func:`violation`), a few steps away at most."""
+    returns (or the input is) depends on the basis the lattice came in. The reducer at a quarter of
+    ``rel_tol`` (at least ``1000 ε`` of the forms' dtype) returns one Niggli cell, special conditions
+    included, for a lattice strained by less than that from a face or more than ``rel_tol / 2``: a
+    quarter keeps the lattices it treats as on the face (and resolves by the special conditions, as the
+    canonical reducer does) apart from those whose forms fade (:meth:`ReducedForms.weights`). It starts
+    here from the form that meets the main conditions best (:func:`violation`), a few steps away at most.
+    On the bundled data's training labels the reference differs from the label's own metric for 22 of
+    5712 MP-20 bi/ternary and 10 of 1626 Carbon-24 cells (none on Perov-5)."""
     B = lattice.shape[0]
     owner = forms.owner.cpu()
     P = len(owner)
@@ -231,7 +235,7 @@ def automorphic_forms_unchecked(lattice: torch.Tensor, forms: ReducedForms, rel_
     pick = v <= best[owner]
     first = torch.full((B,), P, dtype=torch.int64).scatter_reduce(0, owner[pick], torch.arange(P)[pick], "amin")
     start = F[first.clamp_max(P - 1)]
-    strict = max(1000 * torch.finfo(forms.lattice.dtype).eps, 1e-12)
+    strict = max(1000 * torch.finfo(forms.lattice.dtype).eps, rel_tol / 4)
     reduced = niggli_reduce(start, rel_tol=strict)
     reference = torch.where((reduced.status == int(Status.OK))[:, None, None], reduced.lattice.double(), start)
     G_ref = reference @ reference.transpose(-1, -2)

@@ -278,7 +278,8 @@ def automorphic_forms(lattice, forms: ReducedForms, *, rel_tol: float = 1e-5) ->
     ``rel_tol`` of its largest squared length, i.e. the lattice's automorphisms in its reduced basis.
 
     The reference is the lattice's Niggli metric whatever basis the lattice came in: the cell the guarded
-    reducer returns at the tolerance of the dtype's rounding (``1000 ε``), special conditions included.
+    reducer returns at a quarter of ``rel_tol`` (at least ``1000 ε`` of the dtype), special conditions
+    included.
     A canonical label's own metric wherever it is the Niggli cell (off faces, and on exact faces); within
     ``rel_tol`` of a face, where forms with other metrics pass the conditions too and a reducer at
     ``rel_tol`` returns one or another depending on the basis, it may be another form's, so that the
