@@ -11,11 +11,18 @@ backend) under the ground cost
     C(i, j) = ½ min_image |(f_i - f_j + k) @ L|²  +  species_penalty · [Z_i ≠ Z_j],
 
 the squared Cartesian distance to the nearest image in the reference lattice ``L`` (so the cost is
-periodic: wrapping a coordinate changes nothing), taken over the 8 images next to the fractional
-minimum image (each component ``d`` or ``d - sign d``, ``d`` in ``[-½, ½]``): the nearest image for
-cells near reduced, and continuous where a component crosses ±½ (there the fractional minimum image
-alone switches between two images that a non-orthogonal cell puts at different distances), plus a penalty that keeps atoms of different elements from
-being matched. It is invariant to the order of the atoms in either structure.
+periodic: wrapping a coordinate changes nothing), plus a penalty that keeps atoms of different
+elements from being matched. It is invariant to the order of the atoms in either structure.
+
+The nearest image is searched in ``L``'s Niggli basis (both structures re-based with it: the same
+crystals; the transform from :func:`~soft_niggli.niggli.niggli_reduce`, not differentiated), among the
+8 images next to the fractional minimum image ``d`` in ``[-½, ½]³`` (each component ``d``, and ``d - 1``
+for ``d >= 0`` or ``d + 1`` below): the corners of the basis cell that holds the difference. In a
+reduced cell they hold the nearest image (checked against all images on 80 000 random reduced cells);
+in a skewed one, such as the softmin losses' candidates ``M R``, they may not, and they switch sides
+where a component crosses 0 (in an fcc-like candidate, atoms whose difference had a component of
+exactly 0, as on symmetric sites, were √3 Å apart instead of 1). So the cost depends on the lattice,
+not on its basis, and is continuous.
 
 Translations (Type II). No centre of a periodic atom set can be both translation-equivariant and
 continuous (two atoms ½ apart have no preferred centre, and real crystals such as wurtzite sit exactly
@@ -93,6 +100,21 @@ def _anchor_translations(mask, z_pred, z_target, max_pairs: int):
     return owner, pair // N, pair % N, use[owner]
 
 
+def _reduced_basis(frac_pred: torch.Tensor, frac_target: torch.Tensor, lattice: torch.Tensor):
+    """``(frac_pred N⁻¹, frac_target N⁻¹, N L)``: both structures and the lattice in the lattice's Niggli
+    basis ``N L`` (``N`` from :func:`~soft_niggli.niggli.niggli_reduce`, detached; the identity for a cell
+    it cannot reduce), where the cost's few images hold the nearest one. Without values (meta), as given."""
+    if not has_values(lattice):
+        return frac_pred, frac_target, lattice
+    from ..lattice import integer_inverse
+    from ..niggli import niggli_reduce
+
+    N = niggli_reduce(lattice.detach().double()).transform.to(lattice.device)
+    N_inv = integer_inverse(N)
+    return (frac_pred @ N_inv.to(frac_pred.dtype), frac_target @ N_inv.to(frac_target.dtype),
+            N.to(lattice.dtype) @ lattice)
+
+
 def sinkhorn_coordinate_loss(frac_pred: torch.Tensor, frac_target: torch.Tensor, mask: torch.Tensor,
                              lattice: torch.Tensor, species_pred: torch.Tensor | None = None,
                              species_target: torch.Tensor | None = None, *, blur: float = 0.1,
@@ -106,7 +128,8 @@ def sinkhorn_coordinate_loss(frac_pred: torch.Tensor, frac_target: torch.Tensor,
     Args:
         frac_pred, frac_target: ``(B, N, 3)`` padded fractional coordinates in the same basis.
         mask: ``(B, N)`` bool, real atoms (both structures have the same atom count per crystal).
-        lattice: ``(B, 3, 3)`` lattice measuring the cost (usually the target's, detached).
+        lattice: ``(B, 3, 3)`` lattice measuring the cost (usually the target's, detached), in any basis
+            (the cost is computed in its Niggli basis, module docstring).
         species_pred, species_target: ``(B, N)`` atomic numbers, both or neither (None: ignore species).
         blur: Sinkhorn blur in Å (the entropic scale ``ε = blur²``).
         scaling: geomloss' ε-scaling ratio (closer to 1 is more accurate and slower).
@@ -131,6 +154,7 @@ def sinkhorn_coordinate_loss(frac_pred: torch.Tensor, frac_target: torch.Tensor,
     zp = zeros if species_pred is None else species_pred.to(device=device, dtype=torch.int64)
     zt = zeros if species_target is None else species_target.to(device=device, dtype=torch.int64)
     mask = mask.to(device=device, dtype=torch.bool)
+    frac_pred, frac_target, lattice = _reduced_basis(frac_pred, frac_target, lattice)
 
     owner, i, j, use = _anchor_translations(mask, zp, zt, max_anchor_pairs)
     # t_ij stays in the graph: the value's gradient includes the moving anchor atom's share.
@@ -149,11 +173,10 @@ def sinkhorn_coordinate_loss(frac_pred: torch.Tensor, frac_target: torch.Tensor,
         d = a[:, :, None, :3] - b[:, None, :, :3]
         d = d - torch.round(d).detach()
         L = a[:, 0, 4:].reshape(-1, 3, 3)
-        # The nearest of the 8 images next to the fractional minimum image (each component d or
-        # d - sign(d)): where a component crosses ±½ the fractional minimum image switches sides, and in
-        # a non-orthogonal cell the two sides are not equally far; the minimum over both is continuous.
-        # Walked in Gray-code order, each image is the previous one moved along one lattice vector.
-        flip = torch.sign(d).detach()
+        # The nearest of the 8 images next to the fractional minimum image (each component d or d - 1
+        # for d >= 0, d + 1 below; the lattice is reduced, module docstring). Walked in Gray-code
+        # order, each image is the previous one moved along one lattice vector.
+        flip = torch.where(d >= 0, 1.0, -1.0).to(d.dtype).detach()
         cart = torch.einsum("qijk,qkl->qijl", d, L)
         squared = cart.square().sum(-1)
         for axis, sign in _GRAY_STEPS:

@@ -142,6 +142,21 @@ def test_sinkhorn_term_is_translation_invariant_and_zero_on_the_label(seed):
                                rtol=0, atol=1e-6)
 
 
+@settings(max_examples=15, deadline=None)
+@given(lattices("realistic"), unimodular_matrices(1, depth=3), st.integers(0, 2**16))
+def test_sinkhorn_term_depends_on_the_lattice_not_its_basis(L, M, seed):
+    # The same crystals given in a skewed basis M L (coordinates F M⁻¹): the cost's nearest image is
+    # searched in the lattice's reduced basis, so nothing changes beyond rounding.
+    g = torch.Generator().manual_seed(seed)
+    target = torch.rand(1, 4, 3, generator=g, dtype=torch.float64)
+    pred = target + 0.1 * torch.randn(target.shape, generator=g, dtype=torch.float64)
+    species, mask = torch.tensor([[1, 1, 2, 3]]), torch.ones(1, 4, dtype=torch.bool)
+    M_inv = torch.linalg.inv(M.double())
+    base = sinkhorn_coordinate_loss(pred, target, mask, L[None], species, species)
+    moved = sinkhorn_coordinate_loss(pred @ M_inv, target @ M_inv, mask, (M.double() @ L)[None], species, species)
+    torch.testing.assert_close(moved, base, rtol=1e-6, atol=1e-9)
+
+
 def test_sinkhorn_term_has_finite_gradients_and_rejects_bad_shapes():
     frac, species, lattice, mask = crystals_for_ot(0)
     pred = frac.clone().requires_grad_()
