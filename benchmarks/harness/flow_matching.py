@@ -29,7 +29,9 @@ has several reduced bases.
 loss is any registered strategy, ``get_loss(name, **options)(predicted_clean, label)`` on two
 :class:`~soft_niggli.CrystalBatch`; its per-crystal values are weighted by
 ``w(t) = 1 / max(1 − t, t_floor)²`` (a clipped velocity-space loss) and normalised,
-``Σ w_b ℓ_b / Σ w_b`` over the crystals the loss did not exclude.
+``Σ w_b ℓ_b / Σ w_b`` over the crystals the loss did not exclude. Adam at a constant rate, or a cosine
+decay to 0 over the run (``lr_schedule``); with ``ema > 0`` sampling uses an exponential moving average
+of the weights.
 
 **Sampling** (:func:`sample`): the velocity implied by the prediction,
 

@@ -174,6 +174,37 @@ def _tiny_data():
     return Data.from_structures("aflow-tiny", structures[:16], structures[16:])
 
 
+def test_ema_samples_with_the_averaged_weights_and_cosine_decays_the_rate(monkeypatch):
+    from benchmarks.harness import flow_matching
+    from benchmarks.harness.flow_matching import FlowConfig, train_flow
+
+    rates = []
+    step = torch.optim.Adam.step
+
+    def spy(self, *args, **kwargs):
+        rates.append(self.param_groups[0]["lr"])
+        return step(self, *args, **kwargs)
+
+    monkeypatch.setattr(torch.optim.Adam, "step", spy)
+    torch.set_num_threads(1)
+    data = _tiny_data()
+    common = dict(strategy="mse", epochs=3, batch_size=8, hidden=16, layers=1, fourier=2, ode_steps=(2,), seed=3,
+                  eval_every=1, curve_size=4, curve_steps=2)
+    plain = train_flow(data, FlowConfig(**common), match=False)
+    averaged = train_flow(data, FlowConfig(**common, ema=0.5, lr_schedule="cosine"), match=True)
+    # The cosine rate starts at lr and falls to about lr / 2 (1 - cos(π / S)) at the last of S steps.
+    cosine = rates[len(rates) // 2:]
+    assert rates[:len(cosine)] == [1e-3] * len(cosine)
+    assert cosine[0] == 1e-3 and cosine[-1] < 1e-3 * 0.1 and all(a > b for a, b in zip(cosine, cosine[1:]))
+    # The sampler is the average, not the last iterate: a different set of weights, same architecture.
+    assert averaged["model"] is not plain["model"]
+    assert not all(torch.equal(a, b) for a, b in zip(averaged["model"].parameters(), plain["model"].parameters()))
+    assert len(averaged["curves"]["curve_step"]) == 3 and len(averaged["curves"]["curve_rmse"]) == 3
+    with pytest.raises(ValueError, match="lr_schedule"):
+        train_flow(data, FlowConfig(**{**common, "epochs": 1}, lr_schedule="linear"), match=False)
+    assert flow_matching.LR_SCHEDULES == ("constant", "cosine")
+
+
 def test_two_gloo_processes_train_like_one_process_on_the_same_global_batch(tmp_path):
     import torch.multiprocessing as mp
 
