@@ -74,7 +74,7 @@ for c in automorphisms reduced-forms; do add carbon_24 2 mse niggli $c; done
 if [[ "${1:-}" == "--list" ]]; then printf '%s\n' "${commands[@]}"; exit 0; fi
 for cmd in "${commands[@]}"; do
   # At most two runs at a time on this machine, counting runs started elsewhere.
-  while (( $(pgrep -fc "^python -m benchmarks.generative") >= 2 )); do sleep 20; done
+  while (( $(pgrep -fc "^[^ ]*python -m benchmarks.generative") >= 2 )); do sleep 20; done
   echo "$(date +%T) $cmd"
   bash -c "$cmd > /dev/null" &
   sleep 5
