@@ -19,8 +19,8 @@ epoch on a small held-out subset (``--eval-every``, ``--curve-size``).
   nearest its prior sample); ``--align-prior`` aligns the prior's rotation and handedness to the label.
 
 Results (rank 0 only) go to ``<out>/generative_<dataset>.{md,json}`` and figures
-``generative_<dataset>_epochs.png`` (match rate vs epoch) and ``generative_<dataset>_steps.png`` (match rate
-vs Euler steps), through :mod:`benchmarks.harness.report`; runs are merged into an existing JSON of that name
+``generative_<dataset>_epochs.png`` (match rate vs epoch), ``generative_<dataset>_steps.png`` (match rate
+vs Euler steps) and, where the learning curve recorded it, ``generative_<dataset>_rmse.png`` (RMSE vs step), through :mod:`benchmarks.harness.report`; runs are merged into an existing JSON of that name
 (a run with the same strategy, basis, coupling, alignment and seed is replaced), under a file lock, so
 several commands can write into one folder. ``--out`` defaults to a scratch folder under the system's
 temporary directory; give ``--out benchmarks/results/generative`` to write the committed results.
@@ -144,9 +144,31 @@ def markdown(dataset: str, record: dict) -> str:
               "spglib cannot reduce. Models: "
               + ", ".join(sorted({f"{r['parameters']} parameters" for r in rows})) + "; steps per run: "
               + ", ".join(sorted({str(s) for r in rows for s in r["steps"]})) + ".", "", table(rows), ""]
+    lines += curve_tables(record["runs"])
     if len(record["commands"]) > 1:
         lines += ["Commands:", ""] + [f"- `{c}`" for c in record["commands"]] + [""]
     return "\n".join(lines)
+
+
+def curve_tables(runs: list[dict]) -> list[str]:
+    """Markdown lines: the learning curve of every run that recorded RMSE in it (``--eval-every``)."""
+    lines = []
+    for r in sorted(runs, key=run_key):
+        c = r["curves"]
+        if not c.get("curve_rmse"):
+            continue
+        cfg = r["config"]
+        lines += [f"Learning curve, {cfg['strategy']} / {cfg['basis']} / {cfg['coupling']} / seed {cfg['seed']}: "
+                  f"the first {cfg['curve_size']} held-out crystals, {cfg['curve_steps']} Euler steps, every "
+                  f"{cfg['eval_every']} epochs.", ""]
+        def fmt(v, digits=3):
+            return "—" if v is None or not np.isfinite(v) else f"{v:.{digits}f}"
+
+        body = [[str(e), str(s), fmt(m), fmt(x, 4), fmt(le)]
+                for e, s, m, x, le in zip(c["curve_epoch"], c["curve_step"], c["curve_match_rate"], c["curve_rmse"],
+                                          c["curve_lattice_error"])]
+        lines += markdown_table(["epoch", "optimiser step", "match rate", "RMSE", "lattice err"], body) + [""]
+    return lines
 
 
 def figures(dataset: str, record: dict, out_dir: Path) -> None:
@@ -178,6 +200,18 @@ def figures(dataset: str, record: dict, out_dir: Path) -> None:
         y = np.mean([c["curve_match_rate"][:n] for c in curves], axis=0)
         ax.plot(epochs[:n], y, marker=".", label=label(key))
     save(fig, ax, "epoch", "match rate (held-out subset)", "match rate vs epoch", "epochs")
+
+    with_rmse = {key: [r["curves"] for r in rs if r["curves"].get("curve_rmse")] for key, rs in groups.items()}
+    if any(with_rmse.values()):
+        fig, ax = plt.subplots(figsize=(7, 4.5))
+        for key, curves in sorted(with_rmse.items()):
+            if not curves:
+                continue
+            n = min(len(c["curve_rmse"]) for c in curves)
+            steps = curves[0]["curve_step"][:n]
+            y = np.nanmean([[np.nan if v is None else v for v in c["curve_rmse"][:n]] for c in curves], axis=0)
+            ax.plot(steps, y, marker=".", label=label(key))
+        save(fig, ax, "optimiser step", "RMSE of matched crystals (held-out subset)", "RMSE vs step", "rmse")
 
     fig, ax = plt.subplots(figsize=(7, 4.5))
     for key, rs in sorted(groups.items()):

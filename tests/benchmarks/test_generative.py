@@ -246,7 +246,7 @@ def test_the_command_line_runs_end_to_end(tmp_path):
                  "--eval-every", "1", "--curve-size", "4", "--curve-steps", "2", "--out", str(tmp_path),
                  "--no-progress", "--threads", "1"]) == 0
     for name in ("generative_perov_5.md", "generative_perov_5.json", "generative_perov_5_epochs.png",
-                 "generative_perov_5_steps.png"):
+                 "generative_perov_5_steps.png", "generative_perov_5_rmse.png"):
         assert (tmp_path / name).exists(), name
     saved = json.loads((tmp_path / "generative_perov_5.json").read_text())
     assert len(saved["runs"]) == 12 and len(saved["summary"]) == 12
@@ -256,7 +256,9 @@ def test_the_command_line_runs_end_to_end(tmp_path):
     assert set(run["metrics"]) == {"1", "2"} and run["curves"]["curve_epoch"] == [1, 2]
     for key in ("match_rate", "rmse", "lattice_error", "reducer_ok_share", "spglib_failures"):
         assert key in run["metrics"]["2"]
-    assert "| strategy | basis | coupling |" in (tmp_path / "generative_perov_5.md").read_text()
+    page = (tmp_path / "generative_perov_5.md").read_text()
+    assert "| strategy | basis | coupling |" in page
+    assert page.count("Learning curve, ") == 12 and "| epoch | optimiser step | match rate | RMSE |" in page
 
 
 def test_seed_and_limit_arguments():
