@@ -227,6 +227,11 @@ def automorphic_forms_unchecked(lattice: torch.Tensor, forms: ReducedForms, rel_
     P = len(owner)
     if not P:
         return torch.zeros(0, dtype=torch.bool, device=forms.owner.device)
+    # "The same metric" within just above the dtype's rounding (1000 ε, 1.2e-4 for float32), not the
+    # wider band the forms are listed and faded over (effective_rel_tol): forms 3e-4 apart near a face of
+    # a float32 label are different metrics.
+    rounding = min(1000 * torch.finfo(forms.lattice.dtype).eps, 1e-2)
+    rel_tol = max(rel_tol, rounding)
     F = forms.lattice.cpu().double()
     ok = forms.status.reshape(-1).cpu() == int(Status.OK)
     G = F @ F.transpose(-1, -2)
@@ -235,7 +240,7 @@ def automorphic_forms_unchecked(lattice: torch.Tensor, forms: ReducedForms, rel_
     pick = v <= best[owner]
     first = torch.full((B,), P, dtype=torch.int64).scatter_reduce(0, owner[pick], torch.arange(P)[pick], "amin")
     start = F[first.clamp_max(P - 1)]
-    strict = max(1000 * torch.finfo(forms.lattice.dtype).eps, rel_tol / 4)
+    strict = max(rounding, rel_tol / 4, 1e-12)  # within REL_TOL_RANGE: rounding is at most 1e-2
     reduced = niggli_reduce(start, rel_tol=strict)
     reference = torch.where((reduced.status == int(Status.OK))[:, None, None], reduced.lattice.double(), start)
     G_ref = reference @ reference.transpose(-1, -2)

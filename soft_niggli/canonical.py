@@ -277,9 +277,10 @@ def automorphic_forms(lattice, forms: ReducedForms, *, rel_tol: float = 1e-5) ->
     """``(P,)`` bool: the reduced forms whose metric ``G = L Lᵀ`` is the lattice's reference metric within
     ``rel_tol`` of its largest squared length, i.e. the lattice's automorphisms in its reduced basis.
 
-    The reference is the lattice's Niggli metric whatever basis the lattice came in: the cell the guarded
-    reducer returns at a quarter of ``rel_tol`` (at least ``1000 ε`` of the dtype), special conditions
-    included.
+    ``rel_tol`` is raised to ``1000 ε`` of the forms' dtype (1.2e-4 for float32), just above what
+    re-basing and rounding again moves a metric by. The reference is the lattice's Niggli metric whatever
+    basis the lattice came in: the cell the guarded reducer returns at a quarter of that tolerance (at
+    least the rounding), special conditions included.
     A canonical label's own metric wherever it is the Niggli cell (off faces, and on exact faces); within
     ``rel_tol`` of a face, where forms with other metrics pass the conditions too and a reducer at
     ``rel_tol`` returns one or another depending on the basis, it may be another form's, so that the

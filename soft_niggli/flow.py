@@ -185,10 +185,14 @@ def couple_reduced_forms(prior_lattice, labels: CrystalBatch, *, prior_frac=None
     :meth:`~soft_niggli.canonical.ReducedForms.weights`): a form at the tolerance's edge would enter or
     leave the choice with the basis the label came in.
 
-    A canonical label is one of the forms (with ``"automorphisms"``: unless it sits within the tolerance
-    of a face in a form other than the Niggli metric's), so ``distance`` is then never larger than the
-    label's own. The result does not depend on the basis the label came in, wherever the label's reduced
-    forms do not (away from a hair of the tolerance's edge), near faces included (tested). Forms are computed on the host, in float64, once per
+    A canonical label is one of the forms, so ``distance`` is never larger than the label's own, except
+    for a label within the tolerance of a face: its own form may fade (meet the conditions only between
+    half the tolerance and the tolerance) or, with ``"automorphisms"``, not have the Niggli metric. The
+    result does not depend on the basis the label came in (tested near faces at 0.1×, 1× and 10×
+    ``rel_tol``), except within a hair of half the tolerance, where a form starts to fade, and, with
+    ``"automorphisms"``, where two of the label's metrics differ by about the tolerance of "the same
+    metric" (:func:`~soft_niggli.canonical.automorphic_forms`: for float32 labels, whose re-basing moves
+    a metric by ~1e-5, metrics 1.2e-4 apart, about 12× ``rel_tol`` from a face). Forms are computed on the host, in float64, once per
     distinct label (``cache``); the outputs are on the labels' device and in their dtype.
 
     Args:
@@ -242,7 +246,7 @@ def couple_reduced_forms(prior_lattice, labels: CrystalBatch, *, prior_frac=None
     status = looked_up.forms.status.cpu()
     # Only the fully canonical forms: those fading out of the tolerance band (weight below 1) would enter
     # or leave with the basis the label came in where a form sits at the band's edge.
-    keep = (status == int(Status.OK))[owner] & (looked_up.forms.weights(cache.rel_tol).cpu() >= 1)
+    keep = (status == int(Status.OK))[owner] & (looked_up.weight.cpu() >= 1)
     if among == "automorphisms":
         keep &= looked_up.automorphic.cpu()
     owner, T, inverse, F = owner[keep], T[keep], inverse[keep], F[keep]

@@ -36,6 +36,7 @@ class _Entry:
     inverse: torch.Tensor  # (k, 3, 3) int64, CPU: transform⁻¹
     automorphic: torch.Tensor  # (k,) bool: the form has the label's reference metric
     metric: torch.Tensor  # (k,) int64: which of the label's distinct metrics the form has, 0, 1, ...
+    weight: torch.Tensor  # (k,) float64: ReducedForms.weights at the cache's rel_tol
     lattice: torch.Tensor  # (k, 3, 3) the label's dtype, CPU
     status: int
     nbytes: int
@@ -55,12 +56,15 @@ class CachedForms:
             (:func:`~soft_niggli.canonical.automorphic_forms`).
         metric: ``(P,)`` int64, forms of one lattice with the same metric (the same entries on a grid of
             1e-9 of the largest squared length) share a number; numbers of different lattices differ.
+        weight: ``(P,)`` float64, how fully each form is canonical
+            (:meth:`~soft_niggli.canonical.ReducedForms.weights` at the cache's ``rel_tol``).
     """
 
     forms: ReducedForms
     inverse: torch.Tensor
     automorphic: torch.Tensor
     metric: torch.Tensor
+    weight: torch.Tensor
 
 
 class ReducedFormsCache:
@@ -127,7 +131,7 @@ class ReducedFormsCache:
             return found
         forms = found.forms
         forms = ReducedForms(forms.owner, forms.transform, forms.lattice, forms.status.reshape(batch_shape))
-        return CachedForms(forms, found.inverse, found.automorphic, found.metric)
+        return CachedForms(forms, found.inverse, found.automorphic, found.metric, found.weight)
 
     def _forms(self, lattice: torch.Tensor) -> ReducedForms:
         return ReducedForms(*reduced_forms_unchecked(lattice, effective_rel_tol(self.rel_tol, lattice.dtype)))
@@ -152,14 +156,14 @@ class ReducedFormsCache:
             new = self._derive(lattice[missing].cpu(), self._forms(lattice[missing]))
             counts = new.forms.counts(len(missing)).tolist()
             fresh = {}
-            for b, transform, inverse, automorphic, metric, form, status in zip(
+            for b, transform, inverse, automorphic, metric, weight, form, status in zip(
                     missing, new.forms.transform.cpu().split(counts), new.inverse.cpu().split(counts),
                     new.automorphic.cpu().split(counts), new.metric.cpu().split(counts),
-                    new.forms.lattice.cpu().split(counts), new.forms.status.tolist()):
+                    new.weight.cpu().split(counts), new.forms.lattice.cpu().split(counts), new.forms.status.tolist()):
                 metric = metric - metric.min() if len(metric) else metric
-                nbytes = (transform.nbytes + inverse.nbytes + automorphic.nbytes + metric.nbytes + form.nbytes
-                          + len(keys[b]) + _ENTRY_OVERHEAD)
-                entry = _Entry(transform, inverse, automorphic, metric, form, int(status), nbytes, len(transform),
+                nbytes = (transform.nbytes + inverse.nbytes + automorphic.nbytes + metric.nbytes + weight.nbytes
+                          + form.nbytes + len(keys[b]) + _ENTRY_OVERHEAD)
+                entry = _Entry(transform, inverse, automorphic, metric, weight, form, int(status), nbytes, len(transform),
                                int(metric.max()) + 1 if len(metric) else 0)
                 entries[b] = entry
                 fresh[keys[b]] = entry
@@ -181,16 +185,13 @@ class ReducedFormsCache:
         offsets = torch.cumsum(groups, 0) - groups
         metric = torch.cat([e.metric for e in entries]) + torch.repeat_interleave(offsets, counts.cpu())
         return CachedForms(forms, torch.cat([e.inverse for e in entries]).to(device),
-                           torch.cat([e.automorphic for e in entries]).to(device), metric.to(device))
+                           torch.cat([e.automorphic for e in entries]).to(device), metric.to(device),
+                           torch.cat([e.weight for e in entries]).to(device))
 
     def _derive(self, lattice: torch.Tensor, forms: ReducedForms) -> CachedForms:
-        # "The same metric" needs a tolerance just above the dtype's rounding (1000 ε, 1.2e-4 for float32),
-        # not the wider band the forms are listed and faded over (effective_rel_tol): forms 3e-4 apart
-        # near a face of a float32 label are different metrics, and the wider tolerance would also let the
-        # reference's reducer stop at either of them, depending on the basis the label came in.
-        tol = max(self.rel_tol, min(1000 * torch.finfo(lattice.dtype).eps, 1e-2))
-        return CachedForms(forms, integer_inverse(forms.transform), automorphic_forms_unchecked(lattice, forms, tol),
-                           _metric_groups(forms))
+        return CachedForms(forms, integer_inverse(forms.transform),
+                           automorphic_forms_unchecked(lattice, forms, self.rel_tol), _metric_groups(forms),
+                           forms.weights(self.rel_tol))
 
 
 def _metric_groups(forms: ReducedForms) -> torch.Tensor:

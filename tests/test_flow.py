@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 
 from soft_niggli import (CrystalBatch, ReducedFormsCache, Status, align_rotation, canonicalize_labels,
                          couple_reduced_forms, get_loss, random_rotations, random_unimodular, reduced_forms)
-from soft_niggli.canonical import effective_rel_tol
+from soft_niggli.canonical import automorphic_forms, effective_rel_tol
 from soft_niggli.datasets import load_dataset
 from soft_niggli.testing import near_face_crystals
 
@@ -117,6 +117,18 @@ def test_the_coupling_of_a_label_near_a_cone_face_does_not_depend_on_its_basis(l
     G = [x.batch.lattice.double() @ x.batch.lattice.double().mT for x in (a, b)]
     tol = 2 * effective_rel_tol(1e-5, dtype)
     torch.testing.assert_close(G[1], G[0], rtol=0, atol=tol * float(G[0].abs().max()))
+
+
+@pytest.mark.parametrize("dtype, rel_tol", [(torch.float16, 1e-5), (torch.bfloat16, 1e-5), (torch.float64, 1e-12)])
+def test_half_precision_labels_and_the_smallest_tolerance_couple(dtype, rel_tol):
+    # The reference's strict tolerance stays inside the reducer's range: a quarter of 1e-12 is below it,
+    # and 1000 ε of float16 (0.98) above.
+    labels = _real_labels("perov_5_small,carbon_24_small", 4).to(dtype=dtype)
+    L0, f0 = _prior(labels, 0)
+    out = couple_reduced_forms(L0, labels, prior_frac=f0, rel_tol=rel_tol, cache=ReducedFormsCache(rel_tol=rel_tol))
+    assert bool((out.status == int(Status.OK)).all()) and out.batch.lattice.dtype == dtype
+    forms = reduced_forms(labels.lattice, rel_tol=rel_tol)
+    assert int(automorphic_forms(labels.lattice, forms, rel_tol=rel_tol).sum()) >= len(labels)
 
 
 def test_a_cube_chooses_among_its_48_forms_and_the_prior_decides():

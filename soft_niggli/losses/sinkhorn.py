@@ -102,8 +102,9 @@ def _anchor_translations(mask, z_pred, z_target, max_pairs: int):
 
 def _reduced_basis(frac_pred: torch.Tensor, frac_target: torch.Tensor, lattice: torch.Tensor):
     """``(frac_pred N⁻¹, frac_target N⁻¹, N L)``: both structures and the lattice in the lattice's Niggli
-    basis ``N L`` (``N`` from :func:`~soft_niggli.niggli.niggli_reduce`, detached; the identity for a cell
-    it cannot reduce), where the cost's few images hold the nearest one. Without values (meta), as given."""
+    basis ``N L`` (``N`` from :func:`~soft_niggli.niggli.niggli_reduce`, detached; for a cell it does not
+    reduce ``OK``, the best basis it found or the identity, unimodular either way), where the cost's few
+    images hold the nearest one. Without values (meta), as given."""
     if not has_values(lattice):
         return frac_pred, frac_target, lattice
     from ..lattice import integer_inverse
