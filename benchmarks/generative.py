@@ -310,6 +310,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's)")
     ap.add_argument("--no-progress", action="store_true")
+    ap.add_argument("--render", action="store_true",
+                    help="rewrite <out>/generative_<dataset>.md and its figures from the JSON there, without training")
     args = ap.parse_args(argv)
     if args.dataset not in DATASETS:
         ap.error(f"--dataset: unknown dataset {args.dataset!r}; valid names: {', '.join(DATASETS)}")
@@ -340,6 +342,16 @@ def main(argv=None) -> int:
     and prints the table; returns the exit status 0 (on every rank)."""
     argv = list(sys.argv[1:] if argv is None else argv)
     args = parse_args(argv)
+    if args.render:
+        out_dir = Path(args.out)
+        json_path = out_dir / f"generative_{args.dataset}.json"
+        with _locked(json_path):
+            record = json.loads(json_path.read_text())
+            record["summary"] = summarize(record["runs"])
+            write_results(out_dir, f"generative_{args.dataset}", markdown(args.dataset, record), record)
+            figures(args.dataset, record, out_dir)
+        print(f"rewrote {out_dir / f'generative_{args.dataset}.md'} and its figures")
+        return 0
     if args.threads:
         torch.set_num_threads(max(1, args.threads))
     ctx = distributed_context()

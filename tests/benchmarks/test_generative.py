@@ -259,6 +259,12 @@ def test_the_command_line_runs_end_to_end(tmp_path):
     page = (tmp_path / "generative_perov_5.md").read_text()
     assert "| strategy | basis | coupling |" in page
     assert page.count("Learning curve, ") == 12 and "| epoch | optimiser step | match rate | RMSE |" in page
+    # --render rewrites the page and the figures from the JSON alone.
+    for name in ("generative_perov_5.md", "generative_perov_5_rmse.png"):
+        (tmp_path / name).unlink()
+    assert main(["--dataset", "perov_5", "--out", str(tmp_path), "--render"]) == 0
+    assert (tmp_path / "generative_perov_5.md").read_text() == page
+    assert (tmp_path / "generative_perov_5_rmse.png").exists()
 
 
 def test_seed_and_limit_arguments():
