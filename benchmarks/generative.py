@@ -134,7 +134,9 @@ def table(rows: list[dict]) -> str:
 def markdown(dataset: str, record: dict) -> str:
     d = record["data"]
     rows = record["summary"]
-    lines = header(f"Generative benchmark (flow matching), {dataset}", "; ".join(f"`{c}`" for c in record["commands"])
+    steps = ", ".join(sorted({str(s) for r in rows for s in r["steps"]}, key=int))
+    lines = header(f"Generative benchmark (flow matching), {dataset}, {steps} steps",
+                   "; ".join(f"`{c}`" for c in record["commands"])
                    .strip("`"), record["machine"])
     lines += [f"Data: {d['train_size']} training / {d['val_size']} held-out crystals ({d['source']}); one sample "
               "per held-out composition. Metrics at the largest evaluated number of Euler steps unless a column "
