@@ -192,8 +192,9 @@ def couple_reduced_forms(prior_lattice, labels: CrystalBatch, *, prior_frac=None
     ``rel_tol``), except within a hair of half the tolerance, where a form starts to fade, and, with
     ``"automorphisms"``, where two of the label's metrics differ by about the tolerance of "the same
     metric" (:func:`~soft_niggli.canonical.automorphic_forms`: for float32 labels, whose re-basing moves
-    a metric by ~1e-5, metrics 1.2e-4 apart, about 12× ``rel_tol`` from a face). Forms are computed on the host, in float64, once per
-    distinct label (``cache``); the outputs are on the labels' device and in their dtype.
+    a metric by ~1e-5, metrics 1.2e-4 apart, about 12× ``rel_tol`` from a face). Forms are computed on
+    the host, in float64, once per distinct label (``cache``); the outputs are on the labels' device and
+    in their dtype.
 
     Args:
         prior_lattice: ``(B, 3, 3)`` prior lattices ``L_0`` (rows are lattice vectors), ``B = len(labels)``,

@@ -163,8 +163,8 @@ class ReducedFormsCache:
                 metric = metric - metric.min() if len(metric) else metric
                 nbytes = (transform.nbytes + inverse.nbytes + automorphic.nbytes + metric.nbytes + weight.nbytes
                           + form.nbytes + len(keys[b]) + _ENTRY_OVERHEAD)
-                entry = _Entry(transform, inverse, automorphic, metric, weight, form, int(status), nbytes, len(transform),
-                               int(metric.max()) + 1 if len(metric) else 0)
+                entry = _Entry(transform, inverse, automorphic, metric, weight, form, int(status), nbytes,
+                               len(transform), int(metric.max()) + 1 if len(metric) else 0)
                 entries[b] = entry
                 fresh[keys[b]] = entry
             with self._lock:
