@@ -253,13 +253,19 @@ def write_dataset(dataset: str, runs: list[dict], command: str, machine: str, da
             machines = old.get("machines", [old.get("machine")]) + [m for m in machines if
                                                                      m not in old.get("machines", [old.get("machine")])]
         record = {"dataset": dataset, "commands": commands, "machine": machines[-1], "machines": machines,
-                  "data": data_info, "summary": summarize(runs), "runs": runs}
-        write_results(out_dir, f"generative_{dataset}", markdown(dataset, record), record)
-        try:
-            figures(dataset, record, out_dir)
-        except Exception as err:  # noqa: BLE001 - a plotting problem must not lose the numbers
-            print(f"warning: figures for {dataset} failed: {err}", file=sys.stderr)
+                  "data": data_info, "summary": None, "runs": runs}
+        _write_record(dataset, record, out_dir)
     return record
+
+
+def _write_record(dataset: str, record: dict, out_dir: Path) -> None:
+    """Summarise ``record["runs"]`` and write the JSON, the page and the figures (the caller holds the lock)."""
+    record["summary"] = summarize(record["runs"])
+    write_results(out_dir, f"generative_{dataset}", markdown(dataset, record), record)
+    try:
+        figures(dataset, record, out_dir)
+    except Exception as err:  # noqa: BLE001 - a plotting problem must not lose the numbers
+        print(f"warning: figures for {dataset} failed: {err}", file=sys.stderr)
 
 
 def _ints(text: str) -> tuple[int, ...]:
@@ -348,10 +354,7 @@ def main(argv=None) -> int:
         out_dir = Path(args.out)
         json_path = out_dir / f"generative_{args.dataset}.json"
         with _locked(json_path):
-            record = json.loads(json_path.read_text())
-            record["summary"] = summarize(record["runs"])
-            write_results(out_dir, f"generative_{args.dataset}", markdown(args.dataset, record), record)
-            figures(args.dataset, record, out_dir)
+            _write_record(args.dataset, json.loads(json_path.read_text()), out_dir)
         print(f"rewrote {out_dir / f'generative_{args.dataset}.md'} and its figures")
         return 0
     if args.threads:

@@ -324,24 +324,6 @@ def evaluate_samples(pred: CrystalBatch, target: CrystalBatch, match: bool = Tru
 LR_SCHEDULES = ("constant", "cosine")
 
 
-def _ema_copy(model: torch.nn.Module) -> torch.nn.Module:
-    import copy
-
-    ema = copy.deepcopy(model)
-    for p in ema.parameters():
-        p.requires_grad_(False)
-    return ema
-
-
-@torch.no_grad()
-def _ema_update(ema: torch.nn.Module, model: torch.nn.Module, decay: float) -> None:
-    """``θ_ema ← decay · θ_ema + (1 − decay) · θ`` (buffers copied)."""
-    for pe, p in zip(ema.parameters(), model.parameters()):
-        pe.lerp_(p.detach(), 1.0 - decay)
-    for be, b in zip(ema.buffers(), model.buffers()):
-        be.copy_(b)
-
-
 def train_flow(data: Data, config: FlowConfig, *, device="cpu", ctx: DistributedContext | None = None,
                progress=None, eval_subset: int | None = None, match: bool = True, log_every: int = 0) -> dict:
     """Train one flow model and evaluate it on ``data.val``; returns the run's record.
@@ -365,7 +347,8 @@ def train_flow(data: Data, config: FlowConfig, *, device="cpu", ctx: Distributed
     opt = torch.optim.Adam(net.parameters(), lr=config.lr)
     # Sampling uses an exponential moving average of the weights when config.ema > 0 (as diffusion and
     # flow models usually do): the last iterate of a constant-rate Adam run is noisy, its average is not.
-    ema_model = _ema_copy(model) if config.ema > 0 else None
+    ema_model = (torch.optim.swa_utils.AveragedModel(model, multi_avg_fn=torch.optim.swa_utils.get_ema_multi_avg_fn(
+        config.ema), use_buffers=True) if config.ema > 0 else None)
     sampler = ema_model if ema_model is not None else model
     loss_fn = build_loss(config)
     prior = LatticePrior.fit(data.train_niggli, data.volume_per_atom)
@@ -380,6 +363,7 @@ def train_flow(data: Data, config: FlowConfig, *, device="cpu", ctx: Distributed
         total_steps = min(total_steps, config.max_steps)
     if config.lr_schedule not in LR_SCHEDULES:
         raise ValueError(f"lr_schedule: expected one of {LR_SCHEDULES}, got {config.lr_schedule!r}")
+    schedule = torch.optim.lr_scheduler.CosineAnnealingLR(opt, total_steps) if config.lr_schedule == "cosine" else None
 
     val = data.val if eval_subset is None else data.val[: min(eval_subset, len(data.val))]
     curve_val = data.val[: min(config.curve_size, len(data.val))]
@@ -419,12 +403,11 @@ def train_flow(data: Data, config: FlowConfig, *, device="cpu", ctx: Distributed
                 if float(ctx.all_sum(grads_ok)) == ctx.world:
                     if config.grad_clip > 0:
                         torch.nn.utils.clip_grad_norm_(net.parameters(), config.grad_clip)
-                    if config.lr_schedule == "cosine":
-                        for group in opt.param_groups:
-                            group["lr"] = config.lr * 0.5 * (1 + math.cos(math.pi * (step - 1) / total_steps))
                     opt.step()
+                    if schedule is not None:
+                        schedule.step()
                     if ema_model is not None:
-                        _ema_update(ema_model, model, config.ema)
+                        ema_model.update_parameters(model)
                     losses.append(value)
                 else:
                     skipped += 1
