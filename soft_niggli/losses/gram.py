@@ -52,7 +52,7 @@ class GramLoss(CandidateSoftmin):
                  lattice_weight: float = 1.0, coord_weight: float = 1.0, volume_weight: float = 1.0,
                  theta_weight: float = 1.0, theta_scales: tuple = (1.0, 2.0, 4.0), coords: str = "periodic",
                  center: str = "label", top_k: int | None = None, labels_canonical: bool = False, blur: float = 0.1,
-                 zero_at_match: bool = True, automorphism_rel_tol: float = 1e-4, cache_bytes: int = 256 * 2**20):
+                 zero_at_match: bool = True, automorphism_rel_tol: float = 1e-3, cache_bytes: int = 256 * 2**20):
         super().__init__()
         self._common_options(tau=tau, bound=bound, proper=proper, normalize=normalize, lattice_metric="gram",
                              lattice_weight=lattice_weight, coord_weight=coord_weight, coords=coords, blur=blur,

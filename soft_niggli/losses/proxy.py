@@ -102,7 +102,11 @@ class NiggliProxyLoss(CrystalLoss):
             reduced forms, see above).
         automorphism_rel_tol: relative tolerance of :func:`lattice_automorphisms` (and of the reduced
             forms), in [1e-12, 0.1) like every tolerance; keep it above ``rel_tol`` so near-ties the
-            reducer may break either way are covered.
+            reducer may break either way are covered. Default 1e-3, as ``"softmin"``: about float32's
+            raised tolerance of the reduced forms (1.2e-3); the forms fade between 5e-4 and 1e-3 from
+            the Niggli conditions, beyond 10 times ``rel_tol`` from a face, so that there a label's
+            rounding in another basis cannot move a form's weight and with it the loss. With
+            ``label_forms="automorphisms"`` near-automorphisms within 1e-3 count as automorphisms.
         rel_tol: the reducer's relative tolerance, in :data:`~soft_niggli.niggli.REL_TOL_RANGE`.
         coords: ``"periodic"`` or ``"sinkhorn"`` (:func:`coordinate_term`; with Sinkhorn, atom order is
             free and the lattice term alone picks the automorphism). blur: Sinkhorn blur, Å.
@@ -123,7 +127,7 @@ class NiggliProxyLoss(CrystalLoss):
 
     def __init__(self, *, lattice_weight: float = 1.0, coord_weight: float = 1.0, lattice_metric: str = "cartesian",
                  fallback: str = "identity", frame: str = "reduced", labels_canonical: bool = False,
-                 skew_weight: float = 0.0, label_forms: str = "automorphisms", automorphism_rel_tol: float = 1e-4,
+                 skew_weight: float = 0.0, label_forms: str = "automorphisms", automorphism_rel_tol: float = 1e-3,
                  rel_tol: float = 1e-5,
                  coords: str = "periodic", blur: float = 0.1):
         super().__init__()

@@ -140,7 +140,12 @@ class SoftminLoss(CandidateSoftmin):
             found from any basis, canonical or not, so it changes nothing here.
         blur: Sinkhorn blur in Å, in (0, 10) (``coords="sinkhorn"`` only).
         automorphism_rel_tol: the tolerance of the label's reduced forms (forms fade out between half
-            of it and it), in [1e-12, 0.1) like every tolerance.
+            of it and it), in [1e-12, 0.1) like every tolerance. Default 1e-3, about what float32 labels
+            get anyway (:func:`~soft_niggli.canonical.effective_rel_tol`: 1.2e-3): a label up to about
+            5e-4 from a face of the Niggli cone (50 times the reducer's ``rel_tol``) has all its forms at
+            full weight, so that its rounding in another basis cannot move their weights; a form inside
+            the fade (5e-4 to 1e-3 from the conditions) still feels it, 10 times less than with a
+            band 10 times narrower (``tests/losses/test_labels_near_faces.py``).
         cache_bytes: memory for the label side (its forms' classes and weights, and ``gram``'s theta
             series) remembered per label lattice (0 to 2**40 bytes; default 256 MiB, 0 turns it off).
             A training loop shows the same labels every epoch; a new label costs one reduction and the
@@ -150,7 +155,7 @@ class SoftminLoss(CandidateSoftmin):
     def __init__(self, *, tau: float = 0.1, bound: int = 1, proper: bool = False, normalize: bool = False,
                  lattice_metric: str = "cartesian", lattice_weight: float = 1.0, coord_weight: float = 1.0,
                  coords: str = "periodic", center: str = "label", top_k: int | None = None, labels_canonical: bool = False,
-                 blur: float = 0.1, zero_at_match: bool = True, automorphism_rel_tol: float = 1e-4,
+                 blur: float = 0.1, zero_at_match: bool = True, automorphism_rel_tol: float = 1e-3,
                  cache_bytes: int = 256 * 2**20):
         super().__init__()
         self._common_options(tau=tau, bound=bound, proper=proper, normalize=normalize, lattice_metric=lattice_metric,
