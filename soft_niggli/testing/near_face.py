@@ -131,7 +131,8 @@ def _near_face_metric(draw, st, face: str, d: float) -> tuple[float, ...]:
     B = (2.0 + d * u[0]) / (2.0 - d * u[0])
     if face == "angle_60":
         t1 = draw(st.floats(0.1, 0.4))
-        t2 = draw(st.floats(t1, min(2.0 * t1, 0.45)))  # A = B: |ξ| <= |η|; ζ = A: η <= 2ξ
+        # A = B wants |ξ| <= |η|, ζ = A wants η <= 2ξ; 3 % from both ends, which are faces too.
+        t2 = draw(st.floats(1.03 * t1, min(1.97 * t1, 0.45)))
         return 1.0, B, C, t1, t2, 1.0 + d * u[1]
     # angle_120: ζ = −A wants η = 0 in a Niggli-reduced cell.
     return 1.0, B, C, -_generic_fraction(draw, st), 0.0, -(1.0 + d * u[1])
