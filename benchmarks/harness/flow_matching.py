@@ -258,15 +258,27 @@ def flow_loss(model, loss_fn, labels: CrystalBatch, L0: torch.Tensor, f0: torch.
 @torch.no_grad()
 def sample(model, num_atoms: torch.Tensor, species: torch.Tensor, steps: int, prior: LatticePrior,
            generator: torch.Generator, *, right_handed: bool = False, chunk: int = 512,
-           dtype=torch.float32, device="cpu", return_prior: bool = False, predictor=None) -> CrystalBatch:
+           dtype=torch.float32, device="cpu", return_prior: bool = False, predictor=None,
+           jump_at: float = 1.0, anneal: float = 0.0) -> CrystalBatch:
     """One crystal per composition, by Euler integration of the predicted velocity (module docstring).
 
     ``num_atoms (B,)``, ``species (N,)`` give the compositions. ``predictor(L_t, f_t, t, species, num_atoms)``
     replaces the model where given (tests: an exact predictor). Returns the crystals in float64 on the
     CPU (with the prior sample ``(L_0, f_0)`` too if ``return_prior``).
+
+    Two variants of the sampler (:mod:`benchmarks.sampler_study` compares them): ``jump_at < 1`` takes
+    ``steps − 1`` equal steps from 0 to ``jump_at`` and then lands on the prediction made there (with
+    ``jump_at = 1 − 1/steps`` this is plain Euler); ``anneal = s > 0`` scales the coordinates' velocity
+    by ``1 + s t`` (FlowMM's inference anti-annealing), a step never passing the prediction.
     """
     if steps < 1:
         raise ValueError(f"steps: expected >= 1, got {steps}")
+    if not 0 < jump_at <= 1 or anneal < 0 or (jump_at < 1 and steps < 2):
+        raise ValueError(f"jump_at: expected in (0, 1] (steps >= 2 when < 1), anneal >= 0; got {jump_at}, {anneal}")
+    if jump_at < 1:
+        knots = [jump_at * k / (steps - 1) for k in range(steps)] + [1.0]
+    else:
+        knots = [k / steps for k in range(steps + 1)]
     num_atoms = num_atoms.cpu()
     species = species.cpu()
     L0, f0 = prior.sample(num_atoms, generator, right_handed=right_handed)
@@ -283,13 +295,12 @@ def sample(model, num_atoms: torch.Tensor, species: torch.Tensor, steps: int, pr
         z = species[a:b].to(device)
         L = L0[lo:hi].to(device, dtype)
         f = f0[a:b].to(device, dtype)
-        for k in range(steps):
-            t0, t1 = k / steps, (k + 1) / steps
+        for t0, t1 in zip(knots[:-1], knots[1:]):
             t = torch.full((hi - lo,), t0, dtype=dtype, device=device)
             L_hat, f_hat = predictor(L, f, t, z, n)
             dt = (t1 - t0) / (1 - t0)
             L = L + dt * (L_hat - L)                                   # Δt · v_L
-            f = wrap(f + dt * minimum_image(f_hat - f))                # Δt · v_f
+            f = wrap(f + min(1.0, (1 + anneal * t0) * dt) * minimum_image(f_hat - f))  # Δt · v_f
         out_L.append(L.double().cpu())
         out_f.append(f.double().cpu())
     if model is not None and was_training:

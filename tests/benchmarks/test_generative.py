@@ -130,6 +130,41 @@ def test_an_exact_prediction_transports_the_prior_to_the_data(steps):
     _frac_close(out.frac, f1, atol=1e-10)
 
 
+@pytest.mark.parametrize("steps, jump_at, anneal", [(2, 0.5, 0.0), (10, 0.9, 0.0), (50, 0.9, 0.0), (7, 1.0, 3.0),
+                                                     (50, 1.0, 10.0)])
+def test_the_sampler_variants_land_on_an_exact_prediction(steps, jump_at, anneal):
+    # A jump at T takes steps - 1 steps to T then lands on the prediction; anti-annealing moves the
+    # coordinates faster but never past the prediction: both end on the data when the prediction is exact.
+    g = torch.Generator().manual_seed(2)
+    num_atoms = torch.tensor([2, 4])
+    L1 = 5 * torch.eye(3, dtype=torch.float64) + torch.randn(2, 3, 3, generator=g, dtype=torch.float64)
+    f1 = torch.rand(6, 3, generator=g, dtype=torch.float64)
+    seen = []
+
+    def exact(L, f, t, z, n):
+        seen.append(float(t[0]))
+        return L1.clone(), f1.clone()
+
+    out = sample(None, num_atoms, torch.ones(6, dtype=torch.int64), steps, LatticePrior(12.0, 0.5),
+                 torch.Generator().manual_seed(3), dtype=torch.float64, predictor=exact, jump_at=jump_at, anneal=anneal)
+    assert len(seen) == steps and seen[0] == 0.0
+    if jump_at < 1:
+        assert seen[-1] == pytest.approx(jump_at)
+    torch.testing.assert_close(out.lattice, L1, atol=1e-10, rtol=1e-10)
+    _frac_close(out.frac, f1, atol=1e-10)
+
+
+def test_a_jump_at_the_last_euler_knot_is_plain_euler():
+    net = _model()
+    args = (torch.tensor([2, 3]), torch.tensor([8, 14, 8, 8, 1]), 10, LatticePrior(12.0, 0.5))
+    plain = sample(net, *args, torch.Generator().manual_seed(4), dtype=torch.float64)
+    jump = sample(net, *args, torch.Generator().manual_seed(4), dtype=torch.float64, jump_at=0.9)
+    torch.testing.assert_close(jump.lattice, plain.lattice)
+    torch.testing.assert_close(jump.frac, plain.frac)
+    with pytest.raises(ValueError, match="jump_at"):
+        sample(net, *args, torch.Generator(), jump_at=1.5)
+
+
 def test_prior_scale_matches_the_labels():
     g = torch.Generator().manual_seed(0)
     M = random_unimodular((50,), max_entry=1, generator=g).double()
