@@ -135,7 +135,11 @@ def markdown(dataset: str, record: dict) -> str:
     d = record["data"]
     rows = record["summary"]
     steps = ", ".join(sorted({str(s) for r in rows for s in r["steps"]}, key=int))
-    lines = header(f"Generative benchmark (flow matching), {dataset}, {steps} steps",
+    # The recipe's extras, where every run shares them (the title tells such pages apart).
+    extras = {(r["config"].get("ema", 0.0), r["config"].get("lr_schedule", "constant")) for r in record["runs"]}
+    ema, schedule = next(iter(extras)) if len(extras) == 1 else (0.0, "constant")
+    recipe = (f", EMA {ema:g}" if ema else "") + (f", {schedule} learning rate" if schedule != "constant" else "")
+    lines = header(f"Generative benchmark (flow matching), {dataset}, {steps} steps{recipe}",
                    "; ".join(f"`{c}`" for c in record["commands"])
                    .strip("`"), record["machine"])
     lines += [f"Data: {d['train_size']} training / {d['val_size']} held-out crystals ({d['source']}); one sample "
