@@ -54,7 +54,10 @@ class NearestFormLoss(CrystalLoss):
         lattice_metric: ``"cartesian"`` or ``"gram"``; coords: ``"periodic"`` or ``"sinkhorn"``;
             blur: Sinkhorn blur, Å, in (0, 10) (as every loss).
         rel_tol: the tolerance of the reduced forms (and of the reducer), in
-            :data:`~soft_niggli.niggli.REL_TOL_RANGE`.
+            :data:`~soft_niggli.niggli.REL_TOL_RANGE`. Default 1e-3, the band of ``"softmin"``'s
+            ``automorphism_rel_tol``: forms fade between 5e-4 and 1e-3 from the Niggli conditions, beyond
+            10 times the reducer's 1e-5 from a face, where a label's rounding in another basis would move
+            their weights (with 1e-5 the fade sat at 1x-10x: 7.7e-9 relative under re-basing, now 2e-13).
         cache_bytes: memory for the labels' reduced forms (0 to 2**40 bytes; default 256 MiB, 0 turns
             it off): a :class:`~soft_niggli.forms_cache.ReducedFormsCache`, thread-safe, so that the
             forms of a label seen before are a lookup (a cubic label has 48).
@@ -67,7 +70,7 @@ class NearestFormLoss(CrystalLoss):
     """
 
     def __init__(self, *, lattice_weight: float = 1.0, coord_weight: float = 1.0, lattice_metric: str = "cartesian",
-                 coords: str = "periodic", blur: float = 0.1, rel_tol: float = 1e-5, cache_bytes: int = 256 * 2**20):
+                 coords: str = "periodic", blur: float = 0.1, rel_tol: float = 1e-3, cache_bytes: int = 256 * 2**20):
         super().__init__()
         self.set_term_options(lattice_weight=lattice_weight, coord_weight=coord_weight,
                               lattice_metric=lattice_metric, coords=coords, blur=blur)

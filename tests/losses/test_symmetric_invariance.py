@@ -371,7 +371,7 @@ def test_continuous_losses_ignore_the_label_basis_on_the_reducers_tolerance_edge
     # Stretched by about the tolerance, the cell has forms that pass the Niggli conditions only just, or
     # only just not, and which of them a reducer returns depends on the basis: the losses take all of
     # them, each weighed by its distance from the conditions, so the basis changes nothing. 1e-5 is the
-    # reducer's rel_tol (and reduced-forms'), 1e-3 the edge of the others' band (automorphism_rel_tol).
+    # reducer's rel_tol, 1e-3 the edge of the losses' band (automorphism_rel_tol; reduced-forms' rel_tol).
     label = _stretched_fcc(stretch)
     noise = 0.05 * torch.randn(1, 3, 3, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
     pred = CrystalBatch(label.lattice + noise, label.frac + 0.02, [2], [1, 2])
