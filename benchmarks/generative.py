@@ -136,9 +136,11 @@ def markdown(dataset: str, record: dict) -> str:
     rows = record["summary"]
     steps = ", ".join(sorted({str(s) for r in rows for s in r["steps"]}, key=int))
     # The recipe's extras, where every run shares them (the title tells such pages apart).
-    extras = {(r["config"].get("ema", 0.0), r["config"].get("lr_schedule", "constant")) for r in record["runs"]}
-    ema, schedule = next(iter(extras)) if len(extras) == 1 else (0.0, "constant")
-    recipe = (f", EMA {ema:g}" if ema else "") + (f", {schedule} learning rate" if schedule != "constant" else "")
+    extras = {(r["config"].get("ema", 0.0), r["config"].get("lr_schedule", "constant"), r["config"].get("jump_at", 1.0))
+              for r in record["runs"]}
+    ema, schedule, jump = next(iter(extras)) if len(extras) == 1 else (0.0, "constant", 1.0)
+    recipe = (f", EMA {ema:g}" if ema else "") + (f", {schedule} learning rate" if schedule != "constant" else "") \
+        + (f", sampler jumps at t = {jump:g}" if jump < 1 else "")
     lines = header(f"Generative benchmark (flow matching), {dataset}, {steps} steps{recipe}",
                    "; ".join(f"`{c}`" for c in record["commands"])
                    .strip("`"), record["machine"])
@@ -302,6 +304,9 @@ def parse_args(argv=None) -> argparse.Namespace:
                     help="sample with an exponential moving average of the weights of this decay (0: off)")
     ap.add_argument("--lr-schedule", default=DEFAULTS.lr_schedule, choices=LR_SCHEDULES,
                     help="constant, or cosine decay to 0 over the run's steps")
+    ap.add_argument("--jump-at", type=float, default=DEFAULTS.jump_at,
+                    help="sample with the Euler steps on [0, T] and a jump onto the prediction made at T "
+                         "(default 1: plain Euler; benchmarks.sampler_study)")
     ap.add_argument("--t-floor", type=float, default=DEFAULTS.t_floor, help="loss weight 1/max(1-t, t_floor)^2")
     ap.add_argument("--model", default="", metavar="MODULE:CLASS",
                     help="your own network instead of the CSPNet-style FlowNet "
@@ -344,6 +349,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     args.seeds = seeds if "," in args.seeds_text else tuple(range(seeds[0]))
     if not 0 <= args.ema < 1:
         ap.error(f"--ema: expected a decay in [0, 1), got {args.ema}")
+    if not 0 < args.jump_at <= 1:
+        ap.error(f"--jump-at: expected a time in (0, 1], got {args.jump_at}")
     if not args.ode_steps or min(args.ode_steps) < 1 or not args.seeds or args.epochs < 1 or len(args.limit) > 2:
         ap.error("--ode-steps must be >= 1, --seeds and --epochs >= 1, --limit TRAIN[,VAL]")
     return args
@@ -384,7 +391,7 @@ def main(argv=None) -> int:
                           coord_weight=args.coord_weight, hidden=args.hidden, layers=args.layers, fourier=args.fourier,
                           ode_steps=args.ode_steps, eval_every=args.eval_every, curve_size=args.curve_size,
                           curve_steps=args.curve_steps, max_steps=args.max_steps, model=args.model,
-                          ema=args.ema, lr_schedule=args.lr_schedule)
+                          ema=args.ema, lr_schedule=args.lr_schedule, jump_at=args.jump_at)
                for s in args.strategies for b in args.bases for c in args.coupling for seed in args.seeds]
     from tqdm.auto import tqdm
 
