@@ -136,11 +136,11 @@ def markdown(dataset: str, record: dict) -> str:
     rows = record["summary"]
     steps = ", ".join(sorted({str(s) for r in rows for s in r["steps"]}, key=int))
     # The recipe's extras, where every run shares them (the title tells such pages apart).
-    extras = {(r["config"].get("ema", 0.0), r["config"].get("lr_schedule", "constant"), r["config"].get("jump_at", 1.0))
-              for r in record["runs"]}
-    ema, schedule, jump = next(iter(extras)) if len(extras) == 1 else (0.0, "constant", 1.0)
+    extras = {(r["config"].get("ema", 0.0), r["config"].get("lr_schedule", "constant"), r["config"].get("jump_at", 1.0),
+               r["config"].get("anneal", 0.0)) for r in record["runs"]}
+    ema, schedule, jump, anneal = next(iter(extras)) if len(extras) == 1 else (0.0, "constant", 1.0, 0.0)
     recipe = (f", EMA {ema:g}" if ema else "") + (f", {schedule} learning rate" if schedule != "constant" else "") \
-        + (f", sampler jumps at t = {jump:g}" if jump < 1 else "")
+        + (f", sampler jumps at t = {jump:g}" if jump < 1 else "") + (f", anti-annealing {anneal:g}" if anneal else "")
     lines = header(f"Generative benchmark (flow matching), {dataset}, {steps} steps{recipe}",
                    "; ".join(f"`{c}`" for c in record["commands"])
                    .strip("`"), record["machine"])
@@ -307,6 +307,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     ap.add_argument("--jump-at", type=float, default=DEFAULTS.jump_at,
                     help="sample with the Euler steps on [0, T] and a jump onto the prediction made at T "
                          "(default 1: plain Euler; benchmarks.sampler_study)")
+    ap.add_argument("--anneal", type=float, default=DEFAULTS.anneal,
+                    help="sample with the coordinates' velocity scaled by 1 + S t (FlowMM's anti-annealing; "
+                         "default 0: off)")
     ap.add_argument("--t-floor", type=float, default=DEFAULTS.t_floor, help="loss weight 1/max(1-t, t_floor)^2")
     ap.add_argument("--model", default="", metavar="MODULE:CLASS",
                     help="your own network instead of the CSPNet-style FlowNet "
@@ -351,6 +354,8 @@ def parse_args(argv=None) -> argparse.Namespace:
         ap.error(f"--ema: expected a decay in [0, 1), got {args.ema}")
     if not 0 < args.jump_at <= 1:
         ap.error(f"--jump-at: expected a time in (0, 1], got {args.jump_at}")
+    if not 0 <= args.anneal <= 100:
+        ap.error(f"--anneal: expected a number in [0, 100], got {args.anneal}")
     if not args.ode_steps or min(args.ode_steps) < 1 or not args.seeds or args.epochs < 1 or len(args.limit) > 2:
         ap.error("--ode-steps must be >= 1, --seeds and --epochs >= 1, --limit TRAIN[,VAL]")
     return args
@@ -391,7 +396,8 @@ def main(argv=None) -> int:
                           coord_weight=args.coord_weight, hidden=args.hidden, layers=args.layers, fourier=args.fourier,
                           ode_steps=args.ode_steps, eval_every=args.eval_every, curve_size=args.curve_size,
                           curve_steps=args.curve_steps, max_steps=args.max_steps, model=args.model,
-                          ema=args.ema, lr_schedule=args.lr_schedule, jump_at=args.jump_at)
+                          ema=args.ema, lr_schedule=args.lr_schedule, jump_at=args.jump_at,
+                          anneal=args.anneal)
                for s in args.strategies for b in args.bases for c in args.coupling for seed in args.seeds]
     from tqdm.auto import tqdm
 

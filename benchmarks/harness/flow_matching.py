@@ -31,8 +31,8 @@ loss is any registered strategy, ``get_loss(name, **options)(predicted_clean, la
 ``w(t) = 1 / max(1 − t, t_floor)²`` (a clipped velocity-space loss) and normalised,
 ``Σ w_b ℓ_b / Σ w_b`` over the crystals the loss did not exclude. Adam at a constant rate, or a cosine
 decay to 0 over the run (``lr_schedule``); with ``ema > 0`` sampling uses an exponential moving average
-of the weights; with ``jump_at < 1`` the sampler lands on the prediction made at that time
-(:func:`sample`).
+of the weights; with ``jump_at < 1`` the sampler lands on the prediction made at that time, with
+``anneal > 0`` it speeds the coordinates up as ``1 + anneal · t`` (:func:`sample`).
 
 **Sampling** (:func:`sample`): the velocity implied by the prediction,
 
@@ -154,6 +154,7 @@ class FlowConfig:
     ema: float = 0.0
     lr_schedule: str = "constant"
     jump_at: float = 1.0
+    anneal: float = 0.0
 
 
 def build_model(config: FlowConfig, volume_per_atom: float) -> torch.nn.Module:
@@ -443,7 +444,7 @@ def train_flow(data: Data, config: FlowConfig, *, device="cpu", ctx: Distributed
                 gen = torch.Generator().manual_seed(40_000 + config.seed)
                 crystals = sample(sampler, curve_val.num_atoms, curve_val.species, config.curve_steps, prior, gen,
                                   right_handed=config.align_prior, device=device,
-                                  jump_at=config.jump_at if config.curve_steps > 1 else 1.0)
+                                  jump_at=config.jump_at if config.curve_steps > 1 else 1.0, anneal=config.anneal)
                 m = evaluate_samples(crystals, curve_val, match=True)
                 curves["curve_epoch"].append(epoch)
                 curves["curve_step"].append(step)
@@ -466,7 +467,7 @@ def train_flow(data: Data, config: FlowConfig, *, device="cpu", ctx: Distributed
             gen = torch.Generator().manual_seed(50_000 + config.seed)
             crystals = sample(sampler, val.num_atoms, val.species, int(k), prior, gen,
                               right_handed=config.align_prior, device=device,
-                              jump_at=config.jump_at if int(k) > 1 else 1.0)
+                              jump_at=config.jump_at if int(k) > 1 else 1.0, anneal=config.anneal)
             record["metrics"][str(int(k))] = evaluate_samples(crystals, val, match=match)
         record["eval_time"] = time.perf_counter() - t_eval
     record["state_checksum"] = float(sum(p.detach().double().sum() for p in model.parameters()))
