@@ -31,3 +31,10 @@ for c in independent automorphisms:random; do
       --no-progress --epochs 2000 --max-steps 10000 --ode-steps 10,50,200 --out $OUT > /dev/null &
 done
 wait
+# One trained model sampled several ways (plain Euler, a jump at t = 0.9, anti-annealing 3 and 10):
+# benchmarks/results/generative/sampler_study.md, at 4000 and at 20000 steps (18-32 minutes per run).
+for args in "independent --seed 0" "automorphisms:random --seed 0" "independent --seed 0 --max-steps 20000" \
+            "independent --seed 1 --max-steps 20000" "automorphisms:random --seed 0 --max-steps 20000" \
+            "automorphisms:random --seed 1 --max-steps 20000"; do
+  python -m benchmarks.sampler_study --dataset perov_5 --coupling $args --out benchmarks/results/generative > /dev/null
+done
