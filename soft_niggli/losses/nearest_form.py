@@ -56,8 +56,8 @@ class NearestFormLoss(CrystalLoss):
         rel_tol: the tolerance of the reduced forms (and of the reducer), in
             :data:`~soft_niggli.niggli.REL_TOL_RANGE`. Default 1e-3, the band of ``"softmin"``'s
             ``automorphism_rel_tol``: forms fade between 5e-4 and 1e-3 from the Niggli conditions, beyond
-            10 times the reducer's 1e-5 from a face, where a label's rounding in another basis would move
-            their weights (with 1e-5 the fade sat at 1x-10x: 7.7e-9 relative under re-basing, now 2e-13).
+            10 times the reducer's 1e-5 from a face, so that there a label's rounding in another basis
+            cannot move their weights and with them the loss.
         cache_bytes: memory for the labels' reduced forms (0 to 2**40 bytes; default 256 MiB, 0 turns
             it off): a :class:`~soft_niggli.forms_cache.ReducedFormsCache`, thread-safe, so that the
             forms of a label seen before are a lookup (a cubic label has 48).
