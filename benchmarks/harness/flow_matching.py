@@ -270,15 +270,16 @@ def sample(model, num_atoms: torch.Tensor, species: torch.Tensor, steps: int, pr
     CPU (with the prior sample ``(L_0, f_0)`` too if ``return_prior``).
 
     Two variants of the sampler (:mod:`benchmarks.sampler_study` compares them): ``jump_at < 1`` takes
-    ``steps − 1`` equal steps from 0 to ``jump_at`` and then lands on the prediction made there (with
+    ``steps − 1`` equal steps from 0 to ``jump_at`` and then lands on the prediction made there (one step
+    is plain Euler; with
     ``jump_at = 1 − 1/steps`` this is plain Euler); ``anneal = s > 0`` scales the coordinates' velocity
     by ``1 + s t`` (FlowMM's inference anti-annealing), a step never passing the prediction.
     """
     if steps < 1:
         raise ValueError(f"steps: expected >= 1, got {steps}")
-    if not 0 < jump_at <= 1 or anneal < 0 or (jump_at < 1 and steps < 2):
-        raise ValueError(f"jump_at: expected in (0, 1] (steps >= 2 when < 1), anneal >= 0; got {jump_at}, {anneal}")
-    if jump_at < 1:
+    if not 0 < jump_at <= 1 or anneal < 0:
+        raise ValueError(f"jump_at: expected in (0, 1], anneal >= 0; got {jump_at}, {anneal}")
+    if jump_at < 1 and steps > 1:  # one step is a jump from t = 0 already
         knots = [jump_at * k / (steps - 1) for k in range(steps)] + [1.0]
     else:
         knots = [k / steps for k in range(steps + 1)]
@@ -444,7 +445,7 @@ def train_flow(data: Data, config: FlowConfig, *, device="cpu", ctx: Distributed
                 gen = torch.Generator().manual_seed(40_000 + config.seed)
                 crystals = sample(sampler, curve_val.num_atoms, curve_val.species, config.curve_steps, prior, gen,
                                   right_handed=config.align_prior, device=device,
-                                  jump_at=config.jump_at if config.curve_steps > 1 else 1.0, anneal=config.anneal)
+                                  jump_at=config.jump_at, anneal=config.anneal)
                 m = evaluate_samples(crystals, curve_val, match=True)
                 curves["curve_epoch"].append(epoch)
                 curves["curve_step"].append(step)
@@ -467,7 +468,7 @@ def train_flow(data: Data, config: FlowConfig, *, device="cpu", ctx: Distributed
             gen = torch.Generator().manual_seed(50_000 + config.seed)
             crystals = sample(sampler, val.num_atoms, val.species, int(k), prior, gen,
                               right_handed=config.align_prior, device=device,
-                              jump_at=config.jump_at if int(k) > 1 else 1.0, anneal=config.anneal)
+                              jump_at=config.jump_at, anneal=config.anneal)
             record["metrics"][str(int(k))] = evaluate_samples(crystals, val, match=match)
         record["eval_time"] = time.perf_counter() - t_eval
     record["state_checksum"] = float(sum(p.detach().double().sum() for p in model.parameters()))
