@@ -270,10 +270,9 @@ def sample(model, num_atoms: torch.Tensor, species: torch.Tensor, steps: int, pr
     CPU (with the prior sample ``(L_0, f_0)`` too if ``return_prior``).
 
     Two variants of the sampler (:mod:`benchmarks.sampler_study` compares them): ``jump_at < 1`` takes
-    ``steps − 1`` equal steps from 0 to ``jump_at`` and then lands on the prediction made there (one step
-    is plain Euler; with
-    ``jump_at = 1 − 1/steps`` this is plain Euler); ``anneal = s > 0`` scales the coordinates' velocity
-    by ``1 + s t`` (FlowMM's inference anti-annealing), a step never passing the prediction.
+    ``steps − 1`` equal steps from 0 to ``jump_at`` and then lands on the prediction made there (one step,
+    or ``jump_at = 1 − 1/steps``, is plain Euler); ``anneal = s > 0`` scales the coordinates' velocity by
+    ``1 + s t`` (FlowMM's inference anti-annealing), a step never passing the prediction.
     """
     if steps < 1:
         raise ValueError(f"steps: expected >= 1, got {steps}")
