@@ -42,7 +42,7 @@ NAME = "sampler_study"
 def run(dataset: str, coupling: str, seed: int, max_steps: int, batch_size: int, limit: tuple) -> dict:
     data = load_data(dataset, *limit)
     config = FlowConfig(strategy="mse", basis="niggli", coupling=coupling, align_prior=True, seed=seed,
-                        epochs=10_000, batch_size=batch_size, max_steps=max_steps, ode_steps=(10,))
+                        epochs=10_000, batch_size=batch_size, max_steps=max_steps, ode_steps=())  # sampled below
     record = train_flow(data, config, match=False)
     model = record.pop("model")
     prior = LatticePrior.fit(data.train_niggli, data.volume_per_atom)
