@@ -64,9 +64,28 @@ DEFAULT_OUT = Path(tempfile.gettempdir()) / "soft_niggli_generative"
 DEFAULTS = FlowConfig()
 
 
-def run_key(run: dict) -> tuple:
+# The settings besides (strategy, basis, coupling, align prior, seed) that change the trained model or its
+# samples. Runs that differ in any of them are different rows, so that a run with another recipe written to
+# the same folder is added beside the others instead of replacing the run it would otherwise share a key with.
+RECIPE_FIELDS = ("epochs", "max_steps", "batch_size", "lr", "grad_clip", "t_floor", "coord_weight", "hidden", "layers",
+                 "fourier", "loss_options", "model", "ema", "lr_schedule", "jump_at", "anneal")
+
+
+def recipe(run: dict) -> tuple:
+    """``(name, value)`` of every :data:`RECIPE_FIELDS` entry of the run (the default where an older record
+    lacks the field); hashable."""
     c = run["config"]
-    return (c["strategy"], c["basis"], c["coupling"], bool(c["align_prior"]), c["seed"])
+    values = []
+    for name in RECIPE_FIELDS:
+        v = c.get(name, getattr(DEFAULTS, name))
+        values.append((name, json.dumps(v, sort_keys=True) if isinstance(v, (dict, list)) else v))
+    return tuple(values)
+
+
+def run_key(run: dict) -> tuple:
+    """``(strategy, basis, coupling, align prior, recipe, seed)``: one run; ``[:5]`` is its row of the table."""
+    c = run["config"]
+    return (c["strategy"], c["basis"], c["coupling"], bool(c["align_prior"]), recipe(run), c["seed"])
 
 
 def _mean_std(values) -> tuple[float, float]:
@@ -83,19 +102,20 @@ def _pm(mean, std, digits=3) -> str:
 
 
 def summarize(runs: list[dict]) -> list[dict]:
-    """One row per (strategy, basis, coupling, align): mean ± sample std over seeds of the metrics at the
-    primary number of Euler steps (the largest evaluated), match rate at every evaluated step count."""
+    """One row per (strategy, basis, coupling, align, recipe): mean ± sample std over seeds of the metrics at
+    the primary number of Euler steps (the largest evaluated), match rate at every evaluated step count."""
     groups: dict[tuple, list[dict]] = {}
     for r in runs:
-        groups.setdefault(run_key(r)[:4], []).append(r)
+        groups.setdefault(run_key(r)[:5], []).append(r)
     rows = []
-    for (strategy, basis, coupling, align), rs in groups.items():
+    for (strategy, basis, coupling, align, run_recipe), rs in groups.items():
         rs = sorted(rs, key=lambda r: r["config"]["seed"])
         steps = sorted({int(k) for r in rs for k in r["metrics"]})
         primary = str(max(steps)) if steps else None
         row = {"strategy": strategy, "basis": basis, "coupling": coupling, "align_prior": align, "seeds": len(rs),
                "epochs": sorted({r["epochs_run"] for r in rs}), "primary_steps": primary,
-               "parameters": rs[0]["parameters"], "steps": sorted({r["steps"] for r in rs})}
+               "parameters": rs[0]["parameters"], "steps": sorted({r["steps"] for r in rs}),
+               "recipe": dict(run_recipe)}
         for m in ("match_rate", "rmse", "lattice_error", "reducer_ok_share", "spglib_failures",
                   "volume_ratio_median", "left_handed_share"):
             vals = [r["metrics"].get(primary, {}).get(m) for r in rs]
@@ -109,19 +129,23 @@ def summarize(runs: list[dict]) -> list[dict]:
         rows.append(row)
     order = {"mse": 0, "reduced-forms": 1, "softmin": 2, "gram": 3, "proxy": 4}
     rows.sort(key=lambda r: (BASES.index(r["basis"]) if r["basis"] in BASES else 9, r["coupling"], r["align_prior"],
-                             order.get(parse_strategy(r["strategy"])[0], 9), r["strategy"]))
+                             order.get(parse_strategy(r["strategy"])[0], 9), r["strategy"], str(r["recipe"])))
     return rows
 
 
 def table(rows: list[dict]) -> str:
     steps = sorted({int(k.split("@")[1]) for r in rows for k in r if k.startswith("match_rate@") and
                     not k.endswith("_std")})
-    columns = ["strategy", "basis", "coupling", "align prior", "seeds", "match rate ↑", "per seed", "RMSE ↓",
-               "lattice err ↓", "reducer OK", "spglib fails", *(f"match@{k}" for k in steps), "min/run"]
+    # A recipe column only where the rows' recipes differ, naming the settings that differ.
+    varying = [name for name in RECIPE_FIELDS if len({str(r["recipe"].get(name)) for r in rows}) > 1]
+    columns = ["strategy", "basis", "coupling", "align prior", *(["recipe"] if varying else []), "seeds",
+               "match rate ↑", "per seed", "RMSE ↓", "lattice err ↓", "reducer OK", "spglib fails",
+               *(f"match@{k}" for k in steps), "min/run"]
     body = []
     for r in rows:
         seeds = ", ".join("—" if v is None else f"{v:.3f}" for v in r["match_rate_per_seed"])
-        cells = [r["strategy"], r["basis"], r["coupling"], "yes" if r["align_prior"] else "no", str(r["seeds"]),
+        cells = [r["strategy"], r["basis"], r["coupling"], "yes" if r["align_prior"] else "no",
+                 *([" ".join(f"{name}={r['recipe'].get(name)}" for name in varying)] if varying else []), str(r["seeds"]),
                  _pm(r["match_rate"], r["match_rate_std"]), seeds, _pm(r["rmse"], r["rmse_std"], 4),
                  _pm(r["lattice_error"], r["lattice_error_std"]), _pm(r["reducer_ok_share"], r["reducer_ok_share_std"]),
                  _pm(r["spglib_failures"], r["spglib_failures_std"], 1)]
@@ -183,11 +207,14 @@ def figures(dataset: str, record: dict, out_dir: Path) -> None:
     plt = pyplot()
     groups: dict[tuple, list[dict]] = {}
     for r in record["runs"]:
-        groups.setdefault(run_key(r)[:4], []).append(r)
+        groups.setdefault(run_key(r)[:5], []).append(r)
+    varying = [name for name in RECIPE_FIELDS if len({dict(key[4]).get(name) for key in groups}) > 1]
 
     def label(key):
-        s, b, c, a = key
-        return f"{s} / {b}" + ("" if c == "independent" else f" / {c}") + (" / aligned" if a else "")
+        s, b, c, a, rec = key
+        extra = " ".join(f"{name}={dict(rec)[name]}" for name in varying)
+        return (f"{s} / {b}" + ("" if c == "independent" else f" / {c}") + (" / aligned" if a else "")
+                + (f" / {extra}" if extra else ""))
 
     def save(fig, ax, xlabel: str, ylabel: str, title: str, name: str) -> None:
         ax.set_xlabel(xlabel)

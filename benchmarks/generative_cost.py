@@ -4,10 +4,11 @@ Row convention: lattices are ``(B, 3, 3)`` with the lattice vectors as rows, ``X
 
 One training step = interpolant of a batch of ``--batch`` real training crystals (Niggli labels, aligned
 prior, the step's prior noise and times fixed), the network's forward pass, the loss, the backward pass
-(no optimiser step: the same for every loss). Timed in one process, float32, CPU, best of ``--repeats``,
-for ``mse`` and each other loss, and for ``mse`` with each reduced-form coupling
-(:func:`soft_niggli.flow.couple_reduced_forms`, part of the step there; the labels' forms come from its
-cache after the first step, as in every epoch after the first of a training run). The overhead of a loss is ``(t_loss − t_mse) / t_mse``.
+(no optimiser step: the same for every loss), for ``mse`` and each other loss, and for ``mse`` with each
+reduced-form coupling (:func:`soft_niggli.flow.couple_reduced_forms`, part of the step there; the labels'
+forms come from its cache after the first step, as in every epoch after the first of a training run).
+Timed in one process, float32, CPU, the variants in turn round after round (best of ``--repeats`` − 1
+warm steps each). The overhead of a loss is ``(t_loss − t_mse) / t_mse``.
 
 From the repository root::
 
@@ -53,32 +54,41 @@ def time_steps(dataset: str, batch: int, repeats: int, hidden: int, layers: int)
     t = torch.rand(len(idx), generator=g, dtype=torch.float64)
     L0, f0 = prior.sample(labels.num_atoms, g)
     ctx = DistributedContext()
-    rows = []
+    variants = []
     for strategy, coupling in VARIANTS:
         config = FlowConfig(strategy=strategy, coupling=coupling, align_prior=True, hidden=hidden, layers=layers)
         torch.manual_seed(0)
-        model = build_model(config, data.volume_per_atom)
-        loss_fn = build_loss(config)
-        cache = ReducedFormsCache()
-        best, first = float("inf"), None
-        for _ in range(repeats):
-            model.zero_grad(set_to_none=True)
-            t0 = time.perf_counter()
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")
-                loss, _, _ = flow_loss(model, loss_fn, labels, L0, f0, t, config, ctx, cache,
-                                       tie_generator=torch.Generator().manual_seed(0))
-            loss.backward()
-            elapsed = time.perf_counter() - t0
-            first = elapsed if first is None else first
-            best = min(best, elapsed)
-        row = {"dataset": dataset, "loss": strategy, "coupling": coupling, "ms": 1e3 * best,
+        variants.append({"strategy": strategy, "coupling": coupling, "config": config,
+                         "model": build_model(config, data.volume_per_atom), "loss_fn": build_loss(config),
+                         "cache": ReducedFormsCache(), "times": []})
+
+    def step(v: dict) -> float:
+        v["model"].zero_grad(set_to_none=True)
+        t0 = time.perf_counter()
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            loss, _, _ = flow_loss(v["model"], v["loss_fn"], labels, L0, f0, t, v["config"], ctx, v["cache"],
+                                   tie_generator=torch.Generator().manual_seed(0))
+        loss.backward()
+        return time.perf_counter() - t0
+
+    # Round-robin over the variants, so that each one's best of `repeats` is drawn from the same stretch of
+    # time: on a shared machine the load drifts over minutes, and timing variant after variant turned the
+    # drift into spurious overheads (as low as -46%). The first pass is the cold one (forms not cached).
+    for _ in range(repeats):
+        for v in variants:
+            v["times"].append(step(v))
+    rows = []
+    for v in variants:
+        times = v["times"]
+        row = {"dataset": dataset, "loss": v["strategy"], "coupling": v["coupling"], "ms": 1e3 * min(times[1:] or times),
+               "ms_median": 1e3 * float(torch.tensor(times[1:] or times).median()),
                "atoms": int(labels.num_atoms.sum()), "crystals": len(idx),
-               "parameters": sum(p.numel() for p in model.parameters())}
-        if coupling != "independent":
-            row["first_step_s"] = first  # the labels' forms found (cold cache)
+               "parameters": sum(p.numel() for p in v["model"].parameters())}
+        if v["coupling"] != "independent":
+            row["first_step_s"] = times[0]  # the labels' forms found (cold cache)
         rows.append(row)
-        print(f"{dataset:>10} {strategy:>14} / {coupling:<14}: {row['ms']:.1f} ms", flush=True)
+        print(f"{dataset:>10} {v['strategy']:>14} / {v['coupling']:<14}: {row['ms']:.1f} ms", flush=True)
     mse = rows[0]["ms"]
     for r in rows:
         r["overhead_vs_mse"] = (r["ms"] - mse) / mse
@@ -96,6 +106,8 @@ def main(argv=None) -> int:
     ap.add_argument("--threads", type=int, default=None)
     ap.add_argument("--out", default=str(DEFAULT_OUT))
     args = ap.parse_args(argv)
+    if args.repeats < 2:
+        ap.error(f"--repeats must be at least 2 (one cold step, then the timed warm ones); got {args.repeats}")
     if args.threads:
         torch.set_num_threads(args.threads)
     rows = []
@@ -105,13 +117,15 @@ def main(argv=None) -> int:
     lines = header("Loss cost as a share of one flow-matching training step", command, machine) + [
         f"One step: interpolant, forward pass of the flow model (hidden {args.hidden}, {args.layers} layers, "
         f"{rows[0]['parameters']} parameters), loss, backward; batch of {args.batch} Niggli training labels, "
-        f"aligned prior, float32, CPU, best of {args.repeats}. Overhead = (t − t_mse) / t_mse; the target for "
+        f"aligned prior, float32, CPU; the variants timed in turn, round after round, and each one's best of its "
+        f"{args.repeats - 1} warm steps reported (median beside it). Overhead = (t − t_mse) / t_mse; the target for "
         "the couplings is at most 15%. `reduced-forms` and the couplings cache each label's forms (warm after the "
         "first repeat, as in every epoch after the first; the couplings' first, cold step is its own column); "
         "`reduced-forms:cache_bytes=0` is the loss's cold cost.", ""]
     lines += markdown_table(
-        ["dataset", "loss", "coupling", "atoms", "ms per step", "overhead vs mse", "first (cold) step, s"], rows,
-        lambda r: [r["dataset"], f"`{r['loss']}`", r["coupling"], str(r["atoms"]), f"{r['ms']:.1f}",
+        ["dataset", "loss", "coupling", "atoms", "ms per step", "median", "overhead vs mse", "first (cold) step, s"],
+        rows,
+        lambda r: [r["dataset"], f"`{r['loss']}`", r["coupling"], str(r["atoms"]), f"{r['ms']:.1f}", f"{r['ms_median']:.1f}",
                    f"{100 * r['overhead_vs_mse']:+.0f}%", f"{r['first_step_s']:.2f}" if "first_step_s" in r else "–"])
     text = "\n".join(lines) + "\n"
     print("\n" + text)

@@ -328,3 +328,29 @@ def test_a_model_of_ones_own_plugs_in_by_module_and_class(tmp_path):
     assert "held out" in record["data"]["source"]
     with pytest.raises(SystemExit):
         main(["--dataset", "perov_5", "--model", "no_such_module:Net", "--out", str(tmp_path), "--no-progress"])
+
+
+def test_runs_with_another_recipe_are_added_beside_the_others_not_over_them(tmp_path):
+    from dataclasses import asdict
+
+    from benchmarks.generative import write_dataset
+    from benchmarks.harness.flow_matching import FlowConfig
+
+    def run(seed, match, **recipe):
+        config = asdict(FlowConfig(seed=seed, align_prior=True, max_steps=20, **recipe))
+        return {"config": config, "epochs_run": 2, "parameters": 10, "steps": 20, "train_time": 6.0,
+                "eval_time": 6.0, "curves": {}, "metrics": {"2": {"match_rate": match, "rmse": 0.1}}}
+
+    data = {"train_size": 8, "val_size": 4, "source": "synthetic"}
+    write_dataset("perov_5", [run(0, 0.5), run(1, 0.7)], "first", "machine", data, tmp_path)
+    record = write_dataset("perov_5", [run(0, 0.2, anneal=3.0)], "second", "machine", data, tmp_path)
+    assert len(record["runs"]) == 3
+    rows = {r["recipe"]["anneal"]: r for r in record["summary"]}
+    assert rows[0.0]["seeds"] == 2 and rows[0.0]["match_rate"] == pytest.approx(0.6)
+    assert rows[3.0]["seeds"] == 1 and rows[3.0]["match_rate"] == pytest.approx(0.2)
+    page = (tmp_path / "generative_perov_5.md").read_text()
+    assert "| recipe |" in page and "anneal=3.0" in page and "anneal=0.0" in page
+    # The same recipe and seed again replaces that run.
+    record = write_dataset("perov_5", [run(0, 0.4, anneal=3.0)], "third", "machine", data, tmp_path)
+    assert len(record["runs"]) == 3
+    assert {r["recipe"]["anneal"]: r["match_rate"] for r in record["summary"]}[3.0] == pytest.approx(0.4)
