@@ -6,9 +6,9 @@
  * pair +-x (the last nonzero coordinate positive), by Fincke-Pohst enumeration over the decomposition
  * x G x^T = a11 (x1 + a12 x2 + a13 x3)^2 + a22 (x2 + a23 x3)^2 + a33 x3^2 (last coordinate outermost);
  * the exact test decides points the bounds' rounding lets in. owner (int64, capacity) and n (int64,
- * capacity x 3) receive them while count < capacity; the total is returned. A cell whose enumeration
- * visits more than `cap` candidate points (a nearly flat metric, whose ball holds a long line of points)
- * stops there: its list is then truncated, never endless. Non-finite or non-positive metrics give none. */
+ * capacity x 3) receive them while count < capacity; the total is returned. A cell's enumeration stops
+ * after `cap` candidate points, checked in every loop (the innermost too: a nearly flat metric's ball holds
+ * a line of millions of points along its shortest vector), so its list is truncated, never endless. Non-finite or non-positive metrics give none. */
 #include "kernels.h"
 
 PyObject *sn_ball_vectors(PyObject *self, PyObject *args) {
@@ -39,19 +39,19 @@ PyObject *sn_ball_vectors(PyObject *self, PyObject *args) {
         if (!(a33 > 0)) continue;
         long long visited = 0;
         double m3 = floor(sqrt((radius2 + slack) / a33));
-        for (double x3 = 0; x3 <= m3 && visited <= cap; x3++) {
+        for (double x3 = 0; x3 <= m3 && visited < cap; x3++) {
             double rest3 = radius2 + slack - a33 * x3 * x3;
             if (rest3 < 0) break;
             double half2 = sqrt(rest3 / a22), centre2 = -a23 * x3;
             double lo2 = ceil(centre2 - half2), hi2 = floor(centre2 + half2);
             if (x3 == 0) lo2 = fmax(lo2, 0);
-            for (double x2 = lo2; x2 <= hi2 && visited <= cap; x2++) {
+            for (double x2 = lo2; x2 <= hi2 && visited < cap; x2++) {
                 double u = x2 + a23 * x3, rest2 = rest3 - a22 * u * u;
                 if (rest2 < 0) continue;
                 double half1 = sqrt(rest2 / a11), centre1 = -(a12 * x2 + a13 * x3);
                 double lo1 = ceil(centre1 - half1), hi1 = floor(centre1 + half1);
                 if (x3 == 0 && x2 == 0) lo1 = fmax(lo1, 1);
-                for (double x1 = lo1; x1 <= hi1; x1++) {
+                for (double x1 = lo1; x1 <= hi1 && visited < cap; x1++) {
                     visited++;
                     double x[3] = {x1, x2, x3}, q = 0.0;
                     for (int i = 0; i < 3; i++)

@@ -150,17 +150,14 @@ def _theta_series(L: torch.Tensor, scales_t: torch.Tensor, radius: float) -> tor
     norm = torch.where(norm > 0, norm, torch.ones_like(norm))  # a zero cell: no vector is in any ball
     G = Lr @ Lr.transpose(1, 2) / norm[:, None, None]
     owner, n = ball_vectors(G.detach(), radius)
-    # Each cell's vectors padded to the longest list: one batched product instead of a gather per vector.
-    counts = torch.bincount(owner, minlength=B)
-    width = int(counts.max()) if owner.numel() else 0
-    slot = torch.arange(owner.shape[0], device=L.device) - (torch.cumsum(counts, 0) - counts)[owner]
-    padded = torch.zeros(B, width, 3, dtype=L.dtype, device=L.device).index_put((owner, slot), n.to(L.dtype))
-    valid = torch.zeros(B, width, dtype=torch.bool, device=L.device).index_put((owner, slot), torch.ones_like(owner,
-                                                                                                         dtype=torch.bool))
-    q = (padded @ Lr).square().sum(-1) / norm[:, None]
+    # Per vector, not padded to the longest list: one nearly flat cell (a line of up to _BALL_CAP vectors)
+    # would otherwise pad every cell of the batch to its length.
+    v = (n.to(L.dtype)[:, None, :] @ Lr[owner]).squeeze(1)
+    q = v.square().sum(-1) / norm[owner]
     x = ((q - _CUTOFF_START * radius**2) / ((1 - _CUTOFF_START) * radius**2)).clamp(0, 1)
-    cutoff = torch.where(valid, 0.5 * (1 + torch.cos(math.pi * x)), torch.zeros_like(x))
-    return 2 * (cutoff[:, :, None] * torch.exp(-q[:, :, None] * scales_t)).sum(1)
+    cutoff = 0.5 * (1 + torch.cos(math.pi * x))
+    terms = cutoff[:, None] * torch.exp(-q[:, None] * scales_t)
+    return 2 * torch.zeros(B, scales_t.shape[0], dtype=L.dtype, device=L.device).index_add(0, owner, terms)
 
 
 def theta_term(L_pred: torch.Tensor, L_target: torch.Tensor, scales=(1.0, 2.0, 4.0), radius: float = 5.0,

@@ -110,6 +110,24 @@ def test_invariant_terms_have_finite_values_and_gradients_on_pathological_cells(
     assert math.isfinite(float(total.detach())) and bool(torch.isfinite(Lp.grad).all())
 
 
+@pytest.mark.parametrize("thin", [1e-6, 1e-8, 1e-10])
+def test_a_nearly_flat_cell_is_bounded_and_leaves_the_rest_of_its_batch_alone(thin):
+    # One row ~1e-8 Å: its ball (in units of V^(1/3)) holds a line of millions of multiples of that row.
+    from soft_niggli.losses import invariants
+
+    flat = torch.diag(torch.tensor([4.0, 5.0, thin], dtype=torch.float64))
+    owner, _ = invariants.ball_vectors(flat[None] @ flat[None].mT / (4 * 5 * thin) ** (2 / 3), 5.0)
+    assert owner.numel() <= invariants._BALL_CAP
+    g = torch.Generator().manual_seed(0)
+    cells = torch.diag(torch.tensor([4.0, 5.0, 6.0], dtype=torch.float64)) + 0.5 * torch.randn(
+        32, 3, 3, generator=g, dtype=torch.float64)
+    both = torch.cat([cells, flat[None]]).requires_grad_()
+    series = theta_series(both)
+    series.sum().backward()
+    torch.testing.assert_close(series[:-1], theta_series(cells), rtol=1e-12, atol=0)
+    assert bool(torch.isfinite(series).all()) and bool(torch.isfinite(both.grad).all())
+
+
 def crystals_for_ot(seed, B=3, N=6):
     g = torch.Generator().manual_seed(seed)
     frac = torch.rand(B, N, 3, generator=g, dtype=torch.float64)
