@@ -67,11 +67,37 @@ def _key(r: dict) -> tuple:
     return r["dataset"], r["coupling"], r["seed"], r["training_steps"]
 
 
+def _pm(values: list[float], digits: int) -> str:
+    v = torch.tensor(values, dtype=torch.float64)
+    std = float(v.std()) if len(values) > 1 else 0.0  # sample std (n - 1)
+    return f"{float(v.mean()):.{digits}f} ± {std:.{digits}f}"
+
+
+def summary_table(record: dict) -> list[str]:
+    """Markdown lines: mean ± sample std over seeds per (dataset, coupling, training steps, sampler)."""
+    groups: dict[tuple, list[dict]] = {}
+    for r in record["runs"]:
+        groups.setdefault((r["dataset"], r["coupling"], r["training_steps"]), []).append(r)
+    cols = ["dataset", "coupling", "training steps", "sampler", "seeds"] + [f"match@{s}" for s in STEPS] + \
+           [f"RMSE@{STEPS[-1]}", f"lattice err@{STEPS[-1]}"]
+    table = []
+    for (dataset, coupling, steps), rs in sorted(groups.items()):
+        for name, _ in SAMPLERS:
+            by = [{x["steps"]: x for x in r["rows"] if x["sampler"] == name} for r in rs]
+            table.append([dataset, coupling, str(steps), name, str(len(rs))]
+                         + [_pm([b[s]["match_rate"] for b in by], 3) for s in STEPS]
+                         + [_pm([b[STEPS[-1]]["rmse"] for b in by], 4),
+                            _pm([b[STEPS[-1]]["lattice_error"] for b in by], 3)])
+    return markdown_table(cols, table)
+
+
 def render(record: dict) -> str:
     lines = header("Sampler study: one flow model, several samplers", "; ".join(record["commands"]),
                    record["machine"])
-    lines += ["One model per row group (mse on Niggli labels, prior rotation aligned, the benchmark's "
-              "defaults), the same prior draw for every sampler. Match rate and RMSE at 10 / 50 / 200 steps.", ""]
+    lines += ["One model per seed (mse on Niggli labels, prior rotation aligned, the benchmark's "
+              "defaults), the same prior draw for every sampler. Match rate at 10 / 50 / 200 steps, RMSE and "
+              "lattice error (relative G6 distance of the Niggli cells) at 200; mean ± sample std over seeds.", ""]
+    lines += summary_table(record) + ["", "Per seed:", ""]
     cols = ["dataset", "coupling", "seed", "training steps", "sampler"] + [f"match@{s}" for s in STEPS] + \
            [f"RMSE@{s}" for s in STEPS]
     table = []
@@ -96,13 +122,19 @@ def main(argv=None) -> int:
     ap.add_argument("--batch-size", type=int, default=256)
     ap.add_argument("--limit", default="", help="TRAIN[,HELD_OUT] crystals (as benchmarks.generative)")
     ap.add_argument("--out", default=str(DEFAULT_OUT))
+    ap.add_argument("--render", action="store_true", help="rewrite the page from the JSON in --out; train nothing")
     args = ap.parse_args(argv)
+    out = Path(args.out)
+    json_path = out / f"{NAME}.json"
+    if args.render:
+        with _locked(json_path):
+            record = json.loads(json_path.read_text())
+            write_results(out, NAME, render(record), record)
+        return 0
     limit = tuple(int(x) if x.strip() else None for x in args.limit.split(",")) if args.limit else ()
     torch.set_num_threads(1)
     t0 = time.perf_counter()
     result = run(args.dataset, args.coupling, args.seed, args.max_steps, args.batch_size, limit)
-    out = Path(args.out)
-    json_path = out / f"{NAME}.json"
     with _locked(json_path):
         record = json.loads(json_path.read_text()) if json_path.exists() else {"commands": [], "runs": []}
         record["runs"] = [r for r in record["runs"] if _key(r) != _key(result)] + [result]

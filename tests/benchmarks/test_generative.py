@@ -354,3 +354,19 @@ def test_runs_with_another_recipe_are_added_beside_the_others_not_over_them(tmp_
     record = write_dataset("perov_5", [run(0, 0.4, anneal=3.0)], "third", "machine", data, tmp_path)
     assert len(record["runs"]) == 3
     assert {r["recipe"]["anneal"]: r["match_rate"] for r in record["summary"]}[3.0] == pytest.approx(0.4)
+
+
+def test_the_sampler_study_adds_up_runs_and_summarises_them_over_seeds(tmp_path):
+    shared_data_file("perov_5")
+    from benchmarks.sampler_study import SAMPLERS, main
+
+    for seed in (0, 1):
+        assert main(["--dataset", "perov_5", "--limit", "16,4", "--max-steps", "2", "--batch-size", "8",
+                     "--seed", str(seed), "--out", str(tmp_path)]) == 0
+    record = json.loads((tmp_path / "sampler_study.json").read_text())
+    assert [r["seed"] for r in record["runs"]] == [0, 1] and len(record["runs"][0]["rows"]) == 3 * len(SAMPLERS)
+    page = (tmp_path / "sampler_study.md").read_text()
+    assert page.count("| perov_5 | independent | 2 | euler | 2 |") == 1  # one summary row over both seeds
+    (tmp_path / "sampler_study.md").unlink()
+    assert main(["--render", "--out", str(tmp_path)]) == 0
+    assert (tmp_path / "sampler_study.md").read_text() == page
