@@ -363,10 +363,15 @@ def test_the_sampler_study_adds_up_runs_and_summarises_them_over_seeds(tmp_path)
     for seed in (0, 1):
         assert main(["--dataset", "perov_5", "--limit", "16,4", "--max-steps", "2", "--batch-size", "8",
                      "--seed", str(seed), "--out", str(tmp_path)]) == 0
+    assert main(["--dataset", "perov_5", "--limit", "16,4", "--max-steps", "2", "--batch-size", "8",
+                 "--strategy", "softmin", "--out", str(tmp_path)]) == 0
     record = json.loads((tmp_path / "sampler_study.json").read_text())
-    assert [r["seed"] for r in record["runs"]] == [0, 1] and len(record["runs"][0]["rows"]) == 3 * len(SAMPLERS)
+    assert [r["seed"] for r in record["runs"]] == [0, 1, 0] and len(record["runs"][0]["rows"]) == 3 * len(SAMPLERS)
     page = (tmp_path / "sampler_study.md").read_text()
-    assert page.count("| perov_5 | independent | 2 | euler | 2 |") == 1  # one summary row over both seeds
+    assert page.count("| perov_5 | mse | niggli | independent | 2 | euler | 2 |") == 1  # one row over both seeds
+    assert page.count("| perov_5 | softmin | niggli | independent | 2 | euler | 1 |") == 1
+    with pytest.raises(SystemExit):
+        main(["--strategy", "no-such-loss", "--out", str(tmp_path)])
     (tmp_path / "sampler_study.md").unlink()
     assert main(["--render", "--out", str(tmp_path)]) == 0
     assert (tmp_path / "sampler_study.md").read_text() == page
