@@ -35,6 +35,7 @@ wait
 # benchmarks/results/generative/sampler_study.md, at 4000 and at 20000 steps (18-32 minutes per run).
 for args in "independent --seed 0" "automorphisms:random --seed 0" "independent --seed 0 --max-steps 20000" \
             "independent --seed 1 --max-steps 20000" "automorphisms:random --seed 0 --max-steps 20000" \
-            "automorphisms:random --seed 1 --max-steps 20000"; do
+            "automorphisms:random --seed 1 --max-steps 20000" "independent --seed 2 --max-steps 20000" \
+            "automorphisms:random --seed 2 --max-steps 20000"; do
   python -m benchmarks.sampler_study --dataset perov_5 --coupling $args --out benchmarks/results/generative > /dev/null
 done

@@ -70,11 +70,23 @@ add perov_5 2 softmin niggli independent
 for c in automorphisms reduced-forms; do add mp_20_biternary 1 mse niggli $c; done
 for c in automorphisms reduced-forms; do add carbon_24 1 mse niggli $c; done
 for c in automorphisms reduced-forms; do add carbon_24 2 mse niggli $c; done
+# Labels in random bases with the coupling, and the x1-losses, on carbon_24 and mp_20 (seed 0 first).
+add carbon_24 0 mse random automorphisms:random
+add mp_20_biternary 0 mse random automorphisms:random
+for s in softmin proxy reduced-forms; do add carbon_24 0 $s niggli independent; done
+add mp_20_biternary 0 softmin niggli independent
+add carbon_24 1 mse random automorphisms:random
+add mp_20_biternary 0 proxy niggli independent
+add carbon_24 2 mse random automorphisms:random
+add mp_20_biternary 0 reduced-forms niggli independent
+add mp_20_biternary 1 mse random automorphisms:random
+for seed in 1 2; do for s in softmin proxy reduced-forms; do add carbon_24 $seed $s niggli independent; done; done
+for s in softmin proxy reduced-forms; do add mp_20_biternary 1 $s niggli independent; done
 
 if [[ "${1:-}" == "--list" ]]; then printf '%s\n' "${commands[@]}"; exit 0; fi
 for cmd in "${commands[@]}"; do
   # At most two runs at a time on this machine, counting runs started elsewhere.
-  while (( $(pgrep -fc "^[^ ]*python -m benchmarks.generative") >= 2 )); do sleep 20; done
+  while (( $(pgrep -fc "^[^ ]*python -m benchmarks\.(generative|sampler_study)") >= 2 )); do sleep 20; done
   echo "$(date +%T) $cmd"
   bash -c "$cmd > /dev/null" &
   sleep 5
