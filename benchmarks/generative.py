@@ -44,6 +44,7 @@ import math
 import sys
 import tempfile
 import time
+from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
@@ -58,7 +59,7 @@ from .harness.flow_matching import (COUPLINGS, LR_SCHEDULES, FlowConfig, build_l
 from .harness.report import command_line, header, machine_description, markdown_table, pyplot, write_results
 from .harness.training import BASES, parse_strategy
 
-__all__ = ["main", "markdown", "run_key", "summarize"]
+__all__ = ["has_runs", "main", "markdown", "run_key", "summarize"]
 
 DEFAULT_OUT = Path(tempfile.gettempdir()) / "soft_niggli_generative"
 DEFAULTS = FlowConfig()
@@ -388,6 +389,30 @@ def parse_args(argv=None) -> argparse.Namespace:
     return args
 
 
+def run_configs(args: argparse.Namespace) -> list[FlowConfig]:
+    """The runs a parsed command line (:func:`parse_args`) makes, in order."""
+    return [FlowConfig(strategy=s, basis=b, coupling=c, align_prior=args.align_prior, seed=seed, epochs=args.epochs,
+                       batch_size=args.batch_size, lr=args.lr, grad_clip=args.grad_clip, t_floor=args.t_floor,
+                       coord_weight=args.coord_weight, hidden=args.hidden, layers=args.layers, fourier=args.fourier,
+                       ode_steps=args.ode_steps, eval_every=args.eval_every, curve_size=args.curve_size,
+                       curve_steps=args.curve_steps, max_steps=args.max_steps, model=args.model,
+                       ema=args.ema, lr_schedule=args.lr_schedule, jump_at=args.jump_at,
+                       anneal=args.anneal)
+            for s in args.strategies for b in args.bases for c in args.coupling for seed in args.seeds]
+
+
+def has_runs(argv: list[str]) -> bool:
+    """Whether ``<out>/generative_<dataset>.json`` already holds every run the command line ``argv`` would make
+    (the same :func:`run_key`: setting, recipe and seed; a run of another recipe there is not one of them).
+    ``benchmarks/generative_matrix.sh`` skips such commands."""
+    args = parse_args(argv)
+    json_path = Path(args.out) / f"generative_{args.dataset}.json"
+    if not json_path.exists():
+        return False
+    done = {run_key(r) for r in json.loads(json_path.read_text())["runs"]}
+    return all(run_key({"config": asdict(c)}) in done for c in run_configs(args))
+
+
 def main(argv=None) -> int:
     """Run the benchmark; rank 0 writes ``generative_<dataset>.{md,json}`` and the figures under ``--out``
     and prints the table; returns the exit status 0 (on every rank)."""
@@ -418,14 +443,7 @@ def main(argv=None) -> int:
     train_size = args.limit[0] if args.limit else None
     val_size = args.limit[1] if len(args.limit) > 1 else None
     data = load_data(args.dataset, train_size, val_size, args.data_dir, args.max_atoms, device)
-    configs = [FlowConfig(strategy=s, basis=b, coupling=c, align_prior=args.align_prior, seed=seed, epochs=args.epochs,
-                          batch_size=args.batch_size, lr=args.lr, grad_clip=args.grad_clip, t_floor=args.t_floor,
-                          coord_weight=args.coord_weight, hidden=args.hidden, layers=args.layers, fourier=args.fourier,
-                          ode_steps=args.ode_steps, eval_every=args.eval_every, curve_size=args.curve_size,
-                          curve_steps=args.curve_steps, max_steps=args.max_steps, model=args.model,
-                          ema=args.ema, lr_schedule=args.lr_schedule, jump_at=args.jump_at,
-                          anneal=args.anneal)
-               for s in args.strategies for b in args.bases for c in args.coupling for seed in args.seeds]
+    configs = run_configs(args)
     from tqdm.auto import tqdm
 
     steps_per_run = args.epochs * math.ceil(len(data.train_niggli) / args.batch_size)

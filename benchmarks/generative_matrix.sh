@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # The generative comparison behind benchmarks/results/generative/generative_<dataset>.md, as run on a
 # 2-core CPU machine: every run is one thread, at most two runs at a time, each writing into the
-# dataset's JSON under a lock. Runs already in a dataset's JSON are skipped, so the script resumes.
-# From the repository root:
+# dataset's JSON under a lock. Runs already in a dataset's JSON (with this recipe) are skipped, so the
+# script resumes. From the repository root:
 #
 #     bash benchmarks/generative_matrix.sh            # everything below, most important first
 #     bash benchmarks/generative_matrix.sh --list     # print the commands still to run
@@ -28,21 +28,15 @@ declare -A SETUP=(
 commands=()
 add() {  # dataset seed strategy basis coupling [extra arguments: learning curves]
   local extra="${6:-}"
-  if python - "$OUT" "$@" <<'PY'
-import json, sys
-out, dataset, seed, strategy, basis, coupling = sys.argv[1:7]
-try:
-    runs = json.load(open(f"{out}/generative_{dataset}.json"))["runs"]
-except FileNotFoundError:
-    sys.exit(1)
-key = (strategy, basis, coupling, True, int(seed))
-sys.exit(0 if any((r["config"]["strategy"], r["config"]["basis"], r["config"]["coupling"],
-                   r["config"]["align_prior"], r["config"]["seed"]) == key for r in runs) else 1)
-PY
-  then return; fi
+  local args="--dataset $1 --seeds $2, --strategies $3 --bases $4 --coupling $5 ${SETUP[$1]} $extra $COMMON"
+  # Already in the dataset's JSON with this recipe too (a run of another recipe written to $OUT is a row of
+  # its own, not this run; benchmarks.generative.has_runs)?
+  if [[ -f "$OUT/generative_$1.json" ]] && python -c 'import shlex, sys
+from benchmarks.generative import has_runs
+sys.exit(0 if has_runs(shlex.split(sys.argv[1])) else 1)' "$args"; then return; fi
   # Running now (started by an earlier invocation)?
   if pgrep -f -- "--dataset $1 --seeds $2, --strategies $3 --bases $4 --coupling $5 " > /dev/null; then return; fi
-  commands+=("python -m benchmarks.generative --dataset $1 --seeds $2, --strategies $3 --bases $4 --coupling $5 ${SETUP[$1]} $extra $COMMON")
+  commands+=("python -m benchmarks.generative $args")
 }
 # Seed 0 everywhere (with learning curves: match rate on 100 held-out crystals every few epochs).
 for c in independent automorphisms reduced-forms; do add perov_5 0 mse niggli $c "--eval-every 40"; done

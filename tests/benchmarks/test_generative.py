@@ -375,3 +375,28 @@ def test_the_sampler_study_adds_up_runs_and_summarises_them_over_seeds(tmp_path)
     (tmp_path / "sampler_study.md").unlink()
     assert main(["--render", "--out", str(tmp_path)]) == 0
     assert (tmp_path / "sampler_study.md").read_text() == page
+
+
+def test_a_command_counts_as_done_only_where_its_recipe_ran(tmp_path):
+    # benchmarks/generative_matrix.sh skips a command whose runs are in the JSON; a run of the same setting
+    # and seed but another recipe (here 20 000 steps) in the same folder is not one of them.
+    from dataclasses import asdict
+
+    from benchmarks.generative import has_runs, write_dataset
+    from benchmarks.harness.flow_matching import FlowConfig
+
+    def run(max_steps):
+        config = asdict(FlowConfig(seed=0, align_prior=True, epochs=1000, max_steps=max_steps))
+        return {"config": config, "epochs_run": 2, "parameters": 10, "steps": max_steps, "train_time": 6.0,
+                "eval_time": 6.0, "curves": {}, "metrics": {"2": {"match_rate": 0.5, "rmse": 0.1}}}
+
+    argv = ["--dataset", "perov_5", "--seeds", "0,", "--strategies", "mse", "--bases", "niggli", "--coupling",
+            "independent", "--batch-size", "256", "--align-prior", "--epochs", "1000", "--max-steps", "4000",
+            "--eval-every", "40", "--out", str(tmp_path)]
+    assert not has_runs(argv)  # no JSON yet
+    data = {"train_size": 8, "val_size": 4, "source": "synthetic"}
+    write_dataset("perov_5", [run(20000)], "longer", "machine", data, tmp_path)
+    assert not has_runs(argv)
+    write_dataset("perov_5", [run(4000)], "matrix", "machine", data, tmp_path)
+    assert has_runs(argv)
+    assert not has_runs(argv[:3] + ["0,1"] + argv[4:])  # seed 1 not yet
