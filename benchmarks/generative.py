@@ -89,6 +89,12 @@ def run_key(run: dict) -> tuple:
     return (c["strategy"], c["basis"], c["coupling"], bool(c["align_prior"]), recipe(run), c["seed"])
 
 
+def _sortable(key: tuple) -> tuple:
+    """A :func:`run_key` (or its row, ``[:5]``) with the recipe as text: recipes may differ in a setting that
+    is None in one and a number in the other (``max_steps``), which tuples cannot order."""
+    return (*key[:4], str(key[4]), *key[5:])
+
+
 def _mean_std(values) -> tuple[float, float]:
     v = np.array([x for x in values if x is not None and np.isfinite(x)], dtype=float)
     if len(v) == 0:
@@ -186,7 +192,7 @@ def markdown(dataset: str, record: dict) -> str:
 def curve_tables(runs: list[dict]) -> list[str]:
     """Markdown lines: the learning curve of every run that recorded RMSE in it (``--eval-every``)."""
     lines = []
-    for r in sorted(runs, key=run_key):
+    for r in sorted(runs, key=lambda r: _sortable(run_key(r))):
         c = r["curves"]
         if not c.get("curve_rmse"):
             continue
@@ -227,7 +233,7 @@ def figures(dataset: str, record: dict, out_dir: Path) -> None:
         plt.close(fig)
 
     fig, ax = plt.subplots(figsize=(7, 4.5))
-    for key, rs in sorted(groups.items()):
+    for key, rs in sorted(groups.items(), key=lambda kv: _sortable(kv[0])):
         curves = [r["curves"] for r in rs if r["curves"]["curve_epoch"]]
         if not curves:
             continue
@@ -240,7 +246,7 @@ def figures(dataset: str, record: dict, out_dir: Path) -> None:
     with_rmse = {key: [r["curves"] for r in rs if r["curves"].get("curve_rmse")] for key, rs in groups.items()}
     if any(with_rmse.values()):
         fig, ax = plt.subplots(figsize=(7, 4.5))
-        for key, curves in sorted(with_rmse.items()):
+        for key, curves in sorted(with_rmse.items(), key=lambda kv: _sortable(kv[0])):
             if not curves:
                 continue
             n = min(len(c["curve_rmse"]) for c in curves)
@@ -250,7 +256,7 @@ def figures(dataset: str, record: dict, out_dir: Path) -> None:
         save(fig, ax, "optimiser step", "RMSE of matched crystals (held-out subset)", "RMSE vs step", "rmse")
 
     fig, ax = plt.subplots(figsize=(7, 4.5))
-    for key, rs in sorted(groups.items()):
+    for key, rs in sorted(groups.items(), key=lambda kv: _sortable(kv[0])):
         steps = sorted({int(k) for r in rs for k in r["metrics"]})
         if not steps:
             continue

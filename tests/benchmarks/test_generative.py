@@ -400,3 +400,23 @@ def test_a_command_counts_as_done_only_where_its_recipe_ran(tmp_path):
     write_dataset("perov_5", [run(4000)], "matrix", "machine", data, tmp_path)
     assert has_runs(argv)
     assert not has_runs(argv[:3] + ["0,1"] + argv[4:])  # seed 1 not yet
+
+
+def test_runs_with_and_without_a_step_limit_share_a_page(tmp_path, capsys):
+    # Their recipes differ in max_steps, None in one and a number in the other: ordering the runs (learning
+    # curves) and the rows (figures) must not compare the two.
+    from dataclasses import asdict
+
+    from benchmarks.generative import write_dataset
+    from benchmarks.harness.flow_matching import FlowConfig
+
+    def run(max_steps):
+        config = asdict(FlowConfig(seed=0, align_prior=True, max_steps=max_steps))
+        return {"config": config, "epochs_run": 2, "parameters": 10, "steps": 20, "train_time": 6.0,
+                "eval_time": 6.0, "curves": {"curve_epoch": []}, "metrics": {"2": {"match_rate": 0.5, "rmse": 0.1}}}
+
+    data = {"train_size": 8, "val_size": 4, "source": "synthetic"}
+    write_dataset("perov_5", [run(20)], "first", "machine", data, tmp_path)
+    record = write_dataset("perov_5", [run(None)], "second", "machine", data, tmp_path)
+    assert len(record["summary"]) == 2 and "max_steps=None" in (tmp_path / "generative_perov_5.md").read_text()
+    assert "figures for perov_5 failed" not in capsys.readouterr().err
