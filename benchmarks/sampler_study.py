@@ -78,8 +78,12 @@ def _key(r: dict) -> tuple:
 
 
 def _pm(values: list[float], digits: int) -> str:
+    """Mean ± sample std of the finite values (RMSE is NaN for a seed that matched nothing)."""
     v = torch.tensor(values, dtype=torch.float64)
-    std = float(v.std()) if len(values) > 1 else 0.0  # sample std (n - 1)
+    v = v[torch.isfinite(v)]
+    if not len(v):
+        return "—"
+    std = float(v.std()) if len(v) > 1 else 0.0
     return f"{float(v.mean()):.{digits}f} ± {std:.{digits}f}"
 
 
@@ -141,6 +145,8 @@ def main(argv=None) -> int:
     out = Path(args.out)
     json_path = out / f"{NAME}.json"
     if args.render:
+        if not json_path.exists():
+            ap.error(f"--render: no {json_path} to render")
         with _locked(json_path):
             record = json.loads(json_path.read_text())
             write_results(out, NAME, render(record), record)

@@ -7,7 +7,7 @@
  * x G x^T = a11 (x1 + a12 x2 + a13 x3)^2 + a22 (x2 + a23 x3)^2 + a33 x3^2 (last coordinate outermost);
  * the exact test decides points the bounds' rounding lets in. owner (int64, capacity) and n (int64,
  * capacity x 3) receive them while count < capacity; the total is returned. A cell's enumeration stops
- * after `cap` candidate points, checked in every loop (the innermost too: a nearly flat metric's ball holds
+ * after `cap` candidate points and rows, checked in every loop (the innermost too: a nearly flat metric's ball holds
  * a line of millions of points along its shortest vector), so its list is truncated, never endless. Non-finite or non-positive metrics give none. */
 #include "kernels.h"
 
@@ -46,6 +46,7 @@ PyObject *sn_ball_vectors(PyObject *self, PyObject *args) {
             double lo2 = ceil(centre2 - half2), hi2 = floor(centre2 + half2);
             if (x3 == 0) lo2 = fmax(lo2, 0);
             for (double x2 = lo2; x2 <= hi2 && visited < cap; x2++) {
+                visited++;  /* a row, even an empty one, counts: hand-made metrics can hold many empty rows */
                 double u = x2 + a23 * x3, rest2 = rest3 - a22 * u * u;
                 if (rest2 < 0) continue;
                 double half1 = sqrt(rest2 / a11), centre1 = -(a12 * x2 + a13 * x3);
