@@ -7,8 +7,9 @@
  * x G x^T = a11 (x1 + a12 x2 + a13 x3)^2 + a22 (x2 + a23 x3)^2 + a33 x3^2 (last coordinate outermost);
  * the exact test decides points the bounds' rounding lets in. owner (int64, capacity) and n (int64,
  * capacity x 3) receive them while count < capacity; the total is returned. A cell's enumeration stops
- * after `cap` candidate points and rows, checked in every loop (the innermost too: a nearly flat metric's ball holds
- * a line of millions of points along its shortest vector), so its list is truncated, never endless. Non-finite or non-positive metrics give none. */
+ * after `cap` candidate points and rows, checked in every loop (the innermost too: a nearly flat metric's
+ * ball holds a line of millions of points along its shortest vector), so its list is truncated, never
+ * endless. Non-finite or non-positive metrics give none. */
 #include "kernels.h"
 
 PyObject *sn_ball_vectors(PyObject *self, PyObject *args) {
