@@ -135,6 +135,11 @@ class CoupledLabels:
     status: torch.Tensor
     choices: torch.Tensor
 
+    @property
+    def ok(self) -> torch.Tensor:
+        """``(B,)`` bool, labels whose reduction is ``OK`` (the others were passed through)."""
+        return self.status == int(Status.OK)
+
 
 _default_caches: dict[float, ReducedFormsCache] = {}
 _default_lock = threading.Lock()

@@ -184,7 +184,7 @@ def test_labels_that_do_not_reduce_are_passed_through_with_their_status_and_empt
         warnings.simplefilter("ignore")
         out = couple_reduced_forms(L0, labels)
     assert out.status.tolist()[:2] == [int(Status.DEGENERATE), int(Status.NONFINITE)]
-    assert out.status.tolist()[2] == int(Status.OK)
+    assert out.status.tolist()[2] == int(Status.OK) and out.ok.tolist() == [False, False, True]
     eye = torch.eye(3, dtype=torch.int64)
     assert bool((out.transform[:2] == eye).all()) and out.choices.tolist()[:2] == [1, 1]
     torch.testing.assert_close(out.batch.lattice[:2], lattice[:2], equal_nan=True)
