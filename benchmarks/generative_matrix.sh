@@ -86,3 +86,6 @@ for cmd in "${commands[@]}"; do
   sleep 5
 done
 wait
+
+# The comparison page across datasets (every setting against independent pairing).
+python -m benchmarks.generative_comparison

@@ -420,3 +420,20 @@ def test_runs_with_and_without_a_step_limit_share_a_page(tmp_path, capsys):
     record = write_dataset("perov_5", [run(None)], "second", "machine", data, tmp_path)
     assert len(record["summary"]) == 2 and "max_steps=None" in (tmp_path / "generative_perov_5.md").read_text()
     assert "figures for perov_5 failed" not in capsys.readouterr().err
+
+
+def test_the_comparison_page_sets_every_setting_against_independent_pairing(tmp_path):
+    from benchmarks.generative_comparison import main
+    from benchmarks.harness.report import RESULTS
+
+    assert main(["--results", str(RESULTS / "generative"), "--out", str(tmp_path)]) == 0
+    page = (tmp_path / "generative_comparison.md").read_text()
+    for section in ("## perov_5: 4000 steps", "## carbon_24: 4000 steps", "## mp_20_biternary: 4000 steps",
+                    "## perov_5: 20 000 steps, two samplers"):
+        assert section in page
+    record = json.loads((tmp_path / "generative_comparison.json").read_text())
+    first = record["datasets"]["perov_5"][0]
+    assert first["coupling"] == "independent" and first["versus_independent"] == ""
+    assert all(r["versus_independent"] for r in record["datasets"]["perov_5"][1:])
+    with pytest.raises(SystemExit):
+        main(["--results", str(tmp_path / "nothing here")])
