@@ -20,7 +20,8 @@ The experiments (:data:`EXPERIMENTS`):
   (tables and figures by :mod:`benchmarks.ablation_report`).
 * :mod:`benchmarks.generative`: flow matching with every loss and coupling;
   :mod:`benchmarks.generative_cost`: the loss's share of one flow-matching step;
-  :mod:`benchmarks.sampler_study`: one trained flow model sampled several ways.
+  :mod:`benchmarks.sampler_study`: one trained flow model sampled several ways;
+  :mod:`benchmarks.generative_comparison`: every setting against independent pairing, in one page.
 * :mod:`benchmarks.proxy_training`: the spglib proxy loss against the guarded one on an untrained model;
   :mod:`benchmarks.proxy_boundary`: the proxy loss next to its label, at the Niggli-cone boundary.
 * :mod:`benchmarks.continuity`: losses along a path that crosses a Niggli-cone boundary.
@@ -44,8 +45,9 @@ import warnings
 __all__ = ["EXPERIMENTS", "MOVED"]
 
 #: The modules run as ``python -m benchmarks.<name>``.
-EXPERIMENTS = ("ablation", "continuity", "generative", "generative_cost", "loss_cost", "proxy_boundary",
-               "proxy_training", "reduced_forms_census", "reducer_robustness", "reducer_speed", "sampler_study")
+EXPERIMENTS = ("ablation", "continuity", "generative", "generative_comparison", "generative_cost", "loss_cost",
+               "proxy_boundary", "proxy_training", "reduced_forms_census", "reducer_robustness", "reducer_speed",
+               "sampler_study")
 
 #: Old module name -> where the module lives; importing the old name warns once and gives that module.
 MOVED = {**{f"benchmarks.{m}": f"benchmarks.harness.{m}"
