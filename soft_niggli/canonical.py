@@ -131,12 +131,15 @@ class ReducedForms:
             reduced cell.
         status: ``(...)`` int64 :class:`~soft_niggli.niggli.Status` of each cell's reduction, of the
             input's leading shape; a cell that is not ``OK`` has one form, the reducer's output.
+        rel_tol: the tolerance the forms were asked for (before :func:`effective_rel_tol` raises it for
+            low-precision dtypes); :meth:`weights` and :meth:`distinct_metrics` use it by default.
     """
 
     owner: torch.Tensor
     transform: torch.Tensor
     lattice: torch.Tensor
     status: torch.Tensor
+    rel_tol: float = 1e-5
 
     @property
     def batch_shape(self) -> tuple[int, ...]:
@@ -167,22 +170,22 @@ class ReducedForms:
                            device=self.owner.device).index_add(0, self.owner, torch.ones_like(self.owner))
         return flat.reshape(self.batch_shape) if num_lattices is None else flat
 
-    def weights(self, rel_tol: float = 1e-5) -> torch.Tensor:
+    def weights(self, rel_tol: float | None = None) -> torch.Tensor:
         """``(P,)`` float64 weight in [0, 1] of each form: how fully it is canonical.
 
         With ``v`` the form's relative violation of the Niggli conditions (0 or below where they
         hold) and ``t`` the tolerance the forms were found with (:func:`effective_rel_tol` of
-        ``rel_tol`` for the forms' dtype), the weight is 1 for ``v <= t / 2`` and falls as ``(1 + cos πx)
+        ``rel_tol``, by default :attr:`rel_tol`, for the forms' dtype), the weight is 1 for ``v <= t / 2`` and falls as ``(1 + cos πx)
         / 2``, ``x = 2v / t - 1``, to 0 at ``v = t``, the edge beyond which :func:`reduced_forms` lists no
         form. A form entering or leaving the set (a label strained across the edge) therefore does so
         with weight 0: what is built on the weights moves continuously with the label. Exact
         symmetries and faces weigh 1. Cells that do not reduce ``OK`` have one form, of weight 1.
 
         >>> cell = torch.diag(torch.tensor([2.0, 2.0 * (1 + 4e-5), 3.0], dtype=torch.float64))[None]
-        >>> sorted(set(reduced_forms(cell, rel_tol=1e-4).weights(1e-4).round(decimals=2).tolist()))
+        >>> sorted(set(reduced_forms(cell, rel_tol=1e-4).weights().round(decimals=2).tolist()))
         [0.35, 1.0]
         """
-        t = effective_rel_tol(rel_tol, self.lattice.dtype)
+        t = effective_rel_tol(self.rel_tol if rel_tol is None else rel_tol, self.lattice.dtype)
         if not self.owner.numel():
             return torch.zeros(0, dtype=torch.float64, device=self.owner.device)
         L = unit_scale(self.lattice.detach().to(torch.float64))
@@ -191,10 +194,12 @@ class ReducedForms:
         ok = self.status.reshape(-1)[self.owner] == int(Status.OK)
         return torch.where(ok & torch.isfinite(w), w, torch.ones_like(w))
 
-    def distinct_metrics(self, num_lattices: int | None = None, rel_tol: float = 1e-5) -> torch.Tensor:
+    def distinct_metrics(self, num_lattices: int | None = None, rel_tol: float | None = None) -> torch.Tensor:
         """Bool of :attr:`batch_shape` (``(num_lattices,)`` over the flattened cells where given): the
-        lattice has forms whose metrics ``G = L Lᵀ`` differ (by more than ``rel_tol`` of the squared
-        lengths), i.e. it sits on a face of the Niggli cone, not only on a symmetry."""
+        lattice has forms whose metrics ``G = L Lᵀ`` differ (by more than ``rel_tol``, by default
+        :attr:`rel_tol`, of the squared lengths), i.e. it sits on a face of the Niggli cone, not only on
+        a symmetry."""
+        rel_tol = self.rel_tol if rel_tol is None else rel_tol
         if num_lattices is None:
             return self._distinct_metrics(self.num_lattices, rel_tol).reshape(self.batch_shape)
         return self._distinct_metrics(num_lattices, rel_tol)
@@ -255,7 +260,8 @@ def reduced_forms(lattice, *, rel_tol: float = 1e-5) -> ReducedForms:
     L = L.reshape(-1, 3, 3)
     niggli_reduce(L[:0], rel_tol=rel_tol)  # validates rel_tol (and that the cells have values) once
     owner, transform, forms, status = reduced_forms_unchecked(L, effective_rel_tol(rel_tol, L.dtype))
-    return ReducedForms(owner=owner, transform=transform, lattice=forms, status=status.reshape(batch_shape))
+    return ReducedForms(owner=owner, transform=transform, lattice=forms, status=status.reshape(batch_shape),
+                        rel_tol=float(rel_tol))
 
 
 def effective_rel_tol(rel_tol: float, dtype: torch.dtype) -> float:

@@ -169,7 +169,9 @@ def couple_reduced_forms(prior_lattice, labels: CrystalBatch, *, prior_frac=None
     trained best (match rate 0.60–0.65 over seeds, against 0.51–0.60 with ``"coordinates"`` and 0.50
     without the coupling). The forms are drawn in their basis-independent order, so for float64 labels a
     generator in the same state draws the same form whichever basis the label came in (for float32
-    labels, whose rounding can reorder them, one of the same tied forms). ``ties="coordinates"``
+    labels, whose rounding can reorder them, one of the same tied forms; with ``among="reduced-forms"``
+    these can include forms of a cell near a cone face whose metrics differ by less than float32 tells
+    apart, within :func:`~soft_niggli.canonical.effective_rel_tol`). ``ties="coordinates"``
     (deterministic) breaks ties in turn by:
 
     1. the distance itself;

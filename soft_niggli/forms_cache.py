@@ -130,11 +130,13 @@ class ReducedFormsCache:
         if len(batch_shape) == 1:
             return found
         forms = found.forms
-        forms = ReducedForms(forms.owner, forms.transform, forms.lattice, forms.status.reshape(batch_shape))
+        forms = ReducedForms(forms.owner, forms.transform, forms.lattice, forms.status.reshape(batch_shape),
+                             forms.rel_tol)
         return CachedForms(forms, found.inverse, found.automorphic, found.metric, found.weight)
 
     def _forms(self, lattice: torch.Tensor) -> ReducedForms:
-        return ReducedForms(*reduced_forms_unchecked(lattice, effective_rel_tol(self.rel_tol, lattice.dtype)))
+        return ReducedForms(*reduced_forms_unchecked(lattice, effective_rel_tol(self.rel_tol, lattice.dtype)),
+                            rel_tol=self.rel_tol)
 
     def _lookup(self, lattice: torch.Tensor) -> CachedForms:
         """:meth:`lookup` of validated, detached lattices ``(B, 3, 3)``."""
@@ -180,7 +182,8 @@ class ReducedFormsCache:
         forms = ReducedForms(owner=torch.repeat_interleave(torch.arange(B, device=device), counts),
                              transform=torch.cat([e.transform for e in entries]).to(device),
                              lattice=torch.cat([e.lattice for e in entries]).to(device),
-                             status=torch.tensor([e.status for e in entries], dtype=torch.int64, device=device))
+                             status=torch.tensor([e.status for e in entries], dtype=torch.int64, device=device),
+                             rel_tol=self.rel_tol)
         groups = torch.tensor([e.groups for e in entries])
         offsets = torch.cumsum(groups, 0) - groups
         metric = torch.cat([e.metric for e in entries]) + torch.repeat_interleave(offsets, counts.cpu())

@@ -8,7 +8,7 @@ import warnings
 
 import pytest
 import torch
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from soft_niggli import (CrystalBatch, ReducedFormsCache, Status, align_rotation, canonicalize_labels,
@@ -72,6 +72,7 @@ def test_the_coupled_target_is_a_reduced_form_of_the_label_and_never_farther_tha
 @given(seed=st.integers(0, 2**16), among=st.sampled_from(["automorphisms", "reduced-forms"]),
        align=st.booleans(), dtype=st.sampled_from([torch.float64, torch.float32]),
        ties=st.sampled_from(["random", "coordinates"]))
+@example(seed=121, among="reduced-forms", align=True, dtype=torch.float32, ties="random")
 def test_the_coupling_does_not_depend_on_the_basis_the_label_came_in(seed, among, align, dtype, ties):
     # Random ties too: with the generator in the same state, the same form is drawn for every basis.
     labels = _real_labels("perov_5_small,carbon_24_small", 12).to(dtype=dtype)
@@ -86,9 +87,13 @@ def test_the_coupling_does_not_depend_on_the_basis_the_label_came_in(seed, among
     if ties == "random" and dtype == torch.float32:
         # The forms' order hashes their entries on a grid of 1e-9 of the cell, far coarser than float64's
         # rounding but not float32's, so a float32 label draws among the same tied forms in another order:
-        # the same metric (the tied forms are rotations of each other), not the same basis.
+        # the same metric (the tied forms are rotations of each other), not the same basis. Among all
+        # reduced forms, a cell near a cone face also has forms whose metrics differ by less than float32
+        # tells apart (within its band, effective_rel_tol: 1.2e-3 of the largest entry); they tie on the
+        # distance too (a Carbon-24 cell, seed 121: metrics 1.6e-4 apart).
         G = lambda x: x.batch.lattice.double() @ x.batch.lattice.double().mT
-        torch.testing.assert_close(G(a), G(b), rtol=1e-4, atol=1e-4 * float(G(a).abs().max()))
+        band = 1e-4 if among == "automorphisms" else effective_rel_tol(1e-5, torch.float32)
+        torch.testing.assert_close(G(a), G(b), rtol=band, atol=band * float(G(a).abs().max()))
     else:
         _same_crystal(a.batch, b.batch, 1e-9 if dtype == torch.float64 else 1e-4)
     torch.testing.assert_close(a.choices, b.choices)

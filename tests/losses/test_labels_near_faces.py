@@ -224,3 +224,17 @@ def test_softmin_ignores_the_basis_of_a_skewed_one_atom_label_off_equal_lengths(
     M = random_unimodular((1,), max_entry=5, generator=torch.Generator().manual_seed(0))
     torch.testing.assert_close(loss(pred, label.apply_basis_change(M)).per_crystal, loss(pred, label).per_crystal,
                                rtol=1e-9, atol=1e-12)
+
+
+def test_forms_remember_the_tolerance_they_were_found_with():
+    # weights() and distinct_metrics() default to it, so a band other than the reducer's is not lost.
+    from soft_niggli import ReducedFormsCache
+
+    lattice = _stretched(4e-5).lattice
+    forms = reduced_forms(lattice, rel_tol=1e-4)
+    assert forms.rel_tol == 1e-4
+    assert torch.equal(forms.weights(), forms.weights(1e-4))
+    assert not torch.equal(forms.weights(), forms.weights(1e-5)[: len(forms.weights())])
+    assert torch.equal(forms.distinct_metrics(), forms.distinct_metrics(rel_tol=1e-4))
+    cached = ReducedFormsCache(rel_tol=1e-4).lookup(lattice).forms
+    assert cached.rel_tol == 1e-4 and torch.equal(cached.weights(), forms.weights())
