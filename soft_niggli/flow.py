@@ -165,9 +165,10 @@ def couple_reduced_forms(prior_lattice, labels: CrystalBatch, *, prior_frac=None
     and the label becomes ``(T_p L_b, wrap(F_b T_p⁻¹))``. Forms within ``1e-9`` of the smallest distance,
     relative (``100 ε`` for float32 labels), tie. With ``ties="random"`` (default) one of them is drawn
     uniformly (from ``generator``): the label's symmetry-equivalent bases are then all seen in training,
-    as data augmentation by its point group would show them. In the flow-matching benchmark on Perov-5 this
-    trained best (match rate 0.60–0.65 over seeds, against 0.51–0.60 with ``"coordinates"`` and 0.50
-    without the coupling). The forms are drawn in their basis-independent order, so for float64 labels a
+    as data augmentation by its point group would show them. In the flow-matching benchmark on Perov-5,
+    sampled with plain Euler steps, this trained best (match rate 0.60–0.65 over seeds, against 0.51–0.60
+    with ``"coordinates"`` and 0.50 without the coupling); sampled with anti-annealing, at 20 000 steps,
+    no coupling did better. The forms are drawn in their basis-independent order, so for float64 labels a
     generator in the same state draws the same form whichever basis the label came in (for float32
     labels, whose rounding can reorder them, one of the same tied forms; with ``among="reduced-forms"``
     these can include forms of a cell near a cone face whose metrics differ by less than float32 tells
