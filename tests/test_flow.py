@@ -68,6 +68,7 @@ def test_the_coupled_target_is_a_reduced_form_of_the_label_and_never_farther_tha
     assert bool((out.status == int(Status.OK)).all()) and bool((out.choices >= 2).all())
 
 
+@pytest.mark.invariance
 @settings(max_examples=12)
 @given(seed=st.integers(0, 2**16), among=st.sampled_from(["automorphisms", "reduced-forms"]),
        align=st.booleans(), dtype=st.sampled_from([torch.float64, torch.float32]),

@@ -94,6 +94,7 @@ def test_theta_term_is_continuous_at_a_zero_cell_with_a_bounded_gradient(dtype):
     assert float(theta_term(torch.zeros_like(L), target)) == 0.0
 
 
+@pytest.mark.invariance
 @given(lattices("realistic"), lattices("realistic"), unimodular_matrices(1, depth=3), rotations())
 def test_volume_and_theta_terms_are_invariant_in_both_arguments(Lp, Lt, M, Q):
     moved = (M.double() @ Lt @ Q.T)[None]
@@ -164,6 +165,7 @@ def test_sinkhorn_term_is_translation_invariant_and_zero_on_the_label(seed):
                                rtol=0, atol=1e-6)
 
 
+@pytest.mark.invariance
 @settings(max_examples=15, deadline=None)
 @given(lattices("realistic"), unimodular_matrices(1, depth=3), st.integers(0, 2**16))
 def test_sinkhorn_term_depends_on_the_lattice_not_its_basis(L, M, seed):

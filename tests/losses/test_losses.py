@@ -287,6 +287,7 @@ def test_lattice_automorphisms_of_flat_or_nonfinite_cells_are_the_identity_only(
 # -------------------------------------------------------------------------------- proxy invariances
 
 
+@pytest.mark.invariance
 @pytest.mark.parametrize("options", PROXY_CONFIGS, ids=lambda o: "-".join(o.values()))
 @given(pair=st.one_of(label_and_prediction(near=True), label_and_prediction(near=False)))
 @FASTER
@@ -296,6 +297,7 @@ def test_proxy_is_invariant_to_label_basis(options, pair):
     assert_gl3z_invariant(lambda lab: loss(pred, lab).per_crystal, label, trials=2, rtol=1e-6)
 
 
+@pytest.mark.invariance
 @pytest.mark.parametrize("metric", ["cartesian", "gram"])
 @given(label=symmetric_labels(), seed=st.integers(0, 2**31 - 1))
 @FAST
@@ -308,6 +310,7 @@ def test_proxy_is_invariant_to_label_basis_on_symmetric_lattices(metric, label, 
     assert_gl3z_invariant(lambda lab: loss(pred, lab).per_crystal, label, trials=2)
 
 
+@pytest.mark.invariance
 @given(pair=label_and_prediction(near=True), q_pred=rotations(), q_label=rotations(), M=unimodular_matrices(1))
 @FAST
 def test_gram_proxy_is_invariant_to_independent_rotations(pair, q_pred, q_label, M):
@@ -481,6 +484,7 @@ def test_gradients_reach_prediction_only():
 # ------------------------------------------------------------------------- labels, frames, skew, dtype
 
 
+@pytest.mark.invariance
 @given(pair=label_and_prediction(near=True))
 @FASTER
 def test_canonical_labels_give_the_same_loss_as_reducing_every_step(pair):

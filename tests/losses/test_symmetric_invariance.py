@@ -105,6 +105,7 @@ def test_loss_and_gradient_ignore_the_label_basis_on_symmetric_crystals(name, op
 # basis and orientation the label came in (about half of random rotations swap them). The softmin's taper
 # width is scaled by the label's size, which must therefore not come from whichever class a candidate
 # happens to be taken from (that moved the loss by 1e-8 relative, 1e-6 without zero_at_match).
+@pytest.mark.invariance
 @pytest.mark.parametrize("options", [{"coords": "sinkhorn", "center": "both"},
                                      {"coords": "periodic", "center": "label"},
                                      {"coords": "periodic", "center": "both", "zero_at_match": False}])

@@ -131,6 +131,7 @@ def test_reduction_is_scale_free(L, log_scale):
     torch.testing.assert_close(scaled.lattice / c, expected, rtol=1e-12, atol=1e-12 * L.abs().max().item())
 
 
+@pytest.mark.invariance
 @given(lattices("realistic"), rotations())
 def test_transform_is_rotation_and_reflection_invariant(L, Q):
     base, turned = niggli_reduce(L), niggli_reduce(L @ Q.T)
@@ -141,6 +142,7 @@ def test_transform_is_rotation_and_reflection_invariant(L, Q):
         assert torch.equal(turned.transform, base.transform) or torch.equal(turned.transform, -base.transform)
 
 
+@pytest.mark.invariance
 @given(lattices("realistic"), unimodular_matrices(1, depth=4))
 def test_rebased_copies_reduce_to_the_same_metric(L, M):
     a, b = niggli_reduce(L), niggli_reduce(M.to(L.dtype) @ L)
