@@ -76,6 +76,7 @@ add mp_20_biternary 0 reduced-forms niggli independent
 add mp_20_biternary 1 mse random automorphisms:random
 for seed in 1 2; do for s in softmin proxy reduced-forms; do add carbon_24 $seed $s niggli independent; done; done
 for s in softmin proxy reduced-forms; do add mp_20_biternary 1 $s niggli independent; done
+for seed in 1 2; do add perov_5 $seed mse random automorphisms:random; done
 
 if [[ "${1:-}" == "--list" ]]; then printf '%s\n' "${commands[@]}"; exit 0; fi
 for cmd in "${commands[@]}"; do
