@@ -72,21 +72,26 @@ def volume_term(L_pred: torch.Tensor, L_target: torch.Tensor) -> torch.Tensor:
 #: to ``(0.8 radius)²``, a cosine down to 0 at ``radius²``.
 _CUTOFF_START = 0.64
 
-#: Points a cell's ball enumeration may visit (:func:`ball_vectors`). A cell's ball holds about 260
-#: vectors whatever its shape, until one of its rows is shorter than about 4e-6 of the others (then a line
-#: of multiples of it fills the ball): only such nearly flat cells, predictions to be pushed away from
-#: anyway, reach the cap. Each listed vector costs about 200 bytes through the series and its gradient, so
-#: the cap bounds a batch of flat predictions (64 of them: 0.6 s and 0.3 GB; with 200 000, 7 s and 2.3 GB).
-_BALL_CAP = 20_000
+#: Points a cell's ball enumeration may visit (:func:`ball_vectors`); a cell in any basis, however skewed,
+#: stays below it unless it is nearly flat.
+_BALL_CAP = 200_000
+
+#: The cap :func:`theta_series` gives :func:`ball_vectors`. Its cells are reduced first, and a reduced
+#: cell's ball holds about 260 vectors whatever its shape, until one of its rows is shorter than about
+#: 4e-6 of the others (then a line of multiples of it fills the ball): only such nearly flat cells,
+#: predictions to be pushed away from anyway, reach it. Each listed vector costs about 200 bytes through
+#: the series and its gradient, so the cap bounds a batch of flat predictions (64 of them: 0.6 s and
+#: 0.3 GB; with 200 000, 7 s and 2.3 GB).
+_THETA_BALL_CAP = 20_000
 
 
-def ball_vectors(G: torch.Tensor, radius: float) -> tuple[torch.Tensor, torch.Tensor]:
+def ball_vectors(G: torch.Tensor, radius: float, cap: int = _BALL_CAP) -> tuple[torch.Tensor, torch.Tensor]:
     """``(owner (Q,), n (Q, 3) int64)``: every integer vector ``n ≠ 0`` with ``n G nᵀ <= radius²`` for the
     metrics ``G (B, 3, 3)`` (detached; one of each pair ``±n``, the last nonzero coordinate positive).
 
     On the host: a compiled Fincke–Pohst enumeration (``soft_niggli/_kernels/ball_vectors.c``), or the same in
     NumPy, a box per cell from ``|n_i| <= radius √(G⁻¹)_ii`` filtered to the ball. A cell whose
-    enumeration would visit more than 20 000 points (only a nearly flat one) is truncated."""
+    enumeration would visit more than ``cap`` points (only a nearly flat one) is truncated."""
     Gd = G.detach().to("cpu", torch.float64).reshape(-1, 9).contiguous()
     r2 = float(radius) ** 2
     if _kernel is not None and hasattr(_kernel, "ball_vectors"):
@@ -94,7 +99,7 @@ def ball_vectors(G: torch.Tensor, radius: float) -> tuple[torch.Tensor, torch.Te
         while True:
             owner = torch.empty(capacity, dtype=torch.int64)
             n = torch.empty(capacity, 3, dtype=torch.int64)
-            count = _kernel.ball_vectors(Gd.numpy(), r2, _BALL_CAP, owner.numpy(), n.numpy())
+            count = _kernel.ball_vectors(Gd.numpy(), r2, cap, owner.numpy(), n.numpy())
             if count <= capacity:
                 return owner[:count].to(G.device), n[:count].to(G.device)
             capacity = count
@@ -103,8 +108,8 @@ def ball_vectors(G: torch.Tensor, radius: float) -> tuple[torch.Tensor, torch.Te
         if not (np.isfinite(g).all() and np.linalg.eigvalsh(g).min() > 0):
             continue
         m = np.floor(float(radius) * np.sqrt(np.clip(np.diag(np.linalg.inv(g)), 0, None)) * (1 + 1e-9)).astype(np.int64)
-        if np.prod(2 * m + 1) > 4 * _BALL_CAP:
-            m = np.minimum(m, int(round((4 * _BALL_CAP) ** (1 / 3) / 2)))
+        if np.prod(2 * m + 1) > 4 * cap:
+            m = np.minimum(m, int(round((4 * cap) ** (1 / 3) / 2)))
         grid = np.stack(np.meshgrid(*[np.arange(-k, k + 1) for k in m], indexing="ij"), -1).reshape(-1, 3)
         positive = (grid[:, 2] > 0) | ((grid[:, 2] == 0) & ((grid[:, 1] > 0) | ((grid[:, 1] == 0) & (grid[:, 0] > 0))))
         grid = grid[positive]
@@ -153,8 +158,8 @@ def _theta_series(L: torch.Tensor, scales_t: torch.Tensor, radius: float) -> tor
     norm = _smooth_cbrt_volume(Lr, 1e-9).square()  # ≈ V^{2/3}
     norm = torch.where(norm > 0, norm, torch.ones_like(norm))  # a zero cell: no vector is in any ball
     G = Lr @ Lr.transpose(1, 2) / norm[:, None, None]
-    owner, n = ball_vectors(G.detach(), radius)
-    # Per vector, not padded to the longest list: one nearly flat cell (a line of up to _BALL_CAP vectors)
+    owner, n = ball_vectors(G.detach(), radius, _THETA_BALL_CAP)
+    # Per vector, not padded to the longest list: one nearly flat cell (a line of up to _THETA_BALL_CAP vectors)
     # would otherwise pad every cell of the batch to its length.
     v = (n.to(L.dtype)[:, None, :] @ Lr[owner]).squeeze(1)
     q = v.square().sum(-1) / norm[owner]

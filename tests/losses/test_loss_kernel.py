@@ -181,7 +181,8 @@ def test_ball_vectors_kernel_finds_the_vectors_of_the_numpy_enumeration(cells, r
     # Each is one of a ± pair, inside the ball.
     owner, n = compiled
     q = torch.einsum("pi,pij,pj->p", n.double(), G[owner], n.double())
-    assert bool((q <= radius**2).all()) and not bool((n == 0).all(1).any())
+    # The kernel's exact test sums in another order: a vector on the sphere may land 1 ulp either side.
+    assert bool((q <= radius**2 * (1 + 1e-12)).all()) and not bool((n == 0).all(1).any())
 
 
 @settings(max_examples=20, deadline=None)
