@@ -22,6 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .generative import _mean_std
 from .harness.report import RESULTS, command_line, header, markdown_table, write_results
 
 DATASETS = ("perov_5", "carbon_24", "mp_20_biternary")
@@ -40,10 +41,8 @@ STEPS = ("10", "50", "200")
 
 
 def _stats(values) -> tuple[float, float, int]:
-    v = np.array([x for x in values if x is not None and np.isfinite(x)], dtype=float)
-    if not len(v):
-        return math.nan, math.nan, 0
-    return float(v.mean()), float(v.std(ddof=1)) if len(v) > 1 else 0.0, len(v)
+    """(mean, sample std, count) of the finite values (:func:`benchmarks.generative._mean_std`)."""
+    return (*_mean_std(values), sum(1 for x in values if x is not None and np.isfinite(x)))
 
 
 def _pm(stats: tuple[float, float, int], digits: int = 3) -> str:
@@ -65,24 +64,17 @@ def _versus(this: dict[int, float], base: dict[int, float]) -> str:
     return f"{d.mean():+.3f} ({ratio}, {len(d)} seeds)"
 
 
-def _by_seed(runs: list[dict], seed_of, match_of) -> dict[int, float]:
-    values = {}
-    for r in runs:
-        m = match_of(r)
-        values[seed_of(r)] = float("nan") if m is None else float(m)
-    return values
-
-
 def matrix_rows(dataset: str, runs: list[dict]) -> list[dict]:
     """One row per :data:`SETTINGS` entry present in ``runs`` (the 4000-step matrix: aligned prior)."""
     def runs_of(strategy, basis, coupling):
         return [r for r in runs if (r["config"]["strategy"], r["config"]["basis"], r["config"]["coupling"],
                                     bool(r["config"]["align_prior"])) == (strategy, basis, coupling, True)]
 
-    def match_at_200(r):
-        return r["metrics"].get("200", {}).get("match_rate")
+    def match_by_seed(rs) -> dict[int, float]:
+        values = {r["config"]["seed"]: r["metrics"].get("200", {}).get("match_rate") for r in rs}
+        return {seed: math.nan if v is None else float(v) for seed, v in values.items()}
 
-    base = _by_seed(runs_of("mse", "niggli", "independent"), lambda r: r["config"]["seed"], match_at_200)
+    base = match_by_seed(runs_of("mse", "niggli", "independent"))
     rows = []
     for strategy, basis, coupling, label in SETTINGS:
         rs = runs_of(strategy, basis, coupling)
@@ -96,7 +88,7 @@ def matrix_rows(dataset: str, runs: list[dict]) -> list[dict]:
         row["lattice_error"] = _stats([r["metrics"].get("200", {}).get("lattice_error") for r in rs])
         row["minutes"] = _stats([(r["train_time"] + r.get("eval_time", 0)) / 60 for r in rs])
         row["versus_independent"] = "" if (strategy, basis, coupling) == ("mse", "niggli", "independent") else \
-            _versus(_by_seed(rs, lambda r: r["config"]["seed"], match_at_200), base)
+            _versus(match_by_seed(rs), base)
         rows.append(row)
     return rows
 

@@ -28,7 +28,8 @@ from pathlib import Path
 
 import torch
 
-from .generative import DEFAULT_OUT, _locked
+from .generative import DEFAULT_OUT, _locked, _mean_std
+from .generative import _pm as pm
 from .harness.data import load_data
 from .harness.flow_matching import (COUPLINGS, FlowConfig, LatticePrior, build_loss, evaluate_samples, sample,
                                    train_flow)
@@ -79,12 +80,7 @@ def _key(r: dict) -> tuple:
 
 def _pm(values: list[float], digits: int) -> str:
     """Mean ± sample std of the finite values (RMSE is NaN for a seed that matched nothing)."""
-    v = torch.tensor(values, dtype=torch.float64)
-    v = v[torch.isfinite(v)]
-    if not len(v):
-        return "—"
-    std = float(v.std()) if len(v) > 1 else 0.0
-    return f"{float(v.mean()):.{digits}f} ± {std:.{digits}f}"
+    return pm(*_mean_std(values), digits)
 
 
 def summary_table(record: dict) -> list[str]:
