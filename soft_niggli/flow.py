@@ -40,9 +40,11 @@ from __future__ import annotations
 import threading
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 
-from ._checks import DEFAULT_REL_TOL, as_crystal_lattices, as_float_tensor, as_lattice, check_choice, check_rel_tol
+from ._checks import (DEFAULT_REL_TOL, as_crystal_lattices, as_float_tensor, as_lattice, check_choice, check_rel_tol,
+                      require_values)
 from .crystal import CrystalBatch
 from .forms_cache import ReducedFormsCache
 from .lattice import wrap
@@ -95,22 +97,6 @@ def _aligned_distance(L0: torch.Tensor, L1: torch.Tensor) -> torch.Tensor:
     nuclear = torch.linalg.svdvals(torch.where(finite[..., None, None], product, 0.0)).sum(-1)
     out = (L0.square().sum((-1, -2)) + L1.square().sum((-1, -2)) - 2 * nuclear).clamp_min(0)
     return torch.where(finite, out, float("nan"))
-
-
-def _aligned_distance_per_metric(prior: torch.Tensor, owner: torch.Tensor, F: torch.Tensor,
-                                 metric: torch.Tensor) -> torch.Tensor:
-    """:func:`_aligned_distance` of ``prior[owner]`` and forms ``F (P, 3, 3)``, computed once per metric.
-
-    Forms of one label with the same metric are rotations of each other (``F' F'ᵀ = F Fᵀ`` gives
-    ``F' = F Q``), so they are at the same distance after alignment: one SVD per ``metric`` group
-    (:attr:`~soft_niggli.forms_cache.CachedForms.metric`).
-    """
-    if not len(owner):
-        return torch.zeros(0, dtype=torch.float64)
-    group = torch.unique(metric, return_inverse=True)[1]
-    first = torch.full((int(group.max()) + 1,), len(group), dtype=torch.int64).scatter_reduce(
-        0, group, torch.arange(len(group)), "amin")
-    return _aligned_distance(prior[owner[first]], F[first])[group]
 
 
 @dataclass(frozen=True)
@@ -248,54 +234,79 @@ def couple_reduced_forms(prior_lattice, labels: CrystalBatch, *, prior_frac=None
                              torch.zeros(0, dtype=torch.int64, device=device),
                              torch.zeros(0, dtype=torch.int64, device=device))
     L1 = labels.lattice.detach()
-    looked_up = cache.lookup(L1)
-    owner = looked_up.forms.owner.cpu()
-    T, inverse = looked_up.forms.transform.cpu(), looked_up.inverse.cpu()
-    F = looked_up.forms.lattice.cpu().double()
-    status = looked_up.forms.status.cpu()
-    # Only the fully canonical forms: those fading out of the tolerance band (weight below 1) would enter
-    # or leave with the basis the label came in where a form sits at the band's edge.
-    keep = (status == int(Status.OK))[owner] & (looked_up.weight.cpu() >= 1)
-    if among == "automorphisms":
-        keep &= looked_up.automorphic.cpu()
-    owner, T, inverse, F = owner[keep], T[keep], inverse[keep], F[keep]
-    metric = looked_up.metric.cpu()[keep]
+    require_values(L1, "labels.lattice: the coupling (reduced forms found on the host)")
+    # The cache's entries hold each label's candidates (fully canonical forms: those fading out of the
+    # tolerance band, weight below 1, would enter or leave with the basis the label came in where a form
+    # sits at the band's edge) and one representative per metric. Only the chosen forms' matrices are
+    # gathered: on Perov-5 (48 forms per label) gathering every candidate's was most of the coupling's cost.
+    entries = cache._entries_of(L1.reshape(B, 3, 3))
+    which = AMONG.index(among)
+    candidates = [e.candidates[which] for e in entries]
+    status = torch.tensor([e.status for e in entries], dtype=torch.int64)
+    counts = torch.tensor([len(c.index) for c in candidates], dtype=torch.int64)
+    n_groups = torch.tensor([len(c.reps) for c in candidates], dtype=torch.int64)
+    owner = torch.repeat_interleave(torch.arange(B), counts)
+    start = torch.cumsum(counts, 0) - counts
+    group = torch.from_numpy(np.concatenate([c.group for c in candidates])) + torch.repeat_interleave(
+        torch.cumsum(n_groups, 0) - n_groups, counts)
+    reps = torch.from_numpy(np.concatenate([c.reps for c in candidates]))
+    reps_owner = torch.repeat_interleave(torch.arange(B), n_groups)
+
+    def gather(view: int, positions: torch.Tensor) -> torch.Tensor:
+        """``(len(positions), 3, 3)`` transforms (view 0), inverses (1) or lattices (2) of the candidates at
+        ``positions`` into the flat list."""
+        if len(positions) == len(owner):  # every candidate: one copy per label
+            return torch.from_numpy(np.concatenate([e.views[view][c.index] for e, c in zip(entries, candidates)]))
+        rows = owner[positions].tolist()
+        local = (positions - start[owner[positions]]).tolist()
+        found = [entries[b].views[view][candidates[b].index[j]] for b, j in zip(rows, local)]
+        return torch.from_numpy(np.array(found) if found else np.zeros((0, 3, 3), entries[0].views[view].dtype))
 
     prior = L0.detach().to("cpu", torch.float64)
-    L1_host = L1.to("cpu", torch.float64)
-    own = _aligned_distance(prior, L1_host) if align else (L1_host - prior).square().sum((-1, -2))
-    prior_owner = prior[owner]
-    scale = prior_owner.square().sum((-1, -2)) + F.square().sum((-1, -2))
+    prior_norm = prior.square().sum((-1, -2))
     tie = max(_TIE, 100 * torch.finfo(dtype).eps)  # float32 labels break symmetries by their rounding
+    form_norm = reps.square().sum((-1, -2))[group]  # forms of one metric have its norm
+    everything = torch.arange(len(owner))
     if align:
-        dist = _aligned_distance_per_metric(prior, owner, F, metric)
+        # Forms of one label with the same metric are rotations of each other (F' F'ᵀ = F Fᵀ gives F' = F Q),
+        # so they are at the same distance after alignment: one SVD per metric.
+        dist = _aligned_distance(prior[reps_owner], reps)[group]
     else:
-        dist = (F - prior_owner).square().sum((-1, -2))
+        dist = (gather(2, everything).double() - prior[owner]).square().sum((-1, -2))
+    scale = prior_norm[owner] + form_norm
     tied = _nearest(dist, owner, B, tie * scale, torch.ones_like(dist, dtype=torch.bool))
     if ties == "random":
-        # One uniform key per tied form; the smallest wins (a tie between keys has probability zero).
+        # One uniform key per candidate form; the smallest wins (a tie between keys has probability zero).
         key = torch.rand(len(owner), generator=generator, dtype=torch.float64)
         tied = _nearest(key, owner, B, torch.zeros(()), tied)
     elif f0 is not None:
         # Among tied forms, the coordinates nearest the prior's (minimum image on the torus).
         rank = torch.full_like(dist, float("inf"))
-        rank[tied] = _coordinate_distance(labels, f0, owner[tied], inverse[tied])
+        rank[tied] = _coordinate_distance(labels, f0, owner[tied], gather(1, everything[tied]))
         tied = _nearest(rank, owner, B, tie * labels.num_atoms.cpu().double()[owner], tied)
     if align and ties == "coordinates":
         # Forms that are rotations of each other and place the atoms alike: the one nearest unturned.
-        tied = _nearest((F - prior_owner).square().sum((-1, -2)), owner, B, tie * scale, tied)
+        unturned = torch.full_like(dist, float("inf"))
+        unturned[tied] = (gather(2, everything[tied]).double() - prior[owner[tied]]).square().sum((-1, -2))
+        tied = _nearest(unturned, owner, B, tie * scale, tied)
     n = len(owner)
-    first = torch.full((B,), n, dtype=torch.int64).scatter_reduce(0, owner[tied], torch.arange(n)[tied], "amin")
+    first = torch.full((B,), n, dtype=torch.int64).scatter_reduce(0, owner[tied], everything[tied], "amin")
     chosen = first < n
     pick = first[chosen]
     transform, back = eye.repeat(B, 1, 1), eye.repeat(B, 1, 1)
-    transform[chosen], back[chosen] = T[pick], inverse[pick]
+    transform[chosen], back[chosen] = gather(0, pick), gather(1, pick)
     lattice = L1.clone()
-    lattice[chosen.to(device)] = F[pick].to(device, dtype)
+    lattice[chosen.to(device)] = gather(2, pick).to(device, dtype)
     back = back.to(device, labels.frac.dtype)
     frac = wrap((labels.frac.detach().unsqueeze(-2) @ back[labels.batch]).squeeze(-2))
-    distance = own.clone()
+    # The distance of a label passed through is its own (computed only for those).
+    distance = torch.empty(B, dtype=torch.float64)
     distance[chosen] = dist[pick]
+    if not bool(chosen.all()):
+        rest = ~chosen
+        L1_rest = L1[rest.to(device)].to("cpu", torch.float64)
+        distance[rest] = (_aligned_distance(prior[rest], L1_rest) if align
+                          else (L1_rest - prior[rest]).square().sum((-1, -2)))
     choices = torch.bincount(owner, minlength=B).clamp_min(1)
     return CoupledLabels(batch=CrystalBatch._unchecked(lattice, frac, labels),
                          transform=transform.to(device), distance=distance.to(device),

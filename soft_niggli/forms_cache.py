@@ -23,11 +23,26 @@ from ._checks import as_lattice, has_values
 from ._reduced_forms import automorphic_forms_unchecked, reduced_forms_unchecked
 from .canonical import ReducedForms, effective_rel_tol, reduced_forms
 from .lattice import integer_inverse
+from .niggli import Status
 
 __all__ = ["CachedForms", "ReducedFormsCache"]
 
 # Bytes charged per entry beyond its tensors: the key, the tuple, the tensors' headers.
 _ENTRY_OVERHEAD = 400
+
+
+@dataclass(frozen=True)
+class _Candidates:
+    """The forms of one label that the coupling (:func:`~soft_niggli.flow.couple_reduced_forms`) chooses
+    among: the fully canonical ones (weight 1), all or the automorphic ones only, in the forms' order."""
+
+    index: np.ndarray  # (k,) int64: positions among the label's forms
+    group: np.ndarray  # (k,) int64: metric group, numbered 0, 1, ... in order of first appearance
+    reps: np.ndarray  # (g, 3, 3) float64: each group's first form (forms of one metric are rotations of it)
+
+    @property
+    def nbytes(self) -> int:
+        return self.index.nbytes + self.group.nbytes + self.reps.nbytes
 
 
 @dataclass(frozen=True)
@@ -42,6 +57,41 @@ class _Entry:
     nbytes: int
     count: int  # k, kept as a Python int: a lookup packs hundreds of entries per call
     groups: int  # number of distinct metrics, metric.max() + 1
+    # What the coupling chooses among, for among="automorphisms" and "reduced-forms": derived once here, so
+    # that a training step gathers only the chosen forms (NumPy views of the tensors above, no copies).
+    candidates: tuple[_Candidates, _Candidates]
+    views: tuple[np.ndarray, np.ndarray, np.ndarray]  # transform, inverse, lattice
+
+
+def _candidates(entry_tensors: tuple, automorphic_only: bool) -> _Candidates:
+    transform, automorphic, metric, weight, lattice, status = entry_tensors
+    keep = (weight >= 1) & (status == int(Status.OK))
+    if automorphic_only:
+        keep &= automorphic
+    index = keep.nonzero().squeeze(1).numpy()
+    metric = metric.numpy()[index]
+    _, first, group = np.unique(metric, return_index=True, return_inverse=True)
+    # Number the groups in order of first appearance (np.unique numbers them by metric id).
+    order = np.argsort(first, kind="stable")
+    renumber = np.empty_like(order)
+    renumber[order] = np.arange(len(order))
+    reps = lattice[torch.from_numpy(index[np.sort(first)])].double().numpy()
+    return _Candidates(index.astype(np.int64), renumber[group].astype(np.int64).reshape(-1), reps.reshape(-1, 3, 3))
+
+
+def _entry(transform, inverse, automorphic, metric, weight, lattice, status: int, key_bytes: int) -> _Entry:
+    metric = metric - metric.min() if len(metric) else metric
+    parts = (transform, automorphic, metric, weight, lattice, status)
+    candidates = (_candidates(parts, True), _candidates(parts, False))
+    # NumPy has no bfloat16 (nor does the view need half precision): those get a float64 copy, charged.
+    native = lattice.dtype in (torch.float32, torch.float64)
+    lattice_view = lattice.numpy() if native else lattice.double().numpy()
+    copied = 0 if native else lattice_view.nbytes
+    nbytes = (transform.nbytes + inverse.nbytes + automorphic.nbytes + metric.nbytes + weight.nbytes
+              + lattice.nbytes + copied + sum(c.nbytes for c in candidates) + key_bytes + _ENTRY_OVERHEAD)
+    return _Entry(transform, inverse, automorphic, metric, weight, lattice, status, nbytes, len(transform),
+                  int(metric.max()) + 1 if len(metric) else 0, candidates,
+                  (transform.numpy(), inverse.numpy(), lattice_view))
 
 
 @dataclass(frozen=True)
@@ -72,8 +122,8 @@ class ReducedFormsCache:
 
     Keys are a lattice's exact values and dtype; the least recently used entries leave first once the
     entries' tensors take more than ``max_bytes`` (each entry is charged its tensors plus about 400
-    bytes; a cubic label's 48 forms take about 5.5 KB, an MP-20 label's 70–80 about 8 KB, so the default
-    256 MiB holds some 30 000–45 000 labels). ``max_bytes=0`` turns remembering off. Safe to share
+    bytes; with float64 labels a cubic label's 48 forms take about 13 KB, an MP-20 bi/ternary label's
+    about 19 KB on average, so the default 256 MiB holds some 14 000–20 000 labels). ``max_bytes=0`` turns remembering off. Safe to share
     between threads (``nn.DataParallel`` replicas, data-loader threads): lookups and updates hold one
     lock, and the forms are computed outside it.
 
@@ -143,41 +193,7 @@ class ReducedFormsCache:
         B, device = lattice.shape[0], lattice.device
         if not self.max_bytes or not has_values(lattice) or not B:
             return self._derive(lattice, self._forms(lattice))
-        values = lattice.to("cpu", torch.float64).contiguous().numpy()  # exact for every float dtype
-        tag = str(lattice.dtype).encode()
-        keys = [tag + values[b].tobytes() for b in range(B)]
-        entries: list[_Entry | None] = [None] * B
-        with self._lock:
-            for b, key in enumerate(keys):
-                entry = self._entries.get(key)
-                if entry is not None:
-                    self._entries.move_to_end(key)
-                    entries[b] = entry
-        missing = [b for b in range(B) if entries[b] is None]
-        if missing:
-            new = self._derive(lattice[missing].cpu(), self._forms(lattice[missing]))
-            counts = new.forms.counts(len(missing)).tolist()
-            fresh = {}
-            for b, transform, inverse, automorphic, metric, weight, form, status in zip(
-                    missing, new.forms.transform.cpu().split(counts), new.inverse.cpu().split(counts),
-                    new.automorphic.cpu().split(counts), new.metric.cpu().split(counts),
-                    new.weight.cpu().split(counts), new.forms.lattice.cpu().split(counts), new.forms.status.tolist()):
-                metric = metric - metric.min() if len(metric) else metric
-                nbytes = (transform.nbytes + inverse.nbytes + automorphic.nbytes + metric.nbytes + weight.nbytes
-                          + form.nbytes + len(keys[b]) + _ENTRY_OVERHEAD)
-                entry = _Entry(transform, inverse, automorphic, metric, weight, form, int(status), nbytes,
-                               len(transform), int(metric.max()) + 1 if len(metric) else 0)
-                entries[b] = entry
-                fresh[keys[b]] = entry
-            with self._lock:
-                for key, entry in fresh.items():
-                    if key in self._entries:
-                        continue
-                    self._entries[key] = entry
-                    self._nbytes += entry.nbytes
-                while self._nbytes > self.max_bytes and self._entries:
-                    _, old = self._entries.popitem(last=False)
-                    self._nbytes -= old.nbytes
+        entries = self._entries_of(lattice)
         counts = torch.tensor([e.count for e in entries], device=device)
         forms = ReducedForms(owner=torch.repeat_interleave(torch.arange(B, device=device), counts),
                              transform=torch.cat([e.transform for e in entries]).to(device),
@@ -190,6 +206,46 @@ class ReducedFormsCache:
         return CachedForms(forms, torch.cat([e.inverse for e in entries]).to(device),
                            torch.cat([e.automorphic for e in entries]).to(device), metric.to(device),
                            torch.cat([e.weight for e in entries]).to(device))
+
+    def _entries_of(self, lattice: torch.Tensor) -> list[_Entry]:
+        """One entry per cell of validated, detached lattices ``(B, 3, 3)`` (with values): remembered ones
+        looked up, the others computed, and remembered while ``max_bytes`` allows."""
+        B = lattice.shape[0]
+        values = lattice.to("cpu", torch.float64).contiguous().numpy()  # exact for every float dtype
+        tag = str(lattice.dtype).encode()
+        keys = [tag + values[b].tobytes() for b in range(B)]
+        entries: list[_Entry | None] = [None] * B
+        if self.max_bytes:
+            with self._lock:
+                for b, key in enumerate(keys):
+                    entry = self._entries.get(key)
+                    if entry is not None:
+                        self._entries.move_to_end(key)
+                        entries[b] = entry
+        missing = [b for b in range(B) if entries[b] is None]
+        if not missing:
+            return entries
+        new = self._derive(lattice[missing].cpu(), self._forms(lattice[missing]))
+        counts = new.forms.counts(len(missing)).tolist()
+        fresh = {}
+        for b, transform, inverse, automorphic, metric, weight, form, status in zip(
+                missing, new.forms.transform.cpu().split(counts), new.inverse.cpu().split(counts),
+                new.automorphic.cpu().split(counts), new.metric.cpu().split(counts),
+                new.weight.cpu().split(counts), new.forms.lattice.cpu().split(counts), new.forms.status.tolist()):
+            entries[b] = _entry(transform.contiguous(), inverse.contiguous(), automorphic, metric, weight,
+                                form.contiguous(), int(status), len(keys[b]))
+            fresh[keys[b]] = entries[b]
+        if self.max_bytes:
+            with self._lock:
+                for key, entry in fresh.items():
+                    if key in self._entries:
+                        continue
+                    self._entries[key] = entry
+                    self._nbytes += entry.nbytes
+                while self._nbytes > self.max_bytes and self._entries:
+                    _, old = self._entries.popitem(last=False)
+                    self._nbytes -= old.nbytes
+        return entries
 
     def _derive(self, lattice: torch.Tensor, forms: ReducedForms) -> CachedForms:
         return CachedForms(forms, integer_inverse(forms.transform),

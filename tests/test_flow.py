@@ -199,6 +199,44 @@ def test_labels_that_do_not_reduce_are_passed_through_with_their_status_and_empt
     assert len(res.batch) == 0 and res.transform.shape == (0, 3, 3)
 
 
+@pytest.mark.parametrize("among", ["automorphisms", "reduced-forms"])
+@pytest.mark.parametrize("ties", ["coordinates", "random"])
+@pytest.mark.parametrize("align", [False, True])
+def test_the_coupling_picks_a_nearest_candidate_alike_with_a_warm_an_evicting_and_no_cache(among, ties, align):
+    # The coupling reads each label's candidates from the cache's entries: a remembered entry, one computed
+    # for an over-full cache, and the cache turned off must give one answer.
+    # Cells on cone faces (2|G12| = G11; G12 = 0 with equal lengths) have forms of several metrics.
+    face = torch.tensor([[[2.0, 0, 0], [-1.0, 2.3, 0], [0.2, 0.1, 2.9]], [[2.0, 0, 0], [0, 2.0, 0], [0.5, 0.7, 3.1]]],
+                        dtype=torch.float64)
+    faces = CrystalBatch(face, torch.tensor([[0.1, 0.2, 0.3], [0.3, 0.1, 0.4], [0.0, 0.0, 0.0]], dtype=torch.float64),
+                         [2, 1])
+    assert bool(reduced_forms(face).distinct_metrics(2).all())
+    for labels in (_real_labels("perov_5_small,carbon_24_small", 12), faces):
+        L0, f0 = _prior(labels, 5)
+        warm = ReducedFormsCache()
+        outs = []
+        for cache in (warm, warm, ReducedFormsCache(max_bytes=30_000), ReducedFormsCache(0)):
+            outs.append(couple_reduced_forms(L0, labels, prior_frac=f0, among=among, ties=ties, align=align,
+                                             generator=torch.Generator().manual_seed(1), cache=cache))
+        for out in outs[1:]:
+            for name in ("transform", "distance", "status", "choices"):
+                torch.testing.assert_close(getattr(out, name), getattr(outs[0], name), rtol=0, atol=0)
+            torch.testing.assert_close(out.batch.frac, outs[0].batch.frac, rtol=0, atol=0)
+        # And a brute force over the public API: the candidates are the fully canonical forms (of the
+        # label's metric with "automorphisms"), the chosen one is among them, at the smallest distance.
+        forms = reduced_forms(labels.lattice)
+        keep = forms.weights() >= 1
+        if among == "automorphisms":
+            keep &= automorphic_forms(labels.lattice, forms)
+        for b in range(len(labels)):
+            mine = keep & (forms.owner == b)
+            F, T = forms.lattice[mine], forms.transform[mine]
+            d = torch.stack([(align_rotation(L0[b], f) if align else L0[b]).sub(f).square().sum() for f in F])
+            assert outs[0].choices[b] == len(F)
+            assert bool((T == outs[0].transform[b]).all((-1, -2)).any())
+            torch.testing.assert_close(outs[0].distance[b], d.min(), rtol=1e-9, atol=1e-12)
+
+
 def test_coupling_arguments_are_checked():
     labels = _real_labels("perov_5_small", 2)
     with pytest.raises(ValueError, match="among: expected one of"):
@@ -213,6 +251,9 @@ def test_coupling_arguments_are_checked():
         couple_reduced_forms(torch.zeros(2, 3, 3), labels.lattice)
     with pytest.raises(ValueError, match="rel_tol"):
         couple_reduced_forms(torch.zeros(2, 3, 3), labels, rel_tol=0.5)
+    meta = CrystalBatch(labels.lattice.to("meta"), labels.frac.to("meta"), labels.num_atoms.to("meta"))
+    with pytest.raises(ValueError, match="labels.lattice: the coupling .* needs the tensor's values"):
+        couple_reduced_forms(torch.zeros(2, 3, 3, device="meta"), meta)
 
 
 def test_align_rotation_is_the_nearest_orthogonal_turn_and_keeps_the_targets_handedness():
