@@ -94,28 +94,33 @@ def matrix_rows(dataset: str, runs: list[dict]) -> list[dict]:
 
 
 def sampler_rows(record: dict, training_steps: int = 20_000) -> list[dict]:
-    """Perov-5 at ``training_steps``: independent pairing and the default coupling, plain Euler and
-    anti-annealing 3, from the sampler study."""
+    """Perov-5 at ``training_steps`` from the sampler study: one row per :data:`SETTINGS` entry present and
+    sampler (plain Euler, anti-annealing 3), each against independent pairing with the same sampler."""
+    runs = [r for r in record["runs"] if r["training_steps"] == training_steps]
+
+    def runs_of(strategy, basis, coupling):
+        return [r for r in runs if (r.get("strategy", "mse"), r.get("basis", "niggli"), r["coupling"])
+                == (strategy, basis, coupling)]
+
     rows = []
-    runs = [r for r in record["runs"] if r["training_steps"] == training_steps and r.get("strategy", "mse") == "mse"
-            and r.get("basis", "niggli") == "niggli"]
     for sampler in ("euler", "anneal=3"):
         base = None
-        for coupling, label in (("independent", "Niggli labels, `mse`, independent pairing"),
-                                ("automorphisms:random", "coupling among automorphisms, random ties (library default)")):
-            rs = [r for r in runs if r["coupling"] == coupling]
+        for strategy, basis, coupling, label in SETTINGS:
+            rs = runs_of(strategy, basis, coupling)
             if not rs:
                 continue
             by = [{x["steps"]: x for x in r["rows"] if x["sampler"] == sampler} for r in rs]
-            row = {"dataset": rs[0]["dataset"], "setting": label, "coupling": coupling, "sampler": sampler,
-                   "seeds": sorted(r["seed"] for r in rs), "steps": [training_steps]}
+            row = {"dataset": rs[0]["dataset"], "setting": label, "strategy": strategy, "basis": basis,
+                   "coupling": coupling, "sampler": sampler, "seeds": sorted(r["seed"] for r in rs),
+                   "steps": [training_steps]}
             for k in STEPS:
                 row[f"match@{k}"] = _stats([b[int(k)]["match_rate"] for b in by])
             row["rmse"] = _stats([b[200]["rmse"] for b in by])
             row["lattice_error"] = _stats([b[200]["lattice_error"] for b in by])
             by_seed = {r["seed"]: b[200]["match_rate"] for r, b in zip(rs, by)}
-            row["versus_independent"] = "" if base is None else _versus(by_seed, base)
-            base = by_seed if base is None else base
+            is_base = (strategy, basis, coupling) == ("mse", "niggli", "independent")
+            row["versus_independent"] = "" if is_base or base is None else _versus(by_seed, base)
+            base = by_seed if is_base else base
             rows.append(row)
     return rows
 
