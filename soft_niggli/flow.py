@@ -212,7 +212,8 @@ def couple_reduced_forms(prior_lattice, labels: CrystalBatch, *, prior_frac=None
 
     Raises:
         TypeError: ``labels`` not a CrystalBatch, ``among`` or ``ties`` not a string.
-        ValueError: wrong shapes (the message names the expected and the given shape), an unknown ``among``.
+        ValueError: wrong shapes (the message names the expected and the given shape), an unknown ``among``,
+            labels on the ``meta`` device (the forms are found from the lattices' values).
     """
     if not isinstance(labels, CrystalBatch):
         raise TypeError(f"labels: expected a CrystalBatch, got {type(labels).__name__}")
@@ -252,10 +253,10 @@ def couple_reduced_forms(prior_lattice, labels: CrystalBatch, *, prior_frac=None
     reps = torch.from_numpy(np.concatenate([c.reps for c in candidates]))
     reps_owner = torch.repeat_interleave(torch.arange(B), n_groups)
 
-    def gather(view: int, positions: torch.Tensor) -> torch.Tensor:
+    def gather(view: int, positions: torch.Tensor | None = None) -> torch.Tensor:
         """``(len(positions), 3, 3)`` transforms (view 0), inverses (1) or lattices (2) of the candidates at
-        ``positions`` into the flat list."""
-        if len(positions) == len(owner):  # every candidate: one copy per label
+        ``positions`` into the flat list; of every candidate where ``positions`` is None."""
+        if positions is None:  # one copy per label
             return torch.from_numpy(np.concatenate([e.views[view][c.index] for e, c in zip(entries, candidates)]))
         rows = owner[positions].tolist()
         local = (positions - start[owner[positions]]).tolist()
@@ -272,7 +273,7 @@ def couple_reduced_forms(prior_lattice, labels: CrystalBatch, *, prior_frac=None
         # so they are at the same distance after alignment: one SVD per metric.
         dist = _aligned_distance(prior[reps_owner], reps)[group]
     else:
-        dist = (gather(2, everything).double() - prior[owner]).square().sum((-1, -2))
+        dist = (gather(2).double() - prior[owner]).square().sum((-1, -2))
     scale = prior_norm[owner] + form_norm
     tied = _nearest(dist, owner, B, tie * scale, torch.ones_like(dist, dtype=torch.bool))
     if ties == "random":
@@ -282,7 +283,7 @@ def couple_reduced_forms(prior_lattice, labels: CrystalBatch, *, prior_frac=None
     elif f0 is not None:
         # Among tied forms, the coordinates nearest the prior's (minimum image on the torus).
         rank = torch.full_like(dist, float("inf"))
-        rank[tied] = _coordinate_distance(labels, f0, owner[tied], gather(1, everything[tied]))
+        rank[tied] = _coordinate_distance(labels, f0, owner[tied], gather(1)[tied])
         tied = _nearest(rank, owner, B, tie * labels.num_atoms.cpu().double()[owner], tied)
     if align and ties == "coordinates":
         # Forms that are rotations of each other and place the atoms alike: the one nearest unturned.

@@ -27,7 +27,7 @@ from .niggli import Status
 
 __all__ = ["CachedForms", "ReducedFormsCache"]
 
-# Bytes charged per entry beyond its tensors: the key, the tuple, the tensors' headers.
+# Bytes charged per entry beyond its arrays and key: the tuple, the tensors' and arrays' headers.
 _ENTRY_OVERHEAD = 400
 
 
@@ -58,32 +58,49 @@ class _Entry:
     count: int  # k, kept as a Python int: a lookup packs hundreds of entries per call
     groups: int  # number of distinct metrics, metric.max() + 1
     # What the coupling chooses among, for among="automorphisms" and "reduced-forms": derived once here, so
-    # that a training step gathers only the chosen forms (NumPy views of the tensors above, no copies).
+    # that a training step gathers only the chosen forms.
     candidates: tuple[_Candidates, _Candidates]
-    views: tuple[np.ndarray, np.ndarray, np.ndarray]  # transform, inverse, lattice
+    # NumPy views of transform, inverse and lattice, for gathering single forms fast (lattices in half
+    # precision, which NumPy lacks, as a float64 copy).
+    views: tuple[np.ndarray, np.ndarray, np.ndarray]
 
 
-def _candidates(entry_tensors: tuple, automorphic_only: bool) -> _Candidates:
-    transform, automorphic, metric, weight, lattice, status = entry_tensors
-    keep = (weight >= 1) & (status == int(Status.OK))
-    if automorphic_only:
-        keep &= automorphic
-    index = keep.nonzero().squeeze(1).numpy()
-    metric = metric.numpy()[index]
-    _, first, group = np.unique(metric, return_index=True, return_inverse=True)
-    # Number the groups in order of first appearance (np.unique numbers them by metric id).
+def _candidates(owner: np.ndarray, keep: np.ndarray, metric: np.ndarray, lattice: torch.Tensor,
+                starts: np.ndarray, n: int) -> list[_Candidates]:
+    """Per label ``0 .. n-1``: its forms where ``keep``, numbered within the label (``starts``: each label's
+    first form), with their metric groups. ``metric`` numbers the groups over the batch, each label's
+    forms ``0 .. P-1`` sorted by label (as :func:`_metric_groups` and the reducer list them)."""
+    index = np.flatnonzero(keep)
+    kept_owner = owner[index]
+    # Groups in order of first appearance: the forms are sorted by label, so that order is each label's.
+    _, first, group = np.unique(metric[index], return_index=True, return_inverse=True)
     order = np.argsort(first, kind="stable")
-    renumber = np.empty_like(order)
-    renumber[order] = np.arange(len(order))
-    reps = lattice[torch.from_numpy(index[np.sort(first)])].double().numpy()
-    return _Candidates(index.astype(np.int64), renumber[group].astype(np.int64).reshape(-1), reps.reshape(-1, 3, 3))
+    rank = np.empty_like(order)
+    rank[order] = np.arange(len(order))
+    group = rank[group.reshape(-1)]
+    first = first[order]  # (groups,) position in `index` of each group's first form, in rank order
+    group_owner = kept_owner[first]
+    groups_per_label = np.bincount(group_owner, minlength=n)
+    group_start = np.cumsum(groups_per_label) - groups_per_label
+    local_group = group - group_start[kept_owner]
+    reps = lattice[torch.from_numpy(index[first])].double().numpy()
+    forms_per_label = np.bincount(kept_owner, minlength=n)
+    split_forms = np.cumsum(forms_per_label)[:-1]
+    split_groups = np.cumsum(groups_per_label)[:-1]
+    return [_Candidates(i.copy(), g.copy(), r.copy()) for i, g, r in zip(
+        np.split(index - starts[kept_owner], split_forms), np.split(local_group, split_forms),
+        np.split(reps, split_groups))]
 
 
-def _entry(transform, inverse, automorphic, metric, weight, lattice, status: int, key_bytes: int) -> _Entry:
-    metric = metric - metric.min() if len(metric) else metric
-    parts = (transform, automorphic, metric, weight, lattice, status)
-    candidates = (_candidates(parts, True), _candidates(parts, False))
-    # NumPy has no bfloat16 (nor does the view need half precision): those get a float64 copy, charged.
+def _entry(transform: np.ndarray, inverse: np.ndarray, automorphic: np.ndarray, metric: np.ndarray,
+           weight: np.ndarray, lattice: torch.Tensor, status: int, candidates: tuple[_Candidates, _Candidates],
+           key_bytes: int) -> _Entry:
+    """An entry owning its memory: the arrays are a label's slices of the batch's, copied (a slice would
+    keep the whole batch's memory alive after eviction; NumPy copies small arrays several times faster
+    than torch)."""
+    transform, inverse, automorphic, metric, weight = (
+        torch.from_numpy(x.copy()) for x in (transform, inverse, automorphic, metric, weight))
+    lattice = lattice.clone()
     native = lattice.dtype in (torch.float32, torch.float64)
     lattice_view = lattice.numpy() if native else lattice.double().numpy()
     copied = 0 if native else lattice_view.nbytes
@@ -121,9 +138,10 @@ class ReducedFormsCache:
     """:func:`~soft_niggli.canonical.reduced_forms` of ``(..., 3, 3)`` lattices, remembered per lattice.
 
     Keys are a lattice's exact values and dtype; the least recently used entries leave first once the
-    entries' tensors take more than ``max_bytes`` (each entry is charged its tensors plus about 400
-    bytes; with float64 labels a cubic label's 48 forms take about 13 KB, an MP-20 bi/ternary label's
-    about 19 KB on average, so the default 256 MiB holds some 14 000–20 000 labels). ``max_bytes=0`` turns remembering off. Safe to share
+    entries take more than ``max_bytes``. Each entry is charged its tensors, the coupling's candidates
+    derived from them, its key and about 400 bytes: with float64 labels a cubic label's 48 forms take
+    about 13 KB, an MP-20 bi/ternary label's about 19 KB on average, so the default 256 MiB holds some
+    14 000–20 000 labels. ``max_bytes=0`` turns remembering off. Safe to share
     between threads (``nn.DataParallel`` replicas, data-loader threads): lookups and updates hold one
     lock, and the forms are computed outside it.
 
@@ -226,14 +244,27 @@ class ReducedFormsCache:
         if not missing:
             return entries
         new = self._derive(lattice[missing].cpu(), self._forms(lattice[missing]))
-        counts = new.forms.counts(len(missing)).tolist()
+        n = len(missing)
+        counts = new.forms.counts(n).tolist()
+        owner, metric = new.forms.owner.cpu().numpy(), new.metric.cpu().numpy()
+        starts = np.cumsum(counts) - np.asarray(counts, dtype=np.int64)
+        status = new.forms.status.cpu()
+        canonical = ((new.weight.cpu() >= 1) & (status == int(Status.OK))[new.forms.owner.cpu()]).numpy()
+        automorphic = new.automorphic.cpu().numpy()
+        lattice_new = new.forms.lattice.cpu()
+        candidates = zip(_candidates(owner, canonical & automorphic, metric, lattice_new, starts, n),
+                         _candidates(owner, canonical, metric, lattice_new, starts, n))
+        # Each label's metrics numbered from 0 (the batch numbers them label after label).
+        first_metric = np.full(n, np.iinfo(np.int64).max)
+        np.minimum.at(first_metric, owner, metric)
+        local_metric = metric - first_metric[owner] if len(owner) else metric
+        split = np.cumsum(counts)[:-1]
         fresh = {}
-        for b, transform, inverse, automorphic, metric, weight, form, status in zip(
-                missing, new.forms.transform.cpu().split(counts), new.inverse.cpu().split(counts),
-                new.automorphic.cpu().split(counts), new.metric.cpu().split(counts),
-                new.weight.cpu().split(counts), new.forms.lattice.cpu().split(counts), new.forms.status.tolist()):
-            entries[b] = _entry(transform.contiguous(), inverse.contiguous(), automorphic, metric, weight,
-                                form.contiguous(), int(status), len(keys[b]))
+        for b, transform, inverse, autom, metric_b, weight, form, status_b, both in zip(
+                missing, np.split(new.forms.transform.cpu().numpy(), split), np.split(new.inverse.cpu().numpy(), split),
+                np.split(automorphic, split), np.split(local_metric, split), np.split(new.weight.cpu().numpy(), split),
+                lattice_new.split(counts), status.tolist(), candidates):
+            entries[b] = _entry(transform, inverse, autom, metric_b, weight, form, int(status_b), both, len(keys[b]))
             fresh[keys[b]] = entries[b]
         if self.max_bytes:
             with self._lock:

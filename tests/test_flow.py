@@ -289,6 +289,20 @@ def test_the_forms_cache_is_bounded_in_bytes_and_gives_what_reduced_forms_gives(
         ReducedFormsCache(-1)
 
 
+def test_the_forms_cache_holds_no_more_memory_than_it_is_charged():
+    # Entries computed for a batch own their arrays: slices of the batch's tensors would keep the whole
+    # batch alive after the other entries are evicted.
+    labels = _real_labels("carbon_24_small", 30)
+    cache = ReducedFormsCache(max_bytes=20_000)
+    cache(labels.lattice)
+    held = 0
+    for entry in cache._entries.values():
+        tensors = (entry.transform, entry.inverse, entry.automorphic, entry.metric, entry.weight, entry.lattice)
+        held += sum(t.untyped_storage().nbytes() for t in tensors)
+        held += sum(c.index.base.nbytes if c.index.base is not None else c.index.nbytes for c in entry.candidates)
+    assert 0 < held <= cache.nbytes <= 20_000
+
+
 def test_one_loss_shared_by_two_threads_with_a_full_cache_raises_nothing():
     labels = _real_labels("carbon_24_small", 24)
     loss = get_loss("reduced-forms", cache_bytes=30_000)
