@@ -44,7 +44,8 @@ VARIANTS = (("mse", "independent"), ("reduced-forms", "independent"), ("reduced-
             ("mse", "automorphisms:random"), ("mse", "reduced-forms"), ("mse", "reduced-forms:random"))
 
 
-def time_steps(dataset: str, batch: int, repeats: int, hidden: int, layers: int) -> tuple[list[dict], dict]:
+def time_steps(dataset: str, batch: int, repeats: int, hidden: int, layers: int,
+               which: tuple[tuple[str, str], ...] = VARIANTS) -> tuple[list[dict], dict]:
     data = load_data(dataset, train_size=None, val_size=8)
     n = len(data.train_niggli)
     idx = torch.arange(min(batch, n))
@@ -55,7 +56,7 @@ def time_steps(dataset: str, batch: int, repeats: int, hidden: int, layers: int)
     L0, f0 = prior.sample(labels.num_atoms, g)
     ctx = DistributedContext()
     variants = []
-    for strategy, coupling in VARIANTS:
+    for strategy, coupling in which:
         config = FlowConfig(strategy=strategy, coupling=coupling, align_prior=True, hidden=hidden, layers=layers)
         torch.manual_seed(0)
         variants.append({"strategy": strategy, "coupling": coupling, "config": config,
@@ -104,15 +105,25 @@ def main(argv=None) -> int:
     ap.add_argument("--hidden", type=int, default=FlowConfig.hidden)
     ap.add_argument("--layers", type=int, default=FlowConfig.layers)
     ap.add_argument("--threads", type=int, default=None)
+    ap.add_argument("--variants", nargs="+", default=None, metavar="LOSS/COUPLING",
+                    help="time only these, e.g. mse/independent (default: every loss and coupling; the first "
+                         "is the reference of the overheads)")
     ap.add_argument("--out", default=str(DEFAULT_OUT))
     args = ap.parse_args(argv)
+    variants = VARIANTS
+    if args.variants:
+        known = {f"{s}/{c}": (s, c) for s, c in VARIANTS}
+        unknown = [v for v in args.variants if v not in known]
+        if unknown:
+            ap.error(f"--variants: unknown {', '.join(unknown)}; expected some of {', '.join(known)}")
+        variants = tuple(known[v] for v in args.variants)
     if args.repeats < 2:
         ap.error(f"--repeats must be at least 2 (one cold step, then the timed warm ones); got {args.repeats}")
     if args.threads:
         torch.set_num_threads(args.threads)
     rows = []
     for dataset in args.dataset:
-        rows += time_steps(dataset, args.batch, args.repeats, args.hidden, args.layers)[0]
+        rows += time_steps(dataset, args.batch, args.repeats, args.hidden, args.layers, variants)[0]
     command, machine = command_line("generative_cost", argv), machine_description()
     lines = header("Loss cost as a share of one flow-matching training step", command, machine) + [
         f"One step: interpolant, forward pass of the flow model (hidden {args.hidden}, {args.layers} layers, "

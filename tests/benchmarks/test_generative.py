@@ -437,3 +437,19 @@ def test_the_comparison_page_sets_every_setting_against_independent_pairing(tmp_
     assert all(r["versus_independent"] for r in record["datasets"]["perov_5"][1:])
     with pytest.raises(SystemExit):
         main(["--results", str(tmp_path / "nothing here")])
+
+
+def test_the_cost_benchmark_times_the_variants_named(tmp_path):
+    shared_data_file("perov_5")
+    from benchmarks.generative_cost import main
+
+    assert main(["--dataset", "perov_5", "--batch", "8", "--repeats", "2", "--hidden", "16", "--layers", "1",
+                 "--variants", "mse/independent", "mse/automorphisms:random", "--threads", "1",
+                 "--out", str(tmp_path)]) == 0
+    saved = json.loads((tmp_path / "generative_cost.json").read_text())
+    assert [(r["loss"], r["coupling"]) for r in saved["rows"]] == [("mse", "independent"),
+                                                                   ("mse", "automorphisms:random")]
+    assert saved["rows"][0]["overhead_vs_mse"] == 0 and "first_step_s" in saved["rows"][1]
+    assert saved["rows"][1]["parameters"] == saved["rows"][0]["parameters"]
+    with pytest.raises(SystemExit):
+        main(["--variants", "mse/nothing", "--out", str(tmp_path)])
