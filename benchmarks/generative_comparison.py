@@ -6,8 +6,9 @@ Perov-5 at 20 000 steps with plain Euler and with anti-annealing) in ``--results
 ``generative_comparison.{md,json}`` there: per dataset, each setting's match rate at 10 / 50 / 200 Euler
 steps, RMSE and lattice error (mean ± sample std over seeds), and its match rate at 200 steps minus that
 of independent pairing on the same seeds (paired: a seed fixes the network's initialisation, the batches
-and the prior's draws), with the mean difference over its standard error (``Δ / se``: beyond about ±2
-a difference the seeds agree on). Trains nothing. From the repository root::
+and the prior's draws), with the mean difference over its standard error (``Δ / se``, Student's t with
+``n − 1`` degrees of freedom: beyond ±12.7 with 2 seeds, ±4.3 with 3, the seeds agree at two-sided 5%).
+Trains nothing. From the repository root::
 
     python -m benchmarks.generative_comparison
 """
@@ -181,7 +182,9 @@ def main(argv=None) -> int:
              "Match rate (StructureMatcher stol 0.5, angle_tol 10, ltol 0.3) at 10 / 50 / 200 Euler steps, RMSE "
              "and lattice error at 200; mean ± sample std over seeds. Δ: the setting's match rate at 200 steps "
              "minus independent pairing's on the same seed, averaged over the seeds both have, with the mean "
-             "over its standard error in parentheses (n/a with one seed; beyond about ±2 the seeds agree).", ""]
+             "over its standard error in parentheses (n/a with one seed). With so few seeds read it as Student's t with "
+             "n − 1 degrees of freedom: the seeds agree on the sign (two-sided 5%) beyond ±12.7 with 2 seeds, ±4.3 "
+             "with 3; a large ratio from 2 seeds can be chance.", ""]
     text = "\n".join(header("Generative comparison: each setting against independent pairing", record["command"],
                             record["machine"]) + intro + lines)
     print(text)
