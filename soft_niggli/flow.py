@@ -152,9 +152,10 @@ def couple_reduced_forms(prior_lattice, labels: CrystalBatch, *, prior_frac=None
     relative (``100 ε`` for float32 labels), tie. With ``ties="random"`` (default) one of them is drawn
     uniformly (from ``generator``): the label's symmetry-equivalent bases are then all seen in training,
     as data augmentation by its point group would show them. In the flow-matching benchmark on Perov-5,
-    sampled with plain Euler steps, this trained best (match rate 0.60–0.65 over seeds, against 0.51–0.60
-    with ``"coordinates"`` and 0.50 without the coupling); sampled with anti-annealing, at 20 000 steps,
-    no coupling did better. The forms are drawn in their basis-independent order, so for float64 labels a
+    sampled with plain Euler steps, both tie rules beat independent pairing (at 4000 steps random ties
+    0.63, ``"coordinates"`` 0.55, none 0.50; at 20 000 steps 0.62, 0.64 and 0.55), at a higher RMSE;
+    sampled with anti-annealing at 20 000 steps, random ties lose the lead (0.51 against 0.52).
+    The forms are drawn in their basis-independent order, so for float64 labels a
     generator in the same state draws the same form whichever basis the label came in (for float32
     labels, whose rounding can reorder them, one of the same tied forms; with ``among="reduced-forms"``
     these can include forms of a cell near a cone face whose metrics differ by less than float32 tells
