@@ -152,9 +152,9 @@ def couple_reduced_forms(prior_lattice, labels: CrystalBatch, *, prior_frac=None
     relative (``100 ε`` for float32 labels), tie. With ``ties="random"`` (default) one of them is drawn
     uniformly (from ``generator``): the label's symmetry-equivalent bases are then all seen in training,
     as data augmentation by its point group would show them. In the flow-matching benchmark on Perov-5,
-    sampled with plain Euler steps, both tie rules beat independent pairing (at 4000 steps random ties
-    0.63, ``"coordinates"`` 0.55, none 0.50; at 20 000 steps 0.62, 0.64 and 0.55), at a higher RMSE;
-    sampled with anti-annealing at 20 000 steps, random ties lose the lead (0.51 against 0.52).
+    sampled with plain Euler steps, random ties beat independent pairing (at 4000 steps 0.63 against 0.50,
+    ``"coordinates"`` 0.55, within noise; at 20 000 steps 0.62, ``"coordinates"`` 0.64, none 0.55), at a
+    higher RMSE; sampled with anti-annealing at 20 000 steps, random ties lose the lead (0.51 against 0.52).
     The forms are drawn in their basis-independent order, so for float64 labels a
     generator in the same state draws the same form whichever basis the label came in (for float32
     labels, whose rounding can reorder them, one of the same tied forms; with ``among="reduced-forms"``
