@@ -75,14 +75,24 @@ def matrix_rows(dataset: str, runs: list[dict]) -> list[dict]:
         values = {r["config"]["seed"]: r["metrics"].get("200", {}).get("match_rate") for r in rs}
         return {seed: math.nan if v is None else float(v) for seed, v in values.items()}
 
+    def checksums(rs) -> dict[int, float]:
+        return {r["config"]["seed"]: r.get("state_checksum") for r in rs}
+
     base = match_by_seed(runs_of("mse", "niggli", "independent"))
-    rows = []
+    rows, trained = [], []
     for strategy, basis, coupling, label in SETTINGS:
         rs = runs_of(strategy, basis, coupling)
         if not rs:
             continue
         row = {"dataset": dataset, "setting": label, "strategy": strategy, "basis": basis, "coupling": coupling,
                "seeds": sorted(r["config"]["seed"] for r in rs), "steps": sorted({r["steps"] for r in rs})}
+        # Two settings can train the same network: on Perov-5 every reduced form is an automorphism, so the
+        # coupling among all of them is the coupling among automorphisms. Equal weights on every shared seed
+        # say so (the checksum sums the trained parameters).
+        mine = checksums(rs)
+        row["same_as"] = next((other for other, theirs in trained if set(mine) & set(theirs) and all(
+            mine[k] is not None and mine[k] == theirs[k] for k in set(mine) & set(theirs))), "")
+        trained.append((label, mine))
         for k in STEPS:
             row[f"match@{k}"] = _stats([r["metrics"].get(k, {}).get("match_rate") for r in rs])
         row["rmse"] = _stats([r["metrics"].get("200", {}).get("rmse") for r in rs])
@@ -162,6 +172,9 @@ def main(argv=None) -> int:
                   f"{d['train_size']} training / {d['val_size']} held-out crystals ({d['source']}); the budget and "
                   f"every command: [generative_{dataset}.md](generative_{dataset}.md).", ""]
         lines += _table(rows, ["setting"], lambda r: [r["setting"]]) + [""]
+        lines += [f"- {r['setting']}: the same trained network as {r['same_as']} on seed(s) "
+                  f"{', '.join(map(str, r['seeds']))} (equal weights)." for r in rows if r["same_as"]]
+        lines += [""] if any(r["same_as"] for r in rows) else []
     study = folder / "sampler_study.json"
     if study.exists():
         saved = json.loads(study.read_text())

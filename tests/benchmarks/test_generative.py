@@ -435,6 +435,12 @@ def test_the_comparison_page_sets_every_setting_against_independent_pairing(tmp_
     first = record["datasets"]["perov_5"][0]
     assert first["coupling"] == "independent" and first["versus_independent"] == ""
     assert all(r["versus_independent"] for r in record["datasets"]["perov_5"][1:])
+    # On Perov-5 every reduced form is an automorphism: the two couplings by coordinates train one network.
+    same = {r["setting"]: r["same_as"] for r in record["datasets"]["perov_5"]}
+    assert same["coupling among all reduced forms, ties by coordinates"] == \
+        "coupling among automorphisms, ties by coordinates"
+    assert sum(map(bool, same.values())) == 1
+    assert not any(r["same_as"] for r in record["datasets"]["mp_20_biternary"])
     with pytest.raises(SystemExit):
         main(["--results", str(tmp_path / "nothing here")])
 
