@@ -87,11 +87,15 @@ def matrix_rows(dataset: str, runs: list[dict]) -> list[dict]:
         row = {"dataset": dataset, "setting": label, "strategy": strategy, "basis": basis, "coupling": coupling,
                "seeds": sorted(r["config"]["seed"] for r in rs), "steps": sorted({r["steps"] for r in rs})}
         # Two settings can train the same network: on Perov-5 every reduced form is an automorphism, so the
-        # coupling among all of them is the coupling among automorphisms. Equal weights on every shared seed
-        # say so (the checksum sums the trained parameters).
+        # coupling among all of them is the coupling among automorphisms. The same sum of the trained
+        # parameters (float64) on every seed both have says so.
         mine = checksums(rs)
-        row["same_as"] = next((other for other, theirs in trained if set(mine) & set(theirs) and all(
-            mine[k] is not None and mine[k] == theirs[k] for k in set(mine) & set(theirs))), "")
+        row["same_as"], row["same_seeds"] = "", []
+        for other, theirs in trained:
+            shared = sorted(set(mine) & set(theirs))
+            if shared and all(mine[k] is not None and mine[k] == theirs[k] for k in shared):
+                row["same_as"], row["same_seeds"] = other, shared
+                break
         trained.append((label, mine))
         for k in STEPS:
             row[f"match@{k}"] = _stats([r["metrics"].get(k, {}).get("match_rate") for r in rs])
@@ -173,7 +177,8 @@ def main(argv=None) -> int:
                   f"every command: [generative_{dataset}.md](generative_{dataset}.md).", ""]
         lines += _table(rows, ["setting"], lambda r: [r["setting"]]) + [""]
         lines += [f"- {r['setting']}: the same trained network as {r['same_as']} on seed(s) "
-                  f"{', '.join(map(str, r['seeds']))} (equal weights)." for r in rows if r["same_as"]]
+                  f"{', '.join(map(str, r['same_seeds']))} (equal sums of the trained parameters)."
+                  for r in rows if r["same_as"]]
         lines += [""] if any(r["same_as"] for r in rows) else []
     study = folder / "sampler_study.json"
     if study.exists():
