@@ -40,7 +40,6 @@ from __future__ import annotations
 import threading
 from dataclasses import dataclass
 
-import numpy as np
 import torch
 
 from ._checks import (DEFAULT_REL_TOL, as_crystal_lattices, as_float_tensor, as_lattice, check_choice, check_rel_tol,
@@ -237,44 +236,21 @@ def couple_reduced_forms(prior_lattice, labels: CrystalBatch, *, prior_frac=None
                              torch.zeros(0, dtype=torch.int64, device=device))
     L1 = labels.lattice.detach()
     require_values(L1, "labels.lattice: the coupling (reduced forms found on the host)")
-    # The cache's entries hold each label's candidates (fully canonical forms: those fading out of the
-    # tolerance band, weight below 1, would enter or leave with the basis the label came in where a form
-    # sits at the band's edge) and one representative per metric. Only the chosen forms' matrices are
-    # gathered: on Perov-5 (48 forms per label) gathering every candidate's was most of the coupling's cost.
-    entries = cache._entries_of(L1.reshape(B, 3, 3))
-    which = AMONG.index(among)
-    candidates = [e.candidates[which] for e in entries]
-    status = torch.tensor([e.status for e in entries], dtype=torch.int64)
-    counts = torch.tensor([len(c.index) for c in candidates], dtype=torch.int64)
-    n_groups = torch.tensor([len(c.reps) for c in candidates], dtype=torch.int64)
-    owner = torch.repeat_interleave(torch.arange(B), counts)
-    start = torch.cumsum(counts, 0) - counts
-    group = torch.from_numpy(np.concatenate([c.group for c in candidates])) + torch.repeat_interleave(
-        torch.cumsum(n_groups, 0) - n_groups, counts)
-    reps = torch.from_numpy(np.concatenate([c.reps for c in candidates]))
-    reps_owner = torch.repeat_interleave(torch.arange(B), n_groups)
-
-    def gather(view: int, positions: torch.Tensor | None = None) -> torch.Tensor:
-        """``(len(positions), 3, 3)`` transforms (view 0), inverses (1) or lattices (2) of the candidates at
-        ``positions`` into the flat list; of every candidate where ``positions`` is None."""
-        if positions is None:  # one copy per label
-            return torch.from_numpy(np.concatenate([e.views[view][c.index] for e, c in zip(entries, candidates)]))
-        rows = owner[positions].tolist()
-        local = (positions - start[owner[positions]]).tolist()
-        found = [entries[b].views[view][candidates[b].index[j]] for b, j in zip(rows, local)]
-        return torch.from_numpy(np.array(found) if found else np.zeros((0, 3, 3), entries[0].views[view].dtype))
-
+    # Each label's candidates (its fully canonical forms, automorphic or all) and one representative per
+    # metric, derived once per label and kept in the cache; a step copies only the forms it chooses.
+    found = cache._coupling_candidates(L1.reshape(B, 3, 3), AMONG.index(among))
+    status, owner, group = found.status, found.owner, found.group
     prior = L0.detach().to("cpu", torch.float64)
     prior_norm = prior.square().sum((-1, -2))
     tie = max(_TIE, 100 * torch.finfo(dtype).eps)  # float32 labels break symmetries by their rounding
-    form_norm = reps.square().sum((-1, -2))[group]  # forms of one metric have its norm
+    form_norm = found.reps.square().sum((-1, -2))[group]  # forms of one metric have its norm
     everything = torch.arange(len(owner))
     if align:
         # Forms of one label with the same metric are rotations of each other (F' F'ᵀ = F Fᵀ gives F' = F Q),
         # so they are at the same distance after alignment: one SVD per metric.
-        dist = _aligned_distance(prior[reps_owner], reps)[group]
+        dist = _aligned_distance(prior[found.reps_owner], found.reps)[group]
     else:
-        dist = (gather(2).double() - prior[owner]).square().sum((-1, -2))
+        dist = (found.lattices().double() - prior[owner]).square().sum((-1, -2))
     scale = prior_norm[owner] + form_norm
     tied = _nearest(dist, owner, B, tie * scale, torch.ones_like(dist, dtype=torch.bool))
     if ties == "random":
@@ -284,21 +260,21 @@ def couple_reduced_forms(prior_lattice, labels: CrystalBatch, *, prior_frac=None
     elif f0 is not None:
         # Among tied forms, the coordinates nearest the prior's (minimum image on the torus).
         rank = torch.full_like(dist, float("inf"))
-        rank[tied] = _coordinate_distance(labels, f0, owner[tied], gather(1)[tied])
+        rank[tied] = _coordinate_distance(labels, f0, owner[tied], found.inverses()[tied])
         tied = _nearest(rank, owner, B, tie * labels.num_atoms.cpu().double()[owner], tied)
     if align and ties == "coordinates":
         # Forms that are rotations of each other and place the atoms alike: the one nearest unturned.
         unturned = torch.full_like(dist, float("inf"))
-        unturned[tied] = (gather(2, everything[tied]).double() - prior[owner[tied]]).square().sum((-1, -2))
+        unturned[tied] = (found.lattices(everything[tied]).double() - prior[owner[tied]]).square().sum((-1, -2))
         tied = _nearest(unturned, owner, B, tie * scale, tied)
     n = len(owner)
     first = torch.full((B,), n, dtype=torch.int64).scatter_reduce(0, owner[tied], everything[tied], "amin")
     chosen = first < n
     pick = first[chosen]
     transform, back = eye.repeat(B, 1, 1), eye.repeat(B, 1, 1)
-    transform[chosen], back[chosen] = gather(0, pick), gather(1, pick)
+    transform[chosen], back[chosen] = found.transforms(pick), found.inverses(pick)
     lattice = L1.clone()
-    lattice[chosen.to(device)] = gather(2, pick).to(device, dtype)
+    lattice[chosen.to(device)] = found.lattices(pick).to(device, dtype)
     back = back.to(device, labels.frac.dtype)
     frac = wrap((labels.frac.detach().unsqueeze(-2) @ back[labels.batch]).squeeze(-2))
     # The distance of a label passed through is its own (computed only for those).

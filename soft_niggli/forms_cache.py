@@ -111,6 +111,60 @@ def _entry(transform: np.ndarray, inverse: np.ndarray, automorphic: np.ndarray, 
                   (transform.numpy(), inverse.numpy(), lattice_view))
 
 
+class _CouplingCandidates:
+    """What :func:`~soft_niggli.flow.couple_reduced_forms` chooses among for a batch of ``B`` labels
+    (``ReducedFormsCache._coupling_candidates``, package-internal), flattened over the labels: candidate ``q`` is a form
+    of label ``owner[q]`` with metric group ``group[q]`` (numbered over the batch), whose first form is
+    ``reps[group[q]]`` (forms of one metric are rotations of it). A label without candidates (its
+    reduction not ``OK``) has none.
+
+    Attributes:
+        status: ``(B,)`` int64, each label's reduction :class:`~soft_niggli.niggli.Status`.
+        owner: ``(P,)`` int64, the label of each candidate, in order.
+        group: ``(P,)`` int64.
+        reps: ``(G, 3, 3)`` float64.
+        reps_owner: ``(G,)`` int64, the label of each group.
+    """
+
+    def __init__(self, entries: list[_Entry], among: int):
+        chosen = [e.candidates[among] for e in entries]
+        self._entries, self._chosen = entries, chosen
+        B = len(entries)
+        self.status = torch.tensor([e.status for e in entries], dtype=torch.int64)
+        counts = torch.tensor([len(c.index) for c in chosen], dtype=torch.int64)
+        n_groups = torch.tensor([len(c.reps) for c in chosen], dtype=torch.int64)
+        self.owner = torch.repeat_interleave(torch.arange(B), counts)
+        self._start = torch.cumsum(counts, 0) - counts
+        self.group = torch.from_numpy(np.concatenate([c.group for c in chosen])) + torch.repeat_interleave(
+            torch.cumsum(n_groups, 0) - n_groups, counts)
+        self.reps = torch.from_numpy(np.concatenate([c.reps for c in chosen]))
+        self.reps_owner = torch.repeat_interleave(torch.arange(B), n_groups)
+
+    def transforms(self, positions: torch.Tensor | None = None) -> torch.Tensor:
+        """``(len(positions), 3, 3)`` int64 transforms of the candidates at ``positions`` (into ``owner``);
+        of every candidate where ``positions`` is None."""
+        return self._gather(0, positions)
+
+    def inverses(self, positions: torch.Tensor | None = None) -> torch.Tensor:
+        """As :meth:`transforms`, their inverses (int64)."""
+        return self._gather(1, positions)
+
+    def lattices(self, positions: torch.Tensor | None = None) -> torch.Tensor:
+        """As :meth:`transforms`, the forms (the labels' dtype; float64 for half precision)."""
+        return self._gather(2, positions)
+
+    def _gather(self, what: int, positions: torch.Tensor | None) -> torch.Tensor:
+        """Only the forms asked for are copied: on Perov-5 (48 forms per label) copying every candidate's
+        was most of the coupling's cost."""
+        entries, chosen = self._entries, self._chosen
+        if positions is None:  # one copy per label
+            return torch.from_numpy(np.concatenate([e.views[what][c.index] for e, c in zip(entries, chosen)]))
+        rows = self.owner[positions].tolist()
+        local = (positions - self._start[self.owner[positions]]).tolist()
+        found = [entries[b].views[what][chosen[b].index[j]] for b, j in zip(rows, local)]
+        return torch.from_numpy(np.array(found) if found else np.zeros((0, 3, 3), entries[0].views[what].dtype))
+
+
 @dataclass(frozen=True)
 class CachedForms:
     """What :meth:`ReducedFormsCache.lookup` returns: the forms and two things derived from them once.
@@ -224,6 +278,13 @@ class ReducedFormsCache:
         return CachedForms(forms, torch.cat([e.inverse for e in entries]).to(device),
                            torch.cat([e.automorphic for e in entries]).to(device), metric.to(device),
                            torch.cat([e.weight for e in entries]).to(device))
+
+    def _coupling_candidates(self, lattice: torch.Tensor, among: int) -> _CouplingCandidates:
+        """:class:`_CouplingCandidates` of validated, detached lattices ``(B, 3, 3)`` with values (``B`` >= 1):
+        per label, its fully canonical forms (weight 1: a form fading out of the band could enter or leave
+        with the basis the label came in) that are automorphic (``among=0``) or all of them (``among=1``).
+        Derived once per label and remembered with its forms."""
+        return _CouplingCandidates(self._entries_of(lattice), among)
 
     def _entries_of(self, lattice: torch.Tensor) -> list[_Entry]:
         """One entry per cell of validated, detached lattices ``(B, 3, 3)`` (with values): remembered ones
