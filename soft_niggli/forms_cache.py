@@ -113,10 +113,10 @@ def _entry(transform: np.ndarray, inverse: np.ndarray, automorphic: np.ndarray, 
 
 class _CouplingCandidates:
     """What :func:`~soft_niggli.flow.couple_reduced_forms` chooses among for a batch of ``B`` labels
-    (``ReducedFormsCache._coupling_candidates``, package-internal), flattened over the labels: candidate ``q`` is a form
-    of label ``owner[q]`` with metric group ``group[q]`` (numbered over the batch), whose first form is
-    ``reps[group[q]]`` (forms of one metric are rotations of it). A label without candidates (its
-    reduction not ``OK``) has none.
+    (``ReducedFormsCache._coupling_candidates``, package-internal), flattened over the labels: candidate
+    ``q`` is a form of label ``owner[q]`` with metric group ``group[q]`` (numbered over the batch), whose
+    first form is ``reps[group[q]]`` (forms of one metric are rotations of it). A label whose reduction
+    is not ``OK`` has no candidates.
 
     Attributes:
         status: ``(B,)`` int64, each label's reduction :class:`~soft_niggli.niggli.Status`.
