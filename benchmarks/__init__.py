@@ -24,7 +24,9 @@ The experiments (:data:`EXPERIMENTS`):
   :mod:`benchmarks.generative_comparison`: every setting against independent pairing, in one page.
 * :mod:`benchmarks.proxy_training`: the spglib proxy loss against the guarded one on an untrained model;
   :mod:`benchmarks.proxy_boundary`: the proxy loss next to its label, at the Niggli-cone boundary.
-* :mod:`benchmarks.continuity`: losses along a path that crosses a Niggli-cone boundary.
+* :mod:`benchmarks.continuity`: losses along a path that crosses a Niggli-cone boundary;
+  :mod:`benchmarks.float32_near_faces`: how far re-basing a label near a face moves each loss, float32
+  against float64.
 * :mod:`benchmarks.loss_cost`: forward + backward cost of every loss.
 * :mod:`benchmarks.reduced_forms_census`: how many reduced forms real cells have.
 * :mod:`benchmarks.reducer_robustness`, :mod:`benchmarks.reducer_speed`: the reducer against its peers,
@@ -45,9 +47,9 @@ import warnings
 __all__ = ["EXPERIMENTS", "MOVED"]
 
 #: The modules run as ``python -m benchmarks.<name>``.
-EXPERIMENTS = ("ablation", "continuity", "generative", "generative_comparison", "generative_cost", "loss_cost",
-               "proxy_boundary", "proxy_training", "reduced_forms_census", "reducer_robustness", "reducer_speed",
-               "sampler_study")
+EXPERIMENTS = ("ablation", "continuity", "float32_near_faces", "generative", "generative_comparison", "generative_cost",
+               "loss_cost", "proxy_boundary", "proxy_training", "reduced_forms_census", "reducer_robustness",
+               "reducer_speed", "sampler_study")
 
 #: Old module name -> where the module lives; importing the old name warns once and gives that module.
 MOVED = {**{f"benchmarks.{m}": f"benchmarks.harness.{m}"

@@ -148,6 +148,20 @@ def test_continuity_records_the_command_that_ran(tmp_path):
     assert (tmp_path / "continuity.png").stat().st_size > 0
 
 
+def test_float32_near_faces_measures_every_loss_in_every_group(tmp_path):
+    pytest.importorskip("hypothesis")
+    from benchmarks import float32_near_faces as f32
+
+    assert f32.main(["--draws", "2", "--out", str(tmp_path)]) == 0
+    record = json.loads((tmp_path / "float32_near_faces.json").read_text())
+    assert len(record["rows"]) == len(f32.GROUPS) * len(f32.LOSSES)
+    assert all(r["draws"] == 2 and 0 <= r["relative"]["median"] <= r["relative"]["max"] for r in record["rows"])
+    # float64 labels are invariant to rounding: nothing moves beyond 1e-9 of the loss.
+    assert all(r["relative"]["max"] < 1e-9 for r in record["rows"] if r["group"].startswith("float64"))
+    with pytest.raises(SystemExit):
+        f32.main(["--draws", "0"])
+
+
 @pytest.mark.parametrize("name", EXPERIMENTS + HARNESS)
 def test_every_benchmark_module_imports_and_its_doctests_pass(name):
     module = importlib.import_module(f"benchmarks.{name}")
