@@ -75,7 +75,7 @@ def matrix_rows(dataset: str, runs: list[dict]) -> list[dict]:
         values = {r["config"]["seed"]: r["metrics"].get("200", {}).get("match_rate") for r in rs}
         return {seed: math.nan if v is None else float(v) for seed, v in values.items()}
 
-    def checksums(rs) -> dict[int, float]:
+    def checksums(rs) -> dict[int, float | None]:
         return {r["config"]["seed"]: r.get("state_checksum") for r in rs}
 
     base = match_by_seed(runs_of("mse", "niggli", "independent"))
@@ -88,13 +88,16 @@ def matrix_rows(dataset: str, runs: list[dict]) -> list[dict]:
                "seeds": sorted(r["config"]["seed"] for r in rs), "steps": sorted({r["steps"] for r in rs})}
         # Two settings can train the same network: on Perov-5 every reduced form is an automorphism, so the
         # coupling among all of them is the coupling among automorphisms. The same sum of the trained
-        # parameters (float64) on every seed both have says so.
+        # parameters (float64) on a seed says so; the first earlier setting that shares one is named, with
+        # the seeds where it does and those where it does not (runs of other code versions, for example).
         mine = checksums(rs)
-        row["same_as"], row["same_seeds"] = "", []
+        row["same_as"], row["same_seeds"], row["other_seeds"] = "", [], []
         for other, theirs in trained:
-            shared = sorted(set(mine) & set(theirs))
-            if shared and all(mine[k] is not None and mine[k] == theirs[k] for k in shared):
-                row["same_as"], row["same_seeds"] = other, shared
+            shared = sorted(k for k in set(mine) & set(theirs) if mine[k] is not None and theirs[k] is not None)
+            same = [k for k in shared if mine[k] == theirs[k]]
+            if same:
+                row["same_as"], row["same_seeds"] = other, same
+                row["other_seeds"] = [k for k in shared if k not in same]
                 break
         trained.append((label, mine))
         for k in STEPS:
@@ -177,8 +180,9 @@ def main(argv=None) -> int:
                   f"every command: [generative_{dataset}.md](generative_{dataset}.md).", ""]
         lines += _table(rows, ["setting"], lambda r: [r["setting"]]) + [""]
         lines += [f"- {r['setting']}: the same trained network as {r['same_as']} on seed(s) "
-                  f"{', '.join(map(str, r['same_seeds']))} (equal sums of the trained parameters)."
-                  for r in rows if r["same_as"]]
+                  f"{', '.join(map(str, r['same_seeds']))} (equal sums of the trained parameters)"
+                  + (f"; another on seed(s) {', '.join(map(str, r['other_seeds']))}" if r["other_seeds"] else "")
+                  + "." for r in rows if r["same_as"]]
         lines += [""] if any(r["same_as"] for r in rows) else []
     study = folder / "sampler_study.json"
     if study.exists():

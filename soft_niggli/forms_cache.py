@@ -121,23 +121,23 @@ class _CouplingCandidates:
     Attributes:
         status: ``(B,)`` int64, each label's reduction :class:`~soft_niggli.niggli.Status`.
         owner: ``(P,)`` int64, the label of each candidate, in order.
-        group: ``(P,)`` int64.
-        reps: ``(G, 3, 3)`` float64.
+        group: ``(P,)`` int64, the metric group of each candidate, numbered over the batch.
+        reps: ``(G, 3, 3)`` float64, each group's first form.
         reps_owner: ``(G,)`` int64, the label of each group.
     """
 
     def __init__(self, entries: list[_Entry], among: int):
-        chosen = [e.candidates[among] for e in entries]
-        self._entries, self._chosen = entries, chosen
+        per_label = [e.candidates[among] for e in entries]
+        self._entries, self._per_label = entries, per_label
         B = len(entries)
         self.status = torch.tensor([e.status for e in entries], dtype=torch.int64)
-        counts = torch.tensor([len(c.index) for c in chosen], dtype=torch.int64)
-        n_groups = torch.tensor([len(c.reps) for c in chosen], dtype=torch.int64)
+        counts = torch.tensor([len(c.index) for c in per_label], dtype=torch.int64)
+        n_groups = torch.tensor([len(c.reps) for c in per_label], dtype=torch.int64)
         self.owner = torch.repeat_interleave(torch.arange(B), counts)
         self._start = torch.cumsum(counts, 0) - counts
-        self.group = torch.from_numpy(np.concatenate([c.group for c in chosen])) + torch.repeat_interleave(
+        self.group = torch.from_numpy(np.concatenate([c.group for c in per_label])) + torch.repeat_interleave(
             torch.cumsum(n_groups, 0) - n_groups, counts)
-        self.reps = torch.from_numpy(np.concatenate([c.reps for c in chosen]))
+        self.reps = torch.from_numpy(np.concatenate([c.reps for c in per_label]))
         self.reps_owner = torch.repeat_interleave(torch.arange(B), n_groups)
 
     def transforms(self, positions: torch.Tensor | None = None) -> torch.Tensor:
@@ -153,16 +153,16 @@ class _CouplingCandidates:
         """As :meth:`transforms`, the forms (the labels' dtype; float64 for half precision)."""
         return self._gather(2, positions)
 
-    def _gather(self, what: int, positions: torch.Tensor | None) -> torch.Tensor:
+    def _gather(self, view: int, positions: torch.Tensor | None) -> torch.Tensor:
         """Only the forms asked for are copied: on Perov-5 (48 forms per label) copying every candidate's
         was most of the coupling's cost."""
-        entries, chosen = self._entries, self._chosen
+        entries, per_label = self._entries, self._per_label
         if positions is None:  # one copy per label
-            return torch.from_numpy(np.concatenate([e.views[what][c.index] for e, c in zip(entries, chosen)]))
+            return torch.from_numpy(np.concatenate([e.views[view][c.index] for e, c in zip(entries, per_label)]))
         rows = self.owner[positions].tolist()
         local = (positions - self._start[self.owner[positions]]).tolist()
-        found = [entries[b].views[what][chosen[b].index[j]] for b, j in zip(rows, local)]
-        return torch.from_numpy(np.array(found) if found else np.zeros((0, 3, 3), entries[0].views[what].dtype))
+        found = [entries[b].views[view][per_label[b].index[j]] for b, j in zip(rows, local)]
+        return torch.from_numpy(np.array(found) if found else np.zeros((0, 3, 3), entries[0].views[view].dtype))
 
 
 @dataclass(frozen=True)
@@ -283,7 +283,7 @@ class ReducedFormsCache:
         """:class:`_CouplingCandidates` of validated, detached lattices ``(B, 3, 3)`` with values (``B`` >= 1):
         per label, its fully canonical forms (weight 1: a form fading out of the band could enter or leave
         with the basis the label came in) that are automorphic (``among=0``) or all of them (``among=1``).
-        Derived once per label and remembered with its forms."""
+        Derived once per label, with its forms, and remembered with them while ``max_bytes`` allows."""
         return _CouplingCandidates(self._entries_of(lattice), among)
 
     def _entries_of(self, lattice: torch.Tensor) -> list[_Entry]:

@@ -446,6 +446,25 @@ def test_the_comparison_page_sets_every_setting_against_independent_pairing(tmp_
         main(["--results", str(tmp_path / "nothing here")])
 
 
+def test_the_comparison_names_settings_that_trained_the_same_network_seed_by_seed():
+    from benchmarks.generative_comparison import matrix_rows
+
+    def run(coupling, seed, checksum):
+        config = {"strategy": "mse", "basis": "niggli", "coupling": coupling, "align_prior": True, "seed": seed}
+        metrics = {k: {"match_rate": 0.5, "rmse": 0.1, "lattice_error": 0.1} for k in ("10", "50", "200")}
+        run = {"config": config, "metrics": metrics, "steps": 20, "train_time": 6.0, "eval_time": 6.0}
+        return run if checksum is None else {**run, "state_checksum": checksum}
+
+    runs = [run("independent", 0, 1.0), run("independent", 1, 2.0), run("independent", 2, None),
+            run("automorphisms:random", 0, 1.0), run("automorphisms:random", 1, 5.0), run("automorphisms:random", 2, None),
+            run("automorphisms", 0, 7.0), run("automorphisms", 1, 8.0)]
+    rows = {r["coupling"]: r for r in matrix_rows("synthetic", runs)}
+    # Seed 0 equal, seed 1 not, seed 2 without checksums: neither the same nor another network.
+    assert (rows["automorphisms:random"]["same_as"], rows["automorphisms:random"]["same_seeds"],
+            rows["automorphisms:random"]["other_seeds"]) == (rows["independent"]["setting"], [0], [1])
+    assert rows["automorphisms"]["same_as"] == "" and rows["independent"]["same_as"] == ""
+
+
 def test_the_cost_benchmark_times_the_variants_named(tmp_path):
     shared_data_file("perov_5")
     from benchmarks.generative_cost import main

@@ -103,8 +103,8 @@ def test_losses_ignore_the_basis_of_labels_near_every_face(name, options, label,
 # A label re-based twice (entries to ~130 Å) is another cell by up to 7e-5 of its metric once rounded:
 # then the losses that compare the prediction with the label's reduced forms (proxy, center="both") move
 # by up to 1.7x this tolerance, gram-metric ones by 0.85x. Where a form does fade (a label 60x-120x
-# rel_tol from a face) the rounding moves its weight, and reduced-forms and proxy by up to 0.9x their value
-# (python -m benchmarks.float32_near_faces; README, Limitations).
+# rel_tol from a face) the rounding moves its weight, and reduced-forms and proxy by up to about their
+# value, reduced-forms with the gram metric more (python -m benchmarks.float32_near_faces; README).
 @pytest.mark.parametrize("name, options", FORM_LOSSES + [("softmin", {"coords": "sinkhorn"})],
                          ids=IDS + ["softmin-coords=sinkhorn"])
 @settings(max_examples=4, deadline=None, suppress_health_check=[HealthCheck.too_slow])
