@@ -442,6 +442,9 @@ def test_the_comparison_page_sets_every_setting_against_independent_pairing(tmp_
     assert sum(map(bool, same.values())) == 1
     assert [r["same_seeds"] for r in record["datasets"]["perov_5"] if r["same_as"]] == [[0]]
     assert not any(r["same_as"] for r in record["datasets"]["mp_20_biternary"])
+    study = {(r["setting"], r["sampler"]): r for r in record["datasets"]["perov_5@20000"]}
+    assert {r["same_as"] for r in study.values()} == {"", "coupling among automorphisms, ties by coordinates"}
+    assert study["coupling among all reduced forms, ties by coordinates", "euler"]["same_seeds"] == [0, 1, 2]
     with pytest.raises(SystemExit):
         main(["--results", str(tmp_path / "nothing here")])
 
