@@ -8,7 +8,8 @@ steps, RMSE and lattice error (mean ± sample std over seeds), and its match rat
 of independent pairing on the same seeds (paired: a seed fixes the network's initialisation, the batches
 and the prior's draws), with the mean difference over its standard error (``Δ / se``, Student's t with
 ``n − 1`` degrees of freedom: beyond ±12.7 with 2 seeds, ±4.3 with 3, the seeds agree at two-sided 5%).
-Trains nothing. From the repository root::
+It also names settings that trained the same network on a seed (equal parameter checksums; in the
+sampler study, identical results with every sampler). Trains nothing. From the repository root::
 
     python -m benchmarks.generative_comparison
 """
