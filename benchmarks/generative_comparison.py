@@ -52,6 +52,18 @@ def _pm(stats: tuple[float, float, int], digits: int = 3) -> str:
     return "—" if not n else f"{mean:.{digits}f} ± {std:.{digits}f}"
 
 
+def _same_as(mine: dict[int, object], earlier: list[tuple[str, dict[int, object]]]) -> tuple[str, list[int], list[int]]:
+    """The first earlier setting whose runs match ``mine`` (seed → fingerprint: a checksum of the trained
+    parameters, or every result) on some seed: ``(its label, the seeds that match, the shared seeds that
+    do not)``, ``("", [], [])`` if none. Seeds without a fingerprint (``None``) count as neither."""
+    for other, theirs in earlier:
+        shared = sorted(k for k in set(mine) & set(theirs) if mine[k] is not None and theirs[k] is not None)
+        same = [k for k in shared if mine[k] == theirs[k]]
+        if same:
+            return other, same, [k for k in shared if k not in same]
+    return "", [], []
+
+
 def _versus(this: dict[int, float], base: dict[int, float]) -> str:
     """``Δ (Δ / se), n seeds``: the mean over the seeds both have of the paired differences (seed → match
     rate), and its ratio to its standard error."""
@@ -92,14 +104,7 @@ def matrix_rows(dataset: str, runs: list[dict]) -> list[dict]:
         # parameters (float64) on a seed says so; the first earlier setting that shares one is named, with
         # the seeds where it does and those where it does not (runs of other code versions, for example).
         mine = checksums(rs)
-        row["same_as"], row["same_seeds"], row["other_seeds"] = "", [], []
-        for other, theirs in trained:
-            shared = sorted(k for k in set(mine) & set(theirs) if mine[k] is not None and theirs[k] is not None)
-            same = [k for k in shared if mine[k] == theirs[k]]
-            if same:
-                row["same_as"], row["same_seeds"] = other, same
-                row["other_seeds"] = [k for k in shared if k not in same]
-                break
+        row["same_as"], row["same_seeds"], row["other_seeds"] = _same_as(mine, trained)
         trained.append((label, mine))
         for k in STEPS:
             row[f"match@{k}"] = _stats([r["metrics"].get(k, {}).get("match_rate") for r in rs])
@@ -131,11 +136,9 @@ def sampler_rows(record: dict, training_steps: int = 20_000) -> list[dict]:
     seen: list[tuple[str, dict]] = []
     for strategy, basis, coupling, label in SETTINGS:
         mine = outcomes(runs_of(strategy, basis, coupling))
-        for other, theirs in seen:
-            shared = sorted(set(mine) & set(theirs))
-            if shared and all(mine[k] == theirs[k] for k in shared):
-                same[label] = (other, shared)
-                break
+        other, equal, differ = _same_as(mine, seen)
+        if other and not differ:
+            same[label] = (other, equal)
         if mine:
             seen.append((label, mine))
 
